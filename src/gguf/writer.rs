@@ -1,0 +1,128 @@
+//! Writes GGUF version 3 files: used by `vibrant synth` and by tests.
+
+use super::{Value, DEFAULT_ALIGNMENT, MAGIC};
+use crate::quant::GgmlType;
+use std::io::{self, Write};
+
+struct PendingTensor {
+    name: String,
+    dims: Vec<u64>,
+    ggml_type: GgmlType,
+    data: Vec<u8>,
+}
+
+/// Collects metadata and tensors, then writes them out in one go.
+#[derive(Default)]
+pub struct GgufWriter {
+    metadata: Vec<(String, Value)>,
+    tensors: Vec<PendingTensor>,
+}
+
+impl GgufWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set(&mut self, key: impl Into<String>, value: Value) -> &mut Self {
+        let key = key.into();
+        self.metadata.retain(|(k, _)| *k != key);
+        self.metadata.push((key, value));
+        self
+    }
+
+    /// Adds a tensor; `dims` in ggml order (row length first), `data` already encoded.
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ggml_type: GgmlType,
+        data: Vec<u8>,
+    ) -> &mut Self {
+        let n: u64 = dims.iter().product();
+        assert_eq!(
+            ggml_type.bytes_for(n),
+            Some(data.len() as u64),
+            "tensor data size does not match its shape and type"
+        );
+        self.tensors.push(PendingTensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            ggml_type,
+            data,
+        });
+        self
+    }
+
+    pub fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        let mut header = Vec::new();
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&3u32.to_le_bytes());
+        header.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        header.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            put_string(&mut header, key);
+            header.extend_from_slice(&value.value_type().id().to_le_bytes());
+            put_value(&mut header, value);
+        }
+        let mut offset = 0u64;
+        for t in &self.tensors {
+            put_string(&mut header, &t.name);
+            header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for d in &t.dims {
+                header.extend_from_slice(&d.to_le_bytes());
+            }
+            header.extend_from_slice(&t.ggml_type.id().to_le_bytes());
+            header.extend_from_slice(&offset.to_le_bytes());
+            offset = (offset + t.data.len() as u64).next_multiple_of(DEFAULT_ALIGNMENT);
+        }
+        let padded = (header.len() as u64).next_multiple_of(DEFAULT_ALIGNMENT);
+        header.resize(padded as usize, 0);
+        out.write_all(&header)?;
+        let mut written = 0u64;
+        for t in &self.tensors {
+            out.write_all(&t.data)?;
+            written += t.data.len() as u64;
+            let padded = written.next_multiple_of(DEFAULT_ALIGNMENT);
+            out.write_all(&vec![0u8; (padded - written) as usize])?;
+            written = padded;
+        }
+        Ok(())
+    }
+
+    pub fn write_file(&self, path: impl AsRef<std::path::Path>) -> io::Result<()> {
+        let mut out = io::BufWriter::new(std::fs::File::create(path)?);
+        self.write(&mut out)?;
+        out.flush()
+    }
+}
+
+fn put_string(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn put_value(buf: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::U8(v) => buf.push(*v),
+        Value::I8(v) => buf.push(*v as u8),
+        Value::U16(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::I16(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::U32(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::I32(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::F32(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::Bool(v) => buf.push(*v as u8),
+        Value::String(s) => put_string(buf, s),
+        Value::U64(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::I64(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::F64(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::Array(ty, items) => {
+            buf.extend_from_slice(&ty.id().to_le_bytes());
+            buf.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                debug_assert_eq!(item.value_type(), *ty, "mixed-type GGUF array");
+                // A nested array writes its own element type and length: that is the format.
+                put_value(buf, item);
+            }
+        }
+    }
+}

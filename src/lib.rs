@@ -1,0 +1,6 @@
+//! vibrant: quantized LLM inference on any GPU through wgpu compute shaders, and on the CPU.
+//!
+//! Data flows one way: [`gguf`] file → [`quant`] weights → backend → tokens.
+
+pub mod gguf;
+pub mod quant;
