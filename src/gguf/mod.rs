@@ -178,8 +178,12 @@ impl GgufFile {
         for _ in 0..n_tensors {
             infos.push(r.tensor_info()?);
         }
-        let data_offset = r.pos.next_multiple_of(alignment);
         let file_len = map.len() as u64;
+        // Files without tensors (vocabulary-only files) may end right after the header.
+        let data_offset = match r.pos.next_multiple_of(alignment) {
+            past_end if past_end > file_len && infos.is_empty() => file_len,
+            offset => offset,
+        };
         if data_offset > file_len {
             return Err(r.corrupt_at("file ends before the tensor data section".into(), r.pos));
         }
@@ -269,6 +273,11 @@ impl GgufFile {
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The whole file image.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
     }
 
     /// The bytes of a tensor, straight from the map (bounds were checked at open).
