@@ -2,5 +2,6 @@
 //!
 //! Data flows one way: [`gguf`] file → [`quant`] weights → backend → tokens.
 
+pub mod chat;
 pub mod gguf;
 pub mod quant;
