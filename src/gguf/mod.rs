@@ -180,10 +180,12 @@ impl GgufFile {
         }
         let data_offset = r.pos.next_multiple_of(alignment);
         let file_len = map.len() as u64;
-        if data_offset > file_len {
+        // A file without tensors (a vocab-only GGUF) may end right after its metadata,
+        // without the padding that would start the (empty) data section.
+        if data_offset > file_len && !infos.is_empty() {
             return Err(r.corrupt_at("file ends before the tensor data section".into(), r.pos));
         }
-        let data_len = file_len - data_offset;
+        let data_len = file_len.saturating_sub(data_offset);
 
         let mut tensors = Vec::with_capacity(infos.len());
         let mut tensor_index = HashMap::with_capacity(infos.len());
