@@ -232,7 +232,9 @@ fn byte_level_pre_tokenizer(pre: &str) -> tokenizers::Result<PreTokenizerWrapper
 
 /// SentencePiece merges two adjacent pieces when their concatenation is a token, the
 /// highest-scoring token first. As ranked BPE merges: every split of a token into two
-/// tokens, ordered by the token's score (then by id, for ties).
+/// tokens, ordered by the token's score. llama.cpp breaks a tie between two different
+/// tokens by position, which ranks cannot express; here the lower id wins (real
+/// SentencePiece scores are distinct, so this does not arise in practice).
 fn merges_by_score(vocab: &Vocab, ids: &BpeVocab) -> Vec<(String, String)> {
     let mut merges: Vec<(f32, u32, u32, u32)> = Vec::new();
     for (id, text) in (0u32..).zip(&vocab.texts) {
