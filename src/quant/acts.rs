@@ -1,0 +1,136 @@
+//! Activation vectors in the form the dot products read: f32 for float weights, Q8_0 blocks
+//! for the legacy quants, Q8_K blocks for the k-quants (as ggml's `vec_dot_type`).
+
+use super::blocks::{BlockQ8K, BlockQ8_0, QuantBlock};
+use super::kscale::{nearest_int, signed_absmax};
+use super::QK_K;
+use std::mem::size_of;
+
+/// The form an activation vector takes to be dotted with weight rows of some type
+/// (see [`GgmlType::act_format`](super::GgmlType::act_format)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActFormat {
+    /// Little-endian f32 values.
+    F32,
+    /// ggml `block_q8_0`: f16 scale and 32 i8 (34 bytes per 32 values).
+    Q8_0,
+    /// ggml `block_q8_K`: f32 scale, 256 i8 and the 16 i16 sums of each 16 (292 bytes per 256).
+    Q8K,
+}
+
+impl ActFormat {
+    /// Values per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            Self::F32 => 1,
+            Self::Q8_0 => 32,
+            Self::Q8K => QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Q8_0 => size_of::<BlockQ8_0>(),
+            Self::Q8K => size_of::<BlockQ8K>(),
+        }
+    }
+
+    /// Bytes taken by `n` values; `None` when `n` is not a whole number of blocks.
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        if !n.is_multiple_of(self.block_size()) {
+            return None;
+        }
+        (n / self.block_size()).checked_mul(self.type_size())
+    }
+}
+
+/// Converts the activation vector `x` into `format`, replacing the contents of `out`
+/// (kept as a buffer so a forward pass allocates once).
+///
+/// # Panics
+/// When `x.len()` is not a multiple of the format's block size: activations are as long as
+/// the weight rows they meet, which the model loader has checked to be whole blocks.
+pub fn quantize_acts(format: ActFormat, x: &[f32], out: &mut Vec<u8>) {
+    let Some(bytes) = format.bytes_for(x.len()) else {
+        panic!(
+            "quantize_acts: {} values are not a whole number of {}-value {format:?} blocks",
+            x.len(),
+            format.block_size()
+        );
+    };
+    out.clear();
+    out.reserve(bytes);
+    match format {
+        ActFormat::F32 => out.extend(x.iter().flat_map(|v| v.to_le_bytes())),
+        ActFormat::Q8_0 => {
+            for chunk in x.as_chunks::<32>().0 {
+                out.extend_from_slice(bytemuck::bytes_of(&BlockQ8_0::quantize(chunk)));
+            }
+        }
+        ActFormat::Q8K => {
+            for chunk in x.as_chunks::<QK_K>().0 {
+                out.extend_from_slice(bytemuck::bytes_of(&quantize_q8k(chunk)));
+            }
+        }
+    }
+}
+
+/// ggml's `quantize_row_q8_K_ref`: the largest magnitude maps to -127, the f32 scale is kept
+/// unrounded, and each 16 values' sum is stored for the k-quants' minimum terms.
+fn quantize_q8k(x: &[f32; QK_K]) -> BlockQ8K {
+    let max = signed_absmax(x);
+    if max == 0.0 {
+        return bytemuck::Zeroable::zeroed();
+    }
+    let iscale = -127.0 / max;
+    let qs = x.map(|v| nearest_int(iscale * v).clamp(-128, 127) as i8);
+    let mut bsums = [0u8; 32];
+    for (sum, group) in bsums.as_chunks_mut::<2>().0.iter_mut().zip(qs.as_chunks::<16>().0) {
+        let s: i16 = group.iter().map(|&q| q as i16).sum();
+        *sum = s.to_le_bytes();
+    }
+    BlockQ8K {
+        d: (1.0 / iscale).to_le_bytes(),
+        qs,
+        bsums,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8k_keeps_group_sums_and_scale() {
+        let x: Vec<f32> = (0..QK_K).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
+        let mut out = Vec::new();
+        quantize_acts(ActFormat::Q8K, &x, &mut out);
+        assert_eq!(out.len(), ActFormat::Q8K.bytes_for(QK_K).unwrap());
+        let block: &BlockQ8K = bytemuck::from_bytes(&out);
+        for g in 0..16 {
+            let want: i32 = block.qs[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
+            assert_eq!(block.bsum(g), want);
+        }
+        for (q, v) in block.qs.iter().zip(&x) {
+            assert!((*q as f32 * block.d() - v).abs() <= block.d().abs() * 0.5 + 1e-6);
+        }
+    }
+
+    #[test]
+    fn zero_activations_quantize_to_zero_blocks() {
+        let mut out = vec![1u8; 3];
+        quantize_acts(ActFormat::Q8K, &[0.0; QK_K], &mut out);
+        assert!(out.iter().all(|&b| b == 0));
+        quantize_acts(ActFormat::Q8_0, &[0.0; 64], &mut out);
+        assert_eq!(out.len(), 68);
+        assert!(out.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "not a whole number")]
+    fn partial_blocks_are_refused() {
+        quantize_acts(ActFormat::Q8_0, &[1.0; 33], &mut Vec::new());
+    }
+}
