@@ -159,9 +159,24 @@ mod tests {
             fn(&[u8], &[u8]) -> f32,
         );
         let cases: [Case; 3] = [
-            (quantize_f32, dequantize_f32, dot_f32::<false>, dot_f32::<true>),
-            (quantize_f16, dequantize_f16, dot_f16::<false>, dot_f16::<true>),
-            (quantize_bf16, dequantize_bf16, dot_bf16::<false>, dot_bf16::<true>),
+            (
+                quantize_f32,
+                dequantize_f32,
+                dot_f32::<false>,
+                dot_f32::<true>,
+            ),
+            (
+                quantize_f16,
+                dequantize_f16,
+                dot_f16::<false>,
+                dot_f16::<true>,
+            ),
+            (
+                quantize_bf16,
+                dequantize_bf16,
+                dot_bf16::<false>,
+                dot_bf16::<true>,
+            ),
         ];
         // 37 = two full lane groups and a tail of five.
         let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();

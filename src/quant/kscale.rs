@@ -220,7 +220,10 @@ mod tests {
         let w = vec![1.0; 32];
         let mut levels = [0u8; 32];
         let (scale, min) = make_qkx2_quants(&x, &w, 15, -1.0, 0.1, 20, false, &mut levels);
-        assert!((scale - 0.25).abs() < 1e-6 && (min - 1.0).abs() < 1e-6, "{scale} {min}");
+        assert!(
+            (scale - 0.25).abs() < 1e-6 && (min - 1.0).abs() < 1e-6,
+            "{scale} {min}"
+        );
         for (l, v) in levels.iter().zip(&x) {
             assert_eq!(scale * *l as f32 - min, *v);
         }
@@ -232,12 +235,18 @@ mod tests {
         let mut levels = [0u8; 16];
         let scale = make_q3_quants(&x, 4, &mut levels);
         for (l, v) in levels.iter().zip(&x) {
-            assert!((scale * (*l as f32 - 4.0) - v).abs() < 1e-6, "{scale} {l} {v}");
+            assert!(
+                (scale * (*l as f32 - 4.0) - v).abs() < 1e-6,
+                "{scale} {l} {v}"
+            );
         }
         let x: Vec<f32> = (0..16).map(|i| 0.125 * i as f32 - 1.0).collect();
         let scale = make_qx_quants(&x, 32, &mut levels);
         for (l, v) in levels.iter().zip(&x) {
-            assert!((scale * (*l as f32 - 32.0) - v).abs() < 1e-6, "{scale} {l} {v}");
+            assert!(
+                (scale * (*l as f32 - 32.0) - v).abs() < 1e-6,
+                "{scale} {l} {v}"
+            );
         }
     }
 }

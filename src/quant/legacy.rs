@@ -233,7 +233,13 @@ mod tests {
 
     #[test]
     fn fifth_bits_land_on_their_elements() {
-        let q: [u8; 32] = from_fn(|i| if i % 3 == 0 { 16 + i as u8 % 16 } else { i as u8 % 16 });
+        let q: [u8; 32] = from_fn(|i| {
+            if i % 3 == 0 {
+                16 + i as u8 % 16
+            } else {
+                i as u8 % 16
+            }
+        });
         assert_eq!(unpack_q5(&pack_nibbles(&q), pack_fifth_bits(&q)), q);
     }
 

@@ -204,9 +204,7 @@ pub fn mat_vec(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]
 
 /// Checks `n` and the activation length; returns the bytes of one row.
 fn check_dot_args(ty: GgmlType, acts: &[u8], n: usize) -> usize {
-    let row_bytes = ty
-        .row_bytes(n)
-        .unwrap_or_else(|e| panic!("vec_dot: {e}"));
+    let row_bytes = ty.row_bytes(n).unwrap_or_else(|e| panic!("vec_dot: {e}"));
     let format = ty.act_format();
     assert_eq!(
         Some(acts.len()),

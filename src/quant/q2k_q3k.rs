@@ -180,7 +180,8 @@ impl QuantBlock<256> for BlockQ3K {
         let mut levels = [0u8; 256];
         let mut scales = [0.0f32; 16];
         for g in 0..16 {
-            scales[g] = make_q3_quants(&x[16 * g..16 * g + 16], 4, &mut levels[16 * g..16 * g + 16]);
+            scales[g] =
+                make_q3_quants(&x[16 * g..16 * g + 16], 4, &mut levels[16 * g..16 * g + 16]);
         }
         // Six-bit signed group scales relative to d; the largest maps to -32.
         let max_scale = signed_absmax(&scales);

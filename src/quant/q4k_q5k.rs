@@ -151,7 +151,13 @@ impl QuantBlock<256> for BlockQ4K {
     #[inline(always)]
     fn dequantize(&self, out: &mut [f32; 256]) {
         let q = unpack_4bit(&self.qs);
-        dequantize_groups(&q, f16_field(self.d), f16_field(self.dmin), &self.scales, out);
+        dequantize_groups(
+            &q,
+            f16_field(self.d),
+            f16_field(self.dmin),
+            &self.scales,
+            out,
+        );
     }
 
     fn quantize(x: &[f32; 256]) -> Self {
@@ -176,7 +182,13 @@ impl QuantBlock<256> for BlockQ5K {
     #[inline(always)]
     fn dequantize(&self, out: &mut [f32; 256]) {
         let q = unpack_q5k(self);
-        dequantize_groups(&q, f16_field(self.d), f16_field(self.dmin), &self.scales, out);
+        dequantize_groups(
+            &q,
+            f16_field(self.d),
+            f16_field(self.dmin),
+            &self.scales,
+            out,
+        );
     }
 
     fn quantize(x: &[f32; 256]) -> Self {

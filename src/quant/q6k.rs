@@ -13,7 +13,8 @@ fn unpack_q6k(b: &BlockQ6K) -> [i8; 256] {
     for h in 0..2 {
         for l in 0..32 {
             let (lo, hi, top) = (b.ql[64 * h + l], b.ql[64 * h + 32 + l], b.qh[32 * h + l]);
-            let level = |nibble: u8, pair: usize| (nibble | (((top >> (2 * pair)) & 3) << 4)) as i8 - 32;
+            let level =
+                |nibble: u8, pair: usize| (nibble | (((top >> (2 * pair)) & 3) << 4)) as i8 - 32;
             q[128 * h + l] = level(lo & 0x0f, 0);
             q[128 * h + 32 + l] = level(hi & 0x0f, 1);
             q[128 * h + 64 + l] = level(lo >> 4, 2);
@@ -59,7 +60,11 @@ impl QuantBlock<256> for BlockQ6K {
         let mut levels = [0u8; 256];
         let mut scales = [0.0f32; 16];
         for g in 0..16 {
-            scales[g] = make_qx_quants(&x[16 * g..16 * g + 16], 32, &mut levels[16 * g..16 * g + 16]);
+            scales[g] = make_qx_quants(
+                &x[16 * g..16 * g + 16],
+                32,
+                &mut levels[16 * g..16 * g + 16],
+            );
         }
         let max_scale = signed_absmax(&scales);
         if max_scale.abs() < GROUP_MAX_EPS {

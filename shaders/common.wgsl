@@ -1,0 +1,26 @@
+// Helpers shared by every kernel.
+
+// The four bytes of a word, lowest first.
+fn bytes4(w: u32) -> vec4<u32> {
+    return (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+}
+
+// The low (hi = 0) or high (hi = 1) nibble of each byte of a word.
+fn nibbles(w: u32, hi: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + 4u * hi)) & vec4<u32>(0xfu));
+}
+
+// The four bytes of a word as signed 8-bit integers.
+fn i8x4(w: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+// Bits first..first+3 of a word, one per lane.
+fn bits4(w: u32, first: u32) -> vec4<u32> {
+    return (vec4<u32>(w) >> (vec4<u32>(0u, 1u, 2u, 3u) + first)) & vec4<u32>(1u);
+}
+
+// Workgroup counts above 65535 spill into y; kernels rebuild the linear index.
+fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}

@@ -1,0 +1,125 @@
+// K-quant types (super-blocks of 256) in vibrant's GPU layout: each block's body (the block
+// minus its f16 fields) at word block * BODY, the f16 fields in a side array at w_scales.
+// load8_T(row, g) decodes elements 8g..8g+7 of a row: block g / 32, group gb = g % 32.
+
+fn k_half_scale(block: u32) -> f32 {
+    return unpack2x16float(W[p.w_scales + block / 2u])[block & 1u];
+}
+
+fn k_pair_scale(block: u32) -> vec2<f32> {
+    return unpack2x16float(W[p.w_scales + block]);
+}
+
+// Byte o of the body starting at word `base`.
+fn body_byte(base: u32, o: u32) -> u32 {
+    return (W[base + o / 4u] >> (8u * (o % 4u))) & 0xffu;
+}
+
+fn crumbs(w: u32, shift: u32) -> vec4<f32> {
+    return vec4<f32>((bytes4(w) >> vec4<u32>(shift)) & vec4<u32>(3u));
+}
+
+// Q2_K body: scales[16] (low nibble scale, high nibble min), qs[64] (2 bits each).
+// Element 128n + 32j + l: bits 2j of qs[32n + l], scale byte 8n + 2j + l / 16.
+fn load8_q2_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
+    let block = row * p.w_bpr + g / 32u;
+    let gb = g % 32u;
+    let n = gb / 16u;
+    let r = gb % 16u;
+    let j = r / 4u;
+    let base = block * 20u;
+    let w = base + 4u + 8u * n + 2u * (r % 4u);
+    let sc = body_byte(base, 8u * n + 2u * j + (r % 4u) / 2u);
+    let dm = k_pair_scale(block);
+    let scale = dm.x * f32(sc & 0xfu);
+    let min = dm.y * f32(sc >> 4u);
+    return array<vec4<f32>, 2>(crumbs(W[w], 2u * j) * scale - min, crumbs(W[w + 1u], 2u * j) * scale - min);
+}
+
+// Q3_K body: hmask[32], qs[64], scales[12] (16 packed 6-bit scales, offset 32).
+// Element 128n + 32j + l: bits 2j of qs[32n + l], high bit (4n + j) of hmask[l] (clear
+// subtracts 4), scale 8n + 2j + l / 16.
+fn q3_k_scale(base: u32, s: u32) -> f32 {
+    let low = select(body_byte(base, 96u + s - 8u) >> 4u, body_byte(base, 96u + s) & 0xfu, s < 8u);
+    let high = (body_byte(base, 104u + s % 4u) >> (2u * (s / 4u))) & 3u;
+    return f32(i32(low | (high << 4u)) - 32);
+}
+
+fn load8_q3_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
+    let block = row * p.w_bpr + g / 32u;
+    let gb = g % 32u;
+    let n = gb / 16u;
+    let r = gb % 16u;
+    let j = r / 4u;
+    let base = block * 27u;
+    let w = base + 8u + 8u * n + 2u * (r % 4u);
+    let h = base + 2u * (r % 4u);
+    let bit = 4u * n + j;
+    let scale = k_half_scale(block) * q3_k_scale(base, 8u * n + 2u * j + (r % 4u) / 2u);
+    let lo = crumbs(W[w], 2u * j) - 4.0 + 4.0 * vec4<f32>((bytes4(W[h]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    let hi = crumbs(W[w + 1u], 2u * j) - 4.0 + 4.0 * vec4<f32>((bytes4(W[h + 1u]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    return array<vec4<f32>, 2>(lo * scale, hi * scale);
+}
+
+// The 6-bit scale and min of sub-block s (0..7) from the 12 packed bytes at body word base.
+fn k4_scale_min(base: u32, s: u32) -> vec2<f32> {
+    if (s < 4u) {
+        return vec2<f32>(f32(body_byte(base, s) & 63u), f32(body_byte(base, s + 4u) & 63u));
+    }
+    let sc = (body_byte(base, s + 4u) & 0xfu) | ((body_byte(base, s - 4u) >> 6u) << 4u);
+    let m = (body_byte(base, s + 4u) >> 4u) | ((body_byte(base, s) >> 6u) << 4u);
+    return vec2<f32>(f32(sc), f32(m));
+}
+
+// Q4_K body: scales[12], qs[128]. Element 64c + 32h + l: nibble h of qs[32c + l],
+// sub-block 2c + h.
+fn load8_q4_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
+    let block = row * p.w_bpr + g / 32u;
+    let gb = g % 32u;
+    let c = gb / 8u;
+    let h = (gb % 8u) / 4u;
+    let base = block * 35u;
+    let w = base + 3u + 8u * c + 2u * (gb % 4u);
+    let dm = k_pair_scale(block);
+    let sm = k4_scale_min(base, 2u * c + h);
+    let scale = dm.x * sm.x;
+    let min = dm.y * sm.y;
+    return array<vec4<f32>, 2>(nibbles(W[w], h) * scale - min, nibbles(W[w + 1u], h) * scale - min);
+}
+
+// Q5_K body: scales[12], qh[32], qs[128]. As Q4_K, plus bit 2c + h of qh[l] worth 16.
+fn load8_q5_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
+    let block = row * p.w_bpr + g / 32u;
+    let gb = g % 32u;
+    let c = gb / 8u;
+    let h = (gb % 8u) / 4u;
+    let base = block * 43u;
+    let w = base + 11u + 8u * c + 2u * (gb % 4u);
+    let q = base + 3u + 2u * (gb % 4u);
+    let bit = 2u * c + h;
+    let dm = k_pair_scale(block);
+    let sm = k4_scale_min(base, 2u * c + h);
+    let scale = dm.x * sm.x;
+    let min = dm.y * sm.y;
+    let lo = nibbles(W[w], h) + 16.0 * vec4<f32>((bytes4(W[q]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    let hi = nibbles(W[w + 1u], h) + 16.0 * vec4<f32>((bytes4(W[q + 1u]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    return array<vec4<f32>, 2>(lo * scale - min, hi * scale - min);
+}
+
+// Q6_K body: ql[128], qh[64], scales[16] (signed). Element 128n + 32k + l: nibble k / 2 of
+// ql[64n + 32 (k % 2) + l], bits 2k of qh[32n + l], scale 8n + 2k + l / 16; x = (q - 32) * s.
+fn load8_q6_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
+    let block = row * p.w_bpr + g / 32u;
+    let gb = g % 32u;
+    let n = gb / 16u;
+    let r = gb % 16u;
+    let k = r / 4u;
+    let base = block * 52u;
+    let ql = base + 16u * n + 8u * (k & 1u) + 2u * (r % 4u);
+    let qh = base + 32u + 8u * n + 2u * (r % 4u);
+    let sbyte = body_byte(base, 192u + 8u * n + 2u * k + (r % 4u) / 2u);
+    let scale = k_half_scale(block) * f32(bitcast<i32>(sbyte << 24u) >> 24u);
+    let lo = nibbles(W[ql], k >> 1u) + 16.0 * crumbs(W[qh], 2u * k);
+    let hi = nibbles(W[ql + 1u], k >> 1u) + 16.0 * crumbs(W[qh + 1u], 2u * k);
+    return array<vec4<f32>, 2>((lo - 32.0) * scale, (hi - 32.0) * scale);
+}

@@ -1,0 +1,383 @@
+//! The CPU backend: the reference every GPU kernel is tested against, and a usable engine.
+//! Matrix products read the quantized blocks in place (activations are quantized to the
+//! format each weight type dots with); work is spread over a rayon pool.
+
+use super::{AttentionShape, Backend, Result, RopeKind, WeightBytes};
+use crate::quant::{self, ActFormat, GgmlType};
+use half::f16;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Output rows handed to one rayon task: big enough to amortise scheduling, small enough to
+/// balance two to a few dozen threads.
+const ROWS_PER_TASK: usize = 32;
+
+pub struct CpuTensor {
+    data: RefCell<Vec<f32>>,
+    cols: usize,
+}
+
+pub struct CpuMatrix {
+    name: String,
+    ggml_type: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: WeightBytes,
+}
+
+impl CpuMatrix {
+    fn row(&self, r: usize) -> &[u8] {
+        &self.data.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+pub struct CpuVector(Vec<f32>);
+
+pub struct CpuKvCache {
+    /// Per layer, `[n_ctx, kv_width]` keys and values in f16.
+    k: Vec<RefCell<Vec<f16>>>,
+    v: Vec<RefCell<Vec<f16>>>,
+    kv_width: usize,
+}
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    bytes_held: u64,
+}
+
+impl CpuBackend {
+    /// A backend on `threads` threads (0: one per core).
+    pub fn new(threads: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("vibrant-cpu-{i}"))
+            .build()
+            .map_err(|e| {
+                super::BackendError::Unsupported(format!("cannot start CPU threads: {e}"))
+            })?;
+        Ok(Self {
+            pool,
+            bytes_held: 0,
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Matrix = CpuMatrix;
+    type Vector = CpuVector;
+    type KvCache = CpuKvCache;
+
+    fn describe(&self) -> String {
+        format!("CPU ({} threads)", self.threads())
+    }
+
+    fn upload_matrix(
+        &mut self,
+        name: &str,
+        ggml_type: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: WeightBytes,
+    ) -> Result<CpuMatrix> {
+        let row_bytes = ggml_type
+            .bytes_for(cols as u64)
+            .expect("shape checked at load") as usize;
+        assert_eq!(
+            data.bytes().len(),
+            row_bytes * rows,
+            "{name}: size checked at load"
+        );
+        Ok(CpuMatrix {
+            name: name.to_string(),
+            ggml_type,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
+    }
+
+    fn upload_vector(&mut self, _name: &str, data: &[f32]) -> Result<CpuVector> {
+        self.bytes_held += 4 * data.len() as u64;
+        Ok(CpuVector(data.to_vec()))
+    }
+
+    fn tensor(&mut self, _name: &str, rows: usize, cols: usize) -> Result<CpuTensor> {
+        self.bytes_held += 4 * (rows * cols) as u64;
+        Ok(CpuTensor {
+            data: RefCell::new(vec![0.0; rows * cols]),
+            cols,
+        })
+    }
+
+    fn kv_cache(&mut self, n_layers: usize, n_ctx: usize, kv_width: usize) -> Result<CpuKvCache> {
+        // Zeroed allocations are lazily backed by the OS: unused context costs no memory.
+        let layer = || RefCell::new(vec![f16::ZERO; n_ctx * kv_width]);
+        self.bytes_held += (2 * n_layers * n_ctx * kv_width * 2) as u64;
+        Ok(CpuKvCache {
+            k: (0..n_layers).map(|_| layer()).collect(),
+            v: (0..n_layers).map(|_| layer()).collect(),
+            kv_width,
+        })
+    }
+
+    fn embed(&mut self, table: &CpuMatrix, tokens: &[u32], out: &CpuTensor) {
+        let mut o = out.data.borrow_mut();
+        for (row, &tok) in o.chunks_mut(out.cols).zip(tokens) {
+            let tok = (tok as usize).min(table.rows - 1);
+            quant::dequantize(table.ggml_type, table.row(tok), row)
+                .unwrap_or_else(|e| panic!("{}: {e}", table.name));
+        }
+    }
+
+    fn rms_norm(&mut self, x: &CpuTensor, weight: &CpuVector, eps: f32, out: &CpuTensor, n: usize) {
+        let x = x.data.borrow();
+        let mut o = out.data.borrow_mut();
+        let d = out.cols;
+        for (xr, or) in x.chunks(d).zip(o.chunks_mut(d)).take(n) {
+            rms_norm_row(xr, &weight.0, eps, or);
+        }
+    }
+
+    fn matmul(
+        &mut self,
+        x: &CpuTensor,
+        w: &CpuMatrix,
+        bias: Option<&CpuVector>,
+        out: &CpuTensor,
+        n: usize,
+    ) {
+        assert_eq!((x.cols, out.cols), (w.cols, w.rows), "{}: shape", w.name);
+        let x = x.data.borrow();
+        let mut o = out.data.borrow_mut();
+        let o: &mut [f32] = &mut o;
+        let acts = quantize_rows(w.ggml_type.act_format(), &x[..n * w.cols], w.cols);
+        let dot = |r: usize, t: usize| quant::vec_dot(w.ggml_type, w.row(r), &acts[t], w.cols);
+        self.pool.install(|| {
+            if n == 1 {
+                o[..w.rows]
+                    .par_chunks_mut(ROWS_PER_TASK)
+                    .enumerate()
+                    .for_each(|(c, chunk)| {
+                        for (i, v) in chunk.iter_mut().enumerate() {
+                            *v = dot(c * ROWS_PER_TASK + i, 0);
+                        }
+                    });
+            } else {
+                // Each task computes a block of weight rows for every token, so a row is read
+                // from memory once per step; the block is then scattered into token-major order.
+                let mut by_row = vec![0f32; w.rows * n];
+                by_row
+                    .par_chunks_mut(ROWS_PER_TASK * n)
+                    .enumerate()
+                    .for_each(|(c, chunk)| {
+                        for (i, per_token) in chunk.chunks_mut(n).enumerate() {
+                            let r = c * ROWS_PER_TASK + i;
+                            for (t, v) in per_token.iter_mut().enumerate() {
+                                *v = dot(r, t);
+                            }
+                        }
+                    });
+                for (r, per_token) in by_row.chunks(n).enumerate() {
+                    for (t, v) in per_token.iter().enumerate() {
+                        o[t * w.rows + r] = *v;
+                    }
+                }
+            }
+        });
+        if let Some(bias) = bias {
+            for row in o.chunks_mut(w.rows).take(n) {
+                row.iter_mut().zip(&bias.0).for_each(|(v, b)| *v += b);
+            }
+        }
+    }
+
+    fn add(&mut self, acc: &CpuTensor, x: &CpuTensor, n: usize) {
+        let x = x.data.borrow();
+        let mut a = acc.data.borrow_mut();
+        let len = n * acc.cols;
+        a[..len]
+            .iter_mut()
+            .zip(&x[..len])
+            .for_each(|(a, x)| *a += x);
+    }
+
+    fn swiglu(&mut self, gate: &CpuTensor, up: &CpuTensor, out: &CpuTensor, n: usize) {
+        let (g, u) = (gate.data.borrow(), up.data.borrow());
+        let mut o = out.data.borrow_mut();
+        let len = n * out.cols;
+        for ((o, g), u) in o[..len].iter_mut().zip(&g[..len]).zip(&u[..len]) {
+            *o = silu(*g) * u;
+        }
+    }
+
+    fn rope_store_kv(
+        &mut self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        rope_cos_sin: &CpuVector,
+        cache: &CpuKvCache,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        shape: &AttentionShape,
+    ) {
+        let hd = shape.head_dim;
+        let table = |p: usize| &rope_cos_sin.0[p * hd..(p + 1) * hd];
+        let mut q = q.data.borrow_mut();
+        for (t, row) in q.chunks_mut(shape.q_width()).take(n).enumerate() {
+            row.chunks_mut(hd)
+                .for_each(|head| rope_head(head, table(pos + t), shape.rope));
+        }
+        let (mut kc, mut vc) = (cache.k[layer].borrow_mut(), cache.v[layer].borrow_mut());
+        let kvw = cache.kv_width;
+        let mut k = k.data.borrow_mut();
+        let v = v.data.borrow();
+        for t in 0..n {
+            let krow = &mut k[t * kvw..(t + 1) * kvw];
+            krow.chunks_mut(hd)
+                .for_each(|head| rope_head(head, table(pos + t), shape.rope));
+            let at = (pos + t) * kvw;
+            for (c, x) in kc[at..at + kvw].iter_mut().zip(krow.iter()) {
+                *c = f16::from_f32(*x);
+            }
+            for (c, x) in vc[at..at + kvw].iter_mut().zip(&v[t * kvw..(t + 1) * kvw]) {
+                *c = f16::from_f32(*x);
+            }
+        }
+    }
+
+    fn attention(
+        &mut self,
+        q: &CpuTensor,
+        cache: &CpuKvCache,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        out: &CpuTensor,
+        shape: &AttentionShape,
+    ) {
+        let (hd, n_head) = (shape.head_dim, shape.n_head);
+        let group = n_head / shape.n_head_kv;
+        let kvw = cache.kv_width;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let q = q.data.borrow();
+        let (kc, vc) = (cache.k[layer].borrow(), cache.v[layer].borrow());
+        let (q, kc, vc): (&[f32], &[f16], &[f16]) = (&q, &kc, &vc);
+        let mut o = out.data.borrow_mut();
+        let o: &mut [f32] = &mut o;
+        self.pool.install(|| {
+            o[..n * n_head * hd]
+                .par_chunks_mut(hd)
+                .enumerate()
+                .for_each(|(i, out_head)| {
+                    let (t, h) = (i / n_head, i % n_head);
+                    let qh = &q[t * n_head * hd + h * hd..][..hd];
+                    let kv_off = (h / group) * hd;
+                    let n_keys = pos + t + 1;
+                    let mut scores: Vec<f32> = (0..n_keys)
+                        .map(|p| scale * dot_f16(qh, &kc[p * kvw + kv_off..][..hd]))
+                        .collect();
+                    softmax(&mut scores);
+                    out_head.fill(0.0);
+                    for (p, &s) in scores.iter().enumerate() {
+                        let vh = &vc[p * kvw + kv_off..][..hd];
+                        out_head
+                            .iter_mut()
+                            .zip(vh)
+                            .for_each(|(o, v)| *o += s * v.to_f32());
+                    }
+                });
+        });
+    }
+
+    fn copy_row(&mut self, src: &CpuTensor, row: usize, dst: &CpuTensor) {
+        let s = src.data.borrow();
+        dst.data.borrow_mut()[..src.cols].copy_from_slice(&s[row * src.cols..(row + 1) * src.cols]);
+    }
+
+    fn read(&mut self, x: &CpuTensor, n: usize) -> Result<Vec<f32>> {
+        Ok(x.data.borrow()[..n * x.cols].to_vec())
+    }
+
+    fn argmax(&mut self, x: &CpuTensor) -> Result<u32> {
+        Ok(argmax(&x.data.borrow()[..x.cols]) as u32)
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn memory_used(&self) -> u64 {
+        self.bytes_held
+    }
+}
+
+fn quantize_rows(format: ActFormat, x: &[f32], cols: usize) -> Vec<Vec<u8>> {
+    x.chunks(cols)
+        .map(|row| {
+            let mut out = Vec::new();
+            quant::quantize_acts(format, row, &mut out);
+            out
+        })
+        .collect()
+}
+
+pub fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean_sq + eps).sqrt();
+    for ((o, x), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = x * scale * w;
+    }
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Rotates one head by the (cos, sin) pairs of its position.
+pub fn rope_head(head: &mut [f32], cos_sin: &[f32], kind: RopeKind) {
+    let half = head.len() / 2;
+    for i in 0..half {
+        let (a, b) = match kind {
+            RopeKind::Normal => (2 * i, 2 * i + 1),
+            RopeKind::Neox => (i, i + half),
+        };
+        let (cos, sin) = (cos_sin[2 * i], cos_sin[2 * i + 1]);
+        let (x0, x1) = (head[a], head[b]);
+        head[a] = x0 * cos - x1 * sin;
+        head[b] = x0 * sin + x1 * cos;
+    }
+}
+
+fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| a * b.to_f32()).sum()
+}
+
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    x.iter_mut().for_each(|v| *v /= sum);
+}
+
+/// Index of the first largest value; NaNs never win.
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] || x[best].is_nan() {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,362 @@
+//! Adapters and devices: listing and choosing a GPU, requesting its real limits and optional
+//! features, and turning every failure mode (validation error, lost device, a wait that does
+//! not end) into a [`BackendError`] that names the stage.
+
+use crate::backend::{BackendError, Result};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How to choose and drive a GPU.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// `vulkan`, `metal`, `dx12` or `gl`; `None` tries them all.
+    pub api: Option<String>,
+    /// Index into [`list_adapters`].
+    pub adapter: Option<usize>,
+    /// Longest any single wait on the GPU may take.
+    pub timeout: Duration,
+    /// Log every dispatch and wait for each one (names a kernel that hangs).
+    pub trace: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self {
+            api: None,
+            adapter: None,
+            timeout: Duration::from_secs(60),
+            trace: std::env::var_os("VIBRANT_TRACE").is_some_and(|v| v != "0"),
+        }
+    }
+}
+
+/// The optional capabilities vibrant's kernels can use.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GpuFeatures {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+    pub immediates: bool,
+    pub cooperative_matrix: bool,
+}
+
+impl GpuFeatures {
+    fn of(adapter: &wgpu::Adapter) -> Self {
+        let f = adapter.features();
+        Self {
+            shader_f16: f.contains(wgpu::Features::SHADER_F16),
+            subgroups: f.contains(wgpu::Features::SUBGROUP),
+            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY)
+                && f.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
+            immediates: f.contains(wgpu::Features::IMMEDIATES),
+            cooperative_matrix: f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+                && adapter.cooperative_matrix_properties().iter().any(|p| {
+                    (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                        && p.ab_type == wgpu::CooperativeScalarType::F16
+                        && p.cr_type == wgpu::CooperativeScalarType::F32
+                }),
+        }
+    }
+
+    fn wgpu_features(self) -> wgpu::Features {
+        let mut f = wgpu::Features::empty();
+        if self.shader_f16 {
+            f |= wgpu::Features::SHADER_F16;
+        }
+        if self.subgroups {
+            f |= wgpu::Features::SUBGROUP;
+        }
+        if self.timestamps {
+            f |= wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        }
+        if self.immediates {
+            f |= wgpu::Features::IMMEDIATES;
+        }
+        if self.cooperative_matrix {
+            f |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
+        f
+    }
+
+    pub fn summary(self) -> String {
+        let mut parts = Vec::new();
+        for (on, name) in [
+            (self.shader_f16, "f16"),
+            (self.subgroups, "subgroups"),
+            (self.timestamps, "timestamps"),
+            (self.immediates, "immediates"),
+            (self.cooperative_matrix, "cooperative-matrix"),
+        ] {
+            if on {
+                parts.push(name);
+            }
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// One adapter as `vibrant devices` shows it.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub api: String,
+    pub device_type: String,
+    pub driver: String,
+    pub max_buffer_size: u64,
+    pub max_binding_size: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations: u32,
+    pub subgroup_sizes: (u32, u32),
+    pub features: GpuFeatures,
+}
+
+fn parse_api(api: Option<&str>) -> Result<wgpu::Backends> {
+    Ok(match api.map(str::to_ascii_lowercase).as_deref() {
+        None => wgpu::Backends::all(),
+        Some("vulkan") => wgpu::Backends::VULKAN,
+        Some("metal") => wgpu::Backends::METAL,
+        Some("dx12") => wgpu::Backends::DX12,
+        Some("gl") | Some("opengl") | Some("gles") => wgpu::Backends::GL,
+        Some(other) => {
+            return Err(BackendError::Unsupported(format!(
+                "unknown GPU backend '{other}' (choose vulkan, metal, dx12 or gl)"
+            )))
+        }
+    })
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    // Validation layers are for development; the default flags follow debug/release builds.
+    desc.flags = wgpu::InstanceFlags::from_build_config().with_env();
+    wgpu::Instance::new(desc)
+}
+
+/// Best first: discrete, integrated, virtual, then software.
+fn rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// Every adapter of the requested API(s), best first (the order `--adapter` indexes).
+fn adapters(api: Option<&str>) -> Result<Vec<wgpu::Adapter>> {
+    let backends = parse_api(api)?;
+    let mut found = pollster::block_on(instance(backends).enumerate_adapters(backends));
+    // GL adapters that can't run compute shaders are useless here.
+    found.retain(|a| {
+        a.get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+    });
+    found.sort_by_key(|a| rank(a.get_info().device_type));
+    Ok(found)
+}
+
+pub fn list_adapters(api: Option<&str>) -> Result<Vec<AdapterSummary>> {
+    Ok(adapters(api)?
+        .iter()
+        .enumerate()
+        .map(|(index, a)| {
+            let info = a.get_info();
+            let limits = a.limits();
+            AdapterSummary {
+                index,
+                name: info.name.clone(),
+                api: format!("{:?}", info.backend),
+                device_type: format!("{:?}", info.device_type),
+                driver: format!("{} {}", info.driver, info.driver_info)
+                    .trim()
+                    .to_string(),
+                max_buffer_size: limits.max_buffer_size,
+                max_binding_size: limits.max_storage_buffer_binding_size,
+                max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+                max_invocations: limits.max_compute_invocations_per_workgroup,
+                subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+                features: GpuFeatures::of(a),
+            }
+        })
+        .collect())
+}
+
+/// Errors reported by wgpu outside a wait: validation failures and device loss.
+#[derive(Default)]
+struct ErrorSink {
+    first: Option<String>,
+    lost: Option<String>,
+    /// An error vibrant itself hit while recording (a kernel that failed to build).
+    recorded: Option<BackendError>,
+}
+
+/// An opened GPU.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: GpuFeatures,
+    pub options: GpuOptions,
+    errors: Arc<Mutex<ErrorSink>>,
+}
+
+impl Gpu {
+    pub fn open(options: GpuOptions) -> Result<Self> {
+        let mut all = adapters(options.api.as_deref())?;
+        let which = match options.api.as_deref() {
+            Some(api) => format!("{api} GPU adapter"),
+            None => "GPU adapter".to_string(),
+        };
+        if all.is_empty() {
+            return Err(BackendError::Unsupported(format!(
+                "no such adapter: no {which} with compute support was found on this machine (see `vibrant devices`)"
+            )));
+        }
+        let index = options.adapter.unwrap_or(0);
+        if index >= all.len() {
+            return Err(BackendError::Unsupported(format!(
+                "no such adapter: --adapter {index}, but only {} {which}(s) exist (see `vibrant devices`)",
+                all.len()
+            )));
+        }
+        let adapter = all.swap_remove(index);
+        let info = adapter.get_info();
+        let features = GpuFeatures::of(&adapter);
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("vibrant"),
+            required_features: features.wgpu_features(),
+            required_limits: limits.clone(),
+            // SAFETY of intent: cooperative matrices are an experimental wgpu feature; vibrant
+            // only uses them through kernels that are tested against the CPU reference.
+            experimental_features: if features.cooperative_matrix {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&desc)).map_err(|e| BackendError::Gpu {
+                stage: format!("opening {}", info.name),
+                message: e.to_string(),
+            })?;
+        let errors = Arc::new(Mutex::new(ErrorSink::default()));
+        {
+            let errors = errors.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut sink = errors.lock().unwrap_or_else(|p| p.into_inner());
+                sink.first.get_or_insert_with(|| e.to_string());
+            }));
+        }
+        {
+            let errors = errors.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                let mut sink = errors.lock().unwrap_or_else(|p| p.into_inner());
+                sink.lost
+                    .get_or_insert_with(|| format!("{reason:?}: {message}"));
+            });
+        }
+        Ok(Self {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            options,
+            errors,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}; features: {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.features.summary()
+        )
+    }
+
+    /// Reports the first error wgpu raised since the last check, blamed on `stage`.
+    pub fn check(&self, stage: &str) -> Result<()> {
+        let mut sink = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reason) = sink.lost.clone() {
+            return Err(BackendError::DeviceLost {
+                stage: stage.to_string(),
+                reason,
+            });
+        }
+        if let Some(error) = sink.recorded.take() {
+            return Err(error);
+        }
+        if let Some(message) = sink.first.take() {
+            return Err(classify(stage, message));
+        }
+        Ok(())
+    }
+
+    /// Records an error found while recording work; it is reported at the next check.
+    pub fn report(&self, error: BackendError) {
+        let mut sink = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        sink.recorded.get_or_insert(error);
+    }
+
+    /// Waits for all submitted work, at most the configured timeout.
+    pub fn wait(&self, stage: &str) -> Result<()> {
+        let timeout = self.options.timeout;
+        let outcome = self.device.poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: Some(timeout),
+        });
+        self.check(stage)?;
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(wgpu::PollError::Timeout) => Err(BackendError::Timeout {
+                stage: stage.to_string(),
+                seconds: timeout.as_secs_f64(),
+            }),
+            Err(e) => Err(BackendError::Gpu {
+                stage: stage.to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Runs `f` inside a validation error scope, so a bad pipeline or resource is reported
+    /// right where it was created.
+    pub fn scoped<T>(&self, stage: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let value = f();
+        let oom_error = pollster::block_on(oom.pop());
+        let validation_error = pollster::block_on(scope.pop());
+        if let Some(e) = oom_error {
+            return Err(BackendError::OutOfMemory {
+                device: self.info.name.clone(),
+                what: format!("{stage}: {e}"),
+            });
+        }
+        if let Some(e) = validation_error {
+            return Err(classify(stage, e.to_string()));
+        }
+        Ok(value)
+    }
+}
+
+fn classify(stage: &str, message: String) -> BackendError {
+    BackendError::Gpu {
+        stage: stage.to_string(),
+        message,
+    }
+}

@@ -1,0 +1,258 @@
+//! The WGSL kernel set: which shader files make up each kernel, composed at pipeline creation
+//! (WGSL has no includes), and the pipelines built from them, once per device.
+
+use crate::backend::{BackendError, Result};
+use crate::quant::GgmlType;
+
+const COMMON: (&str, &str) = ("common.wgsl", include_str!("../../../shaders/common.wgsl"));
+const QUANT_FLOAT: (&str, &str) = (
+    "quant_float.wgsl",
+    include_str!("../../../shaders/quant_float.wgsl"),
+);
+const QUANT_LEGACY: (&str, &str) = (
+    "quant_legacy.wgsl",
+    include_str!("../../../shaders/quant_legacy.wgsl"),
+);
+const QUANT_K: (&str, &str) = (
+    "quant_k.wgsl",
+    include_str!("../../../shaders/quant_k.wgsl"),
+);
+const DEQUANT: (&str, &str) = (
+    "dequant.wgsl",
+    include_str!("../../../shaders/dequant.wgsl"),
+);
+const MATVEC: (&str, &str) = ("matvec.wgsl", include_str!("../../../shaders/matvec.wgsl"));
+const NORM: (&str, &str) = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
+const ROPE: (&str, &str) = ("rope.wgsl", include_str!("../../../shaders/rope.wgsl"));
+const ATTENTION: (&str, &str) = (
+    "attention.wgsl",
+    include_str!("../../../shaders/attention.wgsl"),
+);
+const ELEMENTWISE: (&str, &str) = (
+    "elementwise.wgsl",
+    include_str!("../../../shaders/elementwise.wgsl"),
+);
+const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl"));
+
+/// Every kernel, with the weight type it decodes where it reads a weight matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    GetRows(GgmlType),
+    Dequant(GgmlType),
+    Matvec(GgmlType),
+    RmsNorm,
+    RopeStoreKv,
+    Attention,
+    Add,
+    Swiglu,
+    CopyRow,
+    Argmax,
+    Softmax,
+}
+
+/// How a kernel's buffer bindings (after the parameters at binding 0) are accessed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+use Access::{Read, ReadWrite};
+
+impl Kernel {
+    pub fn name(self) -> String {
+        let base = match self {
+            Self::GetRows(_) => "get_rows",
+            Self::Dequant(_) => "dequant",
+            Self::Matvec(_) => "matvec",
+            Self::RmsNorm => "rms_norm",
+            Self::RopeStoreKv => "rope_store_kv",
+            Self::Attention => "attention",
+            Self::Add => "add",
+            Self::Swiglu => "swiglu",
+            Self::CopyRow => "copy_row",
+            Self::Argmax => "argmax",
+            Self::Softmax => "softmax",
+        };
+        match self.weight_type() {
+            Some(t) => format!("{base}_{}", t.name().to_ascii_lowercase()),
+            None => base.to_string(),
+        }
+    }
+
+    fn weight_type(self) -> Option<GgmlType> {
+        match self {
+            Self::GetRows(t) | Self::Dequant(t) | Self::Matvec(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The op file and its entry point.
+    fn op(self) -> ((&'static str, &'static str), &'static str) {
+        match self {
+            Self::GetRows(_) => (DEQUANT, "get_rows"),
+            Self::Dequant(_) => (DEQUANT, "dequant"),
+            Self::Matvec(_) => (MATVEC, "matvec"),
+            Self::RmsNorm => (NORM, "rms_norm"),
+            Self::RopeStoreKv => (ROPE, "rope_store_kv"),
+            Self::Attention => (ATTENTION, "attention"),
+            Self::Add => (ELEMENTWISE, "add"),
+            Self::Swiglu => (ELEMENTWISE, "swiglu"),
+            Self::CopyRow => (ELEMENTWISE, "copy_row"),
+            Self::Argmax => (REDUCE, "argmax"),
+            Self::Softmax => (REDUCE, "softmax"),
+        }
+    }
+
+    /// Buffer bindings in order, as the op file declares them: slot and access.
+    pub fn bindings(self) -> Vec<(u32, Access)> {
+        let access: &[Access] = match self {
+            Self::GetRows(_) => &[Read, Read, ReadWrite],
+            // The dequant entry point does not use get_rows' token list (binding 2).
+            Self::Dequant(_) => return vec![(1, Read), (3, ReadWrite)],
+            Self::Matvec(_) => &[Read, Read, Read, ReadWrite],
+            Self::RmsNorm => &[Read, Read, ReadWrite],
+            Self::RopeStoreKv => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite],
+            Self::Attention => &[Read, Read, Read, ReadWrite],
+            Self::Add => &[ReadWrite, Read],
+            Self::Swiglu => &[ReadWrite, Read, Read],
+            Self::CopyRow => &[ReadWrite, Read],
+            Self::Argmax | Self::Softmax => &[ReadWrite, ReadWrite],
+        };
+        access
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u32 + 1, *a))
+            .collect()
+    }
+
+    /// The composed WGSL source, and where each file starts in it (for error messages).
+    pub fn source(self) -> (String, Vec<(&'static str, usize)>) {
+        let mut pieces = vec![COMMON];
+        let glue;
+        if let Some(t) = self.weight_type() {
+            pieces.push(match t {
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => QUANT_FLOAT,
+                GgmlType::Q4_0
+                | GgmlType::Q4_1
+                | GgmlType::Q5_0
+                | GgmlType::Q5_1
+                | GgmlType::Q8_0 => QUANT_LEGACY,
+                _ => QUANT_K,
+            });
+            let suffix = t.name().to_ascii_lowercase();
+            glue = format!(
+                "// The weight type this kernel decodes.\nfn load8(row: u32, g: u32) -> array<vec4<f32>, 2> {{ return load8_{suffix}(row, g); }}\n"
+            );
+            pieces.push(("(generated)", glue.as_str()));
+        }
+        pieces.push(self.op().0);
+        let mut source = String::new();
+        let mut starts = Vec::new();
+        for (file, text) in pieces {
+            starts.push((file, source.lines().count() + 1));
+            source.push_str(text);
+            if !text.ends_with('\n') {
+                source.push('\n');
+            }
+        }
+        (source, starts)
+    }
+}
+
+/// A compiled kernel.
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+pub fn build(gpu: &super::device::Gpu, kernel: Kernel) -> Result<Pipeline> {
+    let name = kernel.name();
+    let (source, starts) = kernel.source();
+    let device = &gpu.device;
+    let module = gpu
+        .scoped(&format!("compiling kernel {name}"), || {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&name),
+                source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+            })
+        })
+        .map_err(|e| locate_shader_error(e, &starts))?;
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: None,
+        },
+        count: None,
+    }];
+    for (binding, access) in kernel.bindings() {
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: access == Read,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+    }
+    gpu.scoped(&format!("creating pipeline {name}"), || {
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(&name),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&name),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&name),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(kernel.op().1),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        Pipeline { pipeline, layout }
+    })
+}
+
+/// Rewrites `wgsl:LINE:COL` references of the composed source into `file.wgsl:line`.
+fn locate_shader_error(e: BackendError, starts: &[(&str, usize)]) -> BackendError {
+    let BackendError::Gpu { stage, message } = e else {
+        return e;
+    };
+    let locate = |line: usize| {
+        let (file, start) = starts
+            .iter()
+            .rev()
+            .find(|(_, s)| *s <= line)
+            .copied()
+            .unwrap_or(("?", 1));
+        format!("shaders/{file}:{}", line - start + 1)
+    };
+    let mut places = Vec::new();
+    for (i, _) in message.match_indices("wgsl:") {
+        let digits: String = message[i + 5..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if let Ok(line) = digits.parse::<usize>() {
+            places.push(locate(line));
+        }
+    }
+    places.dedup();
+    let message = if places.is_empty() {
+        message
+    } else {
+        format!("at {}: {message}", places.join(", "))
+    };
+    BackendError::Gpu { stage, message }
+}

@@ -1,0 +1,804 @@
+//! The GPU backend: the transformer's ops as WGSL compute kernels on any wgpu adapter.
+//!
+//! Weights are uploaded once, still quantized (see [`layout`]). Each forward step records all
+//! its dispatches into one command encoder and one compute pass; pipelines are built once and
+//! bind groups are cached, so a decode step only records. Kernel parameters travel in one
+//! uniform buffer per submission, one 256-byte slot per dispatch (dynamic offsets). Only what
+//! the host asks for (a token id, or the logits) is read back, and every wait is bounded.
+
+pub mod device;
+pub mod kernels;
+pub mod layout;
+
+pub use device::{list_adapters, AdapterSummary, Gpu, GpuFeatures, GpuOptions};
+pub use kernels::Kernel;
+
+use super::{AttentionShape, Backend, BackendError, Result, RopeKind, WeightBytes};
+use crate::quant::GgmlType;
+use bytemuck::{Pod, Zeroable};
+use kernels::Pipeline;
+use layout::WeightLayout;
+use std::collections::HashMap;
+use std::sync::Arc;
+use wgpu::util::DeviceExt;
+
+/// Most workgroups along one grid dimension (the WebGPU minimum every adapter offers).
+const MAX_GROUPS: u32 = 65535;
+/// Parameter slots per submission before recording flushes.
+const PARAM_SLOTS: u64 = 4096;
+
+/// A device buffer with an identity for the bind-group cache.
+pub struct GpuBuf {
+    id: u64,
+    buffer: wgpu::Buffer,
+}
+
+pub struct GpuTensor {
+    buf: Arc<GpuBuf>,
+    rows: usize,
+    cols: usize,
+}
+
+/// A row range of a weight matrix small enough for one binding.
+struct MatrixPart {
+    buf: Arc<GpuBuf>,
+    row_start: u32,
+    rows: u32,
+    layout: WeightLayout,
+}
+
+pub struct GpuMatrix {
+    name: String,
+    ggml_type: GgmlType,
+    rows: usize,
+    cols: usize,
+    parts: Vec<MatrixPart>,
+}
+
+pub struct GpuVector {
+    buf: Arc<GpuBuf>,
+}
+
+pub struct GpuKvCache {
+    k: Vec<Arc<GpuBuf>>,
+    v: Vec<Arc<GpuBuf>>,
+    kv_width: usize,
+}
+
+/// Identifies a bind group: the kernel and the buffers bound to it, in order.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BindKey {
+    kernel: Kernel,
+    buffers: Vec<u64>,
+}
+
+pub struct WgpuBackend {
+    gpu: Gpu,
+    pipelines: HashMap<Kernel, Pipeline>,
+    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
+    params_buf: wgpu::Buffer,
+    param_stride: u64,
+    params: Vec<u8>,
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    tokens: Arc<GpuBuf>,
+    token_capacity: usize,
+    result: Arc<GpuBuf>,
+    readback: Option<wgpu::Buffer>,
+    /// Stands in for an absent optional input (a matmul without bias).
+    dummy: Arc<GpuBuf>,
+    next_id: u64,
+    bytes_allocated: u64,
+    /// What the recorded work is doing, for error messages.
+    stage: String,
+    /// Set once recording hit an error: nothing more is recorded, the next wait reports it.
+    failed: bool,
+}
+
+fn grid(groups: u64) -> (u32, u32) {
+    let x = groups.min(MAX_GROUPS as u64) as u32;
+    (x.max(1), groups.div_ceil(MAX_GROUPS as u64) as u32)
+}
+
+impl WgpuBackend {
+    pub fn new(options: GpuOptions) -> Result<Self> {
+        let gpu = Gpu::open(options)?;
+        let param_stride = (gpu.limits.min_uniform_buffer_offset_alignment as u64).max(64);
+        let params_buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kernel parameters"),
+            size: param_stride * PARAM_SLOTS,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let small = |id: u64, label: &str, size: u64| -> Result<Arc<GpuBuf>> {
+            let buffer = gpu.scoped(&format!("allocating {label}"), || {
+                gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })?;
+            Ok(Arc::new(GpuBuf { id, buffer }))
+        };
+        const FIRST_TOKENS: usize = 256;
+        let tokens = small(1, "tokens", 4 * FIRST_TOKENS as u64)?;
+        let result = small(2, "argmax result", 16)?;
+        let dummy = small(3, "absent input", 16)?;
+        Ok(Self {
+            gpu,
+            pipelines: HashMap::new(),
+            bind_groups: HashMap::new(),
+            params_buf,
+            param_stride,
+            params: Vec::new(),
+            encoder: None,
+            pass: None,
+            tokens,
+            token_capacity: FIRST_TOKENS,
+            result,
+            readback: None,
+            dummy,
+            next_id: 3,
+            bytes_allocated: param_stride * PARAM_SLOTS + 4 * FIRST_TOKENS as u64 + 32,
+            stage: "setup".into(),
+            failed: false,
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn storage(&mut self, label: &str, size: u64) -> Result<Arc<GpuBuf>> {
+        self.check_size(label, size)?;
+        let size = size.next_multiple_of(4).max(16);
+        let buffer = self.gpu.scoped(&format!("allocating {label}"), || {
+            self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        self.bytes_allocated += size;
+        Ok(Arc::new(GpuBuf {
+            id: self.new_id(),
+            buffer,
+        }))
+    }
+
+    fn storage_init(&mut self, label: &str, contents: &[u8]) -> Result<Arc<GpuBuf>> {
+        self.check_size(label, contents.len() as u64)?;
+        let buffer = self.gpu.scoped(&format!("uploading {label}"), || {
+            self.gpu
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                })
+        })?;
+        self.bytes_allocated += contents.len() as u64;
+        Ok(Arc::new(GpuBuf {
+            id: self.new_id(),
+            buffer,
+        }))
+    }
+
+    fn max_binding(&self) -> u64 {
+        self.gpu
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.gpu.limits.max_buffer_size)
+    }
+
+    fn check_size(&self, label: &str, size: u64) -> Result<()> {
+        if size > self.max_binding() {
+            return Err(BackendError::Unsupported(format!(
+                "{label} needs a {} MiB buffer, but {} binds at most {} MiB: use a smaller --ctx-size or --batch-size, or another device",
+                size >> 20,
+                self.gpu.info.name,
+                self.max_binding() >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    fn pipeline(&mut self, kernel: Kernel) -> Result<()> {
+        if !self.pipelines.contains_key(&kernel) {
+            let built = kernels::build(&self.gpu, kernel)?;
+            self.pipelines.insert(kernel, built);
+        }
+        Ok(())
+    }
+
+    /// Records one dispatch. Recording errors (a failed pipeline) surface at the next wait.
+    fn dispatch<P: Pod>(
+        &mut self,
+        kernel: Kernel,
+        params: &P,
+        buffers: &[&Arc<GpuBuf>],
+        groups: (u32, u32, u32),
+    ) {
+        if self.failed {
+            return;
+        }
+        if let Err(e) = self.pipeline(kernel) {
+            self.failed = true;
+            self.gpu.report(e);
+            return;
+        }
+        if self.params.len() as u64 >= self.param_stride * PARAM_SLOTS {
+            self.submit();
+        }
+        let offset = self.params.len() as u64;
+        let bytes = bytemuck::bytes_of(params);
+        self.params.extend_from_slice(bytes);
+        self.params.resize((offset + self.param_stride) as usize, 0);
+
+        let key = BindKey {
+            kernel,
+            buffers: buffers.iter().map(|b| b.id).collect(),
+        };
+        if !self.bind_groups.contains_key(&key) {
+            let pipeline = &self.pipelines[&kernel];
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.params_buf,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(self.param_stride),
+                }),
+            }];
+            for ((binding, _), buf) in kernel.bindings().into_iter().zip(buffers) {
+                entries.push(wgpu::BindGroupEntry {
+                    binding,
+                    resource: buf.buffer.as_entire_binding(),
+                });
+            }
+            let group = self
+                .gpu
+                .device
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &pipeline.layout,
+                    entries: &entries,
+                });
+            self.bind_groups.insert(key.clone(), group);
+        }
+        if self.gpu.options.trace {
+            eprintln!(
+                "[vibrant trace] dispatch {} groups {:?} params {:?}",
+                kernel.name(),
+                groups,
+                &bytes[..bytes.len().min(32)]
+            );
+        }
+        self.pass();
+        let pass = self.pass.as_mut().expect("pass opened above");
+        let pipeline = &self.pipelines[&kernel];
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &self.bind_groups[&key], &[offset as u32]);
+        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        if self.gpu.options.trace {
+            // Finish each dispatch on its own, so a kernel that never ends is the last named.
+            self.stage = format!("kernel {}", kernel.name());
+            if let Err(e) = self.flush_and_wait() {
+                eprintln!("[vibrant trace] {e}");
+            }
+        }
+    }
+
+    fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
+        if self.pass.is_none() {
+            let encoder = self.encoder.get_or_insert_with(|| {
+                self.gpu
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("step"),
+                    })
+            });
+            let pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("step"),
+                    timestamp_writes: None,
+                })
+                .forget_lifetime();
+            self.pass = Some(pass);
+        }
+        self.pass.as_mut().expect("just created")
+    }
+
+    /// Ends the pass so that copies can be recorded on the encoder.
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        self.encoder.get_or_insert_with(|| {
+            self.gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step"),
+                })
+        })
+    }
+
+    /// Sends everything recorded so far to the GPU.
+    fn submit(&mut self) {
+        self.pass = None;
+        let Some(encoder) = self.encoder.take() else {
+            return;
+        };
+        if !self.params.is_empty() {
+            self.gpu
+                .queue
+                .write_buffer(&self.params_buf, 0, &self.params);
+            self.params.clear();
+        }
+        self.gpu.queue.submit([encoder.finish()]);
+    }
+
+    fn flush_and_wait(&mut self) -> Result<()> {
+        self.submit();
+        let stage = self.stage.clone();
+        self.gpu.wait(&stage)
+    }
+
+    /// Copies `size` bytes from the start of `src` to the host.
+    fn read_bytes(&mut self, src: &Arc<GpuBuf>, size: u64) -> Result<Vec<u8>> {
+        let size = size.next_multiple_of(4);
+        if self.readback.as_ref().is_none_or(|b| b.size() < size) {
+            self.readback = Some(self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let readback = self.readback.clone().expect("allocated above");
+        self.encoder()
+            .copy_buffer_to_buffer(&src.buffer, 0, &readback, 0, size);
+        self.flush_and_wait()?;
+        let slice = readback.slice(..size);
+        let mapped = Arc::new(std::sync::Mutex::new(None));
+        let sink = mapped.clone();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        });
+        self.gpu.wait("reading results back")?;
+        match mapped.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                return Err(BackendError::Gpu {
+                    stage: "reading results back".into(),
+                    message: e.to_string(),
+                })
+            }
+            None => {
+                return Err(BackendError::Timeout {
+                    stage: "mapping the readback buffer".into(),
+                    seconds: self.gpu.options.timeout.as_secs_f64(),
+                })
+            }
+        }
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| BackendError::Gpu {
+                stage: "reading results back".into(),
+                message: e.to_string(),
+            })?
+            .to_vec();
+        readback.unmap();
+        Ok(bytes)
+    }
+
+    /// Dequantizes a whole matrix on the device (the standalone dequant kernel).
+    pub fn dequantize(&mut self, m: &GpuMatrix) -> Result<Vec<f32>> {
+        let out = self.storage("dequantized", (m.rows * m.cols * 4) as u64)?;
+        for part in &m.parts {
+            let params = DequantParams::new(part, m.cols, part.rows);
+            let groups = (m.cols as u32).div_ceil(8).div_ceil(64);
+            let (y, z) = (part.rows.min(MAX_GROUPS), part.rows.div_ceil(MAX_GROUPS));
+            let dummy = self.dummy.clone();
+            self.dispatch(
+                Kernel::Dequant(m.ggml_type),
+                &params,
+                &[&part.buf, &dummy, &out],
+                (groups, y, z),
+            );
+        }
+        self.stage = format!("dequantizing {}", m.name);
+        let bytes = self.read_bytes(&out, (m.rows * m.cols * 4) as u64)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Softmax of row 0 of `x` at a temperature, in place.
+    pub fn softmax(&mut self, x: &GpuTensor, temperature: f32) {
+        let params = ReduceParams {
+            len: x.cols as u32,
+            temperature,
+        };
+        let result = self.result.clone();
+        self.dispatch(Kernel::Softmax, &params, &[&x.buf, &result], (1, 1, 1));
+    }
+
+    /// Uploads host data into a tensor's first rows (tests and tools).
+    pub fn write(&mut self, x: &GpuTensor, data: &[f32]) {
+        assert!(
+            data.len() <= x.rows * x.cols,
+            "write past the end of a tensor"
+        );
+        self.submit();
+        self.gpu
+            .queue
+            .write_buffer(&x.buf.buffer, 0, bytemuck::cast_slice(data));
+    }
+
+    fn elementwise(&mut self, kernel: Kernel, len: usize, offset: usize, buffers: &[&Arc<GpuBuf>]) {
+        let params = ElementParams {
+            len: len as u32,
+            offset: offset as u32,
+        };
+        let (x, y) = grid((len as u64).div_ceil(256));
+        self.dispatch(kernel, &params, buffers, (x, y, 1));
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct DequantParams {
+    w_k: u32,
+    w_bpr: u32,
+    w_scales: u32,
+    rows: u32,
+    row_start: u32,
+    n: u32,
+}
+
+impl DequantParams {
+    fn new(part: &MatrixPart, cols: usize, n: u32) -> Self {
+        Self {
+            w_k: cols as u32,
+            w_bpr: part.layout.blocks_per_row,
+            w_scales: part.layout.scales_offset,
+            rows: part.rows,
+            row_start: part.row_start,
+            n,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MatvecParams {
+    w_k: u32,
+    w_bpr: u32,
+    w_scales: u32,
+    rows: u32,
+    row_start: u32,
+    y_stride: u32,
+    has_bias: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct NormParams {
+    cols: u32,
+    eps: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RopeParams {
+    n_head: u32,
+    head_dim: u32,
+    pos: u32,
+    n: u32,
+    neox: u32,
+    q_width: u32,
+    kv_width: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AttentionParams {
+    n_head: u32,
+    n_head_kv: u32,
+    head_dim: u32,
+    pos: u32,
+    kv_width: u32,
+    q_width: u32,
+    scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ElementParams {
+    len: u32,
+    offset: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ReduceParams {
+    len: u32,
+    temperature: f32,
+}
+
+impl Backend for WgpuBackend {
+    type Tensor = GpuTensor;
+    type Matrix = GpuMatrix;
+    type Vector = GpuVector;
+    type KvCache = GpuKvCache;
+
+    fn describe(&self) -> String {
+        self.gpu.describe()
+    }
+
+    fn upload_matrix(
+        &mut self,
+        name: &str,
+        ggml_type: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: WeightBytes,
+    ) -> Result<GpuMatrix> {
+        let bytes = data.bytes();
+        let row_bytes = bytes.len() / rows;
+        let max_rows = (self.max_binding() / row_bytes as u64) as usize;
+        if max_rows == 0 {
+            return Err(BackendError::Unsupported(format!(
+                "{name}: one row takes {row_bytes} bytes, more than {} can bind",
+                self.gpu.info.name
+            )));
+        }
+        let mut parts = Vec::new();
+        for row_start in (0..rows).step_by(max_rows) {
+            let n = max_rows.min(rows - row_start);
+            let chunk = &bytes[row_start * row_bytes..(row_start + n) * row_bytes];
+            let (layout, words) = layout::repack(ggml_type, cols, chunk);
+            let buf = self.storage_init(name, bytemuck::cast_slice(&words))?;
+            parts.push(MatrixPart {
+                buf,
+                row_start: row_start as u32,
+                rows: n as u32,
+                layout,
+            });
+        }
+        let kernels = [Kernel::Matvec(ggml_type), Kernel::GetRows(ggml_type)];
+        for k in kernels {
+            self.pipeline(k)?;
+        }
+        Ok(GpuMatrix {
+            name: name.to_string(),
+            ggml_type,
+            rows,
+            cols,
+            parts,
+        })
+    }
+
+    fn upload_vector(&mut self, name: &str, data: &[f32]) -> Result<GpuVector> {
+        Ok(GpuVector {
+            buf: self.storage_init(name, bytemuck::cast_slice(data))?,
+        })
+    }
+
+    fn tensor(&mut self, name: &str, rows: usize, cols: usize) -> Result<GpuTensor> {
+        Ok(GpuTensor {
+            buf: self.storage(name, (rows * cols * 4) as u64)?,
+            rows,
+            cols,
+        })
+    }
+
+    fn kv_cache(&mut self, n_layers: usize, n_ctx: usize, kv_width: usize) -> Result<GpuKvCache> {
+        let bytes = (n_ctx * kv_width * 2) as u64;
+        let mut k = Vec::with_capacity(n_layers);
+        let mut v = Vec::with_capacity(n_layers);
+        for layer in 0..n_layers {
+            k.push(self.storage(&format!("layer {layer} key cache"), bytes)?);
+            v.push(self.storage(&format!("layer {layer} value cache"), bytes)?);
+        }
+        Ok(GpuKvCache { k, v, kv_width })
+    }
+
+    fn embed(&mut self, table: &GpuMatrix, tokens: &[u32], out: &GpuTensor) {
+        // The token buffer is rewritten per step: work recorded against it goes first.
+        self.submit();
+        if tokens.len() > self.token_capacity {
+            match self.storage("tokens", 4 * tokens.len() as u64) {
+                Ok(buf) => {
+                    self.tokens = buf;
+                    self.token_capacity = tokens.len();
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return self.gpu.report(e);
+                }
+            }
+        }
+        let clamped: Vec<u32> = tokens
+            .iter()
+            .map(|&t| t.min(table.rows as u32 - 1))
+            .collect();
+        self.gpu
+            .queue
+            .write_buffer(&self.tokens.buffer, 0, bytemuck::cast_slice(&clamped));
+        self.stage = "forward step".into();
+        let tokens_buf = self.tokens.clone();
+        for part in &table.parts {
+            let params = DequantParams::new(part, table.cols, tokens.len() as u32);
+            let groups = (table.cols as u32).div_ceil(8).div_ceil(64);
+            self.dispatch(
+                Kernel::GetRows(table.ggml_type),
+                &params,
+                &[&part.buf, &tokens_buf, &out.buf],
+                (groups, tokens.len() as u32, 1),
+            );
+        }
+    }
+
+    fn rms_norm(&mut self, x: &GpuTensor, weight: &GpuVector, eps: f32, out: &GpuTensor, n: usize) {
+        let params = NormParams {
+            cols: x.cols as u32,
+            eps,
+        };
+        self.dispatch(
+            Kernel::RmsNorm,
+            &params,
+            &[&x.buf, &weight.buf, &out.buf],
+            (n as u32, 1, 1),
+        );
+    }
+
+    fn matmul(
+        &mut self,
+        x: &GpuTensor,
+        w: &GpuMatrix,
+        bias: Option<&GpuVector>,
+        out: &GpuTensor,
+        n: usize,
+    ) {
+        assert_eq!((x.cols, out.cols), (w.cols, w.rows), "{}: shape", w.name);
+        let bias_buf = bias.map_or_else(|| self.dummy.clone(), |b| b.buf.clone());
+        for part in &w.parts {
+            let params = MatvecParams {
+                w_k: w.cols as u32,
+                w_bpr: part.layout.blocks_per_row,
+                w_scales: part.layout.scales_offset,
+                rows: part.rows,
+                row_start: part.row_start,
+                y_stride: w.rows as u32,
+                has_bias: bias.is_some() as u32,
+            };
+            let (gx, gy) = grid(part.rows as u64);
+            self.dispatch(
+                Kernel::Matvec(w.ggml_type),
+                &params,
+                &[&part.buf, &x.buf, &bias_buf, &out.buf],
+                (gx, gy, n as u32),
+            );
+        }
+    }
+
+    fn add(&mut self, acc: &GpuTensor, x: &GpuTensor, n: usize) {
+        self.elementwise(Kernel::Add, n * acc.cols, 0, &[&acc.buf, &x.buf]);
+    }
+
+    fn swiglu(&mut self, gate: &GpuTensor, up: &GpuTensor, out: &GpuTensor, n: usize) {
+        self.elementwise(
+            Kernel::Swiglu,
+            n * out.cols,
+            0,
+            &[&out.buf, &gate.buf, &up.buf],
+        );
+    }
+
+    fn rope_store_kv(
+        &mut self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        rope_cos_sin: &GpuVector,
+        cache: &GpuKvCache,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        shape: &AttentionShape,
+    ) {
+        let params = RopeParams {
+            n_head: shape.n_head as u32,
+            head_dim: shape.head_dim as u32,
+            pos: pos as u32,
+            n: n as u32,
+            neox: (shape.rope == RopeKind::Neox) as u32,
+            q_width: shape.q_width() as u32,
+            kv_width: cache.kv_width as u32,
+        };
+        let items = (shape.q_width() / 2 + cache.kv_width) as u32;
+        self.dispatch(
+            Kernel::RopeStoreKv,
+            &params,
+            &[
+                &q.buf,
+                &k.buf,
+                &v.buf,
+                &rope_cos_sin.buf,
+                &cache.k[layer],
+                &cache.v[layer],
+            ],
+            (items.div_ceil(64), n as u32, 1),
+        );
+    }
+
+    fn attention(
+        &mut self,
+        q: &GpuTensor,
+        cache: &GpuKvCache,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        out: &GpuTensor,
+        shape: &AttentionShape,
+    ) {
+        let params = AttentionParams {
+            n_head: shape.n_head as u32,
+            n_head_kv: shape.n_head_kv as u32,
+            head_dim: shape.head_dim as u32,
+            pos: pos as u32,
+            kv_width: cache.kv_width as u32,
+            q_width: shape.q_width() as u32,
+            scale: 1.0 / (shape.head_dim as f32).sqrt(),
+        };
+        self.dispatch(
+            Kernel::Attention,
+            &params,
+            &[&q.buf, &cache.k[layer], &cache.v[layer], &out.buf],
+            (shape.n_head as u32, n as u32, 1),
+        );
+    }
+
+    fn copy_row(&mut self, src: &GpuTensor, row: usize, dst: &GpuTensor) {
+        self.elementwise(
+            Kernel::CopyRow,
+            src.cols,
+            row * src.cols,
+            &[&dst.buf, &src.buf],
+        );
+    }
+
+    fn read(&mut self, x: &GpuTensor, n: usize) -> Result<Vec<f32>> {
+        self.stage = "forward step".into();
+        let bytes = self.read_bytes(&x.buf.clone(), (n * x.cols * 4) as u64)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    fn argmax(&mut self, x: &GpuTensor) -> Result<u32> {
+        let params = ReduceParams {
+            len: x.cols as u32,
+            temperature: 1.0,
+        };
+        let result = self.result.clone();
+        self.dispatch(Kernel::Argmax, &params, &[&x.buf, &result], (1, 1, 1));
+        self.stage = "forward step".into();
+        let bytes = self.read_bytes(&result, 4)?;
+        Ok(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")))
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.flush_and_wait()
+    }
+
+    fn memory_used(&self) -> u64 {
+        self.bytes_allocated
+    }
+}

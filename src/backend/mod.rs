@@ -1,0 +1,180 @@
+//! Backends execute the transformer's operations: the CPU reference and the wgpu GPU path
+//! implement the same small trait, so the model's forward pass is written once.
+//!
+//! Tensors are row-major f32 activations of `[rows, cols]`; an op works on the first `n` rows.
+//! Matrices are weights of `[out_features rows, in_features cols]`, kept in their GGUF encoding.
+
+pub mod cpu;
+pub mod gpu;
+
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::quant::GgmlType;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("out of memory on {device}: {what}")]
+    OutOfMemory { device: String, what: String },
+    #[error("GPU error during {stage}: {message}")]
+    Gpu { stage: String, message: String },
+    #[error("GPU timed out after {seconds:.1} s waiting for {stage} (raise --gpu-timeout if the device is just slow)")]
+    Timeout { stage: String, seconds: f64 },
+    #[error("GPU device lost during {stage}: {reason}")]
+    DeviceLost { stage: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeKind {
+    /// Adjacent pairs (x[2i], x[2i+1]): llama.
+    Normal,
+    /// Halves (x[i], x[i + d/2]): GPT-NeoX, qwen2.
+    Neox,
+}
+
+/// Shape of the attention of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub rope: RopeKind,
+}
+
+impl AttentionShape {
+    pub fn q_width(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+    pub fn kv_width(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+}
+
+/// The encoded bytes of one weight tensor: still inside its (memory-mapped) file, so that a
+/// backend that computes from host memory keeps them without copying, or owned (tests,
+/// generated weights).
+#[derive(Clone)]
+pub struct WeightBytes(WeightSource);
+
+#[derive(Clone)]
+enum WeightSource {
+    File {
+        file: Arc<GgufFile>,
+        start: usize,
+        len: usize,
+    },
+    Owned(Arc<[u8]>),
+}
+
+impl WeightBytes {
+    pub fn new(file: &Arc<GgufFile>, info: &TensorInfo) -> Self {
+        Self(WeightSource::File {
+            file: Arc::clone(file),
+            start: (file.data_offset + info.offset) as usize,
+            len: info.n_bytes as usize,
+        })
+    }
+
+    pub fn owned(bytes: Vec<u8>) -> Self {
+        Self(WeightSource::Owned(bytes.into()))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match &self.0 {
+            WeightSource::File { file, start, len } => &file.bytes()[*start..start + len],
+            WeightSource::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// What the forward pass needs from a device.
+pub trait Backend {
+    type Tensor;
+    type Matrix;
+    type Vector;
+    type KvCache;
+
+    /// A one-line description of the device, for logs and `--verbose`.
+    fn describe(&self) -> String;
+
+    fn upload_matrix(
+        &mut self,
+        name: &str,
+        ggml_type: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: WeightBytes,
+    ) -> Result<Self::Matrix>;
+    fn upload_vector(&mut self, name: &str, data: &[f32]) -> Result<Self::Vector>;
+    fn tensor(&mut self, name: &str, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// K and V for `n_layers` layers and `n_ctx` positions, `kv_width` values per position.
+    fn kv_cache(&mut self, n_layers: usize, n_ctx: usize, kv_width: usize)
+        -> Result<Self::KvCache>;
+
+    /// out[t] = row `tokens[t]` of `table`, dequantized.
+    fn embed(&mut self, table: &Self::Matrix, tokens: &[u32], out: &Self::Tensor);
+    /// out = x / rms(x) * weight, per row.
+    fn rms_norm(
+        &mut self,
+        x: &Self::Tensor,
+        weight: &Self::Vector,
+        eps: f32,
+        out: &Self::Tensor,
+        n: usize,
+    );
+    /// out = x · wᵀ (+ bias).
+    fn matmul(
+        &mut self,
+        x: &Self::Tensor,
+        w: &Self::Matrix,
+        bias: Option<&Self::Vector>,
+        out: &Self::Tensor,
+        n: usize,
+    );
+    /// acc += x.
+    fn add(&mut self, acc: &Self::Tensor, x: &Self::Tensor, n: usize);
+    /// out = silu(gate) * up.
+    fn swiglu(&mut self, gate: &Self::Tensor, up: &Self::Tensor, out: &Self::Tensor, n: usize);
+    /// Rotates q in place and k into the cache for positions `pos..pos + n` using the
+    /// `[n_ctx, head_dim / 2]` cos/sin tables, and stores v beside it.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_store_kv(
+        &mut self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        rope_cos_sin: &Self::Vector,
+        cache: &Self::KvCache,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        shape: &AttentionShape,
+    );
+    /// Causal attention of the n queries at `pos..pos + n` over cache positions `0..pos + n`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        q: &Self::Tensor,
+        cache: &Self::KvCache,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        out: &Self::Tensor,
+        shape: &AttentionShape,
+    );
+    /// dst[0] = src[row].
+    fn copy_row(&mut self, src: &Self::Tensor, row: usize, dst: &Self::Tensor);
+
+    /// Rows `0..n` of a tensor, brought to the host.
+    fn read(&mut self, x: &Self::Tensor, n: usize) -> Result<Vec<f32>>;
+    /// Index of the largest value of row 0 (first one on ties), without reading the row back.
+    fn argmax(&mut self, x: &Self::Tensor) -> Result<u32>;
+    /// Waits until all recorded work has finished (bounded on GPUs).
+    fn sync(&mut self) -> Result<()>;
+    /// Device memory the backend holds, in bytes.
+    fn memory_used(&self) -> u64;
+}

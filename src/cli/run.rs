@@ -1,0 +1,279 @@
+//! `ask` and `chat`: load a model on the chosen device, then stream answers.
+
+use super::GlobalArgs;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use vibrant::backend::Backend;
+use vibrant::chat::{ChatTemplate, Message};
+use vibrant::generate::{
+    GenerateOptions, Generation, Sampler, SamplerConfig, Session, StopReason, StopStrings,
+};
+use vibrant::gguf::GgufFile;
+use vibrant::model::{LoadOptions, Transformer};
+use vibrant::tokenizer::Tokenizer;
+
+/// A session on whichever backend was chosen, behind one object-safe face.
+trait Engine {
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>>;
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        sampler: &mut Sampler,
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation>;
+    fn reset(&mut self);
+    fn describe(&self) -> String;
+}
+
+impl<B: Backend> Engine for Session<B> {
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenize_prompt(text)?)
+    }
+
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        sampler: &mut Sampler,
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        Ok(Session::generate(self, prompt, sampler, options, on_text)?)
+    }
+
+    fn reset(&mut self) {
+        Session::reset(self)
+    }
+
+    fn describe(&self) -> String {
+        self.model.backend.describe()
+    }
+}
+
+struct Loaded {
+    engine: Box<dyn Engine>,
+    template: ChatTemplate,
+}
+
+fn load(g: &GlobalArgs) -> Result<Loaded> {
+    let started = Instant::now();
+    let path = vibrant::catalog::resolve(&g.model)?;
+    let file = Arc::new(GgufFile::open(&path)?);
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let template = ChatTemplate::from_gguf(&file)?;
+    let options = LoadOptions {
+        n_ctx: g.ctx_size,
+        n_batch: g.batch_size,
+    };
+    let engine: Box<dyn Engine> = match super::open_device(g)? {
+        super::Device::Cpu(backend) => Box::new(Session::new(
+            Transformer::load(&file, backend, &options)?,
+            tokenizer,
+        )),
+        super::Device::Gpu(backend) => Box::new(Session::new(
+            Transformer::load(&file, *backend, &options)?,
+            tokenizer,
+        )),
+    };
+    if g.verbose {
+        eprintln!(
+            "loaded {} on {} in {:.2} s",
+            path.display(),
+            engine.describe(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Loaded { engine, template })
+}
+
+fn sampler_config(g: &GlobalArgs) -> SamplerConfig {
+    SamplerConfig {
+        temperature: g.temp,
+        top_k: g.top_k,
+        top_p: g.top_p,
+        min_p: g.min_p,
+        repeat_penalty: g.repeat_penalty,
+        repeat_last_n: 64,
+        seed: g.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        }),
+    }
+}
+
+fn read_prompt(prompt: Option<String>) -> Result<String> {
+    match prompt.as_deref() {
+        Some("-") | None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the prompt from standard input")?;
+            Ok(s)
+        }
+        Some(p) => Ok(p.to_string()),
+    }
+}
+
+fn conversation(g: &GlobalArgs) -> Vec<Message> {
+    g.system.iter().map(Message::system).collect()
+}
+
+pub fn ask(g: &GlobalArgs, prompt: Option<String>, raw: bool) -> Result<()> {
+    let prompt = read_prompt(prompt)?;
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty");
+    }
+    let mut loaded = load(g)?;
+    let text = if raw {
+        prompt
+    } else {
+        let mut messages = conversation(g);
+        messages.push(Message::user(&prompt));
+        loaded.template.render(&messages, true)?
+    };
+    let tokens = loaded.engine.tokenize(&text)?;
+    let mut sampler = Sampler::new(sampler_config(g));
+    let options = GenerateOptions {
+        max_tokens: g.max_tokens,
+        stops: StopStrings::new(g.stop.clone()),
+        cancel: None,
+    };
+    let result = answer(
+        &mut *loaded.engine,
+        &tokens,
+        &mut sampler,
+        &options,
+        g.verbose,
+    )?;
+    if result.stop == StopReason::ContextFull {
+        bail!(
+            "the context filled up ({} tokens) before the answer ended; raise --ctx-size",
+            g.ctx_size
+        );
+    }
+    Ok(())
+}
+
+/// Streams one answer to stdout and reports its speed with --verbose.
+fn answer(
+    engine: &mut dyn Engine,
+    tokens: &[u32],
+    sampler: &mut Sampler,
+    options: &GenerateOptions,
+    verbose: bool,
+) -> Result<Generation> {
+    let mut out = std::io::stdout().lock();
+    let mut write_err = None;
+    let result = engine.generate(tokens, sampler, options, &mut |piece| {
+        if write_err.is_none() {
+            if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                write_err = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = write_err {
+        return Err(e).context("writing the answer to standard output");
+    }
+    writeln!(out)?;
+    if verbose {
+        eprintln!(
+            "[prompt: {} tokens, {:.1} t/s | answer: {} tokens, {:.1} t/s | stop: {:?}]",
+            result.prompt_tokens,
+            result.prompt_tokens_per_second(),
+            result.tokens.len(),
+            result.gen_tokens_per_second(),
+            result.stop
+        );
+    }
+    Ok(result)
+}
+
+pub fn chat(g: &GlobalArgs) -> Result<()> {
+    let mut loaded = load(g)?;
+    let interactive = std::io::stdin().is_terminal();
+    let generating = Arc::new(AtomicBool::new(false));
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let (generating, cancel) = (generating.clone(), cancel.clone());
+        // Ctrl-C stops the answer being written; at the prompt it ends the chat.
+        ctrlc::set_handler(move || {
+            if generating.load(Ordering::SeqCst) {
+                cancel.store(true, Ordering::SeqCst);
+            } else {
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    if interactive {
+        eprintln!("vibrant chat on {} — /reset clears the conversation, /exit quits, Ctrl-C stops an answer", loaded.engine.describe());
+    }
+    let mut sampler = Sampler::new(sampler_config(g));
+    let mut messages = conversation(g);
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            std::io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading standard input")?;
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                messages = conversation(g);
+                loaded.engine.reset();
+                if interactive {
+                    eprintln!("(conversation cleared)");
+                }
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(Message::user(&line));
+        let tokens = loaded
+            .engine
+            .tokenize(&loaded.template.render(&messages, true)?)?;
+        cancel.store(false, Ordering::SeqCst);
+        generating.store(true, Ordering::SeqCst);
+        let options = GenerateOptions {
+            max_tokens: g.max_tokens,
+            stops: StopStrings::new(g.stop.clone()),
+            cancel: Some(&cancel),
+        };
+        let result = answer(
+            &mut *loaded.engine,
+            &tokens,
+            &mut sampler,
+            &options,
+            g.verbose,
+        );
+        generating.store(false, Ordering::SeqCst);
+        match result {
+            Ok(generation) => {
+                if generation.stop == StopReason::ContextFull {
+                    eprintln!("(the context is full: the answer was cut; /reset to start over)");
+                }
+                if generation.stop == StopReason::Cancelled {
+                    eprintln!("(stopped)");
+                }
+                messages.push(Message::assistant(&generation.text));
+            }
+            Err(e) => {
+                // A turn that cannot run (too long for the context) leaves the session usable.
+                eprintln!("error: {e:#}");
+                messages.pop();
+                if !interactive {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}

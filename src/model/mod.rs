@@ -1,0 +1,394 @@
+//! Model architectures: configuration from GGUF metadata, weights named by their GGUF roles,
+//! and the transformer forward pass, written once against the [`Backend`] trait.
+
+mod config;
+
+pub use config::{Arch, Config, ModelError, Result};
+
+use crate::backend::{Backend, WeightBytes};
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::quant::{self, GgmlType};
+use std::sync::Arc;
+
+/// The weights of one transformer block.
+struct Layer<B: Backend> {
+    attn_norm: B::Vector,
+    wq: B::Matrix,
+    wk: B::Matrix,
+    wv: B::Matrix,
+    bq: Option<B::Vector>,
+    bk: Option<B::Vector>,
+    bv: Option<B::Vector>,
+    wo: B::Matrix,
+    ffn_norm: B::Vector,
+    w_gate: B::Matrix,
+    w_up: B::Matrix,
+    w_down: B::Matrix,
+}
+
+struct Weights<B: Backend> {
+    token_embd: B::Matrix,
+    /// `None` when the output projection is tied to the token embeddings.
+    output: Option<B::Matrix>,
+    output_norm: B::Vector,
+    layers: Vec<Layer<B>>,
+    /// cos/sin of every (position, frequency) pair: `[n_ctx, head_dim / 2, 2]`.
+    rope_cos_sin: B::Vector,
+}
+
+/// Activations, allocated once for up to `n_batch` tokens.
+struct Scratch<B: Backend> {
+    x: B::Tensor,
+    xn: B::Tensor,
+    q: B::Tensor,
+    k: B::Tensor,
+    v: B::Tensor,
+    attn: B::Tensor,
+    proj: B::Tensor,
+    gate: B::Tensor,
+    up: B::Tensor,
+    hidden: B::Tensor,
+    last: B::Tensor,
+    logits: B::Tensor,
+}
+
+/// Options fixed when a model is loaded.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Context window in tokens; 0 means the model's trained context.
+    pub n_ctx: usize,
+    /// Most tokens processed in one forward step during prompt processing.
+    pub n_batch: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            n_ctx: 4096,
+            n_batch: 256,
+        }
+    }
+}
+
+/// A loaded model with its KV cache, bound to one backend.
+pub struct Transformer<B: Backend> {
+    pub config: Config,
+    pub backend: B,
+    weights: Weights<B>,
+    scratch: Scratch<B>,
+    cache: B::KvCache,
+    n_ctx: usize,
+    n_batch: usize,
+    n_past: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the context is full: {needed} tokens needed, the context holds {n_ctx} (raise --ctx-size, up to the model's {n_ctx_train})")]
+pub struct ContextFull {
+    pub needed: usize,
+    pub n_ctx: usize,
+    pub n_ctx_train: usize,
+}
+
+impl<B: Backend> Transformer<B> {
+    pub fn load(file: &Arc<GgufFile>, mut backend: B, options: &LoadOptions) -> Result<Self> {
+        let config = Config::from_gguf(file)?;
+        let n_ctx = match options.n_ctx {
+            0 => config.n_ctx_train,
+            n => n,
+        };
+        if n_ctx > config.n_ctx_train.max(1 << 20) {
+            return Err(ModelError::Invalid {
+                path: file.path().display().to_string(),
+                what: format!("context size {n_ctx} is too large"),
+            });
+        }
+        let n_batch = options.n_batch.clamp(1, n_ctx);
+        let loader = Loader {
+            file,
+            config: &config,
+        };
+        let weights = loader.weights(&mut backend, n_ctx)?;
+        let scratch = Scratch::new(&mut backend, &config, n_batch)?;
+        let cache = backend.kv_cache(config.n_layer, n_ctx, config.attention.kv_width())?;
+        Ok(Self {
+            config,
+            backend,
+            weights,
+            scratch,
+            cache,
+            n_ctx,
+            n_batch,
+            n_past: 0,
+        })
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Tokens already in the KV cache.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// Forgets everything after the first `n` cached tokens.
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+
+    /// Checks that `n` more tokens fit in the context.
+    pub fn check_room(&self, n: usize) -> std::result::Result<(), ContextFull> {
+        let needed = self.n_past + n;
+        if needed > self.n_ctx {
+            return Err(ContextFull {
+                needed,
+                n_ctx: self.n_ctx,
+                n_ctx_train: self.config.n_ctx_train,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the tokens through the model, appending them to the KV cache; afterwards the
+    /// logits of the last token are ready for [`Self::logits`] or [`Self::argmax`].
+    pub fn forward(&mut self, tokens: &[u32]) -> std::result::Result<(), ContextFull> {
+        self.check_room(tokens.len())?;
+        let n_chunks = tokens.len().div_ceil(self.n_batch);
+        for (i, chunk) in tokens.chunks(self.n_batch).enumerate() {
+            self.forward_batch(chunk, i + 1 == n_chunks);
+        }
+        Ok(())
+    }
+
+    pub fn logits(&mut self) -> Result<Vec<f32>> {
+        Ok(self.backend.read(&self.scratch.logits, 1)?)
+    }
+
+    pub fn argmax(&mut self) -> Result<u32> {
+        Ok(self.backend.argmax(&self.scratch.logits)?)
+    }
+
+    /// One step over up to `n_batch` tokens at positions `n_past..`.
+    fn forward_batch(&mut self, tokens: &[u32], want_logits: bool) {
+        let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
+        let c = &self.config;
+        let shape = &c.attention;
+        let (n, pos, eps) = (tokens.len(), self.n_past, c.rms_eps);
+
+        b.embed(&w.token_embd, tokens, &s.x);
+        for (l, layer) in w.layers.iter().enumerate() {
+            // Attention: x += Wo · attention(rope(Wq · norm(x)), rope(Wk · norm(x)), Wv · norm(x))
+            b.rms_norm(&s.x, &layer.attn_norm, eps, &s.xn, n);
+            b.matmul(&s.xn, &layer.wq, layer.bq.as_ref(), &s.q, n);
+            b.matmul(&s.xn, &layer.wk, layer.bk.as_ref(), &s.k, n);
+            b.matmul(&s.xn, &layer.wv, layer.bv.as_ref(), &s.v, n);
+            b.rope_store_kv(
+                &s.q,
+                &s.k,
+                &s.v,
+                &w.rope_cos_sin,
+                &self.cache,
+                l,
+                pos,
+                n,
+                shape,
+            );
+            b.attention(&s.q, &self.cache, l, pos, n, &s.attn, shape);
+            b.matmul(&s.attn, &layer.wo, None, &s.proj, n);
+            b.add(&s.x, &s.proj, n);
+
+            // Feed-forward: x += W_down · (silu(W_gate · norm(x)) * W_up · norm(x))
+            b.rms_norm(&s.x, &layer.ffn_norm, eps, &s.xn, n);
+            b.matmul(&s.xn, &layer.w_gate, None, &s.gate, n);
+            b.matmul(&s.xn, &layer.w_up, None, &s.up, n);
+            b.swiglu(&s.gate, &s.up, &s.hidden, n);
+            b.matmul(&s.hidden, &layer.w_down, None, &s.proj, n);
+            b.add(&s.x, &s.proj, n);
+        }
+        if want_logits {
+            // Logits of the last position only: norm, then the output projection.
+            let last = if n == 1 {
+                &s.x
+            } else {
+                b.copy_row(&s.x, n - 1, &s.last);
+                &s.last
+            };
+            b.rms_norm(last, &w.output_norm, eps, &s.xn, 1);
+            let output = w.output.as_ref().unwrap_or(&w.token_embd);
+            b.matmul(&s.xn, output, None, &s.logits, 1);
+        }
+        self.n_past += n;
+    }
+}
+
+impl<B: Backend> Scratch<B> {
+    fn new(b: &mut B, c: &Config, n: usize) -> Result<Self> {
+        let a = &c.attention;
+        Ok(Self {
+            x: b.tensor("x", n, c.n_embd)?,
+            xn: b.tensor("x_norm", n, c.n_embd)?,
+            q: b.tensor("q", n, a.q_width())?,
+            k: b.tensor("k", n, a.kv_width())?,
+            v: b.tensor("v", n, a.kv_width())?,
+            attn: b.tensor("attn_out", n, a.q_width())?,
+            proj: b.tensor("proj", n, c.n_embd)?,
+            gate: b.tensor("ffn_gate", n, c.n_ff)?,
+            up: b.tensor("ffn_up", n, c.n_ff)?,
+            hidden: b.tensor("ffn_hidden", n, c.n_ff)?,
+            last: b.tensor("last", 1, c.n_embd)?,
+            logits: b.tensor("logits", 1, c.n_vocab)?,
+        })
+    }
+}
+
+/// Reads tensors by their GGUF role names, checking shapes before uploading.
+struct Loader<'a> {
+    file: &'a Arc<GgufFile>,
+    config: &'a Config,
+}
+
+impl Loader<'_> {
+    fn error(&self, tensor: &str, what: String) -> ModelError {
+        ModelError::Tensor {
+            path: self.file.path().display().to_string(),
+            tensor: tensor.to_string(),
+            what,
+        }
+    }
+
+    fn info(&self, name: &str, dims: &[usize]) -> Result<Option<&TensorInfo>> {
+        let Some(info) = self.file.tensor(name) else {
+            return Ok(None);
+        };
+        if info
+            .dims
+            .iter()
+            .map(|&d| d as usize)
+            .ne(dims.iter().copied())
+        {
+            return Err(self.error(
+                name,
+                format!("has shape {:?}, expected {dims:?}", info.dims),
+            ));
+        }
+        Ok(Some(info))
+    }
+
+    fn require(&self, name: &str, dims: &[usize]) -> Result<&TensorInfo> {
+        self.info(name, dims)?
+            .ok_or_else(|| self.error(name, "is missing".into()))
+    }
+
+    /// A weight matrix `[rows, cols]` (ggml dims `[cols, rows]`), uploaded as it is stored.
+    fn matrix<B: Backend>(
+        &self,
+        b: &mut B,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<B::Matrix> {
+        let info = self.require(name, &[cols, rows])?;
+        let data = WeightBytes::new(self.file, info);
+        Ok(b.upload_matrix(name, info.ggml_type, rows, cols, data)?)
+    }
+
+    /// A small vector (norm weight, bias), converted to f32 on the host.
+    fn floats(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+        let Some(info) = self.info(name, &[len])? else {
+            return Ok(None);
+        };
+        let mut out = vec![0f32; len];
+        quant::dequantize(info.ggml_type, self.file.tensor_data(info), &mut out)
+            .map_err(|e| self.error(name, e.to_string()))?;
+        Ok(Some(out))
+    }
+
+    fn vector<B: Backend>(&self, b: &mut B, name: &str, len: usize) -> Result<Option<B::Vector>> {
+        match self.floats(name, len)? {
+            Some(v) => Ok(Some(b.upload_vector(name, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn required_vector<B: Backend>(&self, b: &mut B, name: &str, len: usize) -> Result<B::Vector> {
+        self.vector(b, name, len)?
+            .ok_or_else(|| self.error(name, "is missing".into()))
+    }
+
+    fn weights<B: Backend>(&self, b: &mut B, n_ctx: usize) -> Result<Weights<B>> {
+        let c = self.config;
+        let a = &c.attention;
+        let (d, q, kv, ff) = (c.n_embd, a.q_width(), a.kv_width(), c.n_ff);
+        let token_embd = self.matrix(b, "token_embd.weight", c.n_vocab, d)?;
+        let output = match self.file.tensor("output.weight") {
+            Some(_) => Some(self.matrix(b, "output.weight", c.n_vocab, d)?),
+            None => None,
+        };
+        let output_norm = self.required_vector(b, "output_norm.weight", d)?;
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let t = |role: &str| format!("blk.{i}.{role}");
+            layers.push(Layer {
+                attn_norm: self.required_vector(b, &t("attn_norm.weight"), d)?,
+                wq: self.matrix(b, &t("attn_q.weight"), q, d)?,
+                wk: self.matrix(b, &t("attn_k.weight"), kv, d)?,
+                wv: self.matrix(b, &t("attn_v.weight"), kv, d)?,
+                bq: self.vector(b, &t("attn_q.bias"), q)?,
+                bk: self.vector(b, &t("attn_k.bias"), kv)?,
+                bv: self.vector(b, &t("attn_v.bias"), kv)?,
+                wo: self.matrix(b, &t("attn_output.weight"), d, q)?,
+                ffn_norm: self.required_vector(b, &t("ffn_norm.weight"), d)?,
+                w_gate: self.matrix(b, &t("ffn_gate.weight"), ff, d)?,
+                w_up: self.matrix(b, &t("ffn_up.weight"), ff, d)?,
+                w_down: self.matrix(b, &t("ffn_down.weight"), d, ff)?,
+            });
+        }
+        let freq_factors = self.floats("rope_freqs.weight", a.head_dim / 2)?;
+        let table = rope_table(c, n_ctx, freq_factors.as_deref());
+        let rope_cos_sin = b.upload_vector("rope_cos_sin", &table)?;
+        Ok(Weights {
+            token_embd,
+            output,
+            output_norm,
+            layers,
+            rope_cos_sin,
+        })
+    }
+}
+
+/// cos and sin of `pos * θ_i` for every position and frequency
+/// `θ_i = base^(-2i/d) / factor_i`, computed in f64 once so every backend rotates alike.
+fn rope_table(c: &Config, n_ctx: usize, freq_factors: Option<&[f32]>) -> Vec<f32> {
+    let half = c.attention.head_dim / 2;
+    let inv_freq: Vec<f64> = (0..half)
+        .map(|i| {
+            let factor = freq_factors.map_or(1.0, |f| f[i] as f64);
+            (c.rope_base as f64).powf(-2.0 * i as f64 / c.attention.head_dim as f64) / factor
+        })
+        .collect();
+    let mut table = Vec::with_capacity(n_ctx * half * 2);
+    for pos in 0..n_ctx {
+        let p = pos as f64 / c.rope_linear_scale as f64;
+        for f in &inv_freq {
+            let (sin, cos) = (p * f).sin_cos();
+            table.push(cos as f32);
+            table.push(sin as f32);
+        }
+    }
+    table
+}
+
+/// Counts tensors per type, for `vibrant info`.
+pub fn type_histogram(file: &GgufFile) -> Vec<(GgmlType, usize, u64)> {
+    let mut counts: std::collections::BTreeMap<GgmlType, (usize, u64)> = Default::default();
+    for t in &file.tensors {
+        let e = counts.entry(t.ggml_type).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes;
+    }
+    counts
+        .into_iter()
+        .map(|(t, (n, bytes))| (t, n, bytes))
+        .collect()
+}
