@@ -44,6 +44,8 @@ pub struct CpuKvCache {
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     bytes_held: u64,
+    /// Reference mode: weights dequantized block by block, products in f64.
+    exact: bool,
 }
 
 impl CpuBackend {
@@ -59,6 +61,16 @@ impl CpuBackend {
         Ok(Self {
             pool,
             bytes_held: 0,
+            exact: false,
+        })
+    }
+
+    /// The reference mode the GPU kernels are checked against: each weight row is dequantized
+    /// and dotted with the f32 activations in f64 (slower than the quantized-activation path).
+    pub fn exact(threads: usize) -> Result<Self> {
+        Ok(Self {
+            exact: true,
+            ..Self::new(threads)?
         })
     }
 
@@ -74,7 +86,12 @@ impl Backend for CpuBackend {
     type KvCache = CpuKvCache;
 
     fn describe(&self) -> String {
-        format!("CPU ({} threads)", self.threads())
+        let mode = if self.exact {
+            ", exact reference mode"
+        } else {
+            ""
+        };
+        format!("CPU ({} threads{mode})", self.threads())
     }
 
     fn upload_matrix(
@@ -155,35 +172,49 @@ impl Backend for CpuBackend {
     ) {
         assert_eq!((x.cols, out.cols), (w.cols, w.rows), "{}: shape", w.name);
         let x = x.data.borrow();
+        let x = &x[..n * w.cols];
         let mut o = out.data.borrow_mut();
         let o: &mut [f32] = &mut o;
-        let acts = quantize_rows(w.ggml_type.act_format(), &x[..n * w.cols], w.cols);
-        let dot = |r: usize, t: usize| quant::vec_dot(w.ggml_type, w.row(r), &acts[t], w.cols);
+        let acts = match self.exact {
+            false => quantize_rows(w.ggml_type.act_format(), x, w.cols),
+            true => Vec::new(),
+        };
+        // Fills the outputs of a block of weight rows, `n` per row (all tokens of the step).
+        let block = |c: usize, chunk: &mut [f32]| {
+            let mut row = vec![0f32; if self.exact { w.cols } else { 0 }];
+            for (i, per_token) in chunk.chunks_mut(n).enumerate() {
+                let r = c * ROWS_PER_TASK + i;
+                if self.exact {
+                    quant::dequantize(w.ggml_type, w.row(r), &mut row)
+                        .expect("size checked at load");
+                    for (v, xt) in per_token.iter_mut().zip(x.chunks(w.cols)) {
+                        *v = row
+                            .iter()
+                            .zip(xt)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>() as f32;
+                    }
+                } else {
+                    for (t, v) in per_token.iter_mut().enumerate() {
+                        *v = quant::vec_dot(w.ggml_type, w.row(r), &acts[t], w.cols);
+                    }
+                }
+            }
+        };
         self.pool.install(|| {
             if n == 1 {
                 o[..w.rows]
                     .par_chunks_mut(ROWS_PER_TASK)
                     .enumerate()
-                    .for_each(|(c, chunk)| {
-                        for (i, v) in chunk.iter_mut().enumerate() {
-                            *v = dot(c * ROWS_PER_TASK + i, 0);
-                        }
-                    });
+                    .for_each(|(c, chunk)| block(c, chunk));
             } else {
-                // Each task computes a block of weight rows for every token, so a row is read
-                // from memory once per step; the block is then scattered into token-major order.
+                // A task computes a block of weight rows for every token, so each row is read
+                // from memory once per step; the result is then scattered into token order.
                 let mut by_row = vec![0f32; w.rows * n];
                 by_row
                     .par_chunks_mut(ROWS_PER_TASK * n)
                     .enumerate()
-                    .for_each(|(c, chunk)| {
-                        for (i, per_token) in chunk.chunks_mut(n).enumerate() {
-                            let r = c * ROWS_PER_TASK + i;
-                            for (t, v) in per_token.iter_mut().enumerate() {
-                                *v = dot(r, t);
-                            }
-                        }
-                    });
+                    .for_each(|(c, chunk)| block(c, chunk));
                 for (r, per_token) in by_row.chunks(n).enumerate() {
                     for (t, v) in per_token.iter().enumerate() {
                         o[t * w.rows + r] = *v;
