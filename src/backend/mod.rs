@@ -177,4 +177,26 @@ pub trait Backend {
     fn sync(&mut self) -> Result<()>;
     /// Device memory the backend holds, in bytes.
     fn memory_used(&self) -> u64;
+
+    /// Starts timing every kernel launch (where the device can); see [`Backend::take_profile`].
+    fn start_profile(&mut self) -> Result<()> {
+        Err(BackendError::Unsupported(format!(
+            "{} cannot time its kernels",
+            self.describe()
+        )))
+    }
+
+    /// The kernel launches since [`Backend::start_profile`], in order, and stops timing.
+    fn take_profile(&mut self) -> Result<Vec<KernelTiming>> {
+        Ok(Vec::new())
+    }
+}
+
+/// One timed kernel launch, with what it had to move and compute.
+#[derive(Clone, Debug)]
+pub struct KernelTiming {
+    pub kernel: String,
+    pub seconds: f64,
+    pub bytes: u64,
+    pub flops: u64,
 }

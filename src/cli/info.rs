@@ -91,3 +91,53 @@ pub fn models() -> Result<()> {
     }
     Ok(())
 }
+
+pub fn devices(g: &GlobalArgs) -> Result<()> {
+    let adapters = vibrant::backend::gpu::list_adapters(g.backend.as_deref())?;
+    if adapters.is_empty() {
+        println!("no GPU adapter with compute support found (the CPU backend is always available)");
+    }
+    for a in adapters {
+        println!("[{}] {} ({}, {})", a.index, a.name, a.api, a.device_type);
+        println!("    driver:            {}", a.driver);
+        println!("    max buffer:        {}", mib(a.max_buffer_size));
+        println!("    max binding:       {}", mib(a.max_binding_size));
+        println!(
+            "    workgroup storage: {} KiB, {} invocations",
+            a.max_workgroup_storage / 1024,
+            a.max_invocations
+        );
+        println!(
+            "    subgroup sizes:    {}..{}",
+            a.subgroup_sizes.0, a.subgroup_sizes.1
+        );
+        println!("    features:          {}", a.features.summary());
+    }
+    Ok(())
+}
+
+pub fn synth(preset: &str, mix: &str, seed: u64, out: &std::path::Path) -> Result<()> {
+    use vibrant::synth;
+    let Some(p) = synth::preset(preset) else {
+        let names: Vec<&str> = synth::PRESETS.iter().map(|p| p.name).collect();
+        anyhow::bail!(
+            "unknown preset '{preset}' (choose one of {})",
+            names.join(", ")
+        );
+    };
+    let Some(m) = synth::Mix::parse(mix) else {
+        anyhow::bail!("unknown mix '{mix}' (choose one of {})", synth::Mix::NAMES);
+    };
+    let started = std::time::Instant::now();
+    synth::write_model(p, m, seed, out)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+    let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({}, {mix}, seed {seed}): {} in {:.1} s",
+        out.display(),
+        p.name,
+        mib(size),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and the subcommands.
 
+mod bench;
 mod info;
 mod run;
 
@@ -107,6 +108,25 @@ enum Command {
     },
     /// List installed and fetchable models.
     Models,
+    /// List the GPU adapters wgpu finds, with their limits and features.
+    Devices,
+    /// Measure prompt-processing and generation speed (like llama-bench).
+    Bench(bench::BenchArgs),
+    /// Write a synthetic model: a real architecture's shape with random valid weights.
+    Synth {
+        /// Architecture shape (qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b, llama3.2-1b, llama3.2-3b, llama3.1-8b).
+        #[arg(long)]
+        preset: String,
+        /// Tensor-type mix: q4_k_m, q8_0, q4_0 or f16.
+        #[arg(long, default_value = "q4_k_m")]
+        mix: String,
+        /// Random seed: the same seed writes the same file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file.
+        #[arg(long, short)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// The backend a command runs on.
@@ -174,6 +194,14 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Chat => run::chat(g),
         Command::Info { model } => info::info(g, model.as_deref().unwrap_or(&g.model)),
         Command::Models => info::models(),
+        Command::Devices => info::devices(g),
+        Command::Bench(args) => bench::bench(g, &args),
+        Command::Synth {
+            preset,
+            mix,
+            seed,
+            out,
+        } => info::synth(&preset, &mix, seed, &out),
     }
 }
 

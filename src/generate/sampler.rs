@@ -1,5 +1,6 @@
 //! Token sampling: repetition penalty, top-k, top-p, min-p and temperature, in llama.cpp's order.
 
+use crate::rng::SplitMix64;
 use std::collections::VecDeque;
 
 #[derive(Clone, Debug)]
@@ -172,23 +173,6 @@ fn min_p_len(sorted_probs: &[f32], min_p: f32) -> usize {
         .take_while(|&&p| p >= threshold)
         .count()
         .max(1)
-}
-
-/// A small, seedable generator: sampling needs reproducibility, not cryptography.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
 }
 
 #[cfg(test)]

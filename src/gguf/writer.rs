@@ -4,11 +4,19 @@ use super::{Value, DEFAULT_ALIGNMENT, MAGIC};
 use crate::quant::GgmlType;
 use std::io::{self, Write};
 
+/// A tensor's bytes, or how to make them when the file is written (so that a multi-gigabyte
+/// synthetic model is never held in memory at once).
+enum TensorData {
+    Ready(Vec<u8>),
+    Lazy(Box<dyn FnOnce() -> Vec<u8> + Send>),
+}
+
 struct PendingTensor {
     name: String,
     dims: Vec<u64>,
     ggml_type: GgmlType,
-    data: Vec<u8>,
+    n_bytes: u64,
+    data: std::cell::Cell<Option<TensorData>>,
 }
 
 /// Collects metadata and tensors, then writes them out in one go.
@@ -38,21 +46,61 @@ impl GgufWriter {
         ggml_type: GgmlType,
         data: Vec<u8>,
     ) -> &mut Self {
-        let n: u64 = dims.iter().product();
+        let name = name.into();
+        let n_bytes = self.check_size(&name, dims, ggml_type);
         assert_eq!(
-            ggml_type.bytes_for(n),
-            Some(data.len() as u64),
-            "tensor data size does not match its shape and type"
+            n_bytes,
+            data.len() as u64,
+            "{name}: data size does not match its shape and type"
         );
+        self.push(name, dims, ggml_type, n_bytes, TensorData::Ready(data))
+    }
+
+    /// Adds a tensor whose bytes `make` produces while the file is written.
+    pub fn add_lazy_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ggml_type: GgmlType,
+        make: impl FnOnce() -> Vec<u8> + Send + 'static,
+    ) -> &mut Self {
+        let name = name.into();
+        let n_bytes = self.check_size(&name, dims, ggml_type);
+        self.push(
+            name,
+            dims,
+            ggml_type,
+            n_bytes,
+            TensorData::Lazy(Box::new(make)),
+        )
+    }
+
+    fn check_size(&self, name: &str, dims: &[u64], ggml_type: GgmlType) -> u64 {
+        let n: u64 = dims.iter().product();
+        ggml_type
+            .bytes_for(n)
+            .unwrap_or_else(|| panic!("{name}: {n} elements are not whole {ggml_type} blocks"))
+    }
+
+    fn push(
+        &mut self,
+        name: String,
+        dims: &[u64],
+        ggml_type: GgmlType,
+        n_bytes: u64,
+        data: TensorData,
+    ) -> &mut Self {
         self.tensors.push(PendingTensor {
-            name: name.into(),
+            name,
             dims: dims.to_vec(),
             ggml_type,
-            data,
+            n_bytes,
+            data: std::cell::Cell::new(Some(data)),
         });
         self
     }
 
+    /// Writes the file; lazy tensors are generated now, so a writer writes once.
     pub fn write(&self, out: &mut impl Write) -> io::Result<()> {
         let mut header = Vec::new();
         header.extend_from_slice(MAGIC);
@@ -73,15 +121,20 @@ impl GgufWriter {
             }
             header.extend_from_slice(&t.ggml_type.id().to_le_bytes());
             header.extend_from_slice(&offset.to_le_bytes());
-            offset = (offset + t.data.len() as u64).next_multiple_of(DEFAULT_ALIGNMENT);
+            offset = (offset + t.n_bytes).next_multiple_of(DEFAULT_ALIGNMENT);
         }
         let padded = (header.len() as u64).next_multiple_of(DEFAULT_ALIGNMENT);
         header.resize(padded as usize, 0);
         out.write_all(&header)?;
         let mut written = 0u64;
         for t in &self.tensors {
-            out.write_all(&t.data)?;
-            written += t.data.len() as u64;
+            let data = match t.data.take().expect("a writer writes its tensors once") {
+                TensorData::Ready(bytes) => bytes,
+                TensorData::Lazy(make) => make(),
+            };
+            assert_eq!(data.len() as u64, t.n_bytes, "{}: generated size", t.name);
+            out.write_all(&data)?;
+            written += data.len() as u64;
             let padded = written.next_multiple_of(DEFAULT_ALIGNMENT);
             out.write_all(&vec![0u8; (padded - written) as usize])?;
             written = padded;

@@ -141,6 +141,19 @@ impl GgmlType {
             .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
+    /// Where a block keeps its f16 scale fields (d, and m or dmin where the type has one):
+    /// (byte offset in the block, bytes). `None` for the float types.
+    pub fn scale_fields(self) -> Option<(usize, usize)> {
+        Some(match self {
+            Self::F32 | Self::F16 | Self::BF16 => return None,
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => (0, 2),
+            Self::Q4_1 | Self::Q5_1 | Self::Q4K | Self::Q5K => (0, 4),
+            Self::Q2K => (80, 4),
+            Self::Q3K => (108, 2),
+            Self::Q6K => (208, 2),
+        })
+    }
+
     pub fn is_k_quant(self) -> bool {
         self.block_size() == QK_K
     }

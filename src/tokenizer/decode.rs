@@ -110,6 +110,18 @@ const SHIFTED_BYTES: [u8; 68] = {
     table
 };
 
+/// GPT-2's printable stand-in for a byte, as byte-level vocabularies spell their tokens.
+pub fn char_of_byte(b: u8) -> char {
+    if is_printable_byte(b) {
+        return b as char;
+    }
+    let rank = SHIFTED_BYTES
+        .iter()
+        .position(|&x| x == b)
+        .expect("every unprintable byte is listed");
+    char::from_u32(256 + rank as u32).expect("a valid code point")
+}
+
 fn byte_of_char(c: char) -> Option<u8> {
     let code = c as u32;
     match u8::try_from(code) {

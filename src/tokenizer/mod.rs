@@ -21,7 +21,7 @@ mod vocab;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{DecodeOptions, StreamDecoder};
+pub use decode::{char_of_byte, DecodeOptions, StreamDecoder};
 pub use vocab::TokenType;
 
 use crate::gguf::{GgufError, GgufFile};

@@ -37,15 +37,7 @@ fn f32s(values: &[f32]) -> Value {
     )
 }
 
-/// GPT-2's printable stand-in for a byte.
-fn byte_char(b: u8) -> char {
-    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    if printable(b) {
-        return b as char;
-    }
-    let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
-    char::from_u32(256 + rank).unwrap()
-}
+use super::decode::char_of_byte as byte_char;
 
 const BPE_EXTRA: [(&str, i32); 8] = [
     ("he", 1),

@@ -30,6 +30,11 @@ impl Default for GpuOptions {
     }
 }
 
+/// Timestamps between the dispatches of a pass: what `vibrant bench --profile` needs.
+const TIMESTAMPS: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+
 /// The optional capabilities vibrant's kernels can use.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GpuFeatures {
@@ -46,8 +51,7 @@ impl GpuFeatures {
         Self {
             shader_f16: f.contains(wgpu::Features::SHADER_F16),
             subgroups: f.contains(wgpu::Features::SUBGROUP),
-            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY)
-                && f.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
+            timestamps: f.contains(TIMESTAMPS),
             immediates: f.contains(wgpu::Features::IMMEDIATES),
             cooperative_matrix: f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
                 && adapter.cooperative_matrix_properties().iter().any(|p| {
@@ -67,7 +71,7 @@ impl GpuFeatures {
             f |= wgpu::Features::SUBGROUP;
         }
         if self.timestamps {
-            f |= wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+            f |= TIMESTAMPS;
         }
         if self.immediates {
             f |= wgpu::Features::IMMEDIATES;

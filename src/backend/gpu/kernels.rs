@@ -22,6 +22,7 @@ const DEQUANT: (&str, &str) = (
     include_str!("../../../shaders/dequant.wgsl"),
 );
 const MATVEC: (&str, &str) = ("matvec.wgsl", include_str!("../../../shaders/matvec.wgsl"));
+const MATMUL: (&str, &str) = ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl"));
 const NORM: (&str, &str) = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
 const ROPE: (&str, &str) = ("rope.wgsl", include_str!("../../../shaders/rope.wgsl"));
 const ATTENTION: (&str, &str) = (
@@ -40,6 +41,7 @@ pub enum Kernel {
     GetRows(GgmlType),
     Dequant(GgmlType),
     Matvec(GgmlType),
+    Matmul(GgmlType),
     RmsNorm,
     RopeStoreKv,
     Attention,
@@ -65,6 +67,7 @@ impl Kernel {
             Self::GetRows(_) => "get_rows",
             Self::Dequant(_) => "dequant",
             Self::Matvec(_) => "matvec",
+            Self::Matmul(_) => "matmul",
             Self::RmsNorm => "rms_norm",
             Self::RopeStoreKv => "rope_store_kv",
             Self::Attention => "attention",
@@ -82,7 +85,7 @@ impl Kernel {
 
     fn weight_type(self) -> Option<GgmlType> {
         match self {
-            Self::GetRows(t) | Self::Dequant(t) | Self::Matvec(t) => Some(t),
+            Self::GetRows(t) | Self::Dequant(t) | Self::Matvec(t) | Self::Matmul(t) => Some(t),
             _ => None,
         }
     }
@@ -93,6 +96,7 @@ impl Kernel {
             Self::GetRows(_) => (DEQUANT, "get_rows"),
             Self::Dequant(_) => (DEQUANT, "dequant"),
             Self::Matvec(_) => (MATVEC, "matvec"),
+            Self::Matmul(_) => (MATMUL, "matmul"),
             Self::RmsNorm => (NORM, "rms_norm"),
             Self::RopeStoreKv => (ROPE, "rope_store_kv"),
             Self::Attention => (ATTENTION, "attention"),
@@ -110,7 +114,7 @@ impl Kernel {
             Self::GetRows(_) => &[Read, Read, ReadWrite],
             // The dequant entry point does not use get_rows' token list (binding 2).
             Self::Dequant(_) => return vec![(1, Read), (3, ReadWrite)],
-            Self::Matvec(_) => &[Read, Read, Read, ReadWrite],
+            Self::Matvec(_) | Self::Matmul(_) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
             Self::RopeStoreKv => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite],
             Self::Attention => &[Read, Read, Read, ReadWrite],
@@ -126,8 +130,9 @@ impl Kernel {
             .collect()
     }
 
-    /// The composed WGSL source, and where each file starts in it (for error messages).
-    pub fn source(self) -> (String, Vec<(&'static str, usize)>) {
+    /// The composed WGSL source for a device, and where each file starts in it (for error
+    /// messages). `{{NAME}}` placeholders in the op files take the device's tuning.
+    pub fn source(self, tuning: &Tuning) -> (String, Vec<(&'static str, usize)>) {
         let mut pieces = vec![COMMON];
         let glue;
         if let Some(t) = self.weight_type() {
@@ -151,12 +156,68 @@ impl Kernel {
         let mut starts = Vec::new();
         for (file, text) in pieces {
             starts.push((file, source.lines().count() + 1));
-            source.push_str(text);
+            source.push_str(&tuning.apply(text));
             if !text.ends_with('\n') {
                 source.push('\n');
             }
         }
         (source, starts)
+    }
+}
+
+/// Sizes and code variants chosen for one device.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// The subgroup size when the device has subgroups of one fixed size.
+    pub subgroup_size: Option<u32>,
+    /// Threads that share one matrix row in matvec.
+    pub team: u32,
+    /// Threads per matvec workgroup.
+    pub matvec_wg: u32,
+}
+
+impl Tuning {
+    pub fn for_device(gpu: &super::device::Gpu) -> Self {
+        let (min, max) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
+        let subgroup_size =
+            (gpu.features.subgroups && min == max && (4..=128).contains(&min)).then_some(min);
+        let team = subgroup_size.unwrap_or(32);
+        let matvec_wg = (team * 8)
+            .clamp(64, 256)
+            .min(gpu.limits.max_compute_invocations_per_workgroup);
+        Self {
+            subgroup_size,
+            team,
+            matvec_wg,
+        }
+    }
+
+    /// Rows one matvec workgroup computes.
+    pub fn matvec_rows(&self) -> u32 {
+        self.matvec_wg / self.team
+    }
+
+    fn team_sum(&self) -> &'static str {
+        if self.subgroup_size.is_some() {
+            "    return subgroupAdd(v);"
+        } else {
+            "    partial[li] = v;
+    workgroupBarrier();
+    var s = 0.0;
+    if (li % TEAM == 0u) {
+        for (var i = 0u; i < TEAM; i++) {
+            s += partial[li + i];
+        }
+    }
+    workgroupBarrier();
+    return s;"
+        }
+    }
+
+    fn apply(&self, text: &str) -> String {
+        text.replace("{{WG}}", &self.matvec_wg.to_string())
+            .replace("{{TEAM}}", &self.team.to_string())
+            .replace("{{TEAM_SUM}}", self.team_sum())
     }
 }
 
@@ -166,9 +227,9 @@ pub struct Pipeline {
     pub layout: wgpu::BindGroupLayout,
 }
 
-pub fn build(gpu: &super::device::Gpu, kernel: Kernel) -> Result<Pipeline> {
+pub fn build(gpu: &super::device::Gpu, tuning: &Tuning, kernel: Kernel) -> Result<Pipeline> {
     let name = kernel.name();
-    let (source, starts) = kernel.source();
+    let (source, starts) = kernel.source(tuning);
     let device = &gpu.device;
     let module = gpu
         .scoped(&format!("compiling kernel {name}"), || {

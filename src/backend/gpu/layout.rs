@@ -4,18 +4,6 @@
 
 use crate::quant::GgmlType;
 
-/// Where a block keeps its f16 scale fields: (byte offset in the block, bytes).
-fn scale_fields(ty: GgmlType) -> Option<(usize, usize)> {
-    Some(match ty {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => return None,
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => (0, 2),
-        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => (0, 4),
-        GgmlType::Q2K => (80, 4),
-        GgmlType::Q3K => (108, 2),
-        GgmlType::Q6K => (208, 2),
-    })
-}
-
 /// The GPU layout of one matrix (or one row range of it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WeightLayout {
@@ -30,7 +18,7 @@ pub struct WeightLayout {
 /// scale fields (2-byte fields packed two to a word). Float types are copied as they are.
 pub fn repack(ty: GgmlType, cols: usize, data: &[u8]) -> (WeightLayout, Vec<u32>) {
     let blocks_per_row = (cols / ty.block_size()) as u32;
-    let Some((at, len)) = scale_fields(ty) else {
+    let Some((at, len)) = ty.scale_fields() else {
         let mut words = vec![0u32; data.len().div_ceil(4)];
         bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..data.len()].copy_from_slice(data);
         let layout = WeightLayout {
@@ -70,7 +58,7 @@ mod tests {
     #[test]
     fn bodies_are_word_aligned_and_nothing_grows() {
         for ty in ALL_TYPES {
-            if let Some((_, len)) = scale_fields(ty) {
+            if let Some((_, len)) = ty.scale_fields() {
                 assert_eq!((ty.type_size() - len) % 4, 0, "{ty}");
             }
             let cols = ty.block_size() * 3;

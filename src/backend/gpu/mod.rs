@@ -9,15 +9,17 @@
 pub mod device;
 pub mod kernels;
 pub mod layout;
+mod profile;
 
 pub use device::{list_adapters, AdapterSummary, Gpu, GpuFeatures, GpuOptions};
 pub use kernels::Kernel;
 
-use super::{AttentionShape, Backend, BackendError, Result, RopeKind, WeightBytes};
+use super::{AttentionShape, Backend, BackendError, KernelTiming, Result, RopeKind, WeightBytes};
 use crate::quant::GgmlType;
 use bytemuck::{Pod, Zeroable};
 use kernels::Pipeline;
 use layout::WeightLayout;
+use profile::Cost;
 use std::collections::HashMap;
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
@@ -93,6 +95,17 @@ pub struct WgpuBackend {
     stage: String,
     /// Set once recording hit an error: nothing more is recorded, the next wait reports it.
     failed: bool,
+    profiler: Option<profile::Profiler>,
+    tuning: kernels::Tuning,
+}
+
+/// Keys and values read by attention for n queries at `pos..`, and its multiply-adds.
+fn attention_cost(shape: &AttentionShape, pos: usize, n: usize) -> Cost {
+    let keys: usize = (0..n).map(|t| pos + t + 1).sum();
+    Cost {
+        bytes: (keys * shape.n_head * shape.head_dim * 2 * 2) as u64,
+        flops: (keys * shape.n_head * shape.head_dim * 4) as u64,
+    }
 }
 
 fn grid(groups: u64) -> (u32, u32) {
@@ -127,6 +140,7 @@ impl WgpuBackend {
         let tokens = small(1, "tokens", 4 * FIRST_TOKENS as u64)?;
         let result = small(2, "argmax result", 16)?;
         let dummy = small(3, "absent input", 16)?;
+        let tuning = kernels::Tuning::for_device(&gpu);
         Ok(Self {
             gpu,
             pipelines: HashMap::new(),
@@ -145,6 +159,8 @@ impl WgpuBackend {
             bytes_allocated: param_stride * PARAM_SLOTS + 4 * FIRST_TOKENS as u64 + 32,
             stage: "setup".into(),
             failed: false,
+            profiler: None,
+            tuning,
         })
     }
 
@@ -216,7 +232,7 @@ impl WgpuBackend {
 
     fn pipeline(&mut self, kernel: Kernel) -> Result<()> {
         if !self.pipelines.contains_key(&kernel) {
-            let built = kernels::build(&self.gpu, kernel)?;
+            let built = kernels::build(&self.gpu, &self.tuning, kernel)?;
             self.pipelines.insert(kernel, built);
         }
         Ok(())
@@ -229,6 +245,7 @@ impl WgpuBackend {
         params: &P,
         buffers: &[&Arc<GpuBuf>],
         groups: (u32, u32, u32),
+        cost: Cost,
     ) {
         if self.failed {
             return;
@@ -287,9 +304,16 @@ impl WgpuBackend {
         self.pass();
         let pass = self.pass.as_mut().expect("pass opened above");
         let pipeline = &self.pipelines[&kernel];
+        let slot = self
+            .profiler
+            .as_mut()
+            .and_then(|p| p.begin(pass, kernel, cost));
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &self.bind_groups[&key], &[offset as u32]);
         pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        if let (Some(p), Some(slot)) = (self.profiler.as_mut(), slot) {
+            p.end(pass, slot);
+        }
         if self.gpu.options.trace {
             // Finish each dispatch on its own, so a kernel that never ends is the last named.
             self.stage = format!("kernel {}", kernel.name());
@@ -413,6 +437,7 @@ impl WgpuBackend {
                 &params,
                 &[&part.buf, &dummy, &out],
                 (groups, y, z),
+                Cost::bytes(part.buf.buffer.size() + (part.rows as usize * m.cols * 4) as u64),
             );
         }
         self.stage = format!("dequantizing {}", m.name);
@@ -427,7 +452,13 @@ impl WgpuBackend {
             temperature,
         };
         let result = self.result.clone();
-        self.dispatch(Kernel::Softmax, &params, &[&x.buf, &result], (1, 1, 1));
+        self.dispatch(
+            Kernel::Softmax,
+            &params,
+            &[&x.buf, &result],
+            (1, 1, 1),
+            Cost::bytes(8 * x.cols as u64),
+        );
     }
 
     /// Uploads host data into a tensor's first rows (tests and tools).
@@ -448,7 +479,8 @@ impl WgpuBackend {
             offset: offset as u32,
         };
         let (x, y) = grid((len as u64).div_ceil(256));
-        self.dispatch(kernel, &params, buffers, (x, y, 1));
+        let bytes = 4 * len as u64 * buffers.len() as u64;
+        self.dispatch(kernel, &params, buffers, (x, y, 1), Cost::bytes(bytes));
     }
 }
 
@@ -486,6 +518,7 @@ struct MatvecParams {
     row_start: u32,
     y_stride: u32,
     has_bias: u32,
+    n_tokens: u32,
 }
 
 #[repr(C)]
@@ -573,7 +606,11 @@ impl Backend for WgpuBackend {
                 layout,
             });
         }
-        let kernels = [Kernel::Matvec(ggml_type), Kernel::GetRows(ggml_type)];
+        let kernels = [
+            Kernel::Matvec(ggml_type),
+            Kernel::Matmul(ggml_type),
+            Kernel::GetRows(ggml_type),
+        ];
         for k in kernels {
             self.pipeline(k)?;
         }
@@ -643,6 +680,7 @@ impl Backend for WgpuBackend {
                 &params,
                 &[&part.buf, &tokens_buf, &out.buf],
                 (groups, tokens.len() as u32, 1),
+                Cost::bytes((tokens.len() * table.cols * 4) as u64),
             );
         }
     }
@@ -657,6 +695,7 @@ impl Backend for WgpuBackend {
             &params,
             &[&x.buf, &weight.buf, &out.buf],
             (n as u32, 1, 1),
+            Cost::bytes((2 * n * x.cols * 4) as u64),
         );
     }
 
@@ -670,6 +709,8 @@ impl Backend for WgpuBackend {
     ) {
         assert_eq!((x.cols, out.cols), (w.cols, w.rows), "{}: shape", w.name);
         let bias_buf = bias.map_or_else(|| self.dummy.clone(), |b| b.buf.clone());
+        // Decoding streams the weights once per token; prompts go through tiles.
+        let tiled = n >= 8;
         for part in &w.parts {
             let params = MatvecParams {
                 w_k: w.cols as u32,
@@ -679,13 +720,26 @@ impl Backend for WgpuBackend {
                 row_start: part.row_start,
                 y_stride: w.rows as u32,
                 has_bias: bias.is_some() as u32,
+                n_tokens: n as u32,
             };
-            let (gx, gy) = grid(part.rows as u64);
+            let (kernel, groups) = if tiled {
+                (
+                    Kernel::Matmul(w.ggml_type),
+                    (part.rows.div_ceil(64), (n as u32).div_ceil(64), 1),
+                )
+            } else {
+                let (gx, gy) = grid(part.rows.div_ceil(self.tuning.matvec_rows()) as u64);
+                (Kernel::Matvec(w.ggml_type), (gx, gy, n as u32))
+            };
             self.dispatch(
-                Kernel::Matvec(w.ggml_type),
+                kernel,
                 &params,
                 &[&part.buf, &x.buf, &bias_buf, &out.buf],
-                (gx, gy, n as u32),
+                groups,
+                Cost {
+                    bytes: part.buf.buffer.size() + (n * (w.cols + w.rows) * 4) as u64,
+                    flops: 2 * (n * part.rows as usize * w.cols) as u64,
+                },
             );
         }
     }
@@ -737,6 +791,7 @@ impl Backend for WgpuBackend {
                 &cache.v[layer],
             ],
             (items.div_ceil(64), n as u32, 1),
+            Cost::bytes((n * (2 * shape.q_width() + 3 * cache.kv_width) * 4) as u64),
         );
     }
 
@@ -764,6 +819,7 @@ impl Backend for WgpuBackend {
             &params,
             &[&q.buf, &cache.k[layer], &cache.v[layer], &out.buf],
             (shape.n_head as u32, n as u32, 1),
+            attention_cost(shape, pos, n),
         );
     }
 
@@ -788,7 +844,13 @@ impl Backend for WgpuBackend {
             temperature: 1.0,
         };
         let result = self.result.clone();
-        self.dispatch(Kernel::Argmax, &params, &[&x.buf, &result], (1, 1, 1));
+        self.dispatch(
+            Kernel::Argmax,
+            &params,
+            &[&x.buf, &result],
+            (1, 1, 1),
+            Cost::bytes(4 * x.cols as u64),
+        );
         self.stage = "forward step".into();
         let bytes = self.read_bytes(&result, 4)?;
         Ok(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")))
@@ -800,5 +862,37 @@ impl Backend for WgpuBackend {
 
     fn memory_used(&self) -> u64 {
         self.bytes_allocated
+    }
+
+    fn start_profile(&mut self) -> Result<()> {
+        if !self.gpu.features.timestamps {
+            return Err(BackendError::Unsupported(format!(
+                "{} has no timestamp queries inside compute passes",
+                self.gpu.info.name
+            )));
+        }
+        self.submit();
+        self.profiler = Some(profile::Profiler::new(&self.gpu.device));
+        Ok(())
+    }
+
+    fn take_profile(&mut self) -> Result<Vec<KernelTiming>> {
+        self.sync()?;
+        let Some(profiler) = self.profiler.take() else {
+            return Ok(Vec::new());
+        };
+        let ticks = profiler.ticks_needed();
+        if ticks == 0 {
+            return Ok(Vec::new());
+        }
+        let resolve = profiler.resolve_buffer(&self.gpu.device);
+        profiler.resolve(self.encoder(), &resolve);
+        let resolved = Arc::new(GpuBuf {
+            id: self.new_id(),
+            buffer: resolve,
+        });
+        let raw = self.read_bytes(&resolved, ticks * 8)?;
+        let period = self.gpu.queue.get_timestamp_period() as f64;
+        Ok(profiler.timings(bytemuck::cast_slice(&raw), period))
     }
 }
