@@ -9,10 +9,11 @@
 mod common;
 
 use common::*;
+use rand::rngs::StdRng;
 use std::time::{Duration, Instant};
 use vibrant::backend::cpu::{self, CpuBackend};
 use vibrant::backend::gpu::{GpuMatrix, GpuOptions, GpuTensor, WgpuBackend};
-use vibrant::backend::{AttentionShape, Backend, BackendError, RopeKind};
+use vibrant::backend::{AttentionShape, Backend, BackendError, RopeKind, WeightBytes};
 use vibrant::quant::{GgmlType, ALL_TYPES};
 
 /// Weight rows in most tests: odd, and not a multiple of any workgroup size.
@@ -92,54 +93,39 @@ fn upload_bias<B: Backend>(b: &mut B, bias: &[f32]) -> B::Vector {
     b.upload_vector("bias", bias).expect("bias")
 }
 
-/// Checks matmul of `bytes` (`[rows, cols]` of `ty`) on both backends against the float64
-/// reference, for 1 and 5 tokens, with and without a bias.
-#[allow(clippy::too_many_arguments)]
+/// Checks matmul of `w` on the GPU (and the CPU, when given) against the float64 reference,
+/// for 1 and 5 tokens, with and without a bias.
 fn check_matmul(
     gpu: &mut WgpuBackend,
     cpu: Option<&mut CpuBackend>,
-    rng: &mut rand::rngs::StdRng,
-    ty: GgmlType,
-    bytes: &[u8],
-    rows: usize,
-    cols: usize,
+    rng: &mut StdRng,
+    w: &Weights,
     what: &str,
 ) {
-    let w = dequantize_rows(ty, bytes, rows, cols);
+    let (rows, cols) = (w.rows, w.cols);
+    let decoded = w.decoded();
     let bias = random_values(rng, rows, 1.0);
-    let gw = upload_weights(gpu, "w", ty, rows, cols, bytes);
+    let gw = w.upload(gpu, "w");
     let gb = upload_bias(gpu, &bias);
     let mut cpu = cpu.map(|c| {
-        let cw = upload_weights(c, "w", ty, rows, cols, bytes);
+        let cw = w.upload(c, "w");
         let cb = upload_bias(c, &bias);
         (c, cw, cb)
     });
     for n in [1, 5] {
         let x = random_values(rng, n * cols, 1.0);
         for with_bias in [false, true] {
-            let (want, scale) = matmul_reference(&w, &x, with_bias.then_some(&bias), rows, cols);
-            let label = format!("{what}: matmul {ty} [{rows}x{cols}], n={n}, bias={with_bias}");
+            let b = with_bias.then_some(&bias[..]);
+            let (want, scale) = matmul_reference(&decoded, &x, b, rows, cols);
+            let scale = |i: usize| scale[i];
+            let label = format!("{what}: matmul {}, n={n}, bias={with_bias}", w.label());
             let got = run_matmul(gpu, &gw, with_bias.then_some(&gb), &x, n, rows);
             let tol = GPU_MATMUL_TOL;
-            assert_close(
-                &format!("GPU {label}"),
-                &got,
-                &want,
-                rows,
-                |i| scale[i],
-                tol,
-            );
+            assert_close(&format!("GPU {label}"), &got, &want, rows, scale, tol);
             if let Some((c, cw, cb)) = cpu.as_mut() {
                 let got = run_matmul(*c, cw, with_bias.then_some(&*cb), &x, n, rows);
-                let tol = cpu_matmul_tol(ty);
-                assert_close(
-                    &format!("CPU {label}"),
-                    &got,
-                    &want,
-                    rows,
-                    |i| scale[i],
-                    tol,
-                );
+                let tol = cpu_matmul_tol(w.ty);
+                assert_close(&format!("CPU {label}"), &got, &want, rows, scale, tol);
             }
         }
     }
@@ -151,40 +137,19 @@ fn matmul_matches_a_float64_reference_for_every_type() {
     let mut rng = rng(1);
     for ty in ALL_TYPES {
         for cols in widths(ty) {
-            let bytes = random_weights(&mut rng, ty, ROWS, cols);
-            check_matmul(
-                &mut gpu,
-                Some(&mut cpu),
-                &mut rng,
-                ty,
-                &bytes,
-                ROWS,
-                cols,
-                "random blocks",
-            );
+            let w = Weights::random(&mut rng, ty, ROWS, cols);
+            check_matmul(&mut gpu, Some(&mut cpu), &mut rng, &w, "random blocks");
         }
     }
 }
 
-/// Blocks written by the library's quantizers, as real models hold them.
 #[test]
 fn matmul_of_quantizer_output_matches_the_reference() {
     let (mut gpu, mut cpu) = (gpu(), cpu());
     let mut rng = rng(2);
     for ty in ALL_TYPES {
-        let cols = widths(ty)[1];
-        let values = random_values(&mut rng, ROWS * cols, 1.0);
-        let bytes = vibrant::quant::quantize(ty, &values).expect("quantize");
-        check_matmul(
-            &mut gpu,
-            Some(&mut cpu),
-            &mut rng,
-            ty,
-            &bytes,
-            ROWS,
-            cols,
-            "quantized",
-        );
+        let w = Weights::quantized(&mut rng, ty, ROWS, widths(ty)[1]);
+        check_matmul(&mut gpu, Some(&mut cpu), &mut rng, &w, "quantized");
     }
 }
 
@@ -216,12 +181,11 @@ fn embed_matches_the_cpu_for_every_type() {
     let tokens = awkward_tokens(ROWS);
     for ty in ALL_TYPES {
         for cols in widths(ty) {
-            let bytes = random_weights(&mut rng, ty, ROWS, cols);
-            let gt = upload_weights(&mut gpu, "table", ty, ROWS, cols, &bytes);
-            let ct = upload_weights(&mut cpu, "table", ty, ROWS, cols, &bytes);
+            let w = Weights::random(&mut rng, ty, ROWS, cols);
+            let (gt, ct) = (w.upload(&mut gpu, "table"), w.upload(&mut cpu, "table"));
             let got = embed_rows(&mut gpu, &gt, &tokens, cols);
             let want = embed_rows(&mut cpu, &ct, &tokens, cols);
-            assert_decoded(&format!("embed {ty} [{ROWS}x{cols}]"), &got, &want, cols);
+            assert_decoded(&format!("embed {}", w.label()), &got, &want, cols);
         }
     }
 }
@@ -237,15 +201,13 @@ fn dequant_kernel_matches_the_host_decoder_for_every_type() {
     let mut rng = rng(4);
     for ty in ALL_TYPES {
         for cols in widths(ty) {
-            let random = random_weights(&mut rng, ty, ROWS, cols);
-            let values = random_values(&mut rng, ROWS * cols, 1.0);
-            let quantized = vibrant::quant::quantize(ty, &values).expect("quantize");
-            for (kind, bytes) in [("random blocks", random), ("quantized", quantized)] {
-                let m = upload_weights(&mut gpu, "w", ty, ROWS, cols, &bytes);
+            let random = Weights::random(&mut rng, ty, ROWS, cols);
+            let quantized = Weights::quantized(&mut rng, ty, ROWS, cols);
+            for (kind, w) in [("random blocks", random), ("quantized", quantized)] {
+                let m = w.upload(&mut gpu, "w");
                 let got = gpu_dequantize(&mut gpu, &m);
-                let want = dequantize_rows(ty, &bytes, ROWS, cols);
-                let what = format!("dequant {ty} [{ROWS}x{cols}] of {kind}");
-                assert_decoded(&what, &got, &want, cols);
+                let what = format!("dequant {} of {kind}", w.label());
+                assert_decoded(&what, &got, &w.decoded(), cols);
             }
         }
     }
@@ -270,9 +232,9 @@ fn split_matrices_give_the_same_results() {
             (1..ROWS).contains(&per_part),
             "{ty}: the test should split {ROWS} rows, not {per_part} per part"
         );
-        let bytes = random_weights(&mut rng, ty, ROWS, cols);
-        let want = dequantize_rows(ty, &bytes, ROWS, cols);
-        let m = upload_weights(&mut gpu, "split", ty, ROWS, cols, &bytes);
+        let w = Weights::random(&mut rng, ty, ROWS, cols);
+        let want = w.decoded();
+        let m = w.upload(&mut gpu, "split");
 
         let got = gpu_dequantize(&mut gpu, &m);
         assert_decoded(&format!("split dequant {ty}"), &got, &want, cols);
@@ -289,7 +251,7 @@ fn split_matrices_give_the_same_results() {
             .collect();
         assert_decoded(&format!("split embed {ty}"), &got, &want_rows, cols);
 
-        check_matmul(&mut gpu, None, &mut rng, ty, &bytes, ROWS, cols, "split");
+        check_matmul(&mut gpu, None, &mut rng, &w, "split");
     }
 }
 
@@ -299,10 +261,10 @@ fn split_matrices_give_the_same_results() {
 fn launches_past_65535_workgroups_cover_every_element() {
     let mut gpu = gpu();
     let mut rng = rng(6);
-    let (ty, rows, cols) = (GgmlType::Q8_0, 65_600, 32);
-    let bytes = random_weights(&mut rng, ty, rows, cols);
-    let m = upload_weights(&mut gpu, "tall", ty, rows, cols, &bytes);
-    let want = dequantize_rows(ty, &bytes, rows, cols);
+    let (rows, cols) = (65_600, 32);
+    let w = Weights::random(&mut rng, GgmlType::Q8_0, rows, cols);
+    let m = w.upload(&mut gpu, "tall");
+    let want = w.decoded();
     let got = gpu_dequantize(&mut gpu, &m);
     assert_decoded("dequant of 65600 rows", &got, &want, cols);
 
@@ -325,7 +287,7 @@ fn launches_past_65535_workgroups_cover_every_element() {
     assert_close("add of 16.8M elements", &got, &want, len, |_| 1.0, 0.0);
 }
 
-/// Runs `op` on both backends over the same inputs and returns (GPU, CPU) results.
+/// Runs an op on a fresh GPU and a fresh CPU backend: (GPU, CPU) results.
 fn on_both<F, G>(gpu_op: F, cpu_op: G) -> (Vec<f32>, Vec<f32>)
 where
     F: FnOnce(&mut WgpuBackend) -> Vec<f32>,
@@ -363,24 +325,29 @@ fn rms_norm_matches_the_cpu() {
     }
 }
 
-/// Elementwise ops over the first `n` of 6 rows; the last row must stay as it was.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Elementwise {
+    Add,
+    Swiglu,
+    CopyRow,
+}
+
+/// An elementwise op over the first `n` of 6 rows (copy_row: row 3 into row 0), written into
+/// `a`; all 6 rows come back, so a row past `n` that changed fails the comparison.
 fn elementwise<B: Load>(
     b: &mut B,
-    op: &str,
-    inputs: &[Vec<f32>],
+    op: Elementwise,
+    [a, x, y]: &[Vec<f32>; 3],
     n: usize,
     cols: usize,
 ) -> Vec<f32> {
-    let [a, x, y] = inputs else {
-        unreachable!("three inputs")
-    };
     let at = b.load("a", 6, cols, a);
     let xt = b.load("x", 6, cols, x);
     let yt = b.load("y", 6, cols, y);
     match op {
-        "add" => b.add(&at, &xt, n),
-        "swiglu" => b.swiglu(&xt, &yt, &at, n),
-        _ => b.copy_row(&xt, 3, &at),
+        Elementwise::Add => b.add(&at, &xt, n),
+        Elementwise::Swiglu => b.swiglu(&xt, &yt, &at, n),
+        Elementwise::CopyRow => b.copy_row(&xt, 3, &at),
     }
     read(b, &at, 6)
 }
@@ -390,18 +357,23 @@ fn add_swiglu_and_copy_row_match_the_cpu() {
     let mut rng = rng(8);
     // 5 rows of 100: two 256-element workgroups, the second partly idle.
     let cols = 100;
-    let inputs: Vec<Vec<f32>> = (0..3)
-        .map(|_| random_values(&mut rng, 6 * cols, 4.0))
-        .collect();
-    for op in ["add", "swiglu", "copy_row"] {
+    let inputs: [Vec<f32>; 3] = std::array::from_fn(|_| random_values(&mut rng, 6 * cols, 4.0));
+    for op in [Elementwise::Add, Elementwise::Swiglu, Elementwise::CopyRow] {
         let (got, want) = on_both(
             |g| elementwise(g, op, &inputs, 5, cols),
             |c| elementwise(c, op, &inputs, 5, cols),
         );
         // add and copy_row are exact; swiglu's exp may differ by a few ulps between devices.
-        let tol = if op == "swiglu" { 1e-6 } else { 0.0 };
+        let tol = if op == Elementwise::Swiglu { 1e-6 } else { 0.0 };
         let scale = max_abs(&want);
-        assert_close(op, &got, &to_f64(&want), cols, |_| scale, tol);
+        assert_close(
+            &format!("{op:?}"),
+            &got,
+            &to_f64(&want),
+            cols,
+            |_| scale,
+            tol,
+        );
     }
 }
 
@@ -433,7 +405,7 @@ struct Step {
 }
 
 /// Prefill of 70 tokens in one call (more keys than one 64-key tile), then two single tokens.
-fn attention_steps(rng: &mut rand::rngs::StdRng, shape: &AttentionShape) -> Vec<Step> {
+fn attention_steps(rng: &mut StdRng, shape: &AttentionShape) -> Vec<Step> {
     let (qw, kvw) = (shape.q_width(), shape.kv_width());
     let mut pos = 0;
     [70, 1, 1]
@@ -512,16 +484,11 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
         let qw = shape.q_width();
         for (s, ((gq, go), (cq, co))) in steps.iter().zip(got.iter().zip(&want)) {
             let what = format!("head_dim {head_dim} {rope:?}, pos {} n {}", s.pos, s.n);
-            // The same f32 rotation on both; only a fused multiply-add may round differently.
+            // The same f32 rotation on both; a fused multiply-add may round differently, by an
+            // ulp (seen on NVIDIA). A wrong pair or angle moves values by their own size.
             let q_scale = max_abs(&s.q);
-            assert_close(
-                &format!("rope q, {what}"),
-                gq,
-                &to_f64(cq),
-                qw,
-                |_| q_scale,
-                1e-6,
-            );
+            let rope_what = format!("rope q, {what}");
+            assert_close(&rope_what, gq, &to_f64(cq), qw, |_| q_scale, 2e-6);
             // A key whose f32 rotation differs by an ulp may round to the neighbouring f16 in
             // the cache (moving the output by ~1e-6 each), and the softmax sums in another
             // order: 2e-5 of the largest value leaves room for both. Leaving out one of ~70
@@ -676,9 +643,8 @@ struct Workload {
 fn workload(gpu: &mut WgpuBackend) -> Workload {
     let mut rng = rng(12);
     let (rows, cols, n) = (1024, 4096, 8);
-    let bytes = random_weights(&mut rng, GgmlType::F32, rows, cols);
     Workload {
-        w: upload_weights(gpu, "big", GgmlType::F32, rows, cols, &bytes),
+        w: Weights::random(&mut rng, GgmlType::F32, rows, cols).upload(gpu, "big"),
         x: gpu.load("x", n, cols, &random_values(&mut rng, n * cols, 1.0)),
         out: gpu.tensor("out", n, rows).expect("tensor"),
     }
@@ -743,14 +709,8 @@ fn a_weight_row_past_the_binding_limit_is_refused_with_its_size() {
         max_weight_part: Some(100),
         ..GpuOptions::default()
     });
-    let bytes = random_weights(&mut rng(13), GgmlType::Q4K, 2, 256);
-    let err = match gpu.upload_matrix(
-        "wide",
-        GgmlType::Q4K,
-        2,
-        256,
-        vibrant::backend::WeightBytes::owned(bytes),
-    ) {
+    let w = Weights::random(&mut rng(13), GgmlType::Q4K, 2, 256);
+    let err = match gpu.upload_matrix("wide", w.ty, w.rows, w.cols, WeightBytes::owned(w.bytes)) {
         Ok(_) => panic!("uploaded a row wider than a binding"),
         Err(e) => e,
     };

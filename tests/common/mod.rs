@@ -47,53 +47,74 @@ fn scale_offsets(ty: GgmlType) -> &'static [usize] {
     }
 }
 
-/// A `[rows, cols]` weight matrix of `ty` with every bit of every block random, except the
-/// f16 scales, which are finite and moderate (either sign): this reaches bit patterns a
-/// quantizer rarely writes (high scale bits, extreme quants). Float types get values in ±1.
-pub fn random_weights(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
-    let scales = scale_offsets(ty);
-    if scales.is_empty() {
-        return quant::quantize(ty, &random_values(rng, rows * cols, 1.0)).expect("float type");
-    }
-    let len = ty.row_bytes(cols).expect("whole blocks") * rows;
-    let mut bytes = vec![0u8; len];
-    rng.fill(&mut bytes[..]);
-    for block in bytes.chunks_exact_mut(ty.type_size()) {
-        for &at in scales {
-            let magnitude = rng.random_range(0.002f32..0.02);
-            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
-            let scale = f16::from_f32(sign * magnitude).to_le_bytes();
-            block[at..at + 2].copy_from_slice(&scale);
+/// An encoded `[rows, cols]` weight matrix.
+pub struct Weights {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: Vec<u8>,
+}
+
+impl Weights {
+    /// Every bit of every block random, except the f16 scales, which are finite and moderate
+    /// (either sign): this reaches bit patterns a quantizer rarely writes (high scale bits,
+    /// extreme quants). Float types get values in ±1.
+    pub fn random(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Self {
+        let scales = scale_offsets(ty);
+        if scales.is_empty() {
+            return Self::quantized(rng, ty, rows, cols);
+        }
+        let mut bytes = vec![0u8; ty.row_bytes(cols).expect("whole blocks") * rows];
+        rng.fill(&mut bytes[..]);
+        for block in bytes.chunks_exact_mut(ty.type_size()) {
+            for &at in scales {
+                let magnitude = rng.random_range(0.002f32..0.02);
+                let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+                let scale = f16::from_f32(sign * magnitude).to_le_bytes();
+                block[at..at + 2].copy_from_slice(&scale);
+            }
+        }
+        Self {
+            ty,
+            rows,
+            cols,
+            bytes,
         }
     }
-    bytes
-}
 
-/// Random weights uploaded to a backend.
-pub fn upload_weights<B: Backend>(
-    b: &mut B,
-    name: &str,
-    ty: GgmlType,
-    rows: usize,
-    cols: usize,
-    bytes: &[u8],
-) -> B::Matrix {
-    b.upload_matrix(name, ty, rows, cols, WeightBytes::owned(bytes.to_vec()))
-        .unwrap_or_else(|e| panic!("{}: uploading {name}: {e}", b.describe()))
-}
-
-/// The whole matrix decoded on the host by the library's reference dequantizer.
-pub fn dequantize_rows(ty: GgmlType, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
-    let row_bytes = ty.row_bytes(cols).expect("whole blocks");
-    assert_eq!(bytes.len(), row_bytes * rows, "{ty}: matrix size");
-    let mut out = vec![0.0; rows * cols];
-    for (row, dst) in bytes
-        .chunks_exact(row_bytes)
-        .zip(out.chunks_exact_mut(cols))
-    {
-        quant::dequantize(ty, row, dst).expect("valid blocks");
+    /// Values in ±1 encoded by the library's quantizer, as real models hold them.
+    pub fn quantized(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Self {
+        let values = random_values(rng, rows * cols, 1.0);
+        let bytes = quant::quantize(ty, &values).expect("quantize");
+        Self {
+            ty,
+            rows,
+            cols,
+            bytes,
+        }
     }
-    out
+
+    /// The whole matrix decoded on the host by the library's reference dequantizer.
+    pub fn decoded(&self) -> Vec<f32> {
+        let row_bytes = self.ty.row_bytes(self.cols).expect("whole blocks");
+        let mut out = vec![0.0; self.rows * self.cols];
+        let rows = self.bytes.chunks_exact(row_bytes);
+        for (row, dst) in rows.zip(out.chunks_exact_mut(self.cols)) {
+            quant::dequantize(self.ty, row, dst).expect("valid blocks");
+        }
+        out
+    }
+
+    pub fn upload<B: Backend>(&self, b: &mut B, name: &str) -> B::Matrix {
+        let data = WeightBytes::owned(self.bytes.clone());
+        b.upload_matrix(name, self.ty, self.rows, self.cols, data)
+            .unwrap_or_else(|e| panic!("{}: uploading {name}: {e}", b.describe()))
+    }
+
+    /// `[ty rows x cols]`, for messages.
+    pub fn label(&self) -> String {
+        format!("{} [{}x{}]", self.ty, self.rows, self.cols)
+    }
 }
 
 /// Host data placed in a new `[rows, cols]` tensor of either backend.
@@ -116,7 +137,13 @@ impl Load for CpuBackend {
     fn load(&mut self, name: &str, rows: usize, cols: usize, data: &[f32]) -> Self::Tensor {
         assert_eq!(data.len(), rows * cols, "{name}: data size");
         let bytes = quant::quantize(GgmlType::F32, data).expect("F32");
-        let table = upload_weights(self, name, GgmlType::F32, rows, cols, &bytes);
+        let table = Weights {
+            ty: GgmlType::F32,
+            rows,
+            cols,
+            bytes,
+        }
+        .upload(self, name);
         let t = self.tensor(name, rows, cols).expect("CPU tensor");
         let all: Vec<u32> = (0..rows as u32).collect();
         self.embed(&table, &all, &t);
