@@ -17,6 +17,9 @@ pub struct GpuOptions {
     pub timeout: Duration,
     /// Log every dispatch and wait for each one (names a kernel that hangs).
     pub trace: bool,
+    /// Splits weight matrices into row ranges of at most this many bytes, below the device's
+    /// binding limit: tests use it to split small matrices as big ones are split for real.
+    pub max_weight_part: Option<u64>,
 }
 
 impl Default for GpuOptions {
@@ -26,6 +29,7 @@ impl Default for GpuOptions {
             adapter: None,
             timeout: Duration::from_secs(60),
             trace: std::env::var_os("VIBRANT_TRACE").is_some_and(|v| v != "0"),
+            max_weight_part: None,
         }
     }
 }

@@ -431,11 +431,11 @@ impl WgpuBackend {
             let params = DequantParams::new(part, m.cols, part.rows);
             let groups = (m.cols as u32).div_ceil(8).div_ceil(64);
             let (y, z) = (part.rows.min(MAX_GROUPS), part.rows.div_ceil(MAX_GROUPS));
-            let dummy = self.dummy.clone();
+            // Bound to the kernel's bindings 1 and 3: it has no token list.
             self.dispatch(
                 Kernel::Dequant(m.ggml_type),
                 &params,
-                &[&part.buf, &dummy, &out],
+                &[&part.buf, &out],
                 (groups, y, z),
                 Cost::bytes(part.buf.buffer.size() + (part.rows as usize * m.cols * 4) as u64),
             );
@@ -586,7 +586,8 @@ impl Backend for WgpuBackend {
     ) -> Result<GpuMatrix> {
         let bytes = data.bytes();
         let row_bytes = bytes.len() / rows;
-        let max_rows = (self.max_binding() / row_bytes as u64) as usize;
+        let limit = self.gpu.options.max_weight_part.unwrap_or(u64::MAX);
+        let max_rows = (self.max_binding().min(limit) / row_bytes as u64) as usize;
         if max_rows == 0 {
             return Err(BackendError::Unsupported(format!(
                 "{name}: one row takes {row_bytes} bytes, more than {} can bind",

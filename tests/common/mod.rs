@@ -1,0 +1,210 @@
+//! Shared helpers for the backend tests: opening backends, seeded random inputs and weights,
+//! loading host data into either backend's tensors, and tolerance checks that name the worst
+//! element.
+
+use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use vibrant::backend::cpu::CpuBackend;
+use vibrant::backend::gpu::{GpuOptions, WgpuBackend};
+use vibrant::backend::{Backend, WeightBytes};
+use vibrant::quant::{self, GgmlType};
+
+/// The GPU backend on the default adapter. A machine without one fails the test: lavapipe
+/// (Mesa's Vulkan on the CPU) is enough, and a skipped GPU test would hide every kernel bug.
+pub fn gpu() -> WgpuBackend {
+    gpu_with(GpuOptions::default())
+}
+
+pub fn gpu_with(options: GpuOptions) -> WgpuBackend {
+    WgpuBackend::new(options).unwrap_or_else(|e| {
+        panic!("no usable GPU adapter, and these tests need one (Mesa's lavapipe will do): {e}")
+    })
+}
+
+pub fn cpu() -> CpuBackend {
+    CpuBackend::new(2).expect("CPU backend")
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` values uniform in ±`scale`.
+pub fn random_values(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Where a block of `ty` keeps its f16 scale fields (byte offsets), per ggml's block structs.
+fn scale_offsets(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => &[],
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q2K => &[80, 82],
+        GgmlType::Q3K => &[108],
+        GgmlType::Q6K => &[208],
+    }
+}
+
+/// An encoded `[rows, cols]` weight matrix.
+pub struct Weights {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: Vec<u8>,
+}
+
+impl Weights {
+    /// Every bit of every block random, except the f16 scales, which are finite and moderate
+    /// (either sign): this reaches bit patterns a quantizer rarely writes (high scale bits,
+    /// extreme quants). Float types get values in ±1.
+    pub fn random(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Self {
+        let scales = scale_offsets(ty);
+        if scales.is_empty() {
+            return Self::quantized(rng, ty, rows, cols);
+        }
+        let mut bytes = vec![0u8; ty.row_bytes(cols).expect("whole blocks") * rows];
+        rng.fill(&mut bytes[..]);
+        for block in bytes.chunks_exact_mut(ty.type_size()) {
+            for &at in scales {
+                let magnitude = rng.random_range(0.002f32..0.02);
+                let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+                let scale = f16::from_f32(sign * magnitude).to_le_bytes();
+                block[at..at + 2].copy_from_slice(&scale);
+            }
+        }
+        Self {
+            ty,
+            rows,
+            cols,
+            bytes,
+        }
+    }
+
+    /// Values in ±1 encoded by the library's quantizer, as real models hold them.
+    pub fn quantized(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Self {
+        let values = random_values(rng, rows * cols, 1.0);
+        let bytes = quant::quantize(ty, &values).expect("quantize");
+        Self {
+            ty,
+            rows,
+            cols,
+            bytes,
+        }
+    }
+
+    /// The whole matrix decoded on the host by the library's reference dequantizer.
+    pub fn decoded(&self) -> Vec<f32> {
+        let row_bytes = self.ty.row_bytes(self.cols).expect("whole blocks");
+        let mut out = vec![0.0; self.rows * self.cols];
+        let rows = self.bytes.chunks_exact(row_bytes);
+        for (row, dst) in rows.zip(out.chunks_exact_mut(self.cols)) {
+            quant::dequantize(self.ty, row, dst).expect("valid blocks");
+        }
+        out
+    }
+
+    pub fn upload<B: Backend>(&self, b: &mut B, name: &str) -> B::Matrix {
+        let data = WeightBytes::owned(self.bytes.clone());
+        b.upload_matrix(name, self.ty, self.rows, self.cols, data)
+            .unwrap_or_else(|e| panic!("{}: uploading {name}: {e}", b.describe()))
+    }
+
+    /// `[ty rows x cols]`, for messages.
+    pub fn label(&self) -> String {
+        format!("{} [{}x{}]", self.ty, self.rows, self.cols)
+    }
+}
+
+/// Host data placed in a new `[rows, cols]` tensor of either backend.
+pub trait Load: Backend {
+    fn load(&mut self, name: &str, rows: usize, cols: usize, data: &[f32]) -> Self::Tensor;
+}
+
+impl Load for WgpuBackend {
+    fn load(&mut self, name: &str, rows: usize, cols: usize, data: &[f32]) -> Self::Tensor {
+        assert_eq!(data.len(), rows * cols, "{name}: data size");
+        let t = self.tensor(name, rows, cols).expect("GPU tensor");
+        self.write(&t, data);
+        t
+    }
+}
+
+impl Load for CpuBackend {
+    /// The CPU backend has no upload: an F32 table's rows are embedded instead, which copies
+    /// them bit for bit.
+    fn load(&mut self, name: &str, rows: usize, cols: usize, data: &[f32]) -> Self::Tensor {
+        assert_eq!(data.len(), rows * cols, "{name}: data size");
+        let bytes = quant::quantize(GgmlType::F32, data).expect("F32");
+        let table = Weights {
+            ty: GgmlType::F32,
+            rows,
+            cols,
+            bytes,
+        }
+        .upload(self, name);
+        let t = self.tensor(name, rows, cols).expect("CPU tensor");
+        let all: Vec<u32> = (0..rows as u32).collect();
+        self.embed(&table, &all, &t);
+        t
+    }
+}
+
+/// Reads `n` rows back, naming the backend on failure.
+pub fn read<B: Backend>(b: &mut B, t: &B::Tensor, n: usize) -> Vec<f32> {
+    b.read(t, n)
+        .unwrap_or_else(|e| panic!("{}: read: {e}", b.describe()))
+}
+
+pub fn norm(x: &[f32]) -> f64 {
+    x.iter()
+        .map(|&v| (v as f64) * (v as f64))
+        .sum::<f64>()
+        .sqrt()
+}
+
+pub fn max_abs(x: &[f32]) -> f64 {
+    x.iter().map(|v| v.abs() as f64).fold(0.0, f64::max)
+}
+
+/// The largest of |got - want| / scale(i) over flat element indices i, with where it is; a
+/// non-finite result counts as infinitely wrong.
+pub fn worst_error(got: &[f32], want: &[f64], scale: impl Fn(usize) -> f64) -> (f64, usize) {
+    assert_eq!(got.len(), want.len(), "compared lengths differ");
+    let mut worst = (0.0, 0);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs() / scale(i);
+        let err = if err.is_finite() { err } else { f64::INFINITY };
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    worst
+}
+
+/// Fails, naming the worst element of the `[_, cols]` data, unless every
+/// |got[i] - want[i]| <= tol * scale(i).
+pub fn assert_close(
+    what: &str,
+    got: &[f32],
+    want: &[f64],
+    cols: usize,
+    scale: impl Fn(usize) -> f64,
+    tol: f64,
+) {
+    let (err, i) = worst_error(got, want, &scale);
+    assert!(
+        err <= tol,
+        "{what}: row {} col {}: got {}, want {} (error {err:.3e} of the scale {:.3e}, tolerance {tol:.0e})",
+        i / cols,
+        i % cols,
+        got[i],
+        want[i],
+        scale(i)
+    );
+}
+
+pub fn to_f64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}

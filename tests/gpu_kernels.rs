@@ -1,0 +1,722 @@
+//! Every GPU kernel against the CPU reference (or a float64 one) on seeded random inputs, with
+//! shapes chosen to be awkward: odd row counts, widths that are not multiples of a workgroup's
+//! reach, several tokens, positions past the first attention tile, grouped-query attention.
+//!
+//! These tests need a GPU adapter and fail without one; Mesa's lavapipe is enough (and slow, so
+//! sizes stay modest). Tolerances are stated next to each comparison with the reason for them;
+//! all of them are far below what one element read from a wrong index would cost.
+
+mod common;
+
+use common::*;
+use rand::rngs::StdRng;
+use std::time::{Duration, Instant};
+use vibrant::backend::cpu::{self, CpuBackend};
+use vibrant::backend::gpu::{GpuMatrix, GpuOptions, GpuTensor, WgpuBackend};
+use vibrant::backend::{AttentionShape, Backend, BackendError, RopeKind, WeightBytes};
+use vibrant::quant::{GgmlType, ALL_TYPES};
+
+/// Weight rows in most tests: odd, and not a multiple of any workgroup size.
+const ROWS: usize = 67;
+
+/// Two row widths per type: one within a single dequant workgroup's 512 elements and one past
+/// it; neither a multiple of 256 where the format allows (and odd for the float types).
+fn widths(ty: GgmlType) -> [usize; 2] {
+    match ty.block_size() {
+        1 => [37, 1003],
+        32 => [416, 736],
+        _ => [256, 768],
+    }
+}
+
+/// The GPU decodes each weight with the same f32 formula as the host decoder; only the
+/// rounding of one multiply-add may differ (fused or not), a few ulps of the row's largest
+/// value. A weight read from a wrong index is off by the size of the weights themselves.
+const DECODE_TOL: f64 = 1e-6;
+
+/// GPU matmul against the float64 reference, relative to |w_r|·|x_t| + |b_r| (the largest the
+/// result can be). The GPU multiplies f32 weights by f32 activations and sums ~K/64 terms per
+/// thread, then 64 partials: the rounding error stays near 1e-7 of that scale. One element
+/// read from a wrong index moves the result by about 1/K of it, over 1e-3 at these widths.
+const GPU_MATMUL_TOL: f64 = 1e-5;
+
+/// The CPU backend quantizes activations to 8 bits (per block of 32 or 256) for the quantized
+/// types: an error of up to amax/254 per activation, about 1e-4 of the scale on average and
+/// well under 5e-3 in the worst row here. With f32 activations it is as tight as the GPU.
+fn cpu_matmul_tol(ty: GgmlType) -> f64 {
+    if ty.block_size() == 1 {
+        GPU_MATMUL_TOL
+    } else {
+        5e-3
+    }
+}
+
+fn matmul_reference(
+    w: &[f32],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    cols: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut want = Vec::new();
+    let mut scale = Vec::new();
+    for xt in x.chunks_exact(cols) {
+        let x_norm = norm(xt);
+        for (r, wr) in w.chunks_exact(cols).enumerate() {
+            let dot: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let b = bias.map_or(0.0, |b| b[r] as f64);
+            want.push(dot + b);
+            scale.push(norm(wr) * x_norm + b.abs());
+        }
+    }
+    assert_eq!(want.len(), x.len() / cols * rows);
+    (want, scale)
+}
+
+/// Runs one matmul of `n` tokens into an output prefilled with NaN, so that an output the
+/// kernel never writes fails the comparison.
+fn run_matmul<B: Load>(
+    b: &mut B,
+    w: &B::Matrix,
+    bias: Option<&B::Vector>,
+    x: &[f32],
+    n: usize,
+    rows: usize,
+) -> Vec<f32> {
+    let xt = b.load("x", n, x.len() / n, x);
+    let out = b.load("matmul out", n, rows, &vec![f32::NAN; n * rows]);
+    b.matmul(&xt, w, bias, &out, n);
+    read(b, &out, n)
+}
+
+fn upload_bias<B: Backend>(b: &mut B, bias: &[f32]) -> B::Vector {
+    b.upload_vector("bias", bias).expect("bias")
+}
+
+/// Checks matmul of `w` on the GPU (and the CPU, when given) against the float64 reference,
+/// for 1 and 5 tokens, with and without a bias.
+fn check_matmul(
+    gpu: &mut WgpuBackend,
+    cpu: Option<&mut CpuBackend>,
+    rng: &mut StdRng,
+    w: &Weights,
+    what: &str,
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    let decoded = w.decoded();
+    let bias = random_values(rng, rows, 1.0);
+    let gw = w.upload(gpu, "w");
+    let gb = upload_bias(gpu, &bias);
+    let mut cpu = cpu.map(|c| {
+        let cw = w.upload(c, "w");
+        let cb = upload_bias(c, &bias);
+        (c, cw, cb)
+    });
+    for n in [1, 5] {
+        let x = random_values(rng, n * cols, 1.0);
+        for with_bias in [false, true] {
+            let b = with_bias.then_some(&bias[..]);
+            let (want, scale) = matmul_reference(&decoded, &x, b, rows, cols);
+            let scale = |i: usize| scale[i];
+            let label = format!("{what}: matmul {}, n={n}, bias={with_bias}", w.label());
+            let got = run_matmul(gpu, &gw, with_bias.then_some(&gb), &x, n, rows);
+            let tol = GPU_MATMUL_TOL;
+            assert_close(&format!("GPU {label}"), &got, &want, rows, scale, tol);
+            if let Some((c, cw, cb)) = cpu.as_mut() {
+                let got = run_matmul(*c, cw, with_bias.then_some(&*cb), &x, n, rows);
+                let tol = cpu_matmul_tol(w.ty);
+                assert_close(&format!("CPU {label}"), &got, &want, rows, scale, tol);
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_a_float64_reference_for_every_type() {
+    let (mut gpu, mut cpu) = (gpu(), cpu());
+    let mut rng = rng(1);
+    for ty in ALL_TYPES {
+        for cols in widths(ty) {
+            let w = Weights::random(&mut rng, ty, ROWS, cols);
+            check_matmul(&mut gpu, Some(&mut cpu), &mut rng, &w, "random blocks");
+        }
+    }
+}
+
+#[test]
+fn matmul_of_quantizer_output_matches_the_reference() {
+    let (mut gpu, mut cpu) = (gpu(), cpu());
+    let mut rng = rng(2);
+    for ty in ALL_TYPES {
+        let w = Weights::quantized(&mut rng, ty, ROWS, widths(ty)[1]);
+        check_matmul(&mut gpu, Some(&mut cpu), &mut rng, &w, "quantized");
+    }
+}
+
+/// Token ids covering the first and last rows, a repeat, and one past the end (both
+/// backends clamp it to the last row).
+fn awkward_tokens(rows: usize) -> Vec<u32> {
+    let last = rows as u32 - 1;
+    vec![0, last, 17, 17, last + 5, 33]
+}
+
+fn embed_rows<B: Load>(b: &mut B, table: &B::Matrix, tokens: &[u32], cols: usize) -> Vec<f32> {
+    let n = tokens.len();
+    let out = b.load("embedded", n, cols, &vec![f32::NAN; n * cols]);
+    b.embed(table, tokens, &out);
+    read(b, &out, n)
+}
+
+/// |got - want| within DECODE_TOL of the largest value of each `cols`-wide row of `want`.
+fn assert_decoded(what: &str, got: &[f32], want: &[f32], cols: usize) {
+    let row_max: Vec<f64> = want.chunks(cols).map(max_abs).collect();
+    let scale = |i: usize| row_max[i / cols];
+    assert_close(what, got, &to_f64(want), cols, scale, DECODE_TOL);
+}
+
+#[test]
+fn embed_matches_the_cpu_for_every_type() {
+    let (mut gpu, mut cpu) = (gpu(), cpu());
+    let mut rng = rng(3);
+    let tokens = awkward_tokens(ROWS);
+    for ty in ALL_TYPES {
+        for cols in widths(ty) {
+            let w = Weights::random(&mut rng, ty, ROWS, cols);
+            let (gt, ct) = (w.upload(&mut gpu, "table"), w.upload(&mut cpu, "table"));
+            let got = embed_rows(&mut gpu, &gt, &tokens, cols);
+            let want = embed_rows(&mut cpu, &ct, &tokens, cols);
+            assert_decoded(&format!("embed {}", w.label()), &got, &want, cols);
+        }
+    }
+}
+
+fn gpu_dequantize(gpu: &mut WgpuBackend, m: &GpuMatrix) -> Vec<f32> {
+    gpu.dequantize(m)
+        .unwrap_or_else(|e| panic!("dequantize: {e}"))
+}
+
+#[test]
+fn dequant_kernel_matches_the_host_decoder_for_every_type() {
+    let mut gpu = gpu();
+    let mut rng = rng(4);
+    for ty in ALL_TYPES {
+        for cols in widths(ty) {
+            let random = Weights::random(&mut rng, ty, ROWS, cols);
+            let quantized = Weights::quantized(&mut rng, ty, ROWS, cols);
+            for (kind, w) in [("random blocks", random), ("quantized", quantized)] {
+                let m = w.upload(&mut gpu, "w");
+                let got = gpu_dequantize(&mut gpu, &m);
+                let what = format!("dequant {} of {kind}", w.label());
+                assert_decoded(&what, &got, &w.decoded(), cols);
+            }
+        }
+    }
+}
+
+/// Bytes per weight part in the splitting tests: a few rows of every type per part.
+const PART_BYTES: u64 = 4096;
+
+/// Matrices cut into several row ranges (as ones bigger than a binding are): every op that
+/// reads a weight must find each row in its own part.
+#[test]
+fn split_matrices_give_the_same_results() {
+    let mut gpu = gpu_with(GpuOptions {
+        max_weight_part: Some(PART_BYTES),
+        ..GpuOptions::default()
+    });
+    let mut rng = rng(5);
+    for ty in ALL_TYPES {
+        let cols = widths(ty)[0];
+        let per_part = PART_BYTES as usize / ty.row_bytes(cols).expect("whole blocks");
+        assert!(
+            (1..ROWS).contains(&per_part),
+            "{ty}: the test should split {ROWS} rows, not {per_part} per part"
+        );
+        let w = Weights::random(&mut rng, ty, ROWS, cols);
+        let want = w.decoded();
+        let m = w.upload(&mut gpu, "split");
+
+        let got = gpu_dequantize(&mut gpu, &m);
+        assert_decoded(&format!("split dequant {ty}"), &got, &want, cols);
+
+        // The rows on both sides of every boundary between parts.
+        let mut tokens = vec![0, ROWS as u32 - 1];
+        for start in (per_part..ROWS).step_by(per_part) {
+            tokens.extend([start as u32 - 1, start as u32]);
+        }
+        let got = embed_rows(&mut gpu, &m, &tokens, cols);
+        let want_rows: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| want[t as usize * cols..][..cols].to_vec())
+            .collect();
+        assert_decoded(&format!("split embed {ty}"), &got, &want_rows, cols);
+
+        check_matmul(&mut gpu, None, &mut rng, &w, "split");
+    }
+}
+
+/// Launches of more than 65535 workgroups spill into a second grid dimension, which each
+/// kernel folds back into a linear index.
+#[test]
+fn launches_past_65535_workgroups_cover_every_element() {
+    let mut gpu = gpu();
+    let mut rng = rng(6);
+    let (rows, cols) = (65_600, 32);
+    let w = Weights::random(&mut rng, GgmlType::Q8_0, rows, cols);
+    let m = w.upload(&mut gpu, "tall");
+    let want = w.decoded();
+    let got = gpu_dequantize(&mut gpu, &m);
+    assert_decoded("dequant of 65600 rows", &got, &want, cols);
+
+    let n = 2;
+    let x = random_values(&mut rng, n * cols, 1.0);
+    let (want, scale) = matmul_reference(&want, &x, None, rows, cols);
+    let got = run_matmul(&mut gpu, &m, None, &x, n, rows);
+    let tol = GPU_MATMUL_TOL;
+    assert_close("matmul of 65600 rows", &got, &want, rows, |i| scale[i], tol);
+
+    // 65535 workgroups of 256 elements, and some.
+    let len = 65_535 * 256 + 300;
+    let a = random_values(&mut rng, len, 1.0);
+    let b = random_values(&mut rng, len, 1.0);
+    let (at, bt) = (gpu.load("a", 1, len, &a), gpu.load("b", 1, len, &b));
+    gpu.add(&at, &bt, 1);
+    let got = read(&mut gpu, &at, 1);
+    let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x + y) as f64).collect();
+    // f32 addition is exact to the rounding both sides share.
+    assert_close("add of 16.8M elements", &got, &want, len, |_| 1.0, 0.0);
+}
+
+/// Runs an op on a fresh GPU and a fresh CPU backend: (GPU, CPU) results.
+fn on_both<F, G>(gpu_op: F, cpu_op: G) -> (Vec<f32>, Vec<f32>)
+where
+    F: FnOnce(&mut WgpuBackend) -> Vec<f32>,
+    G: FnOnce(&mut CpuBackend) -> Vec<f32>,
+{
+    (gpu_op(&mut gpu()), cpu_op(&mut cpu()))
+}
+
+fn rms_norm_rows<B: Load>(b: &mut B, x: &[f32], w: &[f32], n: usize, rows: usize) -> Vec<f32> {
+    let cols = w.len();
+    let xt = b.load("x", rows, cols, x);
+    let weight = b.upload_vector("norm weight", w).expect("weight");
+    let out = b.load("normed", rows, cols, &vec![f32::NAN; rows * cols]);
+    b.rms_norm(&xt, &weight, 1e-6, &out, n);
+    read(b, &out, n)
+}
+
+#[test]
+fn rms_norm_matches_the_cpu() {
+    let mut rng = rng(7);
+    // Widths under, between and past multiples of the 256-thread workgroup.
+    for cols in [37, 300, 600] {
+        for n in [1, 5] {
+            let x = random_values(&mut rng, 6 * cols, 2.0);
+            let w = random_values(&mut rng, cols, 1.0);
+            let (got, want) = on_both(
+                |g| rms_norm_rows(g, &x, &w, n, 6),
+                |c| rms_norm_rows(c, &x, &w, n, 6),
+            );
+            // Only the order of the f32 sum of squares differs: ~1e-7 relative.
+            let scale = max_abs(&want);
+            let what = format!("rms_norm [{n}x{cols}]");
+            assert_close(&what, &got, &to_f64(&want), cols, |_| scale, 1e-5);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Elementwise {
+    Add,
+    Swiglu,
+    CopyRow,
+}
+
+/// An elementwise op over the first `n` of 6 rows (copy_row: row 3 into row 0), written into
+/// `a`; all 6 rows come back, so a row past `n` that changed fails the comparison.
+fn elementwise<B: Load>(
+    b: &mut B,
+    op: Elementwise,
+    [a, x, y]: &[Vec<f32>; 3],
+    n: usize,
+    cols: usize,
+) -> Vec<f32> {
+    let at = b.load("a", 6, cols, a);
+    let xt = b.load("x", 6, cols, x);
+    let yt = b.load("y", 6, cols, y);
+    match op {
+        Elementwise::Add => b.add(&at, &xt, n),
+        Elementwise::Swiglu => b.swiglu(&xt, &yt, &at, n),
+        Elementwise::CopyRow => b.copy_row(&xt, 3, &at),
+    }
+    read(b, &at, 6)
+}
+
+#[test]
+fn add_swiglu_and_copy_row_match_the_cpu() {
+    let mut rng = rng(8);
+    // 5 rows of 100: two 256-element workgroups, the second partly idle.
+    let cols = 100;
+    let inputs: [Vec<f32>; 3] = std::array::from_fn(|_| random_values(&mut rng, 6 * cols, 4.0));
+    for op in [Elementwise::Add, Elementwise::Swiglu, Elementwise::CopyRow] {
+        let (got, want) = on_both(
+            |g| elementwise(g, op, &inputs, 5, cols),
+            |c| elementwise(c, op, &inputs, 5, cols),
+        );
+        // add and copy_row are exact; swiglu's exp may differ by a few ulps between devices.
+        let tol = if op == Elementwise::Swiglu { 1e-6 } else { 0.0 };
+        let scale = max_abs(&want);
+        assert_close(
+            &format!("{op:?}"),
+            &got,
+            &to_f64(&want),
+            cols,
+            |_| scale,
+            tol,
+        );
+    }
+}
+
+/// Positions in the attention tests' cache.
+const N_CTX: usize = 80;
+
+/// The `[N_CTX, head_dim / 2]` (cos, sin) table of RoPE with base 10000.
+fn rope_table(head_dim: usize) -> Vec<f32> {
+    let mut table = Vec::with_capacity(N_CTX * head_dim);
+    for p in 0..N_CTX {
+        for f in 0..head_dim / 2 {
+            let theta = p as f64 * 10000f64.powf(-2.0 * f as f64 / head_dim as f64);
+            table.extend([theta.cos() as f32, theta.sin() as f32]);
+        }
+    }
+    table
+}
+
+/// One forward step's q, k and v for the layer under test, and k and v for the other layer
+/// (which must not leak into the results).
+struct Step {
+    pos: usize,
+    n: usize,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    other_k: Vec<f32>,
+    other_v: Vec<f32>,
+}
+
+/// Prefill of 70 tokens in one call (more keys than one 64-key tile), then two single tokens.
+fn attention_steps(rng: &mut StdRng, shape: &AttentionShape) -> Vec<Step> {
+    let (qw, kvw) = (shape.q_width(), shape.kv_width());
+    let mut pos = 0;
+    [70, 1, 1]
+        .into_iter()
+        .map(|n| {
+            let step = Step {
+                pos,
+                n,
+                // Larger queries make the softmax peaked, so a wrong key shows.
+                q: random_values(rng, n * qw, 3.0),
+                k: random_values(rng, n * kvw, 1.0),
+                v: random_values(rng, n * kvw, 1.0),
+                other_k: random_values(rng, n * kvw, 1.0),
+                other_v: random_values(rng, n * kvw, 1.0),
+            };
+            pos += n;
+            step
+        })
+        .collect()
+}
+
+/// Per step: the rotated queries and the attention output.
+fn run_attention<B: Load>(
+    b: &mut B,
+    shape: &AttentionShape,
+    layer: usize,
+    steps: &[Step],
+) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let (qw, kvw) = (shape.q_width(), shape.kv_width());
+    let table = b
+        .upload_vector("rope", &rope_table(shape.head_dim))
+        .expect("rope table");
+    let cache = b.kv_cache(2, N_CTX, kvw).expect("cache");
+    steps
+        .iter()
+        .map(|s| {
+            let other_q = b.load("other q", s.n, qw, &s.q);
+            let other_k = b.load("other k", s.n, kvw, &s.other_k);
+            let other_v = b.load("other v", s.n, kvw, &s.other_v);
+            let other = 1 - layer;
+            b.rope_store_kv(
+                &other_q, &other_k, &other_v, &table, &cache, other, s.pos, s.n, shape,
+            );
+            let q = b.load("q", s.n, qw, &s.q);
+            let k = b.load("k", s.n, kvw, &s.k);
+            let v = b.load("v", s.n, kvw, &s.v);
+            b.rope_store_kv(&q, &k, &v, &table, &cache, layer, s.pos, s.n, shape);
+            let out = b.load("attention out", s.n, qw, &vec![f32::NAN; s.n * qw]);
+            b.attention(&q, &cache, layer, s.pos, s.n, &out, shape);
+            (read(b, &q, s.n), read(b, &out, s.n))
+        })
+        .collect()
+}
+
+#[test]
+fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
+    let mut rng = rng(9);
+    let cases = [
+        (64, RopeKind::Normal, 0),
+        (128, RopeKind::Neox, 1),
+        (64, RopeKind::Neox, 1),
+    ];
+    for (head_dim, rope, layer) in cases {
+        // Grouped-query attention: three query heads per key/value head.
+        let shape = AttentionShape {
+            n_head: 6,
+            n_head_kv: 2,
+            head_dim,
+            rope,
+        };
+        let steps = attention_steps(&mut rng, &shape);
+        let (got, want) = (
+            run_attention(&mut gpu(), &shape, layer, &steps),
+            run_attention(&mut cpu(), &shape, layer, &steps),
+        );
+        let qw = shape.q_width();
+        for (s, ((gq, go), (cq, co))) in steps.iter().zip(got.iter().zip(&want)) {
+            let what = format!("head_dim {head_dim} {rope:?}, pos {} n {}", s.pos, s.n);
+            // The same f32 rotation on both; a fused multiply-add may round differently, by an
+            // ulp (seen on NVIDIA). A wrong pair or angle moves values by their own size.
+            let q_scale = max_abs(&s.q);
+            let rope_what = format!("rope q, {what}");
+            assert_close(&rope_what, gq, &to_f64(cq), qw, |_| q_scale, 2e-6);
+            // A key whose f32 rotation differs by an ulp may round to the neighbouring f16 in
+            // the cache (moving the output by ~1e-6 each), and the softmax sums in another
+            // order: 2e-5 of the largest value leaves room for both. Leaving out one of ~70
+            // keys, or reading another head, costs about 1e-2.
+            let v_scale = max_abs(&s.v);
+            let what = format!("attention, {what}");
+            assert_close(&what, go, &to_f64(co), qw, |_| v_scale, 2e-5);
+        }
+    }
+}
+
+fn gpu_argmax(gpu: &mut WgpuBackend, x: &[f32]) -> u32 {
+    let t = gpu.load("logits", 1, x.len(), x);
+    gpu.argmax(&t).expect("argmax")
+}
+
+fn cpu_argmax(cpu: &mut CpuBackend, x: &[f32]) -> u32 {
+    let t = cpu.load("logits", 1, x.len(), x);
+    cpu.argmax(&t).expect("argmax")
+}
+
+#[test]
+fn argmax_takes_the_first_largest_and_never_a_nan() {
+    let (mut gpu, mut cpu) = (gpu(), cpu());
+    let mut rng = rng(10);
+    // 1000 values: 256 threads, some of which see four values and some three.
+    let base = random_values(&mut rng, 1000, 1.0);
+    let with = |changes: &[(usize, f32)]| {
+        let mut x = base.clone();
+        for &(i, v) in changes {
+            x[i] = v;
+        }
+        x
+    };
+    let nan = f32::NAN;
+    let host_max = (0..base.len())
+        .max_by(|&a, &b| base[a].total_cmp(&base[b]))
+        .expect("values");
+    let cases = [
+        ("random", base.clone(), host_max),
+        // Ties in different threads (300, 301) and in one thread (300, 556).
+        (
+            "ties",
+            with(&[(999, 5.0), (556, 5.0), (301, 5.0), (300, 5.0)]),
+            300,
+        ),
+        // The first tie sits in a later thread than the others.
+        (
+            "ties across threads",
+            with(&[(956, 5.0), (700, 5.0), (445, 5.0)]),
+            445,
+        ),
+        (
+            "NaNs",
+            with(&[(0, nan), (10, nan), (523, 3.0), (600, nan)]),
+            523,
+        ),
+        (
+            "infinity",
+            with(&[(0, nan), (77, f32::INFINITY), (78, 9.0)]),
+            77,
+        ),
+        (
+            "a NaN first, then -inf",
+            vec![nan, f32::NEG_INFINITY, f32::NEG_INFINITY],
+            1,
+        ),
+        ("short row", base[..37].to_vec(), {
+            let short = &base[..37];
+            (0..37)
+                .max_by(|&a, &b| short[a].total_cmp(&short[b]))
+                .expect("values")
+        }),
+    ];
+    for (what, x, want) in cases {
+        assert_eq!(gpu_argmax(&mut gpu, &x), want as u32, "GPU argmax: {what}");
+        assert_eq!(cpu_argmax(&mut cpu, &x), want as u32, "CPU argmax: {what}");
+    }
+}
+
+#[test]
+fn softmax_matches_the_cpu() {
+    let mut gpu = gpu();
+    let mut rng = rng(11);
+    for (len, temperature) in [(1000, 1.0), (1000, 0.7), (37, 1.5)] {
+        let x = random_values(&mut rng, len, 8.0);
+        let t = gpu.load("logits", 1, len, &x);
+        gpu.softmax(&t, temperature);
+        let got = read(&mut gpu, &t, 1);
+        let mut want: Vec<f32> = x.iter().map(|v| v / temperature).collect();
+        cpu::softmax(&mut want);
+        // exp is accurate to a few ulps on both sides and the sums differ in order: 1e-5 of
+        // the largest probability. Any misplaced value moves a probability by far more.
+        let scale = max_abs(&want);
+        let what = format!("softmax of {len} at temperature {temperature}");
+        assert_close(&what, &got, &to_f64(&want), len, |_| scale, 1e-5);
+        let sum: f32 = got.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{what}: sums to {sum}");
+    }
+}
+
+fn open_error(options: GpuOptions) -> BackendError {
+    match WgpuBackend::new(options) {
+        Ok(b) => panic!("opened {}", b.describe()),
+        Err(e) => e,
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_api_this_machine_lacks_is_no_such_adapter() {
+    let err = open_error(GpuOptions {
+        api: Some("metal".into()),
+        ..GpuOptions::default()
+    });
+    assert!(err.to_string().contains("no such adapter"), "{err}");
+}
+
+#[test]
+fn an_adapter_index_past_the_list_is_no_such_adapter() {
+    let err = open_error(GpuOptions {
+        adapter: Some(99),
+        ..GpuOptions::default()
+    });
+    let text = err.to_string();
+    assert!(
+        text.contains("no such adapter") && text.contains("99"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unknown_api_name_is_refused_by_name() {
+    let err = open_error(GpuOptions {
+        api: Some("vulcan".into()),
+        ..GpuOptions::default()
+    });
+    let text = err.to_string();
+    assert!(
+        text.contains("'vulcan'") && text.contains("vulkan"),
+        "{text}"
+    );
+}
+
+/// A matmul that reads 16 MiB of weights for each of 8 tokens.
+struct Workload {
+    w: GpuMatrix,
+    x: GpuTensor,
+    out: GpuTensor,
+}
+
+fn workload(gpu: &mut WgpuBackend) -> Workload {
+    let mut rng = rng(12);
+    let (rows, cols, n) = (1024, 4096, 8);
+    Workload {
+        w: Weights::random(&mut rng, GgmlType::F32, rows, cols).upload(gpu, "big"),
+        x: gpu.load("x", n, cols, &random_values(&mut rng, n * cols, 1.0)),
+        out: gpu.tensor("out", n, rows).expect("tensor"),
+    }
+}
+
+fn record(gpu: &mut WgpuBackend, work: &Workload, times: usize) {
+    for _ in 0..times {
+        gpu.matmul(&work.x, &work.w, None, &work.out, 8);
+    }
+}
+
+#[test]
+fn a_kernel_longer_than_the_timeout_is_reported_not_waited_for() {
+    // Lavapipe needs a quarter of a second for one matmul, a fast GPU a fraction of a
+    // millisecond: the work is sized on this device to last 50 times the timeout.
+    let timeout = Duration::from_millis(1);
+    let one = {
+        let mut gpu = gpu();
+        let work = workload(&mut gpu);
+        gpu.sync().expect("upload");
+        let start = Instant::now();
+        record(&mut gpu, &work, 1);
+        gpu.sync().expect("one matmul");
+        start.elapsed()
+    };
+    let times = (50.0 * timeout.as_secs_f64() / one.as_secs_f64()).ceil() as usize;
+
+    let mut gpu = gpu_with(GpuOptions {
+        timeout,
+        ..GpuOptions::default()
+    });
+    let work = workload(&mut gpu);
+    record(&mut gpu, &work, times);
+    let start = Instant::now();
+    let result = gpu.sync();
+    let waited = start.elapsed();
+    assert!(
+        matches!(result, Err(BackendError::Timeout { .. })),
+        "expected a timeout after {timeout:?} ({times} matmuls of {one:?}), got {result:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+}
+
+#[test]
+fn a_tensor_past_the_binding_limit_is_refused_with_its_size() {
+    let mut gpu = gpu();
+    // 4Mi rows of 4096 floats: 64 GiB.
+    let err = match gpu.tensor("huge activations", 1 << 22, 1 << 12) {
+        Ok(_) => panic!("allocated a 64 GiB tensor"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("huge activations") && text.contains("65536 MiB"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_weight_row_past_the_binding_limit_is_refused_with_its_size() {
+    let mut gpu = gpu_with(GpuOptions {
+        max_weight_part: Some(100),
+        ..GpuOptions::default()
+    });
+    let w = Weights::random(&mut rng(13), GgmlType::Q4K, 2, 256);
+    let err = match gpu.upload_matrix("wide", w.ty, w.rows, w.cols, WeightBytes::owned(w.bytes)) {
+        Ok(_) => panic!("uploaded a row wider than a binding"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("wide") && text.contains("144 bytes"),
+        "{text}"
+    );
+}
