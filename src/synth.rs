@@ -150,7 +150,7 @@ impl Mix {
 
 /// llama.cpp's `use_more_bits`: the first and last eighth of the layers, and every third.
 fn more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// Random encoded data for `n` elements of `ty` whose values spread with standard deviation
