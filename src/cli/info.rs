@@ -11,9 +11,9 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-pub fn info(_g: &GlobalArgs, model: &str) -> Result<()> {
+pub fn info(g: &GlobalArgs, model: &str) -> Result<()> {
     let path = catalog::resolve(model)?;
-    let file = GgufFile::open(&path)?;
+    let file = std::sync::Arc::new(GgufFile::open(&path)?);
     let config = Config::from_gguf(&file)?;
     let a = &config.attention;
     let tied = file.tensor("output.weight").is_none();
@@ -64,6 +64,45 @@ pub fn info(_g: &GlobalArgs, model: &str) -> Result<()> {
             mib(bytes)
         );
     }
+    if g.device != super::DeviceChoice::Cpu {
+        device_memory(g, &file, &config)?;
+    }
+    Ok(())
+}
+
+/// Loads the model on the chosen device and reports what it holds there.
+fn device_memory(g: &GlobalArgs, file: &std::sync::Arc<GgufFile>, config: &Config) -> Result<()> {
+    use vibrant::backend::Backend;
+    use vibrant::model::{LoadOptions, Transformer};
+    let options = LoadOptions {
+        n_ctx: g.ctx_size,
+        n_batch: g.batch_size,
+    };
+    let (describe, used) = match super::open_device(g)? {
+        super::Device::Cpu(b) => {
+            let m = Transformer::load(file, b, &options)?;
+            (m.backend.describe(), m.backend.memory_used())
+        }
+        super::Device::Gpu(b) => {
+            let m = Transformer::load(file, *b, &options)?;
+            (m.backend.describe(), m.backend.memory_used())
+        }
+    };
+    let n_ctx = if g.ctx_size == 0 { config.n_ctx_train } else { g.ctx_size };
+    let kv = (2 * config.n_layer * n_ctx * config.attention.kv_width() * 2) as u64;
+    let weights: u64 = file.tensors.iter().map(|t| t.n_bytes).sum();
+    println!("device:         {describe}");
+    println!(
+        "device memory:  {} = weights {} + KV cache {} ({n_ctx} tokens, f16) + scratch {}",
+        mib(used),
+        mib(weights),
+        mib(kv),
+        mib(used.saturating_sub(weights + kv))
+    );
+    println!(
+        "                {:.1}% of file size + KV cache",
+        100.0 * used as f64 / (file.file_size() + kv) as f64
+    );
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 mod bench;
 mod info;
 mod run;
+mod verify;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -112,6 +113,8 @@ enum Command {
     Devices,
     /// Measure prompt-processing and generation speed (like llama-bench).
     Bench(bench::BenchArgs),
+    /// Check that the GPU computes what the CPU reference computes for a model.
+    Verify(verify::VerifyArgs),
     /// Write a synthetic model: a real architecture's shape with random valid weights.
     Synth {
         /// Architecture shape (qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b, llama3.2-1b, llama3.2-3b, llama3.1-8b).
@@ -196,6 +199,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Models => info::models(),
         Command::Devices => info::devices(g),
         Command::Bench(args) => bench::bench(g, &args),
+        Command::Verify(args) => verify::verify(g, &args),
         Command::Synth {
             preset,
             mix,
