@@ -87,7 +87,12 @@ fn quantize_q8k(x: &[f32; QK_K]) -> BlockQ8K {
     let iscale = -127.0 / max;
     let qs = x.map(|v| nearest_int(iscale * v).clamp(-128, 127) as i8);
     let mut bsums = [0u8; 32];
-    for (sum, group) in bsums.as_chunks_mut::<2>().0.iter_mut().zip(qs.as_chunks::<16>().0) {
+    for (sum, group) in bsums
+        .as_chunks_mut::<2>()
+        .0
+        .iter_mut()
+        .zip(qs.as_chunks::<16>().0)
+    {
         let s: i16 = group.iter().map(|&q| q as i16).sum();
         *sum = s.to_le_bytes();
     }
@@ -110,7 +115,10 @@ mod tests {
         assert_eq!(out.len(), ActFormat::Q8K.bytes_for(QK_K).unwrap());
         let block: &BlockQ8K = bytemuck::from_bytes(&out);
         for g in 0..16 {
-            let want: i32 = block.qs[16 * g..16 * g + 16].iter().map(|&q| q as i32).sum();
+            let want: i32 = block.qs[16 * g..16 * g + 16]
+                .iter()
+                .map(|&q| q as i32)
+                .sum();
             assert_eq!(block.bsum(g), want);
         }
         for (q, v) in block.qs.iter().zip(&x) {

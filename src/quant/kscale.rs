@@ -24,6 +24,18 @@ pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     max
 }
 
+/// The largest element, or 0.0 when none is positive; compared as ggml does, so a -0.0
+/// minimum never becomes a stored -0.0 scale.
+pub(crate) fn positive_max(x: &[f32]) -> f32 {
+    let mut max = 0.0;
+    for &v in x {
+        if v > max {
+            max = v;
+        }
+    }
+    max
+}
+
 /// Levels `l` in `0..=nmax` with `x ≈ scale·l - min` for a group of at most 32 values,
 /// searching `nstep + 1` trial scales around `nmax / (max - min)` and refitting scale and min
 /// by weighted least squares for each (ggml's `make_qkx2_quants`). Returns `(scale, min)`;
@@ -220,7 +232,10 @@ mod tests {
         let w = vec![1.0; 32];
         let mut levels = [0u8; 32];
         let (scale, min) = make_qkx2_quants(&x, &w, 15, -1.0, 0.1, 20, false, &mut levels);
-        assert!((scale - 0.25).abs() < 1e-6 && (min - 1.0).abs() < 1e-6, "{scale} {min}");
+        assert!(
+            (scale - 0.25).abs() < 1e-6 && (min - 1.0).abs() < 1e-6,
+            "{scale} {min}"
+        );
         for (l, v) in levels.iter().zip(&x) {
             assert_eq!(scale * *l as f32 - min, *v);
         }
@@ -232,12 +247,18 @@ mod tests {
         let mut levels = [0u8; 16];
         let scale = make_q3_quants(&x, 4, &mut levels);
         for (l, v) in levels.iter().zip(&x) {
-            assert!((scale * (*l as f32 - 4.0) - v).abs() < 1e-6, "{scale} {l} {v}");
+            assert!(
+                (scale * (*l as f32 - 4.0) - v).abs() < 1e-6,
+                "{scale} {l} {v}"
+            );
         }
         let x: Vec<f32> = (0..16).map(|i| 0.125 * i as f32 - 1.0).collect();
         let scale = make_qx_quants(&x, 32, &mut levels);
         for (l, v) in levels.iter().zip(&x) {
-            assert!((scale * (*l as f32 - 32.0) - v).abs() < 1e-6, "{scale} {l} {v}");
+            assert!(
+                (scale * (*l as f32 - 32.0) - v).abs() < 1e-6,
+                "{scale} {l} {v}"
+            );
         }
     }
 }

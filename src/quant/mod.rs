@@ -170,7 +170,7 @@ pub fn vec_dot(ty: GgmlType, row: &[u8], acts: &[u8], n: usize) -> f32 {
         "vec_dot: a {ty} row of {n} elements takes {row_bytes} bytes"
     );
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if fast_isa() {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { vec_dot_avx2(ty, row, acts) };
     }
@@ -195,7 +195,7 @@ pub fn mat_vec(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if fast_isa() {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { mat_vec_avx2(ty, rows, row_bytes, acts, out) };
     }
@@ -204,9 +204,7 @@ pub fn mat_vec(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]
 
 /// Checks `n` and the activation length; returns the bytes of one row.
 fn check_dot_args(ty: GgmlType, acts: &[u8], n: usize) -> usize {
-    let row_bytes = ty
-        .row_bytes(n)
-        .unwrap_or_else(|e| panic!("vec_dot: {e}"));
+    let row_bytes = ty.row_bytes(n).unwrap_or_else(|e| panic!("vec_dot: {e}"));
     let format = ty.act_format();
     assert_eq!(
         Some(acts.len()),
@@ -229,7 +227,13 @@ fn vec_dot_with<const FMA: bool>(ty: GgmlType, row: &[u8], acts: &[u8]) -> f32 {
 fn dot_blocks<B: QuantBlock<N>, const N: usize>(row: &[u8], acts: &[u8]) -> f32 {
     let weights: &[B] = bytemuck::cast_slice(row);
     let acts: &[B::Act] = bytemuck::cast_slice(acts);
-    weights.iter().zip(acts).map(|(w, a)| w.dot(a)).sum()
+    // A plain loop: an iterator `sum` runs in a `fold` that LLVM may leave un-inlined, and so
+    // compiled without the caller's target features.
+    let mut sum = 0.0;
+    for (w, a) in weights.iter().zip(acts) {
+        sum += w.dot(a);
+    }
+    sum
 }
 
 #[inline(always)]
@@ -246,7 +250,7 @@ fn mat_vec_with<const FMA: bool>(
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+fn fast_isa() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
@@ -277,7 +281,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_and_portable_kernels_agree() {
-        if !has_avx2_fma() {
+        if !fast_isa() {
             return;
         }
         let n = 2 * QK_K;

@@ -1,8 +1,8 @@
 //! Q4_K and Q5_K: 256 weights in 8 groups of 32, each group with a 6-bit scale and minimum.
 
 use super::blocks::{f16_bytes, f16_field, BlockQ4K, BlockQ5K, BlockQ8K, QuantBlock};
-use super::intdot::dot_i16_i8;
-use super::kscale::{make_qkx2_quants, nearest_int};
+use super::intdot::group_dots;
+use super::kscale::{make_qkx2_quants, nearest_int, positive_max};
 
 /// The 8 group scales and minimums: for g < 4, the low six bits of bytes g and g + 4; for
 /// g ≥ 4, the nibbles of byte g + 4 with top bits from the spare high bits of bytes g - 4 and g.
@@ -74,21 +74,16 @@ fn dequantize_groups(q: &[u8; 256], d: f32, dmin: f32, scales: &[u8; 12], out: &
     }
 }
 
-/// Σ (d·sc·q - dmin·m)·a = d·Σ sc·q·a - dmin·Σ m·(Σ a over the group), the first as one long
-/// integer dot of pre-scaled levels (sc·q < 2^11 fits i16).
+/// Σ (d·sc·q - dmin·m)·a = d·Σ sc·(Σ q·a over the group) - dmin·Σ m·(Σ a over the group).
 #[inline(always)]
 fn dot_groups(q: &[u8; 256], d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12], act: &BlockQ8K) -> f32 {
     let (sc, m) = unpack_scale_min(scales);
-    let mut w = [0i16; 256];
+    let sums = group_dots::<u8, 32, 8>(q, &act.qs);
+    let (mut sumi, mut summ) = (0, 0);
     for g in 0..8 {
-        for l in 0..32 {
-            w[32 * g + l] = q[32 * g + l] as i16 * sc[g] as i16;
-        }
+        sumi += sc[g] as i32 * sums[g];
+        summ += m[g] as i32 * (act.bsum(2 * g) + act.bsum(2 * g + 1));
     }
-    let sumi = dot_i16_i8(&w, &act.qs);
-    let summ: i32 = (0..8)
-        .map(|g| m[g] as i32 * (act.bsum(2 * g) + act.bsum(2 * g + 1)))
-        .sum();
     let da = act.d();
     da * f16_field(d) * sumi as f32 - da * f16_field(dmin) * summ as f32
 }
@@ -120,8 +115,8 @@ fn quantize_groups(
             &mut levels[32 * g..32 * g + 32],
         );
     }
-    let max_scale = scales.iter().fold(0.0f32, |a, &s| a.max(s));
-    let max_min = mins.iter().fold(0.0f32, |a, &s| a.max(s));
+    let max_scale = positive_max(&scales);
+    let max_min = positive_max(&mins);
     let to_6bit = |v: f32, max: f32| {
         let inv = if max > 0.0 { 63.0 / max } else { 0.0 };
         nearest_int(inv * v).clamp(0, 63) as u8
@@ -151,7 +146,13 @@ impl QuantBlock<256> for BlockQ4K {
     #[inline(always)]
     fn dequantize(&self, out: &mut [f32; 256]) {
         let q = unpack_4bit(&self.qs);
-        dequantize_groups(&q, f16_field(self.d), f16_field(self.dmin), &self.scales, out);
+        dequantize_groups(
+            &q,
+            f16_field(self.d),
+            f16_field(self.dmin),
+            &self.scales,
+            out,
+        );
     }
 
     fn quantize(x: &[f32; 256]) -> Self {
@@ -176,7 +177,13 @@ impl QuantBlock<256> for BlockQ5K {
     #[inline(always)]
     fn dequantize(&self, out: &mut [f32; 256]) {
         let q = unpack_q5k(self);
-        dequantize_groups(&q, f16_field(self.d), f16_field(self.dmin), &self.scales, out);
+        dequantize_groups(
+            &q,
+            f16_field(self.d),
+            f16_field(self.dmin),
+            &self.scales,
+            out,
+        );
     }
 
     fn quantize(x: &[f32; 256]) -> Self {

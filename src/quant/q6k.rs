@@ -1,7 +1,7 @@
 //! Q6_K: 256 weights in 16 groups of 16, six bits per weight, a signed 8-bit scale per group.
 
 use super::blocks::{f16_bytes, f16_field, BlockQ6K, BlockQ8K, QuantBlock};
-use super::intdot::dot_i16_i8;
+use super::intdot::group_dots;
 use super::kscale::{make_qx_quants, nearest_int, signed_absmax, GROUP_MAX_EPS};
 
 /// Levels in -32..32. For h in 0..2, l in 0..32, elements 128h + l, +32, +64, +96 take the low
@@ -13,7 +13,8 @@ fn unpack_q6k(b: &BlockQ6K) -> [i8; 256] {
     for h in 0..2 {
         for l in 0..32 {
             let (lo, hi, top) = (b.ql[64 * h + l], b.ql[64 * h + 32 + l], b.qh[32 * h + l]);
-            let level = |nibble: u8, pair: usize| (nibble | (((top >> (2 * pair)) & 3) << 4)) as i8 - 32;
+            let level =
+                |nibble: u8, pair: usize| (nibble | (((top >> (2 * pair)) & 3) << 4)) as i8 - 32;
             q[128 * h + l] = level(lo & 0x0f, 0);
             q[128 * h + 32 + l] = level(hi & 0x0f, 1);
             q[128 * h + 64 + l] = level(lo >> 4, 2);
@@ -59,7 +60,11 @@ impl QuantBlock<256> for BlockQ6K {
         let mut levels = [0u8; 256];
         let mut scales = [0.0f32; 16];
         for g in 0..16 {
-            scales[g] = make_qx_quants(&x[16 * g..16 * g + 16], 32, &mut levels[16 * g..16 * g + 16]);
+            scales[g] = make_qx_quants(
+                &x[16 * g..16 * g + 16],
+                32,
+                &mut levels[16 * g..16 * g + 16],
+            );
         }
         let max_scale = signed_absmax(&scales);
         if max_scale.abs() < GROUP_MAX_EPS {
@@ -88,14 +93,12 @@ impl QuantBlock<256> for BlockQ6K {
 
     #[inline(always)]
     fn dot(&self, act: &BlockQ8K) -> f32 {
-        let q = unpack_q6k(self);
-        let mut w = [0i16; 256];
-        for g in 0..16 {
-            for l in 0..16 {
-                w[16 * g + l] = q[16 * g + l] as i16 * self.scales[g] as i16;
-            }
+        let sums = group_dots::<i8, 16, 16>(&unpack_q6k(self), &act.qs);
+        let mut sumi = 0;
+        for (&s, &sc) in sums.iter().zip(&self.scales) {
+            sumi += sc as i32 * s;
         }
-        act.d() * f16_field(self.d) * dot_i16_i8(&w, &act.qs) as f32
+        act.d() * f16_field(self.d) * sumi as f32
     }
 }
 
