@@ -44,7 +44,7 @@ fn bench(ty: GgmlType) {
     let mut acts = Vec::new();
     quantize_acts(ty.act_format(), &values(N, 2), &mut acts);
 
-    let mut line = format!("{:<5} {:>4} B/row", ty.name(), row_bytes);
+    let mut line = format!("{:<5} {:>5} B/row", ty.name(), row_bytes);
     for total in [HOT_BYTES, COLD_BYTES] {
         let rows = (total / row_bytes).max(1);
         let weights = one_row.repeat(rows);

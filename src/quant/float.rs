@@ -78,7 +78,7 @@ pub(crate) fn quantize_bf16(src: &[f32]) -> Vec<u8> {
 /// `a * b + c`, fused where the caller was compiled with FMA (without it `mul_add` would be a
 /// slow library call).
 #[inline(always)]
-pub(crate) fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {

@@ -31,6 +31,28 @@ pub(crate) fn group_dots<T: Copy + Into<i32>, const L: usize, const G: usize>(
     sums
 }
 
+/// Σ over 16 groups of 16 of scale[g]·Σ q·a, as one long dot of levels pre-multiplied by
+/// their group scale (|q·scale| ≤ 2^12 fits i16): for groups this short, faster than
+/// [`group_dots`]' sixteen separate sums.
+#[inline(always)]
+pub(crate) fn scaled_dot_16<T: Copy + Into<i16>>(
+    q: &[T; QK_K],
+    scales: &[i16; 16],
+    a: &[i8; QK_K],
+) -> i32 {
+    let mut w = [0i16; QK_K];
+    for (g, &scale) in scales.iter().enumerate() {
+        for l in 0..16 {
+            w[16 * g + l] = q[16 * g + l].into() * scale;
+        }
+    }
+    let mut sum = 0;
+    for (&x, &y) in w.iter().zip(a) {
+        sum += x as i32 * y as i32;
+    }
+    sum
+}
+
 #[inline(always)]
 pub(crate) fn sum_i8<const N: usize>(a: &[i8; N]) -> i32 {
     let mut sum = 0;

@@ -149,11 +149,12 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, QuantError> {
 }
 
 fn quantize_blocks<B: QuantBlock<N>, const N: usize>(src: &[f32]) -> Vec<u8> {
-    src.as_chunks::<N>()
-        .0
-        .iter()
-        .flat_map(|chunk| bytemuck::bytes_of(&B::quantize(chunk)).to_vec())
-        .collect()
+    let chunks = src.as_chunks::<N>().0;
+    let mut out = Vec::with_capacity(chunks.len() * std::mem::size_of::<B>());
+    for chunk in chunks {
+        out.extend_from_slice(bytemuck::bytes_of(&B::quantize(chunk)));
+    }
+    out
 }
 
 /// The dot product of one weight row of `n` elements of type `ty` with an activation vector
@@ -227,8 +228,7 @@ fn vec_dot_with<const FMA: bool>(ty: GgmlType, row: &[u8], acts: &[u8]) -> f32 {
 fn dot_blocks<B: QuantBlock<N>, const N: usize>(row: &[u8], acts: &[u8]) -> f32 {
     let weights: &[B] = bytemuck::cast_slice(row);
     let acts: &[B::Act] = bytemuck::cast_slice(acts);
-    // A plain loop: an iterator `sum` runs in a `fold` that LLVM may leave un-inlined, and so
-    // compiled without the caller's target features.
+    // A plain loop, not an iterator `sum` (see `intdot`).
     let mut sum = 0.0;
     for (w, a) in weights.iter().zip(acts) {
         sum += w.dot(a);

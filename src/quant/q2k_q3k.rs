@@ -1,7 +1,7 @@
 //! Q2_K and Q3_K: 256 weights in 16 groups of 16, two low bits per weight in the same layout.
 
 use super::blocks::{f16_bytes, f16_field, BlockQ2K, BlockQ3K, BlockQ8K, QuantBlock};
-use super::intdot::group_dots;
+use super::intdot::{group_dots, scaled_dot_16};
 use super::kscale::{make_q3_quants, make_qkx2_quants, nearest_int, positive_max, signed_absmax};
 use std::array::from_fn;
 
@@ -97,6 +97,7 @@ impl QuantBlock<256> for BlockQ2K {
     /// Σ (d·sc·q - dmin·m)·a = d·Σ sc·q·a - dmin·Σ m·(Σ a over the group).
     #[inline(always)]
     fn dot(&self, act: &BlockQ8K) -> f32 {
+        // Per-group sums measure faster here than `scaled_dot_16`, unlike in Q3_K and Q6_K.
         let sums = group_dots::<u8, 16, 16>(&unpack_2bit(&self.qs), &act.qs);
         let (mut sumi, mut summ) = (0, 0);
         for (g, &s) in sums.iter().enumerate() {
@@ -208,12 +209,8 @@ impl QuantBlock<256> for BlockQ3K {
 
     #[inline(always)]
     fn dot(&self, act: &BlockQ8K) -> f32 {
-        let sums = group_dots::<i8, 16, 16>(&unpack_q3(self), &act.qs);
-        let scales = unpack_q3_scales(&self.scales);
-        let mut sumi = 0;
-        for (&s, &sc) in sums.iter().zip(&scales) {
-            sumi += sc as i32 * s;
-        }
+        let scales = unpack_q3_scales(&self.scales).map(i16::from);
+        let sumi = scaled_dot_16(&unpack_q3(self), &scales, &act.qs);
         act.d() * f16_field(self.d) * sumi as f32
     }
 }

@@ -6,17 +6,23 @@ use super::kscale::{make_qkx2_quants, nearest_int, positive_max};
 
 /// The 8 group scales and minimums: for g < 4, the low six bits of bytes g and g + 4; for
 /// g ≥ 4, the nibbles of byte g + 4 with top bits from the spare high bits of bytes g - 4 and g.
+/// Done four bytes at a time in u32 words, a dozen instructions instead of a vectorizer's tangle.
 #[inline(always)]
 fn unpack_scale_min(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut m = [0u8; 8];
-    for g in 0..4 {
-        sc[g] = s[g] & 63;
-        m[g] = s[g + 4] & 63;
-        sc[g + 4] = (s[g + 8] & 0x0f) | ((s[g] >> 6) << 4);
-        m[g + 4] = (s[g + 8] >> 4) | ((s[g + 4] >> 6) << 4);
-    }
-    (sc, m)
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let sc_high = (w2 & LOW4) | (((w0 >> 6) & LOW2) << 4);
+    let m_high = ((w2 >> 4) & LOW4) | (((w1 >> 6) & LOW2) << 4);
+    let join = |low: u32, high: u32| {
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&low.to_le_bytes());
+        out[4..].copy_from_slice(&high.to_le_bytes());
+        out
+    };
+    (join(w0 & LOW6, sc_high), join(w1 & LOW6, m_high))
 }
 
 fn pack_scale_min(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
