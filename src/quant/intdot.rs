@@ -6,7 +6,7 @@ use super::QK_K;
 // Hot loops here and in the kernels are plain `for` loops: an iterator `sum` runs in a
 // `fold` that LLVM may leave un-inlined, compiled without the caller's target features.
 
-/// Σ q[i]·a[i] for levels `q` (i8 or u8). No overflow: |q·a| ≤ 2^15 and N ≤ 256.
+/// Σ q[i]·a[i] for levels `q` (i8 or u8). No overflow: |q·a| ≤ 2^14 and N ≤ 256.
 #[inline(always)]
 pub(crate) fn dot_i8<T: Copy + Into<i32>, const N: usize>(q: &[T; N], a: &[i8; N]) -> i32 {
     let mut sum = 0;
@@ -16,8 +16,8 @@ pub(crate) fn dot_i8<T: Copy + Into<i32>, const N: usize>(q: &[T; N], a: &[i8; N
     sum
 }
 
-/// [`dot_i8`] of each group of `L` consecutive elements of a k-quant block: per-group sums
-/// vectorize well, where scaling every level by its group scale first does not.
+/// [`dot_i8`] of each group of `L` consecutive elements of a k-quant block, for the caller to
+/// weight by the group scales.
 #[inline(always)]
 pub(crate) fn group_dots<T: Copy + Into<i32>, const L: usize, const G: usize>(
     q: &[T; QK_K],

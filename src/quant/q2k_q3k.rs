@@ -109,8 +109,9 @@ impl QuantBlock<256> for BlockQ2K {
     }
 }
 
-/// The 16 six-bit scales of a Q3_K block, unbiased: low nibbles in bytes 0..8 (groups 0..8
-/// low halves, 8..16 high halves), top two bits in bytes 8..12.
+/// The 16 six-bit scales of a Q3_K block, unbiased: the low four bits of group g are the low
+/// nibble of byte g (g < 8) or the high nibble of byte g - 8, the top two bits are bits
+/// 2(g/4)..2(g/4)+2 of byte 8 + g % 4.
 #[inline(always)]
 fn unpack_q3_scales(s: &[u8; 12]) -> [i8; 16] {
     from_fn(|g| {
