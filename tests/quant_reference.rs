@@ -248,7 +248,7 @@ fn quantization_error_is_within_per_type_bounds() {
     eprintln!("{report}");
 }
 
-/// Each better-than-legacy k-quant must beat the legacy type of the same bit count.
+/// A k-quant beats the legacy quant of its width, and a wider k-quant a narrower one.
 #[test]
 fn k_quants_beat_legacy_quants_of_the_same_width() {
     let mut rng = StdRng::seed_from_u64(2);
@@ -300,7 +300,8 @@ fn check_dot(ty: GgmlType, row: &[u8], x: &[f32], what: &str) {
         .zip(&xq)
         .map(|(a, b)| (*a as f64 * *b as f64).abs())
         .sum();
-    let tol = 2e-6 * magnitude + 1e-30;
+    // f32 summation error (lanes of a few hundred terms); a misplaced element costs O(1).
+    let tol = 1e-5 * magnitude + 1e-30;
     assert!(
         (got - exact).abs() <= tol,
         "{ty} {what}: vec_dot {got} vs dequantized dot {exact} (n = {n}, tolerance {tol:e})"
