@@ -8,13 +8,24 @@ const F16_REBIAS: f32 = f32::from_bits((112 + 127) << 23);
 /// exponent and mantissa into single position and scaling by 2^112 is exact for normal and
 /// subnormal halves alike; infinities and NaNs (payload kept) get the single's all-ones exponent.
 #[inline(always)]
-pub(crate) fn f16_to_f32(h: u16) -> f32 {
+pub(crate) const fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h & 0x8000) as u32) << 16;
     let mag = ((h & 0x7fff) as u32) << 13;
     let finite = (f32::from_bits(mag) * F16_REBIAS).to_bits();
     let special = 0x7f80_0000 | mag;
     f32::from_bits(sign | if mag >= 0x7c00 << 13 { special } else { finite })
 }
+
+/// [`f16_to_f32`] of every half, computed at compile time.
+pub(crate) static F16_TABLE: [f32; 1 << 16] = {
+    let mut table = [0.0; 1 << 16];
+    let mut h = 0;
+    while h < table.len() {
+        table[h] = f16_to_f32(h as u16);
+        h += 1;
+    }
+    table
+};
 
 #[inline(always)]
 pub(crate) fn bf16_to_f32(b: u16) -> f32 {
@@ -67,7 +78,7 @@ pub(crate) fn quantize_bf16(src: &[f32]) -> Vec<u8> {
 /// `a * b + c`, fused where the caller was compiled with FMA (without it `mul_add` would be a
 /// slow library call).
 #[inline(always)]
-pub(crate) fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {
@@ -128,6 +139,7 @@ mod tests {
         for h in 0..=u16::MAX {
             let want = half::f16::from_bits(h).to_f32_const();
             let got = f16_to_f32(h);
+            assert_eq!(got.to_bits(), F16_TABLE[h as usize].to_bits(), "{h:#06x}");
             if want.is_nan() {
                 assert!(got.is_nan(), "{h:#06x}");
                 assert_eq!(got.to_bits() & 0x8000_0000, want.to_bits() & 0x8000_0000);

@@ -24,6 +24,18 @@ pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     max
 }
 
+/// The largest element, or 0.0 when none is positive; compared as ggml does, so a -0.0
+/// minimum never becomes a stored -0.0 scale.
+pub(crate) fn positive_max(x: &[f32]) -> f32 {
+    let mut max = 0.0;
+    for &v in x {
+        if v > max {
+            max = v;
+        }
+    }
+    max
+}
+
 /// Levels `l` in `0..=nmax` with `x ≈ scale·l - min` for a group of at most 32 values,
 /// searching `nstep + 1` trial scales around `nmax / (max - min)` and refitting scale and min
 /// by weighted least squares for each (ggml's `make_qkx2_quants`). Returns `(scale, min)`;

@@ -103,7 +103,7 @@ impl QuantBlock<32> for BlockQ4_1 {
     /// Σ (d·q + m)·a = d·Σ q·a + m·Σ a.
     #[inline(always)]
     fn dot(&self, act: &BlockQ8_0) -> f32 {
-        let q = unpack_nibbles(&self.qs).map(|v| v as i8);
+        let q = unpack_nibbles(&self.qs);
         let da = f16_field(act.d);
         let qa = dot_i8(&q, &act.qs) as f32;
         let a = sum_i8(&act.qs) as f32;
@@ -173,7 +173,7 @@ impl QuantBlock<32> for BlockQ5_1 {
 
     #[inline(always)]
     fn dot(&self, act: &BlockQ8_0) -> f32 {
-        let q = unpack_q5(&self.qs, self.qh).map(|v| v as i8);
+        let q = unpack_q5(&self.qs, self.qh);
         let da = f16_field(act.d);
         let qa = dot_i8(&q, &act.qs) as f32;
         let a = sum_i8(&act.qs) as f32;

@@ -149,11 +149,12 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, QuantError> {
 }
 
 fn quantize_blocks<B: QuantBlock<N>, const N: usize>(src: &[f32]) -> Vec<u8> {
-    src.as_chunks::<N>()
-        .0
-        .iter()
-        .flat_map(|chunk| bytemuck::bytes_of(&B::quantize(chunk)).to_vec())
-        .collect()
+    let chunks = src.as_chunks::<N>().0;
+    let mut out = Vec::with_capacity(chunks.len() * std::mem::size_of::<B>());
+    for chunk in chunks {
+        out.extend_from_slice(bytemuck::bytes_of(&B::quantize(chunk)));
+    }
+    out
 }
 
 /// The dot product of one weight row of `n` elements of type `ty` with an activation vector
@@ -170,7 +171,7 @@ pub fn vec_dot(ty: GgmlType, row: &[u8], acts: &[u8], n: usize) -> f32 {
         "vec_dot: a {ty} row of {n} elements takes {row_bytes} bytes"
     );
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if fast_isa() {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { vec_dot_avx2(ty, row, acts) };
     }
@@ -195,7 +196,7 @@ pub fn mat_vec(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if fast_isa() {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { mat_vec_avx2(ty, rows, row_bytes, acts, out) };
     }
@@ -227,7 +228,12 @@ fn vec_dot_with<const FMA: bool>(ty: GgmlType, row: &[u8], acts: &[u8]) -> f32 {
 fn dot_blocks<B: QuantBlock<N>, const N: usize>(row: &[u8], acts: &[u8]) -> f32 {
     let weights: &[B] = bytemuck::cast_slice(row);
     let acts: &[B::Act] = bytemuck::cast_slice(acts);
-    weights.iter().zip(acts).map(|(w, a)| w.dot(a)).sum()
+    // A plain loop, not an iterator `sum` (see `intdot`).
+    let mut sum = 0.0;
+    for (w, a) in weights.iter().zip(acts) {
+        sum += w.dot(a);
+    }
+    sum
 }
 
 #[inline(always)]
@@ -244,7 +250,7 @@ fn mat_vec_with<const FMA: bool>(
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+fn fast_isa() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
@@ -275,7 +281,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_and_portable_kernels_agree() {
-        if !has_avx2_fma() {
+        if !fast_isa() {
             return;
         }
         let n = 2 * QK_K;

@@ -1,8 +1,8 @@
 //! Q2_K and Q3_K: 256 weights in 16 groups of 16, two low bits per weight in the same layout.
 
 use super::blocks::{f16_bytes, f16_field, BlockQ2K, BlockQ3K, BlockQ8K, QuantBlock};
-use super::intdot::dot_i16_i8;
-use super::kscale::{make_q3_quants, make_qkx2_quants, nearest_int, signed_absmax};
+use super::intdot::{group_dots, scaled_dot_16};
+use super::kscale::{make_q3_quants, make_qkx2_quants, nearest_int, positive_max, signed_absmax};
 use std::array::from_fn;
 
 /// Element 128h + 32s + l lives in bits 2s..2s+2 of `qs[32h + l]`.
@@ -24,19 +24,6 @@ fn pack_2bit(q: &[u8; 256]) -> [u8; 64] {
         let (h, l) = (i / 32, i % 32);
         (0..4).fold(0, |acc, s| acc | ((q[128 * h + 32 * s + l] & 3) << (2 * s)))
     })
-}
-
-/// Multiplies each group of 16 levels by its integer scale, ready for one long integer dot.
-#[inline(always)]
-fn scale_groups<T: Copy + Into<i16>>(q: &[T; 256], scale: impl Fn(usize) -> i16) -> [i16; 256] {
-    let mut w = [0i16; 256];
-    for g in 0..16 {
-        let s = scale(g);
-        for l in 0..16 {
-            w[16 * g + l] = q[16 * g + l].into() * s;
-        }
-    }
-    w
 }
 
 impl QuantBlock<256> for BlockQ2K {
@@ -73,8 +60,8 @@ impl QuantBlock<256> for BlockQ2K {
                 &mut levels[16 * g..16 * g + 16],
             );
         }
-        let max_scale = scales.iter().fold(0.0f32, |m, &s| m.max(s));
-        let max_min = mins.iter().fold(0.0f32, |m, &s| m.max(s));
+        let max_scale = positive_max(&scales);
+        let max_min = positive_max(&mins);
         // 4-bit group scales and minimums relative to the block's d and dmin.
         let to_4bit = |v: f32, max: f32| {
             if max > 0.0 {
@@ -110,19 +97,21 @@ impl QuantBlock<256> for BlockQ2K {
     /// Σ (d·sc·q - dmin·m)·a = d·Σ sc·q·a - dmin·Σ m·(Σ a over the group).
     #[inline(always)]
     fn dot(&self, act: &BlockQ8K) -> f32 {
-        let q = unpack_2bit(&self.qs);
-        let w = scale_groups(&q, |g| (self.scales[g] & 0x0f) as i16);
-        let sumi = dot_i16_i8(&w, &act.qs);
-        let summ: i32 = (0..16)
-            .map(|g| (self.scales[g] >> 4) as i32 * act.bsum(g))
-            .sum();
+        // Per-group sums measure faster here than `scaled_dot_16`, unlike in Q3_K and Q6_K.
+        let sums = group_dots::<u8, 16, 16>(&unpack_2bit(&self.qs), &act.qs);
+        let (mut sumi, mut summ) = (0, 0);
+        for (g, &s) in sums.iter().enumerate() {
+            sumi += (self.scales[g] & 0x0f) as i32 * s;
+            summ += (self.scales[g] >> 4) as i32 * act.bsum(g);
+        }
         let da = act.d();
         da * f16_field(self.d) * sumi as f32 - da * f16_field(self.dmin) * summ as f32
     }
 }
 
-/// The 16 six-bit scales of a Q3_K block, unbiased: low nibbles in bytes 0..8 (groups 0..8
-/// low halves, 8..16 high halves), top two bits in bytes 8..12.
+/// The 16 six-bit scales of a Q3_K block, unbiased: the low four bits of group g are the low
+/// nibble of byte g (g < 8) or the high nibble of byte g - 8, the top two bits are bits
+/// 2(g/4)..2(g/4)+2 of byte 8 + g % 4.
 #[inline(always)]
 fn unpack_q3_scales(s: &[u8; 12]) -> [i8; 16] {
     from_fn(|g| {
@@ -221,10 +210,9 @@ impl QuantBlock<256> for BlockQ3K {
 
     #[inline(always)]
     fn dot(&self, act: &BlockQ8K) -> f32 {
-        let q = unpack_q3(self);
-        let scales = unpack_q3_scales(&self.scales);
-        let w = scale_groups(&q, |g| scales[g] as i16);
-        act.d() * f16_field(self.d) * dot_i16_i8(&w, &act.qs) as f32
+        let scales = unpack_q3_scales(&self.scales).map(i16::from);
+        let sumi = scaled_dot_16(&unpack_q3(self), &scales, &act.qs);
+        act.d() * f16_field(self.d) * sumi as f32
     }
 }
 

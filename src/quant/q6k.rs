@@ -1,7 +1,7 @@
 //! Q6_K: 256 weights in 16 groups of 16, six bits per weight, a signed 8-bit scale per group.
 
 use super::blocks::{f16_bytes, f16_field, BlockQ6K, BlockQ8K, QuantBlock};
-use super::intdot::dot_i16_i8;
+use super::intdot::scaled_dot_16;
 use super::kscale::{make_qx_quants, nearest_int, signed_absmax, GROUP_MAX_EPS};
 
 /// Levels in -32..32. For h in 0..2, l in 0..32, elements 128h + l, +32, +64, +96 take the low
@@ -93,14 +93,9 @@ impl QuantBlock<256> for BlockQ6K {
 
     #[inline(always)]
     fn dot(&self, act: &BlockQ8K) -> f32 {
-        let q = unpack_q6k(self);
-        let mut w = [0i16; 256];
-        for g in 0..16 {
-            for l in 0..16 {
-                w[16 * g + l] = q[16 * g + l] as i16 * self.scales[g] as i16;
-            }
-        }
-        act.d() * f16_field(self.d) * dot_i16_i8(&w, &act.qs) as f32
+        let scales = self.scales.map(i16::from);
+        let sumi = scaled_dot_16(&unpack_q6k(self), &scales, &act.qs);
+        act.d() * f16_field(self.d) * sumi as f32
     }
 }
 
