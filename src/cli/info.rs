@@ -88,7 +88,11 @@ fn device_memory(g: &GlobalArgs, file: &std::sync::Arc<GgufFile>, config: &Confi
             (m.backend.describe(), m.backend.memory_used())
         }
     };
-    let n_ctx = if g.ctx_size == 0 { config.n_ctx_train } else { g.ctx_size };
+    let n_ctx = if g.ctx_size == 0 {
+        config.n_ctx_train
+    } else {
+        g.ctx_size
+    };
     let kv = (2 * config.n_layer * n_ctx * config.attention.kv_width() * 2) as u64;
     let weights: u64 = file.tensors.iter().map(|t| t.n_bytes).sum();
     println!("device:         {describe}");

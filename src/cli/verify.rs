@@ -17,7 +17,10 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 16)]
     pub steps: usize,
     /// Prompt, sent as it is (no chat template).
-    #[arg(long, default_value = "The quick brown fox jumps over the lazy dog. Once upon a time")]
+    #[arg(
+        long,
+        default_value = "The quick brown fox jumps over the lazy dog. Once upon a time"
+    )]
     pub prompt: String,
     /// Largest relative error of the first-step logits that passes.
     #[arg(long, default_value_t = 1e-2)]
@@ -54,16 +57,27 @@ pub fn verify(g: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
     gpu.forward(&prompt)?;
     cpu.forward(&prompt)?;
     let (a, b) = (gpu.logits()?, cpu.logits()?);
-    let diff: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let diff: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum();
     let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     let error = (diff / norm).sqrt();
-    println!("first-step logits: relative error {error:.3e} over {} values ({} prompt tokens)", a.len(), prompt.len());
+    println!(
+        "first-step logits: relative error {error:.3e} over {} values ({} prompt tokens)",
+        a.len(),
+        prompt.len()
+    );
     let (want, got) = (greedy(&mut cpu, args.steps)?, greedy(&mut gpu, args.steps)?);
     let same = want.iter().zip(&got).take_while(|(x, y)| x == y).count();
     println!("greedy tokens: {same} of {} identical", args.steps);
     println!("  CPU: {want:?}\n  GPU: {got:?}");
     if !error.is_finite() || error > args.tolerance {
-        bail!("GPU logits differ from the CPU reference by {error:.3e} (tolerance {:.1e})", args.tolerance);
+        bail!(
+            "GPU logits differ from the CPU reference by {error:.3e} (tolerance {:.1e})",
+            args.tolerance
+        );
     }
     if same < args.steps {
         bail!("GPU and CPU greedy tokens diverge at step {same}");
