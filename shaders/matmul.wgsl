@@ -1,4 +1,4 @@
-// Matrix-matrix products Y = X · Wᵀ (+ bias) for prompt processing: each workgroup computes a
+// Matrix-matrix products Y = X · Wᵀ (+ bias), or Y += X · Wᵀ, for prompt processing: each workgroup computes a
 // tile of BM weight rows × BN tokens. Per step of BK along the rows, the weight tile is decoded
 // once into workgroup memory (8 weights per thread), the activations tile is staged beside it,
 // and every thread accumulates a 4 × 4 block of outputs.
@@ -12,6 +12,7 @@ struct Params {
     y_stride: u32,
     has_bias: u32,
     n_tokens: u32,
+    accumulate: u32,
 }
 
 const BM: u32 = 64u;
@@ -90,7 +91,8 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         for (var j = 0u; j < 4u; j++) {
             let t = tok0 + tc * 4u + j;
             if (t < p.n_tokens) {
-                Y[t * p.y_stride + r] = accs[i][j] + bias;
+                let y = t * p.y_stride + r;
+                Y[y] = select(accs[i][j] + bias, Y[y] + accs[i][j] + bias, p.accumulate != 0u);
             }
         }
     }

@@ -1,6 +1,7 @@
-// Matrix-vector products y[t] = W · x[t] (+ bias) straight from the quantized weights, for
-// decoding (token t = workgroup z). A team of TEAM threads owns one weight row and strides
-// over it 8 weights at a time.
+// Matrix-vector products y[t] = W · x[t] (+ bias), or y[t] += W · x[t] (the residual add
+// fused), straight from the quantized weights, for decoding (token t = workgroup z). A team of
+// TEAM threads owns one weight row and strides over it 32 weights at a time (8 where the row
+// length is not a multiple of 32).
 // Teams reduce with subgroupAdd when a team is exactly one subgroup (SUBGROUP_REDUCE),
 // otherwise through workgroup memory.
 
@@ -14,6 +15,7 @@ struct Params {
     y_stride: u32,
     has_bias: u32,
     n_tokens: u32,
+    accumulate: u32,
 }
 
 const WG: u32 = {{WG}}u;
@@ -22,24 +24,31 @@ const ROWS: u32 = WG / TEAM;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> W: array<u32>;
-@group(0) @binding(2) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> B: array<f32>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 
 var<workgroup> partial: array<f32, WG>;
 
+fn x_at(i: u32) -> f32 {
+    return X[i / 4u][i % 4u];
+}
+
+// Elements e..e+3 of x[t], zero past the row's end (rows of any length).
 fn x4(t: u32, e: u32) -> vec4<f32> {
     let b = t * p.w_k + e;
-    if (e + 4u <= p.w_k) {
-        return vec4<f32>(X[b], X[b + 1u], X[b + 2u], X[b + 3u]);
-    }
     var v = vec4<f32>(0.0);
     for (var i = 0u; i < 4u; i++) {
         if (e + i < p.w_k) {
-            v[i] = X[b + i];
+            v[i] = x_at(b + i);
         }
     }
     return v;
+}
+
+fn dot32(w: array<vec4<f32>, 8>, x: u32) -> f32 {
+    return dot(w[0], X[x]) + dot(w[1], X[x + 1u]) + dot(w[2], X[x + 2u]) + dot(w[3], X[x + 3u])
+        + dot(w[4], X[x + 4u]) + dot(w[5], X[x + 5u]) + dot(w[6], X[x + 6u]) + dot(w[7], X[x + 7u]);
 }
 
 // The sum of `v` over the team of the calling thread, valid in the team's first lane.
@@ -55,7 +64,12 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let t = wid.z;
     let groups = (p.w_k + 7u) / 8u;
     var acc = 0.0;
-    if (row < p.rows) {
+    if (row < p.rows && p.w_k % 32u == 0u) {
+        let x0 = t * p.w_k / 4u;
+        for (var c = lane; c < p.w_k / 32u; c += TEAM) {
+            acc += dot32(load32(row, c), x0 + 8u * c);
+        }
+    } else if (row < p.rows) {
         for (var g = lane; g < groups; g += TEAM) {
             let w = load8(row, g);
             acc += dot(w[0], x4(t, 8u * g)) + dot(w[1], x4(t, 8u * g + 4u));
@@ -64,6 +78,8 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let sum = team_sum(acc, li);
     if (lane == 0u && row < p.rows) {
         let r = p.row_start + row;
-        Y[t * p.y_stride + r] = sum + select(0.0, B[r], p.has_bias != 0u);
+        let y = t * p.y_stride + r;
+        let value = sum + select(0.0, B[r], p.has_bias != 0u);
+        Y[y] = select(value, Y[y] + value, p.accumulate != 0u);
     }
 }

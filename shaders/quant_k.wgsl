@@ -123,3 +123,60 @@ fn load8_q6_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
     let hi = nibbles(W[ql + 1u], k >> 1u) + 16.0 * crumbs(W[qh + 1u], 2u * k);
     return array<vec4<f32>, 2>((lo - 32.0) * scale, (hi - 32.0) * scale);
 }
+
+// load32_T(row, c): elements 32c..32c+31 of a row (sub-block c % 8 of block c / 8), in order.
+
+fn scaled_nibbles(w: u32, base: u32, hi: u32, scale: f32, min: f32) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(
+        nibbles(W[w], hi) * scale - min, nibbles(W[w + 1u], hi) * scale - min,
+        nibbles(W[w + 2u], hi) * scale - min, nibbles(W[w + 3u], hi) * scale - min,
+        nibbles(W[w + 4u], hi) * scale - min, nibbles(W[w + 5u], hi) * scale - min,
+        nibbles(W[w + 6u], hi) * scale - min, nibbles(W[w + 7u], hi) * scale - min);
+}
+
+fn load32_q4_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
+    let block = row * p.w_bpr + c / 8u;
+    let sb = c % 8u;
+    let base = block * 35u;
+    let dm = k_pair_scale(block);
+    let sm = k4_scale_min(base, sb);
+    return scaled_nibbles(base + 3u + 8u * (sb / 2u), base, sb % 2u, dm.x * sm.x, dm.y * sm.y);
+}
+
+fn load32_q5_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
+    let block = row * p.w_bpr + c / 8u;
+    let sb = c % 8u;
+    let base = block * 43u;
+    let dm = k_pair_scale(block);
+    let sm = k4_scale_min(base, sb);
+    let scale = dm.x * sm.x;
+    let min = dm.y * sm.y;
+    let w = base + 11u + 8u * (sb / 2u);
+    let hi = sb % 2u;
+    var out: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        let bit = vec4<f32>((bytes4(W[base + 3u + i]) >> vec4<u32>(sb)) & vec4<u32>(1u));
+        out[i] = (nibbles(W[w + i], hi) + 16.0 * bit) * scale - min;
+    }
+    return out;
+}
+
+fn load32_q6_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
+    let block = row * p.w_bpr + c / 8u;
+    let sb = c % 8u;
+    let n = sb / 4u;
+    let k = sb % 4u;
+    let base = block * 52u;
+    let ql = base + 16u * n + 8u * (k & 1u);
+    let qh = base + 32u + 8u * n;
+    let sw = W[base + 48u + 2u * n + k / 2u];
+    let d = k_half_scale(block);
+    let s0 = d * f32(bitcast<i32>(sw << (24u - 16u * (k % 2u))) >> 24u);
+    let s1 = d * f32(bitcast<i32>(sw << (16u - 16u * (k % 2u))) >> 24u);
+    var out: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        let q = nibbles(W[ql + i], k >> 1u) + 16.0 * crumbs(W[qh + i], 2u * k) - 32.0;
+        out[i] = q * select(s1, s0, i < 4u);
+    }
+    return out;
+}

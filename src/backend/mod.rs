@@ -135,6 +135,18 @@ pub trait Backend {
         out: &Self::Tensor,
         n: usize,
     );
+    /// acc += x · wᵀ; backends that cannot fuse the add go through `scratch`.
+    fn matmul_add(
+        &mut self,
+        x: &Self::Tensor,
+        w: &Self::Matrix,
+        acc: &Self::Tensor,
+        scratch: &Self::Tensor,
+        n: usize,
+    ) {
+        self.matmul(x, w, None, scratch, n);
+        self.add(acc, scratch, n);
+    }
     /// acc += x.
     fn add(&mut self, acc: &Self::Tensor, x: &Self::Tensor, n: usize);
     /// out = silu(gate) * up.

@@ -111,8 +111,34 @@ fn run<B: Backend>(file: &GgufFile, mut model: Transformer<B>, args: &BenchArgs)
     }
     report(file, &model, &samples, args)?;
     if args.profile {
+        host_split(&mut model, args.n_gen.max(16))?;
         profile(&mut model, &prompt)?;
     }
+    Ok(())
+}
+
+/// Where a generated token's wall time goes on the host: recording the step (forward) and
+/// submitting it then waiting for the token id (argmax).
+fn host_split<B: Backend>(model: &mut Transformer<B>, n: usize) -> Result<()> {
+    model.truncate(0);
+    let (mut record, mut wait) = (0.0, 0.0);
+    let started = Instant::now();
+    let mut token = 1;
+    for _ in 0..n {
+        let t0 = Instant::now();
+        model.forward(&[token])?;
+        let t1 = Instant::now();
+        token = model.argmax()?;
+        record += (t1 - t0).as_secs_f64();
+        wait += t1.elapsed().as_secs_f64();
+    }
+    let per = |s: f64| s / n as f64 * 1e6;
+    println!(
+        "\nhost time per generated token ({n} tokens): {:.0} µs wall = {:.0} µs recording + {:.0} µs submit and wait",
+        per(started.elapsed().as_secs_f64()),
+        per(record),
+        per(wait)
+    );
     Ok(())
 }
 

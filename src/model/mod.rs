@@ -195,16 +195,14 @@ impl<B: Backend> Transformer<B> {
                 shape,
             );
             b.attention(&s.q, &self.cache, l, pos, n, &s.attn, shape);
-            b.matmul(&s.attn, &layer.wo, None, &s.proj, n);
-            b.add(&s.x, &s.proj, n);
+            b.matmul_add(&s.attn, &layer.wo, &s.x, &s.proj, n);
 
             // Feed-forward: x += W_down · (silu(W_gate · norm(x)) * W_up · norm(x))
             b.rms_norm(&s.x, &layer.ffn_norm, eps, &s.xn, n);
             b.matmul(&s.xn, &layer.w_gate, None, &s.gate, n);
             b.matmul(&s.xn, &layer.w_up, None, &s.up, n);
             b.swiglu(&s.gate, &s.up, &s.hidden, n);
-            b.matmul(&s.hidden, &layer.w_down, None, &s.proj, n);
-            b.add(&s.x, &s.proj, n);
+            b.matmul_add(&s.hidden, &layer.w_down, &s.x, &s.proj, n);
         }
         if want_logits {
             // Logits of the last position only: norm, then the output projection.

@@ -23,6 +23,10 @@ const DEQUANT: (&str, &str) = (
 );
 const MATVEC: (&str, &str) = ("matvec.wgsl", include_str!("../../../shaders/matvec.wgsl"));
 const MATMUL: (&str, &str) = ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl"));
+const MATMUL_COOP: (&str, &str) = (
+    "matmul_coop.wgsl",
+    include_str!("../../../shaders/matmul_coop.wgsl"),
+);
 const NORM: (&str, &str) = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
 const ROPE: (&str, &str) = ("rope.wgsl", include_str!("../../../shaders/rope.wgsl"));
 const ATTENTION: (&str, &str) = (
@@ -42,9 +46,13 @@ pub enum Kernel {
     Dequant(GgmlType),
     Matvec(GgmlType),
     Matmul(GgmlType),
+    /// The tensor-core matmul (cooperative matrices, f16 inputs, f32 accumulators).
+    MatmulCoop(GgmlType),
     RmsNorm,
     RopeStoreKv,
     Attention,
+    AttentionSplit,
+    AttentionCombine,
     Add,
     Swiglu,
     CopyRow,
@@ -68,9 +76,12 @@ impl Kernel {
             Self::Dequant(_) => "dequant",
             Self::Matvec(_) => "matvec",
             Self::Matmul(_) => "matmul",
+            Self::MatmulCoop(_) => "matmul_coop",
             Self::RmsNorm => "rms_norm",
             Self::RopeStoreKv => "rope_store_kv",
             Self::Attention => "attention",
+            Self::AttentionSplit => "attention_split",
+            Self::AttentionCombine => "attention_combine",
             Self::Add => "add",
             Self::Swiglu => "swiglu",
             Self::CopyRow => "copy_row",
@@ -85,7 +96,11 @@ impl Kernel {
 
     fn weight_type(self) -> Option<GgmlType> {
         match self {
-            Self::GetRows(t) | Self::Dequant(t) | Self::Matvec(t) | Self::Matmul(t) => Some(t),
+            Self::GetRows(t)
+            | Self::Dequant(t)
+            | Self::Matvec(t)
+            | Self::Matmul(t)
+            | Self::MatmulCoop(t) => Some(t),
             _ => None,
         }
     }
@@ -97,9 +112,12 @@ impl Kernel {
             Self::Dequant(_) => (DEQUANT, "dequant"),
             Self::Matvec(_) => (MATVEC, "matvec"),
             Self::Matmul(_) => (MATMUL, "matmul"),
+            Self::MatmulCoop(_) => (MATMUL_COOP, "matmul_coop"),
             Self::RmsNorm => (NORM, "rms_norm"),
             Self::RopeStoreKv => (ROPE, "rope_store_kv"),
             Self::Attention => (ATTENTION, "attention"),
+            Self::AttentionSplit => (ATTENTION, "attention_split"),
+            Self::AttentionCombine => (ATTENTION, "attention_combine"),
             Self::Add => (ELEMENTWISE, "add"),
             Self::Swiglu => (ELEMENTWISE, "swiglu"),
             Self::CopyRow => (ELEMENTWISE, "copy_row"),
@@ -114,7 +132,12 @@ impl Kernel {
             Self::GetRows(_) => &[Read, Read, ReadWrite],
             // The dequant entry point does not use get_rows' token list (binding 2).
             Self::Dequant(_) => return vec![(1, Read), (3, ReadWrite)],
-            Self::Matvec(_) | Self::Matmul(_) => &[Read, Read, Read, ReadWrite],
+            // The split kernels write partials (binding 5) instead of the output (binding 4).
+            Self::AttentionSplit => return vec![(1, Read), (2, Read), (3, Read), (5, ReadWrite)],
+            Self::AttentionCombine => return vec![(4, ReadWrite), (5, ReadWrite)],
+            Self::Matvec(_) | Self::Matmul(_) | Self::MatmulCoop(_) => {
+                &[Read, Read, Read, ReadWrite]
+            }
             Self::RmsNorm => &[Read, Read, ReadWrite],
             Self::RopeStoreKv => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite],
             Self::Attention => &[Read, Read, Read, ReadWrite],
@@ -146,13 +169,14 @@ impl Kernel {
                 _ => QUANT_K,
             });
             let suffix = t.name().to_ascii_lowercase();
-            glue = format!(
-                "// The weight type this kernel decodes.\nfn load8(row: u32, g: u32) -> array<vec4<f32>, 2> {{ return load8_{suffix}(row, g); }}\n"
-            );
+            glue = weight_glue(t, &suffix);
             pieces.push(("(generated)", glue.as_str()));
         }
         pieces.push(self.op().0);
         let mut source = String::new();
+        if matches!(self, Self::MatmulCoop(_)) {
+            source.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
+        }
         let mut starts = Vec::new();
         for (file, text) in pieces {
             starts.push((file, source.lines().count() + 1));
@@ -174,6 +198,8 @@ pub struct Tuning {
     pub team: u32,
     /// Threads per matvec workgroup.
     pub matvec_wg: u32,
+    /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
+    pub coop: bool,
 }
 
 impl Tuning {
@@ -185,10 +211,13 @@ impl Tuning {
         let matvec_wg = (team * 8)
             .clamp(64, 256)
             .min(gpu.limits.max_compute_invocations_per_workgroup);
+        let coop =
+            gpu.features.cooperative_matrix && gpu.features.shader_f16 && subgroup_size == Some(32);
         Self {
             subgroup_size,
             team,
             matvec_wg,
+            coop,
         }
     }
 
@@ -219,6 +248,37 @@ impl Tuning {
             .replace("{{TEAM}}", &self.team.to_string())
             .replace("{{TEAM_SUM}}", self.team_sum())
     }
+}
+
+/// The functions every kernel that reads weights calls, bound to one weight type: `load8`
+/// (8 elements) and `load32` (32 elements, natively where the type has a decoder for a whole
+/// block or sub-block, else as four `load8`).
+fn weight_glue(t: GgmlType, suffix: &str) -> String {
+    let native32 = !matches!(
+        t,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q2K | GgmlType::Q3K
+    );
+    let load32 = if native32 {
+        format!("    return load32_{suffix}(row, c);")
+    } else {
+        "    let a = load8(row, 4u * c);
+    let b = load8(row, 4u * c + 1u);
+    let d = load8(row, 4u * c + 2u);
+    let e = load8(row, 4u * c + 3u);
+    return array<vec4<f32>, 8>(a[0], a[1], b[0], b[1], d[0], d[1], e[0], e[1]);"
+            .to_string()
+    };
+    format!(
+        "// The weight type this kernel decodes.
+fn load8(row: u32, g: u32) -> array<vec4<f32>, 2> {{
+    return load8_{suffix}(row, g);
+}}
+
+fn load32(row: u32, c: u32) -> array<vec4<f32>, 8> {{
+{load32}
+}}
+"
+    )
 }
 
 /// A compiled kernel.
@@ -316,4 +376,78 @@ fn locate_shader_error(e: BackendError, starts: &[(&str, usize)]) -> BackendErro
         format!("at {}: {message}", places.join(", "))
     };
     BackendError::Gpu { stage, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::ALL_TYPES;
+    use wgpu::naga;
+
+    fn every_kernel() -> Vec<Kernel> {
+        let mut all = vec![
+            Kernel::RmsNorm,
+            Kernel::RopeStoreKv,
+            Kernel::Attention,
+            Kernel::AttentionSplit,
+            Kernel::AttentionCombine,
+            Kernel::Add,
+            Kernel::Swiglu,
+            Kernel::CopyRow,
+            Kernel::Argmax,
+            Kernel::Softmax,
+        ];
+        for t in ALL_TYPES {
+            all.extend([
+                Kernel::GetRows(t),
+                Kernel::Dequant(t),
+                Kernel::Matvec(t),
+                Kernel::Matmul(t),
+                Kernel::MatmulCoop(t),
+            ]);
+        }
+        all
+    }
+
+    /// Every composed kernel parses, validates and translates to SPIR-V, in each variant,
+    /// including those the test machine's GPU cannot run (tensor cores, other subgroup sizes).
+    #[test]
+    fn every_kernel_compiles_to_spirv() {
+        let tunings = [
+            Tuning {
+                subgroup_size: Some(32),
+                team: 32,
+                matvec_wg: 256,
+                coop: true,
+            },
+            Tuning {
+                subgroup_size: None,
+                team: 32,
+                matvec_wg: 256,
+                coop: false,
+            },
+            Tuning {
+                subgroup_size: Some(8),
+                team: 8,
+                matvec_wg: 64,
+                coop: false,
+            },
+        ];
+        for tuning in &tunings {
+            for kernel in every_kernel() {
+                let (source, _) = kernel.source(tuning);
+                let module = naga::front::wgsl::parse_str(&source)
+                    .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+                let info = naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::all(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+                let options = naga::back::spv::Options::default();
+                naga::back::spv::write_vec(&module, &info, &options, None)
+                    .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", kernel.name()));
+            }
+        }
+    }
 }

@@ -65,7 +65,13 @@ pub struct GpuKvCache {
     k: Vec<Arc<GpuBuf>>,
     v: Vec<Arc<GpuBuf>>,
     kv_width: usize,
+    n_ctx: usize,
 }
+
+/// Key chunks of split attention (shaders/attention.wgsl CHUNK).
+const ATTENTION_CHUNK: usize = 32;
+/// Most queries per step that attend through split chunks (decoding); more use one pass.
+const SPLIT_ATTENTION_MAX_TOKENS: usize = 4;
 
 /// Identifies a bind group: the kernel and the buffers bound to it, in order.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -97,6 +103,7 @@ pub struct WgpuBackend {
     failed: bool,
     profiler: Option<profile::Profiler>,
     tuning: kernels::Tuning,
+    partials: Option<Arc<GpuBuf>>,
 }
 
 /// Keys and values read by attention for n queries at `pos..`, and its multiply-adds.
@@ -161,6 +168,7 @@ impl WgpuBackend {
             failed: false,
             profiler: None,
             tuning,
+            partials: None,
         })
     }
 
@@ -445,6 +453,66 @@ impl WgpuBackend {
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
+    /// out = x · wᵀ (+ bias), or out += x · wᵀ when `accumulate`.
+    fn linear(
+        &mut self,
+        x: &GpuTensor,
+        w: &GpuMatrix,
+        bias: Option<&GpuVector>,
+        out: &GpuTensor,
+        n: usize,
+        accumulate: bool,
+    ) {
+        assert_eq!((x.cols, out.cols), (w.cols, w.rows), "{}: shape", w.name);
+        let bias_buf = bias.map_or_else(|| self.dummy.clone(), |b| b.buf.clone());
+        // Decoding streams the weights once per token; prompts go through tiles.
+        let tiled = n >= 8;
+        for part in &w.parts {
+            let params = MatvecParams {
+                w_k: w.cols as u32,
+                w_bpr: part.layout.blocks_per_row,
+                w_scales: part.layout.scales_offset,
+                rows: part.rows,
+                row_start: part.row_start,
+                y_stride: w.rows as u32,
+                has_bias: bias.is_some() as u32,
+                accumulate: accumulate as u32,
+                n_tokens: n as u32,
+            };
+            let (kernel, groups) = if tiled {
+                (
+                    Kernel::Matmul(w.ggml_type),
+                    (part.rows.div_ceil(64), (n as u32).div_ceil(64), 1),
+                )
+            } else {
+                let (gx, gy) = grid(part.rows.div_ceil(self.tuning.matvec_rows()) as u64);
+                (Kernel::Matvec(w.ggml_type), (gx, gy, n as u32))
+            };
+            self.dispatch(
+                kernel,
+                &params,
+                &[&part.buf, &x.buf, &bias_buf, &out.buf],
+                groups,
+                Cost {
+                    bytes: part.buf.buffer.size() + (n * (w.cols + w.rows) * 4) as u64,
+                    flops: 2 * (n * part.rows as usize * w.cols) as u64,
+                },
+            );
+        }
+    }
+
+    /// The scratch for split attention's partial results, grown to `bytes`.
+    fn attention_partials(&mut self, bytes: u64) -> Result<Arc<GpuBuf>> {
+        match &self.partials {
+            Some(p) if p.buffer.size() >= bytes => Ok(p.clone()),
+            _ => {
+                let p = self.storage("attention partials", bytes)?;
+                self.partials = Some(p.clone());
+                Ok(p)
+            }
+        }
+    }
+
     /// Softmax of row 0 of `x` at a temperature, in place.
     pub fn softmax(&mut self, x: &GpuTensor, temperature: f32) {
         let params = ReduceParams {
@@ -519,6 +587,7 @@ struct MatvecParams {
     y_stride: u32,
     has_bias: u32,
     n_tokens: u32,
+    accumulate: u32,
 }
 
 #[repr(C)]
@@ -550,6 +619,7 @@ struct AttentionParams {
     kv_width: u32,
     q_width: u32,
     scale: f32,
+    n_chunks: u32,
 }
 
 #[repr(C)]
@@ -646,7 +716,12 @@ impl Backend for WgpuBackend {
             k.push(self.storage(&format!("layer {layer} key cache"), bytes)?);
             v.push(self.storage(&format!("layer {layer} value cache"), bytes)?);
         }
-        Ok(GpuKvCache { k, v, kv_width })
+        Ok(GpuKvCache {
+            k,
+            v,
+            kv_width,
+            n_ctx,
+        })
     }
 
     fn embed(&mut self, table: &GpuMatrix, tokens: &[u32], out: &GpuTensor) {
@@ -708,41 +783,18 @@ impl Backend for WgpuBackend {
         out: &GpuTensor,
         n: usize,
     ) {
-        assert_eq!((x.cols, out.cols), (w.cols, w.rows), "{}: shape", w.name);
-        let bias_buf = bias.map_or_else(|| self.dummy.clone(), |b| b.buf.clone());
-        // Decoding streams the weights once per token; prompts go through tiles.
-        let tiled = n >= 8;
-        for part in &w.parts {
-            let params = MatvecParams {
-                w_k: w.cols as u32,
-                w_bpr: part.layout.blocks_per_row,
-                w_scales: part.layout.scales_offset,
-                rows: part.rows,
-                row_start: part.row_start,
-                y_stride: w.rows as u32,
-                has_bias: bias.is_some() as u32,
-                n_tokens: n as u32,
-            };
-            let (kernel, groups) = if tiled {
-                (
-                    Kernel::Matmul(w.ggml_type),
-                    (part.rows.div_ceil(64), (n as u32).div_ceil(64), 1),
-                )
-            } else {
-                let (gx, gy) = grid(part.rows.div_ceil(self.tuning.matvec_rows()) as u64);
-                (Kernel::Matvec(w.ggml_type), (gx, gy, n as u32))
-            };
-            self.dispatch(
-                kernel,
-                &params,
-                &[&part.buf, &x.buf, &bias_buf, &out.buf],
-                groups,
-                Cost {
-                    bytes: part.buf.buffer.size() + (n * (w.cols + w.rows) * 4) as u64,
-                    flops: 2 * (n * part.rows as usize * w.cols) as u64,
-                },
-            );
-        }
+        self.linear(x, w, bias, out, n, false);
+    }
+
+    fn matmul_add(
+        &mut self,
+        x: &GpuTensor,
+        w: &GpuMatrix,
+        acc: &GpuTensor,
+        _scratch: &GpuTensor,
+        n: usize,
+    ) {
+        self.linear(x, w, None, acc, n, true);
     }
 
     fn add(&mut self, acc: &GpuTensor, x: &GpuTensor, n: usize) {
@@ -806,6 +858,7 @@ impl Backend for WgpuBackend {
         out: &GpuTensor,
         shape: &AttentionShape,
     ) {
+        let n_chunks = cache.n_ctx.div_ceil(ATTENTION_CHUNK);
         let params = AttentionParams {
             n_head: shape.n_head as u32,
             n_head_kv: shape.n_head_kv as u32,
@@ -814,13 +867,49 @@ impl Backend for WgpuBackend {
             kv_width: cache.kv_width as u32,
             q_width: shape.q_width() as u32,
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            n_chunks: n_chunks as u32,
         };
+        let buffers = [&q.buf, &cache.k[layer], &cache.v[layer]];
+        if n > SPLIT_ATTENTION_MAX_TOKENS {
+            let all = [buffers[0], buffers[1], buffers[2], &out.buf];
+            let groups = (shape.n_head as u32, n as u32, 1);
+            self.dispatch(
+                Kernel::Attention,
+                &params,
+                &all,
+                groups,
+                attention_cost(shape, pos, n),
+            );
+            return;
+        }
+        let floats = SPLIT_ATTENTION_MAX_TOKENS * shape.n_head * n_chunks * (shape.head_dim + 2);
+        let partials = match self.attention_partials(4 * floats as u64) {
+            Ok(p) => p,
+            Err(e) => {
+                self.failed = true;
+                return self.gpu.report(e);
+            }
+        };
+        // Only chunks that hold keys for some query of this step are launched.
+        let used = (pos + n).div_ceil(ATTENTION_CHUNK) as u32;
+        let split = [buffers[0], buffers[1], buffers[2], &partials];
+        let groups = (shape.n_head as u32, used, n as u32);
         self.dispatch(
-            Kernel::Attention,
+            Kernel::AttentionSplit,
             &params,
-            &[&q.buf, &cache.k[layer], &cache.v[layer], &out.buf],
-            (shape.n_head as u32, n as u32, 1),
+            &split,
+            groups,
             attention_cost(shape, pos, n),
+        );
+        let groups = (shape.n_head as u32, n as u32, 1);
+        let cost =
+            Cost::bytes((n * shape.n_head * used as usize * (shape.head_dim + 2) * 4) as u64);
+        self.dispatch(
+            Kernel::AttentionCombine,
+            &params,
+            &[&out.buf, &partials],
+            groups,
+            cost,
         );
     }
 
