@@ -16,6 +16,9 @@ struct Params {
     has_bias: u32,
     n_tokens: u32,
     accumulate: u32,
+    // 1: x is RMS-normalised on the fly (weight NW, epsilon eps) before the product.
+    norm: u32,
+    eps: f32,
 }
 
 const WG: u32 = {{WG}}u;
@@ -27,8 +30,10 @@ const ROWS: u32 = WG / TEAM;
 @group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> B: array<f32>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(5) var<storage, read> NW: array<vec4<f32>>;
 
 var<workgroup> partial: array<f32, WG>;
+var<workgroup> team_totals: array<f32, ROWS>;
 
 fn x_at(i: u32) -> f32 {
     return X[i / 4u][i % 4u];
@@ -56,6 +61,33 @@ fn team_sum(v: f32, li: u32) -> f32 {
 {{TEAM_SUM}}
 }
 
+// 1 / rms(x[t]), computed by the whole workgroup (the row length is a multiple of 4 here).
+fn inverse_rms(t: u32, li: u32) -> f32 {
+    var s = 0.0;
+    for (var i = li; i < p.w_k / 4u; i += WG) {
+        let v = X[t * p.w_k / 4u + i];
+        s += dot(v, v);
+    }
+    let team = team_sum(s, li);
+    if (li % TEAM == 0u) {
+        team_totals[li / TEAM] = team;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < ROWS; i++) {
+        total += team_totals[i];
+    }
+    return inverseSqrt(total / f32(p.w_k) + p.eps);
+}
+
+fn dot32_normed(w: array<vec4<f32>, 8>, x: u32, n: u32, scale: f32) -> f32 {
+    var s = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+        s += dot(w[i], X[x + i] * NW[n + i]);
+    }
+    return s * scale;
+}
+
 @compute @workgroup_size({{WG}})
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
@@ -64,7 +96,16 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let t = wid.z;
     let groups = (p.w_k + 7u) / 8u;
     var acc = 0.0;
-    if (row < p.rows && p.w_k % 32u == 0u) {
+    if (p.norm != 0u) {
+        // Only used with rows of whole 32-blocks.
+        let scale = inverse_rms(t, li);
+        let x0 = t * p.w_k / 4u;
+        if (row < p.rows) {
+            for (var c = lane; c < p.w_k / 32u; c += TEAM) {
+                acc += dot32_normed(load32(row, c), x0 + 8u * c, 8u * c, scale);
+            }
+        }
+    } else if (row < p.rows && p.w_k % 32u == 0u) {
         let x0 = t * p.w_k / 4u;
         for (var c = lane; c < p.w_k / 32u; c += TEAM) {
             acc += dot32(load32(row, c), x0 + 8u * c);

@@ -16,35 +16,64 @@ var<workgroup> best_value: array<f32, WG>;
 var<workgroup> best_index: array<u32, WG>;
 var<workgroup> partial: array<f32, WG>;
 
-// Index of the largest value of row 0; the first one on ties; NaN never wins.
+// Argmax of row 0 in two steps: ARGMAX_GROUPS workgroups each find the best of a slice and
+// write (value, index) pairs after the result slot; one workgroup then picks among them.
+// The first index wins ties; NaN never wins; an all-NaN row gives 0.
+
+const ARGMAX_GROUPS: u32 = 64u;
+const NONE: u32 = 0xffffffffu;
+
+fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
+    return i != NONE && (bi == NONE || v > bv || (v == bv && i < bi));
+}
+
+// The workgroup's best (value, index) pair, valid in thread 0.
+fn workgroup_best(li: u32, v: f32, i: u32) -> vec2<u32> {
+    best_value[li] = v;
+    best_index[li] = i;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s && better(best_value[li + s], best_index[li + s], best_value[li], best_index[li])) {
+            best_value[li] = best_value[li + s];
+            best_index[li] = best_index[li + s];
+        }
+        workgroupBarrier();
+    }
+    return vec2<u32>(bitcast<u32>(best_value[0]), best_index[0]);
+}
+
 @compute @workgroup_size(256)
-fn argmax(@builtin(local_invocation_index) li: u32) {
-    var bv = -3.4e38;
-    var bi = 0xffffffffu;
-    for (var i = li; i < p.len; i += WG) {
+fn argmax_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let per = (p.len + ARGMAX_GROUPS - 1u) / ARGMAX_GROUPS;
+    let end = min(p.len, (wid.x + 1u) * per);
+    var bv = 0.0;
+    var bi = NONE;
+    for (var i = wid.x * per + li; i < end; i += WG) {
         let v = X[i];
-        if (v > bv || (bi == 0xffffffffu && v == v)) {
+        // v == v is false for NaN.
+        if (v == v && better(v, i, bv, bi)) {
             bv = v;
             bi = i;
         }
     }
-    best_value[li] = bv;
-    best_index[li] = bi;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            let v = best_value[li + s];
-            let i = best_index[li + s];
-            if (i != 0xffffffffu && (best_index[li] == 0xffffffffu || v > best_value[li] ||
-                    (v == best_value[li] && i < best_index[li]))) {
-                best_value[li] = v;
-                best_index[li] = i;
-            }
-        }
-        workgroupBarrier();
-    }
+    let best = workgroup_best(li, bv, bi);
     if (li == 0u) {
-        result[0] = select(best_index[0], 0u, best_index[0] == 0xffffffffu);
+        result[2u + 2u * wid.x] = best.x;
+        result[3u + 2u * wid.x] = best.y;
+    }
+}
+
+@compute @workgroup_size(256)
+fn argmax_final(@builtin(local_invocation_index) li: u32) {
+    var bv = 0.0;
+    var bi = NONE;
+    if (li < ARGMAX_GROUPS) {
+        bv = bitcast<f32>(result[2u + 2u * li]);
+        bi = result[3u + 2u * li];
+    }
+    let best = workgroup_best(li, bv, bi);
+    if (li == 0u) {
+        result[0] = select(best.y, 0u, best.y == NONE);
     }
 }
 

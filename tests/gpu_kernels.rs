@@ -720,3 +720,67 @@ fn a_weight_row_past_the_binding_limit_is_refused_with_its_size() {
         "{text}"
     );
 }
+
+/// The fused products of decoding: the RMS norm folded into the matvec (`norm_matmuls` with
+/// one token) and the residual add folded into its epilogue (`matmul_add`), against a float64
+/// reference; several tokens take the unfused path and must agree too.
+#[test]
+fn fused_norm_and_residual_products_match_the_reference() {
+    let mut rng = rng(23);
+    let mut gpu = gpu();
+    for ty in [
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+        GgmlType::Q8_0,
+        GgmlType::Q5_0,
+        GgmlType::F16,
+        GgmlType::Q2K,
+    ] {
+        let cols = widths(ty)[1] / 32 * 32;
+        let w = Weights::random(&mut rng, ty, ROWS, cols);
+        let decoded = w.decoded();
+        let gw = w.upload(&mut gpu, "w");
+        let norm_w = random_values(&mut rng, cols, 1.0);
+        let g_norm = upload_bias(&mut gpu, &norm_w);
+        for n in [1, 3] {
+            let x = random_values(&mut rng, n * cols, 2.0);
+            // rms_norm in float64, then the product.
+            let normed: Vec<f32> = x
+                .chunks_exact(cols)
+                .flat_map(|row| {
+                    let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / cols as f64;
+                    let s = 1.0 / (ms + 1e-6).sqrt();
+                    row.iter()
+                        .zip(&norm_w)
+                        .map(move |(v, w)| (*v as f64 * s * *w as f64) as f32)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let (want, scale) = matmul_reference(&decoded, &normed, None, ROWS, cols);
+            let xt = gpu.load("x", n, cols, &x);
+            let scratch = gpu.load("normed", n, cols, &vec![f32::NAN; n * cols]);
+            let out = gpu.load("out", n, ROWS, &vec![f32::NAN; n * ROWS]);
+            gpu.norm_matmuls(&xt, &g_norm, 1e-6, &scratch, &[(&gw, None, &out)], n);
+            let got = read(&mut gpu, &out, n);
+            let what = format!("norm_matmuls {} n={n}", w.label());
+            assert_close(&what, &got, &want, ROWS, |i| scale[i], GPU_MATMUL_TOL);
+
+            let acc0 = random_values(&mut rng, n * ROWS, 1.0);
+            let (prod, scale) = matmul_reference(&decoded, &x, None, ROWS, cols);
+            let want: Vec<f64> = prod.iter().zip(&acc0).map(|(p, a)| p + *a as f64).collect();
+            let acc = gpu.load("acc", n, ROWS, &acc0);
+            let out = gpu.load("unused scratch", n, ROWS, &vec![f32::NAN; n * ROWS]);
+            gpu.matmul_add(&xt, &gw, &acc, &out, n);
+            let got = read(&mut gpu, &acc, n);
+            let what = format!("matmul_add {} n={n}", w.label());
+            assert_close(
+                &what,
+                &got,
+                &want,
+                ROWS,
+                |i| scale[i] + acc0[i].abs() as f64,
+                GPU_MATMUL_TOL,
+            );
+        }
+    }
+}

@@ -402,11 +402,11 @@ pub fn softmax(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v /= sum);
 }
 
-/// Index of the first largest value; NaNs never win.
+/// Index of the first largest value; NaNs never win (an all-NaN row gives 0).
 pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {
-        if v > x[best] || x[best].is_nan() {
+        if !v.is_nan() && (v > x[best] || x[best].is_nan()) {
             best = i;
         }
     }

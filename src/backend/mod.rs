@@ -135,6 +135,23 @@ pub trait Backend {
         out: &Self::Tensor,
         n: usize,
     );
+    /// out_i = rms_norm(x) · w_iᵀ (+ bias_i) for each (w_i, bias_i, out_i); backends that
+    /// cannot fuse the normalisation into the products write it to `normed` first.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn norm_matmuls(
+        &mut self,
+        x: &Self::Tensor,
+        norm: &Self::Vector,
+        eps: f32,
+        normed: &Self::Tensor,
+        products: &[(&Self::Matrix, Option<&Self::Vector>, &Self::Tensor)],
+        n: usize,
+    ) {
+        self.rms_norm(x, norm, eps, normed, n);
+        for (w, bias, out) in products {
+            self.matmul(normed, w, *bias, out, n);
+        }
+    }
     /// acc += x · wᵀ; backends that cannot fuse the add go through `scratch`.
     fn matmul_add(
         &mut self,

@@ -179,10 +179,12 @@ impl<B: Backend> Transformer<B> {
         b.embed(&w.token_embd, tokens, &s.x);
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: x += Wo · attention(rope(Wq · norm(x)), rope(Wk · norm(x)), Wv · norm(x))
-            b.rms_norm(&s.x, &layer.attn_norm, eps, &s.xn, n);
-            b.matmul(&s.xn, &layer.wq, layer.bq.as_ref(), &s.q, n);
-            b.matmul(&s.xn, &layer.wk, layer.bk.as_ref(), &s.k, n);
-            b.matmul(&s.xn, &layer.wv, layer.bv.as_ref(), &s.v, n);
+            let qkv = [
+                (&layer.wq, layer.bq.as_ref(), &s.q),
+                (&layer.wk, layer.bk.as_ref(), &s.k),
+                (&layer.wv, layer.bv.as_ref(), &s.v),
+            ];
+            b.norm_matmuls(&s.x, &layer.attn_norm, eps, &s.xn, &qkv, n);
             b.rope_store_kv(
                 &s.q,
                 &s.k,
@@ -198,9 +200,8 @@ impl<B: Backend> Transformer<B> {
             b.matmul_add(&s.attn, &layer.wo, &s.x, &s.proj, n);
 
             // Feed-forward: x += W_down · (silu(W_gate · norm(x)) * W_up · norm(x))
-            b.rms_norm(&s.x, &layer.ffn_norm, eps, &s.xn, n);
-            b.matmul(&s.xn, &layer.w_gate, None, &s.gate, n);
-            b.matmul(&s.xn, &layer.w_up, None, &s.up, n);
+            let gate_up = [(&layer.w_gate, None, &s.gate), (&layer.w_up, None, &s.up)];
+            b.norm_matmuls(&s.x, &layer.ffn_norm, eps, &s.xn, &gate_up, n);
             b.swiglu(&s.gate, &s.up, &s.hidden, n);
             b.matmul_add(&s.hidden, &layer.w_down, &s.x, &s.proj, n);
         }
@@ -212,9 +213,15 @@ impl<B: Backend> Transformer<B> {
                 b.copy_row(&s.x, n - 1, &s.last);
                 &s.last
             };
-            b.rms_norm(last, &w.output_norm, eps, &s.xn, 1);
             let output = w.output.as_ref().unwrap_or(&w.token_embd);
-            b.matmul(&s.xn, output, None, &s.logits, 1);
+            b.norm_matmuls(
+                last,
+                &w.output_norm,
+                eps,
+                &s.xn,
+                &[(output, None, &s.logits)],
+                1,
+            );
         }
         self.n_past += n;
     }

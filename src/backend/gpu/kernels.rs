@@ -56,7 +56,8 @@ pub enum Kernel {
     Add,
     Swiglu,
     CopyRow,
-    Argmax,
+    ArgmaxPartial,
+    ArgmaxFinal,
     Softmax,
 }
 
@@ -85,7 +86,8 @@ impl Kernel {
             Self::Add => "add",
             Self::Swiglu => "swiglu",
             Self::CopyRow => "copy_row",
-            Self::Argmax => "argmax",
+            Self::ArgmaxPartial => "argmax_partial",
+            Self::ArgmaxFinal => "argmax_final",
             Self::Softmax => "softmax",
         };
         match self.weight_type() {
@@ -121,7 +123,8 @@ impl Kernel {
             Self::Add => (ELEMENTWISE, "add"),
             Self::Swiglu => (ELEMENTWISE, "swiglu"),
             Self::CopyRow => (ELEMENTWISE, "copy_row"),
-            Self::Argmax => (REDUCE, "argmax"),
+            Self::ArgmaxPartial => (REDUCE, "argmax_partial"),
+            Self::ArgmaxFinal => (REDUCE, "argmax_final"),
             Self::Softmax => (REDUCE, "softmax"),
         }
     }
@@ -135,16 +138,15 @@ impl Kernel {
             // The split kernels write partials (binding 5) instead of the output (binding 4).
             Self::AttentionSplit => return vec![(1, Read), (2, Read), (3, Read), (5, ReadWrite)],
             Self::AttentionCombine => return vec![(4, ReadWrite), (5, ReadWrite)],
-            Self::Matvec(_) | Self::Matmul(_) | Self::MatmulCoop(_) => {
-                &[Read, Read, Read, ReadWrite]
-            }
+            Self::Matvec(_) => &[Read, Read, Read, ReadWrite, Read],
+            Self::Matmul(_) | Self::MatmulCoop(_) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
             Self::RopeStoreKv => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite],
             Self::Attention => &[Read, Read, Read, ReadWrite],
             Self::Add => &[ReadWrite, Read],
             Self::Swiglu => &[ReadWrite, Read, Read],
             Self::CopyRow => &[ReadWrite, Read],
-            Self::Argmax | Self::Softmax => &[ReadWrite, ReadWrite],
+            Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => &[ReadWrite, ReadWrite],
         };
         access
             .iter()
@@ -207,10 +209,20 @@ impl Tuning {
         let (min, max) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
         let subgroup_size =
             (gpu.features.subgroups && min == max && (4..=128).contains(&min)).then_some(min);
-        let team = subgroup_size.unwrap_or(32);
-        let matvec_wg = (team * 8)
-            .clamp(64, 256)
-            .min(gpu.limits.max_compute_invocations_per_workgroup);
+        // VIBRANT_MATVEC_TEAM (a power of two up to the subgroup size) overrides the team size
+        // for tuning experiments.
+        let team = std::env::var("VIBRANT_MATVEC_TEAM")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|t| t.is_power_of_two() && subgroup_size.is_some_and(|s| *t <= s))
+            .or(subgroup_size)
+            .unwrap_or(32);
+        let matvec_wg = if subgroup_size.is_some_and(|s| s >= 32) {
+            256
+        } else {
+            64
+        }
+        .min(gpu.limits.max_compute_invocations_per_workgroup);
         let coop =
             gpu.features.cooperative_matrix && gpu.features.shader_f16 && subgroup_size == Some(32);
         Self {
@@ -221,14 +233,34 @@ impl Tuning {
         }
     }
 
+    pub fn describe(&self) -> String {
+        format!(
+            "matvec {} threads/row{}, {} prompt matmul",
+            self.team,
+            if self.subgroup_size.is_some() {
+                " (subgroups)"
+            } else {
+                ""
+            },
+            if self.coop { "tensor-core" } else { "FMA" }
+        )
+    }
+
     /// Rows one matvec workgroup computes.
     pub fn matvec_rows(&self) -> u32 {
         self.matvec_wg / self.team
     }
 
     fn team_sum(&self) -> &'static str {
-        if self.subgroup_size.is_some() {
+        if self.subgroup_size == Some(self.team) {
             "    return subgroupAdd(v);"
+        } else if self.subgroup_size.is_some() {
+            // Teams smaller than a subgroup: a butterfly over the team's aligned lanes.
+            "    var s = v;
+    for (var offset = TEAM / 2u; offset > 0u; offset >>= 1u) {
+        s += subgroupShuffleXor(s, offset);
+    }
+    return s;"
         } else {
             "    partial[li] = v;
     workgroupBarrier();
@@ -394,7 +426,8 @@ mod tests {
             Kernel::Add,
             Kernel::Swiglu,
             Kernel::CopyRow,
-            Kernel::Argmax,
+            Kernel::ArgmaxPartial,
+            Kernel::ArgmaxFinal,
             Kernel::Softmax,
         ];
         for t in ALL_TYPES {
@@ -430,6 +463,12 @@ mod tests {
                 subgroup_size: Some(8),
                 team: 8,
                 matvec_wg: 64,
+                coop: false,
+            },
+            Tuning {
+                subgroup_size: Some(32),
+                team: 8,
+                matvec_wg: 256,
                 coop: false,
             },
         ];

@@ -68,6 +68,8 @@ pub struct GpuKvCache {
     n_ctx: usize,
 }
 
+/// Workgroups of the first argmax step (shaders/reduce.wgsl ARGMAX_GROUPS).
+const ARGMAX_GROUPS: u32 = 64;
 /// Key chunks of split attention (shaders/attention.wgsl CHUNK).
 const ATTENTION_CHUNK: usize = 32;
 /// Most queries per step that attend through split chunks (decoding); more use one pass.
@@ -145,7 +147,7 @@ impl WgpuBackend {
         };
         const FIRST_TOKENS: usize = 256;
         let tokens = small(1, "tokens", 4 * FIRST_TOKENS as u64)?;
-        let result = small(2, "argmax result", 16)?;
+        let result = small(2, "argmax result", 8 * (ARGMAX_GROUPS as u64 + 1))?;
         let dummy = small(3, "absent input", 16)?;
         let tuning = kernels::Tuning::for_device(&gpu);
         Ok(Self {
@@ -453,7 +455,9 @@ impl WgpuBackend {
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
-    /// out = x · wᵀ (+ bias), or out += x · wᵀ when `accumulate`.
+    /// out = x · wᵀ (+ bias), or out += x · wᵀ when `accumulate`; with `norm`, x is
+    /// RMS-normalised inside the decode kernel (only for single-token steps).
+    #[allow(clippy::too_many_arguments)]
     fn linear(
         &mut self,
         x: &GpuTensor,
@@ -462,9 +466,11 @@ impl WgpuBackend {
         out: &GpuTensor,
         n: usize,
         accumulate: bool,
+        norm: Option<(&GpuVector, f32)>,
     ) {
         assert_eq!((x.cols, out.cols), (w.cols, w.rows), "{}: shape", w.name);
         let bias_buf = bias.map_or_else(|| self.dummy.clone(), |b| b.buf.clone());
+        let norm_buf = norm.map_or_else(|| self.dummy.clone(), |(v, _)| v.buf.clone());
         // Decoding streams the weights once per token; prompts go through tiles.
         let tiled = n >= 8;
         for part in &w.parts {
@@ -476,28 +482,29 @@ impl WgpuBackend {
                 row_start: part.row_start,
                 y_stride: w.rows as u32,
                 has_bias: bias.is_some() as u32,
-                accumulate: accumulate as u32,
                 n_tokens: n as u32,
+                accumulate: accumulate as u32,
+                norm: norm.is_some() as u32,
+                eps: norm.map_or(0.0, |(_, eps)| eps),
             };
-            let (kernel, groups) = if tiled {
-                (
-                    Kernel::Matmul(w.ggml_type),
-                    (part.rows.div_ceil(64), (n as u32).div_ceil(64), 1),
-                )
+            let cost = Cost {
+                bytes: part.buf.buffer.size() + (n * (w.cols + w.rows) * 4) as u64,
+                flops: 2 * (n * part.rows as usize * w.cols) as u64,
+            };
+            if tiled {
+                let kernel = match self.tuning.coop {
+                    true => Kernel::MatmulCoop(w.ggml_type),
+                    false => Kernel::Matmul(w.ggml_type),
+                };
+                let groups = (part.rows.div_ceil(64), (n as u32).div_ceil(64), 1);
+                let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
+                self.dispatch(kernel, &params, &buffers, groups, cost);
             } else {
                 let (gx, gy) = grid(part.rows.div_ceil(self.tuning.matvec_rows()) as u64);
-                (Kernel::Matvec(w.ggml_type), (gx, gy, n as u32))
-            };
-            self.dispatch(
-                kernel,
-                &params,
-                &[&part.buf, &x.buf, &bias_buf, &out.buf],
-                groups,
-                Cost {
-                    bytes: part.buf.buffer.size() + (n * (w.cols + w.rows) * 4) as u64,
-                    flops: 2 * (n * part.rows as usize * w.cols) as u64,
-                },
-            );
+                let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf];
+                let groups = (gx, gy, n as u32);
+                self.dispatch(Kernel::Matvec(w.ggml_type), &params, &buffers, groups, cost);
+            }
         }
     }
 
@@ -588,6 +595,8 @@ struct MatvecParams {
     has_bias: u32,
     n_tokens: u32,
     accumulate: u32,
+    norm: u32,
+    eps: f32,
 }
 
 #[repr(C)]
@@ -643,7 +652,7 @@ impl Backend for WgpuBackend {
     type KvCache = GpuKvCache;
 
     fn describe(&self) -> String {
-        self.gpu.describe()
+        format!("{}; {}", self.gpu.describe(), self.tuning.describe())
     }
 
     fn upload_matrix(
@@ -684,6 +693,16 @@ impl Backend for WgpuBackend {
         ];
         for k in kernels {
             self.pipeline(k)?;
+        }
+        if self.tuning.coop {
+            // An experimental wgpu feature: if its kernel does not build here, use the FMA one.
+            if let Err(e) = self.pipeline(Kernel::MatmulCoop(ggml_type)) {
+                eprintln!(
+                    "warning: tensor-core matmul unavailable on {} ({e}); using the FMA kernel",
+                    self.gpu.info.name
+                );
+                self.tuning.coop = false;
+            }
         }
         Ok(GpuMatrix {
             name: name.to_string(),
@@ -783,7 +802,30 @@ impl Backend for WgpuBackend {
         out: &GpuTensor,
         n: usize,
     ) {
-        self.linear(x, w, bias, out, n, false);
+        self.linear(x, w, bias, out, n, false, None);
+    }
+
+    fn norm_matmuls(
+        &mut self,
+        x: &GpuTensor,
+        norm: &GpuVector,
+        eps: f32,
+        normed: &GpuTensor,
+        products: &[(&GpuMatrix, Option<&GpuVector>, &GpuTensor)],
+        n: usize,
+    ) {
+        // Decode steps normalise inside each product (saving a dispatch); the fused kernel
+        // reads rows in 32-wide blocks.
+        if n > 1 || products.iter().any(|(w, ..)| w.cols % 32 != 0) {
+            self.rms_norm(x, norm, eps, normed, n);
+            for (w, bias, out) in products {
+                self.linear(normed, w, *bias, out, n, false, None);
+            }
+            return;
+        }
+        for (w, bias, out) in products {
+            self.linear(x, w, *bias, out, n, false, Some((norm, eps)));
+        }
     }
 
     fn matmul_add(
@@ -794,7 +836,7 @@ impl Backend for WgpuBackend {
         _scratch: &GpuTensor,
         n: usize,
     ) {
-        self.linear(x, w, None, acc, n, true);
+        self.linear(x, w, None, acc, n, true, None);
     }
 
     fn add(&mut self, acc: &GpuTensor, x: &GpuTensor, n: usize) {
@@ -934,12 +976,21 @@ impl Backend for WgpuBackend {
             temperature: 1.0,
         };
         let result = self.result.clone();
+        let buffers = [&x.buf, &result];
+        let cost = Cost::bytes(4 * x.cols as u64);
         self.dispatch(
-            Kernel::Argmax,
+            Kernel::ArgmaxPartial,
             &params,
-            &[&x.buf, &result],
+            &buffers,
+            (ARGMAX_GROUPS, 1, 1),
+            cost,
+        );
+        self.dispatch(
+            Kernel::ArgmaxFinal,
+            &params,
+            &buffers,
             (1, 1, 1),
-            Cost::bytes(4 * x.cols as u64),
+            Cost::default(),
         );
         self.stage = "forward step".into();
         let bytes = self.read_bytes(&result, 4)?;
