@@ -1,9 +1,9 @@
 // Matrix-vector products y[t] = W · x[t] (+ bias), or y[t] += W · x[t] (the residual add
-// fused), straight from the quantized weights, for decoding (token t = workgroup z). A team of
-// TEAM threads owns one weight row and strides over it 32 weights at a time (8 where the row
-// length is not a multiple of 32).
-// Teams reduce with subgroupAdd when a team is exactly one subgroup (SUBGROUP_REDUCE),
-// otherwise through workgroup memory.
+// fused), straight from the quantized weights, for decoding (token t = workgroup z).
+// A team of TEAM threads owns R weight rows: each thread loads 32 activations once and dots
+// them with 32 weights of each of its rows, striding along the rows (8 at a time where the
+// row length is not a multiple of 32). With `norm`, x is RMS-normalised on the fly.
+// Teams reduce with subgroup operations where the device has them, else in workgroup memory.
 
 struct Params {
     w_k: u32,
@@ -23,7 +23,10 @@ struct Params {
 
 const WG: u32 = {{WG}}u;
 const TEAM: u32 = {{TEAM}}u;
-const ROWS: u32 = WG / TEAM;
+const TEAMS: u32 = WG / TEAM;
+const R: u32 = {{ROWS_PER_TEAM}}u;
+// Weight rows per workgroup.
+const ROWS: u32 = TEAMS * R;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> W: array<u32>;
@@ -33,7 +36,7 @@ const ROWS: u32 = WG / TEAM;
 @group(0) @binding(5) var<storage, read> NW: array<vec4<f32>>;
 
 var<workgroup> partial: array<f32, WG>;
-var<workgroup> team_totals: array<f32, ROWS>;
+var<workgroup> team_totals: array<f32, TEAMS>;
 
 fn x_at(i: u32) -> f32 {
     return X[i / 4u][i % 4u];
@@ -51,9 +54,22 @@ fn x4(t: u32, e: u32) -> vec4<f32> {
     return v;
 }
 
-fn dot32(w: array<vec4<f32>, 8>, x: u32) -> f32 {
-    return dot(w[0], X[x]) + dot(w[1], X[x + 1u]) + dot(w[2], X[x + 2u]) + dot(w[3], X[x + 3u])
-        + dot(w[4], X[x + 4u]) + dot(w[5], X[x + 5u]) + dot(w[6], X[x + 6u]) + dot(w[7], X[x + 7u]);
+// The 32 activations of chunk c of x[t] (normalised when asked), as 8 vectors.
+fn x32(t: u32, c: u32, scale: f32) -> array<vec4<f32>, 8> {
+    let b = t * p.w_k / 4u + 8u * c;
+    if (p.norm == 0u) {
+        return array<vec4<f32>, 8>(X[b], X[b + 1u], X[b + 2u], X[b + 3u], X[b + 4u], X[b + 5u], X[b + 6u], X[b + 7u]);
+    }
+    let n = 8u * c;
+    return array<vec4<f32>, 8>(
+        X[b] * NW[n] * scale, X[b + 1u] * NW[n + 1u] * scale, X[b + 2u] * NW[n + 2u] * scale,
+        X[b + 3u] * NW[n + 3u] * scale, X[b + 4u] * NW[n + 4u] * scale, X[b + 5u] * NW[n + 5u] * scale,
+        X[b + 6u] * NW[n + 6u] * scale, X[b + 7u] * NW[n + 7u] * scale);
+}
+
+fn dot32(w: array<vec4<f32>, 8>, x: array<vec4<f32>, 8>) -> f32 {
+    return dot(w[0], x[0]) + dot(w[1], x[1]) + dot(w[2], x[2]) + dot(w[3], x[3])
+        + dot(w[4], x[4]) + dot(w[5], x[5]) + dot(w[6], x[6]) + dot(w[7], x[7]);
 }
 
 // The sum of `v` over the team of the calling thread, valid in the team's first lane.
@@ -61,7 +77,7 @@ fn team_sum(v: f32, li: u32) -> f32 {
 {{TEAM_SUM}}
 }
 
-// 1 / rms(x[t]), computed by the whole workgroup (the row length is a multiple of 4 here).
+// 1 / rms(x[t]), computed by the whole workgroup (the row length is a multiple of 32 here).
 fn inverse_rms(t: u32, li: u32) -> f32 {
     var s = 0.0;
     for (var i = li; i < p.w_k / 4u; i += WG) {
@@ -74,53 +90,52 @@ fn inverse_rms(t: u32, li: u32) -> f32 {
     }
     workgroupBarrier();
     var total = 0.0;
-    for (var i = 0u; i < ROWS; i++) {
+    for (var i = 0u; i < TEAMS; i++) {
         total += team_totals[i];
     }
     return inverseSqrt(total / f32(p.w_k) + p.eps);
-}
-
-fn dot32_normed(w: array<vec4<f32>, 8>, x: u32, n: u32, scale: f32) -> f32 {
-    var s = 0.0;
-    for (var i = 0u; i < 8u; i++) {
-        s += dot(w[i], X[x + i] * NW[n + i]);
-    }
-    return s * scale;
 }
 
 @compute @workgroup_size({{WG}})
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
     let lane = li % TEAM;
-    let row = linear_group(wid, nwg) * ROWS + li / TEAM;
+    let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
     let t = wid.z;
-    let groups = (p.w_k + 7u) / 8u;
-    var acc = 0.0;
-    if (p.norm != 0u) {
-        // Only used with rows of whole 32-blocks.
-        let scale = inverse_rms(t, li);
-        let x0 = t * p.w_k / 4u;
-        if (row < p.rows) {
-            for (var c = lane; c < p.w_k / 32u; c += TEAM) {
-                acc += dot32_normed(load32(row, c), x0 + 8u * c, 8u * c, scale);
+    var acc: array<f32, R>;
+    if (p.w_k % 32u == 0u) {
+        var scale = 1.0;
+        if (p.norm != 0u) {
+            scale = inverse_rms(t, li);
+        }
+        for (var c = lane; c < p.w_k / 32u; c += TEAM) {
+            let x = x32(t, c, scale);
+            for (var r = 0u; r < R; r++) {
+                if (row0 + r < p.rows) {
+                    acc[r] += dot32(load32(row0 + r, c), x);
+                }
             }
         }
-    } else if (row < p.rows && p.w_k % 32u == 0u) {
-        let x0 = t * p.w_k / 4u;
-        for (var c = lane; c < p.w_k / 32u; c += TEAM) {
-            acc += dot32(load32(row, c), x0 + 8u * c);
-        }
-    } else if (row < p.rows) {
-        for (var g = lane; g < groups; g += TEAM) {
-            let w = load8(row, g);
-            acc += dot(w[0], x4(t, 8u * g)) + dot(w[1], x4(t, 8u * g + 4u));
+    } else {
+        for (var g = lane; g < (p.w_k + 7u) / 8u; g += TEAM) {
+            let xa = x4(t, 8u * g);
+            let xb = x4(t, 8u * g + 4u);
+            for (var r = 0u; r < R; r++) {
+                if (row0 + r < p.rows) {
+                    let w = load8(row0 + r, g);
+                    acc[r] += dot(w[0], xa) + dot(w[1], xb);
+                }
+            }
         }
     }
-    let sum = team_sum(acc, li);
-    if (lane == 0u && row < p.rows) {
-        let r = p.row_start + row;
-        let y = t * p.y_stride + r;
-        let value = sum + select(0.0, B[r], p.has_bias != 0u);
-        Y[y] = select(value, Y[y] + value, p.accumulate != 0u);
+    for (var r = 0u; r < R; r++) {
+        let sum = team_sum(acc[r], li);
+        let row = row0 + r;
+        if (lane == 0u && row < p.rows) {
+            let rg = p.row_start + row;
+            let y = t * p.y_stride + rg;
+            let value = sum + select(0.0, B[rg], p.has_bias != 0u);
+            Y[y] = select(value, Y[y] + value, p.accumulate != 0u);
+        }
     }
 }

@@ -152,13 +152,18 @@ fn load32_q5_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
     let scale = dm.x * sm.x;
     let min = dm.y * sm.y;
     let w = base + 11u + 8u * (sb / 2u);
+    let q = base + 3u;
     let hi = sb % 2u;
-    var out: array<vec4<f32>, 8>;
-    for (var i = 0u; i < 8u; i++) {
-        let bit = vec4<f32>((bytes4(W[base + 3u + i]) >> vec4<u32>(sb)) & vec4<u32>(1u));
-        out[i] = (nibbles(W[w + i], hi) + 16.0 * bit) * scale - min;
-    }
-    return out;
+    return array<vec4<f32>, 8>(
+        q5(W[w], W[q], hi, sb) * scale - min, q5(W[w + 1u], W[q + 1u], hi, sb) * scale - min,
+        q5(W[w + 2u], W[q + 2u], hi, sb) * scale - min, q5(W[w + 3u], W[q + 3u], hi, sb) * scale - min,
+        q5(W[w + 4u], W[q + 4u], hi, sb) * scale - min, q5(W[w + 5u], W[q + 5u], hi, sb) * scale - min,
+        q5(W[w + 6u], W[q + 6u], hi, sb) * scale - min, q5(W[w + 7u], W[q + 7u], hi, sb) * scale - min);
+}
+
+// Four 5-bit quants: nibble `hi` of each byte of `qs`, plus bit `bit` of each byte of `qh` as 16.
+fn q5(qs: u32, qh: u32, hi: u32, bit: u32) -> vec4<f32> {
+    return nibbles(qs, hi) + 16.0 * vec4<f32>((bytes4(qh) >> vec4<u32>(bit)) & vec4<u32>(1u));
 }
 
 fn load32_q6_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
@@ -171,12 +176,18 @@ fn load32_q6_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
     let qh = base + 32u + 8u * n;
     let sw = W[base + 48u + 2u * n + k / 2u];
     let d = k_half_scale(block);
+    // Elements 0..15 use the first scale of the pair, 16..31 the second.
     let s0 = d * f32(bitcast<i32>(sw << (24u - 16u * (k % 2u))) >> 24u);
     let s1 = d * f32(bitcast<i32>(sw << (16u - 16u * (k % 2u))) >> 24u);
-    var out: array<vec4<f32>, 8>;
-    for (var i = 0u; i < 8u; i++) {
-        let q = nibbles(W[ql + i], k >> 1u) + 16.0 * crumbs(W[qh + i], 2u * k) - 32.0;
-        out[i] = q * select(s1, s0, i < 4u);
-    }
-    return out;
+    let h = k >> 1u;
+    return array<vec4<f32>, 8>(
+        q6(W[ql], W[qh], h, k) * s0, q6(W[ql + 1u], W[qh + 1u], h, k) * s0,
+        q6(W[ql + 2u], W[qh + 2u], h, k) * s0, q6(W[ql + 3u], W[qh + 3u], h, k) * s0,
+        q6(W[ql + 4u], W[qh + 4u], h, k) * s1, q6(W[ql + 5u], W[qh + 5u], h, k) * s1,
+        q6(W[ql + 6u], W[qh + 6u], h, k) * s1, q6(W[ql + 7u], W[qh + 7u], h, k) * s1);
+}
+
+// Four 6-bit quants, centred: nibble `h` of each byte of `ql`, bits 2k of each byte of `qh`.
+fn q6(ql: u32, qh: u32, h: u32, k: u32) -> vec4<f32> {
+    return nibbles(ql, h) + 16.0 * crumbs(qh, 2u * k) - 32.0;
 }

@@ -200,6 +200,10 @@ pub struct Tuning {
     pub team: u32,
     /// Threads per matvec workgroup.
     pub matvec_wg: u32,
+    /// Weight rows each matvec team computes (sharing its activation loads).
+    pub rows_per_team: u32,
+    /// Decode matvecs normalise their input themselves instead of a separate RMSNorm launch.
+    pub fuse_norm: bool,
     /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
     pub coop: bool,
 }
@@ -223,20 +227,31 @@ impl Tuning {
             64
         }
         .min(gpu.limits.max_compute_invocations_per_workgroup);
+        // VIBRANT_MATVEC_ROWS (1 to 8) overrides the rows per team for tuning experiments.
+        let rows_per_team = std::env::var("VIBRANT_MATVEC_ROWS")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|r| (1..=8).contains(r))
+            .unwrap_or(1);
+        // VIBRANT_FUSE_NORM=0 keeps RMSNorm a launch of its own (for measurements).
+        let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
         let coop =
             gpu.features.cooperative_matrix && gpu.features.shader_f16 && subgroup_size == Some(32);
         Self {
             subgroup_size,
             team,
             matvec_wg,
+            rows_per_team,
+            fuse_norm,
             coop,
         }
     }
 
     pub fn describe(&self) -> String {
         format!(
-            "matvec {} threads/row{}, {} prompt matmul",
+            "matvec {} threads × {} rows{}, {} prompt matmul",
             self.team,
+            self.rows_per_team,
             if self.subgroup_size.is_some() {
                 " (subgroups)"
             } else {
@@ -248,7 +263,7 @@ impl Tuning {
 
     /// Rows one matvec workgroup computes.
     pub fn matvec_rows(&self) -> u32 {
-        self.matvec_wg / self.team
+        self.matvec_wg / self.team * self.rows_per_team
     }
 
     fn team_sum(&self) -> &'static str {
@@ -278,6 +293,7 @@ impl Tuning {
     fn apply(&self, text: &str) -> String {
         text.replace("{{WG}}", &self.matvec_wg.to_string())
             .replace("{{TEAM}}", &self.team.to_string())
+            .replace("{{ROWS_PER_TEAM}}", &self.rows_per_team.to_string())
             .replace("{{TEAM_SUM}}", self.team_sum())
     }
 }
@@ -451,24 +467,32 @@ mod tests {
                 subgroup_size: Some(32),
                 team: 32,
                 matvec_wg: 256,
+                rows_per_team: 2,
+                fuse_norm: true,
                 coop: true,
             },
             Tuning {
                 subgroup_size: None,
                 team: 32,
                 matvec_wg: 256,
+                rows_per_team: 2,
+                fuse_norm: true,
                 coop: false,
             },
             Tuning {
                 subgroup_size: Some(8),
                 team: 8,
                 matvec_wg: 64,
+                rows_per_team: 2,
+                fuse_norm: true,
                 coop: false,
             },
             Tuning {
                 subgroup_size: Some(32),
                 team: 8,
                 matvec_wg: 256,
+                rows_per_team: 2,
+                fuse_norm: true,
                 coop: false,
             },
         ];

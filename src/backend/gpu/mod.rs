@@ -816,7 +816,7 @@ impl Backend for WgpuBackend {
     ) {
         // Decode steps normalise inside each product (saving a dispatch); the fused kernel
         // reads rows in 32-wide blocks.
-        if n > 1 || products.iter().any(|(w, ..)| w.cols % 32 != 0) {
+        if n > 1 || !self.tuning.fuse_norm || products.iter().any(|(w, ..)| w.cols % 32 != 0) {
             self.rms_norm(x, norm, eps, normed, n);
             for (w, bias, out) in products {
                 self.linear(normed, w, *bias, out, n, false, None);
