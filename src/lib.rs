@@ -10,6 +10,6 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod quant;
-pub(crate) mod rng;
+pub mod rng;
 pub mod synth;
 pub mod tokenizer;

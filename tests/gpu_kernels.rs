@@ -784,3 +784,39 @@ fn fused_norm_and_residual_products_match_the_reference() {
         }
     }
 }
+
+/// Prompt-sized products (70 tokens) go through the tiled kernels: FMA in f32, or tensor cores
+/// with f16 inputs, which round each weight and activation by up to 2^-11 relative: the dot
+/// then errs by at most ~1e-3 of |w|·|x|; 2e-3 leaves room and still catches any misplaced
+/// element (about 1/sqrt(K) of the scale, over 3e-2 here).
+#[test]
+fn prompt_matmul_tiles_match_the_reference() {
+    let mut rng = rng(29);
+    let mut gpu = gpu();
+    let tol = if gpu.uses_tensor_cores() {
+        2e-3
+    } else {
+        GPU_MATMUL_TOL
+    };
+    for ty in [
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+        GgmlType::Q8_0,
+        GgmlType::Q4_1,
+        GgmlType::F32,
+    ] {
+        let cols = widths(ty)[1];
+        let rows = 131;
+        let w = Weights::random(&mut rng, ty, rows, cols);
+        let decoded = w.decoded();
+        let gw = w.upload(&mut gpu, "w");
+        let bias = random_values(&mut rng, rows, 1.0);
+        let gb = upload_bias(&mut gpu, &bias);
+        let n = 70;
+        let x = random_values(&mut rng, n * cols, 1.0);
+        let (want, scale) = matmul_reference(&decoded, &x, Some(&bias), rows, cols);
+        let got = run_matmul(&mut gpu, &gw, Some(&gb), &x, n, rows);
+        let what = format!("prompt matmul {} n={n}", w.label());
+        assert_close(&what, &got, &want, rows, |i| scale[i], tol);
+    }
+}

@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Also time every kernel of one prompt step and one generated token.
     #[arg(long)]
     pub profile: bool,
+    /// Instead of a model, time the weight kernels alone on random matrices of 3B shapes.
+    #[arg(long)]
+    pub kernels: bool,
 }
 
 struct Sample {
@@ -60,6 +63,9 @@ impl Sample {
 }
 
 pub fn bench(g: &GlobalArgs, args: &BenchArgs) -> Result<()> {
+    if args.kernels {
+        return kernel_bench(g);
+    }
     if args.output != "md" && args.output != "json" {
         anyhow::bail!("unknown output format '{}' (md or json)", args.output);
     }
@@ -272,4 +278,60 @@ fn print_profile(what: &str, n_tokens: usize, timings: &[KernelTiming]) {
             flops as f64 / seconds / 1e12
         );
     }
+}
+
+/// Times matrix products alone: each shape back to back many times in one submission, so
+/// the figure is the kernel plus its share of launch cost (the 64-row line shows that floor).
+fn kernel_bench(g: &GlobalArgs) -> Result<()> {
+    use vibrant::backend::gpu::WgpuBackend;
+    use vibrant::backend::WeightBytes;
+    use vibrant::quant::GgmlType;
+    let mut b = WgpuBackend::new(super::gpu_options(g)?)?;
+    println!("device: {}", b.describe());
+    println!(
+        "| matrix | type | rows × cols | decode µs | decode GB/s | pp512 ms | pp512 TFLOP/s |"
+    );
+    println!("| --- | --- | --- | ---: | ---: | ---: | ---: |");
+    let shapes = [
+        ("launch floor", GgmlType::Q4K, 64, 2048),
+        ("attn_q", GgmlType::Q4K, 2048, 2048),
+        ("ffn_up", GgmlType::Q4K, 11008, 2048),
+        ("ffn_down", GgmlType::Q6K, 2048, 11008),
+        ("ffn_up", GgmlType::Q8_0, 11008, 2048),
+        ("ffn_up", GgmlType::Q4_0, 11008, 2048),
+        ("ffn_up", GgmlType::F16, 11008, 2048),
+    ];
+    let mut rng = vibrant::rng::SplitMix64(7);
+    for (label, ty, rows, cols) in shapes {
+        let data =
+            vibrant::synth::random_tensor(ty, rows * cols, 1.0 / (cols as f32).sqrt(), &mut rng);
+        let bytes = data.len() as f64;
+        let w = b.upload_matrix(label, ty, rows, cols, WeightBytes::owned(data))?;
+        let x = b.tensor("x", 512, cols)?;
+        let input: Vec<f32> = (0..512 * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        b.write(&x, &input);
+        let y = b.tensor("y", 512, rows)?;
+        let time = |b: &mut WgpuBackend, n: usize, reps: usize| -> Result<f64> {
+            b.matmul(&x, &w, None, &y, n);
+            b.sync()?;
+            let started = Instant::now();
+            for _ in 0..reps {
+                b.matmul(&x, &w, None, &y, n);
+            }
+            b.sync()?;
+            Ok(started.elapsed().as_secs_f64() / reps as f64)
+        };
+        let decode = time(&mut b, 1, 300)?;
+        let prompt = time(&mut b, 512, 10)?;
+        println!(
+            "| {label} | {ty} | {rows} × {cols} | {:.1} | {:.0} | {:.2} | {:.1} |",
+            decode * 1e6,
+            bytes / decode / 1e9,
+            prompt * 1e3,
+            2.0 * 512.0 * rows as f64 * cols as f64 / prompt / 1e12
+        );
+    }
+    Ok(())
 }

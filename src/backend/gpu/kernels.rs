@@ -204,6 +204,8 @@ pub struct Tuning {
     pub rows_per_team: u32,
     /// Decode matvecs normalise their input themselves instead of a separate RMSNorm launch.
     pub fuse_norm: bool,
+    /// Keep wgpu's bounds checks and loop counters in the kernels (VIBRANT_CHECKED_SHADERS=1).
+    pub checked_shaders: bool,
     /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
     pub coop: bool,
 }
@@ -235,14 +237,19 @@ impl Tuning {
             .unwrap_or(1);
         // VIBRANT_FUSE_NORM=0 keeps RMSNorm a launch of its own (for measurements).
         let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
-        let coop =
-            gpu.features.cooperative_matrix && gpu.features.shader_f16 && subgroup_size == Some(32);
+        let checked_shaders = std::env::var("VIBRANT_CHECKED_SHADERS").is_ok_and(|v| v != "0");
+        // VIBRANT_COOP=0 keeps prompt matmuls off the tensor cores (for measurements).
+        let coop = std::env::var("VIBRANT_COOP").map_or(true, |v| v != "0")
+            && gpu.features.cooperative_matrix
+            && gpu.features.shader_f16
+            && subgroup_size == Some(32);
         Self {
             subgroup_size,
             team,
             matvec_wg,
             rows_per_team,
             fuse_norm,
+            checked_shaders,
             coop,
         }
     }
@@ -341,10 +348,23 @@ pub fn build(gpu: &super::device::Gpu, tuning: &Tuning, kernel: Kernel) -> Resul
     let device = &gpu.device;
     let module = gpu
         .scoped(&format!("compiling kernel {name}"), || {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(&name),
                 source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
-            })
+            };
+            if tuning.checked_shaders {
+                device.create_shader_module(desc)
+            } else {
+                // SAFETY: every index these kernels compute stays inside its buffer (the GPU
+                // tests compare every kernel, at awkward shapes, with the CPU) and every loop
+                // is bounded by its parameters; a kernel that still ran away is caught by the
+                // bounded wait. wgpu's per-access bounds checks and loop counters cost decode
+                // speed in the hottest loops.
+                unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            }
         })
         .map_err(|e| locate_shader_error(e, &starts))?;
     let mut entries = vec![wgpu::BindGroupLayoutEntry {
@@ -469,6 +489,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
+                checked_shaders: false,
                 coop: true,
             },
             Tuning {
@@ -477,6 +498,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
+                checked_shaders: false,
                 coop: false,
             },
             Tuning {
@@ -485,6 +507,7 @@ mod tests {
                 matvec_wg: 64,
                 rows_per_team: 2,
                 fuse_norm: true,
+                checked_shaders: false,
                 coop: false,
             },
             Tuning {
@@ -493,6 +516,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
+                checked_shaders: false,
                 coop: false,
             },
         ];

@@ -178,6 +178,11 @@ impl WgpuBackend {
         &self.gpu
     }
 
+    /// Whether prompt matmuls run on tensor cores (f16 inputs, f32 accumulation).
+    pub fn uses_tensor_cores(&self) -> bool {
+        self.tuning.coop
+    }
+
     fn new_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
