@@ -204,7 +204,8 @@ pub struct Tuning {
     pub rows_per_team: u32,
     /// Decode matvecs normalise their input themselves instead of a separate RMSNorm launch.
     pub fuse_norm: bool,
-    /// Keep wgpu's bounds checks and loop counters in the kernels (VIBRANT_CHECKED_SHADERS=1).
+    /// Keep wgpu's bounds checks and loop counters in the kernels; VIBRANT_UNCHECKED_SHADERS=1
+    /// drops them (for measurements: a kernel that reads past a buffer then goes unguarded).
     pub checked_shaders: bool,
     /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
     pub coop: bool,
@@ -237,7 +238,7 @@ impl Tuning {
             .unwrap_or(1);
         // VIBRANT_FUSE_NORM=0 keeps RMSNorm a launch of its own (for measurements).
         let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
-        let checked_shaders = std::env::var("VIBRANT_CHECKED_SHADERS").is_ok_and(|v| v != "0");
+        let checked_shaders = !std::env::var("VIBRANT_UNCHECKED_SHADERS").is_ok_and(|v| v != "0");
         // VIBRANT_COOP=0 keeps prompt matmuls off the tensor cores (for measurements).
         let coop = std::env::var("VIBRANT_COOP").map_or(true, |v| v != "0")
             && gpu.features.cooperative_matrix
@@ -355,11 +356,8 @@ pub fn build(gpu: &super::device::Gpu, tuning: &Tuning, kernel: Kernel) -> Resul
             if tuning.checked_shaders {
                 device.create_shader_module(desc)
             } else {
-                // SAFETY: every index these kernels compute stays inside its buffer (the GPU
-                // tests compare every kernel, at awkward shapes, with the CPU) and every loop
-                // is bounded by its parameters; a kernel that still ran away is caught by the
-                // bounded wait. wgpu's per-access bounds checks and loop counters cost decode
-                // speed in the hottest loops.
+                // SAFETY: only on request, to measure what wgpu's per-access bounds checks and
+                // loop counters cost; every loop here is bounded by its parameters.
                 unsafe {
                     device
                         .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
@@ -489,7 +487,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
-                checked_shaders: false,
+                checked_shaders: true,
                 coop: true,
             },
             Tuning {
@@ -498,7 +496,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
-                checked_shaders: false,
+                checked_shaders: true,
                 coop: false,
             },
             Tuning {
@@ -507,7 +505,7 @@ mod tests {
                 matvec_wg: 64,
                 rows_per_team: 2,
                 fuse_norm: true,
-                checked_shaders: false,
+                checked_shaders: true,
                 coop: false,
             },
             Tuning {
@@ -516,7 +514,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
-                checked_shaders: false,
+                checked_shaders: true,
                 coop: false,
             },
         ];
