@@ -43,3 +43,14 @@ fn copy_row(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         A[i] = B[p.offset + i];
     }
 }
+
+// A[i] = silu(B[2i]) * B[2i + 1]: SwiGLU over interleaved gate/up products (rows of B are
+// twice as wide as rows of A, so the flat indices line up).
+@compute @workgroup_size(256)
+fn swiglu_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i < p.len) {
+        let g = B[2u * i];
+        A[i] = g / (1.0 + exp(-g)) * B[2u * i + 1u];
+    }
+}

@@ -54,17 +54,16 @@ fn x4(t: u32, e: u32) -> vec4<f32> {
     return v;
 }
 
-// The 32 activations of chunk c of x[t] (normalised when asked), as 8 vectors.
-fn x32(t: u32, c: u32, scale: f32) -> array<vec4<f32>, 8> {
+// The 32 activations of chunk c of x[t] (times the norm weight when normalising), as 8 vectors.
+fn x32(t: u32, c: u32) -> array<vec4<f32>, 8> {
     let b = t * p.w_k / 4u + 8u * c;
     if (p.norm == 0u) {
         return array<vec4<f32>, 8>(X[b], X[b + 1u], X[b + 2u], X[b + 3u], X[b + 4u], X[b + 5u], X[b + 6u], X[b + 7u]);
     }
     let n = 8u * c;
     return array<vec4<f32>, 8>(
-        X[b] * NW[n] * scale, X[b + 1u] * NW[n + 1u] * scale, X[b + 2u] * NW[n + 2u] * scale,
-        X[b + 3u] * NW[n + 3u] * scale, X[b + 4u] * NW[n + 4u] * scale, X[b + 5u] * NW[n + 5u] * scale,
-        X[b + 6u] * NW[n + 6u] * scale, X[b + 7u] * NW[n + 7u] * scale);
+        X[b] * NW[n], X[b + 1u] * NW[n + 1u], X[b + 2u] * NW[n + 2u], X[b + 3u] * NW[n + 3u],
+        X[b + 4u] * NW[n + 4u], X[b + 5u] * NW[n + 5u], X[b + 6u] * NW[n + 6u], X[b + 7u] * NW[n + 7u]);
 }
 
 fn dot32(w: array<vec4<f32>, 8>, x: array<vec4<f32>, 8>) -> f32 {
@@ -96,20 +95,15 @@ fn inverse_rms(t: u32, li: u32) -> f32 {
     return inverseSqrt(total / f32(p.w_k) + p.eps);
 }
 
-@compute @workgroup_size({{WG}})
-fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) li: u32) {
+// The products of this thread's team's R rows with x[t], complete in the team's first lane.
+fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
     let lane = li % TEAM;
     let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
     let t = wid.z;
     var acc: array<f32, R>;
     if (p.w_k % 32u == 0u) {
-        var scale = 1.0;
-        if (p.norm != 0u) {
-            scale = inverse_rms(t, li);
-        }
         for (var c = lane; c < p.w_k / 32u; c += TEAM) {
-            let x = x32(t, c, scale);
+            let x = x32(t, c);
             for (var r = 0u; r < R; r++) {
                 if (row0 + r < p.rows) {
                     acc[r] += dot32(load32(row0 + r, c), x);
@@ -128,14 +122,44 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             }
         }
     }
+    // The norm's scale is common to the whole row: applied after the loop, so that the weight
+    // loads do not wait for the reduction over x.
+    var scale = 1.0;
+    if (p.norm != 0u) {
+        scale = inverse_rms(t, li);
+    }
+    var sums: array<f32, R>;
     for (var r = 0u; r < R; r++) {
-        let sum = team_sum(acc[r], li);
+        sums[r] = team_sum(acc[r], li) * scale;
+    }
+    return sums;
+}
+
+@compute @workgroup_size({{WG}})
+fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let sums = team_products(wid, nwg, li);
+    let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
+    for (var r = 0u; r < R; r++) {
         let row = row0 + r;
-        if (lane == 0u && row < p.rows) {
+        if (li % TEAM == 0u && row < p.rows) {
             let rg = p.row_start + row;
-            let y = t * p.y_stride + rg;
-            let value = sum + select(0.0, B[rg], p.has_bias != 0u);
+            let y = wid.z * p.y_stride + rg;
+            let value = sums[r] + select(0.0, B[rg], p.has_bias != 0u);
             Y[y] = select(value, Y[y] + value, p.accumulate != 0u);
         }
+    }
+}
+
+// SwiGLU feed-forward input: rows interleave gate and up (row 2i is gate i, 2i + 1 is up i),
+// so with R = 2 a team holds both and writes y[i] = silu(gate) * up.
+@compute @workgroup_size({{WG}})
+fn matvec_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let sums = team_products(wid, nwg, li);
+    let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
+    if (li % TEAM == 0u && row0 + 1u < p.rows) {
+        let g = sums[0];
+        Y[wid.z * p.y_stride + (p.row_start + row0) / 2u] = g / (1.0 + exp(-g)) * sums[1];
     }
 }

@@ -820,3 +820,73 @@ fn prompt_matmul_tiles_match_the_reference() {
         assert_close(&what, &got, &want, rows, |i| scale[i], tol);
     }
 }
+
+/// The feed-forward input: gate and up of one type are interleaved into one matrix (one decode
+/// pass writes SwiGLU; prompts go through tiles and a pairwise SwiGLU), of two types they stay
+/// apart. Against the CPU backend in its exact mode (float products of the same weights).
+#[test]
+fn gate_up_swiglu_matches_the_cpu() {
+    let mut rng = rng(31);
+    let mut gpu = gpu();
+    let mut cpu = CpuBackend::exact(2).expect("cpu");
+    let tol = if gpu.uses_tensor_cores() { 2e-3 } else { 1e-4 };
+    for (tg, tu) in [
+        (GgmlType::Q4K, GgmlType::Q4K),
+        (GgmlType::Q8_0, GgmlType::Q8_0),
+        (GgmlType::Q4K, GgmlType::Q6K),
+    ] {
+        let (rows, cols) = (ROWS, 512);
+        let (g, u) = (
+            Weights::random(&mut rng, tg, rows, cols),
+            Weights::random(&mut rng, tu, rows, cols),
+        );
+        let norm_w = random_values(&mut rng, cols, 1.0);
+        for n in [1, 9] {
+            let x = random_values(&mut rng, n * cols, 1.0);
+            let mut outs = Vec::new();
+            for on_gpu in [true, false] {
+                let got = if on_gpu {
+                    swiglu_on(&mut gpu, &g, &u, &norm_w, &x, n, rows)
+                } else {
+                    swiglu_on(&mut cpu, &g, &u, &norm_w, &x, n, rows)
+                };
+                outs.push(got);
+            }
+            let scale = max_abs(&outs[1]);
+            let what = format!("gate_up_swiglu {tg}/{tu} n={n}");
+            assert_close(&what, &outs[0], &to_f64(&outs[1]), rows, |_| scale, tol);
+        }
+    }
+}
+
+fn swiglu_on<B: Load>(
+    b: &mut B,
+    g: &Weights,
+    u: &Weights,
+    norm_w: &[f32],
+    x: &[f32],
+    n: usize,
+    rows: usize,
+) -> Vec<f32> {
+    let cols = g.cols;
+    let gate_up = b
+        .upload_gate_up(
+            "ffn",
+            (g.ty, WeightBytes::owned(g.bytes.clone())),
+            (u.ty, WeightBytes::owned(u.bytes.clone())),
+            rows,
+            cols,
+        )
+        .expect("upload");
+    let norm = b.upload_vector("norm", norm_w).expect("norm");
+    let xt = b.load("x", n, cols, x);
+    let nan = |len| vec![f32::NAN; len];
+    let normed = b.load("normed", n, cols, &nan(n * cols));
+    let (gate, up) = (
+        b.load("gate", n, rows, &nan(n * rows)),
+        b.load("up", n, rows, &nan(n * rows)),
+    );
+    let out = b.load("out", n, rows, &nan(n * rows));
+    b.norm_gate_up_swiglu(&xt, &norm, 1e-6, &normed, &gate_up, &gate, &up, &out, n);
+    read(b, &out, n)
+}

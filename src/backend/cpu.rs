@@ -84,6 +84,7 @@ impl Backend for CpuBackend {
     type Matrix = CpuMatrix;
     type Vector = CpuVector;
     type KvCache = CpuKvCache;
+    type GateUp = (CpuMatrix, CpuMatrix);
 
     fn describe(&self) -> String {
         let mode = if self.exact {
@@ -123,6 +124,43 @@ impl Backend for CpuBackend {
     fn upload_vector(&mut self, _name: &str, data: &[f32]) -> Result<CpuVector> {
         self.bytes_held += 4 * data.len() as u64;
         Ok(CpuVector(data.to_vec()))
+    }
+
+    fn upload_gate_up(
+        &mut self,
+        name: &str,
+        gate: (GgmlType, WeightBytes),
+        up: (GgmlType, WeightBytes),
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self::GateUp> {
+        Ok((
+            self.upload_matrix(&format!("{name} gate"), gate.0, rows, cols, gate.1)?,
+            self.upload_matrix(&format!("{name} up"), up.0, rows, cols, up.1)?,
+        ))
+    }
+
+    fn norm_gate_up_swiglu(
+        &mut self,
+        x: &CpuTensor,
+        norm: &CpuVector,
+        eps: f32,
+        normed: &CpuTensor,
+        (gate, up): &Self::GateUp,
+        gate_out: &CpuTensor,
+        up_out: &CpuTensor,
+        out: &CpuTensor,
+        n: usize,
+    ) {
+        self.norm_matmuls(
+            x,
+            norm,
+            eps,
+            normed,
+            &[(gate, None, gate_out), (up, None, up_out)],
+            n,
+        );
+        self.swiglu(gate_out, up_out, out, n);
     }
 
     fn tensor(&mut self, _name: &str, rows: usize, cols: usize) -> Result<CpuTensor> {

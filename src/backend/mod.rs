@@ -97,6 +97,8 @@ pub trait Backend {
     type Matrix;
     type Vector;
     type KvCache;
+    /// The gate and up projections of a SwiGLU feed-forward block.
+    type GateUp;
 
     /// A one-line description of the device, for logs and `--verbose`.
     fn describe(&self) -> String;
@@ -110,6 +112,16 @@ pub trait Backend {
         data: WeightBytes,
     ) -> Result<Self::Matrix>;
     fn upload_vector(&mut self, name: &str, data: &[f32]) -> Result<Self::Vector>;
+    /// Gate and up projections (`[rows, cols]` each), uploaded together so that a backend may
+    /// compute both in one pass.
+    fn upload_gate_up(
+        &mut self,
+        name: &str,
+        gate: (GgmlType, WeightBytes),
+        up: (GgmlType, WeightBytes),
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self::GateUp>;
     fn tensor(&mut self, name: &str, rows: usize, cols: usize) -> Result<Self::Tensor>;
     /// K and V for `n_layers` layers and `n_ctx` positions, `kv_width` values per position.
     fn kv_cache(&mut self, n_layers: usize, n_ctx: usize, kv_width: usize)
@@ -152,6 +164,21 @@ pub trait Backend {
             self.matmul(normed, w, *bias, out, n);
         }
     }
+    /// out = silu(rms_norm(x) · gateᵀ) * (rms_norm(x) · upᵀ): the feed-forward input. Backends
+    /// that cannot fuse go through `normed`, `gate_out` and `up_out`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_gate_up_swiglu(
+        &mut self,
+        x: &Self::Tensor,
+        norm: &Self::Vector,
+        eps: f32,
+        normed: &Self::Tensor,
+        gate_up: &Self::GateUp,
+        gate_out: &Self::Tensor,
+        up_out: &Self::Tensor,
+        out: &Self::Tensor,
+        n: usize,
+    );
     /// acc += x · wᵀ; backends that cannot fuse the add go through `scratch`.
     fn matmul_add(
         &mut self,

@@ -21,8 +21,7 @@ struct Layer<B: Backend> {
     bv: Option<B::Vector>,
     wo: B::Matrix,
     ffn_norm: B::Vector,
-    w_gate: B::Matrix,
-    w_up: B::Matrix,
+    gate_up: B::GateUp,
     w_down: B::Matrix,
 }
 
@@ -200,9 +199,17 @@ impl<B: Backend> Transformer<B> {
             b.matmul_add(&s.attn, &layer.wo, &s.x, &s.proj, n);
 
             // Feed-forward: x += W_down · (silu(W_gate · norm(x)) * W_up · norm(x))
-            let gate_up = [(&layer.w_gate, None, &s.gate), (&layer.w_up, None, &s.up)];
-            b.norm_matmuls(&s.x, &layer.ffn_norm, eps, &s.xn, &gate_up, n);
-            b.swiglu(&s.gate, &s.up, &s.hidden, n);
+            b.norm_gate_up_swiglu(
+                &s.x,
+                &layer.ffn_norm,
+                eps,
+                &s.xn,
+                &layer.gate_up,
+                &s.gate,
+                &s.up,
+                &s.hidden,
+                n,
+            );
             b.matmul_add(&s.hidden, &layer.w_down, &s.x, &s.proj, n);
         }
         if want_logits {
@@ -298,6 +305,33 @@ impl Loader<'_> {
         Ok(b.upload_matrix(name, info.ggml_type, rows, cols, data)?)
     }
 
+    /// Layer `i`'s feed-forward gate and up projections, `[rows, cols]` each.
+    fn gate_up<B: Backend>(
+        &self,
+        b: &mut B,
+        i: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<B::GateUp> {
+        let (gate, up) = (
+            format!("blk.{i}.ffn_gate.weight"),
+            format!("blk.{i}.ffn_up.weight"),
+        );
+        let g = self.require(&gate, &[cols, rows])?;
+        let u = self.require(&up, &[cols, rows])?;
+        let parts = (
+            (g.ggml_type, WeightBytes::new(self.file, g)),
+            (u.ggml_type, WeightBytes::new(self.file, u)),
+        );
+        Ok(b.upload_gate_up(
+            &format!("blk.{i}.ffn_gate_up"),
+            parts.0,
+            parts.1,
+            rows,
+            cols,
+        )?)
+    }
+
     /// A small vector (norm weight, bias), converted to f32 on the host.
     fn floats(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
         let Some(info) = self.info(name, &[len])? else {
@@ -344,8 +378,7 @@ impl Loader<'_> {
                 bv: self.vector(b, &t("attn_v.bias"), kv)?,
                 wo: self.matrix(b, &t("attn_output.weight"), d, q)?,
                 ffn_norm: self.required_vector(b, &t("ffn_norm.weight"), d)?,
-                w_gate: self.matrix(b, &t("ffn_gate.weight"), ff, d)?,
-                w_up: self.matrix(b, &t("ffn_up.weight"), ff, d)?,
+                gate_up: self.gate_up(b, i, ff, d)?,
                 w_down: self.matrix(b, &t("ffn_down.weight"), d, ff)?,
             });
         }

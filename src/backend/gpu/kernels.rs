@@ -45,6 +45,8 @@ pub enum Kernel {
     GetRows(GgmlType),
     Dequant(GgmlType),
     Matvec(GgmlType),
+    /// Matvec over interleaved gate/up rows, writing SwiGLU of each pair.
+    MatvecSwiglu(GgmlType),
     Matmul(GgmlType),
     /// The tensor-core matmul (cooperative matrices, f16 inputs, f32 accumulators).
     MatmulCoop(GgmlType),
@@ -55,6 +57,7 @@ pub enum Kernel {
     AttentionCombine,
     Add,
     Swiglu,
+    SwigluPairs,
     CopyRow,
     ArgmaxPartial,
     ArgmaxFinal,
@@ -76,6 +79,7 @@ impl Kernel {
             Self::GetRows(_) => "get_rows",
             Self::Dequant(_) => "dequant",
             Self::Matvec(_) => "matvec",
+            Self::MatvecSwiglu(_) => "matvec_swiglu",
             Self::Matmul(_) => "matmul",
             Self::MatmulCoop(_) => "matmul_coop",
             Self::RmsNorm => "rms_norm",
@@ -85,6 +89,7 @@ impl Kernel {
             Self::AttentionCombine => "attention_combine",
             Self::Add => "add",
             Self::Swiglu => "swiglu",
+            Self::SwigluPairs => "swiglu_pairs",
             Self::CopyRow => "copy_row",
             Self::ArgmaxPartial => "argmax_partial",
             Self::ArgmaxFinal => "argmax_final",
@@ -101,6 +106,7 @@ impl Kernel {
             Self::GetRows(t)
             | Self::Dequant(t)
             | Self::Matvec(t)
+            | Self::MatvecSwiglu(t)
             | Self::Matmul(t)
             | Self::MatmulCoop(t) => Some(t),
             _ => None,
@@ -113,6 +119,7 @@ impl Kernel {
             Self::GetRows(_) => (DEQUANT, "get_rows"),
             Self::Dequant(_) => (DEQUANT, "dequant"),
             Self::Matvec(_) => (MATVEC, "matvec"),
+            Self::MatvecSwiglu(_) => (MATVEC, "matvec_swiglu"),
             Self::Matmul(_) => (MATMUL, "matmul"),
             Self::MatmulCoop(_) => (MATMUL_COOP, "matmul_coop"),
             Self::RmsNorm => (NORM, "rms_norm"),
@@ -122,6 +129,7 @@ impl Kernel {
             Self::AttentionCombine => (ATTENTION, "attention_combine"),
             Self::Add => (ELEMENTWISE, "add"),
             Self::Swiglu => (ELEMENTWISE, "swiglu"),
+            Self::SwigluPairs => (ELEMENTWISE, "swiglu_pairs"),
             Self::CopyRow => (ELEMENTWISE, "copy_row"),
             Self::ArgmaxPartial => (REDUCE, "argmax_partial"),
             Self::ArgmaxFinal => (REDUCE, "argmax_final"),
@@ -138,14 +146,14 @@ impl Kernel {
             // The split kernels write partials (binding 5) instead of the output (binding 4).
             Self::AttentionSplit => return vec![(1, Read), (2, Read), (3, Read), (5, ReadWrite)],
             Self::AttentionCombine => return vec![(4, ReadWrite), (5, ReadWrite)],
-            Self::Matvec(_) => &[Read, Read, Read, ReadWrite, Read],
+            Self::Matvec(_) | Self::MatvecSwiglu(_) => &[Read, Read, Read, ReadWrite, Read],
             Self::Matmul(_) | Self::MatmulCoop(_) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
             Self::RopeStoreKv => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite],
             Self::Attention => &[Read, Read, Read, ReadWrite],
             Self::Add => &[ReadWrite, Read],
             Self::Swiglu => &[ReadWrite, Read, Read],
-            Self::CopyRow => &[ReadWrite, Read],
+            Self::CopyRow | Self::SwigluPairs => &[ReadWrite, Read],
             Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => &[ReadWrite, ReadWrite],
         };
         access
@@ -182,7 +190,7 @@ impl Kernel {
         let mut starts = Vec::new();
         for (file, text) in pieces {
             starts.push((file, source.lines().count() + 1));
-            source.push_str(&tuning.apply(text));
+            source.push_str(&tuning.apply(text, self));
             if !text.ends_with('\n') {
                 source.push('\n');
             }
@@ -235,7 +243,7 @@ impl Tuning {
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|r| (1..=8).contains(r))
-            .unwrap_or(1);
+            .unwrap_or(2);
         // VIBRANT_FUSE_NORM=0 keeps RMSNorm a launch of its own (for measurements).
         let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
         let checked_shaders = !std::env::var("VIBRANT_UNCHECKED_SHADERS").is_ok_and(|v| v != "0");
@@ -298,10 +306,15 @@ impl Tuning {
         }
     }
 
-    fn apply(&self, text: &str) -> String {
+    fn apply(&self, text: &str, kernel: Kernel) -> String {
+        // The SwiGLU matvec pairs a team's two rows.
+        let rows_per_team = match kernel {
+            Kernel::MatvecSwiglu(_) => 2,
+            _ => self.rows_per_team,
+        };
         text.replace("{{WG}}", &self.matvec_wg.to_string())
             .replace("{{TEAM}}", &self.team.to_string())
-            .replace("{{ROWS_PER_TEAM}}", &self.rows_per_team.to_string())
+            .replace("{{ROWS_PER_TEAM}}", &rows_per_team.to_string())
             .replace("{{TEAM_SUM}}", self.team_sum())
     }
 }
@@ -459,6 +472,7 @@ mod tests {
             Kernel::AttentionCombine,
             Kernel::Add,
             Kernel::Swiglu,
+            Kernel::SwigluPairs,
             Kernel::CopyRow,
             Kernel::ArgmaxPartial,
             Kernel::ArgmaxFinal,
@@ -469,6 +483,7 @@ mod tests {
                 Kernel::GetRows(t),
                 Kernel::Dequant(t),
                 Kernel::Matvec(t),
+                Kernel::MatvecSwiglu(t),
                 Kernel::Matmul(t),
                 Kernel::MatmulCoop(t),
             ]);

@@ -57,6 +57,13 @@ pub struct GpuMatrix {
     parts: Vec<MatrixPart>,
 }
 
+/// Gate and up projections: interleaved row by row in one matrix when they share a type (one
+/// pass computes both and SwiGLU), else apart.
+pub enum GpuGateUp {
+    Interleaved(GpuMatrix),
+    Separate(GpuMatrix, GpuMatrix),
+}
+
 pub struct GpuVector {
     buf: Arc<GpuBuf>,
 }
@@ -106,6 +113,19 @@ pub struct WgpuBackend {
     profiler: Option<profile::Profiler>,
     tuning: kernels::Tuning,
     partials: Option<Arc<GpuBuf>>,
+    pairs: Option<Arc<GpuBuf>>,
+}
+
+/// How a weight product is finished.
+#[derive(Clone, Copy, Default)]
+struct Product<'a> {
+    bias: Option<&'a GpuVector>,
+    /// Add to the output instead of overwriting it (the residual).
+    accumulate: bool,
+    /// RMS-normalise x (weight, epsilon) inside the decode kernel.
+    norm: Option<(&'a GpuVector, f32)>,
+    /// Rows interleave gate and up; write SwiGLU of each pair.
+    swiglu: bool,
 }
 
 /// Keys and values read by attention for n queries at `pos..`, and its multiply-adds.
@@ -171,6 +191,7 @@ impl WgpuBackend {
             profiler: None,
             tuning,
             partials: None,
+            pairs: None,
         })
     }
 
@@ -460,24 +481,38 @@ impl WgpuBackend {
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
-    /// out = x · wᵀ (+ bias), or out += x · wᵀ when `accumulate`; with `norm`, x is
-    /// RMS-normalised inside the decode kernel (only for single-token steps).
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
-        &mut self,
-        x: &GpuTensor,
-        w: &GpuMatrix,
-        bias: Option<&GpuVector>,
-        out: &GpuTensor,
-        n: usize,
-        accumulate: bool,
-        norm: Option<(&GpuVector, f32)>,
-    ) {
-        assert_eq!((x.cols, out.cols), (w.cols, w.rows), "{}: shape", w.name);
-        let bias_buf = bias.map_or_else(|| self.dummy.clone(), |b| b.buf.clone());
-        let norm_buf = norm.map_or_else(|| self.dummy.clone(), |(v, _)| v.buf.clone());
+    /// A `[n, width]` scratch tensor for interleaved gate/up products, grown as needed.
+    fn swiglu_scratch(&mut self, n: usize, width: usize) -> Result<GpuTensor> {
+        let bytes = (n * width * 4) as u64;
+        if self.pairs.as_ref().is_none_or(|b| b.buffer.size() < bytes) {
+            self.pairs = Some(self.storage("gate/up products", bytes)?);
+        }
+        let buf = self.pairs.clone().expect("allocated above");
+        Ok(GpuTensor {
+            buf,
+            rows: n,
+            cols: width,
+        })
+    }
+
+    /// out = x · wᵀ, as `how` says: plus a bias, added to out, with x RMS-normalised inside
+    /// the decode kernel, or SwiGLU over interleaved gate/up rows.
+    fn linear(&mut self, x: &GpuTensor, w: &GpuMatrix, out: &GpuTensor, n: usize, how: Product) {
+        let out_cols = if how.swiglu { w.rows / 2 } else { w.rows };
+        assert_eq!((x.cols, out.cols), (w.cols, out_cols), "{}: shape", w.name);
+        let bias_buf = how
+            .bias
+            .map_or_else(|| self.dummy.clone(), |b| b.buf.clone());
+        let norm_buf = how
+            .norm
+            .map_or_else(|| self.dummy.clone(), |(v, _)| v.buf.clone());
         // Decoding streams the weights once per token; prompts go through tiles.
         let tiled = n >= 8;
+        assert!(
+            !(tiled && (how.swiglu || how.norm.is_some())),
+            "{}: fused prompt product",
+            w.name
+        );
         for part in &w.parts {
             let params = MatvecParams {
                 w_k: w.cols as u32,
@@ -485,12 +520,12 @@ impl WgpuBackend {
                 w_scales: part.layout.scales_offset,
                 rows: part.rows,
                 row_start: part.row_start,
-                y_stride: w.rows as u32,
-                has_bias: bias.is_some() as u32,
+                y_stride: out_cols as u32,
+                has_bias: how.bias.is_some() as u32,
                 n_tokens: n as u32,
-                accumulate: accumulate as u32,
-                norm: norm.is_some() as u32,
-                eps: norm.map_or(0.0, |(_, eps)| eps),
+                accumulate: how.accumulate as u32,
+                norm: how.norm.is_some() as u32,
+                eps: how.norm.map_or(0.0, |(_, eps)| eps),
             };
             let cost = Cost {
                 bytes: part.buf.buffer.size() + (n * (w.cols + w.rows) * 4) as u64,
@@ -505,12 +540,81 @@ impl WgpuBackend {
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             } else {
-                let (gx, gy) = grid(part.rows.div_ceil(self.tuning.matvec_rows()) as u64);
+                let rows_per_group = match how.swiglu {
+                    true => self.tuning.matvec_wg / self.tuning.team * 2,
+                    false => self.tuning.matvec_rows(),
+                };
+                let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf];
                 let groups = (gx, gy, n as u32);
-                self.dispatch(Kernel::Matvec(w.ggml_type), &params, &buffers, groups, cost);
+                let kernel = match how.swiglu {
+                    true => Kernel::MatvecSwiglu(w.ggml_type),
+                    false => Kernel::Matvec(w.ggml_type),
+                };
+                self.dispatch(kernel, &params, &buffers, groups, cost);
             }
         }
+    }
+
+    /// Uploads `rows` rows of a weight matrix, in parts that fit one binding each; a part
+    /// boundary falls on a multiple of `row_multiple` rows (interleaved pairs stay together).
+    fn upload_rows(
+        &mut self,
+        name: &str,
+        ggml_type: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+        row_multiple: usize,
+    ) -> Result<GpuMatrix> {
+        let row_bytes = bytes.len() / rows;
+        let limit = self.gpu.options.max_weight_part.unwrap_or(u64::MAX);
+        let max_rows = (self.max_binding().min(limit) / row_bytes as u64) as usize / row_multiple
+            * row_multiple;
+        if max_rows == 0 {
+            return Err(BackendError::Unsupported(format!(
+                "{name}: one row takes {row_bytes} bytes, more than {} can bind",
+                self.gpu.info.name
+            )));
+        }
+        let mut parts = Vec::new();
+        for row_start in (0..rows).step_by(max_rows) {
+            let n = max_rows.min(rows - row_start);
+            let chunk = &bytes[row_start * row_bytes..(row_start + n) * row_bytes];
+            let (layout, words) = layout::repack(ggml_type, cols, chunk);
+            let buf = self.storage_init(name, bytemuck::cast_slice(&words))?;
+            parts.push(MatrixPart {
+                buf,
+                row_start: row_start as u32,
+                rows: n as u32,
+                layout,
+            });
+        }
+        let kernels = [
+            Kernel::Matvec(ggml_type),
+            Kernel::Matmul(ggml_type),
+            Kernel::GetRows(ggml_type),
+        ];
+        for k in kernels {
+            self.pipeline(k)?;
+        }
+        if self.tuning.coop {
+            // An experimental wgpu feature: if its kernel does not build here, use the FMA one.
+            if let Err(e) = self.pipeline(Kernel::MatmulCoop(ggml_type)) {
+                eprintln!(
+                    "warning: tensor-core matmul unavailable on {} ({e}); using the FMA kernel",
+                    self.gpu.info.name
+                );
+                self.tuning.coop = false;
+            }
+        }
+        Ok(GpuMatrix {
+            name: name.to_string(),
+            ggml_type,
+            rows,
+            cols,
+            parts,
+        })
     }
 
     /// The scratch for split attention's partial results, grown to `bytes`.
@@ -655,6 +759,7 @@ impl Backend for WgpuBackend {
     type Matrix = GpuMatrix;
     type Vector = GpuVector;
     type KvCache = GpuKvCache;
+    type GateUp = GpuGateUp;
 
     fn describe(&self) -> String {
         format!("{}; {}", self.gpu.describe(), self.tuning.describe())
@@ -668,54 +773,96 @@ impl Backend for WgpuBackend {
         cols: usize,
         data: WeightBytes,
     ) -> Result<GpuMatrix> {
-        let bytes = data.bytes();
-        let row_bytes = bytes.len() / rows;
-        let limit = self.gpu.options.max_weight_part.unwrap_or(u64::MAX);
-        let max_rows = (self.max_binding().min(limit) / row_bytes as u64) as usize;
-        if max_rows == 0 {
-            return Err(BackendError::Unsupported(format!(
-                "{name}: one row takes {row_bytes} bytes, more than {} can bind",
-                self.gpu.info.name
-            )));
+        self.upload_rows(name, ggml_type, rows, cols, data.bytes(), 1)
+    }
+
+    fn upload_gate_up(
+        &mut self,
+        name: &str,
+        gate: (GgmlType, WeightBytes),
+        up: (GgmlType, WeightBytes),
+        rows: usize,
+        cols: usize,
+    ) -> Result<GpuGateUp> {
+        if gate.0 != up.0 {
+            return Ok(GpuGateUp::Separate(
+                self.upload_matrix(&format!("{name} gate"), gate.0, rows, cols, gate.1)?,
+                self.upload_matrix(&format!("{name} up"), up.0, rows, cols, up.1)?,
+            ));
         }
-        let mut parts = Vec::new();
-        for row_start in (0..rows).step_by(max_rows) {
-            let n = max_rows.min(rows - row_start);
-            let chunk = &bytes[row_start * row_bytes..(row_start + n) * row_bytes];
-            let (layout, words) = layout::repack(ggml_type, cols, chunk);
-            let buf = self.storage_init(name, bytemuck::cast_slice(&words))?;
-            parts.push(MatrixPart {
-                buf,
-                row_start: row_start as u32,
-                rows: n as u32,
-                layout,
-            });
+        let (g, u) = (gate.1.bytes(), up.1.bytes());
+        let row_bytes = g.len() / rows;
+        let mut both = Vec::with_capacity(2 * g.len());
+        for (gr, ur) in g.chunks_exact(row_bytes).zip(u.chunks_exact(row_bytes)) {
+            both.extend_from_slice(gr);
+            both.extend_from_slice(ur);
         }
-        let kernels = [
-            Kernel::Matvec(ggml_type),
-            Kernel::Matmul(ggml_type),
-            Kernel::GetRows(ggml_type),
-        ];
-        for k in kernels {
-            self.pipeline(k)?;
-        }
-        if self.tuning.coop {
-            // An experimental wgpu feature: if its kernel does not build here, use the FMA one.
-            if let Err(e) = self.pipeline(Kernel::MatmulCoop(ggml_type)) {
-                eprintln!(
-                    "warning: tensor-core matmul unavailable on {} ({e}); using the FMA kernel",
-                    self.gpu.info.name
-                );
-                self.tuning.coop = false;
-            }
-        }
-        Ok(GpuMatrix {
-            name: name.to_string(),
-            ggml_type,
-            rows,
+        self.pipeline(Kernel::MatvecSwiglu(gate.0))?;
+        self.pipeline(Kernel::SwigluPairs)?;
+        Ok(GpuGateUp::Interleaved(self.upload_rows(
+            name,
+            gate.0,
+            2 * rows,
             cols,
-            parts,
-        })
+            &both,
+            2,
+        )?))
+    }
+
+    fn norm_gate_up_swiglu(
+        &mut self,
+        x: &GpuTensor,
+        norm: &GpuVector,
+        eps: f32,
+        normed: &GpuTensor,
+        gate_up: &GpuGateUp,
+        gate_out: &GpuTensor,
+        up_out: &GpuTensor,
+        out: &GpuTensor,
+        n: usize,
+    ) {
+        let both = match gate_up {
+            GpuGateUp::Separate(gate, up) => {
+                self.norm_matmuls(
+                    x,
+                    norm,
+                    eps,
+                    normed,
+                    &[(gate, None, gate_out), (up, None, up_out)],
+                    n,
+                );
+                return self.swiglu(gate_out, up_out, out, n);
+            }
+            GpuGateUp::Interleaved(both) => both,
+        };
+        if n < 8 {
+            let fuse_norm = self.tuning.fuse_norm && both.cols % 32 == 0;
+            if !fuse_norm {
+                self.rms_norm(x, norm, eps, normed, n);
+            }
+            let how = Product {
+                norm: fuse_norm.then_some((norm, eps)),
+                swiglu: true,
+                ..Product::default()
+            };
+            return self.linear(if fuse_norm { x } else { normed }, both, out, n, how);
+        }
+        // Prompts: all products into a scratch twice as wide, then SwiGLU over the pairs.
+        self.rms_norm(x, norm, eps, normed, n);
+        let pairs = match self.swiglu_scratch(n, both.rows) {
+            Ok(t) => t,
+            Err(e) => {
+                self.failed = true;
+                return self.gpu.report(e);
+            }
+        };
+        self.linear(normed, both, &pairs, n, Product::default());
+        self.elementwise(
+            Kernel::SwigluPairs,
+            n * out.cols,
+            0,
+            &[&out.buf, &pairs.buf],
+        );
     }
 
     fn upload_vector(&mut self, name: &str, data: &[f32]) -> Result<GpuVector> {
@@ -807,7 +954,16 @@ impl Backend for WgpuBackend {
         out: &GpuTensor,
         n: usize,
     ) {
-        self.linear(x, w, bias, out, n, false, None);
+        self.linear(
+            x,
+            w,
+            out,
+            n,
+            Product {
+                bias,
+                ..Product::default()
+            },
+        );
     }
 
     fn norm_matmuls(
@@ -824,12 +980,26 @@ impl Backend for WgpuBackend {
         if n > 1 || !self.tuning.fuse_norm || products.iter().any(|(w, ..)| w.cols % 32 != 0) {
             self.rms_norm(x, norm, eps, normed, n);
             for (w, bias, out) in products {
-                self.linear(normed, w, *bias, out, n, false, None);
+                self.linear(
+                    normed,
+                    w,
+                    out,
+                    n,
+                    Product {
+                        bias: *bias,
+                        ..Product::default()
+                    },
+                );
             }
             return;
         }
         for (w, bias, out) in products {
-            self.linear(x, w, *bias, out, n, false, Some((norm, eps)));
+            let how = Product {
+                bias: *bias,
+                norm: Some((norm, eps)),
+                ..Product::default()
+            };
+            self.linear(x, w, out, n, how);
         }
     }
 
@@ -841,7 +1011,11 @@ impl Backend for WgpuBackend {
         _scratch: &GpuTensor,
         n: usize,
     ) {
-        self.linear(x, w, None, acc, n, true, None);
+        let how = Product {
+            accumulate: true,
+            ..Product::default()
+        };
+        self.linear(x, w, acc, n, how);
     }
 
     fn add(&mut self, acc: &GpuTensor, x: &GpuTensor, n: usize) {
