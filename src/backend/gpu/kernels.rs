@@ -244,8 +244,9 @@ impl Tuning {
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|r| (1..=8).contains(r))
             .unwrap_or(2);
-        // VIBRANT_FUSE_NORM=0 keeps RMSNorm a launch of its own (for measurements).
-        let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
+        // VIBRANT_FUSE_NORM=1 normalises inside the decode matvecs instead of in a launch of its
+        // own. Off by default: on the H100 it saved launches but cost more (BENCHMARKS.md).
+        let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").is_ok_and(|v| v != "0");
         let checked_shaders = !std::env::var("VIBRANT_UNCHECKED_SHADERS").is_ok_and(|v| v != "0");
         // VIBRANT_COOP=0 keeps prompt matmuls off the tensor cores (for measurements).
         let coop = std::env::var("VIBRANT_COOP").map_or(true, |v| v != "0")
