@@ -133,3 +133,18 @@ fn smollm2_on_the_gpu_matches_the_cpu() {
         12,
     );
 }
+
+/// Qwen2.5-Coder 0.5B (mostly Q5_0) and 1.5B (Q4_K/Q6_K): 32 greedy tokens of three prompts,
+/// GPU against CPU. Minutes on lavapipe, so outside the default run:
+/// `cargo test --release --test real_models -- --ignored`.
+#[test]
+#[ignore = "slow on lavapipe; run with --ignored"]
+fn qwen_coder_on_the_gpu_matches_the_cpu() {
+    let prompts = [
+        "What is the capital of France?",
+        "Write a Python function that returns the factorial of n.",
+        "Explain what a hash map is in one sentence.",
+    ];
+    gpu_matches_cpu("qwen2.5-coder-0.5b", &prompts, 32);
+    gpu_matches_cpu("qwen2.5-coder-1.5b-q4", &prompts, 32);
+}

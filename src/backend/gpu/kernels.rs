@@ -552,3 +552,24 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn shader_errors_name_the_file_and_line() {
+        let starts = [
+            ("common.wgsl", 1),
+            ("quant_k.wgsl", 40),
+            ("matvec.wgsl", 200),
+        ];
+        let e = BackendError::Gpu {
+            stage: "compiling kernel matvec_q4_k".into(),
+            message: "error: unknown identifier\n  ┌─ wgsl:205:9".into(),
+        };
+        let e = locate_shader_error(e, &starts).to_string();
+        assert!(e.contains("shaders/matvec.wgsl:6"), "{e}");
+        assert!(e.contains("compiling kernel matvec_q4_k"), "{e}");
+    }
+}
