@@ -1,6 +1,6 @@
 // Matrix-matrix products Y = X · Wᵀ (+ bias), or Y += X · Wᵀ, on cooperative matrices (tensor
-// cores): 16×16×16 f16 products accumulated in f32. A workgroup of four subgroups computes a
-// tile of 64 tokens × 64 weight rows; per step of 32 along the rows, the weight tile is decoded
+// cores): 16×16×16 f16 products accumulated in f32. A workgroup of eight subgroups computes a
+// tile of 64 tokens × 128 weight rows; per step of 32 along the rows, the weight tile is decoded
 // to f16 in workgroup memory and the activations tile converted beside it. Results go through
 // workgroup memory (a constant stride: naga cannot store with a runtime stride) so the epilogue
 // can apply bounds, bias and the residual add.
@@ -18,7 +18,7 @@ struct Params {
 }
 
 const BM: u32 = 64u;
-const BN: u32 = 64u;
+const BN: u32 = 128u;
 const BK: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,23 +33,26 @@ var<workgroup> w_tile: array<f16, BN * BK>;
 // [token][weight row].
 var<workgroup> y_tile: array<f32, BM * BN>;
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(256)
 fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32,
                @builtin(subgroup_id) sg: u32) {
     let tok0 = wid.y * BM;
     let row0 = wid.x * BN;
-    // Loading: thread li stages 16 elements (two groups of 8) of token / weight row li / 2.
+    // Loading: thread li decodes 16 weights (two groups of 8) of weight row li / 2, and
+    // stages 8 activations of token li / 4.
     let r = li / 2u;
     let half = li % 2u;
+    let xr = li / 4u;
+    let quarter = li % 4u;
     // Computing: subgroup sg owns tokens sm * 32.. and weight rows sn * 32.. of the tile.
-    let sm = sg / 2u;
-    let sn = sg % 2u;
+    let sm = sg / 4u;
+    let sn = sg % 4u;
     var acc00 = coop_mat16x16<f32, C>();
     var acc01 = coop_mat16x16<f32, C>();
     var acc10 = coop_mat16x16<f32, C>();
     var acc11 = coop_mat16x16<f32, C>();
     let row = row0 + r;
-    let tok = tok0 + r;
+    let tok = tok0 + xr;
     for (var k0 = 0u; k0 < p.w_k; k0 += BK) {
         let g = k0 / 8u + 2u * half;
         let kt = r * BK + 16u * half;
@@ -58,15 +61,23 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             if (row < p.rows && (g + j) * 8u < p.w_k) {
                 w = load8(row, g + j);
             }
-            for (var i = 0u; i < 8u; i++) {
-                w_tile[kt + 8u * j + i] = f16(w[i / 4u][i % 4u]);
-                let e = (g + j) * 8u + i;
-                var x = 0.0;
-                if (tok < p.n_tokens && e < p.w_k) {
-                    x = X[tok * p.w_k + e];
-                }
-                x_tile[kt + 8u * j + i] = f16(x);
+            w_tile[kt + 8u * j] = f16(w[0].x);
+            w_tile[kt + 8u * j + 1u] = f16(w[0].y);
+            w_tile[kt + 8u * j + 2u] = f16(w[0].z);
+            w_tile[kt + 8u * j + 3u] = f16(w[0].w);
+            w_tile[kt + 8u * j + 4u] = f16(w[1].x);
+            w_tile[kt + 8u * j + 5u] = f16(w[1].y);
+            w_tile[kt + 8u * j + 6u] = f16(w[1].z);
+            w_tile[kt + 8u * j + 7u] = f16(w[1].w);
+        }
+        let e0 = k0 + 8u * quarter;
+        let xt = xr * BK + 8u * quarter;
+        for (var i = 0u; i < 8u; i++) {
+            var x = 0.0;
+            if (tok < p.n_tokens && e0 + i < p.w_k) {
+                x = X[tok * p.w_k + e0 + i];
             }
+            x_tile[xt + i] = f16(x);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += 16u) {
@@ -87,7 +98,7 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     coopStoreT(acc10, &y_tile[c + 16u * BN], BN);
     coopStoreT(acc11, &y_tile[c + 16u * BN + 16u], BN);
     workgroupBarrier();
-    for (var i = li; i < BM * BN; i += 128u) {
+    for (var i = li; i < BM * BN; i += 256u) {
         let t = tok0 + i / BN;
         let rl = row0 + i % BN;
         if (t < p.n_tokens && rl < p.rows) {

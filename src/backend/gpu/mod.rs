@@ -536,7 +536,9 @@ impl WgpuBackend {
                     true => Kernel::MatmulCoop(w.ggml_type),
                     false => Kernel::Matmul(w.ggml_type),
                 };
-                let groups = (part.rows.div_ceil(64), (n as u32).div_ceil(64), 1);
+                // Tiles of 64 tokens × 64 rows (FMA) or × 128 rows (tensor cores).
+                let tile_rows = if self.tuning.coop { 128 } else { 64 };
+                let groups = (part.rows.div_ceil(tile_rows), (n as u32).div_ceil(64), 1);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             } else {
