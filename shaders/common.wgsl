@@ -24,3 +24,22 @@ fn bits4(w: u32, first: u32) -> vec4<u32> {
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
+
+// Parameters of every weight product (matvec, matmul): the weight layout (row length, blocks
+// per row, where the scales start), which rows this dispatch covers, and how to finish.
+struct ProductParams {
+    w_k: u32,
+    w_bpr: u32,
+    w_scales: u32,
+    rows: u32,
+    row_start: u32,
+    // Width of a y row (all rows of the whole matrix).
+    y_stride: u32,
+    has_bias: u32,
+    n_tokens: u32,
+    // 1: add to y (the residual) instead of overwriting it.
+    accumulate: u32,
+    // 1: x is RMS-normalised on the fly (matvec: weight NW, epsilon eps).
+    norm: u32,
+    eps: f32,
+}

@@ -5,23 +5,11 @@
 // workgroup memory (a constant stride: naga cannot store with a runtime stride) so the epilogue
 // can apply bounds, bias and the residual add.
 
-struct Params {
-    w_k: u32,
-    w_bpr: u32,
-    w_scales: u32,
-    rows: u32,
-    row_start: u32,
-    y_stride: u32,
-    has_bias: u32,
-    n_tokens: u32,
-    accumulate: u32,
-}
-
 const BM: u32 = 64u;
 const BN: u32 = 128u;
 const BK: u32 = 32u;
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> p: ProductParams;
 @group(0) @binding(1) var<storage, read> W: array<u32>;
 @group(0) @binding(2) var<storage, read> X: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;

@@ -5,22 +5,6 @@
 // row length is not a multiple of 32). With `norm`, x is RMS-normalised on the fly.
 // Teams reduce with subgroup operations where the device has them, else in workgroup memory.
 
-struct Params {
-    w_k: u32,
-    w_bpr: u32,
-    w_scales: u32,
-    rows: u32,
-    row_start: u32,
-    // Width of a y row (all rows of the whole matrix).
-    y_stride: u32,
-    has_bias: u32,
-    n_tokens: u32,
-    accumulate: u32,
-    // 1: x is RMS-normalised on the fly (weight NW, epsilon eps) before the product.
-    norm: u32,
-    eps: f32,
-}
-
 const WG: u32 = {{WG}}u;
 const TEAM: u32 = {{TEAM}}u;
 const TEAMS: u32 = WG / TEAM;
@@ -28,7 +12,7 @@ const R: u32 = {{ROWS_PER_TEAM}}u;
 // Weight rows per workgroup.
 const ROWS: u32 = TEAMS * R;
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> p: ProductParams;
 @group(0) @binding(1) var<storage, read> W: array<u32>;
 @group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> B: array<f32>;

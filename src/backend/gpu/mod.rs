@@ -116,6 +116,21 @@ pub struct WgpuBackend {
     pairs: Option<Arc<GpuBuf>>,
 }
 
+/// A storage buffer the kernels read and write, and the host copies to and from.
+fn storage_buffer(gpu: &Gpu, id: u64, label: &str, size: u64) -> Result<Arc<GpuBuf>> {
+    let buffer = gpu.scoped(&format!("allocating {label}"), || {
+        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    })?;
+    Ok(Arc::new(GpuBuf { id, buffer }))
+}
+
 /// How a weight product is finished.
 #[derive(Clone, Copy, Default)]
 struct Product<'a> {
@@ -152,19 +167,7 @@ impl WgpuBackend {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let small = |id: u64, label: &str, size: u64| -> Result<Arc<GpuBuf>> {
-            let buffer = gpu.scoped(&format!("allocating {label}"), || {
-                gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            })?;
-            Ok(Arc::new(GpuBuf { id, buffer }))
-        };
+        let small = |id: u64, label: &str, size: u64| storage_buffer(&gpu, id, label, size);
         const FIRST_TOKENS: usize = 256;
         let tokens = small(1, "tokens", 4 * FIRST_TOKENS as u64)?;
         let result = small(2, "argmax result", 8 * (ARGMAX_GROUPS as u64 + 1))?;
@@ -212,21 +215,10 @@ impl WgpuBackend {
     fn storage(&mut self, label: &str, size: u64) -> Result<Arc<GpuBuf>> {
         self.check_size(label, size)?;
         let size = size.next_multiple_of(4).max(16);
-        let buffer = self.gpu.scoped(&format!("allocating {label}"), || {
-            self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        })?;
+        let id = self.new_id();
+        let buf = storage_buffer(&self.gpu, id, label, size)?;
         self.bytes_allocated += size;
-        Ok(Arc::new(GpuBuf {
-            id: self.new_id(),
-            buffer,
-        }))
+        Ok(buf)
     }
 
     fn storage_init(&mut self, label: &str, contents: &[u8]) -> Result<Arc<GpuBuf>> {
@@ -514,7 +506,7 @@ impl WgpuBackend {
             w.name
         );
         for part in &w.parts {
-            let params = MatvecParams {
+            let params = ProductParams {
                 w_k: w.cols as u32,
                 w_bpr: part.layout.blocks_per_row,
                 w_scales: part.layout.scales_offset,
@@ -694,9 +686,10 @@ impl DequantParams {
     }
 }
 
+/// shaders/common.wgsl's ProductParams, field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct MatvecParams {
+struct ProductParams {
     w_k: u32,
     w_bpr: u32,
     w_scales: u32,
