@@ -139,17 +139,24 @@ fn smollm2_on_the_gpu_matches_the_cpu() {
     );
 }
 
-/// Qwen2.5-Coder 0.5B (mostly Q5_0) and 1.5B (Q4_K/Q6_K): 32 greedy tokens of three prompts,
-/// GPU against CPU. Minutes on lavapipe, so outside the default run:
+const CODER_PROMPTS: [&str; 3] = [
+    "What is the capital of France?",
+    "Write a Python function that returns the factorial of n.",
+    "Explain what a hash map is in one sentence.",
+];
+
+/// Qwen2.5-Coder 0.5B (mostly Q5_0): 32 greedy tokens of three prompts, GPU against CPU.
+/// Minutes on lavapipe, so outside the default run:
 /// `cargo test --release --test real_models -- --ignored`.
 #[test]
 #[ignore = "slow on lavapipe; run with --ignored"]
-fn qwen_coder_on_the_gpu_matches_the_cpu() {
-    let prompts = [
-        "What is the capital of France?",
-        "Write a Python function that returns the factorial of n.",
-        "Explain what a hash map is in one sentence.",
-    ];
-    gpu_matches_cpu("qwen2.5-coder-0.5b", &prompts, 32);
-    gpu_matches_cpu("qwen2.5-coder-1.5b-q4", &prompts, 32);
+fn qwen_coder_0_5b_on_the_gpu_matches_the_cpu() {
+    gpu_matches_cpu("qwen2.5-coder-0.5b", &CODER_PROMPTS, 32);
+}
+
+/// Qwen2.5-Coder 1.5B (Q4_K/Q6_K), likewise.
+#[test]
+#[ignore = "slow on lavapipe; run with --ignored"]
+fn qwen_coder_1_5b_on_the_gpu_matches_the_cpu() {
+    gpu_matches_cpu("qwen2.5-coder-1.5b-q4", &CODER_PROMPTS, 32);
 }
