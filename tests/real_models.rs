@@ -83,11 +83,11 @@ fn gpu_matches_cpu(name: &str, prompts: &[&str], steps: usize) {
     let mut cpu = Transformer::load(&file, CpuBackend::exact(0).unwrap(), &options()).unwrap();
     let mut fast = Transformer::load(&file, CpuBackend::new(0).unwrap(), &options()).unwrap();
     // Lavapipe on a busy 2-core machine can take minutes for a 1.5B prompt step.
-    let options = GpuOptions {
+    let gpu_options = GpuOptions {
         timeout: std::time::Duration::from_secs(900),
         ..GpuOptions::default()
     };
-    let gpu_backend = WgpuBackend::new(options)
+    let gpu_backend = WgpuBackend::new(gpu_options)
         .expect("no GPU adapter: install mesa-vulkan-drivers (lavapipe) to run GPU tests");
     let mut gpu = Transformer::load(&file, gpu_backend, &options()).unwrap();
     for prompt in prompts {
