@@ -112,7 +112,9 @@ impl<B: Backend> Session<B> {
         options: &GenerateOptions,
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation, GenerateError> {
-        self.model.check_room(0)?;
+        if prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
         if prompt.len() > self.model.n_ctx() {
             return Err(ContextFull {
                 needed: prompt.len(),
