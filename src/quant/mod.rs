@@ -4,7 +4,9 @@
 //! A weight row is dotted with an activation vector prepared once per vector by
 //! [`quantize_acts`] in the row type's [`GgmlType::act_format`]; inside each block the
 //! products are summed in integers, as ggml's `vec_dot_*_q8_*` do. On x86-64 CPUs with AVX2
-//! and FMA the dot kernels run as a second compilation for those features, chosen at run time.
+//! and FMA the dot kernels run as a second compilation for those features, chosen at run time,
+//! and [`mat_mul`] of the block types runs hand-written kernels that decode each weight block
+//! once for several tokens.
 
 mod acts;
 mod blocks;
@@ -15,6 +17,8 @@ mod legacy;
 mod q2k_q3k;
 mod q4k_q5k;
 mod q6k;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod types;
 
 pub use acts::{quantize_acts, ActFormat};
@@ -178,29 +182,108 @@ pub fn vec_dot(ty: GgmlType, row: &[u8], acts: &[u8], n: usize) -> f32 {
     vec_dot_with::<false>(ty, row, acts)
 }
 
-/// `out[r]` = [`vec_dot`] of row r of the `out.len()` consecutive rows of `n` elements in `rows`.
+/// `out[r]` = [`vec_dot`] of row r of the `out.len()` consecutive rows of `n` elements in `rows`
+/// (to float rounding, as [`mat_mul`]).
 ///
 /// # Panics
-/// As [`vec_dot`], or when `rows` does not hold exactly `out.len()` rows.
+/// As [`mat_mul`].
 pub fn mat_vec(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]) {
-    let row_bytes = check_dot_args(ty, acts, n);
-    assert_eq!(
-        Some(rows.len()),
-        row_bytes.checked_mul(out.len()),
-        "mat_vec: {ty} weights of {} bytes are not {} rows of {n} elements",
-        rows.len(),
-        out.len()
+    mat_mul(ty, rows, n, acts, out)
+}
+
+/// The products of consecutive weight rows of `n` elements with several activation vectors:
+/// `acts` holds `n_tokens` vectors prepared by [`quantize_acts`] one after the other, and
+/// `out[r * n_tokens + t]` becomes [`vec_dot`] of row r with vector t, to float rounding (the
+/// per-block sums may be added in another order). Each weight block is decoded once for
+/// several tokens, which is what makes prompt processing fast.
+///
+/// # Panics
+/// When `acts` is not a whole, non-zero number of activation vectors of `n` elements, or
+/// `rows` is not `out.len() / n_tokens` rows: all come from tensors whose shapes the model
+/// loader has checked, so a mismatch is a bug in the caller.
+pub fn mat_mul(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]) {
+    let row_bytes = ty.row_bytes(n).unwrap_or_else(|e| panic!("mat_mul: {e}"));
+    let format = ty.act_format();
+    let act_bytes = format.bytes_for(n).expect("whole blocks, as the row");
+    assert!(
+        act_bytes > 0 && !acts.is_empty() && acts.len().is_multiple_of(act_bytes),
+        "mat_mul: {} bytes are not whole activation vectors of {n} values in {format:?}",
+        acts.len()
     );
-    if row_bytes == 0 {
-        out.fill(0.0);
-        return;
+    let n_tokens = acts.len() / act_bytes;
+    assert!(
+        out.len().is_multiple_of(n_tokens)
+            && Some(rows.len()) == row_bytes.checked_mul(out.len() / n_tokens),
+        "mat_mul: {ty} weights of {} bytes are not {} rows of {n} elements",
+        rows.len(),
+        out.len() / n_tokens
+    );
+    mat_mul_on(Kernels::best(), ty, rows, row_bytes, acts, act_bytes, out)
+}
+
+/// The implementations of [`mat_mul`], in order of speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kernels {
+    /// One [`vec_dot`] per row and token (compiled for AVX2 where the CPU has it).
+    PerToken,
+    /// The batched kernels of [`simd`], on CPUs with AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// The same with AVX-512 F, BW and VL besides.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Kernels {
+    fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if fast_isa() && has!("f16c") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
+                    return Self::Avx512;
+                }
+                return Self::Avx2;
+            }
+        }
+        Self::PerToken
+    }
+}
+
+fn mat_mul_on(
+    kernels: Kernels,
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &[u8],
+    act_bytes: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels > Kernels::PerToken {
+        let batch = simd::Batch {
+            rows,
+            row_bytes,
+            acts,
+            act_bytes,
+        };
+        // SAFETY: `kernels` is at most `Kernels::best()`, so the CPU has the features.
+        let done = unsafe {
+            match kernels {
+                Kernels::Avx512 => simd::mat_mul_avx512(ty, &batch, out),
+                _ => simd::mat_mul_avx2(ty, &batch, out),
+            }
+        };
+        if done {
+            return;
+        }
     }
     #[cfg(target_arch = "x86_64")]
     if fast_isa() {
         // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { mat_vec_avx2(ty, rows, row_bytes, acts, out) };
+        return unsafe { mat_mul_per_token_avx2(ty, rows, row_bytes, acts, act_bytes, out) };
     }
-    mat_vec_with::<false>(ty, rows, row_bytes, acts, out)
+    mat_mul_per_token::<false>(ty, rows, row_bytes, acts, act_bytes, out)
 }
 
 /// Checks `n` and the activation length; returns the bytes of one row.
@@ -236,16 +319,24 @@ fn dot_blocks<B: QuantBlock<N>, const N: usize>(row: &[u8], acts: &[u8]) -> f32 
     sum
 }
 
+/// [`mat_mul`] as one [`vec_dot`] per row and token.
 #[inline(always)]
-fn mat_vec_with<const FMA: bool>(
+fn mat_mul_per_token<const FMA: bool>(
     ty: GgmlType,
     rows: &[u8],
     row_bytes: usize,
     acts: &[u8],
+    act_bytes: usize,
     out: &mut [f32],
 ) {
-    for (o, row) in out.iter_mut().zip(rows.chunks_exact(row_bytes)) {
-        *o = vec_dot_with::<FMA>(ty, row, acts);
+    let n_tokens = acts.len() / act_bytes;
+    for (row, out) in rows
+        .chunks_exact(row_bytes)
+        .zip(out.chunks_exact_mut(n_tokens))
+    {
+        for (o, act) in out.iter_mut().zip(acts.chunks_exact(act_bytes)) {
+            *o = vec_dot_with::<FMA>(ty, row, act);
+        }
     }
 }
 
@@ -262,8 +353,15 @@ fn vec_dot_avx2(ty: GgmlType, row: &[u8], acts: &[u8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn mat_vec_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &[u8], out: &mut [f32]) {
-    mat_vec_with::<true>(ty, rows, row_bytes, acts, out)
+fn mat_mul_per_token_avx2(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &[u8],
+    act_bytes: usize,
+    out: &mut [f32],
+) {
+    mat_mul_per_token::<true>(ty, rows, row_bytes, acts, act_bytes, out)
 }
 
 #[cfg(test)]
@@ -300,22 +398,100 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mat_vec_matches_vec_dot_per_row() {
-        let n = QK_K;
-        let x = wave(n, 0.1);
-        for ty in [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::F16] {
-            let weights = quantize(ty, &wave(3 * n, 2.0)).unwrap();
-            let mut acts = Vec::new();
-            quantize_acts(ty.act_format(), &x, &mut acts);
-            let mut out = [0.0; 3];
-            mat_vec(ty, &weights, n, &acts, &mut out);
-            let row_bytes = ty.row_bytes(n).unwrap();
-            for (r, o) in out.iter().enumerate() {
-                let row = &weights[r * row_bytes..(r + 1) * row_bytes];
-                assert_eq!(*o, vec_dot(ty, row, &acts, n), "{ty} row {r}");
+    /// Large levels of both signs: the extremes of every type's range, where an overflowing
+    /// or saturating integer sum would show.
+    fn extremes(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| match (i * 7 + seed) % 5 {
+                0 => 1.0,
+                1 | 2 => -1.0,
+                3 => 0.98,
+                _ => -0.02,
+            })
+            .collect()
+    }
+
+    /// [`mat_mul`] of `rows` rows with `tokens` vectors against [`vec_dot`] per row and token,
+    /// allowing float rounding relative to the sum of the magnitudes of the per-block dots.
+    fn check_mat_mul(kernels: Kernels, ty: GgmlType, weights: &[f32], xs: &[Vec<f32>], n: usize) {
+        let rows = quantize(ty, weights).unwrap();
+        let row_bytes = ty.row_bytes(n).unwrap();
+        let format = ty.act_format();
+        let mut acts = Vec::new();
+        let mut all_acts = Vec::new();
+        for x in xs {
+            quantize_acts(format, x, &mut acts);
+            all_acts.extend_from_slice(&acts);
+        }
+        let act_bytes = all_acts.len() / xs.len();
+        let mut out = vec![f32::NAN; weights.len() / n * xs.len()];
+        mat_mul_on(
+            kernels, ty, &rows, row_bytes, &all_acts, act_bytes, &mut out,
+        );
+        let block = ty.block_size();
+        let (w_block, a_block) = (
+            ty.row_bytes(block).unwrap(),
+            format.bytes_for(block).unwrap(),
+        );
+        for (r, row) in rows.chunks(row_bytes).enumerate() {
+            for (t, act) in all_acts.chunks(act_bytes).enumerate() {
+                let want = vec_dot(ty, row, act, n);
+                let magnitude: f32 = row
+                    .chunks(w_block)
+                    .zip(act.chunks(a_block))
+                    .map(|(w, a)| vec_dot(ty, w, a, block).abs())
+                    .sum();
+                let got = out[r * xs.len() + t];
+                assert!(
+                    (got - want).abs() <= 1e-5 * magnitude.max(1e-3),
+                    "{kernels:?} {ty} row {r} token {t} of {}: {got} vs {want}",
+                    xs.len()
+                );
             }
         }
+    }
+
+    /// Every type on every implementation this CPU runs, for token counts that fill whole
+    /// tiles (of 4 or 8), leave a remainder, or are a single token (decoding).
+    #[test]
+    fn mat_mul_matches_vec_dot_per_row_and_token() {
+        let n = 2 * QK_K;
+        #[cfg(target_arch = "x86_64")]
+        let all = [Kernels::PerToken, Kernels::Avx2, Kernels::Avx512];
+        #[cfg(not(target_arch = "x86_64"))]
+        let all = [Kernels::PerToken];
+        for kernels in all.into_iter().filter(|k| *k <= Kernels::best()) {
+            for ty in ALL_TYPES {
+                for n_tokens in [1, 3, 8, 13] {
+                    let xs: Vec<Vec<f32>> = (0..n_tokens).map(|t| wave(n, t as f32)).collect();
+                    check_mat_mul(kernels, ty, &wave(3 * n, 2.0), &xs, n);
+                    let xs: Vec<Vec<f32>> = (0..n_tokens).map(|t| extremes(n, t)).collect();
+                    check_mat_mul(kernels, ty, &extremes(3 * n, 11), &xs, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mat_vec_is_mat_mul_of_one_token() {
+        let n = QK_K;
+        let weights = quantize(GgmlType::Q6K, &wave(2 * n, 0.3)).unwrap();
+        let mut acts = Vec::new();
+        quantize_acts(ActFormat::Q8K, &wave(n, 0.9), &mut acts);
+        let (mut a, mut b) = ([0.0; 2], [0.0; 2]);
+        mat_vec(GgmlType::Q6K, &weights, n, &acts, &mut a);
+        mat_mul(GgmlType::Q6K, &weights, n, &acts, &mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    #[should_panic(expected = "not 2 rows")]
+    fn mat_mul_refuses_a_short_output() {
+        let n = QK_K;
+        let weights = quantize(GgmlType::Q4K, &wave(3 * n, 0.3)).unwrap();
+        let mut acts = Vec::new();
+        quantize_acts(ActFormat::Q8K, &wave(n, 0.9), &mut acts);
+        mat_mul(GgmlType::Q4K, &weights, n, &acts, &mut [0.0; 2]);
     }
 
     #[test]
