@@ -232,6 +232,9 @@ enum Kernels {
     /// The same with AVX-512 F, BW and VL besides.
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// The same with AVX-512 VNNI besides.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 impl Kernels {
@@ -241,6 +244,9 @@ impl Kernels {
             use std::arch::is_x86_feature_detected as has;
             if fast_isa() && has!("f16c") {
                 if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
+                    if has!("avx512vnni") {
+                        return Self::Avx512Vnni;
+                    }
                     return Self::Avx512;
                 }
                 return Self::Avx2;
@@ -270,6 +276,7 @@ fn mat_mul_on(
         // SAFETY: `kernels` is at most `Kernels::best()`, so the CPU has the features.
         let done = unsafe {
             match kernels {
+                Kernels::Avx512Vnni => simd::mat_mul_avx512_vnni(ty, &batch, out),
                 Kernels::Avx512 => simd::mat_mul_avx512(ty, &batch, out),
                 _ => simd::mat_mul_avx2(ty, &batch, out),
             }
@@ -457,7 +464,12 @@ mod tests {
     fn mat_mul_matches_vec_dot_per_row_and_token() {
         let n = 2 * QK_K;
         #[cfg(target_arch = "x86_64")]
-        let all = [Kernels::PerToken, Kernels::Avx2, Kernels::Avx512];
+        let all = [
+            Kernels::PerToken,
+            Kernels::Avx2,
+            Kernels::Avx512,
+            Kernels::Avx512Vnni,
+        ];
         #[cfg(not(target_arch = "x86_64"))]
         let all = [Kernels::PerToken];
         for kernels in all.into_iter().filter(|k| *k <= Kernels::best()) {

@@ -52,7 +52,7 @@ impl Batch<'_> {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn mat_mul_avx2(ty: GgmlType, batch: &Batch, out: &mut [f32]) -> bool {
-    mat_mul::<4>(ty, batch, out)
+    mat_mul::<4, false>(ty, batch, out)
 }
 
 /// [`mat_mul_avx2`] in tiles of 8 tokens, in the 32 registers of AVX-512.
@@ -61,22 +61,35 @@ pub(super) unsafe fn mat_mul_avx2(ty: GgmlType, batch: &Batch, out: &mut [f32]) 
 /// The CPU must support AVX2, FMA, F16C, and AVX-512 F, BW and VL.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn mat_mul_avx512(ty: GgmlType, batch: &Batch, out: &mut [f32]) -> bool {
-    mat_mul::<8>(ty, batch, out)
+    mat_mul::<8, false>(ty, batch, out)
+}
+
+/// [`mat_mul_avx512`] with `vpdpbusd`, which multiplies and sums bytes in one instruction.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, and AVX-512 F, BW, VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn mat_mul_avx512_vnni(ty: GgmlType, batch: &Batch, out: &mut [f32]) -> bool {
+    mat_mul::<8, true>(ty, batch, out)
 }
 
 #[inline(always)]
-unsafe fn mat_mul<const TILE: usize>(ty: GgmlType, batch: &Batch, out: &mut [f32]) -> bool {
+unsafe fn mat_mul<const TILE: usize, const VNNI: bool>(
+    ty: GgmlType,
+    batch: &Batch,
+    out: &mut [f32],
+) -> bool {
     match ty {
-        GgmlType::Q4_0 => legacy_rows::<BlockQ4_0, TILE>(batch, out),
-        GgmlType::Q4_1 => legacy_rows::<BlockQ4_1, TILE>(batch, out),
-        GgmlType::Q5_0 => legacy_rows::<BlockQ5_0, TILE>(batch, out),
-        GgmlType::Q5_1 => legacy_rows::<BlockQ5_1, TILE>(batch, out),
-        GgmlType::Q8_0 => legacy_rows::<BlockQ8_0, TILE>(batch, out),
-        GgmlType::Q2K => kquant_rows::<BlockQ2K, TILE>(batch, out),
-        GgmlType::Q3K => kquant_rows::<BlockQ3K, TILE>(batch, out),
-        GgmlType::Q4K => kquant_rows::<BlockQ4K, TILE>(batch, out),
-        GgmlType::Q5K => kquant_rows::<BlockQ5K, TILE>(batch, out),
-        GgmlType::Q6K => kquant_rows::<BlockQ6K, TILE>(batch, out),
+        GgmlType::Q4_0 => legacy_rows::<BlockQ4_0, TILE, VNNI>(batch, out),
+        GgmlType::Q4_1 => legacy_rows::<BlockQ4_1, TILE, VNNI>(batch, out),
+        GgmlType::Q5_0 => legacy_rows::<BlockQ5_0, TILE, VNNI>(batch, out),
+        GgmlType::Q5_1 => legacy_rows::<BlockQ5_1, TILE, VNNI>(batch, out),
+        GgmlType::Q8_0 => legacy_rows::<BlockQ8_0, TILE, VNNI>(batch, out),
+        GgmlType::Q2K => kquant_rows::<BlockQ2K, TILE, VNNI>(batch, out),
+        GgmlType::Q3K => kquant_rows::<BlockQ3K, TILE, VNNI>(batch, out),
+        GgmlType::Q4K => kquant_rows::<BlockQ4K, TILE, VNNI>(batch, out),
+        GgmlType::Q5K => kquant_rows::<BlockQ5K, TILE, VNNI>(batch, out),
+        GgmlType::Q6K => kquant_rows::<BlockQ6K, TILE, VNNI>(batch, out),
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => return false,
     }
     true
@@ -323,41 +336,53 @@ impl KBlock for BlockQ6K {
 }
 
 #[inline(always)]
-unsafe fn kquant_rows<B: KBlock, const TILE: usize>(batch: &Batch, out: &mut [f32]) {
+unsafe fn kquant_rows<B: KBlock, const TILE: usize, const VNNI: bool>(
+    batch: &Batch,
+    out: &mut [f32],
+) {
     let acts = batch.acts::<BlockQ8K>();
+    let transposed: Vec<BlockQ8K>;
+    let acts = if VNNI {
+        transposed = transpose_acts(&acts);
+        let nb = batch.act_bytes / size_of::<BlockQ8K>();
+        transposed.chunks_exact(nb).collect()
+    } else {
+        acts
+    };
     let (tiles, rest) = acts.as_chunks::<TILE>();
     for_each_tile(
         batch.rows::<B>(),
         (tiles, TILE),
         rest,
         out,
-        |row, acts, out| kquant_tile(row, acts, out),
-        |row, act, out| kquant_tile(row, &[*act], std::slice::from_mut(out)),
+        #[inline(always)]
+        |row, acts, out| kquant_tile::<B, TILE, VNNI>(row, acts, out),
+        #[inline(always)]
+        |row, act, out| kquant_tile::<B, 1, VNNI>(row, &[*act], std::slice::from_mut(out)),
     );
 }
 
-/// Σ over the blocks of `row` · each of `T` activation vectors, into `out`.
+/// Σ over the blocks of `row` · each of `T` activation vectors, into `out`; with `VNNI`, the
+/// activations' values are in the order of [`transpose_act`].
 #[inline(always)]
-unsafe fn kquant_tile<B: KBlock, const T: usize>(
+unsafe fn kquant_tile<B: KBlock, const T: usize, const VNNI: bool>(
     row: &[B],
     acts: &[&[BlockQ8K]; T],
     out: &mut [f32],
 ) {
-    let acts = acts.map(|a| &a[..row.len()]);
     let mut sums = [_mm256_setzero_ps(); T];
     for (b, w) in row.iter().enumerate() {
         let s = w.scales();
-        let mut dots = [_mm256_setzero_si256(); T];
-        for j in 0..8 {
-            let q = w.levels(j);
-            let sc = scale_pair(s.sc, j);
-            for (dot, act) in dots.iter_mut().zip(&acts) {
-                let a = load_256(&act[b].qs.as_chunks::<32>().0[j]);
-                *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), sc));
-            }
+        let mut block_acts = [&acts[0][b]; T];
+        for (block, act) in block_acts.iter_mut().zip(acts) {
+            *block = &act[b];
         }
-        for ((sum, dot), act) in sums.iter_mut().zip(dots).zip(&acts) {
-            let act = &act[b];
+        let acts = block_acts;
+        let dots = match VNNI {
+            true => group_dots_vnni(w, s.sc, &acts),
+            false => group_dots(w, s.sc, &acts),
+        };
+        for ((sum, dot), act) in sums.iter_mut().zip(dots).zip(acts) {
             let mins = _mm256_madd_epi16(load_256(&act.bsums), s.mc);
             let da = act.d();
             if B::MIN_IN_INTEGERS {
@@ -373,6 +398,110 @@ unsafe fn kquant_tile<B: KBlock, const T: usize>(
     for (o, sum) in out.iter_mut().zip(sums) {
         *o = hsum(sum);
     }
+}
+
+/// Σ over the 16 groups of sc · Σ u·a, for each token's block, spread over 8 lanes.
+#[inline(always)]
+unsafe fn group_dots<B: KBlock, const T: usize>(
+    w: &B,
+    sc: __m256i,
+    acts: &[&BlockQ8K; T],
+) -> [__m256i; T] {
+    let mut dots = [_mm256_setzero_si256(); T];
+    for j in 0..8 {
+        let q = w.levels(j);
+        let sc = scale_pair(sc, j);
+        for (dot, act) in dots.iter_mut().zip(acts) {
+            let a = load_256(&act.qs.as_chunks::<32>().0[j]);
+            *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), sc));
+        }
+    }
+    dots
+}
+
+/// Transposes the 4×4 blocks of 32-bit words in each 128-bit half of four vectors: word k of
+/// a half of input i becomes word i of that half of output k.
+#[inline(always)]
+unsafe fn transpose_4x4(v: [__m256i; 4]) -> [__m256i; 4] {
+    let ab_lo = _mm256_unpacklo_epi32(v[0], v[1]);
+    let ab_hi = _mm256_unpackhi_epi32(v[0], v[1]);
+    let cd_lo = _mm256_unpacklo_epi32(v[2], v[3]);
+    let cd_hi = _mm256_unpackhi_epi32(v[2], v[3]);
+    [
+        _mm256_unpacklo_epi64(ab_lo, cd_lo),
+        _mm256_unpackhi_epi64(ab_lo, cd_lo),
+        _mm256_unpacklo_epi64(ab_hi, cd_hi),
+        _mm256_unpackhi_epi64(ab_hi, cd_hi),
+    ]
+}
+
+/// The values of a block reordered so that the 32-bit lanes of each of its eight 32-byte
+/// vectors belong to fixed groups of 16: [`transpose_4x4`] of vectors 0-3 and of 4-7 puts
+/// groups 0, 2, 4, 6, 1, 3, 5, 7 in the lanes of the first four vectors and groups 8, 10, 12,
+/// 14, 9, 11, 13, 15 in those of the last four. One `vpdpbusd` accumulator per half then sums
+/// each lane's group, and the scales apply once per block.
+#[inline(always)]
+unsafe fn transposed(v: [__m256i; 8]) -> [__m256i; 8] {
+    let x = transpose_4x4([v[0], v[1], v[2], v[3]]);
+    let y = transpose_4x4([v[4], v[5], v[6], v[7]]);
+    [x[0], x[1], x[2], x[3], y[0], y[1], y[2], y[3]]
+}
+
+/// [`transpose_act`] of every block of every token.
+#[inline(always)]
+unsafe fn transpose_acts(acts: &[&[BlockQ8K]]) -> Vec<BlockQ8K> {
+    let mut out = Vec::with_capacity(acts.iter().map(|a| a.len()).sum());
+    for a in acts.iter().flat_map(|a| a.iter()) {
+        out.push(transpose_act(a));
+    }
+    out
+}
+
+#[inline(always)]
+unsafe fn transpose_act(a: &BlockQ8K) -> BlockQ8K {
+    let mut v = [_mm256_setzero_si256(); 8];
+    for (v, chunk) in v.iter_mut().zip(a.qs.as_chunks::<32>().0) {
+        *v = load_256(chunk);
+    }
+    let v = transposed(v);
+    let mut out = *a;
+    for (chunk, v) in out.qs.as_chunks_mut::<32>().0.iter_mut().zip(v) {
+        _mm256_storeu_si256(chunk.as_mut_ptr().cast(), v);
+    }
+    out
+}
+
+/// [`group_dots`] with `vpdpbusd`, against activations in the order of [`transpose_act`].
+#[inline(always)]
+unsafe fn group_dots_vnni<B: KBlock, const T: usize>(
+    w: &B,
+    sc: __m256i,
+    acts: &[&BlockQ8K; T],
+) -> [__m256i; T] {
+    let mut q = [_mm256_setzero_si256(); 8];
+    for (j, q) in q.iter_mut().enumerate() {
+        *q = w.levels(j);
+    }
+    let q = transposed(q);
+    // The i16 scales in the lane order of `transposed`, widened to i32 for each half.
+    let order = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, //
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+    );
+    let sc = _mm256_shuffle_epi8(sc, order);
+    let sc_x = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sc));
+    let sc_y = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sc));
+    let mut dots = [_mm256_setzero_si256(); T];
+    for (dot, act) in dots.iter_mut().zip(acts) {
+        let a = act.qs.as_chunks::<32>().0;
+        let (mut x, mut y) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for k in 0..4 {
+            x = _mm256_dpbusd_epi32(x, q[k], load_256(&a[k]));
+            y = _mm256_dpbusd_epi32(y, q[4 + k], load_256(&a[4 + k]));
+        }
+        *dot = _mm256_add_epi32(_mm256_mullo_epi32(x, sc_x), _mm256_mullo_epi32(y, sc_y));
+    }
+    dots
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -493,91 +622,85 @@ impl LegacyBlock for BlockQ8_0 {
     }
 }
 
-/// An activation block as the legacy kernels read it: the values, their scale, and the scale
-/// times their sum for the minimum terms, computed once per batch rather than once per row.
+/// One block of each of `T` tokens' activations, as the legacy kernels read them: the values,
+/// their scales, and the scales times the values' sums (for the minimum terms), computed once
+/// per batch rather than once per row. The scales of the tile sit side by side, to be
+/// multiplied by a weight block's in one instruction.
 #[derive(Clone, Copy)]
-struct ActBlock {
-    qs: [i8; 32],
-    d: f32,
-    d_sum: f32,
+struct ActTile<const T: usize> {
+    qs: [[i8; 32]; T],
+    d: [f32; T],
+    d_sum: [f32; T],
 }
 
-/// The batch's activations in the order the tiles read them: for a run of `len` tokens from
-/// token `t0` (a tile, or a single token), block b of token t0 + t is at `t0·nb + b·len + t`,
-/// so the blocks a tile meets together sit side by side.
+/// `tokens`' activations as tiles of `T` tokens, block by block: tile i, block b at i·nb + b.
 #[inline(always)]
-unsafe fn tiled_acts<const TILE: usize>(batch: &Batch) -> Vec<ActBlock> {
-    let acts = batch.acts::<BlockQ8_0>();
-    let nb = batch.act_bytes / size_of::<BlockQ8_0>();
+unsafe fn act_tiles<const T: usize>(tokens: &[&[BlockQ8_0]], nb: usize) -> Vec<ActTile<T>> {
     let ones = _mm256_set1_epi8(1);
-    let mut tiled = Vec::with_capacity(nb * acts.len());
-    let full = acts.len() / TILE * TILE;
-    for (t0, len) in (0..full)
-        .step_by(TILE)
-        .map(|t| (t, TILE))
-        .chain((full..acts.len()).map(|t| (t, 1)))
-    {
+    let mut tiles = Vec::with_capacity(nb * tokens.len() / T);
+    for tile in tokens.chunks_exact(T) {
         for b in 0..nb {
-            for act in &acts[t0..t0 + len] {
+            let mut out = ActTile {
+                qs: [[0; 32]; T],
+                d: [0.0; T],
+                d_sum: [0.0; T],
+            };
+            for (t, act) in tile.iter().enumerate() {
                 let a = &act[b];
                 let pairs = _mm256_maddubs_epi16(ones, load_256(&a.qs));
                 let sum = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-                let d = half(a.d);
-                tiled.push(ActBlock {
-                    qs: a.qs,
-                    d,
-                    d_sum: d * hsum(_mm256_cvtepi32_ps(sum)),
-                });
+                out.qs[t] = a.qs;
+                out.d[t] = half(a.d);
+                out.d_sum[t] = out.d[t] * hsum(_mm256_cvtepi32_ps(sum));
             }
+            tiles.push(out);
         }
     }
-    tiled
+    tiles
 }
 
 #[inline(always)]
-unsafe fn legacy_rows<B: LegacyBlock, const TILE: usize>(batch: &Batch, out: &mut [f32]) {
-    let acts = tiled_acts::<TILE>(batch);
+unsafe fn legacy_rows<B: LegacyBlock, const TILE: usize, const VNNI: bool>(
+    batch: &Batch,
+    out: &mut [f32],
+) {
+    let acts = batch.acts::<BlockQ8_0>();
     let nb = batch.row_bytes / size_of::<B>();
-    let n_tiles = acts.len() / nb / TILE;
-    let (tiles, rest) = acts.split_at(n_tiles * TILE * nb);
+    let full = acts.len() / TILE * TILE;
+    let tiles = act_tiles::<TILE>(&acts[..full], nb);
+    let rest = act_tiles::<1>(&acts[full..], nb);
     for_each_tile(
         batch.rows::<B>(),
-        (&tiles.chunks_exact(TILE * nb).collect::<Vec<_>>(), TILE),
+        (&tiles.chunks_exact(nb).collect::<Vec<_>>(), TILE),
         &rest.chunks_exact(nb).collect::<Vec<_>>(),
         out,
-        |row, acts, out| legacy_tile::<B, TILE, 1>(row, acts, out),
-        |row, acts, out| legacy_tile::<B, 1, 4>(row, acts, std::slice::from_mut(out)),
+        #[inline(always)]
+        |row, acts, out| legacy_tile::<B, TILE, 1, VNNI>(row, acts, out),
+        #[inline(always)]
+        |row, acts, out| legacy_tile::<B, 1, 4, VNNI>(row, acts, std::slice::from_mut(out)),
     );
 }
 
-/// Σ over the blocks of `row` · each of `T` activation vectors laid out by [`tiled_acts`],
-/// `U` blocks at a time into separate sums: with one token, a single chain of additions
-/// would leave the CPU waiting on each block's.
+/// Σ over the blocks of `row` · each of the `T` activation vectors of `acts`, `U` blocks at
+/// a time into separate sums: with one token, a single chain of additions would leave the
+/// CPU waiting on each block's.
 #[inline(always)]
-unsafe fn legacy_tile<B: LegacyBlock, const T: usize, const U: usize>(
+unsafe fn legacy_tile<B: LegacyBlock, const T: usize, const U: usize, const VNNI: bool>(
     row: &[B],
-    acts: &[ActBlock],
+    acts: &[ActTile<T>],
     out: &mut [f32],
 ) {
-    let acts = &acts[..row.len() * T];
+    let acts = &acts[..row.len()];
     let mut sums = [[_mm256_setzero_ps(); T]; U];
     let mut mins = [[0f32; T]; U];
     let (groups, rest) = row.as_chunks::<U>();
-    for (ws, acts) in groups.iter().zip(acts.chunks_exact(U * T)) {
-        for (((w, acts), sums), mins) in ws
-            .iter()
-            .zip(acts.chunks_exact(T))
-            .zip(&mut sums)
-            .zip(&mut mins)
-        {
-            legacy_block(w, acts, sums, mins);
+    for (ws, acts) in groups.iter().zip(acts.chunks_exact(U)) {
+        for (((w, acts), sums), mins) in ws.iter().zip(acts).zip(&mut sums).zip(&mut mins) {
+            legacy_block::<B, T, VNNI>(w, acts, sums, mins);
         }
     }
-    for (w, acts) in rest
-        .iter()
-        .zip(acts[groups.len() * U * T..].chunks_exact(T))
-    {
-        legacy_block(w, acts, &mut sums[0], &mut mins[0]);
+    for (w, acts) in rest.iter().zip(&acts[groups.len() * U..]) {
+        legacy_block::<B, T, VNNI>(w, acts, &mut sums[0], &mut mins[0]);
     }
     for u in 1..U {
         for t in 0..T {
@@ -592,24 +715,33 @@ unsafe fn legacy_tile<B: LegacyBlock, const T: usize, const U: usize>(
 
 /// Adds block `w` · each token's block in `acts` to the token's sums.
 #[inline(always)]
-unsafe fn legacy_block<B: LegacyBlock, const T: usize>(
+unsafe fn legacy_block<B: LegacyBlock, const T: usize, const VNNI: bool>(
     w: &B,
-    acts: &[ActBlock],
+    acts: &ActTile<T>,
     sums: &mut [__m256; T],
     mins: &mut [f32; T],
 ) {
     let q = w.levels();
     let (d, m) = w.d_m();
     let u = if B::SIGNED { _mm256_sign_epi8(q, q) } else { q };
-    for ((sum, min), act) in sums.iter_mut().zip(mins).zip(acts) {
-        let mut a = load_256(&act.qs);
+    let mut scales = [0f32; T];
+    for (scale, da) in scales.iter_mut().zip(acts.d) {
+        *scale = d * da;
+    }
+    for ((sum, qs), scale) in sums.iter_mut().zip(&acts.qs).zip(scales) {
+        let mut a = load_256(qs);
         if B::SIGNED {
             a = _mm256_sign_epi8(a, q);
         }
-        let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1));
-        *sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * act.d), *sum);
-        if !B::SIGNED {
-            *min += m * act.d_sum;
+        let dot = match VNNI {
+            true => _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, a),
+            false => _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1)),
+        };
+        *sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), *sum);
+    }
+    if !B::SIGNED {
+        for (min, d_sum) in mins.iter_mut().zip(acts.d_sum) {
+            *min += m * d_sum;
         }
     }
 }
