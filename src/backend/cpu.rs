@@ -179,8 +179,10 @@ impl Backend for CpuBackend {
         if self.exact {
             pool.install(|| exact_matmul(w, x, o, n));
         } else {
-            let acts = quantize_rows(w.ggml_type.act_format(), x, w.cols);
-            pool.install(|| quantized_matmul(w, &acts, o, n));
+            pool.install(|| {
+                let acts = quantize_rows(w.ggml_type.act_format(), x, w.cols);
+                quantized_matmul(w, &acts, o, n)
+            });
         }
         if let Some(bias) = bias {
             for row in o.chunks_mut(w.rows).take(n) {
@@ -202,10 +204,17 @@ impl Backend for CpuBackend {
     fn swiglu(&mut self, gate: &CpuTensor, up: &CpuTensor, out: &CpuTensor, n: usize) {
         let (g, u) = (gate.data.borrow(), up.data.borrow());
         let mut o = out.data.borrow_mut();
-        let len = n * out.cols;
-        for ((o, g), u) in o[..len].iter_mut().zip(&g[..len]).zip(&u[..len]) {
-            *o = silu(*g) * u;
-        }
+        let cols = out.cols;
+        let (o, g, u) = (&mut o[..n * cols], &g[..n * cols], &u[..n * cols]);
+        self.pool.install(|| {
+            o.par_chunks_mut(cols)
+                .zip(g.par_chunks(cols).zip(u.par_chunks(cols)))
+                .for_each(|(o, (g, u))| {
+                    for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                        *o = silu(*g) * u;
+                    }
+                });
+        });
     }
 
     fn rope_store_kv(
@@ -318,22 +327,26 @@ impl Backend for CpuBackend {
     }
 }
 
-/// The activation vectors of `x`'s rows in `format`, one after the other.
+/// The activation vectors of `x`'s rows in `format`, one after the other, on the current pool.
 fn quantize_rows(format: ActFormat, x: &[f32], cols: usize) -> Vec<u8> {
-    let mut all = Vec::with_capacity(format.bytes_for(cols).unwrap_or(0) * (x.len() / cols));
-    let mut one = Vec::new();
-    for row in x.chunks(cols) {
-        quant::quantize_acts(format, row, &mut one);
-        all.extend_from_slice(&one);
-    }
+    let bytes = format
+        .bytes_for(cols)
+        .expect("rows of whole blocks, checked at load");
+    let mut all = vec![0u8; bytes * (x.len() / cols)];
+    all.par_chunks_mut(bytes)
+        .zip(x.par_chunks(cols))
+        .for_each_init(Vec::new, |one, (out, row)| {
+            quant::quantize_acts(format, row, one);
+            out.copy_from_slice(one);
+        });
     all
 }
 
 /// Fills `o[t * rows + r]` for `rows` weight rows and `n` tokens on the current pool: `task`
-/// gets the first row of a block of rows and their outputs in row order (`n` per row). A task
-/// takes a block of rows for every token, so each row is read from memory once per step;
-/// with several tokens the results are transposed after.
-fn by_row_tasks(rows: usize, n: usize, o: &mut [f32], task: impl Fn(usize, &mut [f32]) + Sync) {
+/// gets the first row of a block of rows and their outputs, token by token (`len` rows for
+/// token t at `t * len`). A task takes a block of rows for every token, so each row is read
+/// from memory once per step; with several tokens the blocks are then copied into place.
+fn row_block_tasks(rows: usize, n: usize, o: &mut [f32], task: impl Fn(usize, &mut [f32]) + Sync) {
     if n == 1 {
         o[..rows]
             .par_chunks_mut(ROWS_PER_TASK)
@@ -341,20 +354,24 @@ fn by_row_tasks(rows: usize, n: usize, o: &mut [f32], task: impl Fn(usize, &mut 
             .for_each(|(c, chunk)| task(c * ROWS_PER_TASK, chunk));
         return;
     }
-    let mut by_row = vec![0f32; rows * n];
-    by_row
+    let mut blocks = vec![0f32; rows * n];
+    blocks
         .par_chunks_mut(ROWS_PER_TASK * n)
         .enumerate()
         .for_each(|(c, chunk)| task(c * ROWS_PER_TASK, chunk));
-    for (r, per_token) in by_row.chunks(n).enumerate() {
-        for (t, v) in per_token.iter().enumerate() {
-            o[t * rows + r] = *v;
-        }
-    }
+    o[..rows * n]
+        .par_chunks_mut(rows)
+        .enumerate()
+        .for_each(|(t, o)| {
+            for (c, block) in blocks.chunks(ROWS_PER_TASK * n).enumerate() {
+                let len = block.len() / n;
+                o[c * ROWS_PER_TASK..][..len].copy_from_slice(&block[t * len..][..len]);
+            }
+        });
 }
 
 fn quantized_matmul(w: &CpuMatrix, acts: &[u8], o: &mut [f32], n: usize) {
-    by_row_tasks(w.rows, n, o, |first, chunk| {
+    row_block_tasks(w.rows, n, o, |first, chunk| {
         let rows = &w.data.bytes()[first * w.row_bytes..][..chunk.len() / n * w.row_bytes];
         quant::mat_mul(w.ggml_type, rows, w.cols, acts, chunk);
     });
@@ -362,13 +379,14 @@ fn quantized_matmul(w: &CpuMatrix, acts: &[u8], o: &mut [f32], n: usize) {
 
 /// The reference product: each weight row dequantized and dotted with `x` in f64.
 fn exact_matmul(w: &CpuMatrix, x: &[f32], o: &mut [f32], n: usize) {
-    by_row_tasks(w.rows, n, o, |first, chunk| {
+    row_block_tasks(w.rows, n, o, |first, chunk| {
+        let len = chunk.len() / n;
         let mut row = vec![0f32; w.cols];
-        for (i, per_token) in chunk.chunks_mut(n).enumerate() {
+        for i in 0..len {
             quant::dequantize(w.ggml_type, w.row(first + i), &mut row)
                 .expect("size checked at load");
-            for (v, xt) in per_token.iter_mut().zip(x.chunks(w.cols)) {
-                *v = row
+            for (t, xt) in x.chunks(w.cols).enumerate() {
+                chunk[t * len + i] = row
                     .iter()
                     .zip(xt)
                     .map(|(a, b)| *a as f64 * *b as f64)

@@ -193,7 +193,7 @@ pub fn mat_vec(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]
 
 /// The products of consecutive weight rows of `n` elements with several activation vectors:
 /// `acts` holds `n_tokens` vectors prepared by [`quantize_acts`] one after the other, and
-/// `out[r * n_tokens + t]` becomes [`vec_dot`] of row r with vector t, to float rounding (the
+/// `out[t * n_rows + r]` becomes [`vec_dot`] of row r with vector t, to float rounding (the
 /// per-block sums may be added in another order). Each weight block is decoded once for
 /// several tokens, which is what makes prompt processing fast.
 ///
@@ -336,12 +336,12 @@ fn mat_mul_per_token<const FMA: bool>(
     act_bytes: usize,
     out: &mut [f32],
 ) {
-    let n_tokens = acts.len() / act_bytes;
-    for (row, out) in rows
-        .chunks_exact(row_bytes)
-        .zip(out.chunks_exact_mut(n_tokens))
+    let n_rows = rows.len() / row_bytes;
+    for (act, out) in acts
+        .chunks_exact(act_bytes)
+        .zip(out.chunks_exact_mut(n_rows))
     {
-        for (o, act) in out.iter_mut().zip(acts.chunks_exact(act_bytes)) {
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(row_bytes)) {
             *o = vec_dot_with::<FMA>(ty, row, act);
         }
     }
@@ -448,7 +448,7 @@ mod tests {
                     .zip(act.chunks(a_block))
                     .map(|(w, a)| vec_dot(ty, w, a, block).abs())
                     .sum();
-                let got = out[r * xs.len() + t];
+                let got = out[t * (weights.len() / n) + r];
                 assert!(
                     (got - want).abs() <= 1e-5 * magnitude.max(1e-3),
                     "{kernels:?} {ty} row {r} token {t} of {}: {got} vs {want}",

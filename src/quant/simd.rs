@@ -43,7 +43,7 @@ impl Batch<'_> {
     }
 }
 
-/// `out[r * n_tokens + t]` = row r · activation vector t, for the block types; `false`, with
+/// `out[t * n_rows + r]` = row r · activation vector t, for the block types; `false`, with
 /// nothing written, for the float types, which have no kernel here. Tiles of 4 tokens: their
 /// integer and float accumulators, a block's levels and scales and a few temporaries fill
 /// the 16 vector registers of AVX2.
@@ -95,33 +95,31 @@ unsafe fn mat_mul<const TILE: usize, const VNNI: bool>(
     true
 }
 
-/// Runs `full` on each row for every full tile of `tile_len` tokens, then `single` on each
-/// row for each remaining token. Tiles are the outer loop so that a tile's activations stay
-/// in cache while the rows of the batch, each read from memory once, cycle through the
-/// faster levels.
+/// Fills `out[t * n_rows + r]` with `full` of each row and each tile of `T` tokens, then
+/// `single` of each row and each remaining token. Tiles are the outer loop so that a tile's
+/// activations stay in cache while the rows of the batch, each read from memory once, cycle
+/// through the faster levels.
 #[inline(always)]
-fn for_each_tile<'a, B: 'a, Tile, Token>(
+fn for_each_tile<'a, B: 'a, Tile, Token, const T: usize>(
     rows: impl Iterator<Item = &'a [B]> + Clone,
-    (tiles, tile_len): (&[Tile], usize),
+    tiles: &[Tile],
     rest: &[Token],
     out: &mut [f32],
-    mut full: impl FnMut(&'a [B], &Tile, &mut [f32]),
-    mut single: impl FnMut(&'a [B], &Token, &mut f32),
+    mut full: impl FnMut(&'a [B], &Tile) -> [f32; T],
+    mut single: impl FnMut(&'a [B], &Token) -> f32,
 ) {
-    let n_tokens = tiles.len() * tile_len + rest.len();
+    let n_rows = out.len() / (tiles.len() * T + rest.len());
     for (i, tile) in tiles.iter().enumerate() {
         for (r, row) in rows.clone().enumerate() {
-            full(
-                row,
-                tile,
-                &mut out[r * n_tokens + i * tile_len..][..tile_len],
-            );
+            for (t, v) in full(row, tile).into_iter().enumerate() {
+                out[(i * T + t) * n_rows + r] = v;
+            }
         }
     }
-    let first_rest = tiles.len() * tile_len;
     for (i, token) in rest.iter().enumerate() {
-        for (r, row) in rows.clone().enumerate() {
-            single(row, token, &mut out[r * n_tokens + first_rest + i]);
+        let out = &mut out[(tiles.len() * T + i) * n_rows..][..n_rows];
+        for (o, row) in out.iter_mut().zip(rows.clone()) {
+            *o = single(row, token);
         }
     }
 }
@@ -352,24 +350,23 @@ unsafe fn kquant_rows<B: KBlock, const TILE: usize, const VNNI: bool>(
     let (tiles, rest) = acts.as_chunks::<TILE>();
     for_each_tile(
         batch.rows::<B>(),
-        (tiles, TILE),
+        tiles,
         rest,
         out,
         #[inline(always)]
-        |row, acts, out| kquant_tile::<B, TILE, VNNI>(row, acts, out),
+        |row, acts| kquant_tile::<B, TILE, VNNI>(row, acts),
         #[inline(always)]
-        |row, act, out| kquant_tile::<B, 1, VNNI>(row, &[*act], std::slice::from_mut(out)),
+        |row, act| kquant_tile::<B, 1, VNNI>(row, &[*act])[0],
     );
 }
 
-/// Σ over the blocks of `row` · each of `T` activation vectors, into `out`; with `VNNI`, the
+/// Σ over the blocks of `row` · each of `T` activation vectors; with `VNNI`, the
 /// activations' values are in the order of [`transpose_act`].
 #[inline(always)]
 unsafe fn kquant_tile<B: KBlock, const T: usize, const VNNI: bool>(
     row: &[B],
     acts: &[&[BlockQ8K]; T],
-    out: &mut [f32],
-) {
+) -> [f32; T] {
     let mut sums = [_mm256_setzero_ps(); T];
     for (b, w) in row.iter().enumerate() {
         let s = w.scales();
@@ -395,9 +392,11 @@ unsafe fn kquant_tile<B: KBlock, const T: usize, const VNNI: bool>(
             }
         }
     }
+    let mut out = [0.0; T];
     for (o, sum) in out.iter_mut().zip(sums) {
         *o = hsum(sum);
     }
+    out
 }
 
 /// Σ over the 16 groups of sc · Σ u·a, for each token's block, spread over 8 lanes.
@@ -671,13 +670,13 @@ unsafe fn legacy_rows<B: LegacyBlock, const TILE: usize, const VNNI: bool>(
     let rest = act_tiles::<1>(&acts[full..], nb);
     for_each_tile(
         batch.rows::<B>(),
-        (&tiles.chunks_exact(nb).collect::<Vec<_>>(), TILE),
+        &tiles.chunks_exact(nb).collect::<Vec<_>>(),
         &rest.chunks_exact(nb).collect::<Vec<_>>(),
         out,
         #[inline(always)]
-        |row, acts, out| legacy_tile::<B, TILE, 1, VNNI>(row, acts, out),
+        |row, acts| legacy_tile::<B, TILE, 1, VNNI>(row, acts),
         #[inline(always)]
-        |row, acts, out| legacy_tile::<B, 1, 4, VNNI>(row, acts, std::slice::from_mut(out)),
+        |row, acts| legacy_tile::<B, 1, 4, VNNI>(row, acts)[0],
     );
 }
 
@@ -688,8 +687,7 @@ unsafe fn legacy_rows<B: LegacyBlock, const TILE: usize, const VNNI: bool>(
 unsafe fn legacy_tile<B: LegacyBlock, const T: usize, const U: usize, const VNNI: bool>(
     row: &[B],
     acts: &[ActTile<T>],
-    out: &mut [f32],
-) {
+) -> [f32; T] {
     let acts = &acts[..row.len()];
     let mut sums = [[_mm256_setzero_ps(); T]; U];
     let mut mins = [[0f32; T]; U];
@@ -708,9 +706,11 @@ unsafe fn legacy_tile<B: LegacyBlock, const T: usize, const U: usize, const VNNI
             mins[0][t] += mins[u][t];
         }
     }
+    let mut out = [0.0; T];
     for ((o, sum), min) in out.iter_mut().zip(sums[0]).zip(mins[0]) {
         *o = hsum(sum) + min;
     }
+    out
 }
 
 /// Adds block `w` · each token's block in `acts` to the token's sums.
