@@ -5,7 +5,9 @@
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use vibrant::quant::{dequantize, mat_mul, mat_vec, quantize, quantize_acts, GgmlType, ALL_TYPES};
+use vibrant::quant::{
+    dequantize, mat_mul, mat_vec, quantize, quantize_acts, Activations, GgmlType, ALL_TYPES,
+};
 
 /// Row length: a typical hidden size, a multiple of every block size.
 const N: usize = 4096;
@@ -64,11 +66,11 @@ fn bench(ty: GgmlType) {
     }
     let weights = one_row.repeat((HOT_BYTES / row_bytes).max(1));
     let rows = weights.len() / row_bytes;
-    let all_acts = acts.repeat(TOKENS);
+    let all_acts = Activations::new(ty, acts.repeat(TOKENS), N);
     let mut out = vec![0.0f32; rows * TOKENS];
     let macs = rows * N * TOKENS;
     let speed = gbps(macs, || {
-        mat_mul(ty, black_box(&weights), N, black_box(&all_acts), &mut out);
+        mat_mul(black_box(&weights), black_box(&all_acts), &mut out);
         black_box(&out);
     });
     line += &format!("  mat_mul x{TOKENS}: {speed:6.1} GMAC/s");

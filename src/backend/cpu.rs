@@ -3,7 +3,7 @@
 //! format each weight type dots with); work is spread over a rayon pool.
 
 use super::{AttentionShape, Backend, Result, RopeKind, WeightBytes};
-use crate::quant::{self, ActFormat, GgmlType};
+use crate::quant::{self, ActFormat, Activations, GgmlType};
 use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -180,8 +180,8 @@ impl Backend for CpuBackend {
             pool.install(|| exact_matmul(w, x, o, n));
         } else {
             pool.install(|| {
-                let acts = quantize_rows(w.ggml_type.act_format(), x, w.cols);
-                quantized_matmul(w, &acts, o, n)
+                let bytes = quantize_rows(w.ggml_type.act_format(), x, w.cols);
+                quantized_matmul(w, &Activations::new(w.ggml_type, bytes, w.cols), o, n)
             });
         }
         if let Some(bias) = bias {
@@ -370,10 +370,10 @@ fn row_block_tasks(rows: usize, n: usize, o: &mut [f32], task: impl Fn(usize, &m
         });
 }
 
-fn quantized_matmul(w: &CpuMatrix, acts: &[u8], o: &mut [f32], n: usize) {
+fn quantized_matmul(w: &CpuMatrix, acts: &Activations, o: &mut [f32], n: usize) {
     row_block_tasks(w.rows, n, o, |first, chunk| {
         let rows = &w.data.bytes()[first * w.row_bytes..][..chunk.len() / n * w.row_bytes];
-        quant::mat_mul(w.ggml_type, rows, w.cols, acts, chunk);
+        quant::mat_mul(rows, acts, chunk);
     });
 }
 

@@ -186,31 +186,83 @@ pub fn vec_dot(ty: GgmlType, row: &[u8], acts: &[u8], n: usize) -> f32 {
 /// (to float rounding, as [`mat_mul`]).
 ///
 /// # Panics
-/// As [`mat_mul`].
+/// As [`Activations::new`] and [`mat_mul`].
 pub fn mat_vec(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]) {
-    mat_mul(ty, rows, n, acts, out)
+    mat_mul(rows, &Activations::new(ty, acts.to_vec(), n), out)
 }
 
-/// The products of consecutive weight rows of `n` elements with several activation vectors:
-/// `acts` holds `n_tokens` vectors prepared by [`quantize_acts`] one after the other, and
+/// Activation vectors quantized for [`mat_mul`] with weight rows of one type, and arranged once
+/// for the kernels this CPU runs rather than once per block of rows.
+pub struct Activations {
+    ty: GgmlType,
+    n: usize,
+    /// The vectors as [`quantize_acts`] writes them.
+    bytes: Vec<u8>,
+    act_bytes: usize,
+    kernels: Kernels,
+    #[cfg(target_arch = "x86_64")]
+    layout: simd::Layout,
+}
+
+impl Activations {
+    /// Activation vectors of `n` values to meet rows of type `ty`: `bytes` holds them as
+    /// [`quantize_acts`] writes them in `ty.act_format()`, one after the other.
+    ///
+    /// # Panics
+    /// When `n` is not a whole number of `ty`'s blocks, or `bytes` not a whole, non-zero number
+    /// of vectors: both come from tensors whose shapes the model loader has checked, so a
+    /// mismatch is a bug in the caller.
+    pub fn new(ty: GgmlType, bytes: Vec<u8>, n: usize) -> Self {
+        Self::for_kernels(Kernels::best(), ty, bytes, n)
+    }
+
+    fn for_kernels(kernels: Kernels, ty: GgmlType, bytes: Vec<u8>, n: usize) -> Self {
+        ty.row_bytes(n)
+            .unwrap_or_else(|e| panic!("activations: {e}"));
+        let format = ty.act_format();
+        let act_bytes = format.bytes_for(n).expect("whole blocks, as the rows");
+        assert!(
+            act_bytes > 0 && !bytes.is_empty() && bytes.len().is_multiple_of(act_bytes),
+            "activations: {} bytes are not whole vectors of {n} values in {format:?}",
+            bytes.len()
+        );
+        #[cfg(target_arch = "x86_64")]
+        let layout = match kernels {
+            Kernels::PerToken => simd::Layout::Plain,
+            // SAFETY: `kernels` is at most `Kernels::best()`, so the CPU has the features.
+            _ => unsafe {
+                simd::lay_out(format, &bytes, act_bytes, kernels == Kernels::Avx512Vnni)
+            },
+        };
+        Self {
+            ty,
+            n,
+            bytes,
+            act_bytes,
+            kernels,
+            #[cfg(target_arch = "x86_64")]
+            layout,
+        }
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.bytes.len() / self.act_bytes
+    }
+}
+
+/// The products of consecutive weight rows with several activation vectors:
 /// `out[t * n_rows + r]` becomes [`vec_dot`] of row r with vector t, to float rounding (the
 /// per-block sums may be added in another order). Each weight block is decoded once for
 /// several tokens, which is what makes prompt processing fast.
 ///
 /// # Panics
-/// When `acts` is not a whole, non-zero number of activation vectors of `n` elements, or
-/// `rows` is not `out.len() / n_tokens` rows: all come from tensors whose shapes the model
-/// loader has checked, so a mismatch is a bug in the caller.
-pub fn mat_mul(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]) {
-    let row_bytes = ty.row_bytes(n).unwrap_or_else(|e| panic!("mat_mul: {e}"));
-    let format = ty.act_format();
-    let act_bytes = format.bytes_for(n).expect("whole blocks, as the row");
-    assert!(
-        act_bytes > 0 && !acts.is_empty() && acts.len().is_multiple_of(act_bytes),
-        "mat_mul: {} bytes are not whole activation vectors of {n} values in {format:?}",
-        acts.len()
-    );
-    let n_tokens = acts.len() / act_bytes;
+/// When `rows` is not `out.len() / acts.n_tokens()` rows of the activations' type and length:
+/// both come from tensors whose shapes the model loader has checked, so a mismatch is a bug in
+/// the caller.
+pub fn mat_mul(rows: &[u8], acts: &Activations, out: &mut [f32]) {
+    let (ty, n) = (acts.ty, acts.n);
+    let row_bytes = ty.row_bytes(n).expect("checked with the activations");
+    let n_tokens = acts.n_tokens();
     assert!(
         out.len().is_multiple_of(n_tokens)
             && Some(rows.len()) == row_bytes.checked_mul(out.len() / n_tokens),
@@ -218,7 +270,34 @@ pub fn mat_mul(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]
         rows.len(),
         out.len() / n_tokens
     );
-    mat_mul_on(Kernels::best(), ty, rows, row_bytes, acts, act_bytes, out)
+    #[cfg(target_arch = "x86_64")]
+    if acts.kernels > Kernels::PerToken {
+        let batch = simd::Batch {
+            rows,
+            row_bytes,
+            acts: &acts.bytes,
+            act_bytes: acts.act_bytes,
+            layout: &acts.layout,
+        };
+        // SAFETY: `kernels` is at most `Kernels::best()`, so the CPU has the features.
+        let done = unsafe {
+            match acts.kernels {
+                Kernels::Avx512Vnni => simd::mat_mul_avx512_vnni(ty, &batch, out),
+                Kernels::Avx512 => simd::mat_mul_avx512(ty, &batch, out),
+                _ => simd::mat_mul_avx2(ty, &batch, out),
+            }
+        };
+        if done {
+            return;
+        }
+    }
+    let (bytes, act_bytes) = (&acts.bytes, acts.act_bytes);
+    #[cfg(target_arch = "x86_64")]
+    if fast_isa() {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { mat_mul_per_token_avx2(ty, rows, row_bytes, bytes, act_bytes, out) };
+    }
+    mat_mul_per_token::<false>(ty, rows, row_bytes, bytes, act_bytes, out)
 }
 
 /// The implementations of [`mat_mul`], in order of speed.
@@ -254,43 +333,6 @@ impl Kernels {
         }
         Self::PerToken
     }
-}
-
-fn mat_mul_on(
-    kernels: Kernels,
-    ty: GgmlType,
-    rows: &[u8],
-    row_bytes: usize,
-    acts: &[u8],
-    act_bytes: usize,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if kernels > Kernels::PerToken {
-        let batch = simd::Batch {
-            rows,
-            row_bytes,
-            acts,
-            act_bytes,
-        };
-        // SAFETY: `kernels` is at most `Kernels::best()`, so the CPU has the features.
-        let done = unsafe {
-            match kernels {
-                Kernels::Avx512Vnni => simd::mat_mul_avx512_vnni(ty, &batch, out),
-                Kernels::Avx512 => simd::mat_mul_avx512(ty, &batch, out),
-                _ => simd::mat_mul_avx2(ty, &batch, out),
-            }
-        };
-        if done {
-            return;
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if fast_isa() {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { mat_mul_per_token_avx2(ty, rows, row_bytes, acts, act_bytes, out) };
-    }
-    mat_mul_per_token::<false>(ty, rows, row_bytes, acts, act_bytes, out)
 }
 
 /// Checks `n` and the activation length; returns the bytes of one row.
@@ -432,9 +474,8 @@ mod tests {
         }
         let act_bytes = all_acts.len() / xs.len();
         let mut out = vec![f32::NAN; weights.len() / n * xs.len()];
-        mat_mul_on(
-            kernels, ty, &rows, row_bytes, &all_acts, act_bytes, &mut out,
-        );
+        let prepared = Activations::for_kernels(kernels, ty, all_acts.clone(), n);
+        mat_mul(&rows, &prepared, &mut out);
         let block = ty.block_size();
         let (w_block, a_block) = (
             ty.row_bytes(block).unwrap(),
@@ -492,7 +533,7 @@ mod tests {
         quantize_acts(ActFormat::Q8K, &wave(n, 0.9), &mut acts);
         let (mut a, mut b) = ([0.0; 2], [0.0; 2]);
         mat_vec(GgmlType::Q6K, &weights, n, &acts, &mut a);
-        mat_mul(GgmlType::Q6K, &weights, n, &acts, &mut b);
+        mat_mul(&weights, &Activations::new(GgmlType::Q6K, acts, n), &mut b);
         assert_eq!(a, b);
     }
 
@@ -503,7 +544,11 @@ mod tests {
         let weights = quantize(GgmlType::Q4K, &wave(3 * n, 0.3)).unwrap();
         let mut acts = Vec::new();
         quantize_acts(ActFormat::Q8K, &wave(n, 0.9), &mut acts);
-        mat_mul(GgmlType::Q4K, &weights, n, &acts, &mut [0.0; 2]);
+        mat_mul(
+            &weights,
+            &Activations::new(GgmlType::Q4K, acts, n),
+            &mut [0.0; 2],
+        );
     }
 
     #[test]

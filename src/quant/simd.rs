@@ -16,16 +16,18 @@ use super::blocks::{
 };
 use super::q2k_q3k::unpack_q3_scales;
 use super::q4k_q5k::unpack_scale_min;
-use super::GgmlType;
+use super::{ActFormat, GgmlType};
 use bytemuck::Pod;
 use std::arch::x86_64::*;
 
-/// Weight rows and the activation vectors they meet, `act_bytes` per token.
+/// Weight rows and the activation vectors they meet: `act_bytes` per token as
+/// `quantize_acts` writes them, and as [`lay_out`] arranged them for the kernels.
 pub(super) struct Batch<'a> {
     pub rows: &'a [u8],
     pub row_bytes: usize,
     pub acts: &'a [u8],
     pub act_bytes: usize,
+    pub layout: &'a Layout,
 }
 
 impl Batch<'_> {
@@ -40,6 +42,65 @@ impl Batch<'_> {
             .chunks_exact(self.act_bytes)
             .map(bytemuck::cast_slice)
             .collect()
+    }
+}
+
+/// The activations of a batch, arranged once for the kernels that read them rather than once
+/// per block of rows.
+pub(super) enum Layout {
+    /// As `quantize_acts` writes them.
+    Plain,
+    /// Q8_K blocks whose values are in the order of [`transpose_act`], for the VNNI kernels.
+    Transposed(Vec<BlockQ8K>),
+    /// Q8_0 blocks for the legacy kernels.
+    Legacy(LegacyActs),
+}
+
+/// Q8_0 activations for the legacy kernels: tiles of [`LEGACY_TILE`] tokens, then single
+/// tokens, block by block (tile i, block b at `i * nb + b`).
+pub(super) struct LegacyActs {
+    nb: usize,
+    tiles: Vec<ActTile<LEGACY_TILE>>,
+    singles: Vec<ActTile<1>>,
+}
+
+/// Tokens per tile of the legacy kernels, in every tier: a tile's scales then fill one
+/// AVX2 register.
+const LEGACY_TILE: usize = 8;
+
+/// One block of each of `T` tokens' activations: the values, their scales, and the scales
+/// times the values' sums (for the minimum terms). The scales of the tile sit side by side,
+/// to be multiplied by a weight block's scale in one instruction.
+#[derive(Clone, Copy)]
+struct ActTile<const T: usize> {
+    qs: [[i8; 32]; T],
+    d: [f32; T],
+    d_sum: [f32; T],
+}
+
+/// Arranges `acts`, activation vectors of `act_bytes` in `format`, for the kernels (those
+/// with VNNI or without).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn lay_out(
+    format: ActFormat,
+    acts: &[u8],
+    act_bytes: usize,
+    vnni: bool,
+) -> Layout {
+    match format {
+        ActFormat::Q8_0 => Layout::Legacy(legacy_acts(acts, act_bytes)),
+        ActFormat::Q8K if vnni => {
+            let blocks: &[BlockQ8K] = bytemuck::cast_slice(acts);
+            let mut transposed = Vec::with_capacity(blocks.len());
+            for block in blocks {
+                transposed.push(transpose_act(block));
+            }
+            Layout::Transposed(transposed)
+        }
+        ActFormat::Q8K | ActFormat::F32 => Layout::Plain,
     }
 }
 
@@ -80,11 +141,11 @@ unsafe fn mat_mul<const TILE: usize, const VNNI: bool>(
     out: &mut [f32],
 ) -> bool {
     match ty {
-        GgmlType::Q4_0 => legacy_rows::<BlockQ4_0, TILE, VNNI>(batch, out),
-        GgmlType::Q4_1 => legacy_rows::<BlockQ4_1, TILE, VNNI>(batch, out),
-        GgmlType::Q5_0 => legacy_rows::<BlockQ5_0, TILE, VNNI>(batch, out),
-        GgmlType::Q5_1 => legacy_rows::<BlockQ5_1, TILE, VNNI>(batch, out),
-        GgmlType::Q8_0 => legacy_rows::<BlockQ8_0, TILE, VNNI>(batch, out),
+        GgmlType::Q4_0 => legacy_rows::<BlockQ4_0, VNNI>(batch, out),
+        GgmlType::Q4_1 => legacy_rows::<BlockQ4_1, VNNI>(batch, out),
+        GgmlType::Q5_0 => legacy_rows::<BlockQ5_0, VNNI>(batch, out),
+        GgmlType::Q5_1 => legacy_rows::<BlockQ5_1, VNNI>(batch, out),
+        GgmlType::Q8_0 => legacy_rows::<BlockQ8_0, VNNI>(batch, out),
         GgmlType::Q2K => kquant_rows::<BlockQ2K, TILE, VNNI>(batch, out),
         GgmlType::Q3K => kquant_rows::<BlockQ3K, TILE, VNNI>(batch, out),
         GgmlType::Q4K => kquant_rows::<BlockQ4K, TILE, VNNI>(batch, out),
@@ -338,25 +399,25 @@ unsafe fn kquant_rows<B: KBlock, const TILE: usize, const VNNI: bool>(
     batch: &Batch,
     out: &mut [f32],
 ) {
-    let acts = batch.acts::<BlockQ8K>();
-    let transposed: Vec<BlockQ8K>;
-    let acts = if VNNI {
-        transposed = transpose_acts(&acts);
-        let nb = batch.act_bytes / size_of::<BlockQ8K>();
-        transposed.chunks_exact(nb).collect()
-    } else {
-        acts
+    // Single tokens take the plain kernel, whose blocks need no transposing.
+    let plain = batch.acts::<BlockQ8K>();
+    let full = plain.len() / TILE * TILE;
+    let acts = match batch.layout {
+        Layout::Transposed(blocks) if VNNI => {
+            let nb = batch.act_bytes / size_of::<BlockQ8K>();
+            blocks[..full * nb].chunks_exact(nb).collect()
+        }
+        _ => plain[..full].to_vec(),
     };
-    let (tiles, rest) = acts.as_chunks::<TILE>();
     for_each_tile(
         batch.rows::<B>(),
-        tiles,
-        rest,
+        acts.as_chunks::<TILE>().0,
+        &plain[full..],
         out,
         #[inline(always)]
         |row, acts| kquant_tile::<B, TILE, VNNI>(row, acts),
         #[inline(always)]
-        |row, act| kquant_tile::<B, 1, VNNI>(row, &[*act])[0],
+        |row, act| kquant_tile::<B, 1, false>(row, &[*act])[0],
     );
 }
 
@@ -444,16 +505,6 @@ unsafe fn transposed(v: [__m256i; 8]) -> [__m256i; 8] {
     let x = transpose_4x4([v[0], v[1], v[2], v[3]]);
     let y = transpose_4x4([v[4], v[5], v[6], v[7]]);
     [x[0], x[1], x[2], x[3], y[0], y[1], y[2], y[3]]
-}
-
-/// [`transpose_act`] of every block of every token.
-#[inline(always)]
-unsafe fn transpose_acts(acts: &[&[BlockQ8K]]) -> Vec<BlockQ8K> {
-    let mut out = Vec::with_capacity(acts.iter().map(|a| a.len()).sum());
-    for a in acts.iter().flat_map(|a| a.iter()) {
-        out.push(transpose_act(a));
-    }
-    out
 }
 
 #[inline(always)]
@@ -621,18 +672,22 @@ impl LegacyBlock for BlockQ8_0 {
     }
 }
 
-/// One block of each of `T` tokens' activations, as the legacy kernels read them: the values,
-/// their scales, and the scales times the values' sums (for the minimum terms), computed once
-/// per batch rather than once per row. The scales of the tile sit side by side, to be
-/// multiplied by a weight block's in one instruction.
-#[derive(Clone, Copy)]
-struct ActTile<const T: usize> {
-    qs: [[i8; 32]; T],
-    d: [f32; T],
-    d_sum: [f32; T],
+#[inline(always)]
+unsafe fn legacy_acts(acts: &[u8], act_bytes: usize) -> LegacyActs {
+    let tokens: Vec<&[BlockQ8_0]> = acts
+        .chunks_exact(act_bytes)
+        .map(bytemuck::cast_slice)
+        .collect();
+    let full = tokens.len() / LEGACY_TILE * LEGACY_TILE;
+    let nb = act_bytes / size_of::<BlockQ8_0>();
+    LegacyActs {
+        nb,
+        tiles: act_tiles(&tokens[..full], nb),
+        singles: act_tiles(&tokens[full..], nb),
+    }
 }
 
-/// `tokens`' activations as tiles of `T` tokens, block by block: tile i, block b at i·nb + b.
+/// `tokens`' activations as tiles of `T` tokens, block by block.
 #[inline(always)]
 unsafe fn act_tiles<const T: usize>(tokens: &[&[BlockQ8_0]], nb: usize) -> Vec<ActTile<T>> {
     let ones = _mm256_set1_epi8(1);
@@ -659,22 +714,17 @@ unsafe fn act_tiles<const T: usize>(tokens: &[&[BlockQ8_0]], nb: usize) -> Vec<A
 }
 
 #[inline(always)]
-unsafe fn legacy_rows<B: LegacyBlock, const TILE: usize, const VNNI: bool>(
-    batch: &Batch,
-    out: &mut [f32],
-) {
-    let acts = batch.acts::<BlockQ8_0>();
-    let nb = batch.row_bytes / size_of::<B>();
-    let full = acts.len() / TILE * TILE;
-    let tiles = act_tiles::<TILE>(&acts[..full], nb);
-    let rest = act_tiles::<1>(&acts[full..], nb);
+unsafe fn legacy_rows<B: LegacyBlock, const VNNI: bool>(batch: &Batch, out: &mut [f32]) {
+    let Layout::Legacy(acts) = batch.layout else {
+        unreachable!("legacy activations are laid out for the legacy kernels");
+    };
     for_each_tile(
         batch.rows::<B>(),
-        &tiles.chunks_exact(nb).collect::<Vec<_>>(),
-        &rest.chunks_exact(nb).collect::<Vec<_>>(),
+        &acts.tiles.chunks_exact(acts.nb).collect::<Vec<_>>(),
+        &acts.singles.chunks_exact(acts.nb).collect::<Vec<_>>(),
         out,
         #[inline(always)]
-        |row, acts| legacy_tile::<B, TILE, 1, VNNI>(row, acts),
+        |row, acts| legacy_tile::<B, LEGACY_TILE, 1, VNNI>(row, acts),
         #[inline(always)]
         |row, acts| legacy_tile::<B, 1, 4, VNNI>(row, acts)[0],
     );
