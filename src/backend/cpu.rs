@@ -12,6 +12,11 @@ use std::cell::RefCell;
 /// balance two to a few dozen threads.
 const ROWS_PER_TASK: usize = 32;
 
+/// Bytes a step reads below which it runs on the caller's thread: handing it to the pool
+/// costs two thread wake-ups, tens of microseconds on a busy machine, more than splitting
+/// so little work saves (a small model decodes several times faster for it).
+const SERIAL_BYTES: usize = 1 << 20;
+
 pub struct CpuTensor {
     data: RefCell<Vec<f32>>,
     cols: usize,
@@ -176,11 +181,17 @@ impl Backend for CpuBackend {
         let mut o = out.data.borrow_mut();
         let o: &mut [f32] = &mut o;
         let pool = &self.pool;
+        let format = w.ggml_type.act_format();
         if self.exact {
             pool.install(|| exact_matmul(w, x, o, n));
+        } else if n * w.data.bytes().len() < SERIAL_BYTES {
+            let mut bytes = Vec::new();
+            quant::quantize_acts(format, x, &mut bytes);
+            let acts = Activations::new(w.ggml_type, bytes, w.cols);
+            quant::mat_mul(w.data.bytes(), &acts, &mut o[..n * w.rows]);
         } else {
             pool.install(|| {
-                let bytes = quantize_rows(w.ggml_type.act_format(), x, w.cols);
+                let bytes = quantize_rows(format, x, w.cols);
                 quantized_matmul(w, &Activations::new(w.ggml_type, bytes, w.cols), o, n)
             });
         }
@@ -206,14 +217,21 @@ impl Backend for CpuBackend {
         let mut o = out.data.borrow_mut();
         let cols = out.cols;
         let (o, g, u) = (&mut o[..n * cols], &g[..n * cols], &u[..n * cols]);
+        let row = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
+            for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                *o = silu(*g) * u;
+            }
+        };
+        if 12 * o.len() < SERIAL_BYTES {
+            return o
+                .chunks_mut(cols)
+                .zip(g.chunks(cols).zip(u.chunks(cols)))
+                .for_each(row);
+        }
         self.pool.install(|| {
             o.par_chunks_mut(cols)
                 .zip(g.par_chunks(cols).zip(u.par_chunks(cols)))
-                .for_each(|(o, (g, u))| {
-                    for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                        *o = silu(*g) * u;
-                    }
-                });
+                .for_each(row);
         });
     }
 
@@ -275,34 +293,43 @@ impl Backend for CpuBackend {
         let o: &mut [f32] = &mut o;
         // A task per token and KV head: the heads sharing the KV head share its value rows,
         // converted to f32 once.
-        self.pool.install(|| {
-            o[..n * n_head * hd]
-                .par_chunks_mut(group * hd)
+        let task = |i: usize, out_group: &mut [f32]| {
+            let (t, kv_head) = (i / shape.n_head_kv, i % shape.n_head_kv);
+            let n_keys = pos + t + 1;
+            let at = |p: usize| p * kvw + kv_head * hd;
+            let q_group = &q[(t * n_head + kv_head * group) * hd..][..group * hd];
+            let mut scores = vec![0f32; group * n_keys];
+            for (qh, scores) in q_group.chunks(hd).zip(scores.chunks_mut(n_keys)) {
+                let qh: &[u8] = bytemuck::cast_slice(qh);
+                for (p, s) in scores.iter_mut().enumerate() {
+                    let k = bytemuck::cast_slice(&kc[at(p)..][..hd]);
+                    *s = scale * quant::vec_dot(GgmlType::F16, k, qh, hd);
+                }
+                softmax(scores);
+            }
+            out_group.fill(0.0);
+            let mut v = vec![0f32; hd];
+            for p in 0..n_keys {
+                vc[at(p)..][..hd].convert_to_f32_slice(&mut v);
+                for (out_head, s) in out_group.chunks_mut(hd).zip(scores.chunks(n_keys)) {
+                    add_scaled(out_head, s[p], &v);
+                }
+            }
+        };
+        let o = &mut o[..n * n_head * hd];
+        // Keys and values read, in f16, by the heads of the KV head.
+        let bytes = 4 * n * shape.n_head_kv * (pos + n) * hd;
+        if bytes < SERIAL_BYTES {
+            o.chunks_mut(group * hd)
                 .enumerate()
-                .for_each(|(i, out_group)| {
-                    let (t, kv_head) = (i / shape.n_head_kv, i % shape.n_head_kv);
-                    let n_keys = pos + t + 1;
-                    let at = |p: usize| p * kvw + kv_head * hd;
-                    let q_group = &q[(t * n_head + kv_head * group) * hd..][..group * hd];
-                    let mut scores = vec![0f32; group * n_keys];
-                    for (qh, scores) in q_group.chunks(hd).zip(scores.chunks_mut(n_keys)) {
-                        let qh: &[u8] = bytemuck::cast_slice(qh);
-                        for (p, s) in scores.iter_mut().enumerate() {
-                            let k = bytemuck::cast_slice(&kc[at(p)..][..hd]);
-                            *s = scale * quant::vec_dot(GgmlType::F16, k, qh, hd);
-                        }
-                        softmax(scores);
-                    }
-                    out_group.fill(0.0);
-                    let mut v = vec![0f32; hd];
-                    for p in 0..n_keys {
-                        vc[at(p)..][..hd].convert_to_f32_slice(&mut v);
-                        for (out_head, s) in out_group.chunks_mut(hd).zip(scores.chunks(n_keys)) {
-                            add_scaled(out_head, s[p], &v);
-                        }
-                    }
-                });
-        });
+                .for_each(|(i, out_group)| task(i, out_group));
+        } else {
+            self.pool.install(|| {
+                o.par_chunks_mut(group * hd)
+                    .enumerate()
+                    .for_each(|(i, out_group)| task(i, out_group))
+            });
+        }
     }
 
     fn copy_row(&mut self, src: &CpuTensor, row: usize, dst: &CpuTensor) {

@@ -6,9 +6,10 @@
 //! Levels are made unsigned, their offset folded into a minimum term, so that one `vpmaddubsw`
 //! multiplies 32 of them by 32 signed activation bytes.
 //!
-//! The code is compiled twice, into [`mat_mul_avx2`] and [`mat_mul_avx512`]: with AVX-512's
-//! 32 vector registers a tile holds twice the tokens. Every other function is `unsafe` for
-//! the one reason that it runs AVX2, FMA and F16C instructions, and is inlined into those two.
+//! The code is compiled three times, into [`mat_mul_avx2`], [`mat_mul_avx512`] (whose 32 vector
+//! registers hold a tile of twice the tokens) and [`mat_mul_avx512_vnni`] (which multiplies
+//! and adds bytes in one instruction). Every other function is `unsafe` for the one reason that
+//! it runs AVX2, FMA and F16C instructions, and is inlined into those three.
 
 use super::blocks::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -105,9 +106,9 @@ pub(super) unsafe fn lay_out(
 }
 
 /// `out[t * n_rows + r]` = row r · activation vector t, for the block types; `false`, with
-/// nothing written, for the float types, which have no kernel here. Tiles of 4 tokens: their
-/// integer and float accumulators, a block's levels and scales and a few temporaries fill
-/// the 16 vector registers of AVX2.
+/// nothing written, for the float types, which have no kernel here. The k-quants take tiles
+/// of 4 tokens: their integer and float accumulators, a block's levels and scales and a few
+/// temporaries fill the 16 vector registers of AVX2.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
@@ -116,7 +117,7 @@ pub(super) unsafe fn mat_mul_avx2(ty: GgmlType, batch: &Batch, out: &mut [f32]) 
     mat_mul::<4, false>(ty, batch, out)
 }
 
-/// [`mat_mul_avx2`] in tiles of 8 tokens, in the 32 registers of AVX-512.
+/// [`mat_mul_avx2`] with k-quant tiles of 8 tokens, in the 32 registers of AVX-512.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, and AVX-512 F, BW and VL.
@@ -125,7 +126,8 @@ pub(super) unsafe fn mat_mul_avx512(ty: GgmlType, batch: &Batch, out: &mut [f32]
     mat_mul::<8, false>(ty, batch, out)
 }
 
-/// [`mat_mul_avx512`] with `vpdpbusd`, which multiplies and sums bytes in one instruction.
+/// [`mat_mul_avx512`] with `vpdpbusd`, which multiplies and sums bytes in one instruction,
+/// for activations that [`lay_out`] arranged with `vnni`.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, and AVX-512 F, BW, VL and VNNI.
@@ -399,15 +401,17 @@ unsafe fn kquant_rows<B: KBlock, const TILE: usize, const VNNI: bool>(
     batch: &Batch,
     out: &mut [f32],
 ) {
-    // Single tokens take the plain kernel, whose blocks need no transposing.
+    // Tokens left over from the tiles take the plain kernel: for one token, transposing each
+    // weight block costs more than `vpdpbusd` saves.
     let plain = batch.acts::<BlockQ8K>();
     let full = plain.len() / TILE * TILE;
-    let acts = match batch.layout {
-        Layout::Transposed(blocks) if VNNI => {
+    let acts = match (VNNI, batch.layout) {
+        (false, _) => plain[..full].to_vec(),
+        (true, Layout::Transposed(blocks)) => {
             let nb = batch.act_bytes / size_of::<BlockQ8K>();
             blocks[..full * nb].chunks_exact(nb).collect()
         }
-        _ => plain[..full].to_vec(),
+        (true, _) => unreachable!("activations for the VNNI kernels are transposed"),
     };
     for_each_tile(
         batch.rows::<B>(),
