@@ -1,6 +1,7 @@
 //! The CPU backend: the reference every GPU kernel is tested against, and a usable engine.
 //! Matrix products read the quantized blocks in place (activations are quantized to the
-//! format each weight type dots with); work is spread over a rayon pool.
+//! format each weight type dots with); work is spread over a rayon pool, except steps too
+//! small to be worth handing over.
 
 use super::{AttentionShape, Backend, Result, RopeKind, WeightBytes};
 use crate::quant::{self, ActFormat, Activations, GgmlType};
@@ -222,17 +223,18 @@ impl Backend for CpuBackend {
                 *o = silu(*g) * u;
             }
         };
+        // Gate, up and output: 12 bytes a value.
         if 12 * o.len() < SERIAL_BYTES {
-            return o
-                .chunks_mut(cols)
+            o.chunks_mut(cols)
                 .zip(g.chunks(cols).zip(u.chunks(cols)))
                 .for_each(row);
+        } else {
+            self.pool.install(|| {
+                o.par_chunks_mut(cols)
+                    .zip(g.par_chunks(cols).zip(u.par_chunks(cols)))
+                    .for_each(row);
+            });
         }
-        self.pool.install(|| {
-            o.par_chunks_mut(cols)
-                .zip(g.par_chunks(cols).zip(u.par_chunks(cols)))
-                .for_each(row);
-        });
     }
 
     fn rope_store_kv(

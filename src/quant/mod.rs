@@ -245,6 +245,7 @@ impl Activations {
         }
     }
 
+    /// The number of vectors.
     pub fn n_tokens(&self) -> usize {
         self.bytes.len() / self.act_bytes
     }
