@@ -1,15 +1,20 @@
-//! Single-thread throughput of the quant kernels, in GB/s of weight bytes:
-//! `mat_vec` (the CPU backend's hot loop) on a matrix that stays in cache and on one that
-//! does not, and `dequantize`. Run with `cargo bench --bench quant [-- TYPE ...]`.
+//! Single-thread throughput of the quant kernels: `mat_vec` (decoding one token) on a matrix
+//! that stays in cache and on one that does not, in GB/s of weight bytes; `mat_mul` of a
+//! cached matrix with a prompt's tokens, in billions of multiply-adds per second; and
+//! `dequantize`. Run with `cargo bench --bench quant [-- TYPE ...]`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use vibrant::quant::{dequantize, mat_vec, quantize, quantize_acts, GgmlType, ALL_TYPES};
+use vibrant::quant::{
+    dequantize, mat_mul, mat_vec, quantize, quantize_acts, Activations, GgmlType, ALL_TYPES,
+};
 
 /// Row length: a typical hidden size, a multiple of every block size.
 const N: usize = 4096;
 const HOT_BYTES: usize = 1 << 20;
 const COLD_BYTES: usize = 256 << 20;
+/// Tokens of the prompt-processing product.
+const TOKENS: usize = 64;
 const MIN_TIME: Duration = Duration::from_millis(400);
 
 /// Deterministic values of weight-like spread (no RNG crate needed).
@@ -25,8 +30,9 @@ fn values(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Best time of repeated runs over at least [`MIN_TIME`], as GB/s of `bytes`.
-fn gbps(bytes: usize, mut run: impl FnMut()) -> f64 {
+/// Best time of repeated runs over at least [`MIN_TIME`], as billions of `units` (bytes or
+/// multiply-adds) per second.
+fn gbps(units: usize, mut run: impl FnMut()) -> f64 {
     run();
     let start = Instant::now();
     let mut best = Duration::MAX;
@@ -35,7 +41,7 @@ fn gbps(bytes: usize, mut run: impl FnMut()) -> f64 {
         run();
         best = best.min(t.elapsed());
     }
-    bytes as f64 / best.as_secs_f64() / 1e9
+    units as f64 / best.as_secs_f64() / 1e9
 }
 
 fn bench(ty: GgmlType) {
@@ -59,7 +65,16 @@ fn bench(ty: GgmlType) {
         );
     }
     let weights = one_row.repeat((HOT_BYTES / row_bytes).max(1));
-    let mut out = vec![0.0f32; weights.len() / row_bytes * N];
+    let rows = weights.len() / row_bytes;
+    let all_acts = Activations::new(ty, acts.repeat(TOKENS), N);
+    let mut out = vec![0.0f32; rows * TOKENS];
+    let macs = rows * N * TOKENS;
+    let speed = gbps(macs, || {
+        mat_mul(black_box(&weights), black_box(&all_acts), &mut out);
+        black_box(&out);
+    });
+    line += &format!("  mat_mul x{TOKENS}: {speed:6.1} GMAC/s");
+    let mut out = vec![0.0f32; rows * N];
     let speed = gbps(weights.len(), || {
         dequantize(ty, black_box(&weights), &mut out).expect("sizes match");
         black_box(&out);

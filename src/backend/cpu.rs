@@ -1,16 +1,22 @@
 //! The CPU backend: the reference every GPU kernel is tested against, and a usable engine.
 //! Matrix products read the quantized blocks in place (activations are quantized to the
-//! format each weight type dots with); work is spread over a rayon pool.
+//! format each weight type dots with); work is spread over a rayon pool, except steps too
+//! small to be worth handing over.
 
 use super::{AttentionShape, Backend, Result, RopeKind, WeightBytes};
-use crate::quant::{self, ActFormat, GgmlType};
-use half::f16;
+use crate::quant::{self, ActFormat, Activations, GgmlType};
+use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Output rows handed to one rayon task: big enough to amortise scheduling, small enough to
 /// balance two to a few dozen threads.
 const ROWS_PER_TASK: usize = 32;
+
+/// Bytes a step reads below which it runs on the caller's thread: handing it to the pool
+/// costs two thread wake-ups, tens of microseconds on a busy machine, more than splitting
+/// so little work saves (a small model decodes several times faster for it).
+const SERIAL_BYTES: usize = 1 << 20;
 
 pub struct CpuTensor {
     data: RefCell<Vec<f32>>,
@@ -213,53 +219,21 @@ impl Backend for CpuBackend {
         let x = &x[..n * w.cols];
         let mut o = out.data.borrow_mut();
         let o: &mut [f32] = &mut o;
-        let acts = match self.exact {
-            false => quantize_rows(w.ggml_type.act_format(), x, w.cols),
-            true => Vec::new(),
-        };
-        // Fills the outputs of a block of weight rows, `n` per row (all tokens of the step).
-        let block = |c: usize, chunk: &mut [f32]| {
-            let mut row = vec![0f32; if self.exact { w.cols } else { 0 }];
-            for (i, per_token) in chunk.chunks_mut(n).enumerate() {
-                let r = c * ROWS_PER_TASK + i;
-                if self.exact {
-                    quant::dequantize(w.ggml_type, w.row(r), &mut row)
-                        .expect("size checked at load");
-                    for (v, xt) in per_token.iter_mut().zip(x.chunks(w.cols)) {
-                        *v = row
-                            .iter()
-                            .zip(xt)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum::<f64>() as f32;
-                    }
-                } else {
-                    for (t, v) in per_token.iter_mut().enumerate() {
-                        *v = quant::vec_dot(w.ggml_type, w.row(r), &acts[t], w.cols);
-                    }
-                }
-            }
-        };
-        self.pool.install(|| {
-            if n == 1 {
-                o[..w.rows]
-                    .par_chunks_mut(ROWS_PER_TASK)
-                    .enumerate()
-                    .for_each(|(c, chunk)| block(c, chunk));
-            } else {
-                // A task computes a block of weight rows for every token, so each row is read
-                // from memory once per step; the result is then scattered into token order.
-                let mut by_row = vec![0f32; w.rows * n];
-                by_row
-                    .par_chunks_mut(ROWS_PER_TASK * n)
-                    .enumerate()
-                    .for_each(|(c, chunk)| block(c, chunk));
-                for (r, per_token) in by_row.chunks(n).enumerate() {
-                    for (t, v) in per_token.iter().enumerate() {
-                        o[t * w.rows + r] = *v;
-                    }
-                }
-            }
-        });
+        let pool = &self.pool;
+        let format = w.ggml_type.act_format();
+        if self.exact {
+            pool.install(|| exact_matmul(w, x, o, n));
+        } else if n * w.data.bytes().len() < SERIAL_BYTES {
+            let mut bytes = Vec::new();
+            quant::quantize_acts(format, x, &mut bytes);
+            let acts = Activations::new(w.ggml_type, bytes, w.cols);
+            quant::mat_mul(w.data.bytes(), &acts, &mut o[..n * w.rows]);
+        } else {
+            pool.install(|| {
+                let bytes = quantize_rows(format, x, w.cols);
+                quantized_matmul(w, &Activations::new(w.ggml_type, bytes, w.cols), o, n)
+            });
+        }
         if let Some(bias) = bias {
             for row in o.chunks_mut(w.rows).take(n) {
                 row.iter_mut().zip(&bias.0).for_each(|(v, b)| *v += b);
@@ -280,9 +254,24 @@ impl Backend for CpuBackend {
     fn swiglu(&mut self, gate: &CpuTensor, up: &CpuTensor, out: &CpuTensor, n: usize) {
         let (g, u) = (gate.data.borrow(), up.data.borrow());
         let mut o = out.data.borrow_mut();
-        let len = n * out.cols;
-        for ((o, g), u) in o[..len].iter_mut().zip(&g[..len]).zip(&u[..len]) {
-            *o = silu(*g) * u;
+        let cols = out.cols;
+        let (o, g, u) = (&mut o[..n * cols], &g[..n * cols], &u[..n * cols]);
+        let row = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
+            for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                *o = silu(*g) * u;
+            }
+        };
+        // Gate, up and output: 12 bytes a value.
+        if 12 * o.len() < SERIAL_BYTES {
+            o.chunks_mut(cols)
+                .zip(g.chunks(cols).zip(u.chunks(cols)))
+                .for_each(row);
+        } else {
+            self.pool.install(|| {
+                o.par_chunks_mut(cols)
+                    .zip(g.par_chunks(cols).zip(u.par_chunks(cols)))
+                    .for_each(row);
+            });
         }
     }
 
@@ -342,29 +331,45 @@ impl Backend for CpuBackend {
         let (q, kc, vc): (&[f32], &[f16], &[f16]) = (&q, &kc, &vc);
         let mut o = out.data.borrow_mut();
         let o: &mut [f32] = &mut o;
-        self.pool.install(|| {
-            o[..n * n_head * hd]
-                .par_chunks_mut(hd)
+        // A task per token and KV head: the heads sharing the KV head share its value rows,
+        // converted to f32 once.
+        let task = |i: usize, out_group: &mut [f32]| {
+            let (t, kv_head) = (i / shape.n_head_kv, i % shape.n_head_kv);
+            let n_keys = pos + t + 1;
+            let at = |p: usize| p * kvw + kv_head * hd;
+            let q_group = &q[(t * n_head + kv_head * group) * hd..][..group * hd];
+            let mut scores = vec![0f32; group * n_keys];
+            for (qh, scores) in q_group.chunks(hd).zip(scores.chunks_mut(n_keys)) {
+                let qh: &[u8] = bytemuck::cast_slice(qh);
+                for (p, s) in scores.iter_mut().enumerate() {
+                    let k = bytemuck::cast_slice(&kc[at(p)..][..hd]);
+                    *s = scale * quant::vec_dot(GgmlType::F16, k, qh, hd);
+                }
+                softmax(scores);
+            }
+            out_group.fill(0.0);
+            let mut v = vec![0f32; hd];
+            for p in 0..n_keys {
+                vc[at(p)..][..hd].convert_to_f32_slice(&mut v);
+                for (out_head, s) in out_group.chunks_mut(hd).zip(scores.chunks(n_keys)) {
+                    add_scaled(out_head, s[p], &v);
+                }
+            }
+        };
+        let o = &mut o[..n * n_head * hd];
+        // Keys and values read, in f16, by the heads of the KV head.
+        let bytes = 4 * n * shape.n_head_kv * (pos + n) * hd;
+        if bytes < SERIAL_BYTES {
+            o.chunks_mut(group * hd)
                 .enumerate()
-                .for_each(|(i, out_head)| {
-                    let (t, h) = (i / n_head, i % n_head);
-                    let qh = &q[t * n_head * hd + h * hd..][..hd];
-                    let kv_off = (h / group) * hd;
-                    let n_keys = pos + t + 1;
-                    let mut scores: Vec<f32> = (0..n_keys)
-                        .map(|p| scale * dot_f16(qh, &kc[p * kvw + kv_off..][..hd]))
-                        .collect();
-                    softmax(&mut scores);
-                    out_head.fill(0.0);
-                    for (p, &s) in scores.iter().enumerate() {
-                        let vh = &vc[p * kvw + kv_off..][..hd];
-                        out_head
-                            .iter_mut()
-                            .zip(vh)
-                            .for_each(|(o, v)| *o += s * v.to_f32());
-                    }
-                });
-        });
+                .for_each(|(i, out_group)| task(i, out_group));
+        } else {
+            self.pool.install(|| {
+                o.par_chunks_mut(group * hd)
+                    .enumerate()
+                    .for_each(|(i, out_group)| task(i, out_group))
+            });
+        }
     }
 
     fn copy_row(&mut self, src: &CpuTensor, row: usize, dst: &CpuTensor) {
@@ -389,14 +394,73 @@ impl Backend for CpuBackend {
     }
 }
 
-fn quantize_rows(format: ActFormat, x: &[f32], cols: usize) -> Vec<Vec<u8>> {
-    x.chunks(cols)
-        .map(|row| {
-            let mut out = Vec::new();
-            quant::quantize_acts(format, row, &mut out);
-            out
-        })
-        .collect()
+/// The activation vectors of `x`'s rows in `format`, one after the other, on the current pool.
+fn quantize_rows(format: ActFormat, x: &[f32], cols: usize) -> Vec<u8> {
+    let bytes = format
+        .bytes_for(cols)
+        .expect("rows of whole blocks, checked at load");
+    let mut all = vec![0u8; bytes * (x.len() / cols)];
+    all.par_chunks_mut(bytes)
+        .zip(x.par_chunks(cols))
+        .for_each_init(Vec::new, |one, (out, row)| {
+            quant::quantize_acts(format, row, one);
+            out.copy_from_slice(one);
+        });
+    all
+}
+
+/// Fills `o[t * rows + r]` for `rows` weight rows and `n` tokens on the current pool: `task`
+/// gets the first row of a block of rows and their outputs, token by token (`len` rows for
+/// token t at `t * len`). A task takes a block of rows for every token, so each row is read
+/// from memory once per step; with several tokens the blocks are then copied into place.
+fn row_block_tasks(rows: usize, n: usize, o: &mut [f32], task: impl Fn(usize, &mut [f32]) + Sync) {
+    if n == 1 {
+        o[..rows]
+            .par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(c, chunk)| task(c * ROWS_PER_TASK, chunk));
+        return;
+    }
+    let mut blocks = vec![0f32; rows * n];
+    blocks
+        .par_chunks_mut(ROWS_PER_TASK * n)
+        .enumerate()
+        .for_each(|(c, chunk)| task(c * ROWS_PER_TASK, chunk));
+    o[..rows * n]
+        .par_chunks_mut(rows)
+        .enumerate()
+        .for_each(|(t, o)| {
+            for (c, block) in blocks.chunks(ROWS_PER_TASK * n).enumerate() {
+                let len = block.len() / n;
+                o[c * ROWS_PER_TASK..][..len].copy_from_slice(&block[t * len..][..len]);
+            }
+        });
+}
+
+fn quantized_matmul(w: &CpuMatrix, acts: &Activations, o: &mut [f32], n: usize) {
+    row_block_tasks(w.rows, n, o, |first, chunk| {
+        let rows = &w.data.bytes()[first * w.row_bytes..][..chunk.len() / n * w.row_bytes];
+        quant::mat_mul(rows, acts, chunk);
+    });
+}
+
+/// The reference product: each weight row dequantized and dotted with `x` in f64.
+fn exact_matmul(w: &CpuMatrix, x: &[f32], o: &mut [f32], n: usize) {
+    row_block_tasks(w.rows, n, o, |first, chunk| {
+        let len = chunk.len() / n;
+        let mut row = vec![0f32; w.cols];
+        for i in 0..len {
+            quant::dequantize(w.ggml_type, w.row(first + i), &mut row)
+                .expect("size checked at load");
+            for (t, xt) in x.chunks(w.cols).enumerate() {
+                chunk[t * len + i] = row
+                    .iter()
+                    .zip(xt)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+    });
 }
 
 pub fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -426,8 +490,11 @@ pub fn rope_head(head: &mut [f32], cos_sin: &[f32], kind: RopeKind) {
     }
 }
 
-fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
-    a.iter().zip(b).map(|(a, b)| a * b.to_f32()).sum()
+/// `acc += s · x`.
+fn add_scaled(acc: &mut [f32], s: f32, x: &[f32]) {
+    for (a, x) in acc.iter_mut().zip(x) {
+        *a += s * x;
+    }
 }
 
 pub fn softmax(x: &mut [f32]) {

@@ -15,13 +15,23 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
 
 /// The element of largest magnitude, with its sign (the first on ties).
 pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
-    let mut max = 0.0f32;
-    for &v in x {
-        if max.abs() < v.abs() {
-            max = v;
+    // The largest magnitude first, in independent lanes that vectorize (a maximum is exact in
+    // any order), then the first element that has it.
+    const LANES: usize = 16;
+    let (chunks, rest) = x.as_chunks::<LANES>();
+    let mut lanes = [0.0f32; LANES];
+    for chunk in chunks {
+        for (m, v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v.abs());
         }
     }
-    max
+    let amax = rest
+        .iter()
+        .fold(lanes.into_iter().fold(0.0, f32::max), |m, v| m.max(v.abs()));
+    match x.iter().find(|v| v.abs() == amax) {
+        Some(&v) if amax > 0.0 => v,
+        _ => 0.0,
+    }
 }
 
 /// The largest element, or 0.0 when none is positive; compared as ggml does, so a -0.0
@@ -215,6 +225,36 @@ pub(crate) fn make_q3_quants(x: &[f32], nmax: i32, levels: &mut [u8]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ggml's loop, which the vectorized version must match exactly.
+    fn signed_absmax_sequential(x: &[f32]) -> f32 {
+        let mut max = 0.0f32;
+        for &v in x {
+            if max.abs() < v.abs() {
+                max = v;
+            }
+        }
+        max
+    }
+
+    #[test]
+    fn signed_absmax_keeps_the_first_of_ties_and_its_sign() {
+        assert_eq!(signed_absmax(&[1.0, -3.0, 3.0]), -3.0);
+        assert_eq!(signed_absmax(&[3.0, -3.0]), 3.0);
+        assert_eq!(signed_absmax(&[-0.0, -0.0]).to_bits(), 0.0f32.to_bits());
+        assert_eq!(signed_absmax(&[f32::NAN, -2.0, 1.0]), -2.0);
+        assert_eq!(signed_absmax(&[]), 0.0);
+        for n in [5, 16, 37, 256] {
+            for seed in 0..20 {
+                // Values on a coarse grid, so magnitudes tie often, anywhere in the slice.
+                let x: Vec<f32> = (0..n)
+                    .map(|i| (((i * 7 + seed * 13) % 11) as f32 - 5.0) * 0.5)
+                    .collect();
+                let want = signed_absmax_sequential(&x);
+                assert_eq!(signed_absmax(&x).to_bits(), want.to_bits(), "{x:?}");
+            }
+        }
+    }
 
     #[test]
     fn nearest_int_rounds_ties_to_even() {

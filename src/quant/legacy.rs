@@ -6,7 +6,7 @@ use super::blocks::{
     f16_bytes, f16_field, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock,
 };
 use super::intdot::{dot_i8, sum_i8, unpack_fifth_bits, unpack_nibbles};
-use super::kscale::signed_absmax;
+use super::kscale::{nearest_int, signed_absmax};
 use std::array::from_fn;
 
 /// Strict comparisons as in ggml, so which of -0.0 and 0.0 is kept matches it.
@@ -42,6 +42,16 @@ fn pack_fifth_bits(q: &[u8; 32]) -> [u8; 4] {
         .enumerate()
         .fold(0u32, |acc, (i, &v)| acc | (((v >> 4) as u32 & 1) << i));
     bits.to_le_bytes()
+}
+
+/// `v.round()` for |v| < 2^22, which a quantizer's scaled values are (NaN gives 0, as
+/// `round() as i8` does), in steps that vectorize: the nearest integer, ties to even, then a
+/// step away from zero where a tie went toward it.
+#[inline(always)]
+fn round_half_away(v: f32) -> i32 {
+    let r = nearest_int(v);
+    let cut = v - r as f32;
+    r + (cut == 0.5 && v > 0.0) as i32 - (cut == -0.5 && v < 0.0) as i32
 }
 
 /// Truncates `v` toward zero into `0..=max`, as ggml's `MIN(max, (int8_t)v)` on its in-range inputs.
@@ -192,14 +202,22 @@ impl QuantBlock<32> for BlockQ8_0 {
         }
     }
 
-    /// Rounds half away from zero (C's `roundf`), as ggml does for this type.
+    /// Rounds half away from zero (C's `roundf`), as ggml does for this type. Also the
+    /// quantizer of the legacy quants' activations, so written to vectorize: the maximum in
+    /// independent lanes, and [`round_half_away`].
     fn quantize(x: &[f32; 32]) -> Self {
-        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let mut lanes = [0.0f32; 8];
+        for chunk in x.as_chunks::<8>().0 {
+            for (m, v) in lanes.iter_mut().zip(chunk) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = lanes.into_iter().fold(0.0, f32::max);
         let d = amax / 127.0;
         let id = inverse_or_zero(d);
         Self {
             d: f16_bytes(d),
-            qs: x.map(|v| (v * id).round() as i8),
+            qs: x.map(|v| round_half_away(v * id) as i8),
         }
     }
 
@@ -241,6 +259,28 @@ mod tests {
             }
         });
         assert_eq!(unpack_q5(&pack_nibbles(&q), pack_fifth_bits(&q)), q);
+    }
+
+    #[test]
+    fn rounding_matches_round_half_away_from_zero() {
+        let edges = [
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            0.499_999_97,
+            -0.499_999_97,
+            126.5,
+            -127.0,
+            127.49,
+            -3.5,
+            4.5,
+            f32::NAN,
+        ];
+        let steps = (-2600..2600).map(|i| i as f32 * 0.049);
+        for v in edges.into_iter().chain(steps) {
+            assert_eq!(round_half_away(v) as i8, v.round() as i8, "{v}");
+        }
     }
 
     #[test]

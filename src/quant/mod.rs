@@ -4,7 +4,9 @@
 //! A weight row is dotted with an activation vector prepared once per vector by
 //! [`quantize_acts`] in the row type's [`GgmlType::act_format`]; inside each block the
 //! products are summed in integers, as ggml's `vec_dot_*_q8_*` do. On x86-64 CPUs with AVX2
-//! and FMA the dot kernels run as a second compilation for those features, chosen at run time.
+//! and FMA the dot kernels run as a second compilation for those features, chosen at run time,
+//! and [`mat_mul`] of the block types runs hand-written kernels that decode each weight block
+//! once for several tokens.
 
 mod acts;
 mod blocks;
@@ -15,6 +17,8 @@ mod legacy;
 mod q2k_q3k;
 mod q4k_q5k;
 mod q6k;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod types;
 
 pub use acts::{quantize_acts, ActFormat};
@@ -178,29 +182,158 @@ pub fn vec_dot(ty: GgmlType, row: &[u8], acts: &[u8], n: usize) -> f32 {
     vec_dot_with::<false>(ty, row, acts)
 }
 
-/// `out[r]` = [`vec_dot`] of row r of the `out.len()` consecutive rows of `n` elements in `rows`.
+/// `out[r]` = [`vec_dot`] of row r of the `out.len()` consecutive rows of `n` elements in `rows`
+/// (to float rounding, as [`mat_mul`]).
 ///
 /// # Panics
-/// As [`vec_dot`], or when `rows` does not hold exactly `out.len()` rows.
+/// As [`Activations::new`] and [`mat_mul`].
 pub fn mat_vec(ty: GgmlType, rows: &[u8], n: usize, acts: &[u8], out: &mut [f32]) {
-    let row_bytes = check_dot_args(ty, acts, n);
-    assert_eq!(
-        Some(rows.len()),
-        row_bytes.checked_mul(out.len()),
-        "mat_vec: {ty} weights of {} bytes are not {} rows of {n} elements",
-        rows.len(),
-        out.len()
-    );
-    if row_bytes == 0 {
-        out.fill(0.0);
-        return;
+    mat_mul(rows, &Activations::new(ty, acts.to_vec(), n), out)
+}
+
+/// Activation vectors quantized for [`mat_mul`] with weight rows of one type, and arranged once
+/// for the kernels this CPU runs rather than once per block of rows.
+pub struct Activations {
+    ty: GgmlType,
+    n: usize,
+    /// The vectors as [`quantize_acts`] writes them.
+    bytes: Vec<u8>,
+    act_bytes: usize,
+    kernels: Kernels,
+    #[cfg(target_arch = "x86_64")]
+    layout: simd::Layout,
+}
+
+impl Activations {
+    /// Activation vectors of `n` values to meet rows of type `ty`: `bytes` holds them as
+    /// [`quantize_acts`] writes them in `ty.act_format()`, one after the other.
+    ///
+    /// # Panics
+    /// When `n` is not a whole number of `ty`'s blocks, or `bytes` not a whole, non-zero number
+    /// of vectors: both come from tensors whose shapes the model loader has checked, so a
+    /// mismatch is a bug in the caller.
+    pub fn new(ty: GgmlType, bytes: Vec<u8>, n: usize) -> Self {
+        Self::for_kernels(Kernels::best(), ty, bytes, n)
     }
+
+    fn for_kernels(kernels: Kernels, ty: GgmlType, bytes: Vec<u8>, n: usize) -> Self {
+        ty.row_bytes(n)
+            .unwrap_or_else(|e| panic!("activations: {e}"));
+        let format = ty.act_format();
+        let act_bytes = format.bytes_for(n).expect("whole blocks, as the rows");
+        assert!(
+            act_bytes > 0 && !bytes.is_empty() && bytes.len().is_multiple_of(act_bytes),
+            "activations: {} bytes are not whole vectors of {n} values in {format:?}",
+            bytes.len()
+        );
+        #[cfg(target_arch = "x86_64")]
+        let layout = match kernels {
+            Kernels::PerToken => simd::Layout::Plain,
+            // SAFETY: `kernels` is at most `Kernels::best()`, so the CPU has the features.
+            _ => unsafe {
+                simd::lay_out(format, &bytes, act_bytes, kernels == Kernels::Avx512Vnni)
+            },
+        };
+        Self {
+            ty,
+            n,
+            bytes,
+            act_bytes,
+            kernels,
+            #[cfg(target_arch = "x86_64")]
+            layout,
+        }
+    }
+
+    /// The number of vectors.
+    pub fn n_tokens(&self) -> usize {
+        self.bytes.len() / self.act_bytes
+    }
+}
+
+/// The products of consecutive weight rows with several activation vectors:
+/// `out[t * n_rows + r]` becomes [`vec_dot`] of row r with vector t, to float rounding (the
+/// per-block sums may be added in another order). Each weight block is decoded once for
+/// several tokens, which is what makes prompt processing fast.
+///
+/// # Panics
+/// When `rows` is not `out.len() / acts.n_tokens()` rows of the activations' type and length:
+/// both come from tensors whose shapes the model loader has checked, so a mismatch is a bug in
+/// the caller.
+pub fn mat_mul(rows: &[u8], acts: &Activations, out: &mut [f32]) {
+    let (ty, n) = (acts.ty, acts.n);
+    let row_bytes = ty.row_bytes(n).expect("checked with the activations");
+    let n_tokens = acts.n_tokens();
+    assert!(
+        out.len().is_multiple_of(n_tokens)
+            && Some(rows.len()) == row_bytes.checked_mul(out.len() / n_tokens),
+        "mat_mul: {ty} weights of {} bytes are not {} rows of {n} elements",
+        rows.len(),
+        out.len() / n_tokens
+    );
+    #[cfg(target_arch = "x86_64")]
+    if acts.kernels > Kernels::PerToken {
+        let batch = simd::Batch {
+            rows,
+            row_bytes,
+            acts: &acts.bytes,
+            act_bytes: acts.act_bytes,
+            layout: &acts.layout,
+        };
+        // SAFETY: `kernels` is at most `Kernels::best()`, so the CPU has the features.
+        let done = unsafe {
+            match acts.kernels {
+                Kernels::Avx512Vnni => simd::mat_mul_avx512_vnni(ty, &batch, out),
+                Kernels::Avx512 => simd::mat_mul_avx512(ty, &batch, out),
+                _ => simd::mat_mul_avx2(ty, &batch, out),
+            }
+        };
+        if done {
+            return;
+        }
+    }
+    let (bytes, act_bytes) = (&acts.bytes, acts.act_bytes);
     #[cfg(target_arch = "x86_64")]
     if fast_isa() {
         // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { mat_vec_avx2(ty, rows, row_bytes, acts, out) };
+        return unsafe { mat_mul_per_token_avx2(ty, rows, row_bytes, bytes, act_bytes, out) };
     }
-    mat_vec_with::<false>(ty, rows, row_bytes, acts, out)
+    mat_mul_per_token::<false>(ty, rows, row_bytes, bytes, act_bytes, out)
+}
+
+/// The implementations of [`mat_mul`], in order of speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kernels {
+    /// One [`vec_dot`] per row and token (compiled for AVX2 where the CPU has it).
+    PerToken,
+    /// The batched kernels of [`simd`], on CPUs with AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// The same with AVX-512 F, BW and VL besides.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// The same with AVX-512 VNNI besides.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+}
+
+impl Kernels {
+    fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if fast_isa() && has!("f16c") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
+                    if has!("avx512vnni") {
+                        return Self::Avx512Vnni;
+                    }
+                    return Self::Avx512;
+                }
+                return Self::Avx2;
+            }
+        }
+        Self::PerToken
+    }
 }
 
 /// Checks `n` and the activation length; returns the bytes of one row.
@@ -236,16 +369,24 @@ fn dot_blocks<B: QuantBlock<N>, const N: usize>(row: &[u8], acts: &[u8]) -> f32 
     sum
 }
 
+/// [`mat_mul`] as one [`vec_dot`] per row and token.
 #[inline(always)]
-fn mat_vec_with<const FMA: bool>(
+fn mat_mul_per_token<const FMA: bool>(
     ty: GgmlType,
     rows: &[u8],
     row_bytes: usize,
     acts: &[u8],
+    act_bytes: usize,
     out: &mut [f32],
 ) {
-    for (o, row) in out.iter_mut().zip(rows.chunks_exact(row_bytes)) {
-        *o = vec_dot_with::<FMA>(ty, row, acts);
+    let n_rows = rows.len() / row_bytes;
+    for (act, out) in acts
+        .chunks_exact(act_bytes)
+        .zip(out.chunks_exact_mut(n_rows))
+    {
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(row_bytes)) {
+            *o = vec_dot_with::<FMA>(ty, row, act);
+        }
     }
 }
 
@@ -262,8 +403,15 @@ fn vec_dot_avx2(ty: GgmlType, row: &[u8], acts: &[u8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn mat_vec_avx2(ty: GgmlType, rows: &[u8], row_bytes: usize, acts: &[u8], out: &mut [f32]) {
-    mat_vec_with::<true>(ty, rows, row_bytes, acts, out)
+fn mat_mul_per_token_avx2(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &[u8],
+    act_bytes: usize,
+    out: &mut [f32],
+) {
+    mat_mul_per_token::<true>(ty, rows, row_bytes, acts, act_bytes, out)
 }
 
 #[cfg(test)]
@@ -300,22 +448,108 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mat_vec_matches_vec_dot_per_row() {
-        let n = QK_K;
-        let x = wave(n, 0.1);
-        for ty in [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::F16] {
-            let weights = quantize(ty, &wave(3 * n, 2.0)).unwrap();
-            let mut acts = Vec::new();
-            quantize_acts(ty.act_format(), &x, &mut acts);
-            let mut out = [0.0; 3];
-            mat_vec(ty, &weights, n, &acts, &mut out);
-            let row_bytes = ty.row_bytes(n).unwrap();
-            for (r, o) in out.iter().enumerate() {
-                let row = &weights[r * row_bytes..(r + 1) * row_bytes];
-                assert_eq!(*o, vec_dot(ty, row, &acts, n), "{ty} row {r}");
+    /// Large levels of both signs: the extremes of every type's range, where an overflowing
+    /// or saturating integer sum would show.
+    fn extremes(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| match (i * 7 + seed) % 5 {
+                0 => 1.0,
+                1 | 2 => -1.0,
+                3 => 0.98,
+                _ => -0.02,
+            })
+            .collect()
+    }
+
+    /// [`mat_mul`] of `rows` rows with `tokens` vectors against [`vec_dot`] per row and token,
+    /// allowing float rounding relative to the sum of the magnitudes of the per-block dots.
+    fn check_mat_mul(kernels: Kernels, ty: GgmlType, weights: &[f32], xs: &[Vec<f32>], n: usize) {
+        let rows = quantize(ty, weights).unwrap();
+        let row_bytes = ty.row_bytes(n).unwrap();
+        let format = ty.act_format();
+        let mut acts = Vec::new();
+        let mut all_acts = Vec::new();
+        for x in xs {
+            quantize_acts(format, x, &mut acts);
+            all_acts.extend_from_slice(&acts);
+        }
+        let act_bytes = all_acts.len() / xs.len();
+        let mut out = vec![f32::NAN; weights.len() / n * xs.len()];
+        let prepared = Activations::for_kernels(kernels, ty, all_acts.clone(), n);
+        mat_mul(&rows, &prepared, &mut out);
+        let block = ty.block_size();
+        let (w_block, a_block) = (
+            ty.row_bytes(block).unwrap(),
+            format.bytes_for(block).unwrap(),
+        );
+        for (r, row) in rows.chunks(row_bytes).enumerate() {
+            for (t, act) in all_acts.chunks(act_bytes).enumerate() {
+                let want = vec_dot(ty, row, act, n);
+                let magnitude: f32 = row
+                    .chunks(w_block)
+                    .zip(act.chunks(a_block))
+                    .map(|(w, a)| vec_dot(ty, w, a, block).abs())
+                    .sum();
+                let got = out[t * (weights.len() / n) + r];
+                assert!(
+                    (got - want).abs() <= 1e-5 * magnitude.max(1e-3),
+                    "{kernels:?} {ty} row {r} token {t} of {}: {got} vs {want}",
+                    xs.len()
+                );
             }
         }
+    }
+
+    /// Every type on every implementation this CPU runs, for token counts that fill whole
+    /// tiles (of 4 or 8), leave a remainder, or are a single token (decoding).
+    #[test]
+    fn mat_mul_matches_vec_dot_per_row_and_token() {
+        let n = 2 * QK_K;
+        #[cfg(target_arch = "x86_64")]
+        let all = [
+            Kernels::PerToken,
+            Kernels::Avx2,
+            Kernels::Avx512,
+            Kernels::Avx512Vnni,
+        ];
+        #[cfg(not(target_arch = "x86_64"))]
+        let all = [Kernels::PerToken];
+        for kernels in all.into_iter().filter(|k| *k <= Kernels::best()) {
+            for ty in ALL_TYPES {
+                for n_tokens in [1, 3, 8, 13] {
+                    let xs: Vec<Vec<f32>> = (0..n_tokens).map(|t| wave(n, t as f32)).collect();
+                    check_mat_mul(kernels, ty, &wave(3 * n, 2.0), &xs, n);
+                    let xs: Vec<Vec<f32>> = (0..n_tokens).map(|t| extremes(n, t)).collect();
+                    check_mat_mul(kernels, ty, &extremes(3 * n, 11), &xs, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mat_vec_is_mat_mul_of_one_token() {
+        let n = QK_K;
+        let weights = quantize(GgmlType::Q6K, &wave(2 * n, 0.3)).unwrap();
+        let mut acts = Vec::new();
+        quantize_acts(ActFormat::Q8K, &wave(n, 0.9), &mut acts);
+        let (mut a, mut b) = ([0.0; 2], [0.0; 2]);
+        mat_vec(GgmlType::Q6K, &weights, n, &acts, &mut a);
+        mat_mul(&weights, &Activations::new(GgmlType::Q6K, acts, n), &mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    #[should_panic(expected = "not 2 rows")]
+    fn mat_mul_refuses_a_short_output() {
+        let n = QK_K;
+        let weights = quantize(GgmlType::Q4K, &wave(3 * n, 0.3)).unwrap();
+        let mut acts = Vec::new();
+        quantize_acts(ActFormat::Q8K, &wave(n, 0.9), &mut acts);
+        mat_mul(
+            &weights,
+            &Activations::new(GgmlType::Q4K, acts, n),
+            &mut [0.0; 2],
+        );
     }
 
     #[test]

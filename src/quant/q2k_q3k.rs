@@ -113,7 +113,7 @@ impl QuantBlock<256> for BlockQ2K {
 /// nibble of byte g (g < 8) or the high nibble of byte g - 8, the top two bits are bits
 /// 2(g/4)..2(g/4)+2 of byte 8 + g % 4.
 #[inline(always)]
-fn unpack_q3_scales(s: &[u8; 12]) -> [i8; 16] {
+pub(super) fn unpack_q3_scales(s: &[u8; 12]) -> [i8; 16] {
     from_fn(|g| {
         let low = if g < 8 { s[g] & 0x0f } else { s[g - 8] >> 4 };
         let high = (s[8 + g % 4] >> (2 * (g / 4))) & 3;

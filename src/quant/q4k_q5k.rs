@@ -8,7 +8,7 @@ use super::kscale::{make_qkx2_quants, nearest_int, positive_max};
 /// g ≥ 4, the nibbles of byte g + 4 with top bits from the spare high bits of bytes g - 4 and g.
 /// Done four bytes at a time in u32 words, a dozen instructions instead of a vectorizer's tangle.
 #[inline(always)]
-fn unpack_scale_min(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+pub(super) fn unpack_scale_min(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     const LOW6: u32 = 0x3f3f_3f3f;
     const LOW4: u32 = 0x0f0f_0f0f;
     const LOW2: u32 = 0x0303_0303;
