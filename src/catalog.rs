@@ -15,7 +15,7 @@ pub const KNOWN_MODELS: &[(&str, &str)] = &[
     ),
 ];
 
-pub const DEFAULT_MODEL: &str = "smollm2-135m";
+pub const DEFAULT_MODEL: &str = "qwen2.5-coder-1.5b-q4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {

@@ -160,3 +160,25 @@ fn qwen_coder_0_5b_on_the_gpu_matches_the_cpu() {
 fn qwen_coder_1_5b_on_the_gpu_matches_the_cpu() {
     gpu_matches_cpu("qwen2.5-coder-1.5b-q4", &CODER_PROMPTS, 32);
 }
+
+/// The fast CPU path (8-bit activations, batched kernels) against the exact one on a prompt
+/// long enough to cross every tile and attention boundary. Over 30 layers the activation
+/// quantization moves this prompt's logits by about 8% (already before the batched kernels),
+/// enough to change a close greedy choice, so only the distance is checked: an indexing bug
+/// moves them by more than 50%.
+#[test]
+fn fast_cpu_matches_exact_cpu_on_a_long_prompt() {
+    let (file, tokenizer) = open("smollm2-135m");
+    let text = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let tokens = tokenizer.encode(text, true).unwrap();
+    assert!(tokens.len() > 32, "{} tokens", tokens.len());
+    let mut exact = Transformer::load(&file, CpuBackend::exact(0).unwrap(), &options()).unwrap();
+    let mut fast = Transformer::load(&file, CpuBackend::new(0).unwrap(), &options()).unwrap();
+    exact.forward(&tokens).unwrap();
+    fast.forward(&tokens).unwrap();
+    let error = relative_error(&fast.logits().unwrap(), &exact.logits().unwrap());
+    assert!(
+        error < 0.15,
+        "fast and exact CPU logits differ by {error:.2e}"
+    );
+}
