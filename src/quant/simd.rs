@@ -327,18 +327,24 @@ impl KBlock for BlockQ3K {
     }
 }
 
+/// The scales of Q4_K and Q5_K, which share the packed 6-bit scale/min layout.
+#[inline(always)]
+unsafe fn packed_scale_min(d: [u8; 2], dmin: [u8; 2], scales: &[u8; 12]) -> KScales {
+    let (sc, m) = unpack_scale_min(scales);
+    KScales {
+        d: half(d),
+        dmin: half(dmin),
+        sc: groups_of_16(sc),
+        mc: groups_of_16(m),
+    }
+}
+
 impl KBlock for BlockQ4K {
     const MIN_IN_INTEGERS: bool = false;
 
     #[inline(always)]
     unsafe fn scales(&self) -> KScales {
-        let (sc, m) = unpack_scale_min(&self.scales);
-        KScales {
-            d: half(self.d),
-            dmin: half(self.dmin),
-            sc: groups_of_16(sc),
-            mc: groups_of_16(m),
-        }
+        packed_scale_min(self.d, self.dmin, &self.scales)
     }
 
     #[inline(always)]
@@ -353,13 +359,7 @@ impl KBlock for BlockQ5K {
 
     #[inline(always)]
     unsafe fn scales(&self) -> KScales {
-        let (sc, m) = unpack_scale_min(&self.scales);
-        KScales {
-            d: half(self.d),
-            dmin: half(self.dmin),
-            sc: groups_of_16(sc),
-            mc: groups_of_16(m),
-        }
+        packed_scale_min(self.d, self.dmin, &self.scales)
     }
 
     #[inline(always)]
