@@ -438,7 +438,7 @@ fn run_attention<B: Load>(
     let table = b
         .upload_vector("rope", &rope_table(shape.head_dim))
         .expect("rope table");
-    let cache = b.kv_cache(2, N_CTX, kvw).expect("cache");
+    let cache = b.kv_cache(2, N_CTX, shape).expect("cache");
     steps
         .iter()
         .map(|s| {
@@ -889,4 +889,21 @@ fn swiglu_on<B: Load>(
     let out = b.load("out", n, rows, &nan(n * rows));
     b.norm_gate_up_swiglu(&xt, &norm, 1e-6, &normed, &gate_up, &gate, &up, &out, n);
     read(b, &out, n)
+}
+
+/// Heads larger than the attention kernels hold in workgroup memory are refused at load.
+#[test]
+fn attention_heads_past_the_kernel_limit_are_refused() {
+    let shape = AttentionShape {
+        n_head: 2,
+        n_head_kv: 1,
+        head_dim: 320,
+        rope: RopeKind::Neox,
+    };
+    let e = gpu()
+        .kv_cache(1, 16, &shape)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("320"), "{e}");
 }

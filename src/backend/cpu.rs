@@ -177,7 +177,13 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn kv_cache(&mut self, n_layers: usize, n_ctx: usize, kv_width: usize) -> Result<CpuKvCache> {
+    fn kv_cache(
+        &mut self,
+        n_layers: usize,
+        n_ctx: usize,
+        shape: &AttentionShape,
+    ) -> Result<CpuKvCache> {
+        let kv_width = shape.kv_width();
         // Zeroed allocations are lazily backed by the OS: unused context costs no memory.
         let layer = || RefCell::new(vec![f16::ZERO; n_ctx * kv_width]);
         self.bytes_held += (2 * n_layers * n_ctx * kv_width * 2) as u64;

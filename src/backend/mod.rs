@@ -123,9 +123,14 @@ pub trait Backend {
         cols: usize,
     ) -> Result<Self::GateUp>;
     fn tensor(&mut self, name: &str, rows: usize, cols: usize) -> Result<Self::Tensor>;
-    /// K and V for `n_layers` layers and `n_ctx` positions, `kv_width` values per position.
-    fn kv_cache(&mut self, n_layers: usize, n_ctx: usize, kv_width: usize)
-        -> Result<Self::KvCache>;
+    /// K and V for `n_layers` layers of attention shaped `shape`, for `n_ctx` positions; a
+    /// backend whose kernels cannot take the shape refuses it here, at load.
+    fn kv_cache(
+        &mut self,
+        n_layers: usize,
+        n_ctx: usize,
+        shape: &AttentionShape,
+    ) -> Result<Self::KvCache>;
 
     /// out[t] = row `tokens[t]` of `table`, dequantized.
     fn embed(&mut self, table: &Self::Matrix, tokens: &[u32], out: &Self::Tensor);

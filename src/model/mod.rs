@@ -109,7 +109,7 @@ impl<B: Backend> Transformer<B> {
         };
         let weights = loader.weights(&mut backend, n_ctx)?;
         let scratch = Scratch::new(&mut backend, &config, n_batch)?;
-        let cache = backend.kv_cache(config.n_layer, n_ctx, config.attention.kv_width())?;
+        let cache = backend.kv_cache(config.n_layer, n_ctx, &config.attention)?;
         Ok(Self {
             config,
             backend,

@@ -77,6 +77,8 @@ pub struct GpuKvCache {
 
 /// Workgroups of the first argmax step (shaders/reduce.wgsl ARGMAX_GROUPS).
 const ARGMAX_GROUPS: u32 = 64;
+/// Largest head size the attention kernels hold in workgroup memory.
+const MAX_HEAD_DIM: usize = 256;
 /// Key chunks of split attention (shaders/attention.wgsl CHUNK).
 const ATTENTION_CHUNK: usize = 32;
 /// Most queries per step that attend through split chunks (decoding); more use one pass.
@@ -874,7 +876,21 @@ impl Backend for WgpuBackend {
         })
     }
 
-    fn kv_cache(&mut self, n_layers: usize, n_ctx: usize, kv_width: usize) -> Result<GpuKvCache> {
+    fn kv_cache(
+        &mut self,
+        n_layers: usize,
+        n_ctx: usize,
+        shape: &AttentionShape,
+    ) -> Result<GpuKvCache> {
+        // shaders/attention.wgsl holds a query head and a chunk of keys in workgroup memory
+        // sized for heads of up to 256 values.
+        if shape.head_dim > MAX_HEAD_DIM {
+            return Err(BackendError::Unsupported(format!(
+                "attention heads of {} values are more than the GPU kernels take ({MAX_HEAD_DIM})",
+                shape.head_dim
+            )));
+        }
+        let kv_width = shape.kv_width();
         let bytes = (n_ctx * kv_width * 2) as u64;
         let mut k = Vec::with_capacity(n_layers);
         let mut v = Vec::with_capacity(n_layers);
