@@ -9,7 +9,7 @@ struct Params {
     kv_width: u32,
     q_width: u32,
     scale: f32,
-    // Key chunks per (head, token) in the split kernels' partials.
+    // Key chunks per (head, token) in the decode kernel's partials.
     n_chunks: u32,
 }
 
@@ -111,88 +111,161 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     }
 }
 
-// Decoding attends over many keys with few queries: the keys are split into chunks of CHUNK,
-// one workgroup per (head, chunk, token) writes a partial result (max, sum, weighted values)
-// and attention_combine merges the chunks. Partials: [token][head][chunk][2 + head_dim].
+// Decoding: few queries, many keys. One workgroup per (query head, chunk of CHUNK keys,
+// token); a token with one chunk of keys gets its output, else a partial result (max, sum, weighted
+// values) that attention_combine merges. Partials: [token][head][chunk][2 + head_dim].
+// Keys and values are read as vec4<u32> (8 f16 each; head_dim is a multiple of 8), several
+// loads issued before their first use, so that each thread keeps many loads in flight: the
+// work is small and latency, not bandwidth, bounds it.
 
-const CHUNK: u32 = 32u;
+const CHUNK: u32 = 128u;
+const DWG: u32 = 128u;
 
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(6) var<storage, read> k_rows: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read> v_rows: array<vec4<u32>>;
 
-// The chunk's keys, a row of head_dim / 2 words each, padded by one word against bank conflicts.
-var<workgroup> k_tile: array<u32, 4128>;
-var<workgroup> chunk_scores: array<f32, CHUNK>;
 var<workgroup> chunk_weights: array<f32, CHUNK>;
+var<workgroup> chunk_reduce: array<f32, DWG>;
+var<workgroup> group_sums: array<array<vec4<f32>, 2>, DWG>;
 
 fn partial_base(t: u32, h: u32, c: u32) -> u32 {
     return ((t * p.n_head + h) * p.n_chunks + c) * (p.head_dim + 2u);
 }
 
-@compute @workgroup_size(64)
-fn attention_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn chunk_max(li: u32, v: f32) -> f32 {
+    chunk_reduce[li] = v;
+    workgroupBarrier();
+    for (var s = DWG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            chunk_reduce[li] = max(chunk_reduce[li], chunk_reduce[li + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = chunk_reduce[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn chunk_sum(li: u32, v: f32) -> f32 {
+    chunk_reduce[li] = v;
+    workgroupBarrier();
+    for (var s = DWG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            chunk_reduce[li] += chunk_reduce[li + s];
+        }
+        workgroupBarrier();
+    }
+    let r = chunk_reduce[0];
+    workgroupBarrier();
+    return r;
+}
+
+// The dot product of 8 f16 values with q[d..d + 8].
+fn dot8(kv: vec4<u32>, d: u32) -> f32 {
+    let a = unpack2x16float(kv.x);
+    let b = unpack2x16float(kv.y);
+    let c = unpack2x16float(kv.z);
+    let e = unpack2x16float(kv.w);
+    return q[d] * a.x + q[d + 1u] * a.y + q[d + 2u] * b.x + q[d + 3u] * b.y
+        + q[d + 4u] * c.x + q[d + 5u] * c.y + q[d + 6u] * e.x + q[d + 7u] * e.y;
+}
+
+// Key `key`'s score: its row of head_dim / 8 vectors from `row`, four loads at a time.
+fn key_score(row: u32) -> f32 {
+    let vecs = p.head_dim / 8u;
+    var dot = 0.0;
+    var i = 0u;
+    for (; i + 4u <= vecs; i += 4u) {
+        let k0 = k_rows[row + i];
+        let k1 = k_rows[row + i + 1u];
+        let k2 = k_rows[row + i + 2u];
+        let k3 = k_rows[row + i + 3u];
+        dot += dot8(k0, 8u * i) + dot8(k1, 8u * i + 8u) + dot8(k2, 8u * i + 16u) + dot8(k3, 8u * i + 24u);
+    }
+    for (; i < vecs; i++) {
+        dot += dot8(k_rows[row + i], 8u * i);
+    }
+    return dot;
+}
+
+fn add_weighted(acc: ptr<function, array<vec4<f32>, 2>>, weight: f32, v: vec4<u32>) {
+    (*acc)[0] += weight * vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
+    (*acc)[1] += weight * vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
+}
+
+@compute @workgroup_size(128)
+fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wid.x;
     let c = wid.y;
     let t = wid.z;
     let hd = p.head_dim;
-    let words = hd / 2u;
-    let stride = words + 1u;
-    let kv_off = (h / (p.n_head / p.n_head_kv)) * hd;
+    // Rows of the caches in vec4 units.
+    let row_vecs = p.kv_width / 8u;
+    let head_vec = (h / (p.n_head / p.n_head_kv)) * hd / 8u;
     let n_keys = p.pos + t + 1u;
     let start = c * CHUNK;
-    let out = partial_base(t, h, c);
+    // Chunks past this token's keys (an earlier token of the step) have nothing to do.
     if (start >= n_keys) {
-        if (li == 0u) {
-            partials[out] = -3.4e38;
-            partials[out + 1u] = 0.0;
-        }
         return;
     }
     let count = min(CHUNK, n_keys - start);
-    for (var d = li; d < hd; d += 64u) {
-        q[d] = Q[t * p.q_width + h * hd + d];
-    }
-    for (var i = li; i < CHUNK * words; i += 64u) {
-        let key = i / words;
-        let w = i % words;
-        var v = 0u;
-        if (key < count) {
-            v = k_cache[((start + key) * p.kv_width + kv_off) / 2u + w];
-        }
-        k_tile[key * stride + w] = v;
+    for (var d = li; d < hd; d += DWG) {
+        q[d] = Q[t * p.q_width + h * hd + d] * p.scale;
     }
     workgroupBarrier();
-    if (li < CHUNK) {
-        var s = -3.4e38;
-        if (li < count) {
-            var dot = 0.0;
-            for (var w = 0u; w < words; w++) {
-                let kv = unpack2x16float(k_tile[li * stride + w]);
-                dot += q[2u * w] * kv.x + q[2u * w + 1u] * kv.y;
-            }
-            s = dot * p.scale;
+
+    // One key per thread: scores, their maximum, the softmax weights and their sum.
+    var score = -3.4e38;
+    if (li < count) {
+        score = key_score((start + li) * row_vecs + head_vec);
+    }
+    let m = chunk_max(li, score);
+    let weight = select(0.0, exp(score - m), li < count);
+    chunk_weights[li] = weight;
+    let l = chunk_sum(li, weight);
+
+    // Weighted values: thread (group g, vector i) sums vector i of keys g, g + groups, ...
+    let vecs = hd / 8u;
+    let groups = DWG / vecs;
+    let i = li % vecs;
+    let g = li / vecs;
+    var acc: array<vec4<f32>, 2>;
+    if (g < groups) {
+        var j = g;
+        for (; j + 3u * groups < count; j += 4u * groups) {
+            let v0 = v_rows[(start + j) * row_vecs + head_vec + i];
+            let v1 = v_rows[(start + j + groups) * row_vecs + head_vec + i];
+            let v2 = v_rows[(start + j + 2u * groups) * row_vecs + head_vec + i];
+            let v3 = v_rows[(start + j + 3u * groups) * row_vecs + head_vec + i];
+            add_weighted(&acc, chunk_weights[j], v0);
+            add_weighted(&acc, chunk_weights[j + groups], v1);
+            add_weighted(&acc, chunk_weights[j + 2u * groups], v2);
+            add_weighted(&acc, chunk_weights[j + 3u * groups], v3);
         }
-        chunk_scores[li] = s;
-    }
-    workgroupBarrier();
-    var m = -3.4e38;
-    for (var j = 0u; j < count; j++) {
-        m = max(m, chunk_scores[j]);
-    }
-    if (li < CHUNK) {
-        chunk_weights[li] = select(0.0, exp(chunk_scores[li] - m), li < count);
-    }
-    workgroupBarrier();
-    var l = 0.0;
-    for (var j = 0u; j < count; j++) {
-        l += chunk_weights[j];
-    }
-    for (var d = li; d < hd; d += 64u) {
-        var a = 0.0;
-        for (var j = 0u; j < count; j++) {
-            let word = v_cache[((start + j) * p.kv_width + kv_off + d) / 2u];
-            a += chunk_weights[j] * unpack2x16float(word)[d & 1u];
+        for (; j < count; j += groups) {
+            add_weighted(&acc, chunk_weights[j], v_rows[(start + j) * row_vecs + head_vec + i]);
         }
-        partials[out + 2u + d] = a;
+    }
+    group_sums[li] = acc;
+    workgroupBarrier();
+    if (g != 0u) {
+        return;
+    }
+    for (var o = 1u; o < groups; o++) {
+        acc[0] += group_sums[o * vecs + i][0];
+        acc[1] += group_sums[o * vecs + i][1];
+    }
+    if (n_keys <= CHUNK) {
+        let base = t * p.q_width + h * hd + 8u * i;
+        for (var e = 0u; e < 8u; e++) {
+            O[base + e] = acc[e / 4u][e % 4u] / l;
+        }
+        return;
+    }
+    let out = partial_base(t, h, c);
+    for (var e = 0u; e < 8u; e++) {
+        partials[out + 2u + 8u * i + e] = acc[e / 4u][e % 4u];
     }
     if (li == 0u) {
         partials[out] = m;
@@ -207,6 +280,10 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     let t = wid.y;
     let hd = p.head_dim;
     let used = (p.pos + t + 1u + CHUNK - 1u) / CHUNK;
+    // A single chunk wrote its output itself.
+    if (used == 1u) {
+        return;
+    }
     var m = -3.4e38;
     for (var c = 0u; c < used; c++) {
         m = max(m, partials[partial_base(t, h, c)]);

@@ -2,7 +2,9 @@
 // fused), straight from the quantized weights, for decoding (token t = workgroup z).
 // A team of TEAM threads owns R weight rows: each thread loads 32 activations once and dots
 // them with 32 weights of each of its rows, striding along the rows (8 at a time where the
-// row length is not a multiple of 32). With `norm`, x is RMS-normalised on the fly.
+// row length is not a multiple of 32). With `norm`, x is RMS-normalised on the fly: a team
+// covers all of x, so it sums x² in the same loop and scales its dot products at the end,
+// with no separate pass (and no wait) before the weight loads.
 // Teams reduce with subgroup operations where the device has them, else in workgroup memory.
 
 const WG: u32 = {{WG}}u;
@@ -20,7 +22,6 @@ const ROWS: u32 = TEAMS * R;
 @group(0) @binding(5) var<storage, read> NW: array<vec4<f32>>;
 
 var<workgroup> partial: array<f32, WG>;
-var<workgroup> team_totals: array<f32, TEAMS>;
 
 fn x_at(i: u32) -> f32 {
     return X[i / 4u][i % 4u];
@@ -38,16 +39,18 @@ fn x4(t: u32, e: u32) -> vec4<f32> {
     return v;
 }
 
-// The 32 activations of chunk c of x[t] (times the norm weight when normalising), as 8 vectors.
+// The 32 activations of chunk c of x[t], as 8 vectors.
 fn x32(t: u32, c: u32) -> array<vec4<f32>, 8> {
     let b = t * p.w_k / 4u + 8u * c;
-    if (p.norm == 0u) {
-        return array<vec4<f32>, 8>(X[b], X[b + 1u], X[b + 2u], X[b + 3u], X[b + 4u], X[b + 5u], X[b + 6u], X[b + 7u]);
-    }
+    return array<vec4<f32>, 8>(X[b], X[b + 1u], X[b + 2u], X[b + 3u], X[b + 4u], X[b + 5u], X[b + 6u], X[b + 7u]);
+}
+
+// Chunk c of the norm weight times x.
+fn norm_weighted(c: u32, x: array<vec4<f32>, 8>) -> array<vec4<f32>, 8> {
     let n = 8u * c;
     return array<vec4<f32>, 8>(
-        X[b] * NW[n], X[b + 1u] * NW[n + 1u], X[b + 2u] * NW[n + 2u], X[b + 3u] * NW[n + 3u],
-        X[b + 4u] * NW[n + 4u], X[b + 5u] * NW[n + 5u], X[b + 6u] * NW[n + 6u], X[b + 7u] * NW[n + 7u]);
+        x[0] * NW[n], x[1] * NW[n + 1u], x[2] * NW[n + 2u], x[3] * NW[n + 3u],
+        x[4] * NW[n + 4u], x[5] * NW[n + 5u], x[6] * NW[n + 6u], x[7] * NW[n + 7u]);
 }
 
 fn dot32(w: array<vec4<f32>, 8>, x: array<vec4<f32>, 8>) -> f32 {
@@ -60,34 +63,20 @@ fn team_sum(v: f32, li: u32) -> f32 {
 {{TEAM_SUM}}
 }
 
-// 1 / rms(x[t]), computed by the whole workgroup (the row length is a multiple of 32 here).
-fn inverse_rms(t: u32, li: u32) -> f32 {
-    var s = 0.0;
-    for (var i = li; i < p.w_k / 4u; i += WG) {
-        let v = X[t * p.w_k / 4u + i];
-        s += dot(v, v);
-    }
-    let team = team_sum(s, li);
-    if (li % TEAM == 0u) {
-        team_totals[li / TEAM] = team;
-    }
-    workgroupBarrier();
-    var total = 0.0;
-    for (var i = 0u; i < TEAMS; i++) {
-        total += team_totals[i];
-    }
-    return inverseSqrt(total / f32(p.w_k) + p.eps);
-}
-
 // The products of this thread's team's R rows with x[t], complete in the team's first lane.
 fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
     let lane = li % TEAM;
     let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
     let t = wid.z;
     var acc: array<f32, R>;
+    var squares = 0.0;
     if (p.w_k % 32u == 0u) {
         for (var c = lane; c < p.w_k / 32u; c += TEAM) {
-            let x = x32(t, c);
+            var x = x32(t, c);
+            if (p.norm != 0u) {
+                squares += dot32(x, x);
+                x = norm_weighted(c, x);
+            }
             for (var r = 0u; r < R; r++) {
                 if (row0 + r < p.rows) {
                     acc[r] += dot32(load32(row0 + r, c), x);
@@ -106,11 +95,11 @@ fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
             }
         }
     }
-    // The norm's scale is common to the whole row: applied after the loop, so that the weight
-    // loads do not wait for the reduction over x.
+    // The norm's scale is common to the whole row (the host fuses the norm only into rows
+    // that are a multiple of 32 long).
     var scale = 1.0;
     if (p.norm != 0u) {
-        scale = inverse_rms(t, li);
+        scale = inverseSqrt(team_sum(squares, li) / f32(p.w_k) + p.eps);
     }
     var sums: array<f32, R>;
     for (var r = 0u; r < R; r++) {

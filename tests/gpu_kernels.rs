@@ -377,13 +377,10 @@ fn add_swiglu_and_copy_row_match_the_cpu() {
     }
 }
 
-/// Positions in the attention tests' cache.
-const N_CTX: usize = 80;
-
-/// The `[N_CTX, head_dim / 2]` (cos, sin) table of RoPE with base 10000.
-fn rope_table(head_dim: usize) -> Vec<f32> {
-    let mut table = Vec::with_capacity(N_CTX * head_dim);
-    for p in 0..N_CTX {
+/// The `[n_ctx, head_dim / 2]` (cos, sin) table of RoPE with base 10000.
+fn rope_table(n_ctx: usize, head_dim: usize) -> Vec<f32> {
+    let mut table = Vec::with_capacity(n_ctx * head_dim);
+    for p in 0..n_ctx {
         for f in 0..head_dim / 2 {
             let theta = p as f64 * 10000f64.powf(-2.0 * f as f64 / head_dim as f64);
             table.extend([theta.cos() as f32, theta.sin() as f32]);
@@ -404,11 +401,11 @@ struct Step {
     other_v: Vec<f32>,
 }
 
-/// Prefill of 70 tokens in one call (more keys than one 64-key tile), then two single tokens.
-fn attention_steps(rng: &mut StdRng, shape: &AttentionShape) -> Vec<Step> {
+/// A prefill of `prefill` tokens in one call, then one token, then three.
+fn attention_steps(rng: &mut StdRng, shape: &AttentionShape, prefill: usize) -> Vec<Step> {
     let (qw, kvw) = (shape.q_width(), shape.kv_width());
     let mut pos = 0;
-    [70, 1, 1]
+    [prefill, 1, 3]
         .into_iter()
         .map(|n| {
             let step = Step {
@@ -435,10 +432,11 @@ fn run_attention<B: Load>(
     steps: &[Step],
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let (qw, kvw) = (shape.q_width(), shape.kv_width());
+    let n_ctx: usize = steps.iter().map(|s| s.n).sum();
     let table = b
-        .upload_vector("rope", &rope_table(shape.head_dim))
+        .upload_vector("rope", &rope_table(n_ctx, shape.head_dim))
         .expect("rope table");
-    let cache = b.kv_cache(2, N_CTX, shape).expect("cache");
+    let cache = b.kv_cache(2, n_ctx, shape).expect("cache");
     steps
         .iter()
         .map(|s| {
@@ -463,12 +461,18 @@ fn run_attention<B: Load>(
 #[test]
 fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
     let mut rng = rng(9);
+    // The prefill runs through the prompt kernel (70 keys: more than one 64-key tile), then
+    // one token and three through the decode kernel: after 126 the three straddle its 128-key
+    // chunks (one token fits one chunk, two take two and a merge); after 1030, nine chunks.
+    // Heads of 80 leave some of the decode kernel's threads without a value vector.
     let cases = [
-        (64, RopeKind::Normal, 0),
-        (128, RopeKind::Neox, 1),
-        (64, RopeKind::Neox, 1),
+        (64, RopeKind::Normal, 0, 70),
+        (128, RopeKind::Neox, 1, 126),
+        (64, RopeKind::Neox, 1, 70),
+        (80, RopeKind::Neox, 0, 126),
+        (128, RopeKind::Neox, 0, 1030),
     ];
-    for (head_dim, rope, layer) in cases {
+    for (head_dim, rope, layer, prefill) in cases {
         // Grouped-query attention: three query heads per key/value head.
         let shape = AttentionShape {
             n_head: 6,
@@ -476,7 +480,7 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
             head_dim,
             rope,
         };
-        let steps = attention_steps(&mut rng, &shape);
+        let steps = attention_steps(&mut rng, &shape, prefill);
         let (got, want) = (
             run_attention(&mut gpu(), &shape, layer, &steps),
             run_attention(&mut cpu(), &shape, layer, &steps),
@@ -722,12 +726,18 @@ fn a_weight_row_past_the_binding_limit_is_refused_with_its_size() {
 }
 
 /// The fused products of decoding: the RMS norm folded into the matvec (`norm_matmuls` with
-/// one token) and the residual add folded into its epilogue (`matmul_add`), against a float64
-/// reference; several tokens take the unfused path and must agree too.
+/// up to 7 tokens) and the residual add folded into its epilogue (`matmul_add`), against a
+/// float64 reference; 9 tokens take the unfused, tiled path and must agree too.
 #[test]
 fn fused_norm_and_residual_products_match_the_reference() {
     let mut rng = rng(23);
     let mut gpu = gpu();
+    // Tiles on tensor cores round their inputs to f16 (see the prompt tiles' test).
+    let tiled_tol = if gpu.uses_tensor_cores() {
+        2e-3
+    } else {
+        GPU_MATMUL_TOL
+    };
     for ty in [
         GgmlType::Q4K,
         GgmlType::Q6K,
@@ -742,7 +752,7 @@ fn fused_norm_and_residual_products_match_the_reference() {
         let gw = w.upload(&mut gpu, "w");
         let norm_w = random_values(&mut rng, cols, 1.0);
         let g_norm = upload_bias(&mut gpu, &norm_w);
-        for n in [1, 3] {
+        for n in [1, 3, 9] {
             let x = random_values(&mut rng, n * cols, 2.0);
             // rms_norm in float64, then the product.
             let normed: Vec<f32> = x
@@ -763,7 +773,8 @@ fn fused_norm_and_residual_products_match_the_reference() {
             gpu.norm_matmuls(&xt, &g_norm, 1e-6, &scratch, &[(&gw, None, &out)], n);
             let got = read(&mut gpu, &out, n);
             let what = format!("norm_matmuls {} n={n}", w.label());
-            assert_close(&what, &got, &want, ROWS, |i| scale[i], GPU_MATMUL_TOL);
+            let tol = if n >= 8 { tiled_tol } else { GPU_MATMUL_TOL };
+            assert_close(&what, &got, &want, ROWS, |i| scale[i], tol);
 
             let acc0 = random_values(&mut rng, n * ROWS, 1.0);
             let (prod, scale) = matmul_reference(&decoded, &x, None, ROWS, cols);
@@ -779,7 +790,7 @@ fn fused_norm_and_residual_products_match_the_reference() {
                 &want,
                 ROWS,
                 |i| scale[i] + acc0[i].abs() as f64,
-                GPU_MATMUL_TOL,
+                if n >= 8 { tiled_tol } else { GPU_MATMUL_TOL },
             );
         }
     }
@@ -891,7 +902,8 @@ fn swiglu_on<B: Load>(
     read(b, &out, n)
 }
 
-/// Heads larger than the attention kernels hold in workgroup memory are refused at load.
+/// Heads larger than the attention kernels hold in workgroup memory, or not a multiple of the
+/// 8 values they read at a time, are refused at load.
 #[test]
 fn attention_heads_past_the_kernel_limit_are_refused() {
     let shape = AttentionShape {
@@ -900,10 +912,13 @@ fn attention_heads_past_the_kernel_limit_are_refused() {
         head_dim: 320,
         rope: RopeKind::Neox,
     };
-    let e = gpu()
-        .kv_cache(1, 16, &shape)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(e.contains("320"), "{e}");
+    for head_dim in [320, 100] {
+        let shape = AttentionShape { head_dim, ..shape };
+        let e = gpu()
+            .kv_cache(1, 16, &shape)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains(&head_dim.to_string()), "{e}");
+    }
 }

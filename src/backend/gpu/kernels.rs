@@ -53,7 +53,8 @@ pub enum Kernel {
     RmsNorm,
     RopeStoreKv,
     Attention,
-    AttentionSplit,
+    /// Attention for a few queries, keys split into chunks over workgroups.
+    AttentionDecode,
     AttentionCombine,
     Add,
     Swiglu,
@@ -85,7 +86,7 @@ impl Kernel {
             Self::RmsNorm => "rms_norm",
             Self::RopeStoreKv => "rope_store_kv",
             Self::Attention => "attention",
-            Self::AttentionSplit => "attention_split",
+            Self::AttentionDecode => "attention_decode",
             Self::AttentionCombine => "attention_combine",
             Self::Add => "add",
             Self::Swiglu => "swiglu",
@@ -125,7 +126,7 @@ impl Kernel {
             Self::RmsNorm => (NORM, "rms_norm"),
             Self::RopeStoreKv => (ROPE, "rope_store_kv"),
             Self::Attention => (ATTENTION, "attention"),
-            Self::AttentionSplit => (ATTENTION, "attention_split"),
+            Self::AttentionDecode => (ATTENTION, "attention_decode"),
             Self::AttentionCombine => (ATTENTION, "attention_combine"),
             Self::Add => (ELEMENTWISE, "add"),
             Self::Swiglu => (ELEMENTWISE, "swiglu"),
@@ -143,8 +144,17 @@ impl Kernel {
             Self::GetRows(_) => &[Read, Read, ReadWrite],
             // The dequant entry point does not use get_rows' token list (binding 2).
             Self::Dequant(_) => return vec![(1, Read), (3, ReadWrite)],
-            // The split kernels write partials (binding 5) instead of the output (binding 4).
-            Self::AttentionSplit => return vec![(1, Read), (2, Read), (3, Read), (5, ReadWrite)],
+            // The decode kernel reads the caches as vectors (bindings 6, 7) and writes the
+            // output or partials (binding 5).
+            Self::AttentionDecode => {
+                return vec![
+                    (1, Read),
+                    (6, Read),
+                    (7, Read),
+                    (4, ReadWrite),
+                    (5, ReadWrite),
+                ]
+            }
             Self::AttentionCombine => return vec![(4, ReadWrite), (5, ReadWrite)],
             Self::Matvec(_) | Self::MatvecSwiglu(_) => &[Read, Read, Read, ReadWrite, Read],
             Self::Matmul(_) | Self::MatmulCoop(_) => &[Read, Read, Read, ReadWrite],
@@ -212,9 +222,12 @@ pub struct Tuning {
     pub rows_per_team: u32,
     /// Decode matvecs normalise their input themselves instead of a separate RMSNorm launch.
     pub fuse_norm: bool,
-    /// Keep wgpu's bounds checks and loop counters in the kernels; VIBRANT_UNCHECKED_SHADERS=1
-    /// drops them (for measurements: a kernel that reads past a buffer then goes unguarded).
-    pub checked_shaders: bool,
+    /// Keep wgpu's bounds checks in the kernels; VIBRANT_UNCHECKED_SHADERS=1 drops them (for
+    /// measurements: a kernel that reads past a buffer then goes unguarded).
+    pub bounds_checks: bool,
+    /// Keep wgpu's loop counters (a loop that would never end is cut short);
+    /// VIBRANT_UNCHECKED_SHADERS=all drops them too.
+    pub loop_bounds: bool,
     /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
     pub coop: bool,
 }
@@ -244,10 +257,12 @@ impl Tuning {
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|r| (1..=8).contains(r))
             .unwrap_or(2);
-        // VIBRANT_FUSE_NORM=1 normalises inside the decode matvecs instead of in a launch of its
-        // own. Off by default: on the H100 it saved launches but cost more (BENCHMARKS.md).
-        let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").is_ok_and(|v| v != "0");
-        let checked_shaders = !std::env::var("VIBRANT_UNCHECKED_SHADERS").is_ok_and(|v| v != "0");
+        // VIBRANT_FUSE_NORM=0 gives RMSNorm its own launch before the decode matvecs (for
+        // measurements).
+        let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
+        let unchecked = std::env::var("VIBRANT_UNCHECKED_SHADERS").unwrap_or_default();
+        let bounds_checks = matches!(unchecked.as_str(), "" | "0");
+        let loop_bounds = unchecked != "all";
         // VIBRANT_COOP=0 keeps prompt matmuls off the tensor cores (for measurements).
         let coop = std::env::var("VIBRANT_COOP").map_or(true, |v| v != "0")
             && gpu.features.cooperative_matrix
@@ -259,7 +274,8 @@ impl Tuning {
             matvec_wg,
             rows_per_team,
             fuse_norm,
-            checked_shaders,
+            bounds_checks,
+            loop_bounds,
             coop,
         }
     }
@@ -367,15 +383,17 @@ pub fn build(gpu: &super::device::Gpu, tuning: &Tuning, kernel: Kernel) -> Resul
                 label: Some(&name),
                 source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
             };
-            if tuning.checked_shaders {
+            if tuning.bounds_checks && tuning.loop_bounds {
                 device.create_shader_module(desc)
             } else {
+                let checks = wgpu::ShaderRuntimeChecks {
+                    bounds_checks: tuning.bounds_checks,
+                    force_loop_bounding: tuning.loop_bounds,
+                    ..wgpu::ShaderRuntimeChecks::checked()
+                };
                 // SAFETY: only on request, to measure what wgpu's per-access bounds checks and
                 // loop counters cost; every loop here is bounded by its parameters.
-                unsafe {
-                    device
-                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-                }
+                unsafe { device.create_shader_module_trusted(desc, checks) }
             }
         })
         .map_err(|e| locate_shader_error(e, &starts))?;
@@ -469,7 +487,7 @@ mod tests {
             Kernel::RmsNorm,
             Kernel::RopeStoreKv,
             Kernel::Attention,
-            Kernel::AttentionSplit,
+            Kernel::AttentionDecode,
             Kernel::AttentionCombine,
             Kernel::Add,
             Kernel::Swiglu,
@@ -503,7 +521,8 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
-                checked_shaders: true,
+                bounds_checks: true,
+                loop_bounds: true,
                 coop: true,
             },
             Tuning {
@@ -512,7 +531,8 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
-                checked_shaders: true,
+                bounds_checks: true,
+                loop_bounds: true,
                 coop: false,
             },
             Tuning {
@@ -521,7 +541,8 @@ mod tests {
                 matvec_wg: 64,
                 rows_per_team: 2,
                 fuse_norm: true,
-                checked_shaders: true,
+                bounds_checks: true,
+                loop_bounds: true,
                 coop: false,
             },
             Tuning {
@@ -530,7 +551,8 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
-                checked_shaders: true,
+                bounds_checks: true,
+                loop_bounds: true,
                 coop: false,
             },
         ];

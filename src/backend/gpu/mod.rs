@@ -79,10 +79,12 @@ pub struct GpuKvCache {
 const ARGMAX_GROUPS: u32 = 64;
 /// Largest head size the attention kernels hold in workgroup memory.
 const MAX_HEAD_DIM: usize = 256;
-/// Key chunks of split attention (shaders/attention.wgsl CHUNK).
-const ATTENTION_CHUNK: usize = 32;
-/// Most queries per step that attend through split chunks (decoding); more use one pass.
-const SPLIT_ATTENTION_MAX_TOKENS: usize = 4;
+/// Keys per workgroup of decode attention (shaders/attention.wgsl CHUNK).
+const ATTENTION_CHUNK: usize = 128;
+/// Most queries per step that attend through the decode kernel; more use the prompt kernel.
+const DECODE_ATTENTION_MAX_TOKENS: usize = 4;
+/// Steps of this many tokens or more multiply through tiles; fewer stream the weights per token.
+const TILED_MIN_TOKENS: usize = 8;
 
 /// Identifies a bind group: the kernel and the buffers bound to it, in order.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -501,7 +503,7 @@ impl WgpuBackend {
             .norm
             .map_or_else(|| self.dummy.clone(), |(v, _)| v.buf.clone());
         // Decoding streams the weights once per token; prompts go through tiles.
-        let tiled = n >= 8;
+        let tiled = n >= TILED_MIN_TOKENS;
         assert!(
             !(tiled && (how.swiglu || how.norm.is_some())),
             "{}: fused prompt product",
@@ -832,7 +834,7 @@ impl Backend for WgpuBackend {
             }
             GpuGateUp::Interleaved(both) => both,
         };
-        if n < 8 {
+        if n < TILED_MIN_TOKENS {
             let fuse_norm = self.tuning.fuse_norm && both.cols % 32 == 0;
             if !fuse_norm {
                 self.rms_norm(x, norm, eps, normed, n);
@@ -882,11 +884,11 @@ impl Backend for WgpuBackend {
         n_ctx: usize,
         shape: &AttentionShape,
     ) -> Result<GpuKvCache> {
-        // shaders/attention.wgsl holds a query head and a chunk of keys in workgroup memory
-        // sized for heads of up to 256 values.
-        if shape.head_dim > MAX_HEAD_DIM {
+        // shaders/attention.wgsl holds a query head in workgroup memory sized for heads of up
+        // to 256 values, and reads cache rows 8 values at a time.
+        if shape.head_dim > MAX_HEAD_DIM || !shape.head_dim.is_multiple_of(8) {
             return Err(BackendError::Unsupported(format!(
-                "attention heads of {} values are more than the GPU kernels take ({MAX_HEAD_DIM})",
+                "attention heads of {} values: the GPU kernels take multiples of 8 up to {MAX_HEAD_DIM}",
                 shape.head_dim
             )));
         }
@@ -988,7 +990,10 @@ impl Backend for WgpuBackend {
     ) {
         // Decode steps normalise inside each product (saving a dispatch); the fused kernel
         // reads rows in 32-wide blocks.
-        if n > 1 || !self.tuning.fuse_norm || products.iter().any(|(w, ..)| w.cols % 32 != 0) {
+        if n >= TILED_MIN_TOKENS
+            || !self.tuning.fuse_norm
+            || products.iter().any(|(w, ..)| w.cols % 32 != 0)
+        {
             self.rms_norm(x, norm, eps, normed, n);
             for (w, bias, out) in products {
                 self.linear(
@@ -1102,19 +1107,14 @@ impl Backend for WgpuBackend {
             n_chunks: n_chunks as u32,
         };
         let buffers = [&q.buf, &cache.k[layer], &cache.v[layer]];
-        if n > SPLIT_ATTENTION_MAX_TOKENS {
+        if n > DECODE_ATTENTION_MAX_TOKENS {
             let all = [buffers[0], buffers[1], buffers[2], &out.buf];
             let groups = (shape.n_head as u32, n as u32, 1);
-            self.dispatch(
-                Kernel::Attention,
-                &params,
-                &all,
-                groups,
-                attention_cost(shape, pos, n),
-            );
+            let cost = attention_cost(shape, pos, n);
+            self.dispatch(Kernel::Attention, &params, &all, groups, cost);
             return;
         }
-        let floats = SPLIT_ATTENTION_MAX_TOKENS * shape.n_head * n_chunks * (shape.head_dim + 2);
+        let floats = DECODE_ATTENTION_MAX_TOKENS * shape.n_head * n_chunks * (shape.head_dim + 2);
         let partials = match self.attention_partials(4 * floats as u64) {
             Ok(p) => p,
             Err(e) => {
@@ -1124,25 +1124,22 @@ impl Backend for WgpuBackend {
         };
         // Only chunks that hold keys for some query of this step are launched.
         let used = (pos + n).div_ceil(ATTENTION_CHUNK) as u32;
-        let split = [buffers[0], buffers[1], buffers[2], &partials];
+        let decode = [buffers[0], buffers[1], buffers[2], &out.buf, &partials];
         let groups = (shape.n_head as u32, used, n as u32);
-        self.dispatch(
-            Kernel::AttentionSplit,
-            &params,
-            &split,
-            groups,
-            attention_cost(shape, pos, n),
-        );
-        let groups = (shape.n_head as u32, n as u32, 1);
-        let cost =
-            Cost::bytes((n * shape.n_head * used as usize * (shape.head_dim + 2) * 4) as u64);
-        self.dispatch(
-            Kernel::AttentionCombine,
-            &params,
-            &[&out.buf, &partials],
-            groups,
-            cost,
-        );
+        let cost = attention_cost(shape, pos, n);
+        self.dispatch(Kernel::AttentionDecode, &params, &decode, groups, cost);
+        if used > 1 {
+            let groups = (shape.n_head as u32, n as u32, 1);
+            let cost =
+                Cost::bytes((n * shape.n_head * used as usize * (shape.head_dim + 2) * 4) as u64);
+            self.dispatch(
+                Kernel::AttentionCombine,
+                &params,
+                &[&out.buf, &partials],
+                groups,
+                cost,
+            );
+        }
     }
 
     fn copy_row(&mut self, src: &GpuTensor, row: usize, dst: &GpuTensor) {
