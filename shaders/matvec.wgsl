@@ -9,6 +9,8 @@
 
 const WG: u32 = {{WG}}u;
 const TEAM: u32 = {{TEAM}}u;
+// The device's subgroup size (1 without subgroups).
+const SUBGROUP: u32 = {{SUBGROUP}}u;
 const TEAMS: u32 = WG / TEAM;
 const R: u32 = {{ROWS_PER_TEAM}}u;
 // Weight rows per workgroup.
@@ -133,6 +135,8 @@ fn matvec_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
     if (li % TEAM == 0u && row0 + 1u < p.rows) {
         let g = sums[0];
-        Y[wid.z * p.y_stride + (p.row_start + row0) / 2u] = g / (1.0 + exp(-g)) * sums[1];
+        // sums[R - 1] is sums[1] here (this entry is built with R = 2); spelled so that the
+        // matvec module, which holds this entry too, also builds with R = 1.
+        Y[wid.z * p.y_stride + (p.row_start + row0) / 2u] = g / (1.0 + exp(-g)) * sums[R - 1u];
     }
 }

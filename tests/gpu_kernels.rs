@@ -495,11 +495,12 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
             assert_close(&rope_what, gq, &to_f64(cq), qw, |_| q_scale, 2e-6);
             // A key whose f32 rotation differs by an ulp may round to the neighbouring f16 in
             // the cache (moving the output by ~1e-6 each), and the softmax sums in another
-            // order: 2e-5 of the largest value leaves room for both. Leaving out one of ~70
-            // keys, or reading another head, costs about 1e-2.
+            // order: 4e-5 of the largest value leaves room for both (2.1e-5 seen on the H100
+            // over 126 keys). Leaving out one of ~100 keys, or reading another head, costs
+            // about 1e-2; one of 1031, about 1e-3.
             let v_scale = max_abs(&s.v);
             let what = format!("attention, {what}");
-            assert_close(&what, go, &to_f64(co), qw, |_| v_scale, 2e-5);
+            assert_close(&what, go, &to_f64(co), qw, |_| v_scale, 4e-5);
         }
     }
 }

@@ -294,6 +294,7 @@ fn kernel_bench(g: &GlobalArgs) -> Result<()> {
     println!("| --- | --- | --- | ---: | ---: | ---: | ---: |");
     let shapes = [
         ("launch floor", GgmlType::Q4K, 64, 2048),
+        ("launch floor, short rows", GgmlType::Q4K, 64, 256),
         ("attn_q", GgmlType::Q4K, 2048, 2048),
         ("ffn_up", GgmlType::Q4K, 11008, 2048),
         ("ffn_down", GgmlType::Q6K, 2048, 11008),
@@ -301,6 +302,22 @@ fn kernel_bench(g: &GlobalArgs) -> Result<()> {
         ("ffn_up", GgmlType::Q4_0, 11008, 2048),
         ("ffn_up", GgmlType::F16, 11008, 2048),
     ];
+    // The floor of a launch that does almost nothing: a 2048-wide vector add, each launch
+    // depending on the one before (as the steps of a forward pass do).
+    let acc = b.tensor("acc", 1, 2048)?;
+    let addend = b.tensor("addend", 1, 2048)?;
+    b.add(&acc, &addend, 1);
+    b.sync()?;
+    let started = Instant::now();
+    for _ in 0..300 {
+        b.add(&acc, &addend, 1);
+    }
+    b.sync()?;
+    let add = started.elapsed().as_secs_f64() / 300.0;
+    println!(
+        "| 2048-wide add (launch floor) | F32 | 1 × 2048 | {:.1} | | | |",
+        add * 1e6
+    );
     let mut rng = vibrant::rng::SplitMix64(7);
     for (label, ty, rows, cols) in shapes {
         let data =

@@ -44,9 +44,10 @@ const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/redu
 pub enum Kernel {
     GetRows(GgmlType),
     Dequant(GgmlType),
-    Matvec(GgmlType),
+    /// Matrix-vector products, with the threads per row (the team).
+    Matvec(GgmlType, u32),
     /// Matvec over interleaved gate/up rows, writing SwiGLU of each pair.
-    MatvecSwiglu(GgmlType),
+    MatvecSwiglu(GgmlType, u32),
     Matmul(GgmlType),
     /// The tensor-core matmul (cooperative matrices, f16 inputs, f32 accumulators).
     MatmulCoop(GgmlType),
@@ -79,8 +80,8 @@ impl Kernel {
         let base = match self {
             Self::GetRows(_) => "get_rows",
             Self::Dequant(_) => "dequant",
-            Self::Matvec(_) => "matvec",
-            Self::MatvecSwiglu(_) => "matvec_swiglu",
+            Self::Matvec(..) => "matvec",
+            Self::MatvecSwiglu(..) => "matvec_swiglu",
             Self::Matmul(_) => "matmul",
             Self::MatmulCoop(_) => "matmul_coop",
             Self::RmsNorm => "rms_norm",
@@ -106,8 +107,8 @@ impl Kernel {
         match self {
             Self::GetRows(t)
             | Self::Dequant(t)
-            | Self::Matvec(t)
-            | Self::MatvecSwiglu(t)
+            | Self::Matvec(t, _)
+            | Self::MatvecSwiglu(t, _)
             | Self::Matmul(t)
             | Self::MatmulCoop(t) => Some(t),
             _ => None,
@@ -119,8 +120,8 @@ impl Kernel {
         match self {
             Self::GetRows(_) => (DEQUANT, "get_rows"),
             Self::Dequant(_) => (DEQUANT, "dequant"),
-            Self::Matvec(_) => (MATVEC, "matvec"),
-            Self::MatvecSwiglu(_) => (MATVEC, "matvec_swiglu"),
+            Self::Matvec(..) => (MATVEC, "matvec"),
+            Self::MatvecSwiglu(..) => (MATVEC, "matvec_swiglu"),
             Self::Matmul(_) => (MATMUL, "matmul"),
             Self::MatmulCoop(_) => (MATMUL_COOP, "matmul_coop"),
             Self::RmsNorm => (NORM, "rms_norm"),
@@ -156,7 +157,7 @@ impl Kernel {
                 ]
             }
             Self::AttentionCombine => return vec![(4, ReadWrite), (5, ReadWrite)],
-            Self::Matvec(_) | Self::MatvecSwiglu(_) => &[Read, Read, Read, ReadWrite, Read],
+            Self::Matvec(..) | Self::MatvecSwiglu(..) => &[Read, Read, Read, ReadWrite, Read],
             Self::Matmul(_) | Self::MatmulCoop(_) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
             Self::RopeStoreKv => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite],
@@ -214,8 +215,9 @@ impl Kernel {
 pub struct Tuning {
     /// The subgroup size when the device has subgroups of one fixed size.
     pub subgroup_size: Option<u32>,
-    /// Threads that share one matrix row in matvec.
-    pub team: u32,
+    /// Threads that share one matrix row in matvec, when fixed (VIBRANT_MATVEC_TEAM); else
+    /// chosen per matrix by [`Tuning::team_for`].
+    pub team: Option<u32>,
     /// Threads per matvec workgroup.
     pub matvec_wg: u32,
     /// Weight rows each matvec team computes (sharing its activation loads).
@@ -237,20 +239,18 @@ impl Tuning {
         let (min, max) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
         let subgroup_size =
             (gpu.features.subgroups && min == max && (4..=128).contains(&min)).then_some(min);
-        // VIBRANT_MATVEC_TEAM (a power of two up to the subgroup size) overrides the team size
-        // for tuning experiments.
-        let team = std::env::var("VIBRANT_MATVEC_TEAM")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|t| t.is_power_of_two() && subgroup_size.is_some_and(|s| *t <= s))
-            .or(subgroup_size)
-            .unwrap_or(32);
         let matvec_wg = if subgroup_size.is_some_and(|s| s >= 32) {
             256
         } else {
             64
         }
         .min(gpu.limits.max_compute_invocations_per_workgroup);
+        // VIBRANT_MATVEC_TEAM (a power of two up to the workgroup) fixes the team size for
+        // tuning experiments.
+        let team = std::env::var("VIBRANT_MATVEC_TEAM")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|t| t.is_power_of_two() && *t <= matvec_wg);
         // VIBRANT_MATVEC_ROWS (1 to 8) overrides the rows per team for tuning experiments.
         let rows_per_team = std::env::var("VIBRANT_MATVEC_ROWS")
             .ok()
@@ -283,7 +283,8 @@ impl Tuning {
     pub fn describe(&self) -> String {
         format!(
             "matvec {} threads × {} rows{}, {} prompt matmul",
-            self.team,
+            self.team
+                .map_or("per-matrix".to_string(), |t| t.to_string()),
             self.rows_per_team,
             if self.subgroup_size.is_some() {
                 " (subgroups)"
@@ -294,14 +295,38 @@ impl Tuning {
         )
     }
 
-    /// Rows one matvec workgroup computes.
-    pub fn matvec_rows(&self) -> u32 {
-        self.matvec_wg / self.team * self.rows_per_team
+    /// Threads per row for a matrix `cols` wide: enough that each thread takes one 32-wide
+    /// chunk of the row, as far as the workgroup allows. Each further chunk a thread loops
+    /// over costs a round trip to memory, the bulk of a decode launch (BENCHMARKS.md).
+    pub fn team_for(&self, cols: usize) -> u32 {
+        if let Some(team) = self.team {
+            return team;
+        }
+        let chunks = cols.div_ceil(32).next_power_of_two() as u32;
+        chunks.clamp(self.subgroup_size.unwrap_or(32), self.matvec_wg)
     }
 
-    fn team_sum(&self) -> &'static str {
-        if self.subgroup_size == Some(self.team) {
+    /// Rows one matvec workgroup computes with teams of `team` threads.
+    pub fn matvec_rows(&self, team: u32) -> u32 {
+        self.matvec_wg / team * self.rows_per_team
+    }
+
+    fn team_sum(&self, team: u32) -> &'static str {
+        if self.subgroup_size == Some(team) {
             "    return subgroupAdd(v);"
+        } else if self.subgroup_size.is_some_and(|s| s < team) {
+            // Teams of several subgroups (consecutive invocations): subgroup sums, then the
+            // team's first lane adds them up in workgroup memory.
+            "    partial[li] = subgroupAdd(v);
+    workgroupBarrier();
+    var s = 0.0;
+    if (li % TEAM == 0u) {
+        for (var i = 0u; i < TEAM; i += SUBGROUP) {
+            s += partial[li + i];
+        }
+    }
+    workgroupBarrier();
+    return s;"
         } else if self.subgroup_size.is_some() {
             // Teams smaller than a subgroup: a butterfly over the team's aligned lanes.
             "    var s = v;
@@ -325,14 +350,16 @@ impl Tuning {
 
     fn apply(&self, text: &str, kernel: Kernel) -> String {
         // The SwiGLU matvec pairs a team's two rows.
-        let rows_per_team = match kernel {
-            Kernel::MatvecSwiglu(_) => 2,
-            _ => self.rows_per_team,
+        let (rows_per_team, team) = match kernel {
+            Kernel::MatvecSwiglu(_, team) => (2, team),
+            Kernel::Matvec(_, team) => (self.rows_per_team, team),
+            _ => (self.rows_per_team, 32),
         };
         text.replace("{{WG}}", &self.matvec_wg.to_string())
-            .replace("{{TEAM}}", &self.team.to_string())
+            .replace("{{TEAM}}", &team.to_string())
+            .replace("{{SUBGROUP}}", &self.subgroup_size.unwrap_or(1).to_string())
             .replace("{{ROWS_PER_TEAM}}", &rows_per_team.to_string())
-            .replace("{{TEAM_SUM}}", self.team_sum())
+            .replace("{{TEAM_SUM}}", self.team_sum(team))
     }
 }
 
@@ -482,7 +509,7 @@ mod tests {
     use crate::quant::ALL_TYPES;
     use wgpu::naga;
 
-    fn every_kernel() -> Vec<Kernel> {
+    fn every_kernel(tuning: &Tuning) -> Vec<Kernel> {
         let mut all = vec![
             Kernel::RmsNorm,
             Kernel::RopeStoreKv,
@@ -501,11 +528,14 @@ mod tests {
             all.extend([
                 Kernel::GetRows(t),
                 Kernel::Dequant(t),
-                Kernel::Matvec(t),
-                Kernel::MatvecSwiglu(t),
                 Kernel::Matmul(t),
                 Kernel::MatmulCoop(t),
             ]);
+            let mut team = tuning.subgroup_size.unwrap_or(32).min(8);
+            while team <= tuning.matvec_wg {
+                all.extend([Kernel::Matvec(t, team), Kernel::MatvecSwiglu(t, team)]);
+                team *= 2;
+            }
         }
         all
     }
@@ -517,7 +547,7 @@ mod tests {
         let tunings = [
             Tuning {
                 subgroup_size: Some(32),
-                team: 32,
+                team: None,
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
@@ -527,7 +557,7 @@ mod tests {
             },
             Tuning {
                 subgroup_size: None,
-                team: 32,
+                team: None,
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
@@ -537,7 +567,7 @@ mod tests {
             },
             Tuning {
                 subgroup_size: Some(8),
-                team: 8,
+                team: Some(8),
                 matvec_wg: 64,
                 rows_per_team: 2,
                 fuse_norm: true,
@@ -547,7 +577,7 @@ mod tests {
             },
             Tuning {
                 subgroup_size: Some(32),
-                team: 8,
+                team: Some(8),
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
@@ -557,7 +587,7 @@ mod tests {
             },
         ];
         for tuning in &tunings {
-            for kernel in every_kernel() {
+            for kernel in every_kernel(tuning) {
                 let (source, _) = kernel.source(tuning);
                 let module = naga::front::wgsl::parse_str(&source)
                     .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));

@@ -538,16 +538,17 @@ impl WgpuBackend {
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             } else {
+                let team = self.tuning.team_for(w.cols);
                 let rows_per_group = match how.swiglu {
-                    true => self.tuning.matvec_wg / self.tuning.team * 2,
-                    false => self.tuning.matvec_rows(),
+                    true => self.tuning.matvec_wg / team * 2,
+                    false => self.tuning.matvec_rows(team),
                 };
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf];
                 let groups = (gx, gy, n as u32);
                 let kernel = match how.swiglu {
-                    true => Kernel::MatvecSwiglu(w.ggml_type),
-                    false => Kernel::Matvec(w.ggml_type),
+                    true => Kernel::MatvecSwiglu(w.ggml_type, team),
+                    false => Kernel::Matvec(w.ggml_type, team),
                 };
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             }
@@ -589,7 +590,7 @@ impl WgpuBackend {
             });
         }
         let kernels = [
-            Kernel::Matvec(ggml_type),
+            Kernel::Matvec(ggml_type, self.tuning.team_for(cols)),
             Kernel::Matmul(ggml_type),
             Kernel::GetRows(ggml_type),
         ];
@@ -796,7 +797,7 @@ impl Backend for WgpuBackend {
             both.extend_from_slice(gr);
             both.extend_from_slice(ur);
         }
-        self.pipeline(Kernel::MatvecSwiglu(gate.0))?;
+        self.pipeline(Kernel::MatvecSwiglu(gate.0, self.tuning.team_for(cols)))?;
         self.pipeline(Kernel::SwigluPairs)?;
         Ok(GpuGateUp::Interleaved(self.upload_rows(
             name,
