@@ -16,7 +16,7 @@ fn body_byte(base: u32, o: u32) -> u32 {
 }
 
 fn crumbs(w: u32, shift: u32) -> vec4<f32> {
-    return vec4<f32>((bytes4(w) >> vec4<u32>(shift)) & vec4<u32>(3u));
+    return exact_f32((bytes4(w) >> vec4<u32>(shift)) & vec4<u32>(3u));
 }
 
 // Q2_K body: scales[16] (low nibble scale, high nibble min), qs[64] (2 bits each).
@@ -56,19 +56,23 @@ fn load8_q3_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
     let h = base + 2u * (r % 4u);
     let bit = 4u * n + j;
     let scale = k_half_scale(block) * q3_k_scale(base, 8u * n + 2u * j + (r % 4u) / 2u);
-    let lo = crumbs(W[w], 2u * j) - 4.0 + 4.0 * vec4<f32>((bytes4(W[h]) >> vec4<u32>(bit)) & vec4<u32>(1u));
-    let hi = crumbs(W[w + 1u], 2u * j) - 4.0 + 4.0 * vec4<f32>((bytes4(W[h + 1u]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    let lo = crumbs(W[w], 2u * j) - 4.0 + 4.0 * exact_f32((bytes4(W[h]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    let hi = crumbs(W[w + 1u], 2u * j) - 4.0 + 4.0 * exact_f32((bytes4(W[h + 1u]) >> vec4<u32>(bit)) & vec4<u32>(1u));
     return array<vec4<f32>, 2>(lo * scale, hi * scale);
 }
 
-// The 6-bit scale and min of sub-block s (0..7) from the 12 packed bytes at body word base.
+// The 6-bit scale and min of sub-block s (0..7) from the 12 packed bytes at body word base:
+// bytes 0..3 hold the scales of 0..3 (and the top bits of 4..7's), bytes 4..7 the mins,
+// bytes 8..11 the low bits of 4..7's scale and min. Without branches, so that the threads
+// of a subgroup (on different sub-blocks) do not split.
 fn k4_scale_min(base: u32, s: u32) -> vec2<f32> {
-    if (s < 4u) {
-        return vec2<f32>(f32(body_byte(base, s) & 63u), f32(body_byte(base, s + 4u) & 63u));
-    }
-    let sc = (body_byte(base, s + 4u) & 0xfu) | ((body_byte(base, s - 4u) >> 6u) << 4u);
-    let m = (body_byte(base, s + 4u) >> 4u) | ((body_byte(base, s) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(m));
+    let shift = 8u * (s % 4u);
+    let a = (W[base] >> shift) & 0xffu;
+    let b = (W[base + 1u] >> shift) & 0xffu;
+    let c = (W[base + 2u] >> shift) & 0xffu;
+    let low = vec2<u32>(a & 63u, b & 63u);
+    let high = vec2<u32>((c & 0xfu) | ((a >> 6u) << 4u), (c >> 4u) | ((b >> 6u) << 4u));
+    return vec2<f32>(select(low, high, s >= 4u));
 }
 
 // Q4_K body: scales[12], qs[128]. Element 64c + 32h + l: nibble h of qs[32c + l],
@@ -101,8 +105,8 @@ fn load8_q5_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
     let sm = k4_scale_min(base, 2u * c + h);
     let scale = dm.x * sm.x;
     let min = dm.y * sm.y;
-    let lo = nibbles(W[w], h) + 16.0 * vec4<f32>((bytes4(W[q]) >> vec4<u32>(bit)) & vec4<u32>(1u));
-    let hi = nibbles(W[w + 1u], h) + 16.0 * vec4<f32>((bytes4(W[q + 1u]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    let lo = nibbles(W[w], h) + 16.0 * exact_f32((bytes4(W[q]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    let hi = nibbles(W[w + 1u], h) + 16.0 * exact_f32((bytes4(W[q + 1u]) >> vec4<u32>(bit)) & vec4<u32>(1u));
     return array<vec4<f32>, 2>(lo * scale - min, hi * scale - min);
 }
 
@@ -163,7 +167,7 @@ fn load32_q5_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
 
 // Four 5-bit quants: nibble `hi` of each byte of `qs`, plus bit `bit` of each byte of `qh` as 16.
 fn q5(qs: u32, qh: u32, hi: u32, bit: u32) -> vec4<f32> {
-    return nibbles(qs, hi) + 16.0 * vec4<f32>((bytes4(qh) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    return nibbles(qs, hi) + 16.0 * exact_f32((bytes4(qh) >> vec4<u32>(bit)) & vec4<u32>(1u));
 }
 
 fn load32_q6_k(row: u32, c: u32) -> array<vec4<f32>, 8> {

@@ -228,7 +228,7 @@ pub struct Tuning {
     /// measurements: a kernel that reads past a buffer then goes unguarded).
     pub bounds_checks: bool,
     /// Keep wgpu's loop counters (a loop that would never end is cut short);
-    /// VIBRANT_UNCHECKED_SHADERS=all drops them too.
+    /// VIBRANT_UNCHECKED_SHADERS=loops drops them alone, =all with the bounds checks.
     pub loop_bounds: bool,
     /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
     pub coop: bool,
@@ -261,8 +261,8 @@ impl Tuning {
         // measurements).
         let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
         let unchecked = std::env::var("VIBRANT_UNCHECKED_SHADERS").unwrap_or_default();
-        let bounds_checks = matches!(unchecked.as_str(), "" | "0");
-        let loop_bounds = unchecked != "all";
+        let bounds_checks = matches!(unchecked.as_str(), "" | "0" | "loops");
+        let loop_bounds = !matches!(unchecked.as_str(), "all" | "loops");
         // VIBRANT_COOP=0 keeps prompt matmuls off the tensor cores (for measurements).
         let coop = std::env::var("VIBRANT_COOP").map_or(true, |v| v != "0")
             && gpu.features.cooperative_matrix
