@@ -1,11 +1,5 @@
 // Helpers shared by every kernel.
 
-// Integers below 2^23 as floats without the conversion unit (a quarter of the arithmetic
-// rate on NVIDIA): set as the mantissa of 2^23, then subtract 2^23; both steps are exact.
-fn exact_f32(v: vec4<u32>) -> vec4<f32> {
-    return bitcast<vec4<f32>>(v | vec4<u32>(0x4b000000u)) - 8388608.0;
-}
-
 // The four bytes of a word, lowest first.
 fn bytes4(w: u32) -> vec4<u32> {
     return (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
@@ -13,12 +7,12 @@ fn bytes4(w: u32) -> vec4<u32> {
 
 // The low (hi = 0) or high (hi = 1) nibble of each byte of a word.
 fn nibbles(w: u32, hi: u32) -> vec4<f32> {
-    return exact_f32((vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + 4u * hi)) & vec4<u32>(0xfu));
+    return vec4<f32>((vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + 4u * hi)) & vec4<u32>(0xfu));
 }
 
-// The four bytes of a word as signed 8-bit integers (offset by 128 to make them unsigned).
+// The four bytes of a word as signed 8-bit integers.
 fn i8x4(w: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>((bytes4(w) ^ vec4<u32>(0x80u)) | vec4<u32>(0x4b000000u)) - 8388736.0;
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
 // Bits first..first+3 of a word, one per lane.

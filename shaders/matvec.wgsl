@@ -13,6 +13,8 @@ const TEAM: u32 = {{TEAM}}u;
 const SUBGROUP: u32 = {{SUBGROUP}}u;
 const TEAMS: u32 = WG / TEAM;
 const R: u32 = {{ROWS_PER_TEAM}}u;
+// Weights each thread decodes at a time: 8 (interleaved lanes) or 32 (a sub-block).
+const WIDTH: u32 = {{MATVEC_WIDTH}}u;
 // Weight rows per workgroup.
 const ROWS: u32 = TEAMS * R;
 
@@ -72,7 +74,26 @@ fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
     let t = wid.z;
     var acc: array<f32, R>;
     var squares = 0.0;
-    if (p.w_k % 32u == 0u) {
+    if (WIDTH == 8u && p.w_k % 8u == 0u) {
+        // Consecutive lanes take consecutive groups of 8, so that the loads of a subgroup,
+        // of activations and of weights, fall on few cache lines.
+        let xt = t * p.w_k / 4u;
+        for (var g = lane; g < p.w_k / 8u; g += TEAM) {
+            var xa = X[xt + 2u * g];
+            var xb = X[xt + 2u * g + 1u];
+            if (p.norm != 0u) {
+                squares += dot(xa, xa) + dot(xb, xb);
+                xa *= NW[2u * g];
+                xb *= NW[2u * g + 1u];
+            }
+            for (var r = 0u; r < R; r++) {
+                if (row0 + r < p.rows) {
+                    let w = load8(row0 + r, g);
+                    acc[r] += dot(w[0], xa) + dot(w[1], xb);
+                }
+            }
+        }
+    } else if (p.w_k % 32u == 0u) {
         for (var c = lane; c < p.w_k / 32u; c += TEAM) {
             var x = x32(t, c);
             if (p.norm != 0u) {

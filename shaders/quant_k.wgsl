@@ -16,7 +16,7 @@ fn body_byte(base: u32, o: u32) -> u32 {
 }
 
 fn crumbs(w: u32, shift: u32) -> vec4<f32> {
-    return exact_f32((bytes4(w) >> vec4<u32>(shift)) & vec4<u32>(3u));
+    return vec4<f32>((bytes4(w) >> vec4<u32>(shift)) & vec4<u32>(3u));
 }
 
 // Q2_K body: scales[16] (low nibble scale, high nibble min), qs[64] (2 bits each).
@@ -56,8 +56,8 @@ fn load8_q3_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
     let h = base + 2u * (r % 4u);
     let bit = 4u * n + j;
     let scale = k_half_scale(block) * q3_k_scale(base, 8u * n + 2u * j + (r % 4u) / 2u);
-    let lo = crumbs(W[w], 2u * j) - 4.0 + 4.0 * exact_f32((bytes4(W[h]) >> vec4<u32>(bit)) & vec4<u32>(1u));
-    let hi = crumbs(W[w + 1u], 2u * j) - 4.0 + 4.0 * exact_f32((bytes4(W[h + 1u]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    let lo = crumbs(W[w], 2u * j) - 4.0 + 4.0 * vec4<f32>((bytes4(W[h]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    let hi = crumbs(W[w + 1u], 2u * j) - 4.0 + 4.0 * vec4<f32>((bytes4(W[h + 1u]) >> vec4<u32>(bit)) & vec4<u32>(1u));
     return array<vec4<f32>, 2>(lo * scale, hi * scale);
 }
 
@@ -105,8 +105,8 @@ fn load8_q5_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
     let sm = k4_scale_min(base, 2u * c + h);
     let scale = dm.x * sm.x;
     let min = dm.y * sm.y;
-    let lo = nibbles(W[w], h) + 16.0 * exact_f32((bytes4(W[q]) >> vec4<u32>(bit)) & vec4<u32>(1u));
-    let hi = nibbles(W[w + 1u], h) + 16.0 * exact_f32((bytes4(W[q + 1u]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    let lo = nibbles(W[w], h) + 16.0 * vec4<f32>((bytes4(W[q]) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    let hi = nibbles(W[w + 1u], h) + 16.0 * vec4<f32>((bytes4(W[q + 1u]) >> vec4<u32>(bit)) & vec4<u32>(1u));
     return array<vec4<f32>, 2>(lo * scale - min, hi * scale - min);
 }
 
@@ -167,7 +167,7 @@ fn load32_q5_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
 
 // Four 5-bit quants: nibble `hi` of each byte of `qs`, plus bit `bit` of each byte of `qh` as 16.
 fn q5(qs: u32, qh: u32, hi: u32, bit: u32) -> vec4<f32> {
-    return nibbles(qs, hi) + 16.0 * exact_f32((bytes4(qh) >> vec4<u32>(bit)) & vec4<u32>(1u));
+    return nibbles(qs, hi) + 16.0 * vec4<f32>((bytes4(qh) >> vec4<u32>(bit)) & vec4<u32>(1u));
 }
 
 fn load32_q6_k(row: u32, c: u32) -> array<vec4<f32>, 8> {

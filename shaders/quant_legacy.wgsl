@@ -36,8 +36,8 @@ fn load8_q5_0(row: u32, g: u32) -> array<vec4<f32>, 2> {
     let qh = W[block * 5u];
     let w = block * 5u + 1u + (j & 1u) * 2u;
     let d = half_scale(block);
-    let lo = nibbles(W[w], j >> 1u) + exact_f32(bits4(qh, 8u * j) * 16u);
-    let hi = nibbles(W[w + 1u], j >> 1u) + exact_f32(bits4(qh, 8u * j + 4u) * 16u);
+    let lo = nibbles(W[w], j >> 1u) + vec4<f32>(bits4(qh, 8u * j) * 16u);
+    let hi = nibbles(W[w + 1u], j >> 1u) + vec4<f32>(bits4(qh, 8u * j + 4u) * 16u);
     return array<vec4<f32>, 2>((lo - 16.0) * d, (hi - 16.0) * d);
 }
 
@@ -48,8 +48,8 @@ fn load8_q5_1(row: u32, g: u32) -> array<vec4<f32>, 2> {
     let qh = W[block * 5u];
     let w = block * 5u + 1u + (j & 1u) * 2u;
     let dm = pair_scale(block);
-    let lo = nibbles(W[w], j >> 1u) + exact_f32(bits4(qh, 8u * j) * 16u);
-    let hi = nibbles(W[w + 1u], j >> 1u) + exact_f32(bits4(qh, 8u * j + 4u) * 16u);
+    let lo = nibbles(W[w], j >> 1u) + vec4<f32>(bits4(qh, 8u * j) * 16u);
+    let hi = nibbles(W[w + 1u], j >> 1u) + vec4<f32>(bits4(qh, 8u * j + 4u) * 16u);
     return array<vec4<f32>, 2>(lo * dm.x + dm.y, hi * dm.x + dm.y);
 }
 
@@ -80,10 +80,10 @@ fn no_high_bits() -> array<vec4<f32>, 8> {
 // The fifth bits of Q5 blocks, worth 16 each.
 fn high_bits(qh: u32) -> array<vec4<f32>, 8> {
     return array<vec4<f32>, 8>(
-        exact_f32(bits4(qh, 0u) * 16u), exact_f32(bits4(qh, 4u) * 16u),
-        exact_f32(bits4(qh, 8u) * 16u), exact_f32(bits4(qh, 12u) * 16u),
-        exact_f32(bits4(qh, 16u) * 16u), exact_f32(bits4(qh, 20u) * 16u),
-        exact_f32(bits4(qh, 24u) * 16u), exact_f32(bits4(qh, 28u) * 16u));
+        vec4<f32>(bits4(qh, 0u) * 16u), vec4<f32>(bits4(qh, 4u) * 16u),
+        vec4<f32>(bits4(qh, 8u) * 16u), vec4<f32>(bits4(qh, 12u) * 16u),
+        vec4<f32>(bits4(qh, 16u) * 16u), vec4<f32>(bits4(qh, 20u) * 16u),
+        vec4<f32>(bits4(qh, 24u) * 16u), vec4<f32>(bits4(qh, 28u) * 16u));
 }
 
 fn add_min(v: array<vec4<f32>, 8>, m: f32) -> array<vec4<f32>, 8> {

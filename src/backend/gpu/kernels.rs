@@ -224,6 +224,8 @@ pub struct Tuning {
     pub rows_per_team: u32,
     /// Decode matvecs normalise their input themselves instead of a separate RMSNorm launch.
     pub fuse_norm: bool,
+    /// Weights a matvec thread decodes at a time (8 or 32).
+    pub matvec_width: u32,
     /// Keep wgpu's bounds checks in the kernels; VIBRANT_UNCHECKED_SHADERS=1 drops them (for
     /// measurements: a kernel that reads past a buffer then goes unguarded).
     pub bounds_checks: bool,
@@ -252,6 +254,12 @@ impl Tuning {
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|t| t.is_power_of_two() && *t <= matvec_wg);
         // VIBRANT_MATVEC_ROWS (1 to 8) overrides the rows per team for tuning experiments.
+        // VIBRANT_MATVEC_WIDTH=32 makes each matvec thread decode a whole 32-weight sub-block
+        // at a time (for measurements).
+        let matvec_width = match std::env::var("VIBRANT_MATVEC_WIDTH").as_deref() {
+            Ok("32") => 32,
+            _ => 8,
+        };
         let rows_per_team = std::env::var("VIBRANT_MATVEC_ROWS")
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
@@ -274,6 +282,7 @@ impl Tuning {
             matvec_wg,
             rows_per_team,
             fuse_norm,
+            matvec_width,
             bounds_checks,
             loop_bounds,
             coop,
@@ -295,14 +304,16 @@ impl Tuning {
         )
     }
 
-    /// Threads per row for a matrix `cols` wide: enough that each thread takes one 32-wide
-    /// chunk of the row, as far as the workgroup allows. Each further chunk a thread loops
+    /// Threads per row for a matrix `cols` wide: enough that each thread takes one chunk of
+    /// the row (`matvec_width` weights), as far as the workgroup allows. Each further chunk a thread loops
     /// over costs a round trip to memory, the bulk of a decode launch (BENCHMARKS.md).
     pub fn team_for(&self, cols: usize) -> u32 {
         if let Some(team) = self.team {
             return team;
         }
-        let chunks = cols.div_ceil(32).next_power_of_two() as u32;
+        let chunks = cols
+            .div_ceil(self.matvec_width as usize)
+            .next_power_of_two() as u32;
         chunks.clamp(self.subgroup_size.unwrap_or(32), self.matvec_wg)
     }
 
@@ -357,6 +368,7 @@ impl Tuning {
         };
         text.replace("{{WG}}", &self.matvec_wg.to_string())
             .replace("{{TEAM}}", &team.to_string())
+            .replace("{{MATVEC_WIDTH}}", &self.matvec_width.to_string())
             .replace("{{SUBGROUP}}", &self.subgroup_size.unwrap_or(1).to_string())
             .replace("{{ROWS_PER_TEAM}}", &rows_per_team.to_string())
             .replace("{{TEAM_SUM}}", self.team_sum(team))
@@ -551,6 +563,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
+                matvec_width: 8,
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: true,
@@ -561,6 +574,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
+                matvec_width: 32,
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
@@ -571,6 +585,7 @@ mod tests {
                 matvec_wg: 64,
                 rows_per_team: 2,
                 fuse_norm: true,
+                matvec_width: 8,
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
@@ -581,6 +596,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
+                matvec_width: 8,
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
