@@ -138,6 +138,10 @@ fn parse_api(api: Option<&str>) -> Result<wgpu::Backends> {
     })
 }
 
+/// Held while adapters are enumerated and devices opened: on the H100 machine, threads doing
+/// so at the same time (tests in parallel) all hung in the driver.
+static OPENING: Mutex<()> = Mutex::new(());
+
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
@@ -172,6 +176,7 @@ fn adapters(api: Option<&str>) -> Result<Vec<wgpu::Adapter>> {
 }
 
 pub fn list_adapters(api: Option<&str>) -> Result<Vec<AdapterSummary>> {
+    let _one_at_a_time = OPENING.lock().unwrap_or_else(|p| p.into_inner());
     Ok(adapters(api)?
         .iter()
         .enumerate()
@@ -219,6 +224,7 @@ pub struct Gpu {
 
 impl Gpu {
     pub fn open(options: GpuOptions) -> Result<Self> {
+        let _one_at_a_time = OPENING.lock().unwrap_or_else(|p| p.into_inner());
         let mut all = adapters(options.api.as_deref())?;
         let which = match options.api.as_deref() {
             Some(api) => format!("{api} GPU adapter"),

@@ -227,10 +227,13 @@ pub struct Tuning {
     /// Weights a matvec thread decodes at a time (8 or 32).
     pub matvec_width: u32,
     /// Keep wgpu's bounds checks in the kernels; VIBRANT_UNCHECKED_SHADERS=1 drops them (for
-    /// measurements: a kernel that reads past a buffer then goes unguarded).
+    /// measurements: a kernel that reads past a buffer then goes unguarded); =0 keeps the loop
+    /// counters too.
     pub bounds_checks: bool,
-    /// Keep wgpu's loop counters (a loop that would never end is cut short);
-    /// VIBRANT_UNCHECKED_SHADERS=loops drops them alone, =all with the bounds checks.
+    /// Keep wgpu's loop counters, which cut short a loop that would never end. Off unless
+    /// VIBRANT_UNCHECKED_SHADERS=0: every loop in shaders/ is bounded by its parameters, the
+    /// host's waits are bounded anyway, and the counters stop the compiler from unrolling
+    /// (decode 12% and prompts 17% slower with them on the H100, BENCHMARKS.md).
     pub loop_bounds: bool,
     /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
     pub coop: bool,
@@ -269,8 +272,8 @@ impl Tuning {
         // measurements).
         let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
         let unchecked = std::env::var("VIBRANT_UNCHECKED_SHADERS").unwrap_or_default();
-        let bounds_checks = matches!(unchecked.as_str(), "" | "0" | "loops");
-        let loop_bounds = !matches!(unchecked.as_str(), "all" | "loops");
+        let bounds_checks = matches!(unchecked.as_str(), "" | "0");
+        let loop_bounds = unchecked == "0";
         // VIBRANT_COOP=0 keeps prompt matmuls off the tensor cores (for measurements).
         let coop = std::env::var("VIBRANT_COOP").map_or(true, |v| v != "0")
             && gpu.features.cooperative_matrix
@@ -430,8 +433,8 @@ pub fn build(gpu: &super::device::Gpu, tuning: &Tuning, kernel: Kernel) -> Resul
                     force_loop_bounding: tuning.loop_bounds,
                     ..wgpu::ShaderRuntimeChecks::checked()
                 };
-                // SAFETY: only on request, to measure what wgpu's per-access bounds checks and
-                // loop counters cost; every loop here is bounded by its parameters.
+                // SAFETY: every loop in shaders/ is bounded by its parameters, so the loop
+                // counters are redundant; bounds checks go only on request, for measurements.
                 unsafe { device.create_shader_module_trusted(desc, checks) }
             }
         })
