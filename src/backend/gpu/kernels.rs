@@ -307,17 +307,17 @@ impl Tuning {
         )
     }
 
-    /// Threads per row for a matrix `cols` wide: enough that each thread takes one chunk of
-    /// the row (`matvec_width` weights), as far as the workgroup allows. Each further chunk a thread loops
-    /// over costs a round trip to memory, the bulk of a decode launch (BENCHMARKS.md).
+    /// Threads per row for a matrix `cols` wide: about four chunks of `matvec_width` weights
+    /// per thread, from one subgroup up to 128 threads. Fewer threads per row leave each a
+    /// longer loop (latency, for short matrices); more make each workgroup's life short
+    /// (launch and reduction overhead, for the large ones). Measured on the H100 across
+    /// 32..256 (BENCHMARKS.md).
     pub fn team_for(&self, cols: usize) -> u32 {
         if let Some(team) = self.team {
             return team;
         }
-        let chunks = cols
-            .div_ceil(self.matvec_width as usize)
-            .next_power_of_two() as u32;
-        chunks.clamp(self.subgroup_size.unwrap_or(32), self.matvec_wg)
+        let chunks = cols.div_ceil(4 * self.matvec_width as usize).next_power_of_two() as u32;
+        chunks.clamp(self.subgroup_size.unwrap_or(32), 128.min(self.matvec_wg))
     }
 
     /// Rows one matvec workgroup computes with teams of `team` threads.
