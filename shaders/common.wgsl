@@ -42,4 +42,10 @@ struct ProductParams {
     // 1: x is RMS-normalised on the fly (matvec: weight NW, epsilon eps).
     norm: u32,
     eps: f32,
+    // Query/key/value products (matvec_qkv): first position, head size, key/value width,
+    // NeoX rotation pairs; y_stride is the query width.
+    pos: u32,
+    head_dim: u32,
+    kv_width: u32,
+    neox: u32,
 }

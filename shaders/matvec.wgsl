@@ -161,3 +161,29 @@ fn matvec_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         Y[wid.z * p.y_stride + (p.row_start + row0) / 2u] = g / (1.0 + exp(-g)) * sums[R - 1u];
     }
 }
+
+// Query, key and value rows ([q | k | v], see qkv.wgsl) with R = 4: a team's four sums (plus
+// bias) are two rotation pairs, finished by the shared epilogue.
+@compute @workgroup_size({{WG}})
+fn matvec_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let sums = team_products(wid, nwg, li);
+    let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
+    if (li % TEAM != 0u || row0 >= p.rows) {
+        return;
+    }
+    let c = p.row_start + row0;
+    var v = vec4<f32>(sum_at(sums, 0u), sum_at(sums, 1u), sum_at(sums, 2u), sum_at(sums, 3u));
+    if (p.has_bias != 0u) {
+        v += vec4<f32>(B[c], B[c + 1u], B[c + 2u], B[c + 3u]);
+    }
+    let qkv_layout = QkvLayout(p.pos, p.head_dim, p.y_stride, p.kv_width, p.neox);
+    store_qkv(qkv_layout, wid.z, c, v);
+}
+
+// sums[i]: this entry is built with R = 4, but its module also holds entries built with fewer
+// rows, where the index must still be valid.
+fn sum_at(sums: array<f32, R>, i: u32) -> f32 {
+    return sums[min(i, R - 1u)];
+}
+

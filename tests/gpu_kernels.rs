@@ -10,10 +10,11 @@ mod common;
 
 use common::*;
 use rand::rngs::StdRng;
+use rand::Rng;
 use std::time::{Duration, Instant};
 use vibrant::backend::cpu::{self, CpuBackend};
 use vibrant::backend::gpu::{GpuMatrix, GpuOptions, GpuTensor, WgpuBackend};
-use vibrant::backend::{AttentionShape, Backend, BackendError, RopeKind, WeightBytes};
+use vibrant::backend::{AttentionShape, Backend, BackendError, QkvPart, RopeKind, WeightBytes};
 use vibrant::quant::{GgmlType, ALL_TYPES};
 
 /// Weight rows in most tests: odd, and not a multiple of any workgroup size.
@@ -389,21 +390,23 @@ fn rope_table(n_ctx: usize, head_dim: usize) -> Vec<f32> {
     table
 }
 
-/// One forward step's q, k and v for the layer under test, and k and v for the other layer
-/// (which must not leak into the results).
+/// One forward step's input rows for the layer under test and for the other layer (which
+/// must not leak into the results): every value ±1, so that RMS normalisation (epsilon 0)
+/// leaves each row as it is.
 struct Step {
     pos: usize,
     n: usize,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    other_k: Vec<f32>,
-    other_v: Vec<f32>,
+    x: Vec<f32>,
+    other_x: Vec<f32>,
 }
 
 /// A prefill of `prefill` tokens in one call, then one token, then three.
-fn attention_steps(rng: &mut StdRng, shape: &AttentionShape, prefill: usize) -> Vec<Step> {
-    let (qw, kvw) = (shape.q_width(), shape.kv_width());
+fn attention_steps(rng: &mut StdRng, width: usize, prefill: usize) -> Vec<Step> {
+    let signs = |rng: &mut StdRng, n: usize| -> Vec<f32> {
+        (0..n * width)
+            .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+            .collect()
+    };
     let mut pos = 0;
     [prefill, 1, 3]
         .into_iter()
@@ -411,12 +414,8 @@ fn attention_steps(rng: &mut StdRng, shape: &AttentionShape, prefill: usize) -> 
             let step = Step {
                 pos,
                 n,
-                // Larger queries make the softmax peaked, so a wrong key shows.
-                q: random_values(rng, n * qw, 3.0),
-                k: random_values(rng, n * kvw, 1.0),
-                v: random_values(rng, n * kvw, 1.0),
-                other_k: random_values(rng, n * kvw, 1.0),
-                other_v: random_values(rng, n * kvw, 1.0),
+                x: signs(rng, n),
+                other_x: signs(rng, n),
             };
             pos += n;
             step
@@ -424,33 +423,103 @@ fn attention_steps(rng: &mut StdRng, shape: &AttentionShape, prefill: usize) -> 
         .collect()
 }
 
+/// The projections under test: each row of Wq, Wk and Wv picks one column of x, so q, k and
+/// v are exactly x times the norm weight (values that f16 holds exactly, so that tensor-core
+/// tiles, which round their inputs to f16, are exact too), plus the bias.
+struct Projections {
+    norm: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    v_type: GgmlType,
+}
+
+impl Projections {
+    fn random(rng: &mut StdRng, shape: &AttentionShape, v_type: GgmlType, bias: bool) -> Self {
+        let (qw, kvw) = (shape.q_width(), shape.kv_width());
+        let f16_exact = |v: f32| half::f16::from_f32(v).to_f32();
+        // Larger queries make the softmax peaked, so a wrong key shows.
+        let norm = random_values(rng, qw, 3.0)
+            .into_iter()
+            .chain(random_values(rng, 2 * kvw, 1.0))
+            .map(f16_exact)
+            .collect();
+        let bias = bias.then(|| random_values(rng, qw + 2 * kvw, 0.5));
+        Self { norm, bias, v_type }
+    }
+
+    fn parts(&self, shape: &AttentionShape) -> [QkvPart; 3] {
+        let (qw, kvw) = (shape.q_width(), shape.kv_width());
+        let width = qw + 2 * kvw;
+        let part = |first: usize, rows: usize, ty: GgmlType| {
+            let mut bytes = Vec::new();
+            for r in 0..rows {
+                for c in 0..width {
+                    let one = if c == first + r { 1.0 } else { 0.0 };
+                    match ty {
+                        GgmlType::F16 => bytes.extend(half::f16::from_f32(one).to_le_bytes()),
+                        _ => bytes.extend(one.to_le_bytes()),
+                    }
+                }
+            }
+            QkvPart {
+                ggml_type: ty,
+                data: WeightBytes::owned(bytes),
+                rows,
+                bias: self.bias.as_ref().map(|b| b[first..first + rows].to_vec()),
+            }
+        };
+        [
+            part(0, qw, GgmlType::F32),
+            part(qw, kvw, GgmlType::F32),
+            part(qw + kvw, kvw, self.v_type),
+        ]
+    }
+}
+
 /// Per step: the rotated queries and the attention output.
 fn run_attention<B: Load>(
     b: &mut B,
     shape: &AttentionShape,
     layer: usize,
+    projections: &Projections,
     steps: &[Step],
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let (qw, kvw) = (shape.q_width(), shape.kv_width());
+    let width = qw + 2 * kvw;
     let n_ctx: usize = steps.iter().map(|s| s.n).sum();
     let table = b
         .upload_vector("rope", &rope_table(n_ctx, shape.head_dim))
         .expect("rope table");
+    let norm = b.upload_vector("norm", &projections.norm).expect("norm");
+    let qkv = b
+        .upload_qkv("qkv", projections.parts(shape), width, shape)
+        .expect("qkv");
     let cache = b.kv_cache(2, n_ctx, shape).expect("cache");
     steps
         .iter()
         .map(|s| {
-            let other_q = b.load("other q", s.n, qw, &s.q);
-            let other_k = b.load("other k", s.n, kvw, &s.other_k);
-            let other_v = b.load("other v", s.n, kvw, &s.other_v);
-            let other = 1 - layer;
-            b.rope_store_kv(
-                &other_q, &other_k, &other_v, &table, &cache, other, s.pos, s.n, shape,
-            );
-            let q = b.load("q", s.n, qw, &s.q);
-            let k = b.load("k", s.n, kvw, &s.k);
-            let v = b.load("v", s.n, kvw, &s.v);
-            b.rope_store_kv(&q, &k, &v, &table, &cache, layer, s.pos, s.n, shape);
+            let scratch = [
+                b.load("normed", s.n, width, &vec![f32::NAN; s.n * width]),
+                b.load("k", s.n, kvw, &vec![f32::NAN; s.n * kvw]),
+                b.load("v", s.n, kvw, &vec![f32::NAN; s.n * kvw]),
+            ];
+            let scratch = [&scratch[0], &scratch[1], &scratch[2]];
+            let q = b.load("q", s.n, qw, &vec![f32::NAN; s.n * qw]);
+            for (x, layer) in [(&s.other_x, 1 - layer), (&s.x, layer)] {
+                let x = b.load("x", s.n, width, x);
+                b.attention_inputs(
+                    &x,
+                    (&norm, 0.0),
+                    &qkv,
+                    scratch,
+                    &q,
+                    &table,
+                    &cache,
+                    layer,
+                    s.pos,
+                    s.n,
+                    shape,
+                );
+            }
             let out = b.load("attention out", s.n, qw, &vec![f32::NAN; s.n * qw]);
             b.attention(&q, &cache, layer, s.pos, s.n, &out, shape);
             (read(b, &q, s.n), read(b, &out, s.n))
@@ -458,21 +527,23 @@ fn run_attention<B: Load>(
         .collect()
 }
 
+/// The attention inputs (projections, RoPE, the cache write) and attention, on both backends.
 #[test]
 fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
     let mut rng = rng(9);
-    // The prefill runs through the prompt kernel (70 keys: more than one 64-key tile), then
-    // one token and three through the decode kernel: after 126 the three straddle its 128-key
-    // chunks (one token fits one chunk, two take two and a merge); after 1030, nine chunks.
-    // Heads of 80 leave some of the decode kernel's threads without a value vector.
+    // The prefill runs through the prompt kernels (70 keys: more than one 64-key tile), then
+    // one token and three through the decode kernels: after 126 the three straddle the decode
+    // attention's 128-key chunks (one token fits one chunk, two take two and a merge); after
+    // 1030, nine chunks. Heads of 80 leave some of its threads without a value vector. Values
+    // in f16 make [q | k | v] two weight runs on the GPU; biases go in where given.
     let cases = [
-        (64, RopeKind::Normal, 0, 70),
-        (128, RopeKind::Neox, 1, 126),
-        (64, RopeKind::Neox, 1, 70),
-        (80, RopeKind::Neox, 0, 126),
-        (128, RopeKind::Neox, 0, 1030),
+        (64, RopeKind::Normal, 0, 70, GgmlType::F32, true),
+        (128, RopeKind::Neox, 1, 126, GgmlType::F16, true),
+        (64, RopeKind::Neox, 1, 70, GgmlType::F32, false),
+        (80, RopeKind::Neox, 0, 126, GgmlType::F32, true),
+        (128, RopeKind::Neox, 0, 1030, GgmlType::F16, false),
     ];
-    for (head_dim, rope, layer, prefill) in cases {
+    for (head_dim, rope, layer, prefill, v_type, bias) in cases {
         // Grouped-query attention: three query heads per key/value head.
         let shape = AttentionShape {
             n_head: 6,
@@ -480,17 +551,21 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
             head_dim,
             rope,
         };
-        let steps = attention_steps(&mut rng, &shape, prefill);
+        let (qw, kvw) = (shape.q_width(), shape.kv_width());
+        let projections = Projections::random(&mut rng, &shape, v_type, bias);
+        let steps = attention_steps(&mut rng, qw + 2 * kvw, prefill);
         let (got, want) = (
-            run_attention(&mut gpu(), &shape, layer, &steps),
-            run_attention(&mut cpu(), &shape, layer, &steps),
+            run_attention(&mut gpu(), &shape, layer, &projections, &steps),
+            run_attention(&mut cpu(), &shape, layer, &projections, &steps),
         );
-        let qw = shape.q_width();
+        let bias_scale = projections.bias.as_deref().map_or(0.0, max_abs);
+        let q_scale = max_abs(&projections.norm[..qw]) + bias_scale;
+        let v_scale = max_abs(&projections.norm[qw + kvw..]) + bias_scale;
         for (s, ((gq, go), (cq, co))) in steps.iter().zip(got.iter().zip(&want)) {
             let what = format!("head_dim {head_dim} {rope:?}, pos {} n {}", s.pos, s.n);
-            // The same f32 rotation on both; a fused multiply-add may round differently, by an
-            // ulp (seen on NVIDIA). A wrong pair or angle moves values by their own size.
-            let q_scale = max_abs(&s.q);
+            // The same f32 rotation of the same values on both; a fused multiply-add may round
+            // differently, by an ulp (seen on NVIDIA). A wrong pair or angle moves values by
+            // their own size.
             let rope_what = format!("rope q, {what}");
             assert_close(&rope_what, gq, &to_f64(cq), qw, |_| q_scale, 2e-6);
             // A key whose f32 rotation differs by an ulp may round to the neighbouring f16 in
@@ -498,7 +573,6 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
             // order: 4e-5 of the largest value leaves room for both (2.1e-5 seen on the H100
             // over 126 keys). Leaving out one of ~100 keys, or reading another head, costs
             // about 1e-2; one of 1031, about 1e-3.
-            let v_scale = max_abs(&s.v);
             let what = format!("attention, {what}");
             assert_close(&what, go, &to_f64(co), qw, |_| v_scale, 4e-5);
         }

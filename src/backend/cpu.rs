@@ -3,7 +3,7 @@
 //! format each weight type dots with); work is spread over a rayon pool, except steps too
 //! small to be worth handing over.
 
-use super::{AttentionShape, Backend, Result, RopeKind, WeightBytes};
+use super::{AttentionShape, Backend, QkvPart, Result, RopeKind, WeightBytes};
 use crate::quant::{self, ActFormat, Activations, GgmlType};
 use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
@@ -91,6 +91,8 @@ impl Backend for CpuBackend {
     type Vector = CpuVector;
     type KvCache = CpuKvCache;
     type GateUp = (CpuMatrix, CpuMatrix);
+    /// q, k and v with their biases, kept apart.
+    type Qkv = [(CpuMatrix, Option<CpuVector>); 3];
 
     fn describe(&self) -> String {
         let mode = if self.exact {
@@ -144,6 +146,54 @@ impl Backend for CpuBackend {
             self.upload_matrix(&format!("{name} gate"), gate.0, rows, cols, gate.1)?,
             self.upload_matrix(&format!("{name} up"), up.0, rows, cols, up.1)?,
         ))
+    }
+
+    fn upload_qkv(
+        &mut self,
+        name: &str,
+        parts: [QkvPart; 3],
+        cols: usize,
+        _shape: &AttentionShape,
+    ) -> Result<Self::Qkv> {
+        let mut upload = |(part, role): (QkvPart, &str)| -> Result<_> {
+            let w = self.upload_matrix(
+                &format!("{name} {role}"),
+                part.ggml_type,
+                part.rows,
+                cols,
+                part.data,
+            )?;
+            let bias = part
+                .bias
+                .map(|b| self.upload_vector(role, &b))
+                .transpose()?;
+            Ok((w, bias))
+        };
+        let [q, k, v] = parts;
+        Ok([upload((q, "q"))?, upload((k, "k"))?, upload((v, "v"))?])
+    }
+
+    fn attention_inputs(
+        &mut self,
+        x: &CpuTensor,
+        (norm, eps): (&CpuVector, f32),
+        [(wq, bq), (wk, bk), (wv, bv)]: &Self::Qkv,
+        [normed, k, v]: [&CpuTensor; 3],
+        q: &CpuTensor,
+        rope_cos_sin: &CpuVector,
+        cache: &CpuKvCache,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        shape: &AttentionShape,
+    ) {
+        let products = [
+            (wq, bq.as_ref(), q),
+            (wk, bk.as_ref(), k),
+            (wv, bv.as_ref(), v),
+        ];
+        self.norm_matmuls(x, norm, eps, normed, &products, n);
+        self.rope_store_kv(q, k, v, rope_cos_sin, cache, layer, pos, n, shape);
     }
 
     fn norm_gate_up_swiglu(
@@ -278,43 +328,6 @@ impl Backend for CpuBackend {
                     .zip(g.par_chunks(cols).zip(u.par_chunks(cols)))
                     .for_each(row);
             });
-        }
-    }
-
-    fn rope_store_kv(
-        &mut self,
-        q: &CpuTensor,
-        k: &CpuTensor,
-        v: &CpuTensor,
-        rope_cos_sin: &CpuVector,
-        cache: &CpuKvCache,
-        layer: usize,
-        pos: usize,
-        n: usize,
-        shape: &AttentionShape,
-    ) {
-        let hd = shape.head_dim;
-        let table = |p: usize| &rope_cos_sin.0[p * hd..(p + 1) * hd];
-        let mut q = q.data.borrow_mut();
-        for (t, row) in q.chunks_mut(shape.q_width()).take(n).enumerate() {
-            row.chunks_mut(hd)
-                .for_each(|head| rope_head(head, table(pos + t), shape.rope));
-        }
-        let (mut kc, mut vc) = (cache.k[layer].borrow_mut(), cache.v[layer].borrow_mut());
-        let kvw = cache.kv_width;
-        let mut k = k.data.borrow_mut();
-        let v = v.data.borrow();
-        for t in 0..n {
-            let krow = &mut k[t * kvw..(t + 1) * kvw];
-            krow.chunks_mut(hd)
-                .for_each(|head| rope_head(head, table(pos + t), shape.rope));
-            let at = (pos + t) * kvw;
-            for (c, x) in kc[at..at + kvw].iter_mut().zip(krow.iter()) {
-                *c = f16::from_f32(*x);
-            }
-            for (c, x) in vc[at..at + kvw].iter_mut().zip(&v[t * kvw..(t + 1) * kvw]) {
-                *c = f16::from_f32(*x);
-            }
         }
     }
 
@@ -522,4 +535,45 @@ pub fn argmax(x: &[f32]) -> usize {
         }
     }
     best
+}
+impl CpuBackend {
+    /// Rotates q in place and k into the cache for positions `pos..pos + n` using the
+    /// `[n_ctx, head_dim / 2]` cos/sin tables, and stores v beside it.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_store_kv(
+        &mut self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        rope_cos_sin: &CpuVector,
+        cache: &CpuKvCache,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        shape: &AttentionShape,
+    ) {
+        let hd = shape.head_dim;
+        let table = |p: usize| &rope_cos_sin.0[p * hd..(p + 1) * hd];
+        let mut q = q.data.borrow_mut();
+        for (t, row) in q.chunks_mut(shape.q_width()).take(n).enumerate() {
+            row.chunks_mut(hd)
+                .for_each(|head| rope_head(head, table(pos + t), shape.rope));
+        }
+        let (mut kc, mut vc) = (cache.k[layer].borrow_mut(), cache.v[layer].borrow_mut());
+        let kvw = cache.kv_width;
+        let mut k = k.data.borrow_mut();
+        let v = v.data.borrow();
+        for t in 0..n {
+            let krow = &mut k[t * kvw..(t + 1) * kvw];
+            krow.chunks_mut(hd)
+                .for_each(|head| rope_head(head, table(pos + t), shape.rope));
+            let at = (pos + t) * kvw;
+            for (c, x) in kc[at..at + kvw].iter_mut().zip(krow.iter()) {
+                *c = f16::from_f32(*x);
+            }
+            for (c, x) in vc[at..at + kvw].iter_mut().zip(&v[t * kvw..(t + 1) * kvw]) {
+                *c = f16::from_f32(*x);
+            }
+        }
+    }
 }

@@ -57,6 +57,14 @@ impl AttentionShape {
 /// The encoded bytes of one weight tensor: still inside its (memory-mapped) file, so that a
 /// backend that computes from host memory keeps them without copying, or owned (tests,
 /// generated weights).
+/// One of a layer's q, k and v projections as stored in the file.
+pub struct QkvPart {
+    pub ggml_type: GgmlType,
+    pub data: WeightBytes,
+    pub rows: usize,
+    pub bias: Option<Vec<f32>>,
+}
+
 #[derive(Clone)]
 pub struct WeightBytes(WeightSource);
 
@@ -99,6 +107,8 @@ pub trait Backend {
     type KvCache;
     /// The gate and up projections of a SwiGLU feed-forward block.
     type GateUp;
+    /// A layer's query, key and value projections, as [`Backend::attention_inputs`] takes them.
+    type Qkv;
 
     /// A one-line description of the device, for logs and `--verbose`.
     fn describe(&self) -> String;
@@ -122,6 +132,15 @@ pub trait Backend {
         rows: usize,
         cols: usize,
     ) -> Result<Self::GateUp>;
+    /// Uploads a layer's query, key and value projections (`[rows, cols]` each, with their
+    /// biases) for a model with attention heads of `shape`.
+    fn upload_qkv(
+        &mut self,
+        name: &str,
+        parts: [QkvPart; 3],
+        cols: usize,
+        shape: &AttentionShape,
+    ) -> Result<Self::Qkv>;
     fn tensor(&mut self, name: &str, rows: usize, cols: usize) -> Result<Self::Tensor>;
     /// K and V for `n_layers` layers of attention shaped `shape`, for `n_ctx` positions; a
     /// backend whose kernels cannot take the shape refuses it here, at load.
@@ -200,14 +219,18 @@ pub trait Backend {
     fn add(&mut self, acc: &Self::Tensor, x: &Self::Tensor, n: usize);
     /// out = silu(gate) * up.
     fn swiglu(&mut self, gate: &Self::Tensor, up: &Self::Tensor, out: &Self::Tensor, n: usize);
-    /// Rotates q in place and k into the cache for positions `pos..pos + n` using the
-    /// `[n_ctx, head_dim / 2]` cos/sin tables, and stores v beside it.
+    /// The inputs of attention for the n tokens at `pos..pos + n`: x is RMS-normalised, then
+    /// q = rope(Wq·x + bq) is written to `q`, and rope(Wk·x + bk) and Wv·x + bv go into the
+    /// cache of `layer` (rotations from the `[n_ctx, head_dim / 2]` cos/sin table). `normed`,
+    /// `k` and `v` are scratch.
     #[allow(clippy::too_many_arguments)]
-    fn rope_store_kv(
+    fn attention_inputs(
         &mut self,
+        x: &Self::Tensor,
+        norm: (&Self::Vector, f32),
+        qkv: &Self::Qkv,
+        scratch: [&Self::Tensor; 3],
         q: &Self::Tensor,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
         rope_cos_sin: &Self::Vector,
         cache: &Self::KvCache,
         layer: usize,

@@ -5,7 +5,7 @@ mod config;
 
 pub use config::{Arch, Config, ModelError, Result};
 
-use crate::backend::{Backend, WeightBytes};
+use crate::backend::{Backend, QkvPart, WeightBytes};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::quant::{self, GgmlType};
 use std::sync::Arc;
@@ -13,12 +13,8 @@ use std::sync::Arc;
 /// The weights of one transformer block.
 struct Layer<B: Backend> {
     attn_norm: B::Vector,
-    wq: B::Matrix,
-    wk: B::Matrix,
-    wv: B::Matrix,
-    bq: Option<B::Vector>,
-    bk: Option<B::Vector>,
-    bv: Option<B::Vector>,
+    /// Query, key and value projections (with biases where the architecture has them).
+    qkv: B::Qkv,
     wo: B::Matrix,
     ffn_norm: B::Vector,
     gate_up: B::GateUp,
@@ -178,16 +174,12 @@ impl<B: Backend> Transformer<B> {
         b.embed(&w.token_embd, tokens, &s.x);
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: x += Wo · attention(rope(Wq · norm(x)), rope(Wk · norm(x)), Wv · norm(x))
-            let qkv = [
-                (&layer.wq, layer.bq.as_ref(), &s.q),
-                (&layer.wk, layer.bk.as_ref(), &s.k),
-                (&layer.wv, layer.bv.as_ref(), &s.v),
-            ];
-            b.norm_matmuls(&s.x, &layer.attn_norm, eps, &s.xn, &qkv, n);
-            b.rope_store_kv(
+            b.attention_inputs(
+                &s.x,
+                (&layer.attn_norm, eps),
+                &layer.qkv,
+                [&s.xn, &s.k, &s.v],
                 &s.q,
-                &s.k,
-                &s.v,
                 &w.rope_cos_sin,
                 &self.cache,
                 l,
@@ -305,6 +297,33 @@ impl Loader<'_> {
         Ok(b.upload_matrix(name, info.ggml_type, rows, cols, data)?)
     }
 
+    /// Layer `i`'s query, key and value projections (`rows[j]` × `cols`) and their biases.
+    fn qkv<B: Backend>(
+        &self,
+        b: &mut B,
+        i: usize,
+        rows: [usize; 3],
+        cols: usize,
+    ) -> Result<B::Qkv> {
+        let part = |role: &str, rows: usize| -> Result<QkvPart> {
+            let name = format!("blk.{i}.attn_{role}.weight");
+            let info = self.require(&name, &[cols, rows])?;
+            Ok(QkvPart {
+                ggml_type: info.ggml_type,
+                data: WeightBytes::new(self.file, info),
+                rows,
+                bias: self.floats(&format!("blk.{i}.attn_{role}.bias"), rows)?,
+            })
+        };
+        let parts = [
+            part("q", rows[0])?,
+            part("k", rows[1])?,
+            part("v", rows[2])?,
+        ];
+        let shape = &self.config.attention;
+        Ok(b.upload_qkv(&format!("blk.{i}.attn_qkv"), parts, cols, shape)?)
+    }
+
     /// Layer `i`'s feed-forward gate and up projections, `[rows, cols]` each.
     fn gate_up<B: Backend>(
         &self,
@@ -370,12 +389,7 @@ impl Loader<'_> {
             let t = |role: &str| format!("blk.{i}.{role}");
             layers.push(Layer {
                 attn_norm: self.required_vector(b, &t("attn_norm.weight"), d)?,
-                wq: self.matrix(b, &t("attn_q.weight"), q, d)?,
-                wk: self.matrix(b, &t("attn_k.weight"), kv, d)?,
-                wv: self.matrix(b, &t("attn_v.weight"), kv, d)?,
-                bq: self.vector(b, &t("attn_q.bias"), q)?,
-                bk: self.vector(b, &t("attn_k.bias"), kv)?,
-                bv: self.vector(b, &t("attn_v.bias"), kv)?,
+                qkv: self.qkv(b, i, [q, kv, kv], d)?,
                 wo: self.matrix(b, &t("attn_output.weight"), d, q)?,
                 ffn_norm: self.required_vector(b, &t("ffn_norm.weight"), d)?,
                 gate_up: self.gate_up(b, i, ff, d)?,

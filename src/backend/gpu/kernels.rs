@@ -29,6 +29,7 @@ const MATMUL_COOP: (&str, &str) = (
 );
 const NORM: (&str, &str) = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
 const ROPE: (&str, &str) = ("rope.wgsl", include_str!("../../../shaders/rope.wgsl"));
+const QKV: (&str, &str) = ("qkv.wgsl", include_str!("../../../shaders/qkv.wgsl"));
 const ATTENTION: (&str, &str) = (
     "attention.wgsl",
     include_str!("../../../shaders/attention.wgsl"),
@@ -48,11 +49,14 @@ pub enum Kernel {
     Matvec(GgmlType, u32),
     /// Matvec over interleaved gate/up rows, writing SwiGLU of each pair.
     MatvecSwiglu(GgmlType, u32),
+    /// Matvec over query/key/value rows with RoPE and the cache write in its epilogue.
+    MatvecQkv(GgmlType, u32),
     Matmul(GgmlType),
     /// The tensor-core matmul (cooperative matrices, f16 inputs, f32 accumulators).
     MatmulCoop(GgmlType),
     RmsNorm,
-    RopeStoreKv,
+    /// RoPE and the cache write after the prompt's query/key/value products.
+    RopeStoreQkv,
     Attention,
     /// Attention for a few queries, keys split into chunks over workgroups.
     AttentionDecode,
@@ -82,10 +86,11 @@ impl Kernel {
             Self::Dequant(_) => "dequant",
             Self::Matvec(..) => "matvec",
             Self::MatvecSwiglu(..) => "matvec_swiglu",
+            Self::MatvecQkv(..) => "matvec_qkv",
             Self::Matmul(_) => "matmul",
             Self::MatmulCoop(_) => "matmul_coop",
             Self::RmsNorm => "rms_norm",
-            Self::RopeStoreKv => "rope_store_kv",
+            Self::RopeStoreQkv => "rope_store_qkv",
             Self::Attention => "attention",
             Self::AttentionDecode => "attention_decode",
             Self::AttentionCombine => "attention_combine",
@@ -109,6 +114,7 @@ impl Kernel {
             | Self::Dequant(t)
             | Self::Matvec(t, _)
             | Self::MatvecSwiglu(t, _)
+            | Self::MatvecQkv(t, _)
             | Self::Matmul(t)
             | Self::MatmulCoop(t) => Some(t),
             _ => None,
@@ -122,10 +128,11 @@ impl Kernel {
             Self::Dequant(_) => (DEQUANT, "dequant"),
             Self::Matvec(..) => (MATVEC, "matvec"),
             Self::MatvecSwiglu(..) => (MATVEC, "matvec_swiglu"),
+            Self::MatvecQkv(..) => (MATVEC, "matvec_qkv"),
             Self::Matmul(_) => (MATMUL, "matmul"),
             Self::MatmulCoop(_) => (MATMUL_COOP, "matmul_coop"),
             Self::RmsNorm => (NORM, "rms_norm"),
-            Self::RopeStoreKv => (ROPE, "rope_store_kv"),
+            Self::RopeStoreQkv => (ROPE, "rope_store_qkv"),
             Self::Attention => (ATTENTION, "attention"),
             Self::AttentionDecode => (ATTENTION, "attention_decode"),
             Self::AttentionCombine => (ATTENTION, "attention_combine"),
@@ -160,7 +167,28 @@ impl Kernel {
             Self::Matvec(..) | Self::MatvecSwiglu(..) => &[Read, Read, Read, ReadWrite, Read],
             Self::Matmul(_) | Self::MatmulCoop(_) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
-            Self::RopeStoreKv => &[ReadWrite, Read, Read, Read, ReadWrite, ReadWrite],
+            // The epilogue in qkv.wgsl: rope table, q, caches (bindings 6..9).
+            Self::MatvecQkv(..) => {
+                return vec![
+                    (1, Read),
+                    (2, Read),
+                    (3, Read),
+                    (5, Read),
+                    (6, Read),
+                    (7, ReadWrite),
+                    (8, ReadWrite),
+                    (9, ReadWrite),
+                ]
+            }
+            Self::RopeStoreQkv => {
+                return vec![
+                    (1, Read),
+                    (6, Read),
+                    (7, ReadWrite),
+                    (8, ReadWrite),
+                    (9, ReadWrite),
+                ]
+            }
             Self::Attention => &[Read, Read, Read, ReadWrite],
             Self::Add => &[ReadWrite, Read],
             Self::Swiglu => &[ReadWrite, Read, Read],
@@ -194,6 +222,12 @@ impl Kernel {
             pieces.push(("(generated)", glue.as_str()));
         }
         pieces.push(self.op().0);
+        if matches!(
+            self,
+            Self::Matvec(..) | Self::MatvecSwiglu(..) | Self::MatvecQkv(..) | Self::RopeStoreQkv
+        ) {
+            pieces.push(QKV);
+        }
         let mut source = String::new();
         if matches!(self, Self::MatmulCoop(_)) {
             source.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
@@ -316,7 +350,9 @@ impl Tuning {
         if let Some(team) = self.team {
             return team;
         }
-        let chunks = cols.div_ceil(4 * self.matvec_width as usize).next_power_of_two() as u32;
+        let chunks = cols
+            .div_ceil(4 * self.matvec_width as usize)
+            .next_power_of_two() as u32;
         chunks.clamp(self.subgroup_size.unwrap_or(32), 128.min(self.matvec_wg))
     }
 
@@ -367,6 +403,8 @@ impl Tuning {
         let (rows_per_team, team) = match kernel {
             Kernel::MatvecSwiglu(_, team) => (2, team),
             Kernel::Matvec(_, team) => (self.rows_per_team, team),
+            // Two rotation pairs per team.
+            Kernel::MatvecQkv(_, team) => (4, team),
             _ => (self.rows_per_team, 32),
         };
         text.replace("{{WG}}", &self.matvec_wg.to_string())
@@ -527,7 +565,7 @@ mod tests {
     fn every_kernel(tuning: &Tuning) -> Vec<Kernel> {
         let mut all = vec![
             Kernel::RmsNorm,
-            Kernel::RopeStoreKv,
+            Kernel::RopeStoreQkv,
             Kernel::Attention,
             Kernel::AttentionDecode,
             Kernel::AttentionCombine,
@@ -548,7 +586,11 @@ mod tests {
             ]);
             let mut team = tuning.subgroup_size.unwrap_or(32).min(8);
             while team <= tuning.matvec_wg {
-                all.extend([Kernel::Matvec(t, team), Kernel::MatvecSwiglu(t, team)]);
+                all.extend([
+                    Kernel::Matvec(t, team),
+                    Kernel::MatvecSwiglu(t, team),
+                    Kernel::MatvecQkv(t, team),
+                ]);
                 team *= 2;
             }
         }

@@ -14,7 +14,9 @@ mod profile;
 pub use device::{list_adapters, AdapterSummary, Gpu, GpuFeatures, GpuOptions};
 pub use kernels::Kernel;
 
-use super::{AttentionShape, Backend, BackendError, KernelTiming, Result, RopeKind, WeightBytes};
+use super::{
+    AttentionShape, Backend, BackendError, KernelTiming, QkvPart, Result, RopeKind, WeightBytes,
+};
 use crate::quant::GgmlType;
 use bytemuck::{Pod, Zeroable};
 use kernels::Pipeline;
@@ -62,6 +64,16 @@ pub struct GpuMatrix {
 pub enum GpuGateUp {
     Interleaved(GpuMatrix),
     Separate(GpuMatrix, GpuMatrix),
+}
+
+/// A layer's query, key and value projections as rows of one `[q | k | v]` product: q and k
+/// rows reordered so that each head's rotation pairs sit in fours (shaders/qkv.wgsl), runs of
+/// one weight type concatenated into one matrix (a segment starting at row `offset`).
+pub struct GpuQkv {
+    segments: Vec<(GpuMatrix, usize)>,
+    /// The biases of all rows, in the same order.
+    bias: Option<GpuVector>,
+    width: usize,
 }
 
 pub struct GpuVector {
@@ -145,6 +157,52 @@ struct Product<'a> {
     norm: Option<(&'a GpuVector, f32)>,
     /// Rows interleave gate and up; write SwiGLU of each pair.
     swiglu: bool,
+    /// Rows are part of `[q | k | v]` from this row on: decode finishes them with RoPE and the
+    /// cache write; prompts write them to the output at that column.
+    qkv: Option<QkvRows<'a>>,
+}
+
+/// Where a query/key/value product goes.
+#[derive(Clone, Copy)]
+struct QkvRows<'a> {
+    offset: usize,
+    width: usize,
+    rope_cos_sin: &'a GpuVector,
+    q: &'a GpuTensor,
+    k_cache: &'a Arc<GpuBuf>,
+    v_cache: &'a Arc<GpuBuf>,
+    pos: usize,
+    shape: &'a AttentionShape,
+}
+
+/// Query or key rows (`rows`, heads of `head_dim`) in the order shaders/qkv.wgsl takes them:
+/// per head, the two rotation pairs of frequencies 2j and 2j + 1 in slots 4j..4j + 3.
+fn pair_order(rows: usize, head_dim: usize, neox: bool) -> Vec<usize> {
+    let half = head_dim / 2;
+    let mut order = Vec::with_capacity(rows);
+    for head in (0..rows).step_by(head_dim) {
+        for j in 0..head_dim / 4 {
+            let (f, g) = (2 * j, 2 * j + 1);
+            let pairs = match neox {
+                true => [f, f + half, g, g + half],
+                false => [2 * f, 2 * f + 1, 2 * g, 2 * g + 1],
+            };
+            order.extend(pairs.map(|d| head + d));
+        }
+    }
+    order
+}
+
+/// shaders/attention.wgsl holds a query head in workgroup memory sized for heads of up to 256
+/// values, and the kernels read cache rows 8 values at a time.
+fn check_head_dim(shape: &AttentionShape) -> Result<()> {
+    if shape.head_dim > MAX_HEAD_DIM || !shape.head_dim.is_multiple_of(8) {
+        return Err(BackendError::Unsupported(format!(
+            "attention heads of {} values: the GPU kernels take multiples of 8 up to {MAX_HEAD_DIM}",
+            shape.head_dim
+        )));
+    }
+    Ok(())
 }
 
 /// Keys and values read by attention for n queries at `pos..`, and its multiply-adds.
@@ -478,7 +536,7 @@ impl WgpuBackend {
     }
 
     /// A `[n, width]` scratch tensor for interleaved gate/up products, grown as needed.
-    fn swiglu_scratch(&mut self, n: usize, width: usize) -> Result<GpuTensor> {
+    fn product_scratch(&mut self, n: usize, width: usize) -> Result<GpuTensor> {
         let bytes = (n * width * 4) as u64;
         if self.pairs.as_ref().is_none_or(|b| b.buffer.size() < bytes) {
             self.pairs = Some(self.storage("gate/up products", bytes)?);
@@ -494,7 +552,13 @@ impl WgpuBackend {
     /// out = x · wᵀ, as `how` says: plus a bias, added to out, with x RMS-normalised inside
     /// the decode kernel, or SwiGLU over interleaved gate/up rows.
     fn linear(&mut self, x: &GpuTensor, w: &GpuMatrix, out: &GpuTensor, n: usize, how: Product) {
-        let out_cols = if how.swiglu { w.rows / 2 } else { w.rows };
+        let out_cols = match (how.swiglu, how.qkv) {
+            (true, _) => w.rows / 2,
+            (_, Some(qkv)) if n >= TILED_MIN_TOKENS => qkv.width,
+            // Decoded query/key/value rows go to q and the cache, not to `out`.
+            (_, Some(_)) => out.cols,
+            _ => w.rows,
+        };
         assert_eq!((x.cols, out.cols), (w.cols, out_cols), "{}: shape", w.name);
         let bias_buf = how
             .bias
@@ -509,19 +573,28 @@ impl WgpuBackend {
             "{}: fused prompt product",
             w.name
         );
+        let offset = how.qkv.map_or(0, |q| q.offset as u32);
         for part in &w.parts {
+            let shape = how.qkv.map(|q| q.shape);
             let params = ProductParams {
                 w_k: w.cols as u32,
                 w_bpr: part.layout.blocks_per_row,
                 w_scales: part.layout.scales_offset,
                 rows: part.rows,
-                row_start: part.row_start,
-                y_stride: out_cols as u32,
+                row_start: offset + part.row_start,
+                y_stride: match (how.qkv, tiled) {
+                    (Some(q), false) => q.shape.q_width() as u32,
+                    _ => out_cols as u32,
+                },
                 has_bias: how.bias.is_some() as u32,
                 n_tokens: n as u32,
                 accumulate: how.accumulate as u32,
                 norm: how.norm.is_some() as u32,
                 eps: how.norm.map_or(0.0, |(_, eps)| eps),
+                pos: how.qkv.map_or(0, |q| q.pos as u32),
+                head_dim: shape.map_or(0, |s| s.head_dim as u32),
+                kv_width: shape.map_or(0, |s| s.kv_width() as u32),
+                neox: shape.is_some_and(|s| s.rope == RopeKind::Neox) as u32,
             };
             let cost = Cost {
                 bytes: part.buf.buffer.size() + (n * (w.cols + w.rows) * 4) as u64,
@@ -537,6 +610,22 @@ impl WgpuBackend {
                 let groups = (part.rows.div_ceil(tile_rows), (n as u32).div_ceil(64), 1);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
                 self.dispatch(kernel, &params, &buffers, groups, cost);
+            } else if let Some(qkv) = how.qkv {
+                let team = self.tuning.team_for(w.cols);
+                let rows_per_group = self.tuning.matvec_wg / team * 4;
+                let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
+                let buffers = [
+                    &part.buf,
+                    &x.buf,
+                    &bias_buf,
+                    &norm_buf,
+                    &qkv.rope_cos_sin.buf,
+                    &qkv.q.buf,
+                    qkv.k_cache,
+                    qkv.v_cache,
+                ];
+                let kernel = Kernel::MatvecQkv(w.ggml_type, team);
+                self.dispatch(kernel, &params, &buffers, (gx, gy, n as u32), cost);
             } else {
                 let team = self.tuning.team_for(w.cols);
                 let rows_per_group = match how.swiglu {
@@ -614,6 +703,24 @@ impl WgpuBackend {
             cols,
             parts,
         })
+    }
+
+    /// Uploads one run of query/key/value rows of one weight type, starting at row `offset`
+    /// of `[q | k | v]`.
+    fn upload_qkv_run(
+        &mut self,
+        name: &str,
+        run: Option<(GgmlType, usize, Vec<u8>)>,
+        cols: usize,
+    ) -> Result<(GpuMatrix, usize)> {
+        let (ggml_type, offset, bytes) = run.expect("q has rows");
+        let row_bytes = ggml_type
+            .bytes_for(cols as u64)
+            .expect("shape checked at load") as usize;
+        // Parts split on multiples of 4 rows: each decode team finishes four rows.
+        let matrix = self.upload_rows(name, ggml_type, bytes.len() / row_bytes, cols, &bytes, 4)?;
+        self.pipeline(Kernel::MatvecQkv(ggml_type, self.tuning.team_for(cols)))?;
+        Ok((matrix, offset))
     }
 
     /// The scratch for split attention's partial results, grown to `bytes`.
@@ -706,6 +813,10 @@ struct ProductParams {
     accumulate: u32,
     norm: u32,
     eps: f32,
+    pos: u32,
+    head_dim: u32,
+    kv_width: u32,
+    neox: u32,
 }
 
 #[repr(C)]
@@ -718,13 +829,12 @@ struct NormParams {
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct RopeParams {
-    n_head: u32,
-    head_dim: u32,
     pos: u32,
-    n: u32,
-    neox: u32,
+    head_dim: u32,
     q_width: u32,
     kv_width: u32,
+    neox: u32,
+    n: u32,
 }
 
 #[repr(C)]
@@ -760,6 +870,7 @@ impl Backend for WgpuBackend {
     type Vector = GpuVector;
     type KvCache = GpuKvCache;
     type GateUp = GpuGateUp;
+    type Qkv = GpuQkv;
 
     fn describe(&self) -> String {
         format!("{}; {}", self.gpu.describe(), self.tuning.describe())
@@ -849,7 +960,7 @@ impl Backend for WgpuBackend {
         }
         // Prompts: all products into a scratch twice as wide, then SwiGLU over the pairs.
         self.rms_norm(x, norm, eps, normed, n);
-        let pairs = match self.swiglu_scratch(n, both.rows) {
+        let pairs = match self.product_scratch(n, both.rows) {
             Ok(t) => t,
             Err(e) => {
                 self.failed = true;
@@ -863,6 +974,129 @@ impl Backend for WgpuBackend {
             0,
             &[&out.buf, &pairs.buf],
         );
+    }
+
+    fn upload_qkv(
+        &mut self,
+        name: &str,
+        parts: [QkvPart; 3],
+        cols: usize,
+        shape: &AttentionShape,
+    ) -> Result<GpuQkv> {
+        check_head_dim(shape)?;
+        let width = parts.iter().map(|p| p.rows).sum();
+        let mut bias = Vec::with_capacity(width);
+        let mut segments = Vec::new();
+        // The run of rows of one weight type being gathered: its type, first row, bytes.
+        let mut run: Option<(GgmlType, usize, Vec<u8>)> = None;
+        let mut offset = 0;
+        for (i, part) in parts.into_iter().enumerate() {
+            let order = match i {
+                2 => (0..part.rows).collect(),
+                _ => pair_order(part.rows, shape.head_dim, shape.rope == RopeKind::Neox),
+            };
+            let part_bias = part.bias.unwrap_or_else(|| vec![0.0; part.rows]);
+            bias.extend(order.iter().map(|&r| part_bias[r]));
+            if run.as_ref().is_some_and(|(t, ..)| *t != part.ggml_type) {
+                segments.push(self.upload_qkv_run(name, run.take(), cols)?);
+            }
+            let (_, _, bytes) = run.get_or_insert_with(|| (part.ggml_type, offset, Vec::new()));
+            let data = part.data.bytes();
+            let row_bytes = data.len() / part.rows;
+            for r in order {
+                bytes.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
+            }
+            offset += part.rows;
+        }
+        segments.push(self.upload_qkv_run(name, run, cols)?);
+        let has_bias = bias.iter().any(|b| *b != 0.0);
+        self.pipeline(Kernel::RopeStoreQkv)?;
+        Ok(GpuQkv {
+            segments,
+            bias: match has_bias {
+                true => Some(self.upload_vector(&format!("{name} bias"), &bias)?),
+                false => None,
+            },
+            width,
+        })
+    }
+
+    fn attention_inputs(
+        &mut self,
+        x: &GpuTensor,
+        (norm, eps): (&GpuVector, f32),
+        qkv: &GpuQkv,
+        [normed, _, _]: [&GpuTensor; 3],
+        q: &GpuTensor,
+        rope_cos_sin: &GpuVector,
+        cache: &GpuKvCache,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        shape: &AttentionShape,
+    ) {
+        let tiled = n >= TILED_MIN_TOKENS;
+        let fuse_norm = !tiled && self.tuning.fuse_norm && x.cols.is_multiple_of(32);
+        if !fuse_norm {
+            self.rms_norm(x, norm, eps, normed, n);
+        }
+        // Prompts: the tiled products into a scratch row of [q | k | v] per token first.
+        let products = match tiled {
+            true => match self.product_scratch(n, qkv.width) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.failed = true;
+                    return self.gpu.report(e);
+                }
+            },
+            // Decoded rows go to q and the cache; `products` is not written.
+            false => GpuTensor {
+                buf: q.buf.clone(),
+                rows: q.rows,
+                cols: q.cols,
+            },
+        };
+        for (matrix, offset) in &qkv.segments {
+            let rows = QkvRows {
+                offset: *offset,
+                width: qkv.width,
+                rope_cos_sin,
+                q,
+                k_cache: &cache.k[layer],
+                v_cache: &cache.v[layer],
+                pos,
+                shape,
+            };
+            let how = Product {
+                bias: qkv.bias.as_ref(),
+                norm: fuse_norm.then_some((norm, eps)),
+                qkv: Some(rows),
+                ..Product::default()
+            };
+            let input = if fuse_norm { x } else { normed };
+            self.linear(input, matrix, &products, n, how);
+        }
+        if tiled {
+            let params = RopeParams {
+                pos: pos as u32,
+                head_dim: shape.head_dim as u32,
+                q_width: shape.q_width() as u32,
+                kv_width: shape.kv_width() as u32,
+                neox: (shape.rope == RopeKind::Neox) as u32,
+                n: n as u32,
+            };
+            let quads = (qkv.width / 4) as u32;
+            let buffers = [
+                &products.buf,
+                &rope_cos_sin.buf,
+                &q.buf,
+                &cache.k[layer],
+                &cache.v[layer],
+            ];
+            let cost = Cost::bytes((n * qkv.width * 4 * 2) as u64);
+            let groups = (quads.div_ceil(64), n as u32, 1);
+            self.dispatch(Kernel::RopeStoreQkv, &params, &buffers, groups, cost);
+        }
     }
 
     fn upload_vector(&mut self, name: &str, data: &[f32]) -> Result<GpuVector> {
@@ -885,14 +1119,7 @@ impl Backend for WgpuBackend {
         n_ctx: usize,
         shape: &AttentionShape,
     ) -> Result<GpuKvCache> {
-        // shaders/attention.wgsl holds a query head in workgroup memory sized for heads of up
-        // to 256 values, and reads cache rows 8 values at a time.
-        if shape.head_dim > MAX_HEAD_DIM || !shape.head_dim.is_multiple_of(8) {
-            return Err(BackendError::Unsupported(format!(
-                "attention heads of {} values: the GPU kernels take multiples of 8 up to {MAX_HEAD_DIM}",
-                shape.head_dim
-            )));
-        }
+        check_head_dim(shape)?;
         let kv_width = shape.kv_width();
         let bytes = (n_ctx * kv_width * 2) as u64;
         let mut k = Vec::with_capacity(n_layers);
@@ -1045,44 +1272,6 @@ impl Backend for WgpuBackend {
             n * out.cols,
             0,
             &[&out.buf, &gate.buf, &up.buf],
-        );
-    }
-
-    fn rope_store_kv(
-        &mut self,
-        q: &GpuTensor,
-        k: &GpuTensor,
-        v: &GpuTensor,
-        rope_cos_sin: &GpuVector,
-        cache: &GpuKvCache,
-        layer: usize,
-        pos: usize,
-        n: usize,
-        shape: &AttentionShape,
-    ) {
-        let params = RopeParams {
-            n_head: shape.n_head as u32,
-            head_dim: shape.head_dim as u32,
-            pos: pos as u32,
-            n: n as u32,
-            neox: (shape.rope == RopeKind::Neox) as u32,
-            q_width: shape.q_width() as u32,
-            kv_width: cache.kv_width as u32,
-        };
-        let items = (shape.q_width() / 2 + cache.kv_width) as u32;
-        self.dispatch(
-            Kernel::RopeStoreKv,
-            &params,
-            &[
-                &q.buf,
-                &k.buf,
-                &v.buf,
-                &rope_cos_sin.buf,
-                &cache.k[layer],
-                &cache.v[layer],
-            ],
-            (items.div_ceil(64), n as u32, 1),
-            Cost::bytes((n * (2 * shape.q_width() + 3 * cache.kv_width) * 4) as u64),
         );
     }
 
