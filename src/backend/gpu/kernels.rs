@@ -341,24 +341,27 @@ impl Tuning {
         )
     }
 
-    /// Threads per row for a matrix `cols` wide: about four chunks of `matvec_width` weights
-    /// per thread, from one subgroup up to 128 threads. Fewer threads per row leave each a
-    /// longer loop (latency, for short matrices); more make each workgroup's life short
-    /// (launch and reduction overhead, for the large ones). Measured on the H100 across
-    /// 32..256 (BENCHMARKS.md).
-    pub fn team_for(&self, cols: usize) -> u32 {
+    /// Threads per row for `rows` rows `cols` wide, `rows_per_team` rows to a team: about four
+    /// chunks of `matvec_width` weights per thread, from one subgroup up to 128 threads. Fewer
+    /// threads per row leave each a longer loop (latency, for short matrices); more make each
+    /// workgroup's life short (launch and reduction overhead, for the large ones). Measured on
+    /// the H100 across 32..256 (BENCHMARKS.md). Matrices of few rows spread each row over
+    /// more threads, up to the workgroup, until the launch has MIN_GROUPS workgroups.
+    pub fn team_for(&self, rows: usize, cols: usize, rows_per_team: u32) -> u32 {
+        const MIN_GROUPS: usize = 256;
         if let Some(team) = self.team {
             return team;
         }
         let chunks = cols
             .div_ceil(4 * self.matvec_width as usize)
             .next_power_of_two() as u32;
-        chunks.clamp(self.subgroup_size.unwrap_or(32), 128.min(self.matvec_wg))
-    }
-
-    /// Rows one matvec workgroup computes with teams of `team` threads.
-    pub fn matvec_rows(&self, team: u32) -> u32 {
-        self.matvec_wg / team * self.rows_per_team
+        let mut team = chunks.clamp(self.subgroup_size.unwrap_or(32), 128.min(self.matvec_wg));
+        while team < self.matvec_wg
+            && rows.div_ceil((self.matvec_wg / team * rows_per_team) as usize) < MIN_GROUPS
+        {
+            team *= 2;
+        }
+        team
     }
 
     fn team_sum(&self, team: u32) -> &'static str {

@@ -611,7 +611,7 @@ impl WgpuBackend {
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             } else if let Some(qkv) = how.qkv {
-                let team = self.tuning.team_for(w.cols);
+                let team = self.tuning.team_for(part.rows as usize, w.cols, 4);
                 let rows_per_group = self.tuning.matvec_wg / team * 4;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [
@@ -627,11 +627,15 @@ impl WgpuBackend {
                 let kernel = Kernel::MatvecQkv(w.ggml_type, team);
                 self.dispatch(kernel, &params, &buffers, (gx, gy, n as u32), cost);
             } else {
-                let team = self.tuning.team_for(w.cols);
-                let rows_per_group = match how.swiglu {
-                    true => self.tuning.matvec_wg / team * 2,
-                    false => self.tuning.matvec_rows(team),
+                let rows_per_team = if how.swiglu {
+                    2
+                } else {
+                    self.tuning.rows_per_team
                 };
+                let team = self
+                    .tuning
+                    .team_for(part.rows as usize, w.cols, rows_per_team);
+                let rows_per_group = self.tuning.matvec_wg / team * rows_per_team;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf];
                 let groups = (gx, gy, n as u32);
@@ -679,7 +683,10 @@ impl WgpuBackend {
             });
         }
         let kernels = [
-            Kernel::Matvec(ggml_type, self.tuning.team_for(cols)),
+            Kernel::Matvec(
+                ggml_type,
+                self.tuning.team_for(rows, cols, self.tuning.rows_per_team),
+            ),
             Kernel::Matmul(ggml_type),
             Kernel::GetRows(ggml_type),
         ];
@@ -719,7 +726,8 @@ impl WgpuBackend {
             .expect("shape checked at load") as usize;
         // Parts split on multiples of 4 rows: each decode team finishes four rows.
         let matrix = self.upload_rows(name, ggml_type, bytes.len() / row_bytes, cols, &bytes, 4)?;
-        self.pipeline(Kernel::MatvecQkv(ggml_type, self.tuning.team_for(cols)))?;
+        let team = self.tuning.team_for(matrix.rows, cols, 4);
+        self.pipeline(Kernel::MatvecQkv(ggml_type, team))?;
         Ok((matrix, offset))
     }
 
@@ -908,7 +916,10 @@ impl Backend for WgpuBackend {
             both.extend_from_slice(gr);
             both.extend_from_slice(ur);
         }
-        self.pipeline(Kernel::MatvecSwiglu(gate.0, self.tuning.team_for(cols)))?;
+        self.pipeline(Kernel::MatvecSwiglu(
+            gate.0,
+            self.tuning.team_for(2 * rows, cols, 2),
+        ))?;
         self.pipeline(Kernel::SwigluPairs)?;
         Ok(GpuGateUp::Interleaved(self.upload_rows(
             name,
