@@ -11,6 +11,8 @@ struct Params {
     scale: f32,
     // Key chunks per (head, token) in the decode kernel's partials.
     n_chunks: u32,
+    // Queries in this step.
+    n: u32,
 }
 
 const WG: u32 = 64u;
@@ -107,6 +109,132 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         let d = li + i * WG;
         if (d < hd) {
             O[t * p.q_width + h * hd + d] = acc[i] / running_sum;
+        }
+    }
+}
+
+// Prompts, flash style: one workgroup of 128 threads per (query head, tile of FQ tokens)
+// walks the keys a tile of FK at a time, with the tile's queries, keys (then values) and
+// scores in workgroup memory, so that each key is read once per tile of queries rather than
+// once per query. Thread (row, quarter) scores FK / 4 keys of its row and owns every fourth
+// value vector of its row's output; the row's running maximum and sum live in its four
+// threads' registers. Heads up to FHD values, a multiple of 16. FK is 32 where the device
+// has the workgroup memory (37 KB), else 16.
+
+const FQ: u32 = 32u;
+const FK: u32 = {{ATTENTION_KEYS}}u;
+const FHD: u32 = 128u;
+
+var<workgroup> fq: array<vec4<f32>, FQ * FHD / 4u>;
+var<workgroup> fkv: array<vec4<f32>, FK * FHD / 4u>;
+var<workgroup> fs: array<f32, FQ * FK>;
+var<workgroup> f_part: array<f32, 128>;
+
+// Vector `i` of the key or value row `key` of this head (four f16 values).
+fn cache_vec4(cache_is_k: bool, key: u32, kv_off: u32, i: u32) -> vec4<f32> {
+    let w = (key * p.kv_width + kv_off) / 2u + 2u * i;
+    var a: u32;
+    var b: u32;
+    if (cache_is_k) {
+        a = k_cache[w];
+        b = k_cache[w + 1u];
+    } else {
+        a = v_cache[w];
+        b = v_cache[w + 1u];
+    }
+    return vec4<f32>(unpack2x16float(a), unpack2x16float(b));
+}
+
+// Loads FK rows of keys or values from `k0` into fkv (zeros past `n_keys`).
+fn load_kv_tile(cache_is_k: bool, k0: u32, n_keys: u32, kv_off: u32, li: u32) {
+    let hv = p.head_dim / 4u;
+    for (var i = li; i < FK * hv; i += 128u) {
+        let key = k0 + i / hv;
+        var v = vec4<f32>(0.0);
+        if (key < n_keys) {
+            v = cache_vec4(cache_is_k, key, kv_off, i % hv);
+        }
+        fkv[i] = v;
+    }
+}
+
+@compute @workgroup_size(128)
+fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let h = wid.x;
+    let q0 = wid.y * FQ;
+    let hd = p.head_dim;
+    let hv = hd / 4u;
+    let kv_off = (h / (p.n_head / p.n_head_kv)) * hd;
+    for (var i = li; i < FQ * hv; i += 128u) {
+        let t = q0 + i / hv;
+        var v = vec4<f32>(0.0);
+        if (t < p.n) {
+            let b = t * p.q_width + h * hd + 4u * (i % hv);
+            v = vec4<f32>(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]) * p.scale;
+        }
+        fq[i] = v;
+    }
+    let row = li / 4u;
+    let quarter = li % 4u;
+    // The last key any query of this tile sees, plus one.
+    let n_keys = p.pos + min(q0 + FQ, p.n);
+    let row_keys = p.pos + q0 + row + 1u;
+    var m = -3.4e38;
+    var l = 0.0;
+    var o: array<vec4<f32>, FHD / 16u>;
+    for (var k0 = 0u; k0 < n_keys; k0 += FK) {
+        load_kv_tile(true, k0, n_keys, kv_off, li);
+        workgroupBarrier();
+        // Scores of this thread's keys for this row.
+        var s: array<f32, FK / 4u>;
+        var tile_max = -3.4e38;
+        for (var j = 0u; j < FK / 4u; j++) {
+            let kj = FK / 4u * quarter + j;
+            var score = 0.0;
+            for (var i = 0u; i < hv; i++) {
+                score += dot(fq[row * hv + i], fkv[kj * hv + i]);
+            }
+            s[j] = select(-3.4e38, score, k0 + kj < row_keys);
+            tile_max = max(tile_max, s[j]);
+        }
+        f_part[li] = tile_max;
+        workgroupBarrier();
+        let base = 4u * row;
+        let m_new = max(m, max(max(f_part[base], f_part[base + 1u]), max(f_part[base + 2u], f_part[base + 3u])));
+        workgroupBarrier();
+        // Softmax weights into fs; values replace keys in fkv.
+        var part_sum = 0.0;
+        for (var j = 0u; j < FK / 4u; j++) {
+            let kj = FK / 4u * quarter + j;
+            let e = select(0.0, exp(s[j] - m_new), k0 + kj < row_keys);
+            fs[row * FK + kj] = e;
+            part_sum += e;
+        }
+        f_part[li] = part_sum;
+        load_kv_tile(false, k0, n_keys, kv_off, li);
+        workgroupBarrier();
+        let correction = exp(m - m_new);
+        l = l * correction + f_part[base] + f_part[base + 1u] + f_part[base + 2u] + f_part[base + 3u];
+        m = m_new;
+        for (var c = 0u; c < hv / 4u; c++) {
+            let i = quarter + 4u * c;
+            var a = o[c] * correction;
+            for (var kj = 0u; kj < FK; kj++) {
+                a += fs[row * FK + kj] * fkv[kj * hv + i];
+            }
+            o[c] = a;
+        }
+        workgroupBarrier();
+    }
+    let t = q0 + row;
+    if (t < p.n) {
+        for (var c = 0u; c < hv / 4u; c++) {
+            let b = t * p.q_width + h * hd + 4u * (quarter + 4u * c);
+            let v = o[c] / l;
+            O[b] = v.x;
+            O[b + 1u] = v.y;
+            O[b + 2u] = v.z;
+            O[b + 3u] = v.w;
         }
     }
 }

@@ -534,7 +534,8 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
     // The prefill runs through the prompt kernels (70 keys: more than one 64-key tile), then
     // one token and three through the decode kernels: after 126 the three straddle the decode
     // attention's 128-key chunks (one token fits one chunk, two take two and a merge); after
-    // 1030, nine chunks. Heads of 80 leave some of its threads without a value vector. Values
+    // 1030, nine chunks. Heads of 80 leave some of its threads without a value vector; heads
+    // of 168 (not a multiple of 16) take the one-query-per-workgroup prompt kernel. Values
     // in f16 make [q | k | v] two weight runs on the GPU; biases go in where given.
     let cases = [
         (64, RopeKind::Normal, 0, 70, GgmlType::F32, true),
@@ -542,6 +543,7 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
         (64, RopeKind::Neox, 1, 70, GgmlType::F32, false),
         (80, RopeKind::Neox, 0, 126, GgmlType::F32, true),
         (128, RopeKind::Neox, 0, 1030, GgmlType::F16, false),
+        (168, RopeKind::Normal, 1, 70, GgmlType::F32, true),
     ];
     for (head_dim, rope, layer, prefill, v_type, bias) in cases {
         // Grouped-query attention: three query heads per key/value head.

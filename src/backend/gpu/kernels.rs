@@ -58,6 +58,8 @@ pub enum Kernel {
     /// RoPE and the cache write after the prompt's query/key/value products.
     RopeStoreQkv,
     Attention,
+    /// Prompt attention over tiles of queries and keys in workgroup memory.
+    AttentionTiled,
     /// Attention for a few queries, keys split into chunks over workgroups.
     AttentionDecode,
     AttentionCombine,
@@ -92,6 +94,7 @@ impl Kernel {
             Self::RmsNorm => "rms_norm",
             Self::RopeStoreQkv => "rope_store_qkv",
             Self::Attention => "attention",
+            Self::AttentionTiled => "attention_tiled",
             Self::AttentionDecode => "attention_decode",
             Self::AttentionCombine => "attention_combine",
             Self::Add => "add",
@@ -134,6 +137,7 @@ impl Kernel {
             Self::RmsNorm => (NORM, "rms_norm"),
             Self::RopeStoreQkv => (ROPE, "rope_store_qkv"),
             Self::Attention => (ATTENTION, "attention"),
+            Self::AttentionTiled => (ATTENTION, "attention_tiled"),
             Self::AttentionDecode => (ATTENTION, "attention_decode"),
             Self::AttentionCombine => (ATTENTION, "attention_combine"),
             Self::Add => (ELEMENTWISE, "add"),
@@ -189,7 +193,7 @@ impl Kernel {
                     (9, ReadWrite),
                 ]
             }
-            Self::Attention => &[Read, Read, Read, ReadWrite],
+            Self::Attention | Self::AttentionTiled => &[Read, Read, Read, ReadWrite],
             Self::Add => &[ReadWrite, Read],
             Self::Swiglu => &[ReadWrite, Read, Read],
             Self::CopyRow | Self::SwigluPairs => &[ReadWrite, Read],
@@ -260,6 +264,9 @@ pub struct Tuning {
     pub fuse_norm: bool,
     /// Weights a matvec thread decodes at a time (8 or 32).
     pub matvec_width: u32,
+    /// Keys per tile of the prompt attention kernel (32, or 16 where workgroup memory is
+    /// short); 0: that kernel does not fit, prompts attend one query per workgroup.
+    pub attention_keys: u32,
     /// Keep wgpu's bounds checks in the kernels; VIBRANT_UNCHECKED_SHADERS=1 drops them (for
     /// measurements: a kernel that reads past a buffer then goes unguarded); =0 keeps the loop
     /// counters too.
@@ -297,6 +304,12 @@ impl Tuning {
             Ok("32") => 32,
             _ => 8,
         };
+        // shaders/attention.wgsl's attention_tiled: 16 KB of queries, 512 bytes per key of a
+        // tile and 512 bytes more.
+        let attention_keys = [32, 16]
+            .into_iter()
+            .find(|k| 16896 + 640 * k <= gpu.limits.max_compute_workgroup_storage_size)
+            .unwrap_or(0);
         let rows_per_team = std::env::var("VIBRANT_MATVEC_ROWS")
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
@@ -320,6 +333,7 @@ impl Tuning {
             rows_per_team,
             fuse_norm,
             matvec_width,
+            attention_keys,
             bounds_checks,
             loop_bounds,
             coop,
@@ -413,6 +427,10 @@ impl Tuning {
         text.replace("{{WG}}", &self.matvec_wg.to_string())
             .replace("{{TEAM}}", &team.to_string())
             .replace("{{MATVEC_WIDTH}}", &self.matvec_width.to_string())
+            .replace(
+                "{{ATTENTION_KEYS}}",
+                &self.attention_keys.max(16).to_string(),
+            )
             .replace("{{SUBGROUP}}", &self.subgroup_size.unwrap_or(1).to_string())
             .replace("{{ROWS_PER_TEAM}}", &rows_per_team.to_string())
             .replace("{{TEAM_SUM}}", self.team_sum(team))
@@ -570,6 +588,7 @@ mod tests {
             Kernel::RmsNorm,
             Kernel::RopeStoreQkv,
             Kernel::Attention,
+            Kernel::AttentionTiled,
             Kernel::AttentionDecode,
             Kernel::AttentionCombine,
             Kernel::Add,
@@ -612,6 +631,7 @@ mod tests {
                 rows_per_team: 2,
                 fuse_norm: true,
                 matvec_width: 8,
+                attention_keys: 32,
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: true,
@@ -623,6 +643,7 @@ mod tests {
                 rows_per_team: 2,
                 fuse_norm: true,
                 matvec_width: 32,
+                attention_keys: 16,
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
@@ -634,6 +655,7 @@ mod tests {
                 rows_per_team: 2,
                 fuse_norm: true,
                 matvec_width: 8,
+                attention_keys: 32,
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
@@ -645,6 +667,7 @@ mod tests {
                 rows_per_team: 2,
                 fuse_norm: true,
                 matvec_width: 8,
+                attention_keys: 32,
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,

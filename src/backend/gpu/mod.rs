@@ -856,6 +856,7 @@ struct AttentionParams {
     q_width: u32,
     scale: f32,
     n_chunks: u32,
+    n: u32,
 }
 
 #[repr(C)]
@@ -1306,13 +1307,24 @@ impl Backend for WgpuBackend {
             q_width: shape.q_width() as u32,
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
             n_chunks: n_chunks as u32,
+            n: n as u32,
         };
         let buffers = [&q.buf, &cache.k[layer], &cache.v[layer]];
         if n > DECODE_ATTENTION_MAX_TOKENS {
             let all = [buffers[0], buffers[1], buffers[2], &out.buf];
-            let groups = (shape.n_head as u32, n as u32, 1);
             let cost = attention_cost(shape, pos, n);
-            self.dispatch(Kernel::Attention, &params, &all, groups, cost);
+            // shaders/attention.wgsl's tiles: heads of up to 128 values in multiples of 16.
+            let tiled = shape.head_dim <= 128
+                && shape.head_dim.is_multiple_of(16)
+                && self.tuning.attention_keys > 0;
+            let (kernel, groups) = match tiled {
+                true => (
+                    Kernel::AttentionTiled,
+                    (shape.n_head as u32, (n as u32).div_ceil(32), 1),
+                ),
+                false => (Kernel::Attention, (shape.n_head as u32, n as u32, 1)),
+            };
+            self.dispatch(kernel, &params, &all, groups, cost);
             return;
         }
         let floats = DECODE_ATTENTION_MAX_TOKENS * shape.n_head * n_chunks * (shape.head_dim + 2);
