@@ -123,14 +123,13 @@ pub struct AdapterSummary {
     pub features: GpuFeatures,
 }
 
-fn parse_api(api: Option<&str>) -> Result<wgpu::Backends> {
-    Ok(match api.map(str::to_ascii_lowercase).as_deref() {
-        None => wgpu::Backends::all(),
-        Some("vulkan") => wgpu::Backends::VULKAN,
-        Some("metal") => wgpu::Backends::METAL,
-        Some("dx12") => wgpu::Backends::DX12,
-        Some("gl") | Some("opengl") | Some("gles") => wgpu::Backends::GL,
-        Some(other) => {
+fn parse_api(api: &str) -> Result<wgpu::Backends> {
+    Ok(match api.to_ascii_lowercase().as_str() {
+        "vulkan" => wgpu::Backends::VULKAN,
+        "metal" => wgpu::Backends::METAL,
+        "dx12" => wgpu::Backends::DX12,
+        "gl" | "opengl" | "gles" => wgpu::Backends::GL,
+        other => {
             return Err(BackendError::Unsupported(format!(
                 "unknown GPU backend '{other}' (choose vulkan, metal, dx12 or gl)"
             )))
@@ -161,9 +160,20 @@ fn rank(t: wgpu::DeviceType) -> u32 {
     }
 }
 
-/// Every adapter of the requested API(s), best first (the order `--adapter` indexes).
+/// Every adapter of the requested API(s), best first (the order `--adapter` indexes). With no
+/// API named, OpenGL is looked at only where Vulkan, Metal and DX12 find nothing: its adapters
+/// duplicate theirs, and starting EGL beside a busy Vulkan device once hung on the H100.
 fn adapters(api: Option<&str>) -> Result<Vec<wgpu::Adapter>> {
-    let backends = parse_api(api)?;
+    let found = match api {
+        Some(api) => adapters_of(parse_api(api)?),
+        None => Some(adapters_of(wgpu::Backends::PRIMARY))
+            .filter(|primary| !primary.is_empty())
+            .unwrap_or_else(|| adapters_of(wgpu::Backends::SECONDARY)),
+    };
+    Ok(found)
+}
+
+fn adapters_of(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
     let mut found = pollster::block_on(instance(backends).enumerate_adapters(backends));
     // GL adapters that can't run compute shaders are useless here.
     found.retain(|a| {
@@ -172,7 +182,7 @@ fn adapters(api: Option<&str>) -> Result<Vec<wgpu::Adapter>> {
             .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
     });
     found.sort_by_key(|a| rank(a.get_info().device_type));
-    Ok(found)
+    found
 }
 
 pub fn list_adapters(api: Option<&str>) -> Result<Vec<AdapterSummary>> {

@@ -267,9 +267,11 @@ pub struct Tuning {
     /// Keys per tile of the prompt attention kernel (32, or 16 where workgroup memory is
     /// short); 0: that kernel does not fit, prompts attend one query per workgroup.
     pub attention_keys: u32,
-    /// Keep wgpu's bounds checks in the kernels; VIBRANT_UNCHECKED_SHADERS=1 drops them (for
-    /// measurements: a kernel that reads past a buffer then goes unguarded); =0 keeps the loop
-    /// counters too.
+    /// Keep wgpu's bounds checks in the kernels. Off on Vulkan, where wgpu turns on the
+    /// device's robustBufferAccess, so that storage reads past a buffer stay harmless whatever
+    /// the shader does; what goes is the clamping of workgroup- and register-array indices
+    /// (13% of a 3B prompt on the H100, BENCHMARKS.md). VIBRANT_UNCHECKED_SHADERS=0 keeps
+    /// every check (and the loop counters), =1 drops them on every API.
     pub bounds_checks: bool,
     /// Keep wgpu's loop counters, which cut short a loop that would never end. Off unless
     /// VIBRANT_UNCHECKED_SHADERS=0: every loop in shaders/ is bounded by its parameters, the
@@ -319,7 +321,11 @@ impl Tuning {
         // measurements).
         let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
         let unchecked = std::env::var("VIBRANT_UNCHECKED_SHADERS").unwrap_or_default();
-        let bounds_checks = matches!(unchecked.as_str(), "" | "0");
+        let bounds_checks = match unchecked.as_str() {
+            "0" => true,
+            "" => gpu.info.backend != wgpu::Backend::Vulkan,
+            _ => false,
+        };
         let loop_bounds = unchecked == "0";
         // VIBRANT_COOP=0 keeps prompt matmuls off the tensor cores (for measurements).
         let coop = std::env::var("VIBRANT_COOP").map_or(true, |v| v != "0")
@@ -493,7 +499,8 @@ pub fn build(gpu: &super::device::Gpu, tuning: &Tuning, kernel: Kernel) -> Resul
                     ..wgpu::ShaderRuntimeChecks::checked()
                 };
                 // SAFETY: every loop in shaders/ is bounded by its parameters, so the loop
-                // counters are redundant; bounds checks go only on request, for measurements.
+                // counters are redundant; bounds checks go where the device guards storage
+                // accesses itself, or on request.
                 unsafe { device.create_shader_module_trusted(desc, checks) }
             }
         })
