@@ -545,6 +545,7 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
         (128, RopeKind::Neox, 0, 1030, GgmlType::F16, false),
         (168, RopeKind::Normal, 1, 70, GgmlType::F32, true),
     ];
+    let mut gpu = gpu();
     for (head_dim, rope, layer, prefill, v_type, bias) in cases {
         // Grouped-query attention: three query heads per key/value head.
         let shape = AttentionShape {
@@ -557,7 +558,7 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
         let projections = Projections::random(&mut rng, &shape, v_type, bias);
         let steps = attention_steps(&mut rng, qw + 2 * kvw, prefill);
         let (got, want) = (
-            run_attention(&mut gpu(), &shape, layer, &projections, &steps),
+            run_attention(&mut gpu, &shape, layer, &projections, &steps),
             run_attention(&mut cpu(), &shape, layer, &projections, &steps),
         );
         let bias_scale = projections.bias.as_deref().map_or(0.0, max_abs);

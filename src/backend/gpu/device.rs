@@ -232,6 +232,15 @@ pub struct Gpu {
     errors: Arc<Mutex<ErrorSink>>,
 }
 
+/// Frees the device's memory and driver objects now rather than when wgpu next gets round to
+/// it: a process that opened devices one after another (the GPU tests, run one at a time) ran
+/// out of them on the H100 after about thirty.
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        self.device.destroy();
+    }
+}
+
 impl Gpu {
     pub fn open(options: GpuOptions) -> Result<Self> {
         let _one_at_a_time = OPENING.lock().unwrap_or_else(|p| p.into_inner());
