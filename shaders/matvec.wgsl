@@ -13,7 +13,7 @@ const TEAM: u32 = {{TEAM}}u;
 const SUBGROUP: u32 = {{SUBGROUP}}u;
 const TEAMS: u32 = WG / TEAM;
 const R: u32 = {{ROWS_PER_TEAM}}u;
-// Weights each thread decodes at a time: 8 (interleaved lanes) or 32 (a sub-block).
+// Weights each thread decodes at a time: 8 or 16 (interleaved lanes) or 32 (a sub-block).
 const WIDTH: u32 = {{MATVEC_WIDTH}}u;
 // Weight rows per workgroup.
 const ROWS: u32 = TEAMS * R;
@@ -74,7 +74,24 @@ fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
     let t = wid.z;
     var acc: array<f32, R>;
     var squares = 0.0;
-    if (WIDTH == 8u && p.w_k % 8u == 0u) {
+    if (WIDTH == 16u && p.w_k % 16u == 0u) {
+        let xt = t * p.w_k / 4u;
+        for (var q = lane; q < p.w_k / 16u; q += TEAM) {
+            var x = array<vec4<f32>, 4>(X[xt + 4u * q], X[xt + 4u * q + 1u], X[xt + 4u * q + 2u], X[xt + 4u * q + 3u]);
+            if (p.norm != 0u) {
+                for (var i = 0u; i < 4u; i++) {
+                    squares += dot(x[i], x[i]);
+                    x[i] *= NW[4u * q + i];
+                }
+            }
+            for (var r = 0u; r < R; r++) {
+                if (row0 + r < p.rows) {
+                    let w = load16(row0 + r, q);
+                    acc[r] += dot(w[0], x[0]) + dot(w[1], x[1]) + dot(w[2], x[2]) + dot(w[3], x[3]);
+                }
+            }
+        }
+    } else if (WIDTH == 8u && p.w_k % 8u == 0u) {
         // Consecutive lanes take consecutive groups of 8, so that the loads of a subgroup,
         // of activations and of weights, fall on few cache lines.
         let xt = t * p.w_k / 4u;

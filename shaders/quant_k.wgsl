@@ -128,6 +128,39 @@ fn load8_q6_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
     return array<vec4<f32>, 2>((lo - 32.0) * scale, (hi - 32.0) * scale);
 }
 
+// load16_T(row, q): elements 16q..16q+15 of a row, where one scale covers all sixteen (so it
+// is decoded once): half a sub-block of Q4_K, a sub-block of Q6_K.
+fn load16_q4_k(row: u32, q: u32) -> array<vec4<f32>, 4> {
+    let block = row * p.w_bpr + q / 16u;
+    let qb = q % 16u;
+    let sb = qb / 2u;
+    let base = block * 35u;
+    let w = base + 3u + 8u * (sb / 2u) + 4u * (qb % 2u);
+    let dm = k_pair_scale(block);
+    let sm = k4_scale_min(base, sb);
+    let scale = dm.x * sm.x;
+    let min = dm.y * sm.y;
+    let h = sb % 2u;
+    return array<vec4<f32>, 4>(nibbles(W[w], h) * scale - min, nibbles(W[w + 1u], h) * scale - min,
+        nibbles(W[w + 2u], h) * scale - min, nibbles(W[w + 3u], h) * scale - min);
+}
+
+fn load16_q6_k(row: u32, q: u32) -> array<vec4<f32>, 4> {
+    let block = row * p.w_bpr + q / 16u;
+    let qb = q % 16u;
+    let n = qb / 8u;
+    let k = (qb % 8u) / 2u;
+    let hq = qb % 2u;
+    let base = block * 52u;
+    let ql = base + 16u * n + 8u * (k & 1u) + 4u * hq;
+    let qh = base + 32u + 8u * n + 4u * hq;
+    let sbyte = body_byte(base, 192u + 8u * n + 2u * k + hq);
+    let scale = k_half_scale(block) * f32(bitcast<i32>(sbyte << 24u) >> 24u);
+    let h = k >> 1u;
+    return array<vec4<f32>, 4>(q6(W[ql], W[qh], h, k) * scale, q6(W[ql + 1u], W[qh + 1u], h, k) * scale,
+        q6(W[ql + 2u], W[qh + 2u], h, k) * scale, q6(W[ql + 3u], W[qh + 3u], h, k) * scale);
+}
+
 // load32_T(row, c): elements 32c..32c+31 of a row (sub-block c % 8 of block c / 8), in order.
 
 fn scaled_nibbles(w: u32, base: u32, hi: u32, scale: f32, min: f32) -> array<vec4<f32>, 8> {

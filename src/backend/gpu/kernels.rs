@@ -262,8 +262,9 @@ pub struct Tuning {
     pub rows_per_team: u32,
     /// Decode matvecs normalise their input themselves instead of a separate RMSNorm launch.
     pub fuse_norm: bool,
-    /// Weights a matvec thread decodes at a time (8 or 32).
-    pub matvec_width: u32,
+    /// Weights a matvec thread decodes at a time when fixed (VIBRANT_MATVEC_WIDTH: 8, 16 or
+    /// 32); else [`Tuning::matvec_width_for`] picks per weight type.
+    pub matvec_width: Option<u32>,
     /// Keys per tile of the prompt attention kernel (32, or 16 where workgroup memory is
     /// short); 0: that kernel does not fit, prompts attend one query per workgroup.
     pub attention_keys: u32,
@@ -302,10 +303,10 @@ impl Tuning {
         // VIBRANT_MATVEC_ROWS (1 to 8) overrides the rows per team for tuning experiments.
         // VIBRANT_MATVEC_WIDTH=32 makes each matvec thread decode a whole 32-weight sub-block
         // at a time (for measurements).
-        let matvec_width = match std::env::var("VIBRANT_MATVEC_WIDTH").as_deref() {
-            Ok("32") => 32,
-            _ => 8,
-        };
+        let matvec_width = std::env::var("VIBRANT_MATVEC_WIDTH")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|w| [8, 16, 32].contains(w));
         // shaders/attention.wgsl's attention_tiled: 16 KB of queries, 512 bytes per key of a
         // tile and 512 bytes more.
         let attention_keys = [32, 16]
@@ -361,19 +362,29 @@ impl Tuning {
         )
     }
 
-    /// Threads per row for `rows` rows `cols` wide, `rows_per_team` rows to a team: about four
-    /// chunks of `matvec_width` weights per thread, from one subgroup up to 128 threads. Fewer
+    /// Weights each matvec thread decodes at a time: 16 where one scale covers them (Q4_K,
+    /// Q6_K: the scale is decoded once; decode 6% faster on the H100 than 8), else 8 (types
+    /// whose 8-weight decoder is already cheap lose with 16, BENCHMARKS.md).
+    pub fn matvec_width_for(&self, ty: GgmlType) -> u32 {
+        self.matvec_width.unwrap_or(match ty {
+            GgmlType::Q4K | GgmlType::Q6K => 16,
+            _ => 8,
+        })
+    }
+
+    /// Threads per row for `rows` rows of type `ty`, `cols` wide, `rows_per_team` rows to a
+    /// team: about four chunks of [`Tuning::matvec_width_for`] weights per thread, from one subgroup up to 128 threads. Fewer
     /// threads per row leave each a longer loop (latency, for short matrices); more make each
     /// workgroup's life short (launch and reduction overhead, for the large ones). Measured on
     /// the H100 across 32..256 (BENCHMARKS.md). Matrices of few rows spread each row over
     /// more threads, up to the workgroup, until the launch has MIN_GROUPS workgroups.
-    pub fn team_for(&self, rows: usize, cols: usize, rows_per_team: u32) -> u32 {
+    pub fn team_for(&self, ty: GgmlType, rows: usize, cols: usize, rows_per_team: u32) -> u32 {
         const MIN_GROUPS: usize = 256;
         if let Some(team) = self.team {
             return team;
         }
         let chunks = cols
-            .div_ceil(4 * self.matvec_width as usize)
+            .div_ceil(4 * self.matvec_width_for(ty) as usize)
             .next_power_of_two() as u32;
         let mut team = chunks.clamp(self.subgroup_size.unwrap_or(32), 128.min(self.matvec_wg));
         while team < self.matvec_wg
@@ -432,7 +443,13 @@ impl Tuning {
         };
         text.replace("{{WG}}", &self.matvec_wg.to_string())
             .replace("{{TEAM}}", &team.to_string())
-            .replace("{{MATVEC_WIDTH}}", &self.matvec_width.to_string())
+            .replace(
+                "{{MATVEC_WIDTH}}",
+                &kernel
+                    .weight_type()
+                    .map_or(8, |t| self.matvec_width_for(t))
+                    .to_string(),
+            )
             .replace(
                 "{{ATTENTION_KEYS}}",
                 &self.attention_keys.max(16).to_string(),
@@ -461,10 +478,21 @@ fn weight_glue(t: GgmlType, suffix: &str) -> String {
     return array<vec4<f32>, 8>(a[0], a[1], b[0], b[1], d[0], d[1], e[0], e[1]);"
             .to_string()
     };
+    let load16 = match t {
+        GgmlType::Q4K | GgmlType::Q6K => format!("    return load16_{suffix}(row, q);"),
+        _ => "    let a = load8(row, 2u * q);
+    let b = load8(row, 2u * q + 1u);
+    return array<vec4<f32>, 4>(a[0], a[1], b[0], b[1]);"
+            .to_string(),
+    };
     format!(
         "// The weight type this kernel decodes.
 fn load8(row: u32, g: u32) -> array<vec4<f32>, 2> {{
     return load8_{suffix}(row, g);
+}}
+
+fn load16(row: u32, q: u32) -> array<vec4<f32>, 4> {{
+{load16}
 }}
 
 fn load32(row: u32, c: u32) -> array<vec4<f32>, 8> {{
@@ -637,7 +665,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
-                matvec_width: 8,
+                matvec_width: Some(8),
                 attention_keys: 32,
                 bounds_checks: true,
                 loop_bounds: true,
@@ -649,7 +677,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
-                matvec_width: 32,
+                matvec_width: Some(32),
                 attention_keys: 16,
                 bounds_checks: true,
                 loop_bounds: true,
@@ -661,7 +689,7 @@ mod tests {
                 matvec_wg: 64,
                 rows_per_team: 2,
                 fuse_norm: true,
-                matvec_width: 8,
+                matvec_width: Some(16),
                 attention_keys: 32,
                 bounds_checks: true,
                 loop_bounds: true,
@@ -673,7 +701,7 @@ mod tests {
                 matvec_wg: 256,
                 rows_per_team: 2,
                 fuse_norm: true,
-                matvec_width: 8,
+                matvec_width: Some(8),
                 attention_keys: 32,
                 bounds_checks: true,
                 loop_bounds: true,

@@ -611,7 +611,9 @@ impl WgpuBackend {
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             } else if let Some(qkv) = how.qkv {
-                let team = self.tuning.team_for(part.rows as usize, w.cols, 4);
+                let team = self
+                    .tuning
+                    .team_for(w.ggml_type, part.rows as usize, w.cols, 4);
                 let rows_per_group = self.tuning.matvec_wg / team * 4;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [
@@ -632,9 +634,9 @@ impl WgpuBackend {
                 } else {
                     self.tuning.rows_per_team
                 };
-                let team = self
-                    .tuning
-                    .team_for(part.rows as usize, w.cols, rows_per_team);
+                let team =
+                    self.tuning
+                        .team_for(w.ggml_type, part.rows as usize, w.cols, rows_per_team);
                 let rows_per_group = self.tuning.matvec_wg / team * rows_per_team;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf];
@@ -685,7 +687,8 @@ impl WgpuBackend {
         let kernels = [
             Kernel::Matvec(
                 ggml_type,
-                self.tuning.team_for(rows, cols, self.tuning.rows_per_team),
+                self.tuning
+                    .team_for(ggml_type, rows, cols, self.tuning.rows_per_team),
             ),
             Kernel::Matmul(ggml_type),
             Kernel::GetRows(ggml_type),
@@ -726,7 +729,7 @@ impl WgpuBackend {
             .expect("shape checked at load") as usize;
         // Parts split on multiples of 4 rows: each decode team finishes four rows.
         let matrix = self.upload_rows(name, ggml_type, bytes.len() / row_bytes, cols, &bytes, 4)?;
-        let team = self.tuning.team_for(matrix.rows, cols, 4);
+        let team = self.tuning.team_for(ggml_type, matrix.rows, cols, 4);
         self.pipeline(Kernel::MatvecQkv(ggml_type, team))?;
         Ok((matrix, offset))
     }
@@ -919,7 +922,7 @@ impl Backend for WgpuBackend {
         }
         self.pipeline(Kernel::MatvecSwiglu(
             gate.0,
-            self.tuning.team_for(2 * rows, cols, 2),
+            self.tuning.team_for(gate.0, 2 * rows, cols, 2),
         ))?;
         self.pipeline(Kernel::SwigluPairs)?;
         Ok(GpuGateUp::Interleaved(self.upload_rows(
