@@ -165,17 +165,18 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 
 // SwiGLU feed-forward input: rows interleave gate and up (row 2i is gate i, 2i + 1 is up i),
-// so with R = 2 a team holds both and writes y[i] = silu(gate) * up.
+// so a team holds R / 2 whole pairs (R even) and writes y[i] = silu(gate) * up for each.
 @compute @workgroup_size({{WG}})
 fn matvec_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) li: u32) {
     let sums = team_products(wid, nwg, li);
     let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
-    if (li % TEAM == 0u && row0 + 1u < p.rows) {
-        let g = sums[0];
-        // sums[R - 1] is sums[1] here (this entry is built with R = 2); spelled so that the
-        // matvec module, which holds this entry too, also builds with R = 1.
-        Y[wid.z * p.y_stride + (p.row_start + row0) / 2u] = g / (1.0 + exp(-g)) * sums[R - 1u];
+    for (var pair = 0u; pair < R / 2u; pair++) {
+        let row = row0 + 2u * pair;
+        if (li % TEAM == 0u && row + 1u < p.rows) {
+            let g = sum_at(sums, 2u * pair);
+            Y[wid.z * p.y_stride + (p.row_start + row) / 2u] = g / (1.0 + exp(-g)) * sum_at(sums, 2u * pair + 1u);
+        }
     }
 }
 
@@ -198,8 +199,8 @@ fn matvec_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     store_qkv(qkv_layout, wid.z, c, v);
 }
 
-// sums[i]: this entry is built with R = 4, but its module also holds entries built with fewer
-// rows, where the index must still be valid.
+// sums[i], for entries built with more rows than other entries of their module, where the
+// index must still be valid.
 fn sum_at(sums: array<f32, R>, i: u32) -> f32 {
     return sums[min(i, R - 1u)];
 }

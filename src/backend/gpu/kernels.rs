@@ -362,6 +362,11 @@ impl Tuning {
         )
     }
 
+    /// Rows per team of the SwiGLU matvec: whole gate/up pairs.
+    pub fn swiglu_rows(&self) -> u32 {
+        self.rows_per_team.next_multiple_of(2)
+    }
+
     /// Weights each matvec thread decodes at a time: 16 where one scale covers them (Q4_K,
     /// Q6_K: the scale is decoded once; decode 6% faster on the H100 than 8), else 8 (types
     /// whose 8-weight decoder is already cheap lose with 16, BENCHMARKS.md).
@@ -433,9 +438,9 @@ impl Tuning {
     }
 
     fn apply(&self, text: &str, kernel: Kernel) -> String {
-        // The SwiGLU matvec pairs a team's two rows.
+        // The SwiGLU matvec takes whole gate/up pairs.
         let (rows_per_team, team) = match kernel {
-            Kernel::MatvecSwiglu(_, team) => (2, team),
+            Kernel::MatvecSwiglu(_, team) => (self.swiglu_rows(), team),
             Kernel::Matvec(_, team) => (self.rows_per_team, team),
             // Two rotation pairs per team.
             Kernel::MatvecQkv(_, team) => (4, team),

@@ -630,7 +630,7 @@ impl WgpuBackend {
                 self.dispatch(kernel, &params, &buffers, (gx, gy, n as u32), cost);
             } else {
                 let rows_per_team = if how.swiglu {
-                    2
+                    self.tuning.swiglu_rows()
                 } else {
                     self.tuning.rows_per_team
                 };
@@ -922,7 +922,8 @@ impl Backend for WgpuBackend {
         }
         self.pipeline(Kernel::MatvecSwiglu(
             gate.0,
-            self.tuning.team_for(gate.0, 2 * rows, cols, 2),
+            self.tuning
+                .team_for(gate.0, 2 * rows, cols, self.tuning.swiglu_rows()),
         ))?;
         self.pipeline(Kernel::SwigluPairs)?;
         Ok(GpuGateUp::Interleaved(self.upload_rows(
