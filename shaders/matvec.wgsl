@@ -1,10 +1,12 @@
 // Matrix-vector products y[t] = W · x[t] (+ bias), or y[t] += W · x[t] (the residual add
 // fused), straight from the quantized weights, for decoding (token t = workgroup z).
-// A team of TEAM threads owns R weight rows: each thread loads 32 activations once and dots
-// them with 32 weights of each of its rows, striding along the rows (8 at a time where the
-// row length is not a multiple of 32). With `norm`, x is RMS-normalised on the fly: a team
-// covers all of x, so it sums x² in the same loop and scales its dot products at the end,
-// with no separate pass (and no wait) before the weight loads.
+// A team of TEAM threads owns R weight rows: each thread takes WIDTH activations at a time and
+// dots them with WIDTH weights of each of its rows; consecutive lanes take consecutive groups,
+// so that the loads of a subgroup, of activations and of weights, fall on few cache lines
+// (8 at a time, with bounds, where the row length is not a multiple of WIDTH). With `norm`, x
+// is RMS-normalised on the fly: a team covers all of x, so it sums x² in the same loop and
+// scales its dot products at the end, with no separate pass (and no wait) before the weight
+// loads.
 // Teams reduce with subgroup operations where the device has them, else in workgroup memory.
 
 const WG: u32 = {{WG}}u;
@@ -13,8 +15,9 @@ const TEAM: u32 = {{TEAM}}u;
 const SUBGROUP: u32 = {{SUBGROUP}}u;
 const TEAMS: u32 = WG / TEAM;
 const R: u32 = {{ROWS_PER_TEAM}}u;
-// Weights each thread decodes at a time: 8 or 16 (interleaved lanes) or 32 (a sub-block).
+// Weights each thread decodes at a time (8, 16 or 32), and the vectors that hold them.
 const WIDTH: u32 = {{MATVEC_WIDTH}}u;
+const V: u32 = WIDTH / 4u;
 // Weight rows per workgroup.
 const ROWS: u32 = TEAMS * R;
 
@@ -43,23 +46,9 @@ fn x4(t: u32, e: u32) -> vec4<f32> {
     return v;
 }
 
-// The 32 activations of chunk c of x[t], as 8 vectors.
-fn x32(t: u32, c: u32) -> array<vec4<f32>, 8> {
-    let b = t * p.w_k / 4u + 8u * c;
-    return array<vec4<f32>, 8>(X[b], X[b + 1u], X[b + 2u], X[b + 3u], X[b + 4u], X[b + 5u], X[b + 6u], X[b + 7u]);
-}
-
-// Chunk c of the norm weight times x.
-fn norm_weighted(c: u32, x: array<vec4<f32>, 8>) -> array<vec4<f32>, 8> {
-    let n = 8u * c;
-    return array<vec4<f32>, 8>(
-        x[0] * NW[n], x[1] * NW[n + 1u], x[2] * NW[n + 2u], x[3] * NW[n + 3u],
-        x[4] * NW[n + 4u], x[5] * NW[n + 5u], x[6] * NW[n + 6u], x[7] * NW[n + 7u]);
-}
-
-fn dot32(w: array<vec4<f32>, 8>, x: array<vec4<f32>, 8>) -> f32 {
-    return dot(w[0], x[0]) + dot(w[1], x[1]) + dot(w[2], x[2]) + dot(w[3], x[3])
-        + dot(w[4], x[4]) + dot(w[5], x[5]) + dot(w[6], x[6]) + dot(w[7], x[7]);
+// Weights WIDTH * g .. WIDTH * (g + 1) of a row.
+fn load_width(row: u32, g: u32) -> array<vec4<f32>, V> {
+    return {{LOAD_WIDTH}}(row, g);
 }
 
 // The sum of `v` over the team of the calling thread, valid in the team's first lane.
@@ -74,52 +63,27 @@ fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
     let t = wid.z;
     var acc: array<f32, R>;
     var squares = 0.0;
-    if (WIDTH == 16u && p.w_k % 16u == 0u) {
+    if (p.w_k % WIDTH == 0u) {
         let xt = t * p.w_k / 4u;
-        for (var q = lane; q < p.w_k / 16u; q += TEAM) {
-            var x = array<vec4<f32>, 4>(X[xt + 4u * q], X[xt + 4u * q + 1u], X[xt + 4u * q + 2u], X[xt + 4u * q + 3u]);
+        for (var g = lane; g < p.w_k / WIDTH; g += TEAM) {
+            var x: array<vec4<f32>, V>;
+            for (var i = 0u; i < V; i++) {
+                x[i] = X[xt + V * g + i];
+            }
             if (p.norm != 0u) {
-                for (var i = 0u; i < 4u; i++) {
+                for (var i = 0u; i < V; i++) {
                     squares += dot(x[i], x[i]);
-                    x[i] *= NW[4u * q + i];
+                    x[i] *= NW[V * g + i];
                 }
             }
             for (var r = 0u; r < R; r++) {
                 if (row0 + r < p.rows) {
-                    let w = load16(row0 + r, q);
-                    acc[r] += dot(w[0], x[0]) + dot(w[1], x[1]) + dot(w[2], x[2]) + dot(w[3], x[3]);
-                }
-            }
-        }
-    } else if (WIDTH == 8u && p.w_k % 8u == 0u) {
-        // Consecutive lanes take consecutive groups of 8, so that the loads of a subgroup,
-        // of activations and of weights, fall on few cache lines.
-        let xt = t * p.w_k / 4u;
-        for (var g = lane; g < p.w_k / 8u; g += TEAM) {
-            var xa = X[xt + 2u * g];
-            var xb = X[xt + 2u * g + 1u];
-            if (p.norm != 0u) {
-                squares += dot(xa, xa) + dot(xb, xb);
-                xa *= NW[2u * g];
-                xb *= NW[2u * g + 1u];
-            }
-            for (var r = 0u; r < R; r++) {
-                if (row0 + r < p.rows) {
-                    let w = load8(row0 + r, g);
-                    acc[r] += dot(w[0], xa) + dot(w[1], xb);
-                }
-            }
-        }
-    } else if (p.w_k % 32u == 0u) {
-        for (var c = lane; c < p.w_k / 32u; c += TEAM) {
-            var x = x32(t, c);
-            if (p.norm != 0u) {
-                squares += dot32(x, x);
-                x = norm_weighted(c, x);
-            }
-            for (var r = 0u; r < R; r++) {
-                if (row0 + r < p.rows) {
-                    acc[r] += dot32(load32(row0 + r, c), x);
+                    let w = load_width(row0 + r, g);
+                    var d = 0.0;
+                    for (var i = 0u; i < V; i++) {
+                        d += dot(w[i], x[i]);
+                    }
+                    acc[r] += d;
                 }
             }
         }

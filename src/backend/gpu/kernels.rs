@@ -301,8 +301,8 @@ impl Tuning {
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|t| t.is_power_of_two() && *t <= matvec_wg);
         // VIBRANT_MATVEC_ROWS (1 to 8) overrides the rows per team for tuning experiments.
-        // VIBRANT_MATVEC_WIDTH=32 makes each matvec thread decode a whole 32-weight sub-block
-        // at a time (for measurements).
+        // VIBRANT_MATVEC_WIDTH (8, 16 or 32) fixes the weights a matvec thread decodes at a
+        // time, for every type (for measurements).
         let matvec_width = std::env::var("VIBRANT_MATVEC_WIDTH")
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
@@ -378,11 +378,12 @@ impl Tuning {
     }
 
     /// Threads per row for `rows` rows of type `ty`, `cols` wide, `rows_per_team` rows to a
-    /// team: about four chunks of [`Tuning::matvec_width_for`] weights per thread, from one subgroup up to 128 threads. Fewer
-    /// threads per row leave each a longer loop (latency, for short matrices); more make each
-    /// workgroup's life short (launch and reduction overhead, for the large ones). Measured on
-    /// the H100 across 32..256 (BENCHMARKS.md). Matrices of few rows spread each row over
-    /// more threads, up to the workgroup, until the launch has MIN_GROUPS workgroups.
+    /// team: about four chunks of [`Tuning::matvec_width_for`] weights per thread, from one
+    /// subgroup up to 128 threads. Fewer threads per row leave each a longer loop (latency,
+    /// for short matrices); more make each workgroup's life short (launch and reduction
+    /// overhead, for the large ones). Measured on the H100 across 32..256 (BENCHMARKS.md).
+    /// Matrices of few rows spread each row over more threads, up to the workgroup, until the
+    /// launch has MIN_GROUPS workgroups.
     pub fn team_for(&self, ty: GgmlType, rows: usize, cols: usize, rows_per_team: u32) -> u32 {
         const MIN_GROUPS: usize = 256;
         if let Some(team) = self.team {
@@ -446,15 +447,11 @@ impl Tuning {
             Kernel::MatvecQkv(_, team) => (4, team),
             _ => (self.rows_per_team, 32),
         };
+        let width = kernel.weight_type().map_or(8, |t| self.matvec_width_for(t));
         text.replace("{{WG}}", &self.matvec_wg.to_string())
             .replace("{{TEAM}}", &team.to_string())
-            .replace(
-                "{{MATVEC_WIDTH}}",
-                &kernel
-                    .weight_type()
-                    .map_or(8, |t| self.matvec_width_for(t))
-                    .to_string(),
-            )
+            .replace("{{MATVEC_WIDTH}}", &width.to_string())
+            .replace("{{LOAD_WIDTH}}", &format!("load{width}"))
             .replace(
                 "{{ATTENTION_KEYS}}",
                 &self.attention_keys.max(16).to_string(),
