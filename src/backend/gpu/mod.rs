@@ -328,6 +328,19 @@ impl WgpuBackend {
         Ok(())
     }
 
+    /// The value of `result`; or `None` after marking recording as failed, with the error
+    /// kept for the next wait to report (as every recording error is).
+    fn recorded<T>(&mut self, result: Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.failed = true;
+                self.gpu.report(e);
+                None
+            }
+        }
+    }
+
     /// Records one dispatch. Recording errors (a failed pipeline) surface at the next wait.
     fn dispatch<P: Pod>(
         &mut self,
@@ -340,9 +353,8 @@ impl WgpuBackend {
         if self.failed {
             return;
         }
-        if let Err(e) = self.pipeline(kernel) {
-            self.failed = true;
-            self.gpu.report(e);
+        let built = self.pipeline(kernel);
+        if self.recorded(built).is_none() {
             return;
         }
         if self.params.len() as u64 >= self.param_stride * PARAM_SLOTS {
@@ -535,11 +547,18 @@ impl WgpuBackend {
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
-    /// A `[n, width]` scratch tensor for interleaved gate/up products, grown as needed.
+    /// Whether an `n`-token product over rows `cols` long normalises its input itself: decode
+    /// steps do (saving a launch), where the fused kernel's 32-wide reads fit the rows.
+    fn fuses_norm(&self, n: usize, cols: usize) -> bool {
+        n < TILED_MIN_TOKENS && self.tuning.fuse_norm && cols.is_multiple_of(32)
+    }
+
+    /// A `[n, width]` scratch tensor for a prompt's intermediate products (interleaved
+    /// gate/up, or [q | k | v] before RoPE), grown as needed.
     fn product_scratch(&mut self, n: usize, width: usize) -> Result<GpuTensor> {
         let bytes = (n * width * 4) as u64;
         if self.pairs.as_ref().is_none_or(|b| b.buffer.size() < bytes) {
-            self.pairs = Some(self.storage("gate/up products", bytes)?);
+            self.pairs = Some(self.storage("prompt products", bytes)?);
         }
         let buf = self.pairs.clone().expect("allocated above");
         Ok(GpuTensor {
@@ -963,7 +982,7 @@ impl Backend for WgpuBackend {
             GpuGateUp::Interleaved(both) => both,
         };
         if n < TILED_MIN_TOKENS {
-            let fuse_norm = self.tuning.fuse_norm && both.cols % 32 == 0;
+            let fuse_norm = self.fuses_norm(n, both.cols);
             if !fuse_norm {
                 self.rms_norm(x, norm, eps, normed, n);
             }
@@ -976,12 +995,9 @@ impl Backend for WgpuBackend {
         }
         // Prompts: all products into a scratch twice as wide, then SwiGLU over the pairs.
         self.rms_norm(x, norm, eps, normed, n);
-        let pairs = match self.product_scratch(n, both.rows) {
-            Ok(t) => t,
-            Err(e) => {
-                self.failed = true;
-                return self.gpu.report(e);
-            }
+        let scratch = self.product_scratch(n, both.rows);
+        let Some(pairs) = self.recorded(scratch) else {
+            return;
         };
         self.linear(normed, both, &pairs, n, Product::default());
         self.elementwise(
@@ -1052,19 +1068,19 @@ impl Backend for WgpuBackend {
         shape: &AttentionShape,
     ) {
         let tiled = n >= TILED_MIN_TOKENS;
-        let fuse_norm = !tiled && self.tuning.fuse_norm && x.cols.is_multiple_of(32);
+        let fuse_norm = self.fuses_norm(n, x.cols);
         if !fuse_norm {
             self.rms_norm(x, norm, eps, normed, n);
         }
         // Prompts: the tiled products into a scratch row of [q | k | v] per token first.
         let products = match tiled {
-            true => match self.product_scratch(n, qkv.width) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.failed = true;
-                    return self.gpu.report(e);
-                }
-            },
+            true => {
+                let scratch = self.product_scratch(n, qkv.width);
+                let Some(scratch) = self.recorded(scratch) else {
+                    return;
+                };
+                scratch
+            }
             // Decoded rows go to q and the cache; `products` is not written.
             false => GpuTensor {
                 buf: q.buf.clone(),
@@ -1156,16 +1172,12 @@ impl Backend for WgpuBackend {
         // The token buffer is rewritten per step: work recorded against it goes first.
         self.submit();
         if tokens.len() > self.token_capacity {
-            match self.storage("tokens", 4 * tokens.len() as u64) {
-                Ok(buf) => {
-                    self.tokens = buf;
-                    self.token_capacity = tokens.len();
-                }
-                Err(e) => {
-                    self.failed = true;
-                    return self.gpu.report(e);
-                }
-            }
+            let grown = self.storage("tokens", 4 * tokens.len() as u64);
+            let Some(buf) = self.recorded(grown) else {
+                return;
+            };
+            self.tokens = buf;
+            self.token_capacity = tokens.len();
         }
         let clamped: Vec<u32> = tokens
             .iter()
@@ -1232,12 +1244,8 @@ impl Backend for WgpuBackend {
         products: &[(&GpuMatrix, Option<&GpuVector>, &GpuTensor)],
         n: usize,
     ) {
-        // Decode steps normalise inside each product (saving a dispatch); the fused kernel
-        // reads rows in 32-wide blocks.
-        if n >= TILED_MIN_TOKENS
-            || !self.tuning.fuse_norm
-            || products.iter().any(|(w, ..)| w.cols % 32 != 0)
-        {
+        // Decode steps normalise inside each product (saving a dispatch).
+        if products.iter().any(|(w, ..)| !self.fuses_norm(n, w.cols)) {
             self.rms_norm(x, norm, eps, normed, n);
             for (w, bias, out) in products {
                 self.linear(
@@ -1332,12 +1340,9 @@ impl Backend for WgpuBackend {
             return;
         }
         let floats = DECODE_ATTENTION_MAX_TOKENS * shape.n_head * n_chunks * (shape.head_dim + 2);
-        let partials = match self.attention_partials(4 * floats as u64) {
-            Ok(p) => p,
-            Err(e) => {
-                self.failed = true;
-                return self.gpu.report(e);
-            }
+        let partials = self.attention_partials(4 * floats as u64);
+        let Some(partials) = self.recorded(partials) else {
+            return;
         };
         // Only chunks that hold keys for some query of this step are launched.
         let used = (pos + n).div_ceil(ATTENTION_CHUNK) as u32;
