@@ -41,6 +41,35 @@ const DECODE_TOL: f64 = 1e-6;
 /// read from a wrong index moves the result by about 1/K of it, over 1e-3 at these widths.
 const GPU_MATMUL_TOL: f64 = 1e-5;
 
+/// Decode products of Q4_K and Q6_K rows quantize their activations to 8 bits per block of 32
+/// (shaders/matvec_int8.wgsl), and the reference takes the same rounded activations
+/// ([`int8_rounded`]). What remains is f32 rounding and, rarely, an activation rounded the
+/// other way where the GPU's reciprocal differs in the last bit: one step of amax/127 in one
+/// element, about 5e-5 of the scale here. One element read from a wrong index costs ~100
+/// times that.
+const INT8_TOL: f64 = 2e-4;
+
+/// Activations as the 8-bit decode path sees them: per block of 32, scale d = amax / 127 and
+/// each value rounded (ties to even) to a multiple of d.
+fn int8_rounded(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|block| {
+            let d = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            block.iter().map(move |v| (v * id).round_ties_even() * d)
+        })
+        .collect()
+}
+
+/// The activations a decode product of `w` on `gpu` sees, and its tolerance.
+fn decode_inputs(gpu: &WgpuBackend, ty: GgmlType, x: &[f32], cols: usize) -> (Vec<f32>, f64) {
+    if gpu.int8_activations(ty, cols) {
+        (int8_rounded(x), INT8_TOL)
+    } else {
+        (x.to_vec(), GPU_MATMUL_TOL)
+    }
+}
+
 /// The CPU backend quantizes activations to 8 bits (per block of 32 or 256) for the quantized
 /// types: an error of up to amax/254 per activation, about 1e-4 of the scale on average and
 /// well under 5e-3 in the worst row here. With f32 activations it is as tight as the GPU.
@@ -115,15 +144,23 @@ fn check_matmul(
     });
     for n in [1, 5] {
         let x = random_values(rng, n * cols, 1.0);
+        let (gpu_x, tol) = decode_inputs(gpu, w.ty, &x, cols);
         for with_bias in [false, true] {
             let b = with_bias.then_some(&bias[..]);
-            let (want, scale) = matmul_reference(&decoded, &x, b, rows, cols);
-            let scale = |i: usize| scale[i];
             let label = format!("{what}: matmul {}, n={n}, bias={with_bias}", w.label());
+            let (want, scale) = matmul_reference(&decoded, &gpu_x, b, rows, cols);
             let got = run_matmul(gpu, &gw, with_bias.then_some(&gb), &x, n, rows);
-            let tol = GPU_MATMUL_TOL;
-            assert_close(&format!("GPU {label}"), &got, &want, rows, scale, tol);
+            assert_close(
+                &format!("GPU {label}"),
+                &got,
+                &want,
+                rows,
+                |i| scale[i],
+                tol,
+            );
             if let Some((c, cw, cb)) = cpu.as_mut() {
+                let (want, scale) = matmul_reference(&decoded, &x, b, rows, cols);
+                let scale = |i: usize| scale[i];
                 let got = run_matmul(*c, cw, with_bias.then_some(&*cb), &x, n, rows);
                 let tol = cpu_matmul_tol(w.ty);
                 assert_close(&format!("CPU {label}"), &got, &want, rows, scale, tol);
@@ -836,18 +873,8 @@ fn fused_norm_and_residual_products_match_the_reference() {
         let g_norm = upload_bias(&mut gpu, &norm_w);
         for n in [1, 3, 9] {
             let x = random_values(&mut rng, n * cols, 2.0);
-            // rms_norm in float64, then the product.
-            let normed: Vec<f32> = x
-                .chunks_exact(cols)
-                .flat_map(|row| {
-                    let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / cols as f64;
-                    let s = 1.0 / (ms + 1e-6).sqrt();
-                    row.iter()
-                        .zip(&norm_w)
-                        .map(move |(v, w)| (*v as f64 * s * *w as f64) as f32)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let int8 = n < 8 && gpu.int8_activations(ty, cols);
+            let normed = normed_reference(&x, &norm_w, int8);
             let (want, scale) = matmul_reference(&decoded, &normed, None, ROWS, cols);
             let xt = gpu.load("x", n, cols, &x);
             let scratch = gpu.load("normed", n, cols, &vec![f32::NAN; n * cols]);
@@ -855,11 +882,16 @@ fn fused_norm_and_residual_products_match_the_reference() {
             gpu.norm_matmuls(&xt, &g_norm, 1e-6, &scratch, &[(&gw, None, &out)], n);
             let got = read(&mut gpu, &out, n);
             let what = format!("norm_matmuls {} n={n}", w.label());
-            let tol = if n >= 8 { tiled_tol } else { GPU_MATMUL_TOL };
+            let tol = match (n >= 8, int8) {
+                (true, _) => tiled_tol,
+                (false, true) => INT8_TOL,
+                (false, false) => GPU_MATMUL_TOL,
+            };
             assert_close(&what, &got, &want, ROWS, |i| scale[i], tol);
 
             let acc0 = random_values(&mut rng, n * ROWS, 1.0);
-            let (prod, scale) = matmul_reference(&decoded, &x, None, ROWS, cols);
+            let product_x = if int8 { int8_rounded(&x) } else { x.clone() };
+            let (prod, scale) = matmul_reference(&decoded, &product_x, None, ROWS, cols);
             let want: Vec<f64> = prod.iter().zip(&acc0).map(|(p, a)| p + *a as f64).collect();
             let acc = gpu.load("acc", n, ROWS, &acc0);
             let out = gpu.load("unused scratch", n, ROWS, &vec![f32::NAN; n * ROWS]);
@@ -872,10 +904,29 @@ fn fused_norm_and_residual_products_match_the_reference() {
                 &want,
                 ROWS,
                 |i| scale[i] + acc0[i].abs() as f64,
-                if n >= 8 { tiled_tol } else { GPU_MATMUL_TOL },
+                tol,
             );
         }
     }
+}
+
+/// rms_norm (epsilon 1e-6) of each row of `x` in float64, as a fused product's input. The 8-bit
+/// path rounds x · norm weight and applies the norm's common scale to the sums.
+fn normed_reference(x: &[f32], norm_w: &[f32], int8: bool) -> Vec<f32> {
+    let cols = norm_w.len();
+    x.chunks_exact(cols)
+        .flat_map(|row| {
+            let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / cols as f64;
+            let s = 1.0 / (ms + 1e-6).sqrt();
+            let weighted: Vec<f32> = row.iter().zip(norm_w).map(|(v, w)| v * w).collect();
+            let weighted = if int8 {
+                int8_rounded(&weighted)
+            } else {
+                weighted
+            };
+            weighted.into_iter().map(move |v| (v as f64 * s) as f32)
+        })
+        .collect()
 }
 
 /// The tolerance of prompt-sized products, which go through the tiled kernels: FMA in f32, or
@@ -921,7 +972,8 @@ fn prompt_matmul_tiles_match_the_reference() {
 
 /// The feed-forward input: gate and up of one type are interleaved into one matrix (one decode
 /// pass writes SwiGLU; prompts go through tiles and a pairwise SwiGLU), of two types they stay
-/// apart. Against the CPU backend in its exact mode (float products of the same weights).
+/// apart. Against the CPU backend in its exact mode (float products of the same weights), or,
+/// where the GPU rounds the activations to 8 bits, a float64 reference of the same rounding.
 #[test]
 fn gate_up_swiglu_matches_the_cpu() {
     let mut rng = rng(31);
@@ -941,6 +993,21 @@ fn gate_up_swiglu_matches_the_cpu() {
         let norm_w = random_values(&mut rng, cols, 1.0);
         for n in [1, 9] {
             let x = random_values(&mut rng, n * cols, 1.0);
+            if n == 1 && gpu.int8_activations(tg, cols) {
+                let normed = normed_reference(&x, &norm_w, true);
+                let (gate, _) = matmul_reference(&g.decoded(), &normed, None, rows, cols);
+                let (up, _) = matmul_reference(&u.decoded(), &normed, None, rows, cols);
+                let want: Vec<f64> = gate
+                    .iter()
+                    .zip(&up)
+                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                    .collect();
+                let got = swiglu_on(&mut gpu, &g, &u, &norm_w, &x, n, rows);
+                let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let what = format!("gate_up_swiglu {tg}/{tu} n={n} (8-bit activations)");
+                assert_close(&what, &got, &want, rows, |_| scale, INT8_TOL);
+                continue;
+            }
             let mut outs = Vec::new();
             for on_gpu in [true, false] {
                 let got = if on_gpu {

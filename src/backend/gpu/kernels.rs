@@ -22,6 +22,14 @@ const DEQUANT: (&str, &str) = (
     include_str!("../../../shaders/dequant.wgsl"),
 );
 const MATVEC: (&str, &str) = ("matvec.wgsl", include_str!("../../../shaders/matvec.wgsl"));
+const MATVEC_FLOAT: (&str, &str) = (
+    "matvec_float.wgsl",
+    include_str!("../../../shaders/matvec_float.wgsl"),
+);
+const MATVEC_INT8: (&str, &str) = (
+    "matvec_int8.wgsl",
+    include_str!("../../../shaders/matvec_int8.wgsl"),
+);
 const MATMUL: (&str, &str) = ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl"));
 const MATMUL_COOP: (&str, &str) = (
     "matmul_coop.wgsl",
@@ -40,17 +48,27 @@ const ELEMENTWISE: (&str, &str) = (
 );
 const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl"));
 
+/// How a decode matvec kernel is built for one matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatvecForm {
+    /// Threads that share one row.
+    pub team: u32,
+    /// The longest row whose activations the workgroup quantizes to 8 bits (the integer dot
+    /// product path, shaders/matvec_int8.wgsl); 0 for f32 activations.
+    pub int8_cols: u32,
+}
+
 /// Every kernel, with the weight type it decodes where it reads a weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     GetRows(GgmlType),
     Dequant(GgmlType),
-    /// Matrix-vector products, with the threads per row (the team).
-    Matvec(GgmlType, u32),
+    /// Matrix-vector products.
+    Matvec(GgmlType, MatvecForm),
     /// Matvec over interleaved gate/up rows, writing SwiGLU of each pair.
-    MatvecSwiglu(GgmlType, u32),
+    MatvecSwiglu(GgmlType, MatvecForm),
     /// Matvec over query/key/value rows with RoPE and the cache write in its epilogue.
-    MatvecQkv(GgmlType, u32),
+    MatvecQkv(GgmlType, MatvecForm),
     Matmul(GgmlType),
     /// The tensor-core matmul (cooperative matrices, f16 inputs, f32 accumulators).
     MatmulCoop(GgmlType),
@@ -105,9 +123,22 @@ impl Kernel {
             Self::ArgmaxFinal => "argmax_final",
             Self::Softmax => "softmax",
         };
+        let activations = match self.matvec_form() {
+            Some(form) if form.int8_cols > 0 => "_int8",
+            _ => "",
+        };
         match self.weight_type() {
-            Some(t) => format!("{base}_{}", t.name().to_ascii_lowercase()),
+            Some(t) => format!("{base}_{}{activations}", t.name().to_ascii_lowercase()),
             None => base.to_string(),
+        }
+    }
+
+    fn matvec_form(self) -> Option<MatvecForm> {
+        match self {
+            Self::Matvec(_, form) | Self::MatvecSwiglu(_, form) | Self::MatvecQkv(_, form) => {
+                Some(form)
+            }
+            _ => None,
         }
     }
 
@@ -226,6 +257,16 @@ impl Kernel {
             pieces.push(("(generated)", glue.as_str()));
         }
         pieces.push(self.op().0);
+        let products_glue;
+        if let (Some(form), Some(t)) = (self.matvec_form(), self.weight_type()) {
+            if form.int8_cols > 0 {
+                pieces.push(MATVEC_INT8);
+                products_glue = int8_glue(t);
+                pieces.push(("(generated)", products_glue.as_str()));
+            } else {
+                pieces.push(MATVEC_FLOAT);
+            }
+        }
         if matches!(
             self,
             Self::Matvec(..) | Self::MatvecSwiglu(..) | Self::MatvecQkv(..) | Self::RopeStoreQkv
@@ -281,6 +322,10 @@ pub struct Tuning {
     pub loop_bounds: bool,
     /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
     pub coop: bool,
+    /// The longest row (a multiple of 4096) whose activations a decode matvec can quantize to
+    /// 8 bits in workgroup memory, for the integer dot product path of Q4_K and Q6_K; 0 where
+    /// that path is off (no subgroups, or VIBRANT_INT8=0).
+    pub int8_max_cols: u32,
 }
 
 impl Tuning {
@@ -333,6 +378,14 @@ impl Tuning {
             && gpu.features.cooperative_matrix
             && gpu.features.shader_f16
             && subgroup_size == Some(32);
+        // VIBRANT_INT8=0 keeps decode products in f32 activations (for measurements).
+        let int8 = std::env::var("VIBRANT_INT8").map_or(true, |v| v != "0");
+        let int8_max_cols = match subgroup_size {
+            Some(s) if int8 && s >= 4 => {
+                Self::int8_capacity(gpu.limits.max_compute_workgroup_storage_size, matvec_wg)
+            }
+            _ => 0,
+        };
         Self {
             subgroup_size,
             team,
@@ -344,7 +397,17 @@ impl Tuning {
             bounds_checks,
             loop_bounds,
             coop,
+            int8_max_cols,
         }
+    }
+
+    /// The longest row, a multiple of 4096, whose 8-bit activations fit beside the matvec's
+    /// other workgroup arrays: per element a byte, a quarter of an i32 sum (per 16) and an
+    /// eighth of an f32 scale (per 32); an f32 partial sum per thread, and one per subgroup
+    /// (subgroups of at least 4: a byte per thread).
+    fn int8_capacity(workgroup_bytes: u32, matvec_wg: u32) -> u32 {
+        let free = workgroup_bytes.saturating_sub(5 * matvec_wg);
+        free * 8 / 11 / 4096 * 4096
     }
 
     pub fn describe(&self) -> String {
@@ -377,21 +440,52 @@ impl Tuning {
         })
     }
 
-    /// Threads per row for `rows` rows of type `ty`, `cols` wide, `rows_per_team` rows to a
-    /// team: about four chunks of [`Tuning::matvec_width_for`] weights per thread, from one
+    /// The decode matvec for `rows` rows of type `ty`, `cols` wide, `rows_per_team` rows to a
+    /// team: 8-bit activations where [`Tuning::int8_cols_for`] allows, and its team.
+    pub fn matvec_form(
+        &self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        rows_per_team: u32,
+    ) -> MatvecForm {
+        let int8_cols = self.int8_cols_for(ty, cols);
+        // The integer path's threads take units of 32 weights.
+        let width = match int8_cols {
+            0 => self.matvec_width_for(ty),
+            _ => 32,
+        };
+        MatvecForm {
+            team: self.team_for(width, rows, cols, rows_per_team),
+            int8_cols,
+        }
+    }
+
+    /// The 8-bit activation capacity of a matvec over rows `cols` long of type `ty`: `cols`
+    /// rounded up to a multiple of 4096 (few variants, little workgroup memory) for Q4_K and
+    /// Q6_K rows that fit, else 0 (f32 activations).
+    pub fn int8_cols_for(&self, ty: GgmlType, cols: usize) -> u32 {
+        let capacity = (cols as u32).next_multiple_of(4096);
+        let fits = cols.is_multiple_of(256) && capacity <= self.int8_max_cols;
+        match ty {
+            GgmlType::Q4K | GgmlType::Q6K if fits => capacity,
+            _ => 0,
+        }
+    }
+
+    /// Threads per row for `rows` rows `cols` wide, a thread decoding `width` weights at a
+    /// time, `rows_per_team` rows to a team: about four chunks per thread, from one
     /// subgroup up to 128 threads. Fewer threads per row leave each a longer loop (latency,
     /// for short matrices); more make each workgroup's life short (launch and reduction
     /// overhead, for the large ones). Measured on the H100 across 32..256 (BENCHMARKS.md).
     /// Matrices of few rows spread each row over more threads, up to the workgroup, until the
     /// launch has MIN_GROUPS workgroups.
-    pub fn team_for(&self, ty: GgmlType, rows: usize, cols: usize, rows_per_team: u32) -> u32 {
+    fn team_for(&self, width: u32, rows: usize, cols: usize, rows_per_team: u32) -> u32 {
         const MIN_GROUPS: usize = 256;
         if let Some(team) = self.team {
             return team;
         }
-        let chunks = cols
-            .div_ceil(4 * self.matvec_width_for(ty) as usize)
-            .next_power_of_two() as u32;
+        let chunks = cols.div_ceil(4 * width as usize).next_power_of_two() as u32;
         let mut team = chunks.clamp(self.subgroup_size.unwrap_or(32), 128.min(self.matvec_wg));
         while team < self.matvec_wg
             && rows.div_ceil((self.matvec_wg / team * rows_per_team) as usize) < MIN_GROUPS
@@ -440,13 +534,20 @@ impl Tuning {
 
     fn apply(&self, text: &str, kernel: Kernel) -> String {
         // The SwiGLU matvec takes whole gate/up pairs.
-        let (rows_per_team, team) = match kernel {
-            Kernel::MatvecSwiglu(_, team) => (self.swiglu_rows(), team),
-            Kernel::Matvec(_, team) => (self.rows_per_team, team),
+        let (rows_per_team, form) = match kernel {
+            Kernel::MatvecSwiglu(_, form) => (self.swiglu_rows(), form),
+            Kernel::Matvec(_, form) => (self.rows_per_team, form),
             // Two rotation pairs per team.
-            Kernel::MatvecQkv(_, team) => (4, team),
-            _ => (self.rows_per_team, 32),
+            Kernel::MatvecQkv(_, form) => (4, form),
+            _ => (
+                self.rows_per_team,
+                MatvecForm {
+                    team: 32,
+                    int8_cols: 0,
+                },
+            ),
         };
+        let team = form.team;
         let width = kernel.weight_type().map_or(8, |t| self.matvec_width_for(t));
         text.replace("{{WG}}", &self.matvec_wg.to_string())
             .replace("{{TEAM}}", &team.to_string())
@@ -459,6 +560,7 @@ impl Tuning {
             .replace("{{SUBGROUP}}", &self.subgroup_size.unwrap_or(1).to_string())
             .replace("{{ROWS_PER_TEAM}}", &rows_per_team.to_string())
             .replace("{{TEAM_SUM}}", self.team_sum(team))
+            .replace("{{INT8_COLS}}", &form.int8_cols.to_string())
     }
 }
 
@@ -499,6 +601,21 @@ fn load16(row: u32, q: u32) -> array<vec4<f32>, 4> {{
 
 fn load32(row: u32, c: u32) -> array<vec4<f32>, 8> {{
 {load32}
+}}
+"
+    )
+}
+
+/// The per-type functions of shaders/matvec_int8.wgsl, bound to one weight type.
+fn int8_glue(t: GgmlType) -> String {
+    let suffix = t.name().to_ascii_lowercase();
+    format!(
+        "fn unit_groups(u: u32) -> vec2<u32> {{
+    return unit_groups_{suffix}(u);
+}}
+
+fn dot_unit(row: u32, u: u32, a: Acts16, b: Acts16) -> f32 {{
+    return dot_unit_{suffix}(row, u, a, b);
 }}
 "
     )
@@ -645,11 +762,14 @@ mod tests {
             ]);
             let mut team = tuning.subgroup_size.unwrap_or(32).min(8);
             while team <= tuning.matvec_wg {
-                all.extend([
-                    Kernel::Matvec(t, team),
-                    Kernel::MatvecSwiglu(t, team),
-                    Kernel::MatvecQkv(t, team),
-                ]);
+                for int8_cols in [0, tuning.int8_cols_for(t, 256)] {
+                    let form = MatvecForm { team, int8_cols };
+                    all.extend([
+                        Kernel::Matvec(t, form),
+                        Kernel::MatvecSwiglu(t, form),
+                        Kernel::MatvecQkv(t, form),
+                    ]);
+                }
                 team *= 2;
             }
         }
@@ -672,6 +792,7 @@ mod tests {
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: true,
+                int8_max_cols: 32768,
             },
             Tuning {
                 subgroup_size: None,
@@ -684,6 +805,7 @@ mod tests {
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
+                int8_max_cols: 0,
             },
             Tuning {
                 subgroup_size: Some(8),
@@ -696,6 +818,7 @@ mod tests {
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
+                int8_max_cols: 20480,
             },
             Tuning {
                 subgroup_size: Some(32),
@@ -708,6 +831,7 @@ mod tests {
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
+                int8_max_cols: 20480,
             },
         ];
         for tuning in &tunings {

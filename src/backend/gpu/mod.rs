@@ -264,6 +264,12 @@ impl WgpuBackend {
         &self.gpu
     }
 
+    /// Whether decode products (fewer than 8 tokens) over rows `cols` long of type `ty`
+    /// quantize their activations to 8 bits per block of 32 (shaders/matvec_int8.wgsl).
+    pub fn int8_activations(&self, ty: GgmlType, cols: usize) -> bool {
+        self.tuning.int8_cols_for(ty, cols) > 0
+    }
+
     /// Whether prompt matmuls run on tensor cores (f16 inputs, f32 accumulation).
     pub fn uses_tensor_cores(&self) -> bool {
         self.tuning.coop
@@ -630,10 +636,10 @@ impl WgpuBackend {
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             } else if let Some(qkv) = how.qkv {
-                let team = self
+                let form = self
                     .tuning
-                    .team_for(w.ggml_type, part.rows as usize, w.cols, 4);
-                let rows_per_group = self.tuning.matvec_wg / team * 4;
+                    .matvec_form(w.ggml_type, part.rows as usize, w.cols, 4);
+                let rows_per_group = self.tuning.matvec_wg / form.team * 4;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [
                     &part.buf,
@@ -645,7 +651,7 @@ impl WgpuBackend {
                     qkv.k_cache,
                     qkv.v_cache,
                 ];
-                let kernel = Kernel::MatvecQkv(w.ggml_type, team);
+                let kernel = Kernel::MatvecQkv(w.ggml_type, form);
                 self.dispatch(kernel, &params, &buffers, (gx, gy, n as u32), cost);
             } else {
                 let rows_per_team = if how.swiglu {
@@ -653,16 +659,16 @@ impl WgpuBackend {
                 } else {
                     self.tuning.rows_per_team
                 };
-                let team =
+                let form =
                     self.tuning
-                        .team_for(w.ggml_type, part.rows as usize, w.cols, rows_per_team);
-                let rows_per_group = self.tuning.matvec_wg / team * rows_per_team;
+                        .matvec_form(w.ggml_type, part.rows as usize, w.cols, rows_per_team);
+                let rows_per_group = self.tuning.matvec_wg / form.team * rows_per_team;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf];
                 let groups = (gx, gy, n as u32);
                 let kernel = match how.swiglu {
-                    true => Kernel::MatvecSwiglu(w.ggml_type, team),
-                    false => Kernel::Matvec(w.ggml_type, team),
+                    true => Kernel::MatvecSwiglu(w.ggml_type, form),
+                    false => Kernel::Matvec(w.ggml_type, form),
                 };
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             }
@@ -707,7 +713,7 @@ impl WgpuBackend {
             Kernel::Matvec(
                 ggml_type,
                 self.tuning
-                    .team_for(ggml_type, rows, cols, self.tuning.rows_per_team),
+                    .matvec_form(ggml_type, rows, cols, self.tuning.rows_per_team),
             ),
             Kernel::Matmul(ggml_type),
             Kernel::GetRows(ggml_type),
@@ -748,8 +754,8 @@ impl WgpuBackend {
             .expect("shape checked at load") as usize;
         // Parts split on multiples of 4 rows: each decode team finishes four rows.
         let matrix = self.upload_rows(name, ggml_type, bytes.len() / row_bytes, cols, &bytes, 4)?;
-        let team = self.tuning.team_for(ggml_type, matrix.rows, cols, 4);
-        self.pipeline(Kernel::MatvecQkv(ggml_type, team))?;
+        let form = self.tuning.matvec_form(ggml_type, matrix.rows, cols, 4);
+        self.pipeline(Kernel::MatvecQkv(ggml_type, form))?;
         Ok((matrix, offset))
     }
 
@@ -942,7 +948,7 @@ impl Backend for WgpuBackend {
         self.pipeline(Kernel::MatvecSwiglu(
             gate.0,
             self.tuning
-                .team_for(gate.0, 2 * rows, cols, self.tuning.swiglu_rows()),
+                .matvec_form(gate.0, 2 * rows, cols, self.tuning.swiglu_rows()),
         ))?;
         self.pipeline(Kernel::SwigluPairs)?;
         Ok(GpuGateUp::Interleaved(self.upload_rows(

@@ -1,0 +1,166 @@
+// The products of matvec.wgsl with 8-bit activations, for Q4_K and Q6_K: the workgroup first
+// quantizes x[t] into workgroup memory (per block of 32: scale amax / 127, values rounded to
+// the nearest integer, and the sum of each half block), then each thread dots 4-bit or 6-bit
+// weights with those bytes four at a time (dot4I8Packed: one instruction on GPUs with integer
+// dot products). Decoding a weight to f32 costs several instructions, and that work, not the
+// memory, bounded the f32 path on the H100 (BENCHMARKS.md).
+// Work is split in units of 32 weights of one row that share their scales: 16 from each of
+// two sub-blocks, whose activations are the 16-element groups `unit_groups` names.
+// The host uses this path for rows of a multiple of 256 up to INT8_COLS long, on devices with
+// subgroups.
+
+const INT8_COLS: u32 = {{INT8_COLS}}u;
+
+// x[t] as bytes (16 per vector), each block's scale, and each 16-element group's sum.
+var<workgroup> xq: array<vec4<u32>, INT8_COLS / 16u>;
+var<workgroup> xd: array<f32, INT8_COLS / 32u>;
+var<workgroup> xs: array<i32, INT8_COLS / 16u>;
+// Each subgroup's sum of x² (for the norm).
+var<workgroup> squares_part: array<f32, WG / SUBGROUP>;
+
+// Sixteen activations: their bytes, their block's scale and the sum of the bytes.
+struct Acts16 {
+    q: vec4<u32>,
+    d: f32,
+    s: i32,
+}
+
+fn acts16(g: u32) -> Acts16 {
+    return Acts16(xq[g], xd[g / 2u], xs[g]);
+}
+
+// Quantizes x[t] (times the norm weight with `norm`) into xq, xd and xs, one block of 32 per
+// thread at a time; returns this thread's share of the sum of x².
+fn quantize_x(t: u32, li: u32) -> f32 {
+    var squares = 0.0;
+    let xt = t * p.w_k / 4u;
+    for (var b = li; b < p.w_k / 32u; b += WG) {
+        var v: array<vec4<f32>, 8>;
+        var amax = vec4<f32>(0.0);
+        for (var i = 0u; i < 8u; i++) {
+            v[i] = X[xt + 8u * b + i];
+            if (p.norm != 0u) {
+                squares += dot(v[i], v[i]);
+                v[i] *= NW[8u * b + i];
+            }
+            amax = max(amax, abs(v[i]));
+        }
+        let d = max(max(amax.x, amax.y), max(amax.z, amax.w)) / 127.0;
+        let id = select(0.0, 1.0 / d, d > 0.0);
+        var packed: array<u32, 8>;
+        var sums = vec2<i32>(0);
+        for (var i = 0u; i < 8u; i++) {
+            let q = vec4<i32>(round(v[i] * id));
+            packed[i] = pack4xI8(q);
+            sums[i / 4u] += q.x + q.y + q.z + q.w;
+        }
+        xq[2u * b] = vec4<u32>(packed[0], packed[1], packed[2], packed[3]);
+        xq[2u * b + 1u] = vec4<u32>(packed[4], packed[5], packed[6], packed[7]);
+        xd[b] = d;
+        xs[2u * b] = sums.x;
+        xs[2u * b + 1u] = sums.y;
+    }
+    return squares;
+}
+
+// The products of this thread's team's R rows with x[t], complete in the team's first lane.
+fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
+    let lane = li % TEAM;
+    let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
+    let squares = quantize_x(wid.z, li);
+    if (p.norm != 0u) {
+        let s = subgroupAdd(squares);
+        if (li % SUBGROUP == 0u) {
+            squares_part[li / SUBGROUP] = s;
+        }
+    }
+    workgroupBarrier();
+    // The norm's scale is common to the whole row, so it applies to the finished sums.
+    var scale = 1.0;
+    if (p.norm != 0u) {
+        var total = 0.0;
+        for (var i = 0u; i < WG / SUBGROUP; i++) {
+            total += squares_part[i];
+        }
+        scale = inverseSqrt(total / f32(p.w_k) + p.eps);
+    }
+    var acc: array<f32, R>;
+    for (var u = lane; u < p.w_bpr * 8u; u += TEAM) {
+        let g = unit_groups(u);
+        let a = acts16(g.x);
+        let b = acts16(g.y);
+        for (var r = 0u; r < R; r++) {
+            if (row0 + r < p.rows) {
+                acc[r] += dot_unit(row0 + r, u, a, b);
+            }
+        }
+    }
+    var sums: array<f32, R>;
+    for (var r = 0u; r < R; r++) {
+        sums[r] = team_sum(acc[r], li) * scale;
+    }
+    return sums;
+}
+
+// Q4_K (layout in quant_k.wgsl): unit v of a block (0..7) is bytes 16 (v % 2) .. +15 of
+// chunk c = v / 2 of qs: low nibbles are elements 16 (v % 2) .. +15 of sub-block 2c, high
+// nibbles the same of sub-block 2c + 1. Each sub-block: d · scale · Σ q·x − dmin · min · Σ x.
+fn unit_groups_q4_k(u: u32) -> vec2<u32> {
+    let v = u % 8u;
+    let g = 16u * (u / 8u) + 4u * (v / 2u) + v % 2u;
+    return vec2<u32>(g, g + 2u);
+}
+
+fn dot_unit_q4_k(row: u32, u: u32, a: Acts16, b: Acts16) -> f32 {
+    let block = row * p.w_bpr + u / 8u;
+    let v = u % 8u;
+    let c = v / 2u;
+    let base = block * 35u;
+    let w = base + 3u + 8u * c + 4u * (v % 2u);
+    let dm = k_pair_scale(block);
+    let lo_sm = k4_scale_min(base, 2u * c);
+    let hi_sm = k4_scale_min(base, 2u * c + 1u);
+    var lo = 0i;
+    var hi = 0i;
+    for (var i = 0u; i < 4u; i++) {
+        let q = W[w + i];
+        lo += dot4I8Packed(q & 0x0f0f0f0fu, a.q[i]);
+        hi += dot4I8Packed((q >> 4u) & 0x0f0f0f0fu, b.q[i]);
+    }
+    return a.d * (dm.x * lo_sm.x * f32(lo) - dm.y * lo_sm.y * f32(a.s))
+        + b.d * (dm.x * hi_sm.x * f32(hi) - dm.y * hi_sm.y * f32(b.s));
+}
+
+// Q6_K: unit v = 4n + 2j + h of a block holds, for k = j and k = j + 2, elements 16h .. +15 of
+// row 32k + 128n's quants (see load8_q6_k): the low and high nibbles of the same ql bytes and
+// bit pairs 2j and 2j + 4 of the same qh bytes. Each: d · scale · Σ (q − 32)·x.
+fn unit_groups_q6_k(u: u32) -> vec2<u32> {
+    let v = u % 8u;
+    let g = 16u * (u / 8u) + 8u * (v / 4u) + 2u * ((v / 2u) % 2u) + v % 2u;
+    return vec2<u32>(g, g + 4u);
+}
+
+fn dot_unit_q6_k(row: u32, u: u32, a: Acts16, b: Acts16) -> f32 {
+    let block = row * p.w_bpr + u / 8u;
+    let v = u % 8u;
+    let n = v / 4u;
+    let j = (v / 2u) % 2u;
+    let base = block * 52u;
+    let ql = base + 4u * v;
+    let qh = base + 32u + 8u * n + 4u * (v % 2u);
+    // Scale bytes 8n + 2k + h: byte 2j + h of words 48 + 2n (k = j) and 49 + 2n (k = j + 2).
+    let shift = 8u * (v % 4u);
+    let lo_scale = f32(bitcast<i32>((W[base + 48u + 2u * n] >> shift) << 24u) >> 24u);
+    let hi_scale = f32(bitcast<i32>((W[base + 49u + 2u * n] >> shift) << 24u) >> 24u);
+    var lo = 0i;
+    var hi = 0i;
+    for (var i = 0u; i < 4u; i++) {
+        let l = W[ql + i];
+        let h = W[qh + i];
+        let q_lo = (l & 0x0f0f0f0fu) | (((h >> (2u * j)) & 0x03030303u) << 4u);
+        let q_hi = ((l >> 4u) & 0x0f0f0f0fu) | (((h >> (2u * j + 4u)) & 0x03030303u) << 4u);
+        lo += dot4I8Packed(q_lo, a.q[i]);
+        hi += dot4I8Packed(q_hi, b.q[i]);
+    }
+    return k_half_scale(block) * (a.d * lo_scale * f32(lo - 32 * a.s) + b.d * hi_scale * f32(hi - 32 * b.s));
+}
