@@ -619,6 +619,92 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
     }
 }
 
+/// Decoding's attention inputs from K-quant projections (8-bit activations on the GPU): at
+/// position 0 RoPE is the identity and the attention of the one query over the one key is
+/// that key's value, so the queries and the output are plain products, checked against a
+/// float64 reference with the same activation rounding.
+#[test]
+fn quantized_attention_inputs_match_the_reference() {
+    let mut rng = rng(41);
+    let mut gpu = gpu();
+    let shape = AttentionShape {
+        n_head: 8,
+        n_head_kv: 2,
+        head_dim: 64,
+        rope: RopeKind::Neox,
+    };
+    let (qw, kvw, cols) = (shape.q_width(), shape.kv_width(), 512);
+    let types = [GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q6K];
+    let rows = [qw, kvw, kvw];
+    let weights: Vec<Weights> = types
+        .iter()
+        .zip(rows)
+        .map(|(&ty, r)| Weights::quantized(&mut rng, ty, r, cols))
+        .collect();
+    let bias = random_values(&mut rng, qw + 2 * kvw, 0.5);
+    let starts = [0, qw, qw + kvw];
+    let parts = [0, 1, 2].map(|i| QkvPart {
+        ggml_type: types[i],
+        data: WeightBytes::owned(weights[i].bytes.clone()),
+        rows: rows[i],
+        bias: Some(bias[starts[i]..starts[i] + rows[i]].to_vec()),
+    });
+    let norm_w = random_values(&mut rng, cols, 1.0);
+    let x = random_values(&mut rng, cols, 1.0);
+
+    let table = upload_bias(&mut gpu, &rope_table(1, shape.head_dim));
+    let norm = upload_bias(&mut gpu, &norm_w);
+    let qkv = gpu.upload_qkv("qkv", parts, cols, &shape).expect("qkv");
+    let cache = gpu.kv_cache(1, 1, &shape).expect("cache");
+    let nan = |len| vec![f32::NAN; len];
+    let scratch = [
+        gpu.load("normed", 1, cols, &nan(cols)),
+        gpu.load("k", 1, kvw, &nan(kvw)),
+        gpu.load("v", 1, kvw, &nan(kvw)),
+    ];
+    let q = gpu.load("q", 1, qw, &nan(qw));
+    let xt = gpu.load("x", 1, cols, &x);
+    let scratch = [&scratch[0], &scratch[1], &scratch[2]];
+    gpu.attention_inputs(
+        &xt,
+        (&norm, 1e-6),
+        &qkv,
+        scratch,
+        &q,
+        &table,
+        &cache,
+        0,
+        0,
+        1,
+        &shape,
+    );
+    let out = gpu.load("attention out", 1, qw, &nan(qw));
+    gpu.attention(&q, &cache, 0, 0, 1, &out, &shape);
+    let (got_q, got_out) = (read(&mut gpu, &q, 1), read(&mut gpu, &out, 1));
+
+    assert!(gpu.int8_activations(GgmlType::Q4K, cols) == gpu.int8_activations(GgmlType::Q6K, cols));
+    let normed = normed_reference(&x, &norm_w, gpu.int8_activations(GgmlType::Q4K, cols));
+    let tol = decode_inputs(&gpu, GgmlType::Q4K, &x, cols).1;
+    let bias_q = Some(&bias[..qw]);
+    let (want_q, scale_q) = matmul_reference(&weights[0].decoded(), &normed, bias_q, qw, cols);
+    assert_close("q", &got_q, &want_q, qw, |i| scale_q[i], tol);
+    let bias_v = Some(&bias[qw + kvw..]);
+    let (v, scale_v) = matmul_reference(&weights[2].decoded(), &normed, bias_v, kvw, cols);
+    // Query head h reads value head h / 4; the cache holds values in f16 (2^-11 relative).
+    let group = shape.n_head / shape.n_head_kv;
+    let value_of = |i: usize| (i / shape.head_dim / group) * shape.head_dim + i % shape.head_dim;
+    let want_out: Vec<f64> = (0..qw).map(|i| v[value_of(i)]).collect();
+    let what = "attention output (the one value)";
+    assert_close(
+        what,
+        &got_out,
+        &want_out,
+        qw,
+        |i| scale_v[value_of(i)],
+        6e-4,
+    );
+}
+
 fn gpu_argmax(gpu: &mut WgpuBackend, x: &[f32]) -> u32 {
     let t = gpu.load("logits", 1, x.len(), x);
     gpu.argmax(&t).expect("argmax")
@@ -906,6 +992,42 @@ fn fused_norm_and_residual_products_match_the_reference() {
                 |i| scale[i] + acc0[i].abs() as f64,
                 tol,
             );
+        }
+    }
+}
+
+/// Decode products of model-sized matrices: widths of real models and enough rows that the
+/// kernels run with the team sizes a model gets (small matrices spread rows over whole
+/// workgroups), with the norm fused, for one and two tokens.
+#[test]
+fn decode_products_of_model_shapes_match_the_reference() {
+    let mut rng = rng(37);
+    let mut gpu = gpu();
+    for (ty, rows, cols) in [
+        (GgmlType::Q4K, 4100, 1536),
+        (GgmlType::Q6K, 4100, 2048),
+        (GgmlType::Q4K, 600, 8960),
+        (GgmlType::Q8_0, 4100, 2048),
+        (GgmlType::Q6K, 151_936, 1536),
+    ] {
+        let w = Weights::random(&mut rng, ty, rows, cols);
+        let decoded = w.decoded();
+        let gw = w.upload(&mut gpu, "w");
+        let norm_w = random_values(&mut rng, cols, 1.0);
+        let g_norm = upload_bias(&mut gpu, &norm_w);
+        for n in [1, 2] {
+            let x = random_values(&mut rng, n * cols, 2.0);
+            let int8 = gpu.int8_activations(ty, cols);
+            let normed = normed_reference(&x, &norm_w, int8);
+            let (want, scale) = matmul_reference(&decoded, &normed, None, rows, cols);
+            let xt = gpu.load("x", n, cols, &x);
+            let scratch = gpu.load("normed", n, cols, &vec![f32::NAN; n * cols]);
+            let out = gpu.load("out", n, rows, &vec![f32::NAN; n * rows]);
+            gpu.norm_matmuls(&xt, &g_norm, 1e-6, &scratch, &[(&gw, None, &out)], n);
+            let got = read(&mut gpu, &out, n);
+            let what = format!("norm_matmuls {} n={n}", w.label());
+            let tol = if int8 { INT8_TOL } else { GPU_MATMUL_TOL };
+            assert_close(&what, &got, &want, rows, |i| scale[i], tol);
         }
     }
 }
