@@ -1,6 +1,6 @@
 // The products of matvec.wgsl with 8-bit activations, for Q4_K and Q6_K: the workgroup first
-// quantizes x[t] into workgroup memory (per block of 32: scale amax / 127, values rounded to
-// the nearest integer, and the sum of each half block), then each thread dots 4-bit or 6-bit
+// quantizes x[t] into workgroup memory (per group of 16: scale amax / 127, values rounded to
+// the nearest integer, and their sum), then each thread dots 4-bit or 6-bit
 // weights with those bytes four at a time (dot4I8Packed: one instruction on GPUs with integer
 // dot products). Decoding a weight to f32 costs several instructions, and that work, not the
 // memory, bounded the f32 path on the H100 (BENCHMARKS.md).
@@ -11,14 +11,14 @@
 
 const INT8_COLS: u32 = {{INT8_COLS}}u;
 
-// x[t] as bytes (16 per vector), each block's scale, and each 16-element group's sum.
+// x[t] as bytes (16 per vector), and each 16-element group's scale and sum.
 var<workgroup> xq: array<vec4<u32>, INT8_COLS / 16u>;
-var<workgroup> xd: array<f32, INT8_COLS / 32u>;
+var<workgroup> xd: array<f32, INT8_COLS / 16u>;
 var<workgroup> xs: array<i32, INT8_COLS / 16u>;
 // Each subgroup's sum of x² (for the norm).
 var<workgroup> squares_part: array<f32, WG / SUBGROUP>;
 
-// Sixteen activations: their bytes, their block's scale and the sum of the bytes.
+// Sixteen activations: their bytes, their scale and the sum of the bytes.
 struct Acts16 {
     q: vec4<u32>,
     d: f32,
@@ -26,39 +26,38 @@ struct Acts16 {
 }
 
 fn acts16(g: u32) -> Acts16 {
-    return Acts16(xq[g], xd[g / 2u], xs[g]);
+    return Acts16(xq[g], xd[g], xs[g]);
 }
 
-// Quantizes x[t] (times the norm weight with `norm`) into xq, xd and xs, one block of 32 per
-// thread at a time; returns this thread's share of the sum of x².
+// Quantizes x[t] (times the norm weight with `norm`) into xq, xd and xs, one group of 16 per
+// thread at a time (few registers, no exchange between threads); returns this thread's share
+// of the sum of x².
 fn quantize_x(t: u32, li: u32) -> f32 {
     var squares = 0.0;
     let xt = t * p.w_k / 4u;
-    for (var b = li; b < p.w_k / 32u; b += WG) {
-        var v: array<vec4<f32>, 8>;
+    for (var g = li; g < p.w_k / 16u; g += WG) {
+        var v: array<vec4<f32>, 4>;
         var amax = vec4<f32>(0.0);
-        for (var i = 0u; i < 8u; i++) {
-            v[i] = X[xt + 8u * b + i];
+        for (var i = 0u; i < 4u; i++) {
+            v[i] = X[xt + 4u * g + i];
             if (p.norm != 0u) {
                 squares += dot(v[i], v[i]);
-                v[i] *= NW[8u * b + i];
+                v[i] *= NW[4u * g + i];
             }
             amax = max(amax, abs(v[i]));
         }
         let d = max(max(amax.x, amax.y), max(amax.z, amax.w)) / 127.0;
         let id = select(0.0, 1.0 / d, d > 0.0);
-        var packed: array<u32, 8>;
-        var sums = vec2<i32>(0);
-        for (var i = 0u; i < 8u; i++) {
+        var packed: array<u32, 4>;
+        var sum = 0i;
+        for (var i = 0u; i < 4u; i++) {
             let q = vec4<i32>(round(v[i] * id));
             packed[i] = pack4xI8(q);
-            sums[i / 4u] += q.x + q.y + q.z + q.w;
+            sum += q.x + q.y + q.z + q.w;
         }
-        xq[2u * b] = vec4<u32>(packed[0], packed[1], packed[2], packed[3]);
-        xq[2u * b + 1u] = vec4<u32>(packed[4], packed[5], packed[6], packed[7]);
-        xd[b] = d;
-        xs[2u * b] = sums.x;
-        xs[2u * b + 1u] = sums.y;
+        xq[g] = vec4<u32>(packed[0], packed[1], packed[2], packed[3]);
+        xd[g] = d;
+        xs[g] = sum;
     }
     return squares;
 }

@@ -41,7 +41,7 @@ const DECODE_TOL: f64 = 1e-6;
 /// read from a wrong index moves the result by about 1/K of it, over 1e-3 at these widths.
 const GPU_MATMUL_TOL: f64 = 1e-5;
 
-/// Decode products of Q4_K and Q6_K rows quantize their activations to 8 bits per block of 32
+/// Decode products of Q4_K and Q6_K rows quantize their activations to 8 bits per group of 16
 /// (shaders/matvec_int8.wgsl), and the reference takes the same rounded activations
 /// ([`int8_rounded`]). What remains is f32 rounding and, rarely, an activation rounded the
 /// other way where the GPU's reciprocal differs in the last bit: one step of amax/127 in one
@@ -49,10 +49,10 @@ const GPU_MATMUL_TOL: f64 = 1e-5;
 /// times that.
 const INT8_TOL: f64 = 2e-4;
 
-/// Activations as the 8-bit decode path sees them: per block of 32, scale d = amax / 127 and
+/// Activations as the 8-bit decode path sees them: per group of 16, scale d = amax / 127 and
 /// each value rounded (ties to even) to a multiple of d.
 fn int8_rounded(x: &[f32]) -> Vec<f32> {
-    x.chunks(32)
+    x.chunks(16)
         .flat_map(|block| {
             let d = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::quant::GgmlType;
 use bytemuck::{Pod, Zeroable};
-use kernels::Pipeline;
+use kernels::{MatvecOutput, Pipeline};
 use layout::WeightLayout;
 use profile::Cost;
 use std::collections::HashMap;
@@ -265,7 +265,7 @@ impl WgpuBackend {
     }
 
     /// Whether decode products (fewer than 8 tokens) over rows `cols` long of type `ty`
-    /// quantize their activations to 8 bits per block of 32 (shaders/matvec_int8.wgsl).
+    /// quantize their activations to 8 bits per group of 16 (shaders/matvec_int8.wgsl).
     pub fn int8_activations(&self, ty: GgmlType, cols: usize) -> bool {
         self.tuning.int8_cols_for(ty, cols) > 0
     }
@@ -636,10 +636,13 @@ impl WgpuBackend {
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             } else if let Some(qkv) = how.qkv {
-                let form = self
-                    .tuning
-                    .matvec_form(w.ggml_type, part.rows as usize, w.cols, 4);
-                let rows_per_group = self.tuning.matvec_wg / form.team * 4;
+                let form = self.tuning.matvec_form(
+                    w.ggml_type,
+                    part.rows as usize,
+                    w.cols,
+                    MatvecOutput::Qkv,
+                );
+                let rows_per_group = self.tuning.matvec_wg / form.team * form.rows;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [
                     &part.buf,
@@ -654,15 +657,14 @@ impl WgpuBackend {
                 let kernel = Kernel::MatvecQkv(w.ggml_type, form);
                 self.dispatch(kernel, &params, &buffers, (gx, gy, n as u32), cost);
             } else {
-                let rows_per_team = if how.swiglu {
-                    self.tuning.swiglu_rows()
-                } else {
-                    self.tuning.rows_per_team
+                let output = match how.swiglu {
+                    true => MatvecOutput::Swiglu,
+                    false => MatvecOutput::Plain,
                 };
-                let form =
-                    self.tuning
-                        .matvec_form(w.ggml_type, part.rows as usize, w.cols, rows_per_team);
-                let rows_per_group = self.tuning.matvec_wg / form.team * rows_per_team;
+                let form = self
+                    .tuning
+                    .matvec_form(w.ggml_type, part.rows as usize, w.cols, output);
+                let rows_per_group = self.tuning.matvec_wg / form.team * form.rows;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf];
                 let groups = (gx, gy, n as u32);
@@ -713,7 +715,7 @@ impl WgpuBackend {
             Kernel::Matvec(
                 ggml_type,
                 self.tuning
-                    .matvec_form(ggml_type, rows, cols, self.tuning.rows_per_team),
+                    .matvec_form(ggml_type, rows, cols, MatvecOutput::Plain),
             ),
             Kernel::Matmul(ggml_type),
             Kernel::GetRows(ggml_type),
@@ -754,7 +756,9 @@ impl WgpuBackend {
             .expect("shape checked at load") as usize;
         // Parts split on multiples of 4 rows: each decode team finishes four rows.
         let matrix = self.upload_rows(name, ggml_type, bytes.len() / row_bytes, cols, &bytes, 4)?;
-        let form = self.tuning.matvec_form(ggml_type, matrix.rows, cols, 4);
+        let form = self
+            .tuning
+            .matvec_form(ggml_type, matrix.rows, cols, MatvecOutput::Qkv);
         self.pipeline(Kernel::MatvecQkv(ggml_type, form))?;
         Ok((matrix, offset))
     }
@@ -948,7 +952,7 @@ impl Backend for WgpuBackend {
         self.pipeline(Kernel::MatvecSwiglu(
             gate.0,
             self.tuning
-                .matvec_form(gate.0, 2 * rows, cols, self.tuning.swiglu_rows()),
+                .matvec_form(gate.0, 2 * rows, cols, MatvecOutput::Swiglu),
         ))?;
         self.pipeline(Kernel::SwigluPairs)?;
         Ok(GpuGateUp::Interleaved(self.upload_rows(
