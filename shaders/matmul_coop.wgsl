@@ -26,7 +26,7 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
                @builtin(subgroup_id) sg: u32) {
     let tok0 = wid.y * BM;
     let row0 = wid.x * BN;
-    // Loading: thread li decodes 16 weights (two groups of 8) of weight row li / 2, and
+    // Loading: thread li decodes 16 weights of weight row li / 2, and
     // stages 8 activations of token li / 4.
     let r = li / 2u;
     let half = li % 2u;
@@ -44,19 +44,28 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     for (var k0 = 0u; k0 < p.w_k; k0 += BK) {
         let g = k0 / 8u + 2u * half;
         let kt = r * BK + 16u * half;
-        for (var j = 0u; j < 2u; j++) {
-            var w = array<vec4<f32>, 2>(vec4<f32>(0.0), vec4<f32>(0.0));
-            if (row < p.rows && (g + j) * 8u < p.w_k) {
-                w = load8(row, g + j);
+        // Sixteen weights in one decode where rows are whole groups of 16 (one scale decode
+        // for the K-quants), else as two groups of 8.
+        var w: array<vec4<f32>, 4>;
+        if (row < p.rows && g * 8u < p.w_k) {
+            if (p.w_k % 16u == 0u) {
+                w = load16(row, g / 2u);
+            } else {
+                let a = load8(row, g);
+                w[0] = a[0];
+                w[1] = a[1];
+                if ((g + 1u) * 8u < p.w_k) {
+                    let b = load8(row, g + 1u);
+                    w[2] = b[0];
+                    w[3] = b[1];
+                }
             }
-            w_tile[kt + 8u * j] = f16(w[0].x);
-            w_tile[kt + 8u * j + 1u] = f16(w[0].y);
-            w_tile[kt + 8u * j + 2u] = f16(w[0].z);
-            w_tile[kt + 8u * j + 3u] = f16(w[0].w);
-            w_tile[kt + 8u * j + 4u] = f16(w[1].x);
-            w_tile[kt + 8u * j + 5u] = f16(w[1].y);
-            w_tile[kt + 8u * j + 6u] = f16(w[1].z);
-            w_tile[kt + 8u * j + 7u] = f16(w[1].w);
+        }
+        for (var i = 0u; i < 4u; i++) {
+            w_tile[kt + 4u * i] = f16(w[i].x);
+            w_tile[kt + 4u * i + 1u] = f16(w[i].y);
+            w_tile[kt + 4u * i + 2u] = f16(w[i].z);
+            w_tile[kt + 4u * i + 3u] = f16(w[i].w);
         }
         let e0 = k0 + 8u * quarter;
         let xt = xr * BK + 8u * quarter;

@@ -11,6 +11,9 @@
 
 const INT8_COLS: u32 = {{INT8_COLS}}u;
 
+// The weights again, 16 bytes at a time: Q4_K blocks and Q6_K bodies are 16-byte multiples.
+@group(0) @binding(10) var<storage, read> W4: array<vec4<u32>>;
+
 // x[t] as bytes (16 per vector), and each 16-element group's scale and sum.
 var<workgroup> xq: array<vec4<u32>, INT8_COLS / 16u>;
 var<workgroup> xd: array<f32, INT8_COLS / 16u>;
@@ -101,9 +104,10 @@ fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
     return sums;
 }
 
-// Q4_K (layout in quant_k.wgsl): unit v of a block (0..7) is bytes 16 (v % 2) .. +15 of
-// chunk c = v / 2 of qs: low nibbles are elements 16 (v % 2) .. +15 of sub-block 2c, high
-// nibbles the same of sub-block 2c + 1. Each sub-block: d · scale · Σ q·x − dmin · min · Σ x.
+// Q4_K (layout in quant_k.wgsl; 9 vectors a block: d, dmin and the scales, then qs): unit v
+// of a block (0..7) is bytes 16 (v % 2) .. +15 of chunk c = v / 2 of qs, vector 1 + v: low
+// nibbles are elements 16 (v % 2) .. +15 of sub-block 2c, high nibbles the same of sub-block
+// 2c + 1. Each sub-block: d · scale · Σ q·x − dmin · min · Σ x.
 fn unit_groups_q4_k(u: u32) -> vec2<u32> {
     let v = u % 8u;
     let g = 16u * (u / 8u) + 4u * (v / 2u) + v % 2u;
@@ -114,15 +118,15 @@ fn dot_unit_q4_k(row: u32, u: u32, a: Acts16, b: Acts16) -> f32 {
     let block = row * p.w_bpr + u / 8u;
     let v = u % 8u;
     let c = v / 2u;
-    let base = block * 35u;
-    let w = base + 3u + 8u * c + 4u * (v % 2u);
-    let dm = k_pair_scale(block);
-    let lo_sm = k4_scale_min(base, 2u * c);
-    let hi_sm = k4_scale_min(base, 2u * c + 1u);
+    let head = W4[9u * block];
+    let quants = W4[9u * block + 1u + v];
+    let dm = unpack2x16float(head.x);
+    let lo_sm = k4_scale_min_of(head.yzw, 2u * c);
+    let hi_sm = k4_scale_min_of(head.yzw, 2u * c + 1u);
     var lo = 0i;
     var hi = 0i;
     for (var i = 0u; i < 4u; i++) {
-        let q = W[w + i];
+        let q = quants[i];
         lo += dot4I8Packed(q & 0x0f0f0f0fu, a.q[i]);
         hi += dot4I8Packed((q >> 4u) & 0x0f0f0f0fu, b.q[i]);
     }
@@ -130,9 +134,10 @@ fn dot_unit_q4_k(row: u32, u: u32, a: Acts16, b: Acts16) -> f32 {
         + b.d * (dm.x * hi_sm.x * f32(hi) - dm.y * hi_sm.y * f32(b.s));
 }
 
-// Q6_K: unit v = 4n + 2j + h of a block holds, for k = j and k = j + 2, elements 16h .. +15 of
-// row 32k + 128n's quants (see load8_q6_k): the low and high nibbles of the same ql bytes and
-// bit pairs 2j and 2j + 4 of the same qh bytes. Each: d · scale · Σ (q − 32)·x.
+// Q6_K (13 vectors a body: ql, qh, scales): unit v = 4n + 2j + h of a block holds, for k = j
+// and k = j + 2, elements 16h .. +15 of row 32k + 128n's quants (see load8_q6_k): the low and
+// high nibbles of the same ql bytes (vector v) and bit pairs 2j and 2j + 4 of the same qh
+// bytes (vector 8 + 2n + h). Each: d · scale · Σ (q − 32)·x.
 fn unit_groups_q6_k(u: u32) -> vec2<u32> {
     let v = u % 8u;
     let g = 16u * (u / 8u) + 8u * (v / 4u) + 2u * ((v / 2u) % 2u) + v % 2u;
@@ -144,18 +149,21 @@ fn dot_unit_q6_k(row: u32, u: u32, a: Acts16, b: Acts16) -> f32 {
     let v = u % 8u;
     let n = v / 4u;
     let j = (v / 2u) % 2u;
-    let base = block * 52u;
-    let ql = base + 4u * v;
-    let qh = base + 32u + 8u * n + 4u * (v % 2u);
-    // Scale bytes 8n + 2k + h: byte 2j + h of words 48 + 2n (k = j) and 49 + 2n (k = j + 2).
+    let base = 13u * block;
+    let ql = W4[base + v];
+    let qh = W4[base + 8u + 2u * n + v % 2u];
+    // Scale bytes 8n + 2k + h: byte 2j + h of words 2n (k = j) and 2n + 1 (k = j + 2) of the
+    // last vector.
+    let scales = W4[base + 12u];
+    let words = select(scales.xy, scales.zw, n == 1u);
     let shift = 8u * (v % 4u);
-    let lo_scale = f32(bitcast<i32>((W[base + 48u + 2u * n] >> shift) << 24u) >> 24u);
-    let hi_scale = f32(bitcast<i32>((W[base + 49u + 2u * n] >> shift) << 24u) >> 24u);
+    let lo_scale = f32(bitcast<i32>((words.x >> shift) << 24u) >> 24u);
+    let hi_scale = f32(bitcast<i32>((words.y >> shift) << 24u) >> 24u);
     var lo = 0i;
     var hi = 0i;
     for (var i = 0u; i < 4u; i++) {
-        let l = W[ql + i];
-        let h = W[qh + i];
+        let l = ql[i];
+        let h = qh[i];
         let q_lo = (l & 0x0f0f0f0fu) | (((h >> (2u * j)) & 0x03030303u) << 4u);
         let q_hi = ((l >> 4u) & 0x0f0f0f0fu) | (((h >> (2u * j + 4u)) & 0x03030303u) << 4u);
         lo += dot4I8Packed(q_lo, a.q[i]);

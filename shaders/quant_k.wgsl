@@ -1,5 +1,6 @@
 // K-quant types (super-blocks of 256) in vibrant's GPU layout: each block's body (the block
-// minus its f16 fields) at word block * BODY, the f16 fields in a side array at w_scales.
+// minus its f16 fields) at word block * BODY, the f16 fields in a side array at w_scales;
+// Q4_K and Q5_K as ggml stores them (q4_k_body).
 // load8_T(row, g) decodes elements 8g..8g+7 of a row: block g / 32, group gb = g % 32.
 
 fn k_half_scale(block: u32) -> f32 {
@@ -8,6 +9,22 @@ fn k_half_scale(block: u32) -> f32 {
 
 fn k_pair_scale(block: u32) -> vec2<f32> {
     return unpack2x16float(W[p.w_scales + block]);
+}
+
+// Q4_K and Q5_K blocks keep ggml's own layout, a multiple of 16 bytes (d and dmin in word 0,
+// the body after them), so that kernels can read their bodies as vectors; the body starts at
+// word 1 of the block.
+fn q4_k_body(block: u32) -> u32 {
+    return block * 36u + 1u;
+}
+
+fn q5_k_body(block: u32) -> u32 {
+    return block * 44u + 1u;
+}
+
+// d and dmin of the block whose body starts at word `body`.
+fn native_pair_scale(body: u32) -> vec2<f32> {
+    return unpack2x16float(W[body - 1u]);
 }
 
 // Byte o of the body starting at word `base`.
@@ -66,10 +83,15 @@ fn load8_q3_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
 // bytes 8..11 the low bits of 4..7's scale and min. Without branches, so that the threads
 // of a subgroup (on different sub-blocks) do not split.
 fn k4_scale_min(base: u32, s: u32) -> vec2<f32> {
+    return k4_scale_min_of(vec3<u32>(W[base], W[base + 1u], W[base + 2u]), s);
+}
+
+// The same from the three words already loaded.
+fn k4_scale_min_of(words: vec3<u32>, s: u32) -> vec2<f32> {
     let shift = 8u * (s % 4u);
-    let a = (W[base] >> shift) & 0xffu;
-    let b = (W[base + 1u] >> shift) & 0xffu;
-    let c = (W[base + 2u] >> shift) & 0xffu;
+    let a = (words.x >> shift) & 0xffu;
+    let b = (words.y >> shift) & 0xffu;
+    let c = (words.z >> shift) & 0xffu;
     let low = vec2<u32>(a & 63u, b & 63u);
     let high = vec2<u32>((c & 0xfu) | ((a >> 6u) << 4u), (c >> 4u) | ((b >> 6u) << 4u));
     return vec2<f32>(select(low, high, s >= 4u));
@@ -82,9 +104,9 @@ fn load8_q4_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
     let gb = g % 32u;
     let c = gb / 8u;
     let h = (gb % 8u) / 4u;
-    let base = block * 35u;
+    let base = q4_k_body(block);
     let w = base + 3u + 8u * c + 2u * (gb % 4u);
-    let dm = k_pair_scale(block);
+    let dm = native_pair_scale(base);
     let sm = k4_scale_min(base, 2u * c + h);
     let scale = dm.x * sm.x;
     let min = dm.y * sm.y;
@@ -97,11 +119,11 @@ fn load8_q5_k(row: u32, g: u32) -> array<vec4<f32>, 2> {
     let gb = g % 32u;
     let c = gb / 8u;
     let h = (gb % 8u) / 4u;
-    let base = block * 43u;
+    let base = q5_k_body(block);
     let w = base + 11u + 8u * c + 2u * (gb % 4u);
     let q = base + 3u + 2u * (gb % 4u);
     let bit = 2u * c + h;
-    let dm = k_pair_scale(block);
+    let dm = native_pair_scale(base);
     let sm = k4_scale_min(base, 2u * c + h);
     let scale = dm.x * sm.x;
     let min = dm.y * sm.y;
@@ -134,9 +156,9 @@ fn load16_q4_k(row: u32, q: u32) -> array<vec4<f32>, 4> {
     let block = row * p.w_bpr + q / 16u;
     let qb = q % 16u;
     let sb = qb / 2u;
-    let base = block * 35u;
+    let base = q4_k_body(block);
     let w = base + 3u + 8u * (sb / 2u) + 4u * (qb % 2u);
-    let dm = k_pair_scale(block);
+    let dm = native_pair_scale(base);
     let sm = k4_scale_min(base, sb);
     let scale = dm.x * sm.x;
     let min = dm.y * sm.y;
@@ -174,8 +196,8 @@ fn scaled_nibbles(w: u32, base: u32, hi: u32, scale: f32, min: f32) -> array<vec
 fn load32_q4_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
     let block = row * p.w_bpr + c / 8u;
     let sb = c % 8u;
-    let base = block * 35u;
-    let dm = k_pair_scale(block);
+    let base = q4_k_body(block);
+    let dm = native_pair_scale(base);
     let sm = k4_scale_min(base, sb);
     return scaled_nibbles(base + 3u + 8u * (sb / 2u), base, sb % 2u, dm.x * sm.x, dm.y * sm.y);
 }
@@ -183,8 +205,8 @@ fn load32_q4_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
 fn load32_q5_k(row: u32, c: u32) -> array<vec4<f32>, 8> {
     let block = row * p.w_bpr + c / 8u;
     let sb = c % 8u;
-    let base = block * 43u;
-    let dm = k_pair_scale(block);
+    let base = q5_k_body(block);
+    let dm = native_pair_scale(base);
     let sm = k4_scale_min(base, sb);
     let scale = dm.x * sm.x;
     let min = dm.y * sm.y;

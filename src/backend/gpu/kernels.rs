@@ -193,8 +193,18 @@ impl Kernel {
         }
     }
 
-    /// Buffer bindings in order, as the op file declares them: slot and access.
+    /// Buffer bindings in order, as the op file declares them: slot and access. The 8-bit
+    /// matvecs read their weights a second time at slot 10, as vectors (the caller passes
+    /// the weights once more at the end).
     pub fn bindings(self) -> Vec<(u32, Access)> {
+        let mut slots = self.bindings_of_op();
+        if self.matvec_form().is_some_and(|f| f.int8_cols > 0) {
+            slots.push((10, Read));
+        }
+        slots
+    }
+
+    fn bindings_of_op(self) -> Vec<(u32, Access)> {
         let access: &[Access] = match self {
             Self::GetRows(_) => &[Read, Read, ReadWrite],
             // The dequant entry point does not use get_rows' token list (binding 2).

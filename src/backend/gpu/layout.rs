@@ -1,13 +1,16 @@
 //! How weight matrices are laid out in GPU memory: still quantized, with each block's f16
 //! scale fields moved to a side array so that every block's remaining bytes start on a
 //! 4-byte boundary (WGSL reads storage in u32 words). Same bytes, same size as the file.
+//! Blocks of a multiple of 16 bytes (Q4_K, Q5_K) stay as they are: aligned already, and
+//! kernels read them 16 bytes at a time.
 
 use crate::quant::GgmlType;
 
 /// The GPU layout of one matrix (or one row range of it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WeightLayout {
-    /// u32 words of each block's body (the block minus its scale fields); 0 for float types.
+    /// u32 words of each block's body (the block minus its scale fields, or the whole block
+    /// where it stays as it is); 0 for float types.
     pub body_words: u32,
     /// Word index where the scale array starts (after all bodies).
     pub scales_offset: u32,
@@ -18,17 +21,20 @@ pub struct WeightLayout {
 /// scale fields (2-byte fields packed two to a word). Float types are copied as they are.
 pub fn repack(ty: GgmlType, cols: usize, data: &[u8]) -> (WeightLayout, Vec<u32>) {
     let blocks_per_row = (cols / ty.block_size()) as u32;
-    let Some((at, len)) = ty.scale_fields() else {
-        let mut words = vec![0u32; data.len().div_ceil(4)];
-        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..data.len()].copy_from_slice(data);
-        let layout = WeightLayout {
-            body_words: 0,
-            scales_offset: 0,
-            blocks_per_row,
-        };
-        return (layout, words);
-    };
     let block = ty.type_size();
+    let (at, len) = match ty.scale_fields() {
+        Some(fields) if !block.is_multiple_of(16) => fields,
+        _ => {
+            let mut words = vec![0u32; data.len().div_ceil(4)];
+            bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..data.len()].copy_from_slice(data);
+            let layout = WeightLayout {
+                body_words: ty.scale_fields().map_or(0, |_| (block / 4) as u32),
+                scales_offset: 0,
+                blocks_per_row,
+            };
+            return (layout, words);
+        }
+    };
     let n_blocks = data.len() / block;
     let body = block - len;
     let scales_offset = n_blocks * body / 4;

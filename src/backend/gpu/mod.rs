@@ -653,6 +653,8 @@ impl WgpuBackend {
                     &qkv.q.buf,
                     qkv.k_cache,
                     qkv.v_cache,
+                    // Read as vectors by the 8-bit path (Kernel::bindings).
+                    &part.buf,
                 ];
                 let kernel = Kernel::MatvecQkv(w.ggml_type, form);
                 self.dispatch(kernel, &params, &buffers, (gx, gy, n as u32), cost);
@@ -666,7 +668,8 @@ impl WgpuBackend {
                     .matvec_form(w.ggml_type, part.rows as usize, w.cols, output);
                 let rows_per_group = self.tuning.matvec_wg / form.team * form.rows;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
-                let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf];
+                // The weights once more: read as vectors by the 8-bit path (Kernel::bindings).
+                let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf, &part.buf];
                 let groups = (gx, gy, n as u32);
                 let kernel = match how.swiglu {
                     true => Kernel::MatvecSwiglu(w.ggml_type, form),
