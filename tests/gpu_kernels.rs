@@ -866,10 +866,11 @@ fn a_kernel_longer_than_the_timeout_is_reported_not_waited_for() {
     // Lavapipe needs a quarter of a second for one matmul, a fast GPU a few microseconds:
     // the work is sized on this device to last 50 times the timeout. One matmul is timed in a
     // batch of at least 20 ms, so that the cost of a submission and a wait (far above the
-    // kernel's on a fast GPU, and larger still while other tests share it) does not count.
+    // kernel's on a fast GPU, and larger still while other tests share it) does not count,
+    // on a device of its own (a wait on the shared device waits for the other tests' work).
     let timeout = Duration::from_millis(1);
     let one = {
-        let mut gpu = gpu();
+        let mut gpu = gpu_with(GpuOptions::default());
         let work = workload(&mut gpu);
         gpu.sync().expect("upload");
         let mut batch = 1;

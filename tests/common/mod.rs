@@ -5,21 +5,32 @@
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::sync::{Arc, OnceLock};
 use vibrant::backend::cpu::CpuBackend;
-use vibrant::backend::gpu::{GpuOptions, WgpuBackend};
+use vibrant::backend::gpu::{Gpu, GpuOptions, WgpuBackend};
 use vibrant::backend::{Backend, WeightBytes};
 use vibrant::quant::{self, GgmlType};
 
-/// The GPU backend on the default adapter. A machine without one fails the test: lavapipe
-/// (Mesa's Vulkan on the CPU) is enough, and a skipped GPU test would hide every kernel bug.
+/// A GPU backend on the default adapter, with its own buffers and kernels on a device that
+/// the tests of this process share: a device opened and destroyed per test, many tests at
+/// once, crashed the H100's driver now and then, and one at a time it refused to open a new
+/// device after about twenty. A machine without an adapter fails the test: lavapipe (Mesa's
+/// Vulkan on the CPU) is enough, and a skipped GPU test would hide every kernel bug.
 pub fn gpu() -> WgpuBackend {
-    gpu_with(GpuOptions::default())
+    static SHARED: OnceLock<Arc<Gpu>> = OnceLock::new();
+    let device = SHARED.get_or_init(|| {
+        Arc::new(Gpu::open(GpuOptions::default()).unwrap_or_else(|e| no_adapter(e)))
+    });
+    WgpuBackend::on(device.clone()).unwrap_or_else(|e| no_adapter(e))
 }
 
+/// A GPU backend on a device of its own, opened with `options`.
 pub fn gpu_with(options: GpuOptions) -> WgpuBackend {
-    WgpuBackend::new(options).unwrap_or_else(|e| {
-        panic!("no usable GPU adapter, and these tests need one (Mesa's lavapipe will do): {e}")
-    })
+    WgpuBackend::new(options).unwrap_or_else(|e| no_adapter(e))
+}
+
+fn no_adapter(e: impl std::fmt::Display) -> ! {
+    panic!("no usable GPU adapter, and these tests need one (Mesa's lavapipe will do): {e}")
 }
 
 pub fn cpu() -> CpuBackend {

@@ -347,22 +347,41 @@ impl Gpu {
 
     /// Waits for all submitted work, at most the configured timeout.
     pub fn wait(&self, stage: &str) -> Result<()> {
+        self.wait_until(stage, || true)
+    }
+
+    /// Waits for the submitted work, then until `done` holds (a callback has run), within the
+    /// device's timeout. While other backends poll the same device, a wait can end early and
+    /// callbacks can run on their threads (seen on the H100): only the deadline makes it a
+    /// timeout.
+    pub fn wait_until(&self, stage: &str, done: impl Fn() -> bool) -> Result<()> {
         let timeout = self.options.timeout;
-        let outcome = self.device.poll(wgpu::PollType::Wait {
-            submission_index: None,
-            timeout: Some(timeout),
-        });
-        self.check(stage)?;
-        match outcome {
-            Ok(_) => Ok(()),
-            Err(wgpu::PollError::Timeout) => Err(BackendError::Timeout {
-                stage: stage.to_string(),
-                seconds: timeout.as_secs_f64(),
-            }),
-            Err(e) => Err(BackendError::Gpu {
-                stage: stage.to_string(),
-                message: e.to_string(),
-            }),
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let outcome = self.device.poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(left),
+            });
+            self.check(stage)?;
+            match outcome {
+                Ok(_) if done() => return Ok(()),
+                Ok(_) | Err(wgpu::PollError::Timeout) if std::time::Instant::now() < deadline => {
+                    std::thread::yield_now();
+                }
+                Ok(_) | Err(wgpu::PollError::Timeout) => {
+                    return Err(BackendError::Timeout {
+                        stage: stage.to_string(),
+                        seconds: timeout.as_secs_f64(),
+                    })
+                }
+                Err(e) => {
+                    return Err(BackendError::Gpu {
+                        stage: stage.to_string(),
+                        message: e.to_string(),
+                    })
+                }
+            }
         }
     }
 

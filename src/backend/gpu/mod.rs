@@ -106,7 +106,7 @@ struct BindKey {
 }
 
 pub struct WgpuBackend {
-    gpu: Gpu,
+    gpu: Arc<Gpu>,
     pipelines: HashMap<Kernel, Pipeline>,
     bind_groups: HashMap<BindKey, wgpu::BindGroup>,
     params_buf: wgpu::Buffer,
@@ -221,7 +221,13 @@ fn grid(groups: u64) -> (u32, u32) {
 
 impl WgpuBackend {
     pub fn new(options: GpuOptions) -> Result<Self> {
-        let gpu = Gpu::open(options)?;
+        Self::on(Arc::new(Gpu::open(options)?))
+    }
+
+    /// A backend on a device already open. Several may share one device, each with its own
+    /// buffers, kernels and command stream (the GPU tests do: opening and destroying a device
+    /// per test, many at once, crashed the H100's driver now and then).
+    pub fn on(gpu: Arc<Gpu>) -> Result<Self> {
         let param_stride = (gpu.limits.min_uniform_buffer_offset_alignment as u64).max(64);
         let params_buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kernel parameters"),
@@ -505,21 +511,14 @@ impl WgpuBackend {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         });
-        self.gpu.wait("reading results back")?;
-        match mapped.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                return Err(BackendError::Gpu {
-                    stage: "reading results back".into(),
-                    message: e.to_string(),
-                })
-            }
-            None => {
-                return Err(BackendError::Timeout {
-                    stage: "mapping the readback buffer".into(),
-                    seconds: self.gpu.options.timeout.as_secs_f64(),
-                })
-            }
+        let lock = || mapped.lock().unwrap_or_else(|p| p.into_inner());
+        self.gpu
+            .wait_until("mapping the readback buffer", || lock().is_some())?;
+        if let Some(Err(e)) = lock().take() {
+            return Err(BackendError::Gpu {
+                stage: "reading results back".into(),
+                message: e.to_string(),
+            });
         }
         let bytes = slice
             .get_mapped_range()
