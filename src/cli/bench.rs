@@ -298,6 +298,8 @@ fn kernel_bench(g: &GlobalArgs) -> Result<()> {
         ("attn_q", GgmlType::Q4K, 2048, 2048),
         ("ffn_up", GgmlType::Q4K, 11008, 2048),
         ("ffn_down", GgmlType::Q6K, 2048, 11008),
+        ("ffn_down", GgmlType::Q4K, 2048, 11008),
+        ("output", GgmlType::Q6K, 151936, 2048),
         ("ffn_up", GgmlType::Q8_0, 11008, 2048),
         ("ffn_up", GgmlType::Q4_0, 11008, 2048),
         ("ffn_up", GgmlType::F16, 11008, 2048),
