@@ -8,6 +8,7 @@ use vibrant::backend::gpu::{GpuOptions, WgpuBackend};
 use vibrant::backend::Backend;
 use vibrant::gguf::GgufFile;
 use vibrant::model::{LoadOptions, Transformer};
+use vibrant::quant::GgmlType;
 use vibrant::tokenizer::Tokenizer;
 
 const CHATML_FRANCE: &str =
@@ -76,8 +77,11 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 /// The GPU path (lavapipe in CI) and the CPU reference give the same greedy tokens and
 /// first-step logits. Against the exact CPU mode (f32 activations, f16 KV cache, as the GPU)
 /// only summation order differs, but a different rounding of a value stored in the f16 cache is
-/// amplified over the layers: 1e-3 (an indexing bug gives errors of order 1). Against the fast
-/// CPU mode, which quantizes activations to 8 bits for its integer dot products: 3e-2.
+/// amplified over the layers: 1e-3 (an indexing bug gives errors of order 1). Where the GPU's
+/// decode products of K-quant rows take 8-bit activations (per 16 values; the first step's
+/// output projection is one), 1e-2: 6.3e-3 was seen for Qwen2.5-Coder-1.5B. Against the fast
+/// CPU mode, which quantizes activations to 8 bits (per 256) for its integer dot products:
+/// 3e-2.
 fn gpu_matches_cpu(name: &str, prompts: &[&str], steps: usize) {
     let (file, tokenizer) = open(name);
     let mut cpu = Transformer::load(&file, CpuBackend::exact(0).unwrap(), &options()).unwrap();
@@ -102,8 +106,12 @@ fn gpu_matches_cpu(name: &str, prompts: &[&str], steps: usize) {
         let gpu_logits = gpu.logits().unwrap();
         let error = relative_error(&gpu_logits, &cpu.logits().unwrap());
         eprintln!("{prompt:?}: GPU vs exact CPU logits {error:.2e}");
+        let int8 = [GgmlType::Q4K, GgmlType::Q6K]
+            .iter()
+            .any(|&ty| gpu.backend.int8_activations(ty, gpu.config.n_embd));
+        let tolerance = if int8 { 1e-2 } else { 1e-3 };
         assert!(
-            error < 1e-3,
+            error < tolerance,
             "{prompt:?}: GPU and exact CPU logits differ by {error:.2e}"
         );
         let error = relative_error(&gpu_logits, &fast.logits().unwrap());
