@@ -27,12 +27,14 @@ const DPT: u32 = 4u;
 
 var<workgroup> q: array<f32, 256>;
 var<workgroup> scores: array<f32, WG>;
-var<workgroup> reduce: array<f32, WG>;
+// Tree reductions over the `width` threads of a workgroup (a power of two up to 128: the
+// prompt kernel's WG, the decode kernel's DWG).
+var<workgroup> reduce: array<f32, 128>;
 
-fn reduce_max(li: u32, v: f32) -> f32 {
+fn reduce_max(li: u32, v: f32, width: u32) -> f32 {
     reduce[li] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    for (var s = width / 2u; s > 0u; s >>= 1u) {
         if (li < s) {
             reduce[li] = max(reduce[li], reduce[li + s]);
         }
@@ -43,10 +45,10 @@ fn reduce_max(li: u32, v: f32) -> f32 {
     return r;
 }
 
-fn reduce_sum(li: u32, v: f32) -> f32 {
+fn reduce_sum(li: u32, v: f32, width: u32) -> f32 {
     reduce[li] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    for (var s = width / 2u; s > 0u; s >>= 1u) {
         if (li < s) {
             reduce[li] += reduce[li + s];
         }
@@ -84,12 +86,12 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             }
             s = dot * p.scale;
         }
-        let tile_max = reduce_max(li, s);
+        let tile_max = reduce_max(li, s, WG);
         let new_max = max(running_max, tile_max);
         let e = select(0.0, exp(s - new_max), key < n_keys);
         scores[li] = e;
         let correction = exp(running_max - new_max);
-        running_sum = running_sum * correction + reduce_sum(li, e);
+        running_sum = running_sum * correction + reduce_sum(li, e, WG);
         running_max = new_max;
         let tile = min(WG, n_keys - start);
         for (var i = 0u; i < DPT; i++) {
@@ -254,39 +256,10 @@ const DWG: u32 = 128u;
 @group(0) @binding(7) var<storage, read> v_rows: array<vec4<u32>>;
 
 var<workgroup> chunk_weights: array<f32, CHUNK>;
-var<workgroup> chunk_reduce: array<f32, DWG>;
 var<workgroup> group_sums: array<array<vec4<f32>, 2>, DWG>;
 
 fn partial_base(t: u32, h: u32, c: u32) -> u32 {
     return ((t * p.n_head + h) * p.n_chunks + c) * (p.head_dim + 2u);
-}
-
-fn chunk_max(li: u32, v: f32) -> f32 {
-    chunk_reduce[li] = v;
-    workgroupBarrier();
-    for (var s = DWG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            chunk_reduce[li] = max(chunk_reduce[li], chunk_reduce[li + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = chunk_reduce[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn chunk_sum(li: u32, v: f32) -> f32 {
-    chunk_reduce[li] = v;
-    workgroupBarrier();
-    for (var s = DWG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            chunk_reduce[li] += chunk_reduce[li + s];
-        }
-        workgroupBarrier();
-    }
-    let r = chunk_reduce[0];
-    workgroupBarrier();
-    return r;
 }
 
 // The dot product of 8 f16 values with q[d..d + 8].
@@ -348,10 +321,10 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     if (li < count) {
         score = key_score((start + li) * row_vecs + head_vec);
     }
-    let m = chunk_max(li, score);
+    let m = reduce_max(li, score, DWG);
     let weight = select(0.0, exp(score - m), li < count);
     chunk_weights[li] = weight;
-    let l = chunk_sum(li, weight);
+    let l = reduce_sum(li, weight, DWG);
 
     // Weighted values: thread (group g, vector i) sums vector i of keys g, g + groups, ...
     let vecs = hd / 8u;
