@@ -61,13 +61,20 @@ fn int8_rounded(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// The tolerance of a decode product, with 8-bit activations or f32 ones.
+fn decode_tol(int8: bool) -> f64 {
+    if int8 {
+        INT8_TOL
+    } else {
+        GPU_MATMUL_TOL
+    }
+}
+
 /// The activations a decode product of `w` on `gpu` sees, and its tolerance.
 fn decode_inputs(gpu: &WgpuBackend, ty: GgmlType, x: &[f32], cols: usize) -> (Vec<f32>, f64) {
-    if gpu.int8_activations(ty, cols) {
-        (int8_rounded(x), INT8_TOL)
-    } else {
-        (x.to_vec(), GPU_MATMUL_TOL)
-    }
+    let int8 = gpu.int8_activations(ty, cols);
+    let x = if int8 { int8_rounded(x) } else { x.to_vec() };
+    (x, decode_tol(int8))
 }
 
 /// The CPU backend quantizes activations to 8 bits (per block of 32 or 256) for the quantized
@@ -682,9 +689,10 @@ fn quantized_attention_inputs_match_the_reference() {
     gpu.attention(&q, &cache, 0, 0, 1, &out, &shape);
     let (got_q, got_out) = (read(&mut gpu, &q, 1), read(&mut gpu, &out, 1));
 
-    assert!(gpu.int8_activations(GgmlType::Q4K, cols) == gpu.int8_activations(GgmlType::Q6K, cols));
-    let normed = normed_reference(&x, &norm_w, gpu.int8_activations(GgmlType::Q4K, cols));
-    let tol = decode_inputs(&gpu, GgmlType::Q4K, &x, cols).1;
+    let int8 = gpu.int8_activations(GgmlType::Q4K, cols);
+    assert_eq!(int8, gpu.int8_activations(GgmlType::Q6K, cols));
+    let normed = normed_reference(&x, &norm_w, int8);
+    let tol = decode_tol(int8);
     let bias_q = Some(&bias[..qw]);
     let (want_q, scale_q) = matmul_reference(&weights[0].decoded(), &normed, bias_q, qw, cols);
     assert_close("q", &got_q, &want_q, qw, |i| scale_q[i], tol);
@@ -969,11 +977,7 @@ fn fused_norm_and_residual_products_match_the_reference() {
             gpu.norm_matmuls(&xt, &g_norm, 1e-6, &scratch, &[(&gw, None, &out)], n);
             let got = read(&mut gpu, &out, n);
             let what = format!("norm_matmuls {} n={n}", w.label());
-            let tol = match (n >= 8, int8) {
-                (true, _) => tiled_tol,
-                (false, true) => INT8_TOL,
-                (false, false) => GPU_MATMUL_TOL,
-            };
+            let tol = if n >= 8 { tiled_tol } else { decode_tol(int8) };
             assert_close(&what, &got, &want, ROWS, |i| scale[i], tol);
 
             let acc0 = random_values(&mut rng, n * ROWS, 1.0);
@@ -1027,7 +1031,7 @@ fn decode_products_of_model_shapes_match_the_reference() {
             gpu.norm_matmuls(&xt, &g_norm, 1e-6, &scratch, &[(&gw, None, &out)], n);
             let got = read(&mut gpu, &out, n);
             let what = format!("norm_matmuls {} n={n}", w.label());
-            let tol = if int8 { INT8_TOL } else { GPU_MATMUL_TOL };
+            let tol = decode_tol(int8);
             assert_close(&what, &got, &want, rows, |i| scale[i], tol);
         }
     }

@@ -469,15 +469,13 @@ impl Tuning {
         output: MatvecOutput,
     ) -> MatvecForm {
         let int8_cols = self.int8_cols_for(ty, cols);
+        let chosen = self
+            .rows_per_team
+            .unwrap_or(if int8_cols > 0 { 4 } else { 2 });
         let rows_per_team = match output {
+            MatvecOutput::Plain => chosen,
+            MatvecOutput::Swiglu => chosen.next_multiple_of(2),
             MatvecOutput::Qkv => 4,
-            _ => self
-                .rows_per_team
-                .unwrap_or(if int8_cols > 0 { 4 } else { 2 }),
-        };
-        let rows_per_team = match output {
-            MatvecOutput::Swiglu => rows_per_team.next_multiple_of(2),
-            _ => rows_per_team,
         };
         // The integer path's threads take units of 32 weights.
         let width = match int8_cols {
@@ -563,7 +561,6 @@ impl Tuning {
     }
 
     fn apply(&self, text: &str, kernel: Kernel) -> String {
-        // The SwiGLU matvec takes whole gate/up pairs.
         let form = kernel.matvec_form().unwrap_or(MatvecForm {
             team: 32,
             rows: 1,

@@ -18,7 +18,8 @@ pub struct WeightLayout {
 }
 
 /// Repacks whole rows of `ty` into the GPU layout: every block body, then every block's
-/// scale fields (2-byte fields packed two to a word). Float types are copied as they are.
+/// scale fields (2-byte fields packed two to a word). Float types, and blocks of a multiple
+/// of 16 bytes, are copied as they are.
 pub fn repack(ty: GgmlType, cols: usize, data: &[u8]) -> (WeightLayout, Vec<u32>) {
     let blocks_per_row = (cols / ty.block_size()) as u32;
     let block = ty.type_size();
