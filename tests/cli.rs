@@ -165,6 +165,29 @@ fn a_gpu_api_this_machine_lacks_is_named() {
     assert_clean_error(&out, "no such adapter");
 }
 
+/// `--backend` alone picks the GPU (an unknown API is refused, not ignored for the CPU), and
+/// it contradicts `--device cpu`.
+#[test]
+fn a_gpu_api_without_a_gpu_device_is_not_ignored() {
+    let model = smollm2();
+    let out = vibrant(&["-m", &model, "--backend", "nosuch", "ask", "hi"], None);
+    assert_clean_error(&out, "unknown GPU backend 'nosuch'");
+    let out = vibrant(
+        &[
+            "-m",
+            &model,
+            "--device",
+            "cpu",
+            "--backend",
+            "vulkan",
+            "ask",
+            "hi",
+        ],
+        None,
+    );
+    assert_clean_error(&out, "do not go with --device cpu");
+}
+
 #[test]
 fn a_gpu_wait_longer_than_the_timeout_ends_in_seconds() {
     let model = smollm2();

@@ -64,7 +64,7 @@ pub fn info(g: &GlobalArgs, model: &str) -> Result<()> {
             mib(bytes)
         );
     }
-    if g.device != super::DeviceChoice::Cpu {
+    if g.device()? != super::DeviceChoice::Cpu {
         device_memory(g, &file, &config)?;
     }
     Ok(())

@@ -37,9 +37,9 @@ pub struct GlobalArgs {
     /// Model: a path to a .gguf file or a name in the models directory ($VIBRANT_MODELS).
     #[arg(long, short, global = true, default_value = vibrant::catalog::DEFAULT_MODEL)]
     pub model: String,
-    /// Where to run the model.
-    #[arg(long, global = true, value_enum, default_value = "cpu")]
-    pub device: DeviceChoice,
+    /// Where to run the model [default: cpu, or gpu where --backend or --adapter picks one].
+    #[arg(long, global = true, value_enum)]
+    pub device: Option<DeviceChoice>,
     /// Restrict the GPU choice to one graphics API: vulkan, metal, dx12 or gl.
     #[arg(long, global = true)]
     pub backend: Option<String>,
@@ -150,10 +150,28 @@ pub fn gpu_options(g: &GlobalArgs) -> Result<GpuOptions> {
     })
 }
 
+impl GlobalArgs {
+    /// Where to run: `--device`, else the GPU where `--backend` or `--adapter` names one
+    /// (they would otherwise be ignored), else the CPU.
+    pub fn device(&self) -> Result<DeviceChoice> {
+        let picks_gpu = self.backend.is_some() || self.adapter.is_some();
+        match self.device {
+            Some(DeviceChoice::Cpu) if picks_gpu => {
+                anyhow::bail!(
+                    "--backend and --adapter choose a GPU: they do not go with --device cpu"
+                )
+            }
+            Some(choice) => Ok(choice),
+            None if picks_gpu => Ok(DeviceChoice::Gpu),
+            None => Ok(DeviceChoice::Cpu),
+        }
+    }
+}
+
 /// Opens the device `--device` asks for; `auto` takes a hardware GPU when there is one.
 pub fn open_device(g: &GlobalArgs) -> Result<Device> {
     let cpu = || -> Result<Device> { Ok(Device::Cpu(CpuBackend::new(g.threads)?)) };
-    match g.device {
+    match g.device()? {
         DeviceChoice::Cpu => cpu(),
         DeviceChoice::Gpu => Ok(Device::Gpu(Box::new(WgpuBackend::new(gpu_options(g)?)?))),
         DeviceChoice::Auto => {
