@@ -1,16 +1,12 @@
 //! Chat templates: the real templates of public model families (shared/testdata/templates),
 //! the templates inside the installed models, the built-in fallbacks, and error reporting.
 
+mod testdata;
+
 use std::path::PathBuf;
+use testdata::testdata;
 use vibrant::chat::{BuiltinFormat, ChatError, ChatTemplate, Message, RenderOptions};
 use vibrant::gguf::{GgufFile, GgufWriter, Value};
-
-fn testdata() -> PathBuf {
-    std::env::var_os("VIBRANT_TESTDATA").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata")),
-        PathBuf::from,
-    )
-}
 
 fn templates_dir() -> PathBuf {
     testdata().join("templates")

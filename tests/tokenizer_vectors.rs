@@ -1,21 +1,17 @@
 //! The tokenizer against llama.cpp's reference vectors (shared/testdata/vocab) and the
 //! real models' vocabularies.
 
+mod testdata;
+
 use std::path::PathBuf;
 use std::time::Instant;
+use testdata::testdata;
 use vibrant::gguf::GgufFile;
 use vibrant::tokenizer::{DecodeOptions, Tokenizer};
 
 const VOCABS: [&str; 4] = ["llama-spm", "llama-bpe", "qwen2", "gpt-2"];
 const CHATML: &str =
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
-
-fn testdata() -> PathBuf {
-    match std::env::var_os("VIBRANT_TESTDATA") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata")),
-    }
-}
 
 /// `$VIBRANT_MODELS`, else `~/.local/share/vibrant/models`.
 fn models_dir() -> PathBuf {
