@@ -1,5 +1,6 @@
-// Dequantization: whole matrices (dequant) and selected rows (get_rows, the embedding lookup).
-// One invocation writes 8 consecutive elements of one row.
+// Dequantization: whole matrices (dequant), row ranges to f16 for the tensor-core matmul
+// (dequant_f16), and selected rows (get_rows, the embedding lookup). One invocation writes 8
+// consecutive elements of one row.
 
 struct Params {
     w_k: u32,
@@ -8,7 +9,8 @@ struct Params {
     // Rows held by this part of the matrix, and the first of them in the whole matrix.
     rows: u32,
     row_start: u32,
-    // Rows to produce (tokens for get_rows).
+    // Rows to produce (tokens for get_rows); for dequant_f16, the first row of this part that
+    // it decodes.
     n: u32,
 }
 
@@ -16,6 +18,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> W: array<u32>;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// Eight f16 per vector, rows w_k long (a multiple of 8).
+@group(0) @binding(4) var<storage, read_write> out_f16: array<vec4<u32>>;
 
 fn write8(out_row: u32, row: u32, g: u32) {
     let v = load8(row, g);
@@ -50,4 +54,17 @@ fn dequant(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     write8(p.row_start + row, row, g);
+}
+
+// Rows n..n + rows of this part, as f16, to rows 0.. of out_f16.
+@compute @workgroup_size(64)
+fn dequant_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let g = gid.x;
+    let row = gid.y + 65535u * gid.z;
+    if (g * 8u >= p.w_k || row >= p.rows) {
+        return;
+    }
+    let v = load8(p.n + row, g);
+    out_f16[row * (p.w_k / 8u) + g] = vec4<u32>(pack2x16float(v[0].xy), pack2x16float(v[0].zw),
+        pack2x16float(v[1].xy), pack2x16float(v[1].zw));
 }

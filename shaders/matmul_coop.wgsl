@@ -1,108 +1,132 @@
 // Matrix-matrix products Y = X · Wᵀ (+ bias), or Y += X · Wᵀ, on cooperative matrices (tensor
-// cores): 16×16×16 f16 products accumulated in f32. A workgroup of eight subgroups computes a
-// tile of 64 tokens × 128 weight rows; per step of 32 along the rows, the weight tile is decoded
-// to f16 in workgroup memory and the activations tile converted beside it. Results go through
-// workgroup memory (a constant stride: naga cannot store with a runtime stride) so the epilogue
-// can apply bounds, bias and the residual add.
+// cores): 16×16×16 f16 products accumulated in f32, from weights already decoded to f16
+// (dequant_f16, one slice of rows at a time). A workgroup of eight subgroups computes a tile
+// of 64 tokens × 128 weight rows, each subgroup 32 × 32 of it (of the tiles tried on the H200,
+// 64 × 64, 128 × 64, 32 × 64 and 32 × 128, and steps of 64, none was faster). Steps of 32 along the rows are
+// double-buffered: the next step's tiles are loaded into registers while the tensor cores work
+// on this one, so each step costs one barrier and no exposed memory latency (the loads from
+// memory, not the products, held the kernel to 25–30 TFLOP/s before: benches/coop_probe.rs).
+// Requires w_k % 32 == 0.
 
 const BM: u32 = 64u;
 const BN: u32 = 128u;
 const BK: u32 = 32u;
+const WG: u32 = 256u;
+// Tile rows as vec4<f16> (an f16 pointer hides their alignment from the tensor-core loads),
+// padded by two vectors so that the eight 16-byte rows one load reads fall in distinct banks.
+const S: u32 = BK / 4u + 2u;
 
 @group(0) @binding(0) var<uniform> p: ProductParams;
-@group(0) @binding(1) var<storage, read> W: array<u32>;
-@group(0) @binding(2) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 
-// [token][k] and [weight row][k], BK wide.
-var<workgroup> x_tile: array<f16, BM * BK>;
-var<workgroup> w_tile: array<f16, BN * BK>;
-// [token][weight row].
-var<workgroup> y_tile: array<f32, BM * BN>;
+// Two buffers each: [token][k] and [weight row][k].
+var<workgroup> x_tile: array<vec4<f16>, 2 * BM * S>;
+var<workgroup> w_tile: array<vec4<f16>, 2 * BN * S>;
+// One 16 × 16 result per subgroup on its way out.
+var<workgroup> c_tile: array<f32, 8 * 256>;
 
-@compute @workgroup_size(256)
+// What one thread carries from memory to workgroup memory per step: 8 weights of each of two
+// rows, 4 activations of each of two tokens (held in plain variables: arrays indexed in loops
+// may live in slow local memory).
+struct Staged {
+    w0: vec4<u32>,
+    w1: vec4<u32>,
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+}
+
+// Vector c of the weight tile (BK / 8 per row) and of the activation tile (BK / 4 per token).
+fn fetch_w(c: u32, row0: u32, k0: u32) -> vec4<u32> {
+    let row = row0 + c / (BK / 8u);
+    return select(vec4<u32>(0u), W[row * (p.w_k / 8u) + k0 / 8u + c % (BK / 8u)], row < p.rows);
+}
+
+fn fetch_x(c: u32, tok0: u32, k0: u32) -> vec4<f32> {
+    let tok = tok0 + c / (BK / 4u);
+    return select(vec4<f32>(0.0), X[tok * (p.w_k / 4u) + k0 / 4u + c % (BK / 4u)], tok < p.n_tokens);
+}
+
+fn fetch(li: u32, tok0: u32, row0: u32, k0: u32) -> Staged {
+    return Staged(fetch_w(li, row0, k0), fetch_w(li + WG, row0, k0), fetch_x(li, tok0, k0),
+        fetch_x(li + WG, tok0, k0));
+}
+
+fn stash_w(c: u32, w: vec4<u32>, buf: u32) {
+    let at = buf * BN * S + (c / (BK / 8u)) * S + 2u * (c % (BK / 8u));
+    // (naga 30 types bitcast<vec4<f16>>(vec2<u32>) wrongly, so through f32.)
+    w_tile[at] = vec4<f16>(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)));
+    w_tile[at + 1u] = vec4<f16>(vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
+}
+
+fn stash_x(c: u32, x: vec4<f32>, buf: u32) {
+    x_tile[buf * BM * S + (c / (BK / 4u)) * S + c % (BK / 4u)] = vec4<f16>(x);
+}
+
+fn stash(li: u32, s: Staged, buf: u32) {
+    stash_w(li, s.w0, buf);
+    stash_w(li + WG, s.w1, buf);
+    stash_x(li, s.x0, buf);
+    stash_x(li + WG, s.x1, buf);
+}
+
+// Writes one 16 × 16 accumulator of tokens t0.., rows r0.. (tile-relative) through c_tile.
+fn finish(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, tok0: u32, row0: u32) {
+    coopStoreT(acc, &c_tile[sg * 256u], 16u);
+    workgroupBarrier();
+    for (var i = lane; i < 256u; i += 32u) {
+        let t = tok0 + i / 16u;
+        let rl = row0 + i % 16u;
+        if (t < p.n_tokens && rl < p.rows) {
+            let rg = p.row_start + rl;
+            let y = t * p.y_stride + rg;
+            let v = c_tile[sg * 256u + i] + select(0.0, bias[rg], p.has_bias != 0u);
+            Y[y] = select(v, Y[y] + v, p.accumulate != 0u);
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(WG)
 fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32,
-               @builtin(subgroup_id) sg: u32) {
-    let tok0 = wid.y * BM;
-    let row0 = wid.x * BN;
-    // Loading: thread li decodes 16 weights of weight row li / 2, and
-    // stages 8 activations of token li / 4.
-    let r = li / 2u;
-    let half = li % 2u;
-    let xr = li / 4u;
-    let quarter = li % 4u;
-    // Computing: subgroup sg owns tokens sm * 32.. and weight rows sn * 32.. of the tile.
-    let sm = sg / 4u;
-    let sn = sg % 4u;
+               @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let tok0 = wid.x * BM;
+    let row0 = wid.y * BN;
+    // Subgroup sg owns tokens sm * 32.. and weight rows sn * 32.. of the tile.
+    let sm = sg / (BN / 32u);
+    let sn = sg % (BN / 32u);
     var acc00 = coop_mat16x16<f32, C>();
     var acc01 = coop_mat16x16<f32, C>();
     var acc10 = coop_mat16x16<f32, C>();
     var acc11 = coop_mat16x16<f32, C>();
-    let row = row0 + r;
-    let tok = tok0 + xr;
-    for (var k0 = 0u; k0 < p.w_k; k0 += BK) {
-        let g = k0 / 8u + 2u * half;
-        let kt = r * BK + 16u * half;
-        // Sixteen weights in one decode where rows are whole groups of 16 (one scale decode
-        // for the K-quants), else as two groups of 8.
-        var w: array<vec4<f32>, 4>;
-        if (row < p.rows && g * 8u < p.w_k) {
-            if (p.w_k % 16u == 0u) {
-                w = load16(row, g / 2u);
-            } else {
-                let a = load8(row, g);
-                w[0] = a[0];
-                w[1] = a[1];
-                if ((g + 1u) * 8u < p.w_k) {
-                    let b = load8(row, g + 1u);
-                    w[2] = b[0];
-                    w[3] = b[1];
-                }
-            }
-        }
-        for (var i = 0u; i < 4u; i++) {
-            w_tile[kt + 4u * i] = f16(w[i].x);
-            w_tile[kt + 4u * i + 1u] = f16(w[i].y);
-            w_tile[kt + 4u * i + 2u] = f16(w[i].z);
-            w_tile[kt + 4u * i + 3u] = f16(w[i].w);
-        }
-        let e0 = k0 + 8u * quarter;
-        let xt = xr * BK + 8u * quarter;
-        for (var i = 0u; i < 8u; i++) {
-            var x = 0.0;
-            if (tok < p.n_tokens && e0 + i < p.w_k) {
-                x = X[tok * p.w_k + e0 + i];
-            }
-            x_tile[xt + i] = f16(x);
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk += 16u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[(sm * 32u) * BK + kk], BK);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[(sm * 32u + 16u) * BK + kk], BK);
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[(sn * 32u) * BK + kk], BK);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[(sn * 32u + 16u) * BK + kk], BK);
+    stash(li, fetch(li, tok0, row0, 0u), 0u);
+    workgroupBarrier();
+    let steps = p.w_k / BK;
+    for (var step = 0u; step < steps; step++) {
+        let buf = step % 2u;
+        // The last step fetches itself again, unused: no branch around the loads.
+        let next = fetch(li, tok0, row0, min(step + 1u, steps - 1u) * BK);
+        let xb = buf * BM * S + sm * 32u * S;
+        let wb = buf * BN * S + sn * 32u * S;
+        for (var kk = 0u; kk < BK / 4u; kk += 4u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xb + kk], S);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xb + 16u * S + kk], S);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[wb + kk], S);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[wb + 16u * S + kk], S);
             acc00 = coopMultiplyAdd(a0, b0, acc00);
             acc01 = coopMultiplyAdd(a0, b1, acc01);
             acc10 = coopMultiplyAdd(a1, b0, acc10);
             acc11 = coopMultiplyAdd(a1, b1, acc11);
         }
+        stash(li, next, 1u - buf);
         workgroupBarrier();
     }
-    let c = (sm * 32u) * BN + sn * 32u;
-    coopStoreT(acc00, &y_tile[c], BN);
-    coopStoreT(acc01, &y_tile[c + 16u], BN);
-    coopStoreT(acc10, &y_tile[c + 16u * BN], BN);
-    coopStoreT(acc11, &y_tile[c + 16u * BN + 16u], BN);
-    workgroupBarrier();
-    for (var i = li; i < BM * BN; i += 256u) {
-        let t = tok0 + i / BN;
-        let rl = row0 + i % BN;
-        if (t < p.n_tokens && rl < p.rows) {
-            let rg = p.row_start + rl;
-            let y = t * p.y_stride + rg;
-            let v = y_tile[i] + select(0.0, bias[rg], p.has_bias != 0u);
-            Y[y] = select(v, Y[y] + v, p.accumulate != 0u);
-        }
-    }
+    let t = tok0 + sm * 32u;
+    let r = row0 + sn * 32u;
+    finish(acc00, sg, lane, t, r);
+    finish(acc01, sg, lane, t, r + 16u);
+    finish(acc10, sg, lane, t + 16u, r);
+    finish(acc11, sg, lane, t + 16u, r + 16u);
 }

@@ -297,6 +297,15 @@ fn split_matrices_give_the_same_results() {
         assert_decoded(&format!("split embed {ty}"), &got, &want_rows, cols);
 
         check_matmul(&mut gpu, None, &mut rng, &w, "split");
+
+        // A prompt's product: tiles across the parts (and, on tensor cores, f16 slices of a
+        // few rows within each part).
+        let n = 70;
+        let x = random_values(&mut rng, n * cols, 1.0);
+        let (want, scale) = matmul_reference(&want, &x, None, ROWS, cols);
+        let got = run_matmul(&mut gpu, &m, None, &x, n, ROWS);
+        let what = format!("split prompt matmul {ty}");
+        assert_close(&what, &got, &want, ROWS, |i| scale[i], tiled_tol(&gpu));
     }
 }
 

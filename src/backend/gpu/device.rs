@@ -18,7 +18,8 @@ pub struct GpuOptions {
     /// Log every dispatch and wait for each one (names a kernel that hangs).
     pub trace: bool,
     /// Splits weight matrices into row ranges of at most this many bytes, below the device's
-    /// binding limit: tests use it to split small matrices as big ones are split for real.
+    /// binding limit, and decodes them for tensor-core products in slices of at most this
+    /// many f16 bytes: tests use it to split small matrices as big ones are split for real.
     pub max_weight_part: Option<u64>,
 }
 

@@ -75,6 +75,8 @@ pub enum MatvecOutput {
 pub enum Kernel {
     GetRows(GgmlType),
     Dequant(GgmlType),
+    /// Rows of a matrix decoded to f16 for the tensor-core matmul.
+    DequantF16(GgmlType),
     /// Matrix-vector products.
     Matvec(GgmlType, MatvecForm),
     /// Matvec over interleaved gate/up rows, writing SwiGLU of each pair.
@@ -82,8 +84,9 @@ pub enum Kernel {
     /// Matvec over query/key/value rows with RoPE and the cache write in its epilogue.
     MatvecQkv(GgmlType, MatvecForm),
     Matmul(GgmlType),
-    /// The tensor-core matmul (cooperative matrices, f16 inputs, f32 accumulators).
-    MatmulCoop(GgmlType),
+    /// The tensor-core matmul (cooperative matrices, f16 inputs, f32 accumulators) over
+    /// weights decoded by [`Kernel::DequantF16`].
+    MatmulCoop,
     RmsNorm,
     /// RoPE and the cache write after the prompt's query/key/value products.
     RopeStoreQkv,
@@ -116,11 +119,12 @@ impl Kernel {
         let base = match self {
             Self::GetRows(_) => "get_rows",
             Self::Dequant(_) => "dequant",
+            Self::DequantF16(_) => "dequant_f16",
             Self::Matvec(..) => "matvec",
             Self::MatvecSwiglu(..) => "matvec_swiglu",
             Self::MatvecQkv(..) => "matvec_qkv",
             Self::Matmul(_) => "matmul",
-            Self::MatmulCoop(_) => "matmul_coop",
+            Self::MatmulCoop => "matmul_coop",
             Self::RmsNorm => "rms_norm",
             Self::RopeStoreQkv => "rope_store_qkv",
             Self::Attention => "attention",
@@ -158,11 +162,11 @@ impl Kernel {
         match self {
             Self::GetRows(t)
             | Self::Dequant(t)
+            | Self::DequantF16(t)
             | Self::Matvec(t, _)
             | Self::MatvecSwiglu(t, _)
             | Self::MatvecQkv(t, _)
-            | Self::Matmul(t)
-            | Self::MatmulCoop(t) => Some(t),
+            | Self::Matmul(t) => Some(t),
             _ => None,
         }
     }
@@ -172,11 +176,12 @@ impl Kernel {
         match self {
             Self::GetRows(_) => (DEQUANT, "get_rows"),
             Self::Dequant(_) => (DEQUANT, "dequant"),
+            Self::DequantF16(_) => (DEQUANT, "dequant_f16"),
             Self::Matvec(..) => (MATVEC, "matvec"),
             Self::MatvecSwiglu(..) => (MATVEC, "matvec_swiglu"),
             Self::MatvecQkv(..) => (MATVEC, "matvec_qkv"),
             Self::Matmul(_) => (MATMUL, "matmul"),
-            Self::MatmulCoop(_) => (MATMUL_COOP, "matmul_coop"),
+            Self::MatmulCoop => (MATMUL_COOP, "matmul_coop"),
             Self::RmsNorm => (NORM, "rms_norm"),
             Self::RopeStoreQkv => (ROPE, "rope_store_qkv"),
             Self::Attention => (ATTENTION, "attention"),
@@ -209,6 +214,7 @@ impl Kernel {
             Self::GetRows(_) => &[Read, Read, ReadWrite],
             // The dequant entry point does not use get_rows' token list (binding 2).
             Self::Dequant(_) => return vec![(1, Read), (3, ReadWrite)],
+            Self::DequantF16(_) => return vec![(1, Read), (4, ReadWrite)],
             // The decode kernel reads the caches as vectors (bindings 6, 7) and writes the
             // output or partials (binding 5).
             Self::AttentionDecode => {
@@ -222,7 +228,7 @@ impl Kernel {
             }
             Self::AttentionCombine => return vec![(4, ReadWrite), (5, ReadWrite)],
             Self::Matvec(..) | Self::MatvecSwiglu(..) => &[Read, Read, Read, ReadWrite, Read],
-            Self::Matmul(_) | Self::MatmulCoop(_) => &[Read, Read, Read, ReadWrite],
+            Self::Matmul(_) | Self::MatmulCoop => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
             // The epilogue in qkv.wgsl: rope table, q, caches (bindings 6..9).
             Self::MatvecQkv(..) => {
@@ -296,7 +302,7 @@ impl Kernel {
             pieces.push(QKV);
         }
         let mut source = String::new();
-        if matches!(self, Self::MatmulCoop(_)) {
+        if matches!(self, Self::MatmulCoop) {
             source.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
         }
         let mut starts = Vec::new();
@@ -772,12 +778,13 @@ mod tests {
             Kernel::ArgmaxFinal,
             Kernel::Softmax,
         ];
+        all.push(Kernel::MatmulCoop);
         for t in ALL_TYPES {
             all.extend([
                 Kernel::GetRows(t),
                 Kernel::Dequant(t),
+                Kernel::DequantF16(t),
                 Kernel::Matmul(t),
-                Kernel::MatmulCoop(t),
             ]);
             let mut team = tuning.subgroup_size.unwrap_or(32).min(8);
             while team <= tuning.matvec_wg {

@@ -97,6 +97,18 @@ const ATTENTION_CHUNK: usize = 128;
 const DECODE_ATTENTION_MAX_TOKENS: usize = 4;
 /// Steps of this many tokens or more multiply through tiles; fewer stream the weights per token.
 const TILED_MIN_TOKENS: usize = 8;
+/// The tensor-core matmul's step along a row (shaders/matmul_coop.wgsl BK): rows of other
+/// lengths go to the FMA kernel.
+const COOP_K_STEP: usize = 32;
+/// Weight rows per tensor-core workgroup (shaders/matmul_coop.wgsl BN).
+const COOP_TILE_ROWS: u32 = 128;
+/// Tokens per tensor-core workgroup (shaders/matmul_coop.wgsl BM).
+const COOP_TILE_TOKENS: u32 = 64;
+/// The most f16 weight bytes decoded at a time for a tensor-core product: at most about the
+/// H100's 50 MB of L2, so that most of the slice is still there when the product reads it,
+/// and large enough that a feed-forward down projection (45 MB at 3B) is one slice (two
+/// slices of it launch too few workgroups to fill the card).
+const COOP_SLICE_BYTES: u64 = 48 << 20;
 
 /// Identifies a bind group: the kernel and the buffers bound to it, in order.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -130,6 +142,8 @@ pub struct WgpuBackend {
     tuning: kernels::Tuning,
     partials: Option<Arc<GpuBuf>>,
     pairs: Option<Arc<GpuBuf>>,
+    /// Rows of the weight matrix in hand decoded to f16 for the tensor-core matmul.
+    f16_rows: Option<Arc<GpuBuf>>,
 }
 
 /// A storage buffer the kernels read and write, and the host copies to and from.
@@ -263,6 +277,7 @@ impl WgpuBackend {
             tuning,
             partials: None,
             pairs: None,
+            f16_rows: None,
         })
     }
 
@@ -624,16 +639,13 @@ impl WgpuBackend {
                 bytes: part.buf.buffer.size() + (n * (w.cols + w.rows) * 4) as u64,
                 flops: 2 * (n * part.rows as usize * w.cols) as u64,
             };
-            if tiled {
-                let kernel = match self.tuning.coop {
-                    true => Kernel::MatmulCoop(w.ggml_type),
-                    false => Kernel::Matmul(w.ggml_type),
-                };
-                // Tiles of 64 tokens × 64 rows (FMA) or × 128 rows (tensor cores).
-                let tile_rows = if self.tuning.coop { 128 } else { 64 };
-                let groups = (part.rows.div_ceil(tile_rows), (n as u32).div_ceil(64), 1);
+            if tiled && self.tuning.coop && w.cols.is_multiple_of(COOP_K_STEP) {
+                self.coop_product(part, w, x, &bias_buf, out, params);
+            } else if tiled {
+                // Tiles of 64 tokens × 64 rows.
+                let groups = (part.rows.div_ceil(64), (n as u32).div_ceil(64), 1);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
-                self.dispatch(kernel, &params, &buffers, groups, cost);
+                self.dispatch(Kernel::Matmul(w.ggml_type), &params, &buffers, groups, cost);
             } else if let Some(qkv) = how.qkv {
                 let form = self.tuning.matvec_form(
                     w.ggml_type,
@@ -676,6 +688,77 @@ impl WgpuBackend {
                 };
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             }
+        }
+    }
+
+    /// A prompt product on tensor cores: slices of the part's rows are decoded to f16 (small
+    /// enough to stay in L2 between the two kernels), then multiplied. `params` describe the
+    /// whole part.
+    fn coop_product(
+        &mut self,
+        part: &MatrixPart,
+        w: &GpuMatrix,
+        x: &GpuTensor,
+        bias: &Arc<GpuBuf>,
+        out: &GpuTensor,
+        params: ProductParams,
+    ) {
+        let row_bytes = 2 * w.cols as u64;
+        let limit = self.gpu.options.max_weight_part.unwrap_or(u64::MAX);
+        // Whole tiles of rows, or fewer rows where the tests split matrices small.
+        let fit = (COOP_SLICE_BYTES.min(limit) / row_bytes).max(1) as u32;
+        let slice = match fit >= COOP_TILE_ROWS {
+            true => fit / COOP_TILE_ROWS * COOP_TILE_ROWS,
+            false => fit,
+        }
+        .min(part.rows);
+        let bytes = slice as u64 * row_bytes;
+        if self
+            .f16_rows
+            .as_ref()
+            .is_none_or(|b| b.buffer.size() < bytes)
+        {
+            let grown = self.storage("f16 weight rows", bytes);
+            let Some(buf) = self.recorded(grown) else {
+                return;
+            };
+            self.f16_rows = Some(buf);
+        }
+        let f16_rows = self.f16_rows.clone().expect("allocated above");
+        let n = params.n_tokens;
+        for first in (0..part.rows).step_by(slice as usize) {
+            let rows = slice.min(part.rows - first);
+            let decode = DequantParams {
+                rows,
+                n: first,
+                ..DequantParams::new(part, w.cols, 0)
+            };
+            let groups = (w.cols as u32).div_ceil(8).div_ceil(64);
+            let decoded = rows as u64 * row_bytes;
+            let quantized = part.buf.buffer.size() * rows as u64 / part.rows as u64;
+            self.dispatch(
+                Kernel::DequantF16(w.ggml_type),
+                &decode,
+                &[&part.buf, &f16_rows],
+                (groups, rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS)),
+                Cost::bytes(quantized + decoded),
+            );
+            let product = ProductParams {
+                rows,
+                row_start: params.row_start + first,
+                ..params
+            };
+            let cost = Cost {
+                bytes: decoded + (n as u64 * (w.cols as u64 + rows as u64)) * 4,
+                flops: 2 * n as u64 * rows as u64 * w.cols as u64,
+            };
+            let groups = (
+                n.div_ceil(COOP_TILE_TOKENS),
+                rows.div_ceil(COOP_TILE_ROWS),
+                1,
+            );
+            let buffers = [&f16_rows, &x.buf, bias, &out.buf];
+            self.dispatch(Kernel::MatmulCoop, &product, &buffers, groups, cost);
         }
     }
 
@@ -727,7 +810,10 @@ impl WgpuBackend {
         }
         if self.tuning.coop {
             // An experimental wgpu feature: if its kernel does not build here, use the FMA one.
-            if let Err(e) = self.pipeline(Kernel::MatmulCoop(ggml_type)) {
+            let built = self
+                .pipeline(Kernel::MatmulCoop)
+                .and_then(|_| self.pipeline(Kernel::DequantF16(ggml_type)));
+            if let Err(e) = built {
                 eprintln!(
                     "warning: tensor-core matmul unavailable on {} ({e}); using the FMA kernel",
                     self.gpu.info.name
