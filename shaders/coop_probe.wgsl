@@ -1,5 +1,5 @@
-// Probes of cooperative-matrix throughput for benches/coop_probe.rs (not an engine kernel): each subgroup keeps four
-// 16×16 f32 accumulators and runs ITERS steps of four products; the variants differ only in
+// Probes of cooperative-matrix throughput for benches/coop_probe.rs (not an engine kernel):
+// each subgroup keeps four 16×16 f32 accumulators and runs ITERS steps of four products; the variants differ only in
 // where the A and B tiles come from each step.
 
 const ITERS: u32 = 2048u;
