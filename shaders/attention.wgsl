@@ -1,19 +1,6 @@
 // Causal attention over the f16 KV cache with an online softmax: one workgroup per (query
 // head, token); keys are scored a tile at a time, so no full score matrix is ever stored.
-
-struct Params {
-    n_head: u32,
-    n_head_kv: u32,
-    head_dim: u32,
-    pos: u32,
-    kv_width: u32,
-    q_width: u32,
-    scale: f32,
-    // Key chunks per (head, token) in the decode kernel's partials.
-    n_chunks: u32,
-    // Queries in this step.
-    n: u32,
-}
+// Params: attention_params.wgsl.
 
 const WG: u32 = 64u;
 // Output dimensions per thread: head_dim up to WG * DPT = 256.

@@ -628,9 +628,14 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
             // the cache (moving the output by ~1e-6 each), and the softmax sums in another
             // order: 4e-5 of the largest value leaves room for both (2.1e-5 seen on the H100
             // over 126 keys). Leaving out one of ~100 keys, or reading another head, costs
-            // about 1e-2; one of 1031, about 1e-3.
+            // about 1e-2; one of 1031, about 1e-3. Prompts on tensor cores also round the
+            // scaled queries and the softmax weights to f16 (2^-12 relative each): 5e-4.
+            let tol = match s.n > 4 && gpu.uses_tensor_cores() {
+                true => 5e-4,
+                false => 4e-5,
+            };
             let what = format!("attention, {what}");
-            assert_close(&what, go, &to_f64(co), qw, |_| v_scale, 4e-5);
+            assert_close(&what, go, &to_f64(co), qw, |_| v_scale, tol);
         }
     }
 }

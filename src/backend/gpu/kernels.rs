@@ -42,6 +42,14 @@ const ATTENTION: (&str, &str) = (
     "attention.wgsl",
     include_str!("../../../shaders/attention.wgsl"),
 );
+const ATTENTION_PARAMS: (&str, &str) = (
+    "attention_params.wgsl",
+    include_str!("../../../shaders/attention_params.wgsl"),
+);
+const ATTENTION_COOP: (&str, &str) = (
+    "attention_coop.wgsl",
+    include_str!("../../../shaders/attention_coop.wgsl"),
+);
 const ELEMENTWISE: (&str, &str) = (
     "elementwise.wgsl",
     include_str!("../../../shaders/elementwise.wgsl"),
@@ -93,6 +101,8 @@ pub enum Kernel {
     Attention,
     /// Prompt attention over tiles of queries and keys in workgroup memory.
     AttentionTiled,
+    /// Prompt attention on tensor cores.
+    AttentionCoop,
     /// Attention for a few queries, keys split into chunks over workgroups.
     AttentionDecode,
     AttentionCombine,
@@ -129,6 +139,7 @@ impl Kernel {
             Self::RopeStoreQkv => "rope_store_qkv",
             Self::Attention => "attention",
             Self::AttentionTiled => "attention_tiled",
+            Self::AttentionCoop => "attention_coop",
             Self::AttentionDecode => "attention_decode",
             Self::AttentionCombine => "attention_combine",
             Self::Add => "add",
@@ -186,6 +197,7 @@ impl Kernel {
             Self::RopeStoreQkv => (ROPE, "rope_store_qkv"),
             Self::Attention => (ATTENTION, "attention"),
             Self::AttentionTiled => (ATTENTION, "attention_tiled"),
+            Self::AttentionCoop => (ATTENTION_COOP, "attention_coop"),
             Self::AttentionDecode => (ATTENTION, "attention_decode"),
             Self::AttentionCombine => (ATTENTION, "attention_combine"),
             Self::Add => (ELEMENTWISE, "add"),
@@ -252,7 +264,9 @@ impl Kernel {
                     (9, ReadWrite),
                 ]
             }
-            Self::Attention | Self::AttentionTiled => &[Read, Read, Read, ReadWrite],
+            Self::Attention | Self::AttentionTiled | Self::AttentionCoop => {
+                &[Read, Read, Read, ReadWrite]
+            }
             Self::Add => &[ReadWrite, Read],
             Self::Swiglu => &[ReadWrite, Read, Read],
             Self::CopyRow | Self::SwigluPairs => &[ReadWrite, Read],
@@ -284,6 +298,9 @@ impl Kernel {
             glue = weight_glue(t, &suffix);
             pieces.push(("(generated)", glue.as_str()));
         }
+        if self.op().0 .0.starts_with("attention") {
+            pieces.push(ATTENTION_PARAMS);
+        }
         pieces.push(self.op().0);
         let products_glue;
         if let (Some(form), Some(t)) = (self.matvec_form(), self.weight_type()) {
@@ -302,7 +319,7 @@ impl Kernel {
             pieces.push(QKV);
         }
         let mut source = String::new();
-        if matches!(self, Self::MatmulCoop) {
+        if matches!(self, Self::MatmulCoop | Self::AttentionCoop) {
             source.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
         }
         let mut starts = Vec::new();
@@ -352,6 +369,8 @@ pub struct Tuning {
     pub loop_bounds: bool,
     /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
     pub coop: bool,
+    /// Prompt attention on tensor cores too (VIBRANT_COOP_ATTENTION=0 keeps the FMA kernel).
+    pub coop_attention: bool,
     /// The longest row (a multiple of 4096) whose activations a decode matvec can quantize to
     /// 8 bits in workgroup memory, for the integer dot product path of Q4_K and Q6_K; 0 where
     /// that path is off (no subgroups, or VIBRANT_INT8=0).
@@ -426,6 +445,8 @@ impl Tuning {
             bounds_checks,
             loop_bounds,
             coop,
+            coop_attention: coop
+                && std::env::var("VIBRANT_COOP_ATTENTION").map_or(true, |v| v != "0"),
             int8_max_cols,
         }
     }
@@ -778,7 +799,7 @@ mod tests {
             Kernel::ArgmaxFinal,
             Kernel::Softmax,
         ];
-        all.push(Kernel::MatmulCoop);
+        all.extend([Kernel::MatmulCoop, Kernel::AttentionCoop]);
         for t in ALL_TYPES {
             all.extend([
                 Kernel::GetRows(t),
@@ -822,6 +843,7 @@ mod tests {
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: true,
+                coop_attention: true,
                 int8_max_cols: 32768,
             },
             Tuning {
@@ -835,6 +857,7 @@ mod tests {
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
+                coop_attention: false,
                 int8_max_cols: 0,
             },
             Tuning {
@@ -848,6 +871,7 @@ mod tests {
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
+                coop_attention: false,
                 int8_max_cols: 20480,
             },
             Tuning {
@@ -861,6 +885,7 @@ mod tests {
                 bounds_checks: true,
                 loop_bounds: true,
                 coop: false,
+                coop_attention: false,
                 int8_max_cols: 20480,
             },
         ];

@@ -1250,8 +1250,20 @@ impl Backend for WgpuBackend {
         shape: &AttentionShape,
     ) -> Result<GpuKvCache> {
         check_head_dim(shape)?;
+        if self.tuning.coop_attention {
+            // An experimental wgpu feature: if its kernel does not build here, use the FMA one.
+            if let Err(e) = self.pipeline(Kernel::AttentionCoop) {
+                eprintln!(
+                    "warning: tensor-core attention unavailable on {} ({e}); using the FMA kernel",
+                    self.gpu.info.name
+                );
+                self.tuning.coop_attention = false;
+            }
+        }
         let kv_width = shape.kv_width();
-        let bytes = (n_ctx * kv_width * 2) as u64;
+        // The tensor-core attention reads keys and values 32 rows at a time, past the last
+        // key in use: whole tiles of zeros there (its loads are not bounds-checked).
+        let bytes = (n_ctx.next_multiple_of(64) * kv_width * 2) as u64;
         let mut k = Vec::with_capacity(n_layers);
         let mut v = Vec::with_capacity(n_layers);
         for layer in 0..n_layers {
@@ -1423,16 +1435,18 @@ impl Backend for WgpuBackend {
         if n > DECODE_ATTENTION_MAX_TOKENS {
             let all = [buffers[0], buffers[1], buffers[2], &out.buf];
             let cost = attention_cost(shape, pos, n);
-            // shaders/attention.wgsl's tiles: heads of up to 128 values in multiples of 16.
-            let tiled = shape.head_dim <= 128
-                && shape.head_dim.is_multiple_of(16)
-                && self.tuning.attention_keys > 0;
-            let (kernel, groups) = match tiled {
-                true => (
+            // The tiled kernels take heads of up to 128 values in multiples of 16.
+            let tiles = shape.head_dim <= 128 && shape.head_dim.is_multiple_of(16);
+            let (kernel, groups) = match tiles {
+                true if self.tuning.coop_attention => (
+                    Kernel::AttentionCoop,
+                    (shape.n_head as u32, (n as u32).div_ceil(64), 1),
+                ),
+                true if self.tuning.attention_keys > 0 => (
                     Kernel::AttentionTiled,
                     (shape.n_head as u32, (n as u32).div_ceil(32), 1),
                 ),
-                false => (Kernel::Attention, (shape.n_head as u32, n as u32, 1)),
+                _ => (Kernel::Attention, (shape.n_head as u32, n as u32, 1)),
             };
             self.dispatch(kernel, &params, &all, groups, cost);
             return;

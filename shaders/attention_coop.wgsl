@@ -1,0 +1,136 @@
+// Prompts on tensor cores, flash style: one workgroup of four subgroups per (query head, tile
+// of 64 tokens); each subgroup owns 16 query rows and walks the keys 32 at a time:
+//   S = Q·Kᵀ (16 × 32, f16 products, f32 sums; keys read straight from the f16 cache),
+//   an online softmax of S's rows in workgroup memory (P in f16),
+//   O = O·correction + P·V, one 16 × 16 block of O at a time, O held in the lanes' registers.
+// Heads of up to 128 values, a multiple of 16. Every subgroup of a workgroup runs the same
+// number of steps, so workgroup barriers stand in for subgroup ones.
+
+const BQ: u32 = 64u;
+const BKV: u32 = 32u;
+const HD_MAX: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<f16>;
+@group(0) @binding(3) var<storage, read> v_cache: array<f16>;
+@group(0) @binding(4) var<storage, read_write> O: array<f32>;
+
+// Scaled queries [token][d], f16.
+var<workgroup> q_tile: array<f16, BQ * HD_MAX>;
+// Per subgroup: scores [row][key] (16 × 32 f32), later one 16 × 16 block of P·V.
+var<workgroup> s_tile: array<f32, 4 * 16 * BKV>;
+// Per subgroup: softmax weights [row][key], f16.
+var<workgroup> p_tile: array<f16, 4 * 16 * BKV>;
+// Per subgroup and row: the correction of this step, then the final sum.
+var<workgroup> row_factor: array<f32, 4 * 16>;
+
+@compute @workgroup_size(128)
+fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32,
+                  @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let h = wid.x;
+    let q0 = wid.y * BQ;
+    let hd = p.head_dim;
+    let blocks = hd / 16u;
+    let kv_off = (h / (p.n_head / p.n_head_kv)) * hd;
+    for (var i = li; i < BQ * hd; i += 128u) {
+        let t = q0 + i / hd;
+        var v = 0.0;
+        if (t < p.n) {
+            v = Q[t * p.q_width + h * hd + i % hd] * p.scale;
+        }
+        q_tile[i] = f16(v);
+    }
+    workgroupBarrier();
+    // Lane (row, half): row r = lane / 2 of the subgroup's 16, keys 16 * half.. of each step.
+    let r = lane / 2u;
+    let half = lane % 2u;
+    let q_row = q0 + sg * 16u + r;
+    let row_keys = p.pos + q_row + 1u;
+    // The last key any query of this tile sees, plus one.
+    let n_keys = p.pos + min(q0 + BQ, p.n);
+    var m = -3.4e38;
+    var l = 0.0;
+    // O's elements of this lane: block b, element lane + 32 e of the 16 × 16 block.
+    var o: array<array<f32, 8>, 8>;
+    for (var b = 0u; b < 8u; b++) {
+        for (var e = 0u; e < 8u; e++) {
+            o[b][e] = 0.0;
+        }
+    }
+    let s_base = sg * 16u * BKV;
+    for (var k0 = 0u; k0 < n_keys; k0 += BKV) {
+        // Scores of the subgroup's 16 rows against keys k0.. (two 16-key blocks).
+        var s0 = coop_mat16x16<f32, C>();
+        var s1 = coop_mat16x16<f32, C>();
+        let kc = k0 * p.kv_width + kv_off;
+        for (var d = 0u; d < hd; d += 16u) {
+            let a = coopLoadT<coop_mat16x16<f16, A>>(&q_tile[sg * 16u * hd + d], hd);
+            let k_0 = coopLoad<coop_mat16x16<f16, B>>(&k_cache[kc + d], p.kv_width);
+            let k_1 = coopLoad<coop_mat16x16<f16, B>>(&k_cache[kc + 16u * p.kv_width + d], p.kv_width);
+            s0 = coopMultiplyAdd(a, k_0, s0);
+            s1 = coopMultiplyAdd(a, k_1, s1);
+        }
+        coopStoreT(s0, &s_tile[s_base], BKV);
+        coopStoreT(s1, &s_tile[s_base + 16u], BKV);
+        workgroupBarrier();
+        // Online softmax of row r: this lane's 16 keys, then its partner's through a shuffle.
+        var tile_max = -3.4e38;
+        for (var j = 0u; j < 16u; j++) {
+            let key = k0 + 16u * half + j;
+            let s = select(-3.4e38, s_tile[s_base + r * BKV + 16u * half + j], key < row_keys);
+            tile_max = max(tile_max, s);
+        }
+        let m_new = max(m, max(tile_max, subgroupShuffleXor(tile_max, 1u)));
+        var sum = 0.0;
+        for (var j = 0u; j < 16u; j++) {
+            let key = k0 + 16u * half + j;
+            let at = r * BKV + 16u * half + j;
+            let e = select(0.0, exp(s_tile[s_base + at] - m_new), key < row_keys);
+            p_tile[s_base + at] = f16(e);
+            sum += e;
+        }
+        let correction = exp(m - m_new);
+        l = l * correction + sum + subgroupShuffleXor(sum, 1u);
+        m = m_new;
+        if (half == 0u) {
+            row_factor[sg * 16u + r] = correction;
+        }
+        workgroupBarrier();
+        // O = O · correction + P · V, a 16 × 16 block of values at a time.
+        let vc = k0 * p.kv_width + kv_off;
+        let p0 = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[s_base], BKV);
+        let p1 = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[s_base + 16u], BKV);
+        // (Blocks past the head read the next head's values, unused: no branch around the
+        // tensor-core operations, which must be reached by the whole subgroup.)
+        for (var b = 0u; b < 8u; b++) {
+            var pv = coop_mat16x16<f32, C>();
+            let v0 = coopLoadT<coop_mat16x16<f16, B>>(&v_cache[vc + 16u * b], p.kv_width);
+            let v1 = coopLoadT<coop_mat16x16<f16, B>>(&v_cache[vc + 16u * p.kv_width + 16u * b], p.kv_width);
+            pv = coopMultiplyAdd(p0, v0, pv);
+            pv = coopMultiplyAdd(p1, v1, pv);
+            coopStoreT(pv, &s_tile[s_base], 16u);
+            workgroupBarrier();
+            if (b < blocks) {
+                for (var e = 0u; e < 8u; e++) {
+                    let i = lane + 32u * e;
+                    o[b][e] = o[b][e] * row_factor[sg * 16u + i / 16u] + s_tile[s_base + i];
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    if (half == 0u) {
+        row_factor[sg * 16u + r] = l;
+    }
+    workgroupBarrier();
+    for (var b = 0u; b < 8u; b++) {
+        for (var e = 0u; e < 8u; e++) {
+            let i = lane + 32u * e;
+            let t = q0 + sg * 16u + i / 16u;
+            if (b < blocks && t < p.n) {
+                O[t * p.q_width + h * hd + 16u * b + i % 16u] = o[b][e] / row_factor[sg * 16u + i / 16u];
+            }
+        }
+    }
+}
