@@ -4,7 +4,8 @@
 //! its dispatches into one command encoder and one compute pass; pipelines are built once and
 //! bind groups are cached, so a decode step only records. Kernel parameters travel in one
 //! uniform buffer per submission, one 256-byte slot per dispatch (dynamic offsets). Only what
-//! the host asks for (a token id, or the logits) is read back, and every wait is bounded.
+//! the host asks for (a token id, or the logits) is read back, and every wait is bounded; greedy
+//! decoding queues a token's step before waiting for the id of the one before it.
 
 pub mod device;
 pub mod kernels;
@@ -491,6 +492,9 @@ impl WgpuBackend {
     fn submit(&mut self) -> Option<wgpu::SubmissionIndex> {
         self.pass = None;
         let encoder = self.encoder.take()?;
+        // The queue orders this write after the work already submitted, which may still be
+        // running (greedy decoding submits a step while the one before runs): wgpu puts a
+        // barrier between that work's reads of the parameters and the copy.
         if !self.params.is_empty() {
             self.gpu
                 .queue
