@@ -7,6 +7,7 @@
 #[allow(dead_code)]
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vibrant::backend::Backend;
 use vibrant::generate::{
@@ -49,25 +50,33 @@ fn host_greedy() -> Sampler {
     Sampler::new(config)
 }
 
-/// What a generation leaves: its answer, and the tokens in the cache after it.
+/// What a generation leaves: its answer, and the tokens in the cache after it. It is
+/// cancelled after `cancel_after` tokens.
 fn generate<B: Backend>(
     session: &mut Session<B>,
     sampler: &mut Sampler,
     prompt: &[u32],
-    max_tokens: usize,
-    stop: &str,
+    (max_tokens, stop, cancel_after): (usize, &str, usize),
 ) -> (Generation, usize) {
+    let cancel = AtomicBool::new(false);
     let options = GenerateOptions {
         max_tokens,
         stops: StopStrings::new([stop.to_string()]),
-        cancel: None,
+        cancel: Some(&cancel),
     };
-    let generation = session.generate(prompt, sampler, &options, |_| {}).unwrap();
+    let mut pieces = 0;
+    let on_text = |_: &str| {
+        pieces += 1;
+        cancel.store(pieces >= cancel_after, Ordering::Relaxed);
+    };
+    let generation = session
+        .generate(prompt, sampler, &options, on_text)
+        .unwrap();
     (generation, session.model.n_past())
 }
 
 /// A conversation of several generations, each continuing the last (reusing the cache),
-/// under `sampler`: every stop reason, and a prompt that fills the context.
+/// under `sampler`: every stop reason, and prompts that fill the context.
 fn conversation<B: Backend>(session: &mut Session<B>, mut sampler: Sampler) -> Vec<String> {
     session.reset();
     let chat =
@@ -81,21 +90,33 @@ fn conversation<B: Backend>(session: &mut Session<B>, mut sampler: Sampler) -> V
         ));
         g.tokens
     };
+    let never = usize::MAX;
     // Stopped by max tokens, then continued from where it stopped.
-    let first = record(generate(session, &mut sampler, &prompt, 3, ""));
-    let mut longer = [prompt.clone(), first].concat();
+    let first = record(generate(session, &mut sampler, &prompt, (3, "", never)));
+    let longer = [prompt.clone(), first].concat();
     // The answer's end of turn.
-    let rest = record(generate(session, &mut sampler, &longer, 16, ""));
-    longer.extend(&rest);
+    record(generate(session, &mut sampler, &longer, (16, "", never)));
     // A stop string, on a prompt that is not a continuation of the cache.
-    record(generate(session, &mut sampler, &prompt, 16, " of"));
+    record(generate(session, &mut sampler, &prompt, (16, " of", never)));
+    // Cancelled after two tokens.
+    record(generate(session, &mut sampler, &longer, (16, "", 2)));
     // The context fills: from a prompt 3 tokens short of it, then from a full one.
     let text = session
         .tokenize_prompt("Once upon a time, in a land far away, there")
         .unwrap();
     let long = [text.clone(), text].concat();
-    record(generate(session, &mut sampler, &long[..N_CTX - 3], 16, ""));
-    record(generate(session, &mut sampler, &long[..N_CTX], 16, ""));
+    record(generate(
+        session,
+        &mut sampler,
+        &long[..N_CTX - 3],
+        (16, "", never),
+    ));
+    record(generate(
+        session,
+        &mut sampler,
+        &long[..N_CTX],
+        (16, "", never),
+    ));
     seen
 }
 
@@ -107,7 +128,13 @@ fn pipelined_matches_host_greedy<B: Backend>(backend: B) {
         eprintln!("{got}");
         assert_eq!(got, want);
     }
-    for stop in ["MaxTokens", "EndOfTurn", "StopString", "ContextFull"] {
+    for stop in [
+        "MaxTokens",
+        "EndOfTurn",
+        "StopString",
+        "Cancelled",
+        "ContextFull",
+    ] {
         assert!(
             want.iter().any(|g| g.contains(stop)),
             "no {stop} in {want:?}"
