@@ -1456,9 +1456,9 @@ impl Backend for WgpuBackend {
             Cost::default(),
         );
         self.stage = "forward step".into();
-        let copy = &self.argmax_slots[slot].buffer.clone();
+        let copy = self.argmax_slots[slot].buffer.clone();
         self.encoder()
-            .copy_buffer_to_buffer(&result.buffer, 0, copy, 0, 4);
+            .copy_buffer_to_buffer(&result.buffer, 0, &copy, 0, 4);
         self.argmax_slots[slot].written_by = self.submit();
     }
 
