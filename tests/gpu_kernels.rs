@@ -235,6 +235,43 @@ fn embed_matches_the_cpu_for_every_type() {
     }
 }
 
+/// Two argmaxes queued into their slots, the last one embedded on the device: the ids read
+/// back (the later slot first) and the embedded row.
+fn queued_argmaxes<B: Load>(
+    b: &mut B,
+    w: &Weights,
+    logits: &[Vec<f32>; 2],
+) -> (Vec<u32>, Vec<f32>) {
+    let table = w.upload(b, "table");
+    for (slot, x) in logits.iter().enumerate() {
+        let t = b.load("logits", 1, x.len(), x);
+        b.queue_argmax(&t, slot);
+    }
+    let out = b.load("embedded", 1, w.cols, &vec![f32::NAN; w.cols]);
+    b.embed_argmax(&table, &out);
+    let ids = [1, 0].map(|slot| b.read_argmax(slot).expect("argmax"));
+    (ids.to_vec(), read(b, &out, 1))
+}
+
+/// What pipelined greedy decoding relies on: each queued id waits in its slot while the next
+/// is computed, and the next token's embedding is looked up from the last id on the device.
+#[test]
+fn queued_argmaxes_keep_their_slots_and_embed_the_last_on_the_device() {
+    let (mut gpu, mut cpu) = (gpu(), cpu());
+    let mut rng = rng(12);
+    let w = Weights::random(&mut rng, GgmlType::Q4K, ROWS, widths(GgmlType::Q4K)[1]);
+    let logits = [0, 1].map(|_| random_values(&mut rng, ROWS, 1.0));
+    let want_ids: Vec<u32> = [1, 0].map(|i| cpu::argmax(&logits[i]) as u32).to_vec();
+    assert_ne!(want_ids[0], want_ids[1], "slots told apart");
+    let (ids, got) = queued_argmaxes(&mut gpu, &w, &logits);
+    assert_eq!(ids, want_ids, "GPU ids");
+    let (ids, want) = queued_argmaxes(&mut cpu, &w, &logits);
+    assert_eq!(ids, want_ids, "CPU ids");
+    assert_decoded("embedded argmax", &got, &want, w.cols);
+    let table = w.upload(&mut cpu, "table");
+    assert_eq!(want, embed_rows(&mut cpu, &table, &want_ids[..1], w.cols));
+}
+
 fn gpu_dequantize(gpu: &mut WgpuBackend, m: &GpuMatrix) -> Vec<f32> {
     gpu.dequantize(m)
         .unwrap_or_else(|e| panic!("dequantize: {e}"))

@@ -3,7 +3,7 @@
 //! format each weight type dots with); work is spread over a rayon pool, except steps too
 //! small to be worth handing over.
 
-use super::{AttentionShape, Backend, QkvPart, Result, RopeKind, WeightBytes};
+use super::{AttentionShape, Backend, QkvPart, Result, RopeKind, WeightBytes, ARGMAX_SLOTS};
 use crate::quant::{self, ActFormat, Activations, GgmlType};
 use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
@@ -52,6 +52,9 @@ pub struct CpuBackend {
     bytes_held: u64,
     /// Reference mode: weights dequantized block by block, products in f64.
     exact: bool,
+    /// The ids of [`Backend::queue_argmax`], and the last one queued.
+    argmax_slots: [u32; ARGMAX_SLOTS],
+    last_argmax: u32,
 }
 
 impl CpuBackend {
@@ -68,6 +71,8 @@ impl CpuBackend {
             pool,
             bytes_held: 0,
             exact: false,
+            argmax_slots: [0; ARGMAX_SLOTS],
+            last_argmax: 0,
         })
     }
 
@@ -400,8 +405,18 @@ impl Backend for CpuBackend {
         Ok(x.data.borrow()[..n * x.cols].to_vec())
     }
 
-    fn argmax(&mut self, x: &CpuTensor) -> Result<u32> {
-        Ok(argmax(&x.data.borrow()[..x.cols]) as u32)
+    fn queue_argmax(&mut self, x: &CpuTensor, slot: usize) {
+        let id = argmax(&x.data.borrow()[..x.cols]) as u32;
+        self.argmax_slots[slot] = id;
+        self.last_argmax = id;
+    }
+
+    fn read_argmax(&mut self, slot: usize) -> Result<u32> {
+        Ok(self.argmax_slots[slot])
+    }
+
+    fn embed_argmax(&mut self, table: &CpuMatrix, out: &CpuTensor) {
+        self.embed(table, &[self.last_argmax], out);
     }
 
     fn sync(&mut self) -> Result<()> {

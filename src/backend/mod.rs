@@ -99,6 +99,10 @@ impl WeightBytes {
     }
 }
 
+/// Slots of [`Backend::queue_argmax`]: one token's id being read while the next one's is
+/// computed.
+pub const ARGMAX_SLOTS: usize = 2;
+
 /// What the forward pass needs from a device.
 pub trait Backend {
     type Tensor;
@@ -256,7 +260,20 @@ pub trait Backend {
     /// Rows `0..n` of a tensor, brought to the host.
     fn read(&mut self, x: &Self::Tensor, n: usize) -> Result<Vec<f32>>;
     /// Index of the largest value of row 0 (first one on ties), without reading the row back.
-    fn argmax(&mut self, x: &Self::Tensor) -> Result<u32>;
+    fn argmax(&mut self, x: &Self::Tensor) -> Result<u32> {
+        self.queue_argmax(x, 0);
+        self.read_argmax(0)
+    }
+    /// Sends all recorded work to the device, ending with the argmax of row 0 of `x` (as
+    /// [`Backend::argmax`] takes it), and returns without waiting: the id stays on the device
+    /// for [`Backend::embed_argmax`] and is read later from `slot` (below [`ARGMAX_SLOTS`]), so
+    /// that the next token's step can be queued before this one's id reaches the host.
+    fn queue_argmax(&mut self, x: &Self::Tensor, slot: usize);
+    /// The id [`Backend::queue_argmax`] put in `slot`, waiting for it (bounded on GPUs).
+    fn read_argmax(&mut self, slot: usize) -> Result<u32>;
+    /// out[0] = row (the last queued argmax) of `table`: [`Backend::embed`] of a token the
+    /// host has not seen yet.
+    fn embed_argmax(&mut self, table: &Self::Matrix, out: &Self::Tensor);
     /// Waits until all recorded work has finished (bounded on GPUs).
     fn sync(&mut self) -> Result<()>;
     /// Device memory the backend holds, in bytes.

@@ -123,8 +123,9 @@ fn run<B: Backend>(file: &GgufFile, mut model: Transformer<B>, args: &BenchArgs)
     Ok(())
 }
 
-/// Where a generated token's wall time goes on the host: recording the step (forward) and
-/// submitting it then waiting for the token id (argmax).
+/// Where a generated token's wall time goes on the host, decoding one token at a time (not a
+/// token ahead, as generation does): recording the step (forward) and submitting it then
+/// waiting for the token id (argmax).
 fn host_split<B: Backend>(model: &mut Transformer<B>, n: usize) -> Result<()> {
     model.truncate(0);
     let (mut record, mut wait) = (0.0, 0.0);
@@ -158,15 +159,15 @@ fn time_prompt<B: Backend>(model: &mut Transformer<B>, prompt: &[u32]) -> Result
 }
 
 /// Generates `n` tokens greedily from an empty cache, reading each token id back as a real
-/// decode loop must.
+/// decode loop must (one token late, as generation does: see [`vibrant::model::Greedy`]).
 fn time_generation<B: Backend>(model: &mut Transformer<B>, n: usize) -> Result<f64> {
     model.truncate(0);
     model.backend.sync()?;
     let started = Instant::now();
-    let mut token = 1;
+    model.forward(&[1])?;
+    let mut greedy = model.greedy();
     for _ in 0..n {
-        model.forward(&[token])?;
-        token = model.argmax()?;
+        greedy.next_token()?;
     }
     Ok(started.elapsed().as_secs_f64())
 }

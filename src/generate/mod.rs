@@ -8,7 +8,7 @@ pub use sampler::{Sampler, SamplerConfig};
 pub use stops::StopStrings;
 
 use crate::backend::Backend;
-use crate::model::{ContextFull, ModelError, Transformer};
+use crate::model::{ContextFull, Greedy, ModelError, Transformer};
 use crate::tokenizer::Tokenizer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -134,7 +134,11 @@ impl<B: Backend> Session<B> {
         let fresh = &prompt[reuse..];
         self.model.forward(fresh)?;
         self.cached.extend_from_slice(fresh);
-        let mut next = pick(&mut self.model, sampler)?;
+        let mut source = match sampler.config().is_plain_greedy() {
+            true => Source::Greedy(self.model.greedy()),
+            false => Source::Sampled(&mut self.model),
+        };
+        let mut next = source.next(sampler)?;
         let prompt_time = started.elapsed();
 
         let gen_started = Instant::now();
@@ -164,13 +168,14 @@ impl<B: Backend> Session<B> {
             if tokens.len() >= options.max_tokens {
                 break StopReason::MaxTokens;
             }
-            if self.model.check_room(1).is_err() {
+            if !source.keep(next)? {
                 break StopReason::ContextFull;
             }
-            self.model.forward(&[next])?;
             self.cached.push(next);
-            next = pick(&mut self.model, sampler)?;
+            next = source.next(sampler)?;
         };
+        // Takes a token run ahead but not kept back out of the cache.
+        drop(source);
         if stop != StopReason::StopString {
             let tail = decoder.finish();
             let (ready, _) = stops.feed(&tail);
@@ -188,16 +193,39 @@ impl<B: Backend> Session<B> {
     }
 }
 
-/// The next token: the device's argmax when greedy, else sampled from the logits.
-fn pick<B: Backend>(
-    model: &mut Transformer<B>,
-    sampler: &mut Sampler,
-) -> Result<u32, GenerateError> {
-    if sampler.config().is_plain_greedy() {
-        return Ok(model.argmax()?);
+/// Where an answer's tokens come from.
+enum Source<'a, B: Backend> {
+    /// The device's argmax, a token ahead of the host.
+    Greedy(Greedy<'a, B>),
+    /// Sampled from the logits, read back after each step.
+    Sampled(&'a mut Transformer<B>),
+}
+
+impl<B: Backend> Source<'_, B> {
+    fn next(&mut self, sampler: &mut Sampler) -> Result<u32, GenerateError> {
+        match self {
+            Self::Greedy(greedy) => Ok(greedy.next_token()?),
+            Self::Sampled(model) => {
+                let mut logits = model.logits()?;
+                Ok(sampler.sample(&mut logits))
+            }
+        }
     }
-    let mut logits = model.logits()?;
-    Ok(sampler.sample(&mut logits))
+
+    /// Puts `token`, the last one [`Self::next`] gave, in the KV cache so that decoding can
+    /// go on; false when the context is full.
+    fn keep(&mut self, token: u32) -> Result<bool, GenerateError> {
+        match self {
+            Self::Greedy(greedy) => Ok(greedy.fits()),
+            Self::Sampled(model) => {
+                if model.check_room(1).is_err() {
+                    return Ok(false);
+                }
+                model.forward(&[token])?;
+                Ok(true)
+            }
+        }
+    }
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {

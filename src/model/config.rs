@@ -34,6 +34,8 @@ pub enum ModelError {
     },
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),
+    #[error(transparent)]
+    ContextFull(#[from] super::ContextFull),
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

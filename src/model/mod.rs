@@ -5,7 +5,7 @@ mod config;
 
 pub use config::{Arch, Config, ModelError, Result};
 
-use crate::backend::{Backend, QkvPart, WeightBytes};
+use crate::backend::{Backend, QkvPart, WeightBytes, ARGMAX_SLOTS};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::quant::{self, GgmlType};
 use std::sync::Arc;
@@ -77,7 +77,7 @@ pub struct Transformer<B: Backend> {
     n_past: usize,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("the context is full: {needed} tokens needed, the context holds {n_ctx} (raise --ctx-size, up to the model's {n_ctx_train})")]
 pub struct ContextFull {
     pub needed: usize,
@@ -132,6 +132,17 @@ impl<B: Backend> Transformer<B> {
         self.n_past = self.n_past.min(n);
     }
 
+    /// Starts greedy decoding from the logits of the last forward step; see [`Greedy`].
+    pub fn greedy(&mut self) -> Greedy<'_, B> {
+        self.backend.queue_argmax(&self.scratch.logits, 0);
+        Greedy {
+            model: self,
+            slot: 0,
+            full: None,
+            ran_ahead: false,
+        }
+    }
+
     /// Checks that `n` more tokens fit in the context.
     pub fn check_room(&self, n: usize) -> std::result::Result<(), ContextFull> {
         let needed = self.n_past + n;
@@ -167,11 +178,16 @@ impl<B: Backend> Transformer<B> {
     /// One step over up to `n_batch` tokens at positions `n_past..`.
     fn forward_batch(&mut self, tokens: &[u32], want_logits: bool) {
         let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
+        b.embed(&w.token_embd, tokens, &s.x);
+        self.run_layers(tokens.len(), want_logits);
+    }
+
+    /// The step of `n` tokens whose embeddings are in `scratch.x`.
+    fn run_layers(&mut self, n: usize, want_logits: bool) {
+        let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
         let c = &self.config;
         let shape = &c.attention;
-        let (n, pos, eps) = (tokens.len(), self.n_past, c.rms_eps);
-
-        b.embed(&w.token_embd, tokens, &s.x);
+        let (pos, eps) = (self.n_past, c.rms_eps);
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: x += Wo · attention(rope(Wq · norm(x)), rope(Wk · norm(x)), Wv · norm(x))
             b.attention_inputs(
@@ -223,6 +239,57 @@ impl<B: Backend> Transformer<B> {
             );
         }
         self.n_past += n;
+    }
+}
+
+/// Greedy decoding a token ahead of the host: before the host waits for a token's id, that
+/// token's step (its embedding looked up from the device's argmax) and its successor's argmax
+/// are queued, so the device has work while the id is read back and the step after is
+/// recorded. The token run ahead is in the KV cache before the caller decides to keep it;
+/// dropping the decoder takes it out again, leaving the cache as decoding one token at a time
+/// with [`Transformer::argmax`] and [`Transformer::forward`] leaves it.
+pub struct Greedy<'a, B: Backend> {
+    model: &'a mut Transformer<B>,
+    /// Where the next id to read is queued.
+    slot: usize,
+    /// Set once a token did not fit in the context: nothing is queued after it.
+    full: Option<ContextFull>,
+    /// Whether the token last returned was run ahead into the cache.
+    ran_ahead: bool,
+}
+
+impl<B: Backend> Greedy<'_, B> {
+    /// The next token, keeping the one returned before it in the cache. Fails once a token
+    /// did not fit (see [`Self::fits`]), as [`Transformer::forward`] of it would.
+    pub fn next_token(&mut self) -> Result<u32> {
+        if let Some(full) = &self.full {
+            return Err(full.clone().into());
+        }
+        let m = &mut *self.model;
+        let slot = self.slot;
+        self.slot = (slot + 1) % ARGMAX_SLOTS;
+        self.full = m.check_room(1).err();
+        self.ran_ahead = self.full.is_none();
+        if self.ran_ahead {
+            m.backend.embed_argmax(&m.weights.token_embd, &m.scratch.x);
+            m.run_layers(1, true);
+            m.backend.queue_argmax(&m.scratch.logits, self.slot);
+        }
+        Ok(m.backend.read_argmax(slot)?)
+    }
+
+    /// Whether the token last returned fit in the context, so that decoding can go on.
+    pub fn fits(&self) -> bool {
+        self.ran_ahead
+    }
+}
+
+impl<B: Backend> Drop for Greedy<'_, B> {
+    fn drop(&mut self) {
+        if self.ran_ahead {
+            let n = self.model.n_past - 1;
+            self.model.truncate(n);
+        }
     }
 }
 

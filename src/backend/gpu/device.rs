@@ -348,20 +348,26 @@ impl Gpu {
 
     /// Waits for all submitted work, at most the configured timeout.
     pub fn wait(&self, stage: &str) -> Result<()> {
-        self.wait_until(stage, || true)
+        self.wait_until(stage, None, || true)
     }
 
-    /// Waits for the submitted work, then until `done` holds (a callback has run), within the
-    /// device's timeout. While other backends poll the same device, a wait can end early and
-    /// callbacks can run on their threads (seen on the H100): only the deadline makes it a
-    /// timeout.
-    pub fn wait_until(&self, stage: &str, done: impl Fn() -> bool) -> Result<()> {
+    /// Waits for `submission` (all submitted work if `None`), then until `done` holds (a
+    /// callback has run), within the device's timeout. Naming the submission leaves later
+    /// ones running (the next token's step). While other backends poll the same device, a
+    /// wait can end early and callbacks can run on their threads (seen on the H100): only the
+    /// deadline makes it a timeout.
+    pub fn wait_until(
+        &self,
+        stage: &str,
+        submission: Option<&wgpu::SubmissionIndex>,
+        done: impl Fn() -> bool,
+    ) -> Result<()> {
         let timeout = self.options.timeout;
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let outcome = self.device.poll(wgpu::PollType::Wait {
-                submission_index: None,
+                submission_index: submission.cloned(),
                 timeout: Some(left),
             });
             self.check(stage)?;

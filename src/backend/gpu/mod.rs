@@ -4,7 +4,8 @@
 //! its dispatches into one command encoder and one compute pass; pipelines are built once and
 //! bind groups are cached, so a decode step only records. Kernel parameters travel in one
 //! uniform buffer per submission, one 256-byte slot per dispatch (dynamic offsets). Only what
-//! the host asks for (a token id, or the logits) is read back, and every wait is bounded.
+//! the host asks for (a token id, or the logits) is read back, and every wait is bounded; greedy
+//! decoding queues a token's step before waiting for the id of the one before it.
 
 pub mod device;
 pub mod kernels;
@@ -16,6 +17,7 @@ pub use kernels::Kernel;
 
 use super::{
     AttentionShape, Backend, BackendError, KernelTiming, QkvPart, Result, RopeKind, WeightBytes,
+    ARGMAX_SLOTS,
 };
 use crate::quant::GgmlType;
 use bytemuck::{Pod, Zeroable};
@@ -110,6 +112,12 @@ const COOP_TILE_TOKENS: u32 = 64;
 /// slices of it launch too few workgroups to fill the card).
 const COOP_SLICE_BYTES: u64 = 48 << 20;
 
+/// Where [`Backend::queue_argmax`] copies an id for the host, and the submission that does.
+struct ArgmaxSlot {
+    buffer: wgpu::Buffer,
+    written_by: Option<wgpu::SubmissionIndex>,
+}
+
 /// Identifies a bind group: the kernel and the buffers bound to it, in order.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct BindKey {
@@ -129,6 +137,7 @@ pub struct WgpuBackend {
     tokens: Arc<GpuBuf>,
     token_capacity: usize,
     result: Arc<GpuBuf>,
+    argmax_slots: [ArgmaxSlot; ARGMAX_SLOTS],
     readback: Option<wgpu::Buffer>,
     /// Stands in for an absent optional input (a matmul without bias).
     dummy: Arc<GpuBuf>,
@@ -254,6 +263,15 @@ impl WgpuBackend {
         let tokens = small(1, "tokens", 4 * FIRST_TOKENS as u64)?;
         let result = small(2, "argmax result", 8 * (ARGMAX_GROUPS as u64 + 1))?;
         let dummy = small(3, "absent input", 16)?;
+        let argmax_slots = std::array::from_fn(|_| ArgmaxSlot {
+            buffer: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("argmax readback"),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            written_by: None,
+        });
         let tuning = kernels::Tuning::for_device(&gpu);
         Ok(Self {
             gpu,
@@ -267,6 +285,7 @@ impl WgpuBackend {
             tokens,
             token_capacity: FIRST_TOKENS,
             result,
+            argmax_slots,
             readback: None,
             dummy,
             next_id: 3,
@@ -485,18 +504,19 @@ impl WgpuBackend {
     }
 
     /// Sends everything recorded so far to the GPU.
-    fn submit(&mut self) {
+    fn submit(&mut self) -> Option<wgpu::SubmissionIndex> {
         self.pass = None;
-        let Some(encoder) = self.encoder.take() else {
-            return;
-        };
+        let encoder = self.encoder.take()?;
+        // The queue orders this write after the work already submitted, which may still be
+        // running (greedy decoding submits a step while the one before runs): wgpu puts a
+        // barrier between that work's reads of the parameters and the copy.
         if !self.params.is_empty() {
             self.gpu
                 .queue
                 .write_buffer(&self.params_buf, 0, &self.params);
             self.params.clear();
         }
-        self.gpu.queue.submit([encoder.finish()]);
+        Some(self.gpu.queue.submit([encoder.finish()]))
     }
 
     fn flush_and_wait(&mut self) -> Result<()> {
@@ -520,6 +540,17 @@ impl WgpuBackend {
         self.encoder()
             .copy_buffer_to_buffer(&src.buffer, 0, &readback, 0, size);
         self.flush_and_wait()?;
+        self.map_read(&readback, size, None, "mapping the readback buffer")
+    }
+
+    /// The first `size` bytes of a MAP_READ buffer, once `submission` (all if `None`) is done.
+    fn map_read(
+        &self,
+        readback: &wgpu::Buffer,
+        size: u64,
+        submission: Option<&wgpu::SubmissionIndex>,
+        stage: &str,
+    ) -> Result<Vec<u8>> {
         let slice = readback.slice(..size);
         let mapped = Arc::new(std::sync::Mutex::new(None));
         let sink = mapped.clone();
@@ -528,7 +559,7 @@ impl WgpuBackend {
         });
         let lock = || mapped.lock().unwrap_or_else(|p| p.into_inner());
         self.gpu
-            .wait_until("mapping the readback buffer", || lock().is_some())?;
+            .wait_until(stage, submission, || lock().is_some())?;
         if let Some(Err(e)) = lock().take() {
             return Err(BackendError::Gpu {
                 stage: "reading results back".into(),
@@ -544,6 +575,22 @@ impl WgpuBackend {
             .to_vec();
         readback.unmap();
         Ok(bytes)
+    }
+
+    /// out[t] = row `ids[t]` of `table` for the first `n` ids, which are on the device.
+    fn get_rows(&mut self, table: &GpuMatrix, ids: &Arc<GpuBuf>, n: usize, out: &GpuTensor) {
+        self.stage = "forward step".into();
+        for part in &table.parts {
+            let params = DequantParams::new(part, table.cols, n as u32);
+            let groups = (table.cols as u32).div_ceil(8).div_ceil(64);
+            self.dispatch(
+                Kernel::GetRows(table.ggml_type),
+                &params,
+                &[&part.buf, ids, &out.buf],
+                (groups, n as u32, 1),
+                Cost::bytes((n * table.cols * 4) as u64),
+            );
+        }
     }
 
     /// Dequantizes a whole matrix on the device (the standalone dequant kernel).
@@ -1296,19 +1343,14 @@ impl Backend for WgpuBackend {
         self.gpu
             .queue
             .write_buffer(&self.tokens.buffer, 0, bytemuck::cast_slice(&clamped));
-        self.stage = "forward step".into();
         let tokens_buf = self.tokens.clone();
-        for part in &table.parts {
-            let params = DequantParams::new(part, table.cols, tokens.len() as u32);
-            let groups = (table.cols as u32).div_ceil(8).div_ceil(64);
-            self.dispatch(
-                Kernel::GetRows(table.ggml_type),
-                &params,
-                &[&part.buf, &tokens_buf, &out.buf],
-                (groups, tokens.len() as u32, 1),
-                Cost::bytes((tokens.len() * table.cols * 4) as u64),
-            );
-        }
+        self.get_rows(table, &tokens_buf, tokens.len(), out);
+    }
+
+    fn embed_argmax(&mut self, table: &GpuMatrix, out: &GpuTensor) {
+        // argmax_final leaves the id in slot 0, below the vocabulary size (table.rows).
+        let result = self.result.clone();
+        self.get_rows(table, &result, 1, out);
     }
 
     fn rms_norm(&mut self, x: &GpuTensor, weight: &GpuVector, eps: f32, out: &GpuTensor, n: usize) {
@@ -1491,7 +1533,7 @@ impl Backend for WgpuBackend {
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
-    fn argmax(&mut self, x: &GpuTensor) -> Result<u32> {
+    fn queue_argmax(&mut self, x: &GpuTensor, slot: usize) {
         let params = ReduceParams {
             len: x.cols as u32,
             temperature: 1.0,
@@ -1514,7 +1556,15 @@ impl Backend for WgpuBackend {
             Cost::default(),
         );
         self.stage = "forward step".into();
-        let bytes = self.read_bytes(&result, 4)?;
+        let copy = self.argmax_slots[slot].buffer.clone();
+        self.encoder()
+            .copy_buffer_to_buffer(&result.buffer, 0, &copy, 0, 4);
+        self.argmax_slots[slot].written_by = self.submit();
+    }
+
+    fn read_argmax(&mut self, slot: usize) -> Result<u32> {
+        let ArgmaxSlot { buffer, written_by } = &self.argmax_slots[slot];
+        let bytes = self.map_read(buffer, 4, written_by.as_ref(), &self.stage)?;
         Ok(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")))
     }
 
