@@ -2,10 +2,9 @@
 // cores): 16×16×16 f16 products accumulated in f32, from weights already decoded to f16
 // (dequant_f16, one slice of rows at a time). A workgroup of eight subgroups computes a tile
 // of 64 tokens × 128 weight rows, each subgroup 32 × 32 of it (of the tiles tried on the H200,
-// 64 × 64, 128 × 64, 32 × 64 and 32 × 128, and steps of 64, none was faster). Steps of 32 along the rows are
-// double-buffered: the next step's tiles are loaded into registers while the tensor cores work
-// on this one, so each step costs one barrier and no exposed memory latency (the loads from
-// memory, not the products, held the kernel to 25–30 TFLOP/s before: benches/coop_probe.rs).
+// 64 × 64, 128 × 64, 32 × 64 and 32 × 128, and steps of 64, none was clearly faster). Steps of
+// 32 along the rows go through two buffers in workgroup memory, one barrier per step; each
+// step's weights and activations are loaded into registers two steps ahead.
 // Requires w_k % 32 == 0.
 
 const BM: u32 = 64u;
@@ -101,13 +100,16 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var acc01 = coop_mat16x16<f32, C>();
     var acc10 = coop_mat16x16<f32, C>();
     var acc11 = coop_mat16x16<f32, C>();
+    let steps = p.w_k / BK;
     stash(li, fetch(li, tok0, row0, 0u), 0u);
     workgroupBarrier();
-    let steps = p.w_k / BK;
+    // Loads run two steps ahead of their use: a step's products alone do not cover the
+    // latency of a load from L2 (with one step, waiting for them halved the kernel's rate).
+    // The last steps fetch the last step again, unused: no branch around the loads.
+    var pending = fetch(li, tok0, row0, min(1u, steps - 1u) * BK);
     for (var step = 0u; step < steps; step++) {
         let buf = step % 2u;
-        // The last step fetches itself again, unused: no branch around the loads.
-        let next = fetch(li, tok0, row0, min(step + 1u, steps - 1u) * BK);
+        let ahead = fetch(li, tok0, row0, min(step + 2u, steps - 1u) * BK);
         let xb = buf * BM * S + sm * 32u * S;
         let wb = buf * BN * S + sn * 32u * S;
         for (var kk = 0u; kk < BK / 4u; kk += 4u) {
@@ -120,7 +122,8 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             acc10 = coopMultiplyAdd(a1, b0, acc10);
             acc11 = coopMultiplyAdd(a1, b1, acc11);
         }
-        stash(li, next, 1u - buf);
+        stash(li, pending, 1u - buf);
+        pending = ahead;
         workgroupBarrier();
     }
     let t = tok0 + sm * 32u;
