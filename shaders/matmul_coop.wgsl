@@ -1,13 +1,19 @@
 // Matrix-matrix products Y = X · Wᵀ (+ bias), or Y += X · Wᵀ, on cooperative matrices (tensor
 // cores): 16×16×16 f16 products accumulated in f32, from weights already decoded to f16
 // (dequant_f16, one slice of rows at a time). A workgroup of eight subgroups computes a tile
-// of 64 tokens × 128 weight rows, each subgroup 32 × 32 of it (of the tiles tried on the H200,
-// 64 × 64, 128 × 64, 32 × 64 and 32 × 128, and steps of 64, none was clearly faster). Steps of
-// 32 along the rows go through two buffers in workgroup memory, one barrier per step; each
-// step's weights and activations are loaded into registers two steps ahead.
+// of BM tokens × 128 weight rows. Steps of 32 along the rows go through two buffers in
+// workgroup memory, one barrier per step; each step's weights and activations are loaded into
+// registers two steps ahead. (Tried on the H200 and slower: 64 × 64, 128 × 64, 32 × 64 and
+// 32 × 128 tiles of 32 × 32 per subgroup; steps of 64.)
 // Requires w_k % 32 == 0.
 
-const BM: u32 = 64u;
+// Tokens per tile: 128 for products with enough rows to fill the card with such tiles, else
+// 64 (kernels.rs, Kernel::MatmulCoop). Each subgroup computes BM / 2 tokens × 32 rows: its
+// tensor-core loads from workgroup memory, not its products, bound it, so taller tiles
+// (more products per load) are faster where there are enough of them.
+const BM: u32 = {{COOP_TOKENS}}u;
+// Tiles of 16 tokens per subgroup: 2 or 4.
+const TALL: bool = BM == 128u;
 const BN: u32 = 128u;
 const BK: u32 = 32u;
 const WG: u32 = 256u;
@@ -28,13 +34,15 @@ var<workgroup> w_tile: array<vec4<f16>, 2 * BN * S>;
 var<workgroup> c_tile: array<f32, 8 * 256>;
 
 // What one thread carries from memory to workgroup memory per step: 8 weights of each of two
-// rows, 4 activations of each of two tokens (held in plain variables: arrays indexed in loops
-// may live in slow local memory).
+// rows, 4 activations of each of BM / 32 tokens (held in plain variables: arrays indexed in
+// loops may live in slow local memory).
 struct Staged {
     w0: vec4<u32>,
     w1: vec4<u32>,
     x0: vec4<f32>,
     x1: vec4<f32>,
+    x2: vec4<f32>,
+    x3: vec4<f32>,
 }
 
 // Vector c of the weight tile (BK / 8 per row) and of the activation tile (BK / 4 per token).
@@ -49,8 +57,13 @@ fn fetch_x(c: u32, tok0: u32, k0: u32) -> vec4<f32> {
 }
 
 fn fetch(li: u32, tok0: u32, row0: u32, k0: u32) -> Staged {
-    return Staged(fetch_w(li, row0, k0), fetch_w(li + WG, row0, k0), fetch_x(li, tok0, k0),
-        fetch_x(li + WG, tok0, k0));
+    var s = Staged(fetch_w(li, row0, k0), fetch_w(li + WG, row0, k0), fetch_x(li, tok0, k0),
+        fetch_x(li + WG, tok0, k0), vec4<f32>(), vec4<f32>());
+    if (TALL) {
+        s.x2 = fetch_x(li + 2u * WG, tok0, k0);
+        s.x3 = fetch_x(li + 3u * WG, tok0, k0);
+    }
+    return s;
 }
 
 fn stash_w(c: u32, w: vec4<u32>, buf: u32) {
@@ -69,6 +82,10 @@ fn stash(li: u32, s: Staged, buf: u32) {
     stash_w(li + WG, s.w1, buf);
     stash_x(li, s.x0, buf);
     stash_x(li + WG, s.x1, buf);
+    if (TALL) {
+        stash_x(li + 2u * WG, s.x2, buf);
+        stash_x(li + 3u * WG, s.x3, buf);
+    }
 }
 
 // Writes one 16 × 16 accumulator of tokens t0.., rows r0.. (tile-relative) through c_tile.
@@ -93,13 +110,17 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
                @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let tok0 = wid.x * BM;
     let row0 = wid.y * BN;
-    // Subgroup sg owns tokens sm * 32.. and weight rows sn * 32.. of the tile.
+    // Subgroup sg owns tokens sm * 64.. and weight rows sn * 32.. of the tile.
     let sm = sg / (BN / 32u);
     let sn = sg % (BN / 32u);
     var acc00 = coop_mat16x16<f32, C>();
     var acc01 = coop_mat16x16<f32, C>();
     var acc10 = coop_mat16x16<f32, C>();
     var acc11 = coop_mat16x16<f32, C>();
+    var acc20 = coop_mat16x16<f32, C>();
+    var acc21 = coop_mat16x16<f32, C>();
+    var acc30 = coop_mat16x16<f32, C>();
+    var acc31 = coop_mat16x16<f32, C>();
     let steps = p.w_k / BK;
     stash(li, fetch(li, tok0, row0, 0u), 0u);
     workgroupBarrier();
@@ -110,26 +131,40 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     for (var step = 0u; step < steps; step++) {
         let buf = step % 2u;
         let ahead = fetch(li, tok0, row0, min(step + 2u, steps - 1u) * BK);
-        let xb = buf * BM * S + sm * 32u * S;
+        let xb = buf * BM * S + sm * (BM / 2u) * S;
         let wb = buf * BN * S + sn * 32u * S;
         for (var kk = 0u; kk < BK / 4u; kk += 4u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xb + kk], S);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xb + 16u * S + kk], S);
             let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[wb + kk], S);
             let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[wb + 16u * S + kk], S);
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xb + kk], S);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xb + 16u * S + kk], S);
             acc00 = coopMultiplyAdd(a0, b0, acc00);
             acc01 = coopMultiplyAdd(a0, b1, acc01);
             acc10 = coopMultiplyAdd(a1, b0, acc10);
             acc11 = coopMultiplyAdd(a1, b1, acc11);
+            if (TALL) {
+                let a2 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xb + 32u * S + kk], S);
+                let a3 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[xb + 48u * S + kk], S);
+                acc20 = coopMultiplyAdd(a2, b0, acc20);
+                acc21 = coopMultiplyAdd(a2, b1, acc21);
+                acc30 = coopMultiplyAdd(a3, b0, acc30);
+                acc31 = coopMultiplyAdd(a3, b1, acc31);
+            }
         }
         stash(li, pending, 1u - buf);
         pending = ahead;
         workgroupBarrier();
     }
-    let t = tok0 + sm * 32u;
+    let t = tok0 + sm * (BM / 2u);
     let r = row0 + sn * 32u;
     finish(acc00, sg, lane, t, r);
     finish(acc01, sg, lane, t, r + 16u);
     finish(acc10, sg, lane, t + 16u, r);
     finish(acc11, sg, lane, t + 16u, r + 16u);
+    if (TALL) {
+        finish(acc20, sg, lane, t + 32u, r);
+        finish(acc21, sg, lane, t + 32u, r + 16u);
+        finish(acc30, sg, lane, t + 48u, r);
+        finish(acc31, sg, lane, t + 48u, r + 16u);
+    }
 }

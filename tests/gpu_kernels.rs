@@ -1148,6 +1148,25 @@ fn prompt_matmul_tiles_match_the_reference() {
     }
 }
 
+/// A product with enough rows for tensor cores' taller tiles (128 tokens × 128 rows, where they
+/// cover it with at least 256 of them): 200 tokens and 32,800 rows leave both last tiles part
+/// full.
+#[test]
+fn tall_prompt_tiles_match_the_reference() {
+    let mut rng = rng(31);
+    let mut gpu = gpu();
+    let (rows, cols, n) = (32_800, 256, 200);
+    let w = Weights::random(&mut rng, GgmlType::Q4K, rows, cols);
+    let gw = w.upload(&mut gpu, "w");
+    let bias = random_values(&mut rng, rows, 1.0);
+    let gb = upload_bias(&mut gpu, &bias);
+    let x = random_values(&mut rng, n * cols, 1.0);
+    let (want, scale) = matmul_reference(&w.decoded(), &x, Some(&bias), rows, cols);
+    let got = run_matmul(&mut gpu, &gw, Some(&gb), &x, n, rows);
+    let what = format!("tall prompt matmul {} n={n}", w.label());
+    assert_close(&what, &got, &want, rows, |i| scale[i], tiled_tol(&gpu));
+}
+
 /// The feed-forward input: gate and up of one type are interleaved into one matrix (one decode
 /// pass writes SwiGLU; prompts go through tiles and a pairwise SwiGLU), of two types they stay
 /// apart. Against the CPU backend in its exact mode (float products of the same weights), or,
