@@ -1,13 +1,14 @@
 // Prompts on tensor cores, flash style: one workgroup of four subgroups per (query head, tile
-// of 64 tokens); each subgroup owns 16 query rows and walks the keys 32 at a time:
-//   S = Q·Kᵀ (16 × 32, f16 products, f32 sums; keys read straight from the f16 cache),
+// of 64 tokens); each subgroup owns 16 query rows and walks the keys 64 at a time:
+//   S = Q·Kᵀ (16 × 64, f16 products, f32 sums; keys read straight from the f16 cache),
 //   an online softmax of S's rows in workgroup memory (P in f16),
-//   O = O·correction + P·V, one 16 × 16 block of O at a time, O held in the lanes' registers.
+//   O = O·correction + P·V, four 16 × 16 blocks of O at a time through workgroup memory, O
+//   held in the lanes' registers.
 // Heads of up to 128 values, a multiple of 16. Every subgroup of a workgroup runs the same
-// number of steps, so workgroup barriers stand in for subgroup ones.
+// number of steps, so workgroup barriers stand in for subgroup ones (six per step).
 
 const BQ: u32 = 64u;
-const BKV: u32 = 32u;
+const BKV: u32 = 64u;
 const HD_MAX: u32 = 128u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -18,7 +19,7 @@ const HD_MAX: u32 = 128u;
 
 // Scaled queries [token][d], f16.
 var<workgroup> q_tile: array<f16, BQ * HD_MAX>;
-// Per subgroup: scores [row][key] (16 × 32 f32), later one 16 × 16 block of P·V.
+// Per subgroup: scores [row][key] (16 × 64 f32), later four 16 × 16 blocks of P·V.
 var<workgroup> s_tile: array<f32, 4 * 16 * BKV>;
 // Per subgroup: softmax weights [row][key], f16.
 var<workgroup> p_tile: array<f16, 4 * 16 * BKV>;
@@ -42,7 +43,7 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         q_tile[i] = f16(v);
     }
     workgroupBarrier();
-    // Lane (row, half): row r = lane / 2 of the subgroup's 16, keys 16 * half.. of each step.
+    // Lane (row, half): row r = lane / 2 of the subgroup's 16, keys 32 * half.. of each step.
     let r = lane / 2u;
     let half = lane % 2u;
     let q_row = q0 + sg * 16u + r;
@@ -60,32 +61,37 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
     let s_base = sg * 16u * BKV;
     for (var k0 = 0u; k0 < n_keys; k0 += BKV) {
-        // Scores of the subgroup's 16 rows against keys k0.. (two 16-key blocks).
+        // Scores of the subgroup's 16 rows against keys k0.. (four 16-key blocks).
         var s0 = coop_mat16x16<f32, C>();
         var s1 = coop_mat16x16<f32, C>();
+        var s2 = coop_mat16x16<f32, C>();
+        var s3 = coop_mat16x16<f32, C>();
         let kc = k0 * p.kv_width + kv_off;
+        let kw = p.kv_width;
         for (var d = 0u; d < hd; d += 16u) {
             let a = coopLoadT<coop_mat16x16<f16, A>>(&q_tile[sg * 16u * hd + d], hd);
-            let k_0 = coopLoad<coop_mat16x16<f16, B>>(&k_cache[kc + d], p.kv_width);
-            let k_1 = coopLoad<coop_mat16x16<f16, B>>(&k_cache[kc + 16u * p.kv_width + d], p.kv_width);
-            s0 = coopMultiplyAdd(a, k_0, s0);
-            s1 = coopMultiplyAdd(a, k_1, s1);
+            s0 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&k_cache[kc + d], kw), s0);
+            s1 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&k_cache[kc + 16u * kw + d], kw), s1);
+            s2 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&k_cache[kc + 32u * kw + d], kw), s2);
+            s3 = coopMultiplyAdd(a, coopLoad<coop_mat16x16<f16, B>>(&k_cache[kc + 48u * kw + d], kw), s3);
         }
         coopStoreT(s0, &s_tile[s_base], BKV);
         coopStoreT(s1, &s_tile[s_base + 16u], BKV);
+        coopStoreT(s2, &s_tile[s_base + 32u], BKV);
+        coopStoreT(s3, &s_tile[s_base + 48u], BKV);
         workgroupBarrier();
-        // Online softmax of row r: this lane's 16 keys, then its partner's through a shuffle.
+        // Online softmax of row r: this lane's 32 keys, then its partner's through a shuffle.
         var tile_max = -3.4e38;
-        for (var j = 0u; j < 16u; j++) {
-            let key = k0 + 16u * half + j;
-            let s = select(-3.4e38, s_tile[s_base + r * BKV + 16u * half + j], key < row_keys);
+        for (var j = 0u; j < 32u; j++) {
+            let key = k0 + 32u * half + j;
+            let s = select(-3.4e38, s_tile[s_base + r * BKV + 32u * half + j], key < row_keys);
             tile_max = max(tile_max, s);
         }
         let m_new = max(m, max(tile_max, subgroupShuffleXor(tile_max, 1u)));
         var sum = 0.0;
-        for (var j = 0u; j < 16u; j++) {
-            let key = k0 + 16u * half + j;
-            let at = r * BKV + 16u * half + j;
+        for (var j = 0u; j < 32u; j++) {
+            let key = k0 + 32u * half + j;
+            let at = r * BKV + 32u * half + j;
             let e = select(0.0, exp(s_tile[s_base + at] - m_new), key < row_keys);
             p_tile[s_base + at] = f16(e);
             sum += e;
@@ -97,24 +103,31 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             row_factor[sg * 16u + r] = correction;
         }
         workgroupBarrier();
-        // O = O · correction + P · V, a 16 × 16 block of values at a time.
-        let vc = k0 * p.kv_width + kv_off;
+        // O = O · correction + P · V, four 16 × 16 blocks of values at a time. (Blocks past
+        // the head read the next head's values, unused: no branch around the tensor-core
+        // operations, which the whole subgroup must reach.)
+        let vc = k0 * kw + kv_off;
         let p0 = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[s_base], BKV);
         let p1 = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[s_base + 16u], BKV);
-        // (Blocks past the head read the next head's values, unused: no branch around the
-        // tensor-core operations, which must be reached by the whole subgroup.)
-        for (var b = 0u; b < 8u; b++) {
-            var pv = coop_mat16x16<f32, C>();
-            let v0 = coopLoadT<coop_mat16x16<f16, B>>(&v_cache[vc + 16u * b], p.kv_width);
-            let v1 = coopLoadT<coop_mat16x16<f16, B>>(&v_cache[vc + 16u * p.kv_width + 16u * b], p.kv_width);
-            pv = coopMultiplyAdd(p0, v0, pv);
-            pv = coopMultiplyAdd(p1, v1, pv);
-            coopStoreT(pv, &s_tile[s_base], 16u);
+        let p2 = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[s_base + 32u], BKV);
+        let p3 = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[s_base + 48u], BKV);
+        for (var b0 = 0u; b0 < 8u; b0 += 4u) {
+            for (var b = b0; b < b0 + 4u; b++) {
+                let v = vc + 16u * b;
+                var pv = coopMultiplyAdd(p0, coopLoadT<coop_mat16x16<f16, B>>(&v_cache[v], kw), coop_mat16x16<f32, C>());
+                pv = coopMultiplyAdd(p1, coopLoadT<coop_mat16x16<f16, B>>(&v_cache[v + 16u * kw], kw), pv);
+                pv = coopMultiplyAdd(p2, coopLoadT<coop_mat16x16<f16, B>>(&v_cache[v + 32u * kw], kw), pv);
+                pv = coopMultiplyAdd(p3, coopLoadT<coop_mat16x16<f16, B>>(&v_cache[v + 48u * kw], kw), pv);
+                coopStoreT(pv, &s_tile[s_base + 256u * (b - b0)], 16u);
+            }
             workgroupBarrier();
-            if (b < blocks) {
-                for (var e = 0u; e < 8u; e++) {
-                    let i = lane + 32u * e;
-                    o[b][e] = o[b][e] * row_factor[sg * 16u + i / 16u] + s_tile[s_base + i];
+            for (var b = b0; b < b0 + 4u; b++) {
+                if (b < blocks) {
+                    for (var e = 0u; e < 8u; e++) {
+                        let i = lane + 32u * e;
+                        let staged = s_tile[s_base + 256u * (b - b0) + i];
+                        o[b][e] = o[b][e] * row_factor[sg * 16u + i / 16u] + staged;
+                    }
                 }
             }
             workgroupBarrier();

@@ -1313,9 +1313,10 @@ impl Backend for WgpuBackend {
             }
         }
         let kv_width = shape.kv_width();
-        // The tensor-core attention reads keys and values 32 rows at a time, past the last
-        // key in use: whole tiles of zeros there (its loads are not bounds-checked).
-        let bytes = (n_ctx.next_multiple_of(64) * kv_width * 2) as u64;
+        // The tensor-core attention reads keys and values 64 rows at a time, past the last
+        // key in use, and 128 values per row whatever the head size: whole tiles of zeros
+        // there, and 128 more values after the last row (its loads are not bounds-checked).
+        let bytes = (n_ctx.next_multiple_of(64) * kv_width * 2 + 256) as u64;
         let mut k = Vec::with_capacity(n_layers);
         let mut v = Vec::with_capacity(n_layers);
         for layer in 0..n_layers {
