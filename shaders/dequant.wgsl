@@ -57,7 +57,7 @@ fn dequant(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // Rows n..n + rows of this part, as f16, to rows 0.. of out_f16.
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn dequant_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
     let g = gid.x;
     let row = gid.y + 65535u * gid.z;

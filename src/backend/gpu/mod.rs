@@ -783,7 +783,7 @@ impl WgpuBackend {
                 n: first,
                 ..DequantParams::new(part, w.cols, 0)
             };
-            let groups = (w.cols as u32).div_ceil(8).div_ceil(64);
+            let groups = (w.cols as u32).div_ceil(8).div_ceil(256);
             let decoded = rows as u64 * row_bytes;
             let quantized = part.buf.buffer.size() * rows as u64 / part.rows as u64;
             self.dispatch(
