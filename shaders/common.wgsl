@@ -48,4 +48,7 @@ struct ProductParams {
     head_dim: u32,
     kv_width: u32,
     neox: u32,
+    // 1: rows interleave gate and up; the tensor-core matmul writes SwiGLU of each pair to
+    // column row / 2 of y.
+    pairs: u32,
 }

@@ -92,6 +92,10 @@ fn stash(li: u32, s: Staged, buf: u32) {
 fn finish(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, tok0: u32, row0: u32) {
     coopStoreT(acc, &c_tile[sg * 256u], 16u);
     workgroupBarrier();
+    if (p.pairs != 0u) {
+        finish_pairs(sg, lane, tok0, row0);
+        return;
+    }
     for (var i = lane; i < 256u; i += 32u) {
         let t = tok0 + i / 16u;
         let rl = row0 + i % 16u;
@@ -100,6 +104,21 @@ fn finish(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, tok0: u32, row0: u32) 
             let y = t * p.y_stride + rg;
             let v = c_tile[sg * 256u + i] + select(0.0, bias[rg], p.has_bias != 0u);
             Y[y] = select(v, Y[y] + v, p.accumulate != 0u);
+        }
+    }
+    workgroupBarrier();
+}
+
+// SwiGLU of the (gate, up) row pairs of the 16 × 16 result in c_tile (rows are pairs from an
+// even row on: slices and parts start on even rows).
+fn finish_pairs(sg: u32, lane: u32, tok0: u32, row0: u32) {
+    for (var j = lane; j < 128u; j += 32u) {
+        let t = tok0 + j / 8u;
+        let rl = row0 + 2u * (j % 8u);
+        if (t < p.n_tokens && rl < p.rows) {
+            let at = sg * 256u + (j / 8u) * 16u + 2u * (j % 8u);
+            let g = c_tile[at];
+            Y[t * p.y_stride + (p.row_start + rl) / 2u] = g / (1.0 + exp(-g)) * c_tile[at + 1u];
         }
     }
     workgroupBarrier();

@@ -657,8 +657,9 @@ impl WgpuBackend {
             .map_or_else(|| self.dummy.clone(), |(v, _)| v.buf.clone());
         // Decoding streams the weights once per token; prompts go through tiles.
         let tiled = n >= TILED_MIN_TOKENS;
+        let on_tensor_cores = self.coop_takes(w);
         assert!(
-            !(tiled && (how.swiglu || how.norm.is_some())),
+            !(tiled && (how.norm.is_some() || how.swiglu && !on_tensor_cores)),
             "{}: fused prompt product",
             w.name
         );
@@ -684,12 +685,13 @@ impl WgpuBackend {
                 head_dim: shape.map_or(0, |s| s.head_dim as u32),
                 kv_width: shape.map_or(0, |s| s.kv_width() as u32),
                 neox: shape.is_some_and(|s| s.rope == RopeKind::Neox) as u32,
+                pairs: how.swiglu as u32,
             };
             let cost = Cost {
                 bytes: part.buf.buffer.size() + (n * (w.cols + w.rows) * 4) as u64,
                 flops: 2 * (n * part.rows as usize * w.cols) as u64,
             };
-            if tiled && self.tuning.coop && w.cols.is_multiple_of(COOP_K_STEP) {
+            if tiled && on_tensor_cores {
                 self.coop_product(part, w, x, &bias_buf, out, params);
             } else if tiled {
                 // Tiles of 64 tokens × 64 rows.
@@ -741,6 +743,11 @@ impl WgpuBackend {
         }
     }
 
+    /// Whether prompt products of `w` run on tensor cores.
+    fn coop_takes(&self, w: &GpuMatrix) -> bool {
+        self.tuning.coop && w.cols.is_multiple_of(COOP_K_STEP)
+    }
+
     /// A prompt product on tensor cores: slices of the part's rows are decoded to f16 (small
     /// enough to stay in L2 between the two kernels), then multiplied. `params` describe the
     /// whole part.
@@ -755,11 +762,12 @@ impl WgpuBackend {
     ) {
         let row_bytes = 2 * w.cols as u64;
         let limit = self.gpu.options.max_weight_part.unwrap_or(u64::MAX);
-        // Whole tiles of rows, or fewer rows where the tests split matrices small.
-        let fit = (COOP_SLICE_BYTES.min(limit) / row_bytes).max(1) as u32;
+        // Whole tiles of rows, or fewer rows where the tests split matrices small; always
+        // whole (gate, up) pairs.
+        let fit = (COOP_SLICE_BYTES.min(limit) / row_bytes).max(2) as u32;
         let slice = match fit >= COOP_TILE_ROWS {
             true => fit / COOP_TILE_ROWS * COOP_TILE_ROWS,
-            false => fit,
+            false => fit & !1,
         }
         .min(part.rows);
         let bytes = slice as u64 * row_bytes;
@@ -997,6 +1005,7 @@ struct ProductParams {
     head_dim: u32,
     kv_width: u32,
     neox: u32,
+    pairs: u32,
 }
 
 #[repr(C)]
@@ -1143,8 +1152,16 @@ impl Backend for WgpuBackend {
             };
             return self.linear(if fuse_norm { x } else { normed }, both, out, n, how);
         }
-        // Prompts: all products into a scratch twice as wide, then SwiGLU over the pairs.
         self.rms_norm(x, norm, eps, normed, n);
+        if self.coop_takes(both) {
+            // The tensor-core product writes SwiGLU of the pairs itself.
+            let how = Product {
+                swiglu: true,
+                ..Product::default()
+            };
+            return self.linear(normed, both, out, n, how);
+        }
+        // Else all products into a scratch twice as wide, then SwiGLU over the pairs.
         let scratch = self.product_scratch(n, both.rows);
         let Some(pairs) = self.recorded(scratch) else {
             return;
