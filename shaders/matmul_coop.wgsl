@@ -14,6 +14,10 @@
 const BM: u32 = {{COOP_TOKENS}}u;
 // Tiles of 16 tokens per subgroup: 2 or 4.
 const TALL: bool = BM == 128u;
+// The width of a y row this kernel was built for (naga can store a cooperative matrix only
+// with a constant stride); 0: none. Whole tiles of a product whose y rows are this wide go
+// straight from the tensor cores to y.
+const Y_STRIDE: u32 = {{COOP_Y_STRIDE}}u;
 const BN: u32 = 128u;
 const BK: u32 = 32u;
 const WG: u32 = 256u;
@@ -132,6 +136,15 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     // Subgroup sg owns tokens sm * 64.. and weight rows sn * 32.. of the tile.
     let sm = sg / (BN / 32u);
     let sn = sg % (BN / 32u);
+    let t = tok0 + sm * (BM / 2u);
+    let r = row0 + sn * 32u;
+    // A whole tile goes straight to y, its accumulators starting from y (the residual) or the
+    // bias (read with a row stride of 0); else through c_tile (finish). (Non-short-circuit
+    // & and |: naga would take a short-circuit condition for non-uniform control flow, where
+    // tensor-core operations may not be.)
+    let direct = (Y_STRIDE == p.y_stride) & (tok0 + BM <= p.n_tokens) & (row0 + BN <= p.rows)
+        & (p.pairs == 0u) & ((p.has_bias == 0u) | (p.accumulate == 0u));
+    let y = t * Y_STRIDE + p.row_start + r;
     var acc00 = coop_mat16x16<f32, C>();
     var acc01 = coop_mat16x16<f32, C>();
     var acc10 = coop_mat16x16<f32, C>();
@@ -140,6 +153,29 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var acc21 = coop_mat16x16<f32, C>();
     var acc30 = coop_mat16x16<f32, C>();
     var acc31 = coop_mat16x16<f32, C>();
+    if (direct & (p.accumulate != 0u)) {
+        acc00 = coopLoadT<coop_mat16x16<f32, C>>(&Y[y], Y_STRIDE);
+        acc01 = coopLoadT<coop_mat16x16<f32, C>>(&Y[y + 16u], Y_STRIDE);
+        acc10 = coopLoadT<coop_mat16x16<f32, C>>(&Y[y + 16u * Y_STRIDE], Y_STRIDE);
+        acc11 = coopLoadT<coop_mat16x16<f32, C>>(&Y[y + 16u * Y_STRIDE + 16u], Y_STRIDE);
+        if (TALL) {
+            acc20 = coopLoadT<coop_mat16x16<f32, C>>(&Y[y + 32u * Y_STRIDE], Y_STRIDE);
+            acc21 = coopLoadT<coop_mat16x16<f32, C>>(&Y[y + 32u * Y_STRIDE + 16u], Y_STRIDE);
+            acc30 = coopLoadT<coop_mat16x16<f32, C>>(&Y[y + 48u * Y_STRIDE], Y_STRIDE);
+            acc31 = coopLoadT<coop_mat16x16<f32, C>>(&Y[y + 48u * Y_STRIDE + 16u], Y_STRIDE);
+        }
+    }
+    if (direct & (p.has_bias != 0u)) {
+        let b = p.row_start + r;
+        acc00 = coopLoadT<coop_mat16x16<f32, C>>(&bias[b], 0u);
+        acc01 = coopLoadT<coop_mat16x16<f32, C>>(&bias[b + 16u], 0u);
+        acc10 = acc00;
+        acc11 = acc01;
+        acc20 = acc00;
+        acc21 = acc01;
+        acc30 = acc00;
+        acc31 = acc01;
+    }
     let steps = p.w_k / BK;
     stash(li, fetch(li, tok0, row0, 0u), 0u);
     workgroupBarrier();
@@ -174,8 +210,19 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         pending = ahead;
         workgroupBarrier();
     }
-    let t = tok0 + sm * (BM / 2u);
-    let r = row0 + sn * 32u;
+    if (direct) {
+        coopStoreT(acc00, &Y[y], Y_STRIDE);
+        coopStoreT(acc01, &Y[y + 16u], Y_STRIDE);
+        coopStoreT(acc10, &Y[y + 16u * Y_STRIDE], Y_STRIDE);
+        coopStoreT(acc11, &Y[y + 16u * Y_STRIDE + 16u], Y_STRIDE);
+        if (TALL) {
+            coopStoreT(acc20, &Y[y + 32u * Y_STRIDE], Y_STRIDE);
+            coopStoreT(acc21, &Y[y + 32u * Y_STRIDE + 16u], Y_STRIDE);
+            coopStoreT(acc30, &Y[y + 48u * Y_STRIDE], Y_STRIDE);
+            coopStoreT(acc31, &Y[y + 48u * Y_STRIDE + 16u], Y_STRIDE);
+        }
+        return;
+    }
     finish(acc00, sg, lane, t, r);
     finish(acc01, sg, lane, t, r + 16u);
     finish(acc10, sg, lane, t + 16u, r);

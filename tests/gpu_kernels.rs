@@ -926,12 +926,14 @@ fn a_kernel_longer_than_the_timeout_is_reported_not_waited_for() {
     // the work is sized on this device to last 50 times the timeout. One matmul is timed in a
     // batch of at least 20 ms, so that the cost of a submission and a wait (far above the
     // kernel's on a fast GPU, and larger still while other tests share it) does not count,
-    // on a device of its own (a wait on the shared device waits for the other tests' work).
+    // on a device of its own (a wait on the shared device waits for the other tests' work),
+    // after a first matmul that builds the kernels it needs.
     let timeout = Duration::from_millis(1);
     let one = {
         let mut gpu = gpu_with(GpuOptions::default());
         let work = workload(&mut gpu);
-        gpu.sync().expect("upload");
+        record(&mut gpu, &work, 1);
+        gpu.sync().expect("upload and a first matmul");
         let mut batch = 1;
         loop {
             let start = Instant::now();
@@ -1165,6 +1167,32 @@ fn tall_prompt_tiles_match_the_reference() {
     let got = run_matmul(&mut gpu, &gw, Some(&gb), &x, n, rows);
     let what = format!("tall prompt matmul {} n={n}", w.label());
     assert_close(&what, &got, &want, rows, |i| scale[i], tiled_tol(&gpu));
+}
+
+/// Residual products (y += x · Wᵀ) of whole tensor-core tiles, which start from y and store
+/// straight to it, beside part-filled tiles, which add through workgroup memory.
+#[test]
+fn residual_products_of_whole_tiles_match_the_reference() {
+    let mut rng = rng(37);
+    let mut gpu = gpu();
+    let (rows, cols) = (256, 512);
+    let w = Weights::random(&mut rng, GgmlType::Q4K, rows, cols);
+    let decoded = w.decoded();
+    let gw = w.upload(&mut gpu, "w");
+    for n in [64, 130] {
+        let x = random_values(&mut rng, n * cols, 1.0);
+        let acc0 = random_values(&mut rng, n * rows, 1.0);
+        let (prod, scale) = matmul_reference(&decoded, &x, None, rows, cols);
+        let want: Vec<f64> = prod.iter().zip(&acc0).map(|(p, a)| p + *a as f64).collect();
+        let xt = gpu.load("x", n, cols, &x);
+        let acc = gpu.load("acc", n, rows, &acc0);
+        let out = gpu.load("unused scratch", n, rows, &vec![f32::NAN; n * rows]);
+        gpu.matmul_add(&xt, &gw, &acc, &out, n);
+        let got = read(&mut gpu, &acc, n);
+        let what = format!("matmul_add {} n={n}", w.label());
+        let scale = |i: usize| scale[i] + acc0[i].abs() as f64;
+        assert_close(&what, &got, &want, rows, scale, tiled_tol(&gpu));
+    }
 }
 
 /// The feed-forward input: gate and up of one type are interleaved into one matrix (one decode

@@ -93,8 +93,9 @@ pub enum Kernel {
     MatvecQkv(GgmlType, MatvecForm),
     Matmul(GgmlType),
     /// The tensor-core matmul (cooperative matrices, f16 inputs, f32 accumulators) over
-    /// weights decoded by [`Kernel::DequantF16`], in tiles of this many tokens (64 or 128).
-    MatmulCoop(u32),
+    /// weights decoded by [`Kernel::DequantF16`], in tiles of this many tokens (64 or 128),
+    /// storing whole tiles straight to outputs of rows this wide (0: none).
+    MatmulCoop(u32, u32),
     RmsNorm,
     /// RoPE and the cache write after the prompt's query/key/value products.
     RopeStoreQkv,
@@ -134,7 +135,7 @@ impl Kernel {
             Self::MatvecSwiglu(..) => "matvec_swiglu",
             Self::MatvecQkv(..) => "matvec_qkv",
             Self::Matmul(_) => "matmul",
-            Self::MatmulCoop(tokens) => return format!("matmul_coop_{tokens}"),
+            Self::MatmulCoop(tokens, _) => return format!("matmul_coop_{tokens}"),
             Self::RmsNorm => "rms_norm",
             Self::RopeStoreQkv => "rope_store_qkv",
             Self::Attention => "attention",
@@ -192,7 +193,7 @@ impl Kernel {
             Self::MatvecSwiglu(..) => (MATVEC, "matvec_swiglu"),
             Self::MatvecQkv(..) => (MATVEC, "matvec_qkv"),
             Self::Matmul(_) => (MATMUL, "matmul"),
-            Self::MatmulCoop(_) => (MATMUL_COOP, "matmul_coop"),
+            Self::MatmulCoop(..) => (MATMUL_COOP, "matmul_coop"),
             Self::RmsNorm => (NORM, "rms_norm"),
             Self::RopeStoreQkv => (ROPE, "rope_store_qkv"),
             Self::Attention => (ATTENTION, "attention"),
@@ -240,7 +241,7 @@ impl Kernel {
             }
             Self::AttentionCombine => return vec![(4, ReadWrite), (5, ReadWrite)],
             Self::Matvec(..) | Self::MatvecSwiglu(..) => &[Read, Read, Read, ReadWrite, Read],
-            Self::Matmul(_) | Self::MatmulCoop(_) => &[Read, Read, Read, ReadWrite],
+            Self::Matmul(_) | Self::MatmulCoop(..) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
             // The epilogue in qkv.wgsl: rope table, q, caches (bindings 6..9).
             Self::MatvecQkv(..) => {
@@ -319,7 +320,7 @@ impl Kernel {
             pieces.push(QKV);
         }
         let mut source = String::new();
-        if matches!(self, Self::MatmulCoop(_) | Self::AttentionCoop) {
+        if matches!(self, Self::MatmulCoop(..) | Self::AttentionCoop) {
             source.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
         }
         let mut starts = Vec::new();
@@ -595,9 +596,9 @@ impl Tuning {
         });
         let (team, rows_per_team) = (form.team, form.rows);
         let width = kernel.weight_type().map_or(8, |t| self.matvec_width_for(t));
-        let coop_tokens = match kernel {
-            Kernel::MatmulCoop(tokens) => tokens,
-            _ => 64,
+        let (coop_tokens, y_stride) = match kernel {
+            Kernel::MatmulCoop(tokens, y_stride) => (tokens, y_stride),
+            _ => (64, 0),
         };
         text.replace("{{WG}}", &self.matvec_wg.to_string())
             .replace("{{TEAM}}", &team.to_string())
@@ -612,6 +613,7 @@ impl Tuning {
             .replace("{{TEAM_SUM}}", self.team_sum(team))
             .replace("{{INT8_COLS}}", &form.int8_cols.to_string())
             .replace("{{COOP_TOKENS}}", &coop_tokens.to_string())
+            .replace("{{COOP_Y_STRIDE}}", &y_stride.to_string())
     }
 }
 
@@ -805,8 +807,8 @@ mod tests {
             Kernel::Softmax,
         ];
         all.extend([
-            Kernel::MatmulCoop(64),
-            Kernel::MatmulCoop(128),
+            Kernel::MatmulCoop(64, 0),
+            Kernel::MatmulCoop(128, 2048),
             Kernel::AttentionCoop,
         ]);
         for t in ALL_TYPES {

@@ -817,7 +817,8 @@ impl WgpuBackend {
             };
             let groups = (n.div_ceil(tokens), row_tiles, 1);
             let buffers = [&f16_rows, &x.buf, bias, &out.buf];
-            self.dispatch(Kernel::MatmulCoop(tokens), &product, &buffers, groups, cost);
+            let kernel = Kernel::MatmulCoop(tokens, product.y_stride);
+            self.dispatch(kernel, &product, &buffers, groups, cost);
         }
     }
 
@@ -870,8 +871,8 @@ impl WgpuBackend {
         if self.tuning.coop {
             // An experimental wgpu feature: if its kernel does not build here, use the FMA one.
             let built = self
-                .pipeline(Kernel::MatmulCoop(64))
-                .and_then(|_| self.pipeline(Kernel::MatmulCoop(128)))
+                .pipeline(Kernel::MatmulCoop(64, 0))
+                .and_then(|_| self.pipeline(Kernel::MatmulCoop(128, 0)))
                 .and_then(|_| self.pipeline(Kernel::DequantF16(ggml_type)));
             if let Err(e) = built {
                 eprintln!(
