@@ -817,7 +817,13 @@ impl WgpuBackend {
             };
             let groups = (n.div_ceil(tokens), row_tiles, 1);
             let buffers = [&f16_rows, &x.buf, bias, &out.buf];
-            let kernel = Kernel::MatmulCoop(tokens, product.y_stride);
+            // SwiGLU pairs always leave through workgroup memory: no kernel of their own width.
+            let y_stride = if product.pairs != 0 {
+                0
+            } else {
+                product.y_stride
+            };
+            let kernel = Kernel::MatmulCoop(tokens, y_stride);
             self.dispatch(kernel, &product, &buffers, groups, cost);
         }
     }
