@@ -109,11 +109,11 @@ const COOP_TILE_ROWS: u32 = 128;
 /// on the 3B feed-forward input but 25% slower where the 2,048-row products get 64 of them
 /// on the H200's 132 cores.
 const COOP_TALL_MIN_GROUPS: u32 = 256;
-/// The most f16 weight bytes decoded at a time for a tensor-core product: at most about the
-/// H100's 50 MB of L2, so that most of the slice is still there when the product reads it,
-/// and large enough that a feed-forward down projection (45 MB at 3B) is one slice (two
-/// slices of it launch too few workgroups to fill the card).
-const COOP_SLICE_BYTES: u64 = 48 << 20;
+/// The most f16 weight bytes decoded at a time for a tensor-core product: a bound on the
+/// scratch memory. Slices should be whole matrices where possible: a slice of a few row tiles
+/// launches too few workgroups to fill the card (48 MB slices cost the 8B shape's prompts 26%
+/// on the H100, for the 3B shape 256 MB gains nothing over 128).
+const COOP_SLICE_BYTES: u64 = 128 << 20;
 
 /// Where [`Backend::queue_argmax`] copies an id for the host, and the submission that does.
 struct ArgmaxSlot {
@@ -748,9 +748,8 @@ impl WgpuBackend {
         self.tuning.coop && w.cols.is_multiple_of(COOP_K_STEP)
     }
 
-    /// A prompt product on tensor cores: slices of the part's rows are decoded to f16 (small
-    /// enough to stay in L2 between the two kernels), then multiplied. `params` describe the
-    /// whole part.
+    /// A prompt product on tensor cores: the part's rows are decoded to f16, in slices of at
+    /// most [`COOP_SLICE_BYTES`], then multiplied. `params` describe the whole part.
     fn coop_product(
         &mut self,
         part: &MatrixPart,
