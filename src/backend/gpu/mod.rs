@@ -744,6 +744,21 @@ impl WgpuBackend {
         }
     }
 
+    /// Whether tensor-core `kernels` (an experimental wgpu feature) build on this device;
+    /// where they do not, a warning naming `what` says that the FMA kernel stands in.
+    fn tensor_core_kernels_build(&mut self, kernels: &[Kernel], what: &str) -> bool {
+        match kernels.iter().try_for_each(|&k| self.pipeline(k)) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!(
+                    "warning: tensor-core {what} unavailable on {} ({e}); using the FMA kernel",
+                    self.gpu.info.name
+                );
+                false
+            }
+        }
+    }
+
     /// Whether prompt products of `w` run on tensor cores.
     fn coop_takes(&self, w: &GpuMatrix) -> bool {
         self.tuning.coop && w.cols.is_multiple_of(COOP_K_STEP)
@@ -875,18 +890,9 @@ impl WgpuBackend {
             self.pipeline(k)?;
         }
         if self.tuning.coop {
-            // An experimental wgpu feature: if its kernel does not build here, use the FMA one.
-            let built = self
-                .pipeline(Kernel::MatmulCoop(64, 0))
-                .and_then(|_| self.pipeline(Kernel::MatmulCoop(128, 0)))
-                .and_then(|_| self.pipeline(Kernel::DequantF16(ggml_type)));
-            if let Err(e) = built {
-                eprintln!(
-                    "warning: tensor-core matmul unavailable on {} ({e}); using the FMA kernel",
-                    self.gpu.info.name
-                );
-                self.tuning.coop = false;
-            }
+            // The SwiGLU product's kernel stands for its variants (the same source).
+            let kernels = [Kernel::MatmulCoop(128, 0), Kernel::DequantF16(ggml_type)];
+            self.tuning.coop = self.tensor_core_kernels_build(&kernels, "matmul");
         }
         Ok(GpuMatrix {
             name: name.to_string(),
@@ -1327,14 +1333,8 @@ impl Backend for WgpuBackend {
     ) -> Result<GpuKvCache> {
         check_head_dim(shape)?;
         if self.tuning.coop_attention {
-            // An experimental wgpu feature: if its kernel does not build here, use the FMA one.
-            if let Err(e) = self.pipeline(Kernel::AttentionCoop) {
-                eprintln!(
-                    "warning: tensor-core attention unavailable on {} ({e}); using the FMA kernel",
-                    self.gpu.info.name
-                );
-                self.tuning.coop_attention = false;
-            }
+            self.tuning.coop_attention =
+                self.tensor_core_kernels_build(&[Kernel::AttentionCoop], "attention");
         }
         let kv_width = shape.kv_width();
         // The tensor-core attention reads keys and values 64 rows at a time, past the last
