@@ -1033,23 +1033,13 @@ fn fused_norm_and_residual_products_match_the_reference() {
             let tol = if n >= 8 { tiled_tol } else { decode_tol(int8) };
             assert_close(&what, &got, &want, ROWS, |i| scale[i], tol);
 
-            let acc0 = random_values(&mut rng, n * ROWS, 1.0);
             let product_x = if int8 { int8_rounded(&x) } else { x.clone() };
-            let (prod, scale) = matmul_reference(&decoded, &product_x, None, ROWS, cols);
-            let want: Vec<f64> = prod.iter().zip(&acc0).map(|(p, a)| p + *a as f64).collect();
-            let acc = gpu.load("acc", n, ROWS, &acc0);
-            let out = gpu.load("unused scratch", n, ROWS, &vec![f32::NAN; n * ROWS]);
-            gpu.matmul_add(&xt, &gw, &acc, &out, n);
-            let got = read(&mut gpu, &acc, n);
-            let what = format!("matmul_add {} n={n}", w.label());
-            assert_close(
-                &what,
-                &got,
-                &want,
-                ROWS,
-                |i| scale[i] + acc0[i].abs() as f64,
-                tol,
-            );
+            let product = Product {
+                w: &w,
+                gw: &gw,
+                decoded: &decoded,
+            };
+            check_matmul_add(&mut gpu, &mut rng, &product, &xt, &product_x, n, tol);
         }
     }
 }
@@ -1179,20 +1169,48 @@ fn residual_products_of_whole_tiles_match_the_reference() {
     let w = Weights::random(&mut rng, GgmlType::Q4K, rows, cols);
     let decoded = w.decoded();
     let gw = w.upload(&mut gpu, "w");
+    let product = Product {
+        w: &w,
+        gw: &gw,
+        decoded: &decoded,
+    };
+    let tol = tiled_tol(&gpu);
     for n in [64, 130] {
         let x = random_values(&mut rng, n * cols, 1.0);
-        let acc0 = random_values(&mut rng, n * rows, 1.0);
-        let (prod, scale) = matmul_reference(&decoded, &x, None, rows, cols);
-        let want: Vec<f64> = prod.iter().zip(&acc0).map(|(p, a)| p + *a as f64).collect();
         let xt = gpu.load("x", n, cols, &x);
-        let acc = gpu.load("acc", n, rows, &acc0);
-        let out = gpu.load("unused scratch", n, rows, &vec![f32::NAN; n * rows]);
-        gpu.matmul_add(&xt, &gw, &acc, &out, n);
-        let got = read(&mut gpu, &acc, n);
-        let what = format!("matmul_add {} n={n}", w.label());
-        let scale = |i: usize| scale[i] + acc0[i].abs() as f64;
-        assert_close(&what, &got, &want, rows, scale, tiled_tol(&gpu));
+        check_matmul_add(&mut gpu, &mut rng, &product, &xt, &x, n, tol);
     }
+}
+
+/// A weight matrix under test: as generated, on the GPU, and decoded on the host.
+struct Product<'a> {
+    w: &'a Weights,
+    gw: &'a GpuMatrix,
+    decoded: &'a [f32],
+}
+
+/// Checks y += x · Wᵀ on the GPU, for a random y, against the float64 reference of
+/// `product_x` (x as the GPU rounds it) times the decoded weights.
+fn check_matmul_add(
+    gpu: &mut WgpuBackend,
+    rng: &mut StdRng,
+    product: &Product,
+    xt: &GpuTensor,
+    product_x: &[f32],
+    n: usize,
+    tol: f64,
+) {
+    let (rows, cols) = (product.w.rows, product.w.cols);
+    let acc0 = random_values(rng, n * rows, 1.0);
+    let (prod, scale) = matmul_reference(product.decoded, product_x, None, rows, cols);
+    let want: Vec<f64> = prod.iter().zip(&acc0).map(|(p, a)| p + *a as f64).collect();
+    let acc = gpu.load("acc", n, rows, &acc0);
+    let out = gpu.load("unused scratch", n, rows, &vec![f32::NAN; n * rows]);
+    gpu.matmul_add(xt, product.gw, &acc, &out, n);
+    let got = read(gpu, &acc, n);
+    let what = format!("matmul_add {} n={n}", product.w.label());
+    let scale = |i: usize| scale[i] + acc0[i].abs() as f64;
+    assert_close(&what, &got, &want, rows, scale, tol);
 }
 
 /// The feed-forward input: gate and up of one type are interleaved into one matrix (one decode
