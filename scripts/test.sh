@@ -12,7 +12,8 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p |
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
-python3 scripts/fetch_model.py smollm2-135m qwen2.5-coder-1.5b-q4
+# Every model a test opens.
+python3 scripts/fetch_model.py all
 # Mesa's drivers warn on every device open without it; nothing is drawn, so any directory does.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo fmt --check

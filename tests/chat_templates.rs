@@ -267,8 +267,7 @@ fn llama_3_2_puts_todays_date_in_the_system_prompt() {
 }
 
 fn model_path(name: &str) -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME is not set");
-    PathBuf::from(home).join(format!(".local/share/vibrant/models/{name}.gguf"))
+    vibrant::catalog::models_dir().join(format!("{name}.gguf"))
 }
 
 #[test]

@@ -13,15 +13,6 @@ const VOCABS: [&str; 4] = ["llama-spm", "llama-bpe", "qwen2", "gpt-2"];
 const CHATML: &str =
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 
-/// `$VIBRANT_MODELS`, else `~/.local/share/vibrant/models`.
-fn models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("VIBRANT_MODELS") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").expect("HOME is not set");
-    PathBuf::from(home).join(".local/share/vibrant/models")
-}
-
 fn load(path: &PathBuf) -> Tokenizer {
     let file = GgufFile::open(path).unwrap_or_else(|e| panic!("{e}"));
     Tokenizer::from_gguf(&file).unwrap_or_else(|e| panic!("{e}"))
@@ -237,7 +228,7 @@ fn real_models_encode_chatml() {
         ),
     ];
     for (name, answer) in models {
-        let path = models_dir().join(format!("{name}.gguf"));
+        let path = vibrant::catalog::models_dir().join(format!("{name}.gguf"));
         let tok = load(&path);
         let ids = tok.encode(CHATML, true).unwrap();
         let im_start = tok.token_id("<|im_start|>").unwrap();
@@ -275,7 +266,7 @@ fn real_models_encode_chatml() {
 
 #[test]
 fn qwen_vocabulary_loads_fast() {
-    let file = GgufFile::open(models_dir().join("qwen2.5-coder-1.5b-q4.gguf")).unwrap();
+    let file = GgufFile::open(vibrant::catalog::models_dir().join("qwen2.5-coder-1.5b-q4.gguf")).unwrap();
     let start = Instant::now();
     let tok = Tokenizer::from_gguf(&file).unwrap();
     let elapsed = start.elapsed();
