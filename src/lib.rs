@@ -9,6 +9,7 @@ pub mod chat;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod perplexity;
 pub mod quant;
 pub mod rng;
 pub mod synth;

@@ -266,7 +266,8 @@ fn real_models_encode_chatml() {
 
 #[test]
 fn qwen_vocabulary_loads_fast() {
-    let file = GgufFile::open(vibrant::catalog::models_dir().join("qwen2.5-coder-1.5b-q4.gguf")).unwrap();
+    let file =
+        GgufFile::open(vibrant::catalog::models_dir().join("qwen2.5-coder-1.5b-q4.gguf")).unwrap();
     let start = Instant::now();
     let tok = Tokenizer::from_gguf(&file).unwrap();
     let elapsed = start.elapsed();

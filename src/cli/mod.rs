@@ -2,6 +2,7 @@
 
 mod bench;
 mod info;
+mod perplexity;
 mod run;
 mod verify;
 
@@ -113,6 +114,9 @@ enum Command {
     Devices,
     /// Measure prompt-processing and generation speed (like llama-bench).
     Bench(bench::BenchArgs),
+    /// Perplexity of a model over a text, and KL divergence from a saved base run (as
+    /// llama-perplexity).
+    Perplexity(perplexity::PerplexityArgs),
     /// Check that the GPU computes what the CPU reference computes for a model.
     Verify(verify::VerifyArgs),
     /// Write a synthetic model: a real architecture's shape with random valid weights.
@@ -218,6 +222,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Devices => info::devices(g),
         Command::Bench(args) => bench::bench(g, &args),
         Command::Verify(args) => verify::verify(g, &args),
+        Command::Perplexity(args) => perplexity::perplexity(g, &args),
         Command::Synth {
             preset,
             mix,

@@ -47,6 +47,10 @@ struct Scratch<B: Backend> {
     logits: B::Tensor,
 }
 
+/// Most bytes of logits [`Transformer::forward_all_logits`] computes in one step: 110 rows of
+/// a 151,936-token vocabulary, within the smallest storage binding GPUs offer (128 MiB).
+const LOGITS_BYTES: usize = 64 << 20;
+
 /// Options fixed when a model is loaded.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -72,6 +76,8 @@ pub struct Transformer<B: Backend> {
     weights: Weights<B>,
     scratch: Scratch<B>,
     cache: B::KvCache,
+    /// Logits of many rows, for [`Self::forward_all_logits`]; made on its first call.
+    all_logits: Option<B::Tensor>,
     n_ctx: usize,
     n_batch: usize,
     n_past: usize,
@@ -112,6 +118,7 @@ impl<B: Backend> Transformer<B> {
             weights,
             scratch,
             cache,
+            all_logits: None,
             n_ctx,
             n_batch,
             n_past: 0,
@@ -175,15 +182,50 @@ impl<B: Backend> Transformer<B> {
         Ok(self.backend.argmax(&self.scratch.logits)?)
     }
 
+    /// Runs the tokens through the model like [`Self::forward`] and returns the logits of
+    /// every one of them, `[tokens.len(), n_vocab]` row after row (scoring a text, as
+    /// perplexity does). The last-token logits of [`Self::logits`] are left as they were.
+    pub fn forward_all_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_room(tokens.len())?;
+        let rows = self.logit_rows();
+        if self.all_logits.is_none() {
+            let t = self
+                .backend
+                .tensor("logits_rows", rows, self.config.n_vocab)?;
+            self.all_logits = Some(t);
+        }
+        let mut logits = Vec::with_capacity(tokens.len() * self.config.n_vocab);
+        for chunk in tokens.chunks(rows) {
+            let n = chunk.len();
+            let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
+            b.embed(&w.token_embd, chunk, &s.x);
+            self.run_layers(n);
+            let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
+            let out = self.all_logits.as_ref().expect("allocated above");
+            w.project(b, self.config.rms_eps, &s.x, &s.xn, out, n);
+            logits.extend(b.read(out, n)?);
+        }
+        Ok(logits)
+    }
+
+    /// Rows of logits one step of [`Self::forward_all_logits`] computes: a batch, but no more
+    /// than [`LOGITS_BYTES`] of them, so that a large vocabulary fits one device binding.
+    fn logit_rows(&self) -> usize {
+        (LOGITS_BYTES / (4 * self.config.n_vocab)).clamp(1, self.n_batch)
+    }
+
     /// One step over up to `n_batch` tokens at positions `n_past..`.
     fn forward_batch(&mut self, tokens: &[u32], want_logits: bool) {
         let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
         b.embed(&w.token_embd, tokens, &s.x);
-        self.run_layers(tokens.len(), want_logits);
+        self.run_layers(tokens.len());
+        if want_logits {
+            self.last_logits(tokens.len());
+        }
     }
 
     /// The step of `n` tokens whose embeddings are in `scratch.x`.
-    fn run_layers(&mut self, n: usize, want_logits: bool) {
+    fn run_layers(&mut self, n: usize) {
         let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
         let c = &self.config;
         let shape = &c.attention;
@@ -220,25 +262,35 @@ impl<B: Backend> Transformer<B> {
             );
             b.matmul_add(&s.hidden, &layer.w_down, &s.x, &s.proj, n);
         }
-        if want_logits {
-            // Logits of the last position only: norm, then the output projection.
-            let last = if n == 1 {
-                &s.x
-            } else {
-                b.copy_row(&s.x, n - 1, &s.last);
-                &s.last
-            };
-            let output = w.output.as_ref().unwrap_or(&w.token_embd);
-            b.norm_matmuls(
-                last,
-                &w.output_norm,
-                eps,
-                &s.xn,
-                &[(output, None, &s.logits)],
-                1,
-            );
-        }
         self.n_past += n;
+    }
+
+    /// The logits of the last of the `n` tokens just run, into `scratch.logits`.
+    fn last_logits(&mut self, n: usize) {
+        let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
+        let last = if n == 1 {
+            &s.x
+        } else {
+            b.copy_row(&s.x, n - 1, &s.last);
+            &s.last
+        };
+        w.project(b, self.config.rms_eps, last, &s.xn, &s.logits, 1);
+    }
+}
+
+impl<B: Backend> Weights<B> {
+    /// out = output · norm(x) for the first `n` rows of x: the logits (`normed` is scratch).
+    fn project(
+        &self,
+        b: &mut B,
+        eps: f32,
+        x: &B::Tensor,
+        normed: &B::Tensor,
+        out: &B::Tensor,
+        n: usize,
+    ) {
+        let output = self.output.as_ref().unwrap_or(&self.token_embd);
+        b.norm_matmuls(x, &self.output_norm, eps, normed, &[(output, None, out)], n);
     }
 }
 
@@ -272,7 +324,8 @@ impl<B: Backend> Greedy<'_, B> {
         self.ran_ahead = self.full.is_none();
         if self.ran_ahead {
             m.backend.embed_argmax(&m.weights.token_embd, &m.scratch.x);
-            m.run_layers(1, true);
+            m.run_layers(1);
+            m.last_logits(1);
             m.backend.queue_argmax(&m.scratch.logits, self.slot);
         }
         Ok(m.backend.read_argmax(slot)?)
