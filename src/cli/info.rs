@@ -1,6 +1,6 @@
 //! `info` and `models`: what a model file holds and which models are at hand.
 
-use super::GlobalArgs;
+use super::args::{DeviceChoice, LoadArgs};
 use anyhow::Result;
 use vibrant::catalog;
 use vibrant::chat::ChatTemplate;
@@ -11,8 +11,17 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-pub fn info(g: &GlobalArgs, model: &str) -> Result<()> {
-    let path = catalog::resolve(model)?;
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    /// Model path or name (default: --model).
+    #[arg(id = "file", value_name = "MODEL")]
+    pub file: Option<String>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+pub fn info(args: &InfoArgs) -> Result<()> {
+    let path = catalog::resolve(args.file.as_deref().unwrap_or(&args.load.model.model))?;
     let file = std::sync::Arc::new(GgufFile::open(&path)?);
     let config = Config::from_gguf(&file)?;
     let a = &config.attention;
@@ -64,21 +73,18 @@ pub fn info(g: &GlobalArgs, model: &str) -> Result<()> {
             mib(bytes)
         );
     }
-    if g.device()? != super::DeviceChoice::Cpu {
-        device_memory(g, &file, &config)?;
+    if args.load.device.choice()? != DeviceChoice::Cpu {
+        device_memory(&args.load, &file, &config)?;
     }
     Ok(())
 }
 
 /// Loads the model on the chosen device and reports what it holds there.
-fn device_memory(g: &GlobalArgs, file: &std::sync::Arc<GgufFile>, config: &Config) -> Result<()> {
+fn device_memory(args: &LoadArgs, file: &std::sync::Arc<GgufFile>, config: &Config) -> Result<()> {
     use vibrant::backend::Backend;
-    use vibrant::model::{LoadOptions, Transformer};
-    let options = LoadOptions {
-        n_ctx: g.ctx_size,
-        n_batch: g.batch_size,
-    };
-    let (describe, used) = match super::open_device(g)? {
+    use vibrant::model::Transformer;
+    let options = args.context.load_options();
+    let (describe, used) = match super::open_device(&args.device)? {
         super::Device::Cpu(b) => {
             let m = Transformer::load(file, b, &options)?;
             (m.backend.describe(), m.backend.memory_used())
@@ -88,10 +94,9 @@ fn device_memory(g: &GlobalArgs, file: &std::sync::Arc<GgufFile>, config: &Confi
             (m.backend.describe(), m.backend.memory_used())
         }
     };
-    let n_ctx = if g.ctx_size == 0 {
-        config.n_ctx_train
-    } else {
-        g.ctx_size
+    let n_ctx = match options.n_ctx {
+        0 => config.n_ctx_train,
+        n => n,
     };
     let kv = (2 * config.n_layer * n_ctx * config.attention.kv_width() * 2) as u64;
     let weights: u64 = file.tensors.iter().map(|t| t.n_bytes).sum();
@@ -135,8 +140,8 @@ pub fn models() -> Result<()> {
     Ok(())
 }
 
-pub fn devices(g: &GlobalArgs) -> Result<()> {
-    let adapters = vibrant::backend::gpu::list_adapters(g.backend.as_deref())?;
+pub fn devices(api: Option<&str>) -> Result<()> {
+    let adapters = vibrant::backend::gpu::list_adapters(api)?;
     if adapters.is_empty() {
         println!("no GPU adapter with compute support found (the CPU backend is always available)");
     }
