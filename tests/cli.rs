@@ -566,3 +566,53 @@ fn bench_refuses_lists_it_cannot_run() {
         );
     }
 }
+
+/// A readable GGUF of an architecture vibrant cannot run: gemma3's keys, two small tensors.
+fn write_gemma3(path: &std::path::Path) {
+    use vibrant::gguf::{GgufWriter, Value};
+    use vibrant::quant::GgmlType;
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("gemma3".into()));
+    w.set("general.name", Value::String("tiny gemma".into()));
+    w.set("gemma3.block_count", Value::U32(2));
+    w.set("gemma3.embedding_length", Value::U32(32));
+    w.add_tensor(
+        "token_embd.weight",
+        &[32, 4],
+        GgmlType::Q8_0,
+        vec![0; 4 * 34],
+    );
+    w.add_tensor("output_norm.weight", &[32], GgmlType::F32, vec![0; 32 * 4]);
+    w.write_file(path).unwrap();
+}
+
+#[test]
+fn info_describes_a_file_whose_architecture_vibrant_cannot_run() {
+    let dir = std::env::temp_dir().join(format!("vibrant-cli-arch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gemma3.gguf");
+    write_gemma3(&path);
+    let out = vibrant(&["info", path.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info = text(&out.stdout);
+    for want in [
+        "name:           tiny gemma",
+        "architecture:   gemma3",
+        "(2 tensors)",
+        "runs in vibrant: no: architecture 'gemma3' is not supported",
+        "Q8_0",
+        "F32",
+        "metadata (4 keys):",
+        "gemma3.block_count = 2",
+    ] {
+        assert!(info.contains(want), "{want:?} missing from:\n{info}");
+    }
+    assert!(
+        !info.contains("layers:"),
+        "no runnable config to describe:\n{info}"
+    );
+    // Running it is an error that names the architecture.
+    let out = vibrant(&["bench", "-m", path.to_str().unwrap(), "-r", "1"], None);
+    assert_clean_error(&out, "architecture 'gemma3' is not supported");
+    std::fs::remove_dir_all(&dir).ok();
+}

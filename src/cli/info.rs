@@ -5,7 +5,7 @@ use anyhow::Result;
 use vibrant::catalog;
 use vibrant::chat::ChatTemplate;
 use vibrant::gguf::GgufFile;
-use vibrant::model::{type_histogram, Config};
+use vibrant::model::{type_histogram, Config, ModelError};
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
@@ -20,22 +20,67 @@ pub struct InfoArgs {
     pub load: LoadArgs,
 }
 
+/// Describes the file (what any readable GGUF holds), then the model vibrant would run from
+/// it, or why it cannot run it; a readable file is described even when it cannot run.
 pub fn info(args: &InfoArgs) -> Result<()> {
     let path = catalog::resolve(args.file.as_deref().unwrap_or(&args.load.model.model))?;
     let file = std::sync::Arc::new(GgufFile::open(&path)?);
-    let config = Config::from_gguf(&file)?;
-    let a = &config.attention;
-    let tied = file.tensor("output.weight").is_none();
-    println!("file:           {}", path.display());
-    println!("name:           {}", config.name);
+    describe_file(&file);
+    let config = match Config::from_gguf(&file) {
+        Ok(config) => config,
+        Err(e) => {
+            println!("runs in vibrant: no: {}", not_runnable(&e));
+            describe_tensor_types(&file);
+            if args.load.device.choice()? != DeviceChoice::Cpu {
+                eprintln!("device memory: not measured, as vibrant cannot run this model");
+            }
+            describe_metadata(&file);
+            return Ok(());
+        }
+    };
+    println!("runs in vibrant: yes");
+    describe_model(&file, &config)?;
+    describe_tensor_types(&file);
+    if args.load.device.choice()? != DeviceChoice::Cpu {
+        device_memory(&args.load, &file, &config)?;
+    }
+    describe_metadata(&file);
+    Ok(())
+}
+
+/// Why a file's model cannot run, without the path the file section already named.
+fn not_runnable(e: &ModelError) -> String {
+    match e {
+        ModelError::UnsupportedArch { arch, .. } => {
+            format!("architecture '{arch}' is not supported (vibrant runs llama and qwen2)")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn describe_file(file: &GgufFile) {
+    let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
+    println!("file:           {}", file.path().display());
+    println!(
+        "name:           {}",
+        file.str_opt("general.name").unwrap_or("(none)")
+    );
     println!("GGUF version:   {}", file.version);
-    println!("architecture:   {}", config.arch.name());
+    println!(
+        "architecture:   {}",
+        file.str_opt("general.architecture").unwrap_or("(none)")
+    );
     println!("file size:      {}", mib(file.file_size()));
     println!(
         "parameters:     {:.3} B ({} tensors)",
-        config.n_params(tied) as f64 / 1e9,
+        n_params as f64 / 1e9,
         file.tensors.len()
     );
+}
+
+fn describe_model(file: &GgufFile, config: &Config) -> Result<()> {
+    let a = &config.attention;
+    let tied = file.tensor("output.weight").is_none();
     println!("layers:         {}", config.n_layer);
     println!(
         "width:          {} (feed-forward {})",
@@ -55,7 +100,7 @@ pub fn info(args: &InfoArgs) -> Result<()> {
             "separate"
         }
     );
-    let template = ChatTemplate::from_gguf(&file)?;
+    let template = ChatTemplate::from_gguf(file)?;
     println!(
         "chat template:  {}",
         if template.is_builtin_fallback() {
@@ -64,8 +109,12 @@ pub fn info(args: &InfoArgs) -> Result<()> {
             "from file"
         }
     );
+    Ok(())
+}
+
+fn describe_tensor_types(file: &GgufFile) {
     println!("tensor types:");
-    for (ty, count, bytes) in type_histogram(&file) {
+    for (ty, count, bytes) in type_histogram(file) {
         println!(
             "  {:<6} {:>4} tensors  {:>12}",
             ty.name(),
@@ -73,10 +122,13 @@ pub fn info(args: &InfoArgs) -> Result<()> {
             mib(bytes)
         );
     }
-    if args.load.device.choice()? != DeviceChoice::Cpu {
-        device_memory(&args.load, &file, &config)?;
+}
+
+fn describe_metadata(file: &GgufFile) {
+    println!("metadata ({} keys):", file.metadata.len());
+    for (key, value) in &file.metadata {
+        println!("  {key} = {value}");
     }
-    Ok(())
 }
 
 /// Loads the model on the chosen device and reports what it holds there.
