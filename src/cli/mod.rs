@@ -4,6 +4,7 @@ mod args;
 mod argv;
 mod bench;
 mod info;
+mod line_input;
 mod run;
 mod verify;
 

@@ -1,8 +1,9 @@
 //! `ask` and `chat`: load a model on the chosen device, then stream answers.
 
 use super::args::{AnswerArgs, LoadArgs};
+use super::line_input::{Input, LineInput};
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -200,11 +201,23 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     let mut sampler = Sampler::new(a.sampling.config()?);
     let mut loaded = load(&args.load, a.verbose)?;
     let interactive = std::io::stdin().is_terminal();
+    let mut input = if interactive {
+        eprintln!(
+            "vibrant chat on {}\n{}",
+            loaded.engine.describe(),
+            LineInput::TERMINAL_HELP
+        );
+        LineInput::terminal()?
+    } else {
+        LineInput::pipe()
+    };
     let generating = Arc::new(AtomicBool::new(false));
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let (generating, cancel) = (generating.clone(), cancel.clone());
-        // Ctrl-C stops the answer being written; at the prompt it ends the chat.
+        // Ctrl-C stops the answer being written; at the prompt it ends the chat (in a
+        // terminal the line editor reads it at the prompt as a key instead). Installed after
+        // the line editor, which would otherwise take SIGINT for itself.
         ctrlc::set_handler(move || {
             if generating.load(Ordering::SeqCst) {
                 cancel.store(true, Ordering::SeqCst);
@@ -214,19 +227,13 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         })
         .context("installing the Ctrl-C handler")?;
     }
-    if interactive {
-        eprintln!("vibrant chat on {} — /reset clears the conversation, /exit quits, Ctrl-C stops an answer", loaded.engine.describe());
-    }
     let mut messages = conversation(a);
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
     loop {
-        if interactive {
-            eprint!("> ");
-            std::io::stderr().flush()?;
-        }
-        let Some(line) = lines.next() else { break };
-        let line = line.context("reading standard input")?;
+        let line = match input.next()? {
+            Input::Text(line) => line,
+            Input::End => break,
+            Input::Interrupted => std::process::exit(INTERRUPTED),
+        };
         match line.trim() {
             "" => continue,
             "/exit" | "/quit" => break,
