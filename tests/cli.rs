@@ -229,3 +229,390 @@ fn info_describes_a_model() {
         assert!(info.contains(want), "{want:?} missing from:\n{info}");
     }
 }
+
+/// The options a `--help` lists, each spelling once per line (`-p`, `--n-prompt`).
+fn listed_options(help: &str) -> Vec<String> {
+    help.lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .flat_map(|l| {
+            let names = l.split("  ").next().unwrap_or("");
+            names
+                .split(", ")
+                .map(|n| n.split(' ').next().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn help_of(subcommand: &str) -> Vec<String> {
+    let out = vibrant(&[subcommand, "--help"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    listed_options(&text(&out.stdout))
+}
+
+#[test]
+fn each_subcommand_lists_only_the_options_it_takes_each_once() {
+    let subcommands = [
+        "ask", "chat", "info", "models", "devices", "bench", "verify", "synth",
+    ];
+    for sub in subcommands {
+        let options = help_of(sub);
+        let mut seen = std::collections::HashSet::new();
+        for o in &options {
+            assert!(seen.insert(o), "`vibrant {sub} --help` lists {o} twice");
+        }
+    }
+    let has = |sub: &str, wanted: &[&str], unwanted: &[&str]| {
+        let options = help_of(sub);
+        for w in wanted {
+            assert!(
+                options.iter().any(|o| o == w),
+                "{sub} lacks {w}: {options:?}"
+            );
+        }
+        for u in unwanted {
+            assert!(!options.iter().any(|o| o == u), "{sub} lists {u}");
+        }
+    };
+    let sampling = [
+        "--temp",
+        "--top-k",
+        "--top-p",
+        "--min-p",
+        "--repeat-penalty",
+        "--seed",
+    ];
+    let model_and_device = ["--model", "--device", "--backend", "--adapter", "--threads"];
+    let context = ["--ctx-size", "--batch-size"];
+    for sub in ["ask", "chat"] {
+        has(sub, &sampling, &[]);
+        has(sub, &model_and_device, &[]);
+        has(sub, &context, &["--n-gen"]);
+        has(
+            sub,
+            &["--max-tokens", "--system", "--stop", "--gpu-timeout"],
+            &[],
+        );
+    }
+    for sub in ["synth", "models"] {
+        has(sub, &[], &sampling[..5]); // synth's own --seed seeds its weights
+
+        has(sub, &[], &model_and_device);
+        has(sub, &[], &context);
+        has(sub, &[], &["--max-tokens", "--gpu-timeout", "--verbose"]);
+    }
+    has("info", &model_and_device, &sampling);
+    has("info", &context, &["--max-tokens"]);
+    has(
+        "devices",
+        &["--backend"],
+        &["--model", "--temp", "--device"],
+    );
+    has("verify", &["--model", "--backend", "--adapter"], &sampling);
+    has("verify", &["--threads"], &["--device", "--ctx-size"]);
+    let bench = [
+        "-p",
+        "--n-prompt",
+        "-n",
+        "--n-gen",
+        "-d",
+        "--n-depth",
+        "-b",
+        "--batch-size",
+        "--ubatch-size",
+        "-r",
+        "--repetitions",
+        "-o",
+        "--output",
+        "--sampling",
+        "--profile",
+        "--model",
+        "--device",
+        "--threads",
+    ];
+    has("bench", &bench, &sampling);
+    has("bench", &[], &["--max-tokens", "--ctx-size"]);
+}
+
+#[test]
+fn options_work_before_and_after_the_subcommand() {
+    let model = smollm2();
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let before = vibrant(
+        &[
+            "--device", "cpu", "-m", &model, "--temp", "0", "-n", "8", "ask", "--raw", prompt,
+        ],
+        None,
+    );
+    let after = vibrant(
+        &[
+            "ask", "--raw", "-m", &model, "--device", "cpu", "--temp=0", "-n8", prompt,
+        ],
+        None,
+    );
+    assert!(before.status.success(), "{}", text(&before.stderr));
+    assert!(after.status.success(), "{}", text(&after.stderr));
+    assert_eq!(text(&before.stdout), text(&after.stdout));
+    assert!(
+        text(&after.stdout).contains("Paris"),
+        "{}",
+        text(&after.stdout)
+    );
+    // An option a subcommand does not take is refused by name, wherever it is written.
+    let out = vibrant(
+        &[
+            "--temp",
+            "0",
+            "synth",
+            "--preset",
+            "qwen2.5-0.5b",
+            "-o",
+            "/dev/null",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("'--temp'"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = vibrant(&["models", "-m", &model], None);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("'-m'"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn out_of_range_sampling_values_are_refused_by_flag() {
+    let cases = [
+        ("--temp", "-0.5"),
+        ("--temp", "nan"),
+        ("--temp", "inf"),
+        ("--top-p", "1.5"),
+        ("--top-p", "-0.1"),
+        ("--min-p", "2"),
+        ("--min-p", "NaN"),
+        ("--repeat-penalty", "0"),
+        ("--repeat-penalty", "-1"),
+        ("--repeat-penalty", "inf"),
+    ];
+    for (flag, value) in cases {
+        for sub in [&["ask", "hi"][..], &["chat"]] {
+            // Refused before the model is looked for: the missing file is never reached.
+            let mut args = vec!["-m", "/nonexistent.gguf", flag, value];
+            args.extend_from_slice(sub);
+            let out = vibrant(&args, None);
+            assert_clean_error(&out, &format!("{flag} must be"));
+        }
+    }
+    // The edges of each range are accepted (the run then fails on the missing model).
+    let out = vibrant(
+        &[
+            "ask",
+            "-m",
+            "/nonexistent.gguf",
+            "--temp",
+            "0",
+            "--top-p",
+            "1",
+            "--min-p",
+            "0",
+            "hi",
+        ],
+        None,
+    );
+    assert_clean_error(&out, "does not exist");
+}
+
+fn bench_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let model = smollm2();
+    let mut all = vec!["bench", "-m", &model, "-t", "2", "-o", "json"];
+    all.extend_from_slice(args);
+    let out = vibrant(&all, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+    json.as_array().expect("an array of rows").clone()
+}
+
+#[test]
+fn bench_runs_every_combination_of_its_lists() {
+    let rows = bench_json(&[
+        "-p",
+        "8,16",
+        "-n",
+        "2",
+        "-d",
+        "0,4",
+        "-b",
+        "4",
+        "-ub",
+        "2,8",
+        "-r",
+        "2",
+        "--sampling",
+    ]);
+    let got: Vec<(u64, u64, u64, u64, String)> = rows
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+            let test = r["test"].as_str().unwrap().to_string();
+            (n("n_ubatch"), n("n_prompt"), n("n_gen"), n("n_depth"), test)
+        })
+        .collect();
+    let mut want = Vec::new();
+    for ub in [2, 8] {
+        for (d, at) in [(0, ""), (4, " @ d4")] {
+            want.push((ub, 8, 0, d, format!("pp8{at}")));
+            want.push((ub, 16, 0, d, format!("pp16{at}")));
+            want.push((ub, 0, 2, d, format!("tg2{at}")));
+        }
+    }
+    assert_eq!(got, want);
+    for r in &rows {
+        // llama-bench's field names, with the values they have there.
+        for key in [
+            "model_filename",
+            "model_type",
+            "model_size",
+            "model_n_params",
+            "n_batch",
+            "n_ubatch",
+            "n_threads",
+            "n_prompt",
+            "n_gen",
+            "n_depth",
+            "test_time",
+            "avg_ns",
+            "stddev_ns",
+            "avg_ts",
+            "stddev_ts",
+            "samples_ns",
+            "samples_ts",
+            "backends",
+        ] {
+            assert!(r.get(key).is_some(), "{key} missing from {r}");
+        }
+        assert_eq!(r["n_batch"], 4);
+        assert_eq!(r["n_threads"], 2);
+        assert_eq!(r["backends"], "CPU");
+        assert_eq!(r["sampling"], true);
+        assert!(r["model_filename"]
+            .as_str()
+            .unwrap()
+            .ends_with("smollm2-135m.gguf"));
+        assert!(
+            r["model_type"].as_str().unwrap().starts_with("llama 135M"),
+            "{r}"
+        );
+        assert!(r["model_n_params"].as_u64().unwrap() > 100_000_000);
+        let samples_ns = r["samples_ns"].as_array().unwrap();
+        let samples_ts = r["samples_ts"].as_array().unwrap();
+        assert_eq!((samples_ns.len(), samples_ts.len()), (2, 2));
+        let tokens = r["n_prompt"].as_f64().unwrap() + r["n_gen"].as_f64().unwrap();
+        for (ns, ts) in samples_ns.iter().zip(samples_ts) {
+            let (ns, ts) = (ns.as_f64().unwrap(), ts.as_f64().unwrap());
+            assert!((ts - tokens * 1e9 / ns).abs() < 1e-6 * ts, "{r}");
+        }
+        let avg_ts = r["avg_ts"].as_f64().unwrap();
+        assert!(avg_ts > 0.0 && avg_ts.is_finite(), "{r}");
+        let time = r["test_time"].as_str().unwrap();
+        assert!(time.len() == 20 && time.ends_with('Z'), "{time}");
+    }
+}
+
+#[test]
+fn bench_prints_one_markdown_row_per_test() {
+    let model = smollm2();
+    let out = vibrant(
+        &[
+            "--device", "cpu", "-m", &model, "-t", "2", "bench", "-p", "8", "-n", "2", "-d", "0,4",
+            "-r", "1",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let header = "| model | size | params | backend | threads | test | t/s |";
+    assert!(table.contains(header), "{table}");
+    let tests: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| llama"))
+        .map(|l| l.split(" | ").nth(5).unwrap())
+        .collect();
+    assert_eq!(tests, ["pp8", "tg2", "pp8 @ d4", "tg2 @ d4"], "{table}");
+}
+
+#[test]
+fn bench_refuses_lists_it_cannot_run() {
+    let model = smollm2();
+    let cases: [(&[&str], &str); 5] = [
+        (&["-p", "0", "-n", "0"], "nothing to run"),
+        (&["-r", "0"], "-r must be at least 1"),
+        (&["-ub", "0"], "-b and -ub must be at least 1"),
+        (&["-p", "8-1x"], "not a token count"),
+        (&["--profile", "-o", "json"], "--profile"),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["bench", "-m", &model];
+        all.extend_from_slice(args);
+        let out = vibrant(&all, None);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("error:") && err.contains(expected),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// A readable GGUF of an architecture vibrant cannot run: gemma3's keys, two small tensors.
+fn write_gemma3(path: &std::path::Path) {
+    use vibrant::gguf::{GgufWriter, Value};
+    use vibrant::quant::GgmlType;
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("gemma3".into()));
+    w.set("general.name", Value::String("tiny gemma".into()));
+    w.set("gemma3.block_count", Value::U32(2));
+    w.set("gemma3.embedding_length", Value::U32(32));
+    w.add_tensor(
+        "token_embd.weight",
+        &[32, 4],
+        GgmlType::Q8_0,
+        vec![0; 4 * 34],
+    );
+    w.add_tensor("output_norm.weight", &[32], GgmlType::F32, vec![0; 32 * 4]);
+    w.write_file(path).unwrap();
+}
+
+#[test]
+fn info_describes_a_file_whose_architecture_vibrant_cannot_run() {
+    let dir = std::env::temp_dir().join(format!("vibrant-cli-arch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gemma3.gguf");
+    write_gemma3(&path);
+    let out = vibrant(&["info", path.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info = text(&out.stdout);
+    for want in [
+        "name:           tiny gemma",
+        "architecture:   gemma3",
+        "(2 tensors)",
+        "runs in vibrant: no: architecture 'gemma3' is not supported",
+        "Q8_0",
+        "F32",
+        "metadata (4 keys):",
+        "gemma3.block_count = 2",
+    ] {
+        assert!(info.contains(want), "{want:?} missing from:\n{info}");
+    }
+    assert!(
+        !info.contains("layers:"),
+        "no runnable config to describe:\n{info}"
+    );
+    // Running it is an error that names the architecture.
+    let out = vibrant(&["bench", "-m", path.to_str().unwrap(), "-r", "1"], None);
+    assert_clean_error(&out, "architecture 'gemma3' is not supported");
+    std::fs::remove_dir_all(&dir).ok();
+}

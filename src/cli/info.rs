@@ -1,32 +1,86 @@
 //! `info` and `models`: what a model file holds and which models are at hand.
 
-use super::GlobalArgs;
+use super::args::{DeviceChoice, LoadArgs};
 use anyhow::Result;
 use vibrant::catalog;
 use vibrant::chat::ChatTemplate;
 use vibrant::gguf::GgufFile;
-use vibrant::model::{type_histogram, Config};
+use vibrant::model::{type_histogram, Config, ModelError};
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-pub fn info(g: &GlobalArgs, model: &str) -> Result<()> {
-    let path = catalog::resolve(model)?;
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    /// Model path or name (default: --model).
+    #[arg(id = "file", value_name = "MODEL")]
+    pub file: Option<String>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// Describes the file (what any readable GGUF holds), then the model vibrant would run from
+/// it, or why it cannot run it; a readable file is described even when it cannot run.
+pub fn info(args: &InfoArgs) -> Result<()> {
+    let path = catalog::resolve(args.file.as_deref().unwrap_or(&args.load.model.model))?;
     let file = std::sync::Arc::new(GgufFile::open(&path)?);
-    let config = Config::from_gguf(&file)?;
-    let a = &config.attention;
-    let tied = file.tensor("output.weight").is_none();
-    println!("file:           {}", path.display());
-    println!("name:           {}", config.name);
+    describe_file(&file);
+    let config = match Config::from_gguf(&file) {
+        Ok(config) => config,
+        Err(e) => {
+            println!("runs in vibrant: no: {}", not_runnable(&e));
+            describe_tensor_types(&file);
+            if args.load.device.choice()? != DeviceChoice::Cpu {
+                eprintln!("device memory: not measured, as vibrant cannot run this model");
+            }
+            describe_metadata(&file);
+            return Ok(());
+        }
+    };
+    println!("runs in vibrant: yes");
+    describe_model(&file, &config)?;
+    describe_tensor_types(&file);
+    if args.load.device.choice()? != DeviceChoice::Cpu {
+        device_memory(&args.load, &file, &config)?;
+    }
+    describe_metadata(&file);
+    Ok(())
+}
+
+/// Why a file's model cannot run, without the path the file section already named.
+fn not_runnable(e: &ModelError) -> String {
+    match e {
+        ModelError::UnsupportedArch { arch, .. } => {
+            format!("architecture '{arch}' is not supported (vibrant runs llama and qwen2)")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn describe_file(file: &GgufFile) {
+    let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
+    println!("file:           {}", file.path().display());
+    println!(
+        "name:           {}",
+        file.str_opt("general.name").unwrap_or("(none)")
+    );
     println!("GGUF version:   {}", file.version);
-    println!("architecture:   {}", config.arch.name());
+    println!(
+        "architecture:   {}",
+        file.str_opt("general.architecture").unwrap_or("(none)")
+    );
     println!("file size:      {}", mib(file.file_size()));
     println!(
         "parameters:     {:.3} B ({} tensors)",
-        config.n_params(tied) as f64 / 1e9,
+        n_params as f64 / 1e9,
         file.tensors.len()
     );
+}
+
+fn describe_model(file: &GgufFile, config: &Config) -> Result<()> {
+    let a = &config.attention;
+    let tied = file.tensor("output.weight").is_none();
     println!("layers:         {}", config.n_layer);
     println!(
         "width:          {} (feed-forward {})",
@@ -46,7 +100,7 @@ pub fn info(g: &GlobalArgs, model: &str) -> Result<()> {
             "separate"
         }
     );
-    let template = ChatTemplate::from_gguf(&file)?;
+    let template = ChatTemplate::from_gguf(file)?;
     println!(
         "chat template:  {}",
         if template.is_builtin_fallback() {
@@ -55,8 +109,12 @@ pub fn info(g: &GlobalArgs, model: &str) -> Result<()> {
             "from file"
         }
     );
+    Ok(())
+}
+
+fn describe_tensor_types(file: &GgufFile) {
     println!("tensor types:");
-    for (ty, count, bytes) in type_histogram(&file) {
+    for (ty, count, bytes) in type_histogram(file) {
         println!(
             "  {:<6} {:>4} tensors  {:>12}",
             ty.name(),
@@ -64,21 +122,21 @@ pub fn info(g: &GlobalArgs, model: &str) -> Result<()> {
             mib(bytes)
         );
     }
-    if g.device()? != super::DeviceChoice::Cpu {
-        device_memory(g, &file, &config)?;
+}
+
+fn describe_metadata(file: &GgufFile) {
+    println!("metadata ({} keys):", file.metadata.len());
+    for (key, value) in &file.metadata {
+        println!("  {key} = {value}");
     }
-    Ok(())
 }
 
 /// Loads the model on the chosen device and reports what it holds there.
-fn device_memory(g: &GlobalArgs, file: &std::sync::Arc<GgufFile>, config: &Config) -> Result<()> {
+fn device_memory(args: &LoadArgs, file: &std::sync::Arc<GgufFile>, config: &Config) -> Result<()> {
     use vibrant::backend::Backend;
-    use vibrant::model::{LoadOptions, Transformer};
-    let options = LoadOptions {
-        n_ctx: g.ctx_size,
-        n_batch: g.batch_size,
-    };
-    let (describe, used) = match super::open_device(g)? {
+    use vibrant::model::Transformer;
+    let options = args.context.load_options();
+    let (describe, used) = match super::open_device(&args.device)? {
         super::Device::Cpu(b) => {
             let m = Transformer::load(file, b, &options)?;
             (m.backend.describe(), m.backend.memory_used())
@@ -88,10 +146,9 @@ fn device_memory(g: &GlobalArgs, file: &std::sync::Arc<GgufFile>, config: &Confi
             (m.backend.describe(), m.backend.memory_used())
         }
     };
-    let n_ctx = if g.ctx_size == 0 {
-        config.n_ctx_train
-    } else {
-        g.ctx_size
+    let n_ctx = match options.n_ctx {
+        0 => config.n_ctx_train,
+        n => n,
     };
     let kv = (2 * config.n_layer * n_ctx * config.attention.kv_width() * 2) as u64;
     let weights: u64 = file.tensors.iter().map(|t| t.n_bytes).sum();
@@ -135,8 +192,8 @@ pub fn models() -> Result<()> {
     Ok(())
 }
 
-pub fn devices(g: &GlobalArgs) -> Result<()> {
-    let adapters = vibrant::backend::gpu::list_adapters(g.backend.as_deref())?;
+pub fn devices(api: Option<&str>) -> Result<()> {
+    let adapters = vibrant::backend::gpu::list_adapters(api)?;
     if adapters.is_empty() {
         println!("no GPU adapter with compute support found (the CPU backend is always available)");
     }

@@ -1,7 +1,8 @@
 //! `perplexity`: a model's perplexity over a text file, and its KL divergence from a base
 //! run, as llama.cpp's `llama-perplexity` computes and prints them.
 
-use super::{Device, GlobalArgs};
+use super::args::{DeviceArgs, ModelArgs};
+use super::Device;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,13 @@ pub struct PerplexityArgs {
     /// The text to score (plain UTF-8).
     #[arg(long, short = 'f')]
     pub file: Option<PathBuf>,
-    /// Score at most this many chunks of --ctx-size tokens (default: all the text holds).
+    /// Tokens per chunk: each chunk runs from an empty cache and its second half is scored.
+    #[arg(long, short = 'c', default_value_t = 512)]
+    pub ctx_size: usize,
+    /// Most tokens run through the model in one step.
+    #[arg(long, short = 'b', default_value_t = 512)]
+    pub batch_size: usize,
+    /// Score at most this many chunks (default: all the text holds).
     #[arg(long)]
     pub chunks: Option<usize>,
     /// Without --kl-divergence: also save every scored position's log-probabilities to this
@@ -31,10 +38,14 @@ pub struct PerplexityArgs {
     /// the fast 8-bit path: the base other paths are measured against.
     #[arg(long)]
     pub exact: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
-pub fn perplexity(g: &GlobalArgs, args: &PerplexityArgs) -> Result<()> {
-    let path = vibrant::catalog::resolve(&g.model)?;
+pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
+    let path = vibrant::catalog::resolve(&args.model.model)?;
     let file = Arc::new(GgufFile::open(&path)?);
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos());
@@ -54,20 +65,22 @@ pub fn perplexity(g: &GlobalArgs, args: &PerplexityArgs) -> Result<()> {
         eprintln!("perplexity: tokenizing the input ..");
         let tokens = perplexity::tokenize(&tokenizer, &text)?;
         let name = text_path.display().to_string();
-        let chunks = perplexity::chunk_count(&name, tokens.len(), g.ctx_size, args.chunks)?;
+        let chunks = perplexity::chunk_count(&name, tokens.len(), args.ctx_size, args.chunks)?;
         Job::Score { tokens, chunks }
     };
     let n_ctx = match &job {
         Job::Compare(base) => base.n_ctx,
-        Job::Score { .. } => g.ctx_size,
+        Job::Score { .. } => args.ctx_size,
     };
     let options = LoadOptions {
         n_ctx,
-        n_batch: g.batch_size,
+        n_batch: args.batch_size,
     };
-    match (super::open_device(g)?, args.exact) {
+    let device: &DeviceArgs = &args.device;
+    match (super::open_device(device)?, args.exact) {
         (Device::Cpu(_), true) => {
-            let model = Transformer::load(&file, CpuBackend::exact(g.threads)?, &options)?;
+            let threads = device.cpu.threads;
+            let model = Transformer::load(&file, CpuBackend::exact(threads)?, &options)?;
             run(model, job, args, bos)
         }
         (Device::Gpu(_), true) => bail!("--exact is the CPU's reference mode: use --device cpu"),

@@ -1,19 +1,41 @@
 //! `ask` and `chat`: load a model on the chosen device, then stream answers.
 
-use super::GlobalArgs;
+use super::args::{AnswerArgs, LoadArgs};
+use super::line_input::{Input, LineInput};
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use vibrant::backend::Backend;
 use vibrant::chat::{ChatTemplate, Message};
-use vibrant::generate::{
-    GenerateOptions, Generation, Sampler, SamplerConfig, Session, StopReason, StopStrings,
-};
+use vibrant::generate::{GenerateOptions, Generation, Sampler, Session, StopReason, StopStrings};
 use vibrant::gguf::GgufFile;
-use vibrant::model::{LoadOptions, Transformer};
+use vibrant::model::Transformer;
 use vibrant::tokenizer::Tokenizer;
+
+#[derive(clap::Args, Debug)]
+pub struct AskArgs {
+    // A subcommand's own arguments come before the groups it flattens, whose help headings
+    // would otherwise carry over to them.
+    /// The prompt ("-" or absent: read standard input).
+    pub prompt: Option<String>,
+    /// Send the prompt as it is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub answer: AnswerArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub answer: AnswerArgs,
+}
 
 /// A session on whichever backend was chosen, behind one object-safe face.
 trait Engine {
@@ -58,17 +80,14 @@ struct Loaded {
     template: ChatTemplate,
 }
 
-fn load(g: &GlobalArgs) -> Result<Loaded> {
+fn load(args: &LoadArgs, verbose: bool) -> Result<Loaded> {
     let started = Instant::now();
-    let path = vibrant::catalog::resolve(&g.model)?;
+    let path = vibrant::catalog::resolve(&args.model.model)?;
     let file = Arc::new(GgufFile::open(&path)?);
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let template = ChatTemplate::from_gguf(&file)?;
-    let options = LoadOptions {
-        n_ctx: g.ctx_size,
-        n_batch: g.batch_size,
-    };
-    let engine: Box<dyn Engine> = match super::open_device(g)? {
+    let options = args.context.load_options();
+    let engine: Box<dyn Engine> = match super::open_device(&args.device)? {
         super::Device::Cpu(backend) => Box::new(Session::new(
             Transformer::load(&file, backend, &options)?,
             tokenizer,
@@ -78,7 +97,7 @@ fn load(g: &GlobalArgs) -> Result<Loaded> {
             tokenizer,
         )),
     };
-    if g.verbose {
+    if verbose {
         eprintln!(
             "loaded {} on {} in {:.2} s",
             path.display(),
@@ -89,24 +108,8 @@ fn load(g: &GlobalArgs) -> Result<Loaded> {
     Ok(Loaded { engine, template })
 }
 
-fn sampler_config(g: &GlobalArgs) -> SamplerConfig {
-    SamplerConfig {
-        temperature: g.temp,
-        top_k: g.top_k,
-        top_p: g.top_p,
-        min_p: g.min_p,
-        repeat_penalty: g.repeat_penalty,
-        repeat_last_n: 64,
-        seed: g.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        }),
-    }
-}
-
-fn read_prompt(prompt: Option<String>) -> Result<String> {
-    match prompt.as_deref() {
+fn read_prompt(prompt: Option<&str>) -> Result<String> {
+    match prompt {
         Some("-") | None => {
             let mut s = String::new();
             std::io::stdin()
@@ -118,28 +121,29 @@ fn read_prompt(prompt: Option<String>) -> Result<String> {
     }
 }
 
-fn conversation(g: &GlobalArgs) -> Vec<Message> {
-    g.system.iter().map(Message::system).collect()
+fn conversation(a: &AnswerArgs) -> Vec<Message> {
+    a.system.iter().map(Message::system).collect()
 }
 
-pub fn ask(g: &GlobalArgs, prompt: Option<String>, raw: bool) -> Result<()> {
-    let prompt = read_prompt(prompt)?;
+pub fn ask(args: &AskArgs) -> Result<()> {
+    let a = &args.answer;
+    let mut sampler = Sampler::new(a.sampling.config()?);
+    let prompt = read_prompt(args.prompt.as_deref())?;
     if prompt.trim().is_empty() {
         bail!("the prompt is empty");
     }
-    let mut loaded = load(g)?;
-    let text = if raw {
+    let mut loaded = load(&args.load, a.verbose)?;
+    let text = if args.raw {
         prompt
     } else {
-        let mut messages = conversation(g);
+        let mut messages = conversation(a);
         messages.push(Message::user(&prompt));
         loaded.template.render(&messages, true)?
     };
     let tokens = loaded.engine.tokenize(&text)?;
-    let mut sampler = Sampler::new(sampler_config(g));
     let options = GenerateOptions {
-        max_tokens: g.max_tokens,
-        stops: StopStrings::new(g.stop.clone()),
+        max_tokens: a.max_tokens,
+        stops: StopStrings::new(a.stop.clone()),
         cancel: None,
     };
     let result = answer(
@@ -147,12 +151,12 @@ pub fn ask(g: &GlobalArgs, prompt: Option<String>, raw: bool) -> Result<()> {
         &tokens,
         &mut sampler,
         &options,
-        g.verbose,
+        a.verbose,
     )?;
     if result.stop == StopReason::ContextFull {
         bail!(
             "the context filled up ({} tokens) before the answer ended; raise --ctx-size",
-            g.ctx_size
+            args.load.context.ctx_size
         );
     }
     Ok(())
@@ -192,42 +196,49 @@ fn answer(
     Ok(result)
 }
 
-pub fn chat(g: &GlobalArgs) -> Result<()> {
-    let mut loaded = load(g)?;
+pub fn chat(args: &ChatArgs) -> Result<()> {
+    let a = &args.answer;
+    let mut sampler = Sampler::new(a.sampling.config()?);
+    let mut loaded = load(&args.load, a.verbose)?;
     let interactive = std::io::stdin().is_terminal();
+    let mut input = if interactive {
+        eprintln!(
+            "vibrant chat on {}\n{}",
+            loaded.engine.describe(),
+            LineInput::TERMINAL_HELP
+        );
+        LineInput::terminal()?
+    } else {
+        LineInput::pipe()
+    };
     let generating = Arc::new(AtomicBool::new(false));
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let (generating, cancel) = (generating.clone(), cancel.clone());
-        // Ctrl-C stops the answer being written; at the prompt it ends the chat.
+        // Ctrl-C stops the answer being written; at the prompt it ends the chat (in a
+        // terminal the line editor reads it at the prompt as a key instead). Installed after
+        // the line editor, which would otherwise take SIGINT for itself.
         ctrlc::set_handler(move || {
             if generating.load(Ordering::SeqCst) {
                 cancel.store(true, Ordering::SeqCst);
             } else {
-                std::process::exit(130);
+                std::process::exit(INTERRUPTED);
             }
         })
         .context("installing the Ctrl-C handler")?;
     }
-    if interactive {
-        eprintln!("vibrant chat on {} — /reset clears the conversation, /exit quits, Ctrl-C stops an answer", loaded.engine.describe());
-    }
-    let mut sampler = Sampler::new(sampler_config(g));
-    let mut messages = conversation(g);
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut messages = conversation(a);
     loop {
-        if interactive {
-            eprint!("> ");
-            std::io::stderr().flush()?;
-        }
-        let Some(line) = lines.next() else { break };
-        let line = line.context("reading standard input")?;
+        let line = match input.next()? {
+            Input::Text(line) => line,
+            Input::End => break,
+            Input::Interrupted => std::process::exit(INTERRUPTED),
+        };
         match line.trim() {
             "" => continue,
             "/exit" | "/quit" => break,
             "/reset" => {
-                messages = conversation(g);
+                messages = conversation(a);
                 loaded.engine.reset();
                 if interactive {
                     eprintln!("(conversation cleared)");
@@ -243,8 +254,8 @@ pub fn chat(g: &GlobalArgs) -> Result<()> {
         cancel.store(false, Ordering::SeqCst);
         generating.store(true, Ordering::SeqCst);
         let options = GenerateOptions {
-            max_tokens: g.max_tokens,
-            stops: StopStrings::new(g.stop.clone()),
+            max_tokens: a.max_tokens,
+            stops: StopStrings::new(a.stop.clone()),
             cancel: Some(&cancel),
         };
         let result = answer(
@@ -252,7 +263,7 @@ pub fn chat(g: &GlobalArgs) -> Result<()> {
             &tokens,
             &mut sampler,
             &options,
-            g.verbose,
+            a.verbose,
         );
         generating.store(false, Ordering::SeqCst);
         match result {
@@ -277,3 +288,6 @@ pub fn chat(g: &GlobalArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// The exit status of a chat ended by Ctrl-C (128 + SIGINT, as shells report it).
+const INTERRUPTED: i32 = 130;

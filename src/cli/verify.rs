@@ -1,7 +1,7 @@
 //! `verify`: runs a model on the GPU and on the CPU reference and compares them: first-step
 //! logits, then greedy tokens. The way to check a new GPU or driver computes what it should.
 
-use super::{gpu_options, GlobalArgs};
+use super::args::{CpuArgs, GpuArgs, ModelArgs};
 use anyhow::{bail, Result};
 use std::sync::Arc;
 use vibrant::backend::cpu::CpuBackend;
@@ -13,6 +13,9 @@ use vibrant::tokenizer::Tokenizer;
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
+    /// Most tokens run through the model in one step while reading the prompt.
+    #[arg(long, short = 'b', default_value_t = 256)]
+    pub batch_size: usize,
     /// Greedy steps to compare.
     #[arg(long, default_value_t = 16)]
     pub steps: usize,
@@ -25,6 +28,12 @@ pub struct VerifyArgs {
     /// Largest relative error of the first-step logits that passes.
     #[arg(long, default_value_t = 1e-2)]
     pub tolerance: f64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+    #[command(flatten)]
+    pub cpu: CpuArgs,
 }
 
 fn greedy<B: Backend>(model: &mut Transformer<B>, steps: usize) -> Result<Vec<u32>> {
@@ -37,8 +46,8 @@ fn greedy<B: Backend>(model: &mut Transformer<B>, steps: usize) -> Result<Vec<u3
     Ok(out)
 }
 
-pub fn verify(g: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
-    let path = vibrant::catalog::resolve(&g.model)?;
+pub fn verify(args: &VerifyArgs) -> Result<()> {
+    let path = vibrant::catalog::resolve(&args.model.model)?;
     let file = Arc::new(GgufFile::open(&path)?);
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let prompt = tokenizer.encode(&args.prompt, true)?;
@@ -47,12 +56,12 @@ pub fn verify(g: &GlobalArgs, args: &VerifyArgs) -> Result<()> {
     }
     let options = LoadOptions {
         n_ctx: prompt.len() + args.steps + 1,
-        n_batch: g.batch_size,
+        n_batch: args.batch_size,
     };
-    let gpu_backend = WgpuBackend::new(gpu_options(g)?)?;
+    let gpu_backend = WgpuBackend::new(args.gpu.options()?)?;
     println!("GPU: {}", gpu_backend.describe());
     let mut gpu = Transformer::load(&file, gpu_backend, &options)?;
-    let mut cpu = Transformer::load(&file, CpuBackend::exact(g.threads)?, &options)?;
+    let mut cpu = Transformer::load(&file, CpuBackend::exact(args.cpu.threads)?, &options)?;
     println!("CPU: {}", cpu.backend.describe());
     gpu.forward(&prompt)?;
     cpu.forward(&prompt)?;

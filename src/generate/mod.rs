@@ -4,7 +4,7 @@
 mod sampler;
 mod stops;
 
-pub use sampler::{Sampler, SamplerConfig};
+pub use sampler::{InvalidSetting, Sampler, SamplerConfig, Setting};
 pub use stops::StopStrings;
 
 use crate::backend::Backend;

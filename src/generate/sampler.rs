@@ -46,6 +46,72 @@ impl SamplerConfig {
     pub fn is_plain_greedy(&self) -> bool {
         self.temperature <= 0.0 && self.repeat_penalty == 1.0
     }
+
+    /// Checks that every setting is in its range: a NaN, infinite or out-of-range value
+    /// would otherwise sample garbage (or always the same token) without a word.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let check = |setting, value: f32, ok: bool, expected| match ok {
+            true => Ok(()),
+            false => Err(InvalidSetting {
+                setting,
+                value,
+                expected,
+            }),
+        };
+        let unit = |v: f32| (0.0..=1.0).contains(&v);
+        check(
+            Setting::Temperature,
+            self.temperature,
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "a finite number ≥ 0 (0 is greedy)",
+        )?;
+        check(
+            Setting::TopP,
+            self.top_p,
+            unit(self.top_p),
+            "between 0 and 1",
+        )?;
+        check(
+            Setting::MinP,
+            self.min_p,
+            unit(self.min_p),
+            "between 0 and 1",
+        )?;
+        check(
+            Setting::RepeatPenalty,
+            self.repeat_penalty,
+            self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0,
+            "a finite number > 0 (1 is no penalty)",
+        )
+    }
+}
+
+/// A sampler setting that [`SamplerConfig::validate`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    Temperature,
+    TopP,
+    MinP,
+    RepeatPenalty,
+}
+
+impl Setting {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Temperature => "temperature",
+            Self::TopP => "top_p",
+            Self::MinP => "min_p",
+            Self::RepeatPenalty => "repeat_penalty",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("sampler setting {} must be {expected}, got {value}", setting.name())]
+pub struct InvalidSetting {
+    pub setting: Setting,
+    pub value: f32,
+    pub expected: &'static str,
 }
 
 pub struct Sampler {
@@ -234,6 +300,43 @@ mod tests {
         // softmax([1,3,2,0.5,2.9])[1] ≈ 0.392
         assert!((ones - 0.392).abs() < 0.04, "{ones}");
         assert!(a.contains(&3));
+    }
+
+    #[test]
+    fn validate_rejects_out_of_range_settings() {
+        assert_eq!(SamplerConfig::default().validate(), Ok(()));
+        assert_eq!(SamplerConfig::greedy().validate(), Ok(()));
+        let edges = SamplerConfig {
+            top_p: 0.0,
+            min_p: 1.0,
+            repeat_penalty: 0.01,
+            ..SamplerConfig::default()
+        };
+        assert_eq!(edges.validate(), Ok(()));
+        let bad = [
+            (Setting::Temperature, -0.1),
+            (Setting::Temperature, f32::NAN),
+            (Setting::Temperature, f32::INFINITY),
+            (Setting::TopP, 1.01),
+            (Setting::TopP, -0.5),
+            (Setting::MinP, 2.0),
+            (Setting::MinP, f32::NAN),
+            (Setting::RepeatPenalty, 0.0),
+            (Setting::RepeatPenalty, -1.0),
+            (Setting::RepeatPenalty, f32::INFINITY),
+        ];
+        for (setting, value) in bad {
+            let mut config = SamplerConfig::default();
+            *match setting {
+                Setting::Temperature => &mut config.temperature,
+                Setting::TopP => &mut config.top_p,
+                Setting::MinP => &mut config.min_p,
+                Setting::RepeatPenalty => &mut config.repeat_penalty,
+            } = value;
+            let err = config.validate().expect_err("out of range");
+            assert_eq!(err.setting, setting, "{value}");
+            assert!(err.to_string().contains(setting.name()), "{err}");
+        }
     }
 
     #[test]
