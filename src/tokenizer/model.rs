@@ -35,7 +35,7 @@ impl Model {
                     Vec::new()
                 };
                 let merges = Merges::new(&entries, &vocab.ids).map_err(|e| error(KEY_MERGES, e))?;
-                let splitter = Splitter::new(pre.regexes).map_err(|e| error(KEY_PRE, e))?;
+                let splitter = Splitter::new(pre.steps).map_err(|e| error(KEY_PRE, e))?;
                 Ok(Self::Bpe {
                     pre,
                     splitter,

@@ -1,11 +1,17 @@
 //! The pre-tokenizers of BPE vocabularies, by `tokenizer.ggml.pre`, as llama.cpp maps them:
-//! the regexes that cut text into words (each regex splits the pieces the previous one
-//! left), how words are spelled for the merges, and the flags that go with the name.
-//!
-//! Where llama.cpp rewrote a Hugging Face regex for C++ `std::regex` (case-insensitive
-//! groups spelled out, `\p{Lu}` classes emulated by look-aheads, possessive quantifiers made
-//! greedy) and kept the original in a comment, the original is used here: the regex engine
-//! (Oniguruma, as in Hugging Face `tokenizers`) runs it as written.
+//! the steps that cut text into words (each one splits the pieces the previous one left),
+//! how words are spelled for the merges, and the flags that go with the name. The regexes
+//! are llama.cpp's own (its rewrites of the Hugging Face ones); `split` reads them as
+//! llama.cpp does.
+
+/// One step of a pre-tokenizer.
+#[derive(Clone, Copy)]
+pub(super) enum Step {
+    /// Cut each piece into the regex's matches and the runs between them.
+    Regex(&'static str),
+    /// llama.cpp's hand-written AFMoE digit splitter (its `\p{AFMoE_digits}`).
+    DigitGroups,
+}
 
 /// How the words of a vocabulary are spelled before merging.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +30,7 @@ pub(super) enum Spelling {
 /// A `tokenizer.ggml.pre` value's behaviour.
 #[derive(Clone, Copy)]
 pub(super) struct Pre {
-    pub regexes: &'static [&'static str],
+    pub steps: &'static [Step],
     pub spelling: Spelling,
     /// A word that is itself a token becomes that token without merging.
     pub ignore_merges: bool,
@@ -39,9 +45,9 @@ pub(super) struct Pre {
 }
 
 impl Pre {
-    const fn new(regexes: &'static [&'static str]) -> Self {
+    const fn new(steps: &'static [Step]) -> Self {
         Self {
-            regexes,
+            steps,
             spelling: Spelling::ByteLevel,
             ignore_merges: false,
             add_bos: false,
@@ -203,110 +209,150 @@ pub(super) const PRE_TOKENIZERS: &[(&[&str], Pre)] = &[
         &["whitespace"],
         Pre {
             spelling: Spelling::Raw,
-            ..Pre::new(&[r"\S+"])
+            ..Pre::new(WHITESPACE)
         },
     ),
 ];
 
 /// GPT-2's split: contractions, letter runs, digit runs, other symbols, whitespace.
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-/// Llama 3: case-insensitive contractions, digits in groups of up to three, newlines kept
+/// Llama 3: contractions in either case, digits in groups of up to three, newlines kept
 /// with the symbols before them.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2: Llama 3's split with single digits.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// GPT-4o: words split at case changes, with their contraction.
-const GPT4O_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// GPT-4o: words split where lower case turns to upper, with their contraction (letters
+/// that are not ASCII count as both cases).
+const GPT4O_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// DeepSeek V3: ASCII punctuation opens a Latin word; letters with their marks.
 const DEEPSEEK_V3_SPLIT: &str = r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##;
 /// CJK ideographs, hiragana and katakana runs.
 const CJK_KANA: &str = "[一-龥\u{3040}-ゟ゠-ヿ]+";
-/// CJK ideographs, Samaritan to CJK, and Hangul runs (DeepSeek LLM and Coder).
+/// CJK ideographs, everything from Samaritan to them, and Hangul (DeepSeek LLM and Coder).
 const CJK_HANGUL: &str = "[一-龥ࠀ-一가-\u{D7FF}]+";
-
-const DEFAULT: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"];
-const GPT2_ONLY: &[&str] = &[GPT2];
-const SINGLE_DIGITS_GPT2: &[&str] = &[r"\p{N}", GPT2];
-const LLAMA3: &[&str] = &[LLAMA3_SPLIT];
-const QWEN2: &[&str] = &[QWEN2_SPLIT];
-const JAIS2: &[&str] = &[
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)|\s{8}(?!\S)|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1}",
+/// Runs of newlines and runs of anything else.
+const NEWLINE_RUN_SPLIT: &str = r"[^\n]+|[\n]+";
+const DEFAULT: &[Step] = &[
+    Step::Regex(r"[\p{P}\$\+<=>\^~\|]+"),
+    Step::Regex(GPT2),
+    Step::Regex(r"\p{N}+"),
+    Step::Regex(r"[0-9][0-9][0-9]"),
 ];
-const DEEPSEEK_LLM: &[&str] = &[
-    r"[\r\n]",
-    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u{1F7D}ᾀ-ᾴᾶ-ᾼ\u{1FBE}ῂ-ῄῆ-ῌῐ-\u{1FD3}ῖ-\u{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u{2126}ℨ\u{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
-    "\\s?[!-/:-~！-／：-～‘-‟\u{3000}-。]+",
-    r"\s+$",
-    CJK_HANGUL,
-    r"\p{N}+",
+const GPT2_ONLY: &[Step] = &[Step::Regex(GPT2)];
+const SINGLE_DIGITS_GPT2: &[Step] = &[Step::Regex(r"\p{N}"), Step::Regex(GPT2)];
+const LLAMA3: &[Step] = &[Step::Regex(LLAMA3_SPLIT)];
+const QWEN2: &[Step] = &[Step::Regex(QWEN2_SPLIT)];
+const JAIS2: &[Step] = &[Step::Regex(
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)|\s{8}(?!\S)|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1}",
+)];
+const DEEPSEEK_LLM: &[Step] = &[
+    Step::Regex("[\r\n]"),
+    Step::Regex("\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u{1F7D}ᾀ-ᾴᾶ-ᾼ\u{1FBE}ῂ-ῄῆ-ῌῐ-\u{1FD3}ῖ-\u{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u{2126}ℨ\u{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+"),
+    Step::Regex("\\s?[!-/:-~！-／：-～‘-‟\u{3000}-。]+"),
+    Step::Regex(r"\s+$"),
+    Step::Regex(CJK_HANGUL),
+    Step::Regex(r"\p{N}+"),
 ];
-const DEEPSEEK_CODER: &[&str] = &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", CJK_HANGUL, r"\p{N}"];
-const DEEPSEEK_V3: &[&str] = &[r"\p{N}{1,3}", CJK_KANA, DEEPSEEK_V3_SPLIT];
-const SPARK2_5: &[&str] = &[
-    r"\p{N}{1,3}",
-    CJK_KANA,
-    r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+|[\r\n]|\s+(?!\S)|\s+"##,
-    r"\p{N}",
+const DEEPSEEK_CODER: &[Step] = &[
+    Step::Regex("[\r\n]"),
+    Step::Regex(r"\s?\p{L}+"),
+    Step::Regex(r"\s?\p{P}+"),
+    Step::Regex(CJK_HANGUL),
+    Step::Regex(r"\p{N}"),
 ];
-const YOUTU: &[&str] = &[
-    "[가-힣ㄱ-ㆎ]+|[！…“”‘’—：；，、-〿︰-﹏]+|[ㄅ-ㄯ]+|[一-龥\u{3040}-ゟ゠-ヿ]+",
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+const DEEPSEEK_V3: &[Step] = &[
+    Step::Regex(r"\p{N}{1,3}"),
+    Step::Regex(CJK_KANA),
+    Step::Regex(DEEPSEEK_V3_SPLIT),
+];
+const SPARK2_5: &[Step] = &[
+    Step::Regex(r"\p{N}{1,3}"),
+    Step::Regex(CJK_KANA),
+    Step::Regex(
+        r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+|[\r\n]|\s+(?!\S)|\s+"##,
+    ),
+    Step::Regex(r"\p{N}"),
+];
+const YOUTU: &[Step] = &[
+    Step::Regex("[가-힣ㄱ-ㆎ]+|[！…“”‘’—：；，、-〿︰-﹏]+|[ㄅ-ㄯ]+|[一-龥\u{3040}-ゟ゠-ヿ]+"),
+    Step::Regex(
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
 ];
 /// Falcon: punctuation runs, GPT-2's split, then digits in threes.
-const FALCON: &[&str] = &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"];
-const QWEN35: &[&str] = &[
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+const FALCON: &[Step] = &[
+    Step::Regex(r"[\p{P}\$\+<=>\^~\|`]+"),
+    Step::Regex(GPT2),
+    Step::Regex(r"[0-9][0-9][0-9]"),
 ];
-const BLOOM: &[&str] = &[r" ?[^(\s|.,!?…。，、।۔،)]+"];
-const VIKING: &[&str] = &[r" ?[^(\s|.,!?…。，、।۔،)]+", r"\p{N}"];
-const TEKKEN: &[&str] = &[
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+const QWEN35: &[Step] = &[Step::Regex(
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)];
+const BLOOM: &[Step] = &[Step::Regex(r" ?[^(\s|.,!?…。，、।۔،)]+")];
+const VIKING: &[Step] = &[
+    Step::Regex(r" ?[^(\s|.,!?…。，、।۔،)]+"),
+    Step::Regex(r"\p{N}"),
 ];
-const CHAMELEON: &[&str] = &[
-    r"<sentinel:[0-9]+>",
-    r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
-    r"([\t\n]|    |  )",
-    r"\p{N}",
-    r"[\p{P}!-/:-@\[-`{-~]",
-    GPT2,
+const TEKKEN: &[Step] = &[Step::Regex(
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)];
+const CHAMELEON: &[Step] = &[
+    Step::Regex(r"<sentinel:[0-9]+>"),
+    Step::Regex(r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z"),
+    Step::Regex(r"([\t\n]|    |  )"),
+    Step::Regex(r"\p{N}"),
+    Step::Regex(r"[\p{P}!-/:-@\[-`{-~]"),
+    Step::Regex(GPT2),
 ];
-const GPT4O: &[&str] = &[GPT4O_SPLIT];
-/// llama.cpp's own regex (there is no original): GPT-4o's look-ahead form with combining
-/// marks counted as letters.
-const GRANITE_EMBED_MULTI: &[&str] = &[
+const GPT4O: &[Step] = &[Step::Regex(GPT4O_SPLIT)];
+/// GPT-4o's split with combining marks counted as letters.
+const GRANITE_EMBED_MULTI: &[Step] = &[Step::Regex(
     r"[^\r\n\p{L}\p{N}]?((?=[\p{L}\p{M}])([^a-z]))*((?=[\p{L}\p{M}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}\p{M}])([^a-z]))+((?=[\p{L}\p{M}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-];
-/// Digits in threes counted from the right, then GPT-4o's split.
-const TINY_AYA: &[&str] = &[r"\d{1,3}(?=(?:\d{3})*\b)", GPT4O_SPLIT];
-/// Kimi K2 (llama.cpp runs it as custom code): Han runs, then GPT-4o's split on the other
-/// letters.
-const KIMI_K2: &[&str] = &[
-    r"[\p{Han}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-];
+)];
 /// Digit runs, cut into threes from the right by an empty match.
-const SUPERBPE: &[&str] = &[r"\p{N}+", r"(?=(\d{3})+(?!\d))"];
-const BAILINGMOE: &[&str] = &[
-    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
-];
-const SEED_CODER: &[&str] = &[
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
-];
+const SUPERBPE: &[Step] = &[Step::Regex(r"\p{N}+"), Step::Regex(r"(?=(\d{3})+(?!\d))")];
+const BAILINGMOE: &[Step] = &[Step::Regex(
+    r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
+)];
+const SEED_CODER: &[Step] = &[Step::Regex(
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
+)];
 /// Qwen2's split without contractions, so that Turkish suffixes stay on their word.
-const UFAKZEKA: &[&str] =
-    &[r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"];
-/// AFMoE: digit runs with their leading one or two digits apart, then the rest in threes
-/// (llama.cpp's custom `\p{AFMoE_digits}`), Asian scripts, then DeepSeek V3's split.
-const AFMOE: &[&str] = &[
-    r"\p{N}{1,3}(?=(?:\p{N}{3})*(?!\p{N}))",
-    "[一-鿿㐀-䶿豈-\u{FAFF}\u{3040}-ゟ゠-ヿ･-ﾟ⼀-\u{2FDF}เ-\u{0E7F}\u{0E80}-\u{0EFF}ក-\u{17FF}က-႟ꩠ-ꩿꧠ-\u{A9FF}가-\u{D7AF}ᄀ-ᇿ]+",
-    DEEPSEEK_V3_SPLIT,
+const UFAKZEKA: &[Step] = &[Step::Regex(
+    r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)];
+const NEWLINE_RUNS: &[Step] = &[Step::Regex(NEWLINE_RUN_SPLIT)];
+const LAGUNA: &[Step] = &[Step::Regex(NEWLINE_RUN_SPLIT), Step::Regex(QWEN2_SPLIT)];
+const EXAONE_MOE: &[Step] = &[Step::Regex(
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+",
+)];
+const MINICPM5: &[Step] = &[
+    Step::Regex(r"\p{N}{1,3}"),
+    Step::Regex(
+        r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
 ];
-const NEWLINE_RUNS: &[&str] = &[r"[^\n]+|[\n]+"];
-const LAGUNA: &[&str] = &[r"[^\n]+|[\n]+", QWEN2_SPLIT];
-const EXAONE_MOE: &[&str] = &[
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+",
+const WHITESPACE: &[Step] = &[Step::Regex(r"\S+")];
+/// Digits in threes counted from the right, then GPT-4o's split in its `\p{Lu}` form.
+const TINY_AYA: &[Step] = &[
+    Step::DigitGroups,
+    Step::Regex(
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
 ];
-const MINICPM5: &[&str] = &[
-    r"\p{N}{1,3}",
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+/// AFMoE: digit groups, Asian scripts, then DeepSeek V3's split.
+const AFMOE: &[Step] = &[
+    Step::DigitGroups,
+    Step::Regex("[一-鿿㐀-䶿豈-\u{FAFF}\u{3040}-ゟ゠-ヿ･-ﾟ⼀-\u{2FDF}เ-\u{E7F}\u{E80}-\u{EFF}ក-\u{17FF}က-႟ꩠ-ꩿꧠ-\u{A9FF}가-\u{D7AF}ᄀ-ᇿ]+"),
+    Step::Regex(DEEPSEEK_V3_SPLIT),
 ];
+
+/// Kimi K2, which llama.cpp splits with hand-written code; this regex does the same: Han
+/// runs (llama.cpp's ranges), other letter runs with a contraction, digits in threes, then
+/// GPT-2-like symbols and whitespace.
+const KIMI_K2: &[Step] = &[Step::Regex(
+    "[\u{3400}-\u{4DBF}\u{4E00}-\u{9FFF}\u{F900}-\u{FAFF}\u{20000}-\u{2A6DF}\u{2A700}-\u{2EBEF}\u{2F800}-\u{2FA1F}]+\
+     |[^\\r\\n\\p{L}\\p{N}]?[\\p{L}&&[^\u{3400}-\u{4DBF}\u{4E00}-\u{9FFF}\u{F900}-\u{FAFF}\u{20000}-\u{2A6DF}\u{2A700}-\u{2EBEF}\u{2F800}-\u{2FA1F}]]+\
+     (?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?\
+     |\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+)];

@@ -82,7 +82,7 @@ fn a_missing_pre_tokenizer_is_the_default_one() {
 fn regex_splits_cut_each_piece_in_turn() {
     let split = |name: &str, text: &str| {
         let pre = pre::Pre::named(name).unwrap();
-        let splitter = Splitter::new(pre.regexes).unwrap();
+        let splitter = Splitter::new(pre.steps).unwrap();
         splitter
             .split(text)
             .into_iter()
@@ -92,6 +92,14 @@ fn regex_splits_cut_each_piece_in_turn() {
     // An empty match (a look-ahead) only marks a cut.
     assert_eq!(split("superbpe", "ab1234567"), ["ab", "1", "234", "567"]);
     assert_eq!(split("afmoe", "12345 x"), ["12", "345", " x"]);
+    // llama.cpp's digit splitter leaves the text before a run on its first group, so the
+    // spaces before "12" are not one trailing run.
+    assert_eq!(split("afmoe", "x  12345"), ["x", " ", " ", "12", "345"]);
+    // Non-ASCII spaces are `\v` to the regexes: U+2028 is not in the CJK range `ࠀ-一`.
+    assert_eq!(split("deepseek-coder", " \u{2028}"), [" \u{2028}"]);
+    // Letters are letters whatever their case category.
+    assert_eq!(split("tiny_aya", "HelloWorld"), ["HelloWorld"]);
+    assert_eq!(split("gpt-4o", "HelloWorld"), ["Hello", "World"]);
     assert_eq!(
         split("falcon", "a 1314151!"),
         ["a", " ", "131", "415", "1", "!"]
