@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use testdata::testdata;
 use vibrant::gguf::GgufFile;
-use vibrant::tokenizer::{DecodeOptions, Tokenizer};
+use vibrant::tokenizer::{DecodeOptions, Tokenizer, TokenizerError};
 
 /// The vocabularies the streaming test runs on: one SentencePiece, byte-level ones, and
 /// Gemma 4's byte-fallback BPE.
@@ -126,12 +126,9 @@ fn reference_vectors_encode_and_decode() {
     let mut checked = Vec::new();
     for path in vocab_files() {
         let vocab = vocab_name(&path);
-        let tok = match GgufFile::open(&path).map(|file| Tokenizer::from_gguf(&file)) {
-            Ok(Ok(tok)) => tok,
-            Ok(Err(e)) => {
-                failures.push(format!("{vocab}: {e}"));
-                continue;
-            }
+        let opened = GgufFile::open(&path).map_err(TokenizerError::from);
+        let tok = match opened.and_then(|file| Tokenizer::from_gguf(&file)) {
+            Ok(tok) => tok,
             Err(e) => {
                 failures.push(format!("{vocab}: {e}"));
                 continue;
