@@ -110,16 +110,29 @@ const SHIFTED_BYTES: [u8; 68] = {
     table
 };
 
+/// Byte → GPT-2's printable stand-in, as byte-level vocabularies spell their tokens.
+const BYTE_CHARS: [char; 256] = {
+    let mut table = ['\0'; 256];
+    let mut shifted = 0;
+    let mut b = 0;
+    while b < 256 {
+        table[b] = if is_printable_byte(b as u8) {
+            b as u8 as char
+        } else {
+            shifted += 1;
+            match char::from_u32(255 + shifted) {
+                Some(c) => c,
+                None => panic!("U+0100.. are valid code points"),
+            }
+        };
+        b += 1;
+    }
+    table
+};
+
 /// GPT-2's printable stand-in for a byte, as byte-level vocabularies spell their tokens.
 pub fn char_of_byte(b: u8) -> char {
-    if is_printable_byte(b) {
-        return b as char;
-    }
-    let rank = SHIFTED_BYTES
-        .iter()
-        .position(|&x| x == b)
-        .expect("every unprintable byte is listed");
-    char::from_u32(256 + rank as u32).expect("a valid code point")
+    BYTE_CHARS[b as usize]
 }
 
 fn byte_of_char(c: char) -> Option<u8> {

@@ -1,25 +1,34 @@
 //! Text ⇄ token ids, built from a GGUF file's `tokenizer.ggml.*` metadata.
 //!
-//! Two vocabulary kinds are supported, as llama.cpp reads them:
-//! - `gpt2`: byte-level BPE. Text is split by the pre-tokenizer regexes of
+//! Three vocabulary kinds are supported, tokenized the way llama.cpp does:
+//! - `gpt2`: byte-level BPE. Text is split into words by the pre-tokenizer regexes of
 //!   `tokenizer.ggml.pre`, bytes are mapped to printable characters, and the ranked
 //!   `tokenizer.ggml.merges` are applied.
+//! - `gemma4`: BPE on raw UTF-8 with spaces written `▁`, split only at newline runs, with
+//!   `<0xNN>` byte tokens for characters outside the vocabulary.
 //! - `llama`: SentencePiece BPE. Spaces become `▁`, a space is prefixed to each text run
 //!   that starts the input or follows a special token, pieces merge by their
 //!   `tokenizer.ggml.scores`, and characters outside the vocabulary fall back to `<0xNN>`
 //!   byte tokens.
 //!
-//! The BPE itself and the regex pre-tokenizer come from the `tokenizers` crate. Special
-//! tokens are cut out of the text first, the way llama.cpp does it: user-defined tokens
-//! always, control and unknown tokens only when `parse_special` is set.
+//! Special tokens are cut out of the text first: user-defined tokens always, control and
+//! unknown tokens only when `parse_special` is set. The pre-tokenizer regexes run on
+//! Oniguruma, through the `tokenizers` crate.
 
+mod bpe;
 mod decode;
+mod hash;
 mod model;
+mod pre;
 mod special;
+mod split;
+mod spm;
 mod vocab;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bpe;
 
 pub use decode::{char_of_byte, DecodeOptions, StreamDecoder};
 pub use vocab::TokenType;
@@ -65,7 +74,7 @@ impl Tokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let vocab = Vocab::from_gguf(file)?;
         let model = Model::build(file, &vocab)?;
-        let specials = SpecialTokens::new(&vocab);
+        let specials = SpecialTokens::new(&vocab, file);
         let pieces = Pieces::new(&vocab, model.is_byte_level());
         Ok(Self {
             path: file.path().to_path_buf(),
@@ -93,11 +102,11 @@ impl Tokenizer {
             match fragment {
                 Fragment::Text(run) => {
                     self.model
-                        .encode(run, after_special, &mut ids)
-                        .map_err(|e| TokenizerError::Encode {
+                        .encode(&self.vocab, run, after_special, &mut ids)
+                        .map_err(|what| TokenizerError::Encode {
                             path: self.path.clone(),
                             text: abbreviate(run),
-                            what: e.to_string(),
+                            what,
                         })?;
                     after_special = false;
                 }
@@ -135,7 +144,7 @@ impl Tokenizer {
 
     /// The id of the token whose vocabulary text is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.model.token_id(text)
+        self.vocab.ids.get(text).copied()
     }
 
     pub fn token_type(&self, id: u32) -> Option<TokenType> {

@@ -6,9 +6,9 @@ use crate::gguf::{GgufWriter, Value, ValueType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const NAME: &str = "synthetic.gguf";
+pub(super) const NAME: &str = "synthetic.gguf";
 
-fn file_bytes(entries: &[(&str, Value)]) -> Vec<u8> {
+pub(super) fn file_bytes(entries: &[(&str, Value)]) -> Vec<u8> {
     let mut w = GgufWriter::new();
     for (key, value) in entries {
         w.set(*key, value.clone());
@@ -18,12 +18,12 @@ fn file_bytes(entries: &[(&str, Value)]) -> Vec<u8> {
     bytes
 }
 
-fn build(entries: &[(&str, Value)]) -> Result<Tokenizer> {
+pub(super) fn build(entries: &[(&str, Value)]) -> Result<Tokenizer> {
     let file = GgufFile::from_bytes(NAME, file_bytes(entries))?;
     Tokenizer::from_gguf(&file)
 }
 
-fn i32s(values: &[i32]) -> Value {
+pub(super) fn i32s(values: &[i32]) -> Value {
     Value::Array(
         ValueType::I32,
         values.iter().map(|&v| Value::I32(v)).collect(),
@@ -52,7 +52,7 @@ const BPE_EXTRA: [(&str, i32); 8] = [
 
 /// A byte-level vocabulary: the 256 byte characters, "hello" built by four merges, two
 /// control tokens and a user-defined one.
-fn bpe_entries() -> Vec<(&'static str, Value)> {
+pub(super) fn bpe_entries() -> Vec<(&'static str, Value)> {
     let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
     let mut types = vec![1; 256];
     for (text, ty) in BPE_EXTRA {
@@ -71,11 +71,11 @@ fn bpe_entries() -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn bpe() -> Tokenizer {
+pub(super) fn bpe() -> Tokenizer {
     build(&bpe_entries()).unwrap()
 }
 
-fn with(
+pub(super) fn with(
     mut entries: Vec<(&'static str, Value)>,
     key: &'static str,
     value: Value,
@@ -85,7 +85,10 @@ fn with(
     entries
 }
 
-fn without(mut entries: Vec<(&'static str, Value)>, key: &str) -> Vec<(&'static str, Value)> {
+pub(super) fn without(
+    mut entries: Vec<(&'static str, Value)>,
+    key: &str,
+) -> Vec<(&'static str, Value)> {
     entries.retain(|(k, _)| *k != key);
     entries
 }
@@ -130,19 +133,19 @@ fn spm() -> Tokenizer {
     build(&spm_entries()).unwrap()
 }
 
-fn id(tok: &Tokenizer, text: &str) -> u32 {
+pub(super) fn id(tok: &Tokenizer, text: &str) -> u32 {
     tok.token_id(text)
         .unwrap_or_else(|| panic!("{text:?} is not in the vocabulary"))
 }
 
-fn error_of(entries: &[(&str, Value)]) -> String {
+pub(super) fn error_of(entries: &[(&str, Value)]) -> String {
     match build(entries) {
         Ok(_) => panic!("the tokenizer built"),
         Err(e) => e.to_string(),
     }
 }
 
-fn assert_error(entries: &[(&str, Value)], needles: &[&str]) {
+pub(super) fn assert_error(entries: &[(&str, Value)], needles: &[&str]) {
     let message = error_of(entries);
     for needle in [NAME].iter().chain(needles) {
         assert!(

@@ -1,6 +1,8 @@
 //! The token list and what llama.cpp derives from the metadata around it: token types,
 //! scores, special ids, BOS policy and the end-of-generation set.
 
+use super::hash::FastMap;
+use super::pre::Pre;
 use super::{Result, TokenizerError};
 use crate::gguf::{GgufFile, Value};
 
@@ -14,9 +16,11 @@ const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
 const KEY_ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
 const KEY_BOS: &str = "tokenizer.ggml.bos_token_id";
 const KEY_EOS: &str = "tokenizer.ggml.eos_token_id";
-const KEY_UNK: &str = "tokenizer.ggml.unknown_token_id";
 const KEY_EOT: &str = "tokenizer.ggml.eot_token_id";
 const KEY_EOM: &str = "tokenizer.ggml.eom_token_id";
+const KEY_FIM_PRE: &str = "tokenizer.ggml.fim_pre_token_id";
+const KEY_FIM_SUF: &str = "tokenizer.ggml.fim_suf_token_id";
+const KEY_FIM_MID: &str = "tokenizer.ggml.fim_mid_token_id";
 const KEY_FIM_PAD: &str = "tokenizer.ggml.fim_pad_token_id";
 const KEY_FIM_REP: &str = "tokenizer.ggml.fim_rep_token_id";
 const KEY_FIM_SEP: &str = "tokenizer.ggml.fim_sep_token_id";
@@ -45,6 +49,50 @@ const END_OF_GENERATION: &[&str] = &[
     "<|tool_response>",
     "<｜end▁of▁sentence｜>",
     "[e~[",
+];
+
+/// Fill-in-the-middle prefix, suffix and middle markers, found by text when their id is not
+/// in the metadata: llama.cpp makes them control tokens.
+const FIM_TEXTS: [(&str, &[&str]); 3] = [
+    (
+        KEY_FIM_PRE,
+        &[
+            "<|fim_prefix|>",
+            "<fim-prefix>",
+            "<fim_prefix>",
+            "<｜fim▁begin｜>",
+            "<PRE>",
+            "▁<PRE>",
+            "<|code_prefix|>",
+            "<|prefix|>",
+        ],
+    ),
+    (
+        KEY_FIM_SUF,
+        &[
+            "<|fim_suffix|>",
+            "<fim-suffix>",
+            "<fim_suffix>",
+            "<｜fim▁hole｜>",
+            "<SUF>",
+            "▁<SUF>",
+            "<|code_suffix|>",
+            "<|suffix|>",
+        ],
+    ),
+    (
+        KEY_FIM_MID,
+        &[
+            "<|fim_middle|>",
+            "<fim-middle>",
+            "<fim_middle>",
+            "<｜fim▁end｜>",
+            "<MID>",
+            "▁<MID>",
+            "<|code_middle|>",
+            "<|middle|>",
+        ],
+    ),
 ];
 
 /// Fill-in-the-middle padding, repository and file separators, found by text when their
@@ -99,26 +147,42 @@ impl TokenType {
     }
 }
 
+/// gpt-oss's message markers: llama.cpp always renders them, as user-defined tokens.
+const ALWAYS_RENDERED: [&str; 4] = ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
+
 /// The vocabulary kind named by `tokenizer.ggml.model`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(super) enum Kind {
     /// `llama`: SentencePiece BPE.
     SentencePiece,
-    /// `gpt2`: byte-level BPE.
-    ByteLevel,
+    /// `gpt2` (byte-level) and `gemma4` (`▁`-escaped UTF-8): BPE with ranked merges, split
+    /// into words by the pre-tokenizer `tokenizer.ggml.pre` names.
+    Bpe(Pre),
+}
+
+/// The kind alone: the pre-tokenizer's regexes would swamp a tokenizer's debug output.
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::SentencePiece => "SentencePiece",
+            Self::Bpe(_) => "BPE",
+        })
+    }
 }
 
 pub(super) struct Vocab {
     pub kind: Kind,
-    /// `tokenizer.ggml.pre`, for byte-level vocabularies; empty when absent.
+    /// `tokenizer.ggml.pre` of BPE vocabularies (`gemma4` for a `gemma4` model, as in
+    /// llama.cpp); empty when absent or SentencePiece.
     pub pre: String,
     pub texts: Vec<String>,
+    /// Text → id, for every token.
+    pub ids: FastMap<String, u32>,
     pub types: Vec<TokenType>,
     /// Empty when the file has none.
     pub scores: Vec<f32>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
-    pub unk: Option<u32>,
     pub add_bos: bool,
     /// SentencePiece only: prefix a space to text runs (`tokenizer.ggml.add_space_prefix`).
     pub add_space_prefix: bool,
@@ -129,18 +193,31 @@ pub(super) struct Vocab {
 impl Vocab {
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let meta = Meta { file };
-        let kind = match file.str(KEY_MODEL)? {
-            "llama" => Kind::SentencePiece,
-            "gpt2" => Kind::ByteLevel,
+        let model = file.str(KEY_MODEL)?;
+        let pre = match model {
+            "llama" => String::new(),
+            "gpt2" => file.str_opt(KEY_PRE).unwrap_or_default().to_string(),
+            // llama.cpp ignores `tokenizer.ggml.pre` here.
+            "gemma4" => "gemma4".to_string(),
             other => {
                 return Err(meta.error(
                     KEY_MODEL,
-                    format!("is '{other}'; vibrant supports 'gpt2' and 'llama'"),
+                    format!("is '{other}'; vibrant supports 'gpt2', 'gemma4' and 'llama'"),
                 ))
             }
         };
-        let pre = file.str_opt(KEY_PRE).unwrap_or_default().to_string();
+        let kind = if model == "llama" {
+            Kind::SentencePiece
+        } else {
+            Kind::Bpe(Pre::named(&pre).ok_or_else(|| {
+                meta.error(
+                    KEY_PRE,
+                    format!("is '{pre}', a pre-tokenizer unknown to llama.cpp (which refuses the file too)"),
+                )
+            })?)
+        };
         let texts = meta.token_texts()?;
+        let ids = token_ids(&texts).map_err(|what| meta.error(KEY_TOKENS, what))?;
         let n = texts.len();
         let mut types = match meta.array_of_len(KEY_TOKEN_TYPE, n)? {
             None => vec![TokenType::Normal; n],
@@ -153,36 +230,40 @@ impl Vocab {
             Some(items) => meta.map_items(KEY_SCORES, items, Value::as_f32)?,
         };
 
-        // llama.cpp's defaults when the ids are absent; a byte-level vocabulary has none
-        // (llama.cpp's placeholder 11 would make a comma end generation).
-        let (default_bos, default_eos, default_unk) = match kind {
-            Kind::SentencePiece => (Some(1), Some(2), Some(0)),
-            Kind::ByteLevel => (None, None, None),
+        // llama.cpp's defaults when the ids are absent; a BPE vocabulary has none
+        // (llama.cpp's `gpt2` placeholder 11 would make a comma end generation).
+        let (default_bos, default_eos) = match kind {
+            Kind::SentencePiece => (Some(1), Some(2)),
+            Kind::Bpe(_) => (None, None),
         };
         let in_vocab = |id: Option<u32>| id.filter(|&id| (id as usize) < n);
         let bos = meta.token_id(KEY_BOS, n)?.or(in_vocab(default_bos));
         let eos = meta.token_id(KEY_EOS, n)?.or(in_vocab(default_eos));
-        let unk = meta.token_id(KEY_UNK, n)?.or(in_vocab(default_unk));
 
-        let add_bos = meta
-            .bool(KEY_ADD_BOS)?
-            .unwrap_or(default_add_bos(kind, &pre));
+        let add_bos = match kind {
+            Kind::SentencePiece => meta.bool(KEY_ADD_BOS)?.unwrap_or(true),
+            Kind::Bpe(pre) => pre.force_bos || meta.bool(KEY_ADD_BOS)?.unwrap_or(pre.add_bos),
+        };
         if add_bos && bos.is_none() {
             return Err(meta.error(KEY_ADD_BOS, format!("is true, but {KEY_BOS} is not set")));
         }
         let add_space_prefix =
-            kind == Kind::SentencePiece && meta.bool(KEY_ADD_SPACE_PREFIX)?.unwrap_or(true);
+            matches!(kind, Kind::SentencePiece) && meta.bool(KEY_ADD_SPACE_PREFIX)?.unwrap_or(true);
+        mark_fim_markers(&meta, &texts, &mut types)?;
         let stop = end_of_generation(&meta, &texts, &mut types, eos)?;
+        for id in find_texts(&texts, &ALWAYS_RENDERED) {
+            types[id as usize] = TokenType::UserDefined;
+        }
 
         Ok(Self {
             kind,
             pre,
             texts,
+            ids,
             types,
             scores,
             bos,
             eos,
-            unk,
             add_bos,
             add_space_prefix,
             stop,
@@ -190,13 +271,31 @@ impl Vocab {
     }
 }
 
-/// llama.cpp adds BOS for SentencePiece and for the Llama 3 family of byte-level
-/// pre-tokenizers.
-fn default_add_bos(kind: Kind, pre: &str) -> bool {
-    match kind {
-        Kind::SentencePiece => true,
-        Kind::ByteLevel => super::model::is_llama3_family(pre),
+/// The text → id map, refusing duplicate texts (llama.cpp does too).
+fn token_ids(texts: &[String]) -> std::result::Result<FastMap<String, u32>, String> {
+    let mut ids = FastMap::with_capacity_and_hasher(texts.len(), Default::default());
+    ids.extend((0u32..).zip(texts).map(|(id, t)| (t.clone(), id)));
+    if ids.len() == texts.len() {
+        return Ok(ids);
     }
+    let duplicate = (0u32..)
+        .zip(texts)
+        .find(|(id, t)| ids.get(t.as_str()) != Some(id))
+        .map(|(id, t)| format!("token {id} {t:?} appears twice"));
+    Err(duplicate.unwrap_or_else(|| "has duplicate tokens".into()))
+}
+
+/// Fill-in-the-middle markers without an id in the metadata, found by their text, become
+/// control tokens.
+fn mark_fim_markers(meta: &Meta, texts: &[String], types: &mut [TokenType]) -> Result<()> {
+    for (key, fim_texts) in FIM_TEXTS {
+        if meta.token_id(key, texts.len())?.is_none() {
+            if let Some(&id) = find_texts(texts, fim_texts).first() {
+                types[id as usize] = TokenType::Control;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The end-of-generation set: EOS, EOT, EOM, the FIM separators, and every token whose
