@@ -522,7 +522,7 @@ impl WgpuBackend {
                 .write_buffer(&self.params_buf, 0, &self.params);
             self.params.clear();
         }
-        Some(self.gpu.queue.submit([encoder.finish()]))
+        Some(self.gpu.submit(&self.stage, encoder.finish()))
     }
 
     fn flush_and_wait(&mut self) -> Result<()> {
