@@ -304,7 +304,7 @@ const PART_BYTES: u64 = 4096;
 fn split_matrices_give_the_same_results() {
     let mut gpu = gpu_with(GpuOptions {
         max_weight_part: Some(PART_BYTES),
-        ..GpuOptions::default()
+        ..gpu_options()
     });
     let mut rng = rng(5);
     for ty in ALL_TYPES {
@@ -875,7 +875,7 @@ fn an_api_this_machine_lacks_is_no_such_adapter() {
 fn an_adapter_index_past_the_list_is_no_such_adapter() {
     let err = open_error(GpuOptions {
         adapter: Some(99),
-        ..GpuOptions::default()
+        ..gpu_options()
     });
     let text = err.to_string();
     assert!(
@@ -930,7 +930,7 @@ fn a_kernel_longer_than_the_timeout_is_reported_not_waited_for() {
     // after a first matmul that builds the kernels it needs.
     let timeout = Duration::from_millis(1);
     let one = {
-        let mut gpu = gpu_with(GpuOptions::default());
+        let mut gpu = gpu_with(gpu_options());
         let work = workload(&mut gpu);
         record(&mut gpu, &work, 1);
         gpu.sync().expect("upload and a first matmul");
@@ -950,7 +950,7 @@ fn a_kernel_longer_than_the_timeout_is_reported_not_waited_for() {
 
     let mut gpu = gpu_with(GpuOptions {
         timeout,
-        ..GpuOptions::default()
+        ..gpu_options()
     });
     let work = workload(&mut gpu);
     record(&mut gpu, &work, times);
@@ -983,7 +983,7 @@ fn a_tensor_past_the_binding_limit_is_refused_with_its_size() {
 fn a_weight_row_past_the_binding_limit_is_refused_with_its_size() {
     let mut gpu = gpu_with(GpuOptions {
         max_weight_part: Some(100),
-        ..GpuOptions::default()
+        ..gpu_options()
     });
     let w = Weights::random(&mut rng(13), GgmlType::Q4K, 2, 256);
     let err = match gpu.upload_matrix("wide", w.ty, w.rows, w.cols, WeightBytes::owned(w.bytes)) {

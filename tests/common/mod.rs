@@ -11,26 +11,49 @@ use vibrant::backend::gpu::{Gpu, GpuOptions, WgpuBackend};
 use vibrant::backend::{Backend, WeightBytes};
 use vibrant::quant::{self, GgmlType};
 
-/// A GPU backend on the default adapter, with its own buffers and kernels on a device that
-/// the tests of this process share: a device opened and destroyed per test, many tests at
-/// once, crashed the H100's driver now and then, and one at a time it refused to open a new
-/// device after about twenty. A machine without an adapter fails the test: lavapipe (Mesa's
-/// Vulkan on the CPU) is enough, and a skipped GPU test would hide every kernel bug.
+/// A GPU backend on the first adapter of the tests' API ([`gpu_options`]), with its own
+/// buffers and kernels on a device that the tests of this process share: a device opened and
+/// destroyed per test, many tests at once, crashed the H100's driver now and then, and one at
+/// a time it refused to open a new device after about twenty. On GL each test gets a device
+/// of its own instead: wgpu holds a GL device's context through a whole submission (which
+/// llvmpipe runs before returning) and panics in any other thread that waits 6 s for it. A
+/// machine without such an adapter fails the test: lavapipe (Mesa's Vulkan on the CPU) is
+/// enough, and a skipped GPU test would hide every kernel bug.
 pub fn gpu() -> WgpuBackend {
     static SHARED: OnceLock<Arc<Gpu>> = OnceLock::new();
-    let device = SHARED.get_or_init(|| {
-        Arc::new(Gpu::open(GpuOptions::default()).unwrap_or_else(|e| no_adapter(e)))
-    });
+    let device =
+        SHARED.get_or_init(|| Arc::new(Gpu::open(gpu_options()).unwrap_or_else(|e| no_adapter(e))));
+    if device.info.backend == wgpu::Backend::Gl {
+        return gpu_with(gpu_options());
+    }
     WgpuBackend::on(device.clone()).unwrap_or_else(|e| no_adapter(e))
 }
 
-/// A GPU backend on a device of its own, opened with `options`.
+/// A GPU backend on a device of its own, opened with `options` (built on [`gpu_options`]).
 pub fn gpu_with(options: GpuOptions) -> WgpuBackend {
     WgpuBackend::new(options).unwrap_or_else(|e| no_adapter(e))
 }
 
+/// The default options on the graphics API named by VIBRANT_TEST_BACKEND (`vulkan`, `gl`,
+/// ...; unset or empty: the default adapter's). `scripts/test.sh` runs the GPU tests again
+/// with `gl`, the one API here without subgroups, f16 or cooperative matrices, so that the
+/// kernels' fallbacks are tested too.
+pub fn gpu_options() -> GpuOptions {
+    let api = std::env::var("VIBRANT_TEST_BACKEND")
+        .ok()
+        .filter(|api| !api.is_empty());
+    GpuOptions {
+        api,
+        ..GpuOptions::default()
+    }
+}
+
 fn no_adapter(e: impl std::fmt::Display) -> ! {
-    panic!("no usable GPU adapter, and these tests need one (Mesa's lavapipe will do): {e}")
+    let api = std::env::var("VIBRANT_TEST_BACKEND").unwrap_or_default();
+    panic!(
+        "no usable GPU adapter (VIBRANT_TEST_BACKEND='{api}'), and these tests need one \
+         (Mesa's lavapipe will do; scripts/test.sh installs it and Mesa's GL): {e}"
+    )
 }
 
 pub fn cpu() -> CpuBackend {

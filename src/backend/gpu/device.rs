@@ -346,6 +346,22 @@ impl Gpu {
         sink.recorded.get_or_insert(error);
     }
 
+    /// Sends `commands` to the queue. A driver that runs the work inside the submission
+    /// (Mesa's llvmpipe through GL runs compute dispatches before returning) leaves no wait to
+    /// bound: a submission that outlasted the timeout is reported as one at the next check.
+    pub fn submit(&self, stage: &str, commands: wgpu::CommandBuffer) -> wgpu::SubmissionIndex {
+        let start = std::time::Instant::now();
+        let submission = self.queue.submit([commands]);
+        let timeout = self.options.timeout;
+        if start.elapsed() > timeout {
+            self.report(BackendError::Timeout {
+                stage: stage.to_string(),
+                seconds: timeout.as_secs_f64(),
+            });
+        }
+        submission
+    }
+
     /// Waits for all submitted work, at most the configured timeout.
     pub fn wait(&self, stage: &str) -> Result<()> {
         self.wait_until(stage, None, || true)

@@ -368,6 +368,12 @@ pub struct Tuning {
     /// host's waits are bounded anyway, and the counters stop the compiler from unrolling
     /// (decode 12% and prompts 17% slower with them on the H100, BENCHMARKS.md).
     pub loop_bounds: bool,
+    /// Have wgpu zero workgroup memory before each kernel runs, as WGSL promises. Off on GL:
+    /// there naga writes the zeroing into the shader as one constructor per array, which
+    /// took llvmpipe 17 s to compile for the prompt matmul's tiles (0.4 s without it), and
+    /// the kernels that run there (no subgroups, no f16) write every workgroup element they
+    /// read first.
+    pub zero_workgroup_memory: bool,
     /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
     pub coop: bool,
     /// Prompt attention on tensor cores too (VIBRANT_COOP_ATTENTION=0 keeps the FMA kernel).
@@ -422,6 +428,7 @@ impl Tuning {
             _ => false,
         };
         let loop_bounds = unchecked == "0";
+        let zero_workgroup_memory = gpu.info.backend != wgpu::Backend::Gl;
         // VIBRANT_COOP=0 keeps prompt matmuls off the tensor cores (for measurements).
         let coop = std::env::var("VIBRANT_COOP").map_or(true, |v| v != "0")
             && gpu.features.cooperative_matrix
@@ -445,6 +452,7 @@ impl Tuning {
             attention_keys,
             bounds_checks,
             loop_bounds,
+            zero_workgroup_memory,
             coop,
             coop_attention: coop
                 && std::env::var("VIBRANT_COOP_ATTENTION").map_or(true, |v| v != "0"),
@@ -744,7 +752,10 @@ pub fn build(gpu: &super::device::Gpu, tuning: &Tuning, kernel: Kernel) -> Resul
             layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some(kernel.op().1),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                zero_initialize_workgroup_memory: tuning.zero_workgroup_memory,
+                ..Default::default()
+            },
             cache: None,
         });
         Pipeline { pipeline, layout }
@@ -853,6 +864,7 @@ mod tests {
                 attention_keys: 32,
                 bounds_checks: true,
                 loop_bounds: true,
+                zero_workgroup_memory: true,
                 coop: true,
                 coop_attention: true,
                 int8_max_cols: 32768,
@@ -867,6 +879,7 @@ mod tests {
                 attention_keys: 16,
                 bounds_checks: true,
                 loop_bounds: true,
+                zero_workgroup_memory: false,
                 coop: false,
                 coop_attention: false,
                 int8_max_cols: 0,
@@ -881,6 +894,7 @@ mod tests {
                 attention_keys: 32,
                 bounds_checks: true,
                 loop_bounds: true,
+                zero_workgroup_memory: true,
                 coop: false,
                 coop_attention: false,
                 int8_max_cols: 20480,
@@ -895,6 +909,7 @@ mod tests {
                 attention_keys: 32,
                 bounds_checks: true,
                 loop_bounds: true,
+                zero_workgroup_memory: true,
                 coop: false,
                 coop_attention: false,
                 int8_max_cols: 20480,

@@ -253,7 +253,9 @@ impl WgpuBackend {
 
     /// A backend on a device already open. Several may share one device, each with its own
     /// buffers, kernels and command stream (the GPU tests do: opening and destroying a device
-    /// per test, many at once, crashed the H100's driver now and then).
+    /// per test, many at once, crashed the H100's driver now and then). Not on GL from several
+    /// threads: wgpu holds a GL device's context through each submission and panics in a
+    /// thread that waits 6 s for it.
     pub fn on(gpu: Arc<Gpu>) -> Result<Self> {
         let param_stride = (gpu.limits.min_uniform_buffer_offset_alignment as u64).max(64);
         let params_buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -520,7 +522,7 @@ impl WgpuBackend {
                 .write_buffer(&self.params_buf, 0, &self.params);
             self.params.clear();
         }
-        Some(self.gpu.queue.submit([encoder.finish()]))
+        Some(self.gpu.submit(&self.stage, encoder.finish()))
     }
 
     fn flush_and_wait(&mut self) -> Result<()> {
