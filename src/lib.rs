@@ -12,5 +12,6 @@ pub mod model;
 pub mod perplexity;
 pub mod quant;
 pub mod rng;
+pub mod sampling;
 pub mod synth;
 pub mod tokenizer;

@@ -1,5 +1,6 @@
-//! Greedy decoding a token ahead ([`Transformer::greedy`]) gives what decoding one token at
-//! a time gives: the same tokens, the same stops, and the same KV cache afterwards, on both
+//! Decoding a token ahead with each token picked on the device ([`Transformer::greedy`],
+//! [`Transformer::sampled`]) gives what picking on the host one token at a time gives: the
+//! same tokens, the same stops, and the same KV cache afterwards, greedy or sampled, on both
 //! backends (the GPU one on lavapipe where there is no GPU). On SmolLM2-135M
 //! (`scripts/fetch_model.py smollm2-135m`), with a small context so that it fills.
 
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vibrant::backend::Backend;
 use vibrant::generate::{
-    GenerateOptions, Generation, Sampler, SamplerConfig, Session, StopStrings,
+    GenerateOptions, Generation, Picking, Sampler, SamplerConfig, Session, StopStrings,
 };
 use vibrant::gguf::GgufFile;
 use vibrant::model::{LoadOptions, Transformer};
@@ -38,23 +39,12 @@ fn session<B: Backend>(backend: B) -> Session<B> {
     )
 }
 
-/// Greedy on the host: the logits read back after each step, one token at a time. The
-/// repetition penalty looks at no tokens, so it changes nothing but the path taken.
-fn host_greedy() -> Sampler {
-    let config = SamplerConfig {
-        repeat_penalty: 1.5,
-        repeat_last_n: 0,
-        ..SamplerConfig::greedy()
-    };
-    assert!(!config.is_plain_greedy());
-    Sampler::new(config)
-}
-
 /// What a generation leaves: its answer, and the tokens in the cache after it. It is
 /// cancelled after `cancel_after` tokens.
 fn generate<B: Backend>(
     session: &mut Session<B>,
     sampler: &mut Sampler,
+    picking: Picking,
     prompt: &[u32],
     (max_tokens, stop, cancel_after): (usize, &str, usize),
 ) -> (Generation, usize) {
@@ -63,6 +53,7 @@ fn generate<B: Backend>(
         max_tokens,
         stops: StopStrings::new([stop.to_string()]),
         cancel: Some(&cancel),
+        picking,
     };
     let mut pieces = 0;
     let on_text = |_: &str| {
@@ -76,8 +67,14 @@ fn generate<B: Backend>(
 }
 
 /// A conversation of several generations, each continuing the last (reusing the cache),
-/// under `sampler`: every stop reason, and prompts that fill the context.
-fn conversation<B: Backend>(session: &mut Session<B>, mut sampler: Sampler) -> Vec<String> {
+/// under `config`, picking where `picking` says: every stop reason (greedy), and prompts that
+/// fill the context.
+fn conversation<B: Backend>(
+    session: &mut Session<B>,
+    config: &SamplerConfig,
+    picking: Picking,
+) -> Vec<String> {
+    let mut sampler = Sampler::new(config.clone());
     session.reset();
     let chat =
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
@@ -92,14 +89,38 @@ fn conversation<B: Backend>(session: &mut Session<B>, mut sampler: Sampler) -> V
     };
     let never = usize::MAX;
     // Stopped by max tokens, then continued from where it stopped.
-    let first = record(generate(session, &mut sampler, &prompt, (3, "", never)));
+    let first = record(generate(
+        session,
+        &mut sampler,
+        picking,
+        &prompt,
+        (3, "", never),
+    ));
     let longer = [prompt.clone(), first].concat();
     // The answer's end of turn.
-    record(generate(session, &mut sampler, &longer, (16, "", never)));
+    record(generate(
+        session,
+        &mut sampler,
+        picking,
+        &longer,
+        (16, "", never),
+    ));
     // A stop string, on a prompt that is not a continuation of the cache.
-    record(generate(session, &mut sampler, &prompt, (16, " of", never)));
+    record(generate(
+        session,
+        &mut sampler,
+        picking,
+        &prompt,
+        (16, " of", never),
+    ));
     // Cancelled after two tokens.
-    record(generate(session, &mut sampler, &longer, (16, "", 2)));
+    record(generate(
+        session,
+        &mut sampler,
+        picking,
+        &longer,
+        (16, "", 2),
+    ));
     // The context fills: from a prompt 3 tokens short of it, then from a full one.
     let text = session
         .tokenize_prompt("Once upon a time, in a land far away, there")
@@ -108,26 +129,33 @@ fn conversation<B: Backend>(session: &mut Session<B>, mut sampler: Sampler) -> V
     record(generate(
         session,
         &mut sampler,
+        picking,
         &long[..N_CTX - 3],
         (16, "", never),
     ));
     record(generate(
         session,
         &mut sampler,
+        picking,
         &long[..N_CTX],
         (16, "", never),
     ));
     seen
 }
 
-fn pipelined_matches_host_greedy<B: Backend>(backend: B) {
+fn device_matches_host<B: Backend>(backend: B, config: &SamplerConfig) -> Vec<String> {
     let mut session = session(backend);
-    let want = conversation(&mut session, host_greedy());
-    let got = conversation(&mut session, Sampler::new(SamplerConfig::greedy()));
+    let want = conversation(&mut session, config, Picking::Host);
+    let got = conversation(&mut session, config, Picking::Device);
     for (got, want) in got.iter().zip(&want) {
         eprintln!("{got}");
         assert_eq!(got, want);
     }
+    want
+}
+
+fn pipelined_matches_host_greedy<B: Backend>(backend: B) {
+    let want = device_matches_host(backend, &SamplerConfig::greedy());
     for stop in [
         "MaxTokens",
         "EndOfTurn",
@@ -142,6 +170,20 @@ fn pipelined_matches_host_greedy<B: Backend>(backend: B) {
     }
 }
 
+/// The sampler `vibrant ask` uses by default, with penalties and a bias on top, at a
+/// temperature where the draws matter.
+fn sampling() -> SamplerConfig {
+    SamplerConfig {
+        temperature: 1.2,
+        repeat_penalty: 1.3,
+        frequency_penalty: 0.2,
+        presence_penalty: 0.3,
+        logit_bias: vec![(28, 1.5), (30, -2.0)],
+        seed: 12345,
+        ..SamplerConfig::default()
+    }
+}
+
 #[test]
 fn pipelined_greedy_generations_match_host_greedy_on_the_cpu() {
     pipelined_matches_host_greedy(common::cpu());
@@ -150,6 +192,16 @@ fn pipelined_greedy_generations_match_host_greedy_on_the_cpu() {
 #[test]
 fn pipelined_greedy_generations_match_host_greedy_on_the_gpu() {
     pipelined_matches_host_greedy(common::gpu());
+}
+
+#[test]
+fn pipelined_sampled_generations_match_host_sampling_on_the_cpu() {
+    device_matches_host(common::cpu(), &sampling());
+}
+
+#[test]
+fn pipelined_sampled_generations_match_host_sampling_on_the_gpu() {
+    device_matches_host(common::gpu(), &sampling());
 }
 
 /// Stopping a greedy run leaves the cache without the token run ahead: the next step, of a

@@ -5,6 +5,7 @@
 
 use super::{AttentionShape, Backend, QkvPart, Result, RopeKind, WeightBytes, ARGMAX_SLOTS};
 use crate::quant::{self, ActFormat, Activations, GgmlType};
+use crate::sampling::Sampler;
 use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -55,6 +56,8 @@ pub struct CpuBackend {
     /// The ids of [`Backend::queue_argmax`], and the last one queued.
     argmax_slots: [u32; ARGMAX_SLOTS],
     last_argmax: u32,
+    /// The sampler of [`Backend::start_sampling`].
+    sampler: Option<Sampler>,
 }
 
 impl CpuBackend {
@@ -73,6 +76,7 @@ impl CpuBackend {
             exact: false,
             argmax_slots: [0; ARGMAX_SLOTS],
             last_argmax: 0,
+            sampler: None,
         })
     }
 
@@ -413,6 +417,22 @@ impl Backend for CpuBackend {
 
     fn read_argmax(&mut self, slot: usize) -> Result<u32> {
         Ok(self.argmax_slots[slot])
+    }
+
+    fn start_sampling(&mut self, sampler: &Sampler) -> Result<()> {
+        self.sampler = Some(sampler.clone());
+        Ok(())
+    }
+
+    fn queue_sample(&mut self, x: &CpuTensor, slot: usize) {
+        let sampler = self
+            .sampler
+            .as_mut()
+            .expect("start_sampling comes before queue_sample");
+        let id = sampler.sample(&mut x.data.borrow_mut()[..x.cols]);
+        sampler.accept(id);
+        self.argmax_slots[slot] = id;
+        self.last_argmax = id;
     }
 
     fn embed_argmax(&mut self, table: &CpuMatrix, out: &CpuTensor) {

@@ -9,6 +9,7 @@ pub mod gpu;
 
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::quant::GgmlType;
+use crate::sampling::Sampler;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +270,15 @@ pub trait Backend {
     /// for [`Backend::embed_argmax`] and is read later from `slot` (below [`ARGMAX_SLOTS`]), so
     /// that the next token's step can be queued before this one's id reaches the host.
     fn queue_argmax(&mut self, x: &Self::Tensor, slot: usize);
+    /// Prepares [`Backend::queue_sample`] to draw as `sampler` would from here on: its
+    /// settings, its draws so far and its recent tokens (settings for which
+    /// `fits_device()` holds).
+    fn start_sampling(&mut self, sampler: &Sampler) -> Result<()>;
+    /// [`Backend::queue_argmax`] with the token that the sampler of
+    /// [`Backend::start_sampling`] draws from row 0 of `x` (which it adjusts in place by its
+    /// bias and penalties); that sampler then counts the draw and remembers the token, as the
+    /// host's sampler does with [`Sampler::sample`] and [`Sampler::accept`].
+    fn queue_sample(&mut self, x: &Self::Tensor, slot: usize);
     /// The id [`Backend::queue_argmax`] put in `slot`, waiting for it (bounded on GPUs).
     fn read_argmax(&mut self, slot: usize) -> Result<u32>;
     /// out[0] = row (the last queued argmax) of `table`: [`Backend::embed`] of a token the

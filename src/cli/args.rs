@@ -99,6 +99,18 @@ pub struct SamplingArgs {
     /// Penalty for tokens among the last 64, above 0 (1: none).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
+    /// Subtracted from a recent token's logit once per time it appears (0: none).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub frequency_penalty: f32,
+    /// Subtracted from a recent token's logit once (0: none).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub presence_penalty: f32,
+    /// How many recent tokens the penalties look at.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Add BIAS to token ID's logit, as ID+BIAS or ID-BIAS (ID-inf bans it); repeatable.
+    #[arg(long, value_name = "ID(+|-)BIAS", value_parser = parse_logit_bias, allow_hyphen_values = true)]
+    pub logit_bias: Vec<(u32, f32)>,
     /// Random seed for sampling (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -172,8 +184,11 @@ impl SamplingArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            repeat_last_n: self.repeat_last_n,
+            logit_bias: self.logit_bias.clone(),
             seed: self.seed.unwrap_or_else(clock_seed),
-            ..SamplerConfig::default()
         };
         if let Err(e) = config.validate() {
             let flag = match e.setting {
@@ -181,11 +196,28 @@ impl SamplingArgs {
                 Setting::TopP => "--top-p",
                 Setting::MinP => "--min-p",
                 Setting::RepeatPenalty => "--repeat-penalty",
+                Setting::FrequencyPenalty => "--frequency-penalty",
+                Setting::PresencePenalty => "--presence-penalty",
+                Setting::LogitBias => "--logit-bias",
             };
             bail!("{flag} must be {}, got {}", e.expected, e.value);
         }
         Ok(config)
     }
+}
+
+/// `ID+BIAS` or `ID-BIAS`, as llama.cpp's `--logit-bias` takes it.
+fn parse_logit_bias(s: &str) -> std::result::Result<(u32, f32), String> {
+    let at = s
+        .find(['+', '-'])
+        .ok_or_else(|| format!("'{s}' is not ID+BIAS or ID-BIAS"))?;
+    let id = s[..at]
+        .parse()
+        .map_err(|_| format!("'{}' in '{s}' is not a token id", &s[..at]))?;
+    let bias: f32 = s[at..]
+        .parse()
+        .map_err(|_| format!("'{}' in '{s}' is not a number", &s[at..]))?;
+    Ok((id, bias))
 }
 
 fn clock_seed() -> u64 {

@@ -413,25 +413,20 @@ impl<B: Backend> Runner<B> {
     }
 
     /// Generates `n` tokens after `first`, reading each token id back as a real decode loop
-    /// must: greedily on the device, one token ahead as generation does (see
-    /// [`vibrant::model::Greedy`]), or with `--sampling` on the host from the logits.
+    /// must, one token ahead as generation does (see [`vibrant::model::Decoder`]): the
+    /// device's argmax, or with `--sampling` the sampler `vibrant ask` uses by default (on
+    /// the device, as generation runs it).
     fn generate(&mut self, first: u32, n: usize) -> Result<()> {
         self.model.forward(&[first])?;
-        if !self.sampling {
-            let mut greedy = self.model.greedy();
-            for _ in 0..n {
-                greedy.next_token()?;
-            }
-            return Ok(());
-        }
-        let mut sampler = Sampler::new(SamplerConfig::default());
-        for i in 0..n {
-            let mut logits = self.model.logits()?;
-            let token = sampler.sample(&mut logits);
-            sampler.accept(token);
-            if i + 1 < n {
-                self.model.forward(&[token])?;
-            }
+        let mut decoder = if self.sampling {
+            let sampler = Sampler::new(SamplerConfig::default());
+            self.model.backend.start_sampling(&sampler)?;
+            self.model.sampled()
+        } else {
+            self.model.greedy()
+        };
+        for _ in 0..n {
+            decoder.next_token()?;
         }
         Ok(())
     }

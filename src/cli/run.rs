@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use vibrant::backend::Backend;
 use vibrant::chat::{ChatTemplate, Message};
-use vibrant::generate::{GenerateOptions, Generation, Sampler, Session, StopReason, StopStrings};
+use vibrant::generate::{
+    GenerateOptions, Generation, Picking, Sampler, Session, StopReason, StopStrings,
+};
 use vibrant::gguf::GgufFile;
 use vibrant::model::Transformer;
 use vibrant::tokenizer::Tokenizer;
@@ -145,6 +147,7 @@ pub fn ask(args: &AskArgs) -> Result<()> {
         max_tokens: a.max_tokens,
         stops: StopStrings::new(a.stop.clone()),
         cancel: None,
+        picking: Picking::Device,
     };
     let result = answer(
         &mut *loaded.engine,
@@ -257,6 +260,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
             max_tokens: a.max_tokens,
             stops: StopStrings::new(a.stop.clone()),
             cancel: Some(&cancel),
+            picking: Picking::Device,
         };
         let result = answer(
             &mut *loaded.engine,

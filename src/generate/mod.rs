@@ -1,14 +1,13 @@
 //! The generation loop: prompt processing, sampling, streaming decode, stop conditions,
 //! and the KV-cache reuse that makes multi-turn chat cheap.
 
-mod sampler;
 mod stops;
 
-pub use sampler::{InvalidSetting, Sampler, SamplerConfig, Setting};
+pub use crate::sampling::{InvalidSetting, Sampler, SamplerConfig, Setting};
 pub use stops::StopStrings;
 
 use crate::backend::Backend;
-use crate::model::{ContextFull, Greedy, ModelError, Transformer};
+use crate::model::{ContextFull, Decoder, ModelError, Transformer};
 use crate::tokenizer::Tokenizer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -59,6 +58,19 @@ pub struct GenerateOptions<'a> {
     pub max_tokens: usize,
     pub stops: StopStrings,
     pub cancel: Option<&'a AtomicBool>,
+    pub picking: Picking,
+}
+
+/// Where an answer's tokens are picked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Picking {
+    /// On the device, a token ahead of the host, where the sampler's settings allow
+    /// ([`SamplerConfig::fits_device`]); else on the host.
+    #[default]
+    Device,
+    /// On the host from the logits read back after each step: slower, the reference the
+    /// device's picks are tested against.
+    Host,
 }
 
 /// A model with the token history its KV cache holds, so that a new prompt sharing a prefix
@@ -134,9 +146,19 @@ impl<B: Backend> Session<B> {
         let fresh = &prompt[reuse..];
         self.model.forward(fresh)?;
         self.cached.extend_from_slice(fresh);
-        let mut source = match sampler.config().is_plain_greedy() {
-            true => Source::Greedy(self.model.greedy()),
-            false => Source::Sampled(&mut self.model),
+        let config = sampler.config();
+        let mut source = if options.picking == Picking::Host {
+            Source::Host(&mut self.model)
+        } else if config.is_plain_greedy() {
+            Source::Device(self.model.greedy())
+        } else if config.fits_device() {
+            self.model
+                .backend
+                .start_sampling(sampler)
+                .map_err(ModelError::from)?;
+            Source::Device(self.model.sampled())
+        } else {
+            Source::Host(&mut self.model)
         };
         let mut next = source.next(sampler)?;
         let prompt_time = started.elapsed();
@@ -195,17 +217,21 @@ impl<B: Backend> Session<B> {
 
 /// Where an answer's tokens come from.
 enum Source<'a, B: Backend> {
-    /// The device's argmax, a token ahead of the host.
-    Greedy(Greedy<'a, B>),
-    /// Sampled from the logits, read back after each step.
-    Sampled(&'a mut Transformer<B>),
+    /// Picked on the device (its argmax or its sampler), a token ahead of the host.
+    Device(Decoder<'a, B>),
+    /// Sampled on the host from the logits, read back after each step.
+    Host(&'a mut Transformer<B>),
 }
 
 impl<B: Backend> Source<'_, B> {
     fn next(&mut self, sampler: &mut Sampler) -> Result<u32, GenerateError> {
         match self {
-            Self::Greedy(greedy) => Ok(greedy.next_token()?),
-            Self::Sampled(model) => {
+            Self::Device(decoder) => {
+                let token = decoder.next_token()?;
+                sampler.count_device_draw();
+                Ok(token)
+            }
+            Self::Host(model) => {
                 let mut logits = model.logits()?;
                 Ok(sampler.sample(&mut logits))
             }
@@ -216,8 +242,8 @@ impl<B: Backend> Source<'_, B> {
     /// go on; false when the context is full.
     fn keep(&mut self, token: u32) -> Result<bool, GenerateError> {
         match self {
-            Self::Greedy(greedy) => Ok(greedy.fits()),
-            Self::Sampled(model) => {
+            Self::Device(decoder) => Ok(decoder.fits()),
+            Self::Host(model) => {
                 if model.check_room(1).is_err() {
                     return Ok(false);
                 }

@@ -139,15 +139,15 @@ impl<B: Backend> Transformer<B> {
         self.n_past = self.n_past.min(n);
     }
 
-    /// Starts greedy decoding from the logits of the last forward step; see [`Greedy`].
-    pub fn greedy(&mut self) -> Greedy<'_, B> {
-        self.backend.queue_argmax(&self.scratch.logits, 0);
-        Greedy {
-            model: self,
-            slot: 0,
-            full: None,
-            ran_ahead: false,
-        }
+    /// Starts greedy decoding from the logits of the last forward step; see [`Decoder`].
+    pub fn greedy(&mut self) -> Decoder<'_, B> {
+        Decoder::start(self, Pick::Argmax)
+    }
+
+    /// Starts decoding with the device's sampler from the logits of the last forward step:
+    /// [`Backend::start_sampling`] must have been given the sampler's state. See [`Decoder`].
+    pub fn sampled(&mut self) -> Decoder<'_, B> {
+        Decoder::start(self, Pick::Sample)
     }
 
     /// Checks that `n` more tokens fit in the context.
@@ -294,14 +294,23 @@ impl<B: Backend> Weights<B> {
     }
 }
 
-/// Greedy decoding a token ahead of the host: before the host waits for a token's id, that
-/// token's step (its embedding looked up from the device's argmax) and its successor's argmax
-/// are queued, so the device has work while the id is read back and the step after is
-/// recorded. The token run ahead is in the KV cache before the caller decides to keep it;
-/// dropping the decoder takes it out again, leaving the cache as decoding one token at a time
-/// with [`Transformer::argmax`] and [`Transformer::forward`] leaves it.
-pub struct Greedy<'a, B: Backend> {
+/// How a [`Decoder`] picks each token on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pick {
+    Argmax,
+    Sample,
+}
+
+/// Decoding a token ahead of the host, each token picked on the device (its argmax, or its
+/// sampler's draw): before the host waits for a token's id, that token's step (its embedding
+/// looked up from the device's pick) and its successor's pick are queued, so the device has
+/// work while the id is read back and the step after is recorded. The token run ahead is in
+/// the KV cache before the caller decides to keep it; dropping the decoder takes it out
+/// again, leaving the cache as decoding one token at a time with [`Transformer::forward`]
+/// leaves it.
+pub struct Decoder<'a, B: Backend> {
     model: &'a mut Transformer<B>,
+    pick: Pick,
     /// Where the next id to read is queued.
     slot: usize,
     /// Set once a token did not fit in the context: nothing is queued after it.
@@ -310,25 +319,45 @@ pub struct Greedy<'a, B: Backend> {
     ran_ahead: bool,
 }
 
-impl<B: Backend> Greedy<'_, B> {
+impl<'a, B: Backend> Decoder<'a, B> {
+    fn start(model: &'a mut Transformer<B>, pick: Pick) -> Self {
+        let mut decoder = Self {
+            model,
+            pick,
+            slot: 0,
+            full: None,
+            ran_ahead: false,
+        };
+        decoder.queue_pick(0);
+        decoder
+    }
+
+    fn queue_pick(&mut self, slot: usize) {
+        let m = &mut *self.model;
+        match self.pick {
+            Pick::Argmax => m.backend.queue_argmax(&m.scratch.logits, slot),
+            Pick::Sample => m.backend.queue_sample(&m.scratch.logits, slot),
+        }
+    }
+
     /// The next token, keeping the one returned before it in the cache. Fails once a token
     /// did not fit (see [`Self::fits`]), as [`Transformer::forward`] of it would.
     pub fn next_token(&mut self) -> Result<u32> {
         if let Some(full) = &self.full {
             return Err(full.clone().into());
         }
-        let m = &mut *self.model;
         let slot = self.slot;
         self.slot = (slot + 1) % ARGMAX_SLOTS;
-        self.full = m.check_room(1).err();
+        self.full = self.model.check_room(1).err();
         self.ran_ahead = self.full.is_none();
         if self.ran_ahead {
+            let m = &mut *self.model;
             m.backend.embed_argmax(&m.weights.token_embd, &m.scratch.x);
             m.run_layers(1);
             m.last_logits(1);
-            m.backend.queue_argmax(&m.scratch.logits, self.slot);
+            self.queue_pick(self.slot);
         }
-        Ok(m.backend.read_argmax(slot)?)
+        Ok(self.model.backend.read_argmax(slot)?)
     }
 
     /// Whether the token last returned fit in the context, so that decoding can go on.
@@ -337,7 +366,7 @@ impl<B: Backend> Greedy<'_, B> {
     }
 }
 
-impl<B: Backend> Drop for Greedy<'_, B> {
+impl<B: Backend> Drop for Decoder<'_, B> {
     fn drop(&mut self) {
         if self.ran_ahead {
             let n = self.model.n_past - 1;

@@ -55,6 +55,7 @@ const ELEMENTWISE: (&str, &str) = (
     include_str!("../../../shaders/elementwise.wgsl"),
 );
 const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl"));
+const SAMPLE: (&str, &str) = ("sample.wgsl", include_str!("../../../shaders/sample.wgsl"));
 
 /// How a decode matvec kernel is built for one matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -114,6 +115,8 @@ pub enum Kernel {
     ArgmaxPartial,
     ArgmaxFinal,
     Softmax,
+    /// The sampler of row 0 (bias, penalties, top-k/top-p/min-p, temperature, the draw).
+    Sample,
 }
 
 /// How a kernel's buffer bindings (after the parameters at binding 0) are accessed.
@@ -150,6 +153,7 @@ impl Kernel {
             Self::ArgmaxPartial => "argmax_partial",
             Self::ArgmaxFinal => "argmax_final",
             Self::Softmax => "softmax",
+            Self::Sample => "sample",
         };
         let activations = match self.matvec_form() {
             Some(form) if form.int8_cols > 0 => "_int8",
@@ -208,6 +212,7 @@ impl Kernel {
             Self::ArgmaxPartial => (REDUCE, "argmax_partial"),
             Self::ArgmaxFinal => (REDUCE, "argmax_final"),
             Self::Softmax => (REDUCE, "softmax"),
+            Self::Sample => (SAMPLE, "sample"),
         }
     }
 
@@ -272,6 +277,8 @@ impl Kernel {
             Self::Swiglu => &[ReadWrite, Read, Read],
             Self::CopyRow | Self::SwigluPairs => &[ReadWrite, Read],
             Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => &[ReadWrite, ReadWrite],
+            // Logits, result, the sampler's state, the logit biases.
+            Self::Sample => &[ReadWrite, ReadWrite, ReadWrite, Read],
         };
         access
             .iter()
@@ -301,6 +308,11 @@ impl Kernel {
         }
         if self.op().0 .0.starts_with("attention") {
             pieces.push(ATTENTION_PARAMS);
+        }
+        let sample_limits;
+        if self == Self::Sample {
+            sample_limits = sample_constants();
+            pieces.push(("(generated)", sample_limits.as_str()));
         }
         pieces.push(self.op().0);
         let products_glue;
@@ -333,6 +345,14 @@ impl Kernel {
         }
         (source, starts)
     }
+}
+
+/// The sampler kernel's limits, from the host's: a setting within them samples on the device.
+fn sample_constants() -> String {
+    use crate::sampling::{DEVICE_BIASES, DEVICE_TOP_K, DEVICE_WINDOW};
+    format!(
+        "const MAX_K: u32 = {DEVICE_TOP_K}u;\nconst WINDOW: u32 = {DEVICE_WINDOW}u;\nconst MAX_BIAS: u32 = {DEVICE_BIASES}u;\n"
+    )
 }
 
 /// Sizes and code variants chosen for one device.
@@ -816,6 +836,7 @@ mod tests {
             Kernel::ArgmaxPartial,
             Kernel::ArgmaxFinal,
             Kernel::Softmax,
+            Kernel::Sample,
         ];
         all.extend([
             Kernel::MatmulCoop(64, 0),

@@ -11,6 +11,7 @@ pub mod device;
 pub mod kernels;
 pub mod layout;
 mod profile;
+mod sampling;
 
 pub use device::{list_adapters, AdapterSummary, Gpu, GpuFeatures, GpuOptions};
 pub use kernels::Kernel;
@@ -20,6 +21,7 @@ use super::{
     ARGMAX_SLOTS,
 };
 use crate::quant::GgmlType;
+use crate::sampling::Sampler;
 use bytemuck::{Pod, Zeroable};
 use kernels::{MatvecOutput, Pipeline};
 use layout::WeightLayout;
@@ -157,6 +159,8 @@ pub struct WgpuBackend {
     pairs: Option<Arc<GpuBuf>>,
     /// Rows of the weight matrix in hand decoded to f16 for the tensor-core matmul.
     f16_rows: Option<Arc<GpuBuf>>,
+    /// The sampler of [`Backend::start_sampling`].
+    sampler: Option<sampling::DeviceSampler>,
 }
 
 /// A storage buffer the kernels read and write, and the host copies to and from.
@@ -303,6 +307,7 @@ impl WgpuBackend {
             partials: None,
             pairs: None,
             f16_rows: None,
+            sampler: None,
         })
     }
 
@@ -584,6 +589,15 @@ impl WgpuBackend {
     }
 
     /// out[t] = row `ids[t]` of `table` for the first `n` ids, which are on the device.
+    /// Sends the recorded work, ending with a copy of the picked id (result[0]) to `slot`.
+    fn send_pick(&mut self, slot: usize) {
+        self.stage = "forward step".into();
+        let (result, copy) = (self.result.clone(), self.argmax_slots[slot].buffer.clone());
+        self.encoder()
+            .copy_buffer_to_buffer(&result.buffer, 0, &copy, 0, 4);
+        self.argmax_slots[slot].written_by = self.submit();
+    }
+
     fn get_rows(&mut self, table: &GpuMatrix, ids: &Arc<GpuBuf>, n: usize, out: &GpuTensor) {
         self.stage = "forward step".into();
         for part in &table.parts {
@@ -1587,11 +1601,16 @@ impl Backend for WgpuBackend {
             (1, 1, 1),
             Cost::default(),
         );
-        self.stage = "forward step".into();
-        let copy = self.argmax_slots[slot].buffer.clone();
-        self.encoder()
-            .copy_buffer_to_buffer(&result.buffer, 0, &copy, 0, 4);
-        self.argmax_slots[slot].written_by = self.submit();
+        self.send_pick(slot);
+    }
+
+    fn start_sampling(&mut self, sampler: &Sampler) -> Result<()> {
+        self.start_device_sampling(sampler)
+    }
+
+    fn queue_sample(&mut self, x: &GpuTensor, slot: usize) {
+        self.record_sample(x);
+        self.send_pick(slot);
     }
 
     fn read_argmax(&mut self, slot: usize) -> Result<u32> {

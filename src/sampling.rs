@@ -1,11 +1,24 @@
-//! Token sampling: repetition penalty, top-k, top-p, min-p and temperature, in llama.cpp's order.
+//! Token sampling, in llama.cpp's order: logit bias, repetition/frequency/presence penalties
+//! over the recent tokens, top-k, top-p, min-p, temperature, one seeded draw.
+//!
+//! [`Sampler`] is the reference: backends that sample on the device ([`crate::backend::Backend::start_sampling`])
+//! follow it step for step, so that the same seed and the same logits give the same token on
+//! both (up to the last bits of the exponentials, which only a near-tie can see). For that the
+//! order is fixed everywhere: candidates are ranked by logit, then by id; the draws come from a
+//! counter-based generator (the n-th draw of a seed is a hash of both), so a device can make
+//! them as well as the host.
 
-use crate::rng::SplitMix64;
 use std::collections::VecDeque;
+
+/// Most recent tokens a device's penalties can look at, most candidates its top-k can keep,
+/// most logit biases it takes: settings beyond these sample on the host.
+pub const DEVICE_WINDOW: usize = 256;
+pub const DEVICE_TOP_K: usize = 256;
+pub const DEVICE_BIASES: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct SamplerConfig {
-    /// 0 (or less) means greedy: always the most likely token.
+    /// 0 means greedy: always the most likely token.
     pub temperature: f32,
     /// 0 keeps every token.
     pub top_k: usize,
@@ -13,10 +26,16 @@ pub struct SamplerConfig {
     pub top_p: f32,
     /// 0.0 keeps every token.
     pub min_p: f32,
-    /// 1.0 is no penalty.
+    /// 1.0 is no penalty: seen tokens' positive logits are divided by it, others multiplied.
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// Subtracted from a seen token's logit once per time it was seen.
+    pub frequency_penalty: f32,
+    /// Subtracted from a seen token's logit once.
+    pub presence_penalty: f32,
+    /// How many recent tokens the penalties look at.
     pub repeat_last_n: usize,
+    /// Added to the logits of these tokens before anything else.
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: u64,
 }
 
@@ -28,7 +47,10 @@ impl Default for SamplerConfig {
             top_p: 0.95,
             min_p: 0.05,
             repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             repeat_last_n: 64,
+            logit_bias: Vec::new(),
             seed: 0,
         }
     }
@@ -42,9 +64,25 @@ impl SamplerConfig {
         }
     }
 
-    /// Greedy without penalties: the argmax can be taken on the device.
+    fn penalizes(&self) -> bool {
+        self.repeat_last_n > 0
+            && (self.repeat_penalty != 1.0
+                || self.frequency_penalty != 0.0
+                || self.presence_penalty != 0.0)
+    }
+
+    /// Greedy with nothing to adjust the logits: the argmax can be taken on the device.
     pub fn is_plain_greedy(&self) -> bool {
-        self.temperature <= 0.0 && self.repeat_penalty == 1.0
+        self.temperature <= 0.0 && !self.penalizes() && self.logit_bias.is_empty()
+    }
+
+    /// Whether a device sampler can follow these settings (a bounded top-k, window and bias
+    /// list); others sample on the host from the logits read back.
+    pub fn fits_device(&self) -> bool {
+        let top_k_bounded = self.temperature <= 0.0 || (1..=DEVICE_TOP_K).contains(&self.top_k);
+        top_k_bounded
+            && self.repeat_last_n <= DEVICE_WINDOW
+            && self.logit_bias.len() <= DEVICE_BIASES
     }
 
     /// Checks that every setting is in its range: a NaN, infinite or out-of-range value
@@ -82,7 +120,28 @@ impl SamplerConfig {
             self.repeat_penalty,
             self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0,
             "a finite number > 0 (1 is no penalty)",
-        )
+        )?;
+        check(
+            Setting::FrequencyPenalty,
+            self.frequency_penalty,
+            self.frequency_penalty.is_finite(),
+            "a finite number (0 is no penalty)",
+        )?;
+        check(
+            Setting::PresencePenalty,
+            self.presence_penalty,
+            self.presence_penalty.is_finite(),
+            "a finite number (0 is no penalty)",
+        )?;
+        for &(_, bias) in &self.logit_bias {
+            check(
+                Setting::LogitBias,
+                bias,
+                !bias.is_nan(),
+                "a number (-inf bans the token)",
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -93,6 +152,9 @@ pub enum Setting {
     TopP,
     MinP,
     RepeatPenalty,
+    FrequencyPenalty,
+    PresencePenalty,
+    LogitBias,
 }
 
 impl Setting {
@@ -102,6 +164,9 @@ impl Setting {
             Self::TopP => "top_p",
             Self::MinP => "min_p",
             Self::RepeatPenalty => "repeat_penalty",
+            Self::FrequencyPenalty => "frequency_penalty",
+            Self::PresencePenalty => "presence_penalty",
+            Self::LogitBias => "logit_bias",
         }
     }
 }
@@ -114,16 +179,36 @@ pub struct InvalidSetting {
     pub expected: &'static str,
 }
 
+/// Chris Wellons' lowbias32, the hash the draws are made of (shaders/sample.wgsl has it too).
+pub fn hash32(x: u32) -> u32 {
+    let mut h = x;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^= h >> 16;
+    h
+}
+
+/// Draw number `n` of `seed`, uniform in [0, 1) with 24 bits.
+pub fn uniform(seed: u64, n: u32) -> f32 {
+    let (lo, hi) = (seed as u32, (seed >> 32) as u32);
+    let h = hash32(lo ^ hash32(hi ^ hash32(n)));
+    (h >> 8) as f32 / (1u32 << 24) as f32
+}
+
+#[derive(Clone, Debug)]
 pub struct Sampler {
     config: SamplerConfig,
-    rng: SplitMix64,
+    /// Draws made so far: the next one is draw number `draws` of the seed.
+    draws: u32,
     recent: VecDeque<u32>,
 }
 
 impl Sampler {
     pub fn new(config: SamplerConfig) -> Self {
         Self {
-            rng: SplitMix64(config.seed),
+            draws: 0,
             recent: VecDeque::with_capacity(config.repeat_last_n),
             config,
         }
@@ -133,7 +218,17 @@ impl Sampler {
         &self.config
     }
 
-    /// Remembers a token for the repetition penalty (prompt tokens and sampled ones).
+    /// Draws made so far.
+    pub fn draws(&self) -> u32 {
+        self.draws
+    }
+
+    /// The tokens the penalties look at, oldest first.
+    pub fn recent(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
+        self.recent.iter().copied()
+    }
+
+    /// Remembers a token for the penalties (prompt tokens and sampled ones).
     pub fn accept(&mut self, token: u32) {
         if self.config.repeat_last_n == 0 {
             return;
@@ -144,13 +239,22 @@ impl Sampler {
         self.recent.push_back(token);
     }
 
+    /// Counts the draw of a token a device sampler chose, as [`Self::sample`] counts its own
+    /// (none when greedy).
+    pub fn count_device_draw(&mut self) {
+        if self.config.temperature > 0.0 {
+            self.draws = self.draws.wrapping_add(1);
+        }
+    }
+
     pub fn reset(&mut self) {
         self.recent.clear();
     }
 
-    /// Picks the next token from the logits of the last position.
+    /// Picks the next token from the logits of the last position (which it adjusts in place
+    /// by the bias and the penalties).
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
-        self.apply_repeat_penalty(logits);
+        self.adjust(logits);
         if self.config.temperature <= 0.0 {
             return crate::backend::cpu::argmax(logits) as u32;
         }
@@ -160,10 +264,12 @@ impl Sampler {
             .filter(|(_, l)| l.is_finite())
             .map(|(i, &l)| (i as u32, l))
             .collect();
+        let r = uniform(self.config.seed, self.draws);
+        self.draws = self.draws.wrapping_add(1);
         if candidates.is_empty() {
             return 0;
         }
-        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if self.config.top_k > 0 {
             candidates.truncate(self.config.top_k);
         }
@@ -174,7 +280,6 @@ impl Sampler {
         let keep = min_p_len(&probs, self.config.min_p);
         candidates.truncate(keep);
         let probs = softmax_of(&candidates, self.config.temperature);
-        let r = self.rng.next_f32();
         let mut cumulative = 0.0;
         for (&(id, _), p) in candidates.iter().zip(&probs) {
             cumulative += p;
@@ -185,20 +290,34 @@ impl Sampler {
         candidates.last().expect("non-empty").0
     }
 
-    fn apply_repeat_penalty(&self, logits: &mut [f32]) {
-        let penalty = self.config.repeat_penalty;
-        if penalty == 1.0 {
+    /// The bias, then the penalties: each token of the window once, with its count.
+    fn adjust(&self, logits: &mut [f32]) {
+        for &(id, bias) in &self.config.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        if !self.config.penalizes() {
             return;
         }
         let mut seen: Vec<u32> = self.recent.iter().copied().collect();
         seen.sort_unstable();
-        seen.dedup();
-        for id in seen {
-            if let Some(l) = logits.get_mut(id as usize) {
-                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+        for run in seen.chunk_by(|a, b| a == b) {
+            if let Some(l) = logits.get_mut(run[0] as usize) {
+                *l = penalize(&self.config, *l, run.len());
             }
         }
     }
+}
+
+/// llama.cpp's penalties of a token seen `count` times.
+fn penalize(c: &SamplerConfig, logit: f32, count: usize) -> f32 {
+    let l = if logit <= 0.0 {
+        logit * c.repeat_penalty
+    } else {
+        logit / c.repeat_penalty
+    };
+    l - count as f32 * c.frequency_penalty - c.presence_penalty
 }
 
 /// Softmax of logits sorted in descending order, at a temperature.
@@ -242,110 +361,4 @@ fn min_p_len(sorted_probs: &[f32], min_p: f32) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn logits() -> Vec<f32> {
-        vec![1.0, 3.0, 2.0, 0.5, 2.9]
-    }
-
-    #[test]
-    fn greedy_takes_the_argmax() {
-        let mut s = Sampler::new(SamplerConfig::greedy());
-        assert_eq!(s.sample(&mut logits()), 1);
-    }
-
-    #[test]
-    fn top_k_one_is_greedy_at_any_temperature() {
-        let mut s = Sampler::new(SamplerConfig {
-            temperature: 5.0,
-            top_k: 1,
-            ..SamplerConfig::default()
-        });
-        for _ in 0..50 {
-            assert_eq!(s.sample(&mut logits()), 1);
-        }
-    }
-
-    #[test]
-    fn top_p_and_min_p_cut_the_tail() {
-        let probs = [0.5, 0.3, 0.15, 0.05];
-        assert_eq!(top_p_len(&probs, 0.8), 2);
-        assert_eq!(top_p_len(&probs, 0.81), 3);
-        assert_eq!(top_p_len(&probs, 1.0), 4);
-        assert_eq!(min_p_len(&probs, 0.5), 2);
-        assert_eq!(min_p_len(&probs, 0.0), 4);
-        assert_eq!(min_p_len(&probs, 2.0), 1);
-    }
-
-    #[test]
-    fn sampling_is_seeded_and_follows_the_distribution() {
-        let config = SamplerConfig {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: 42,
-            ..SamplerConfig::default()
-        };
-        let draw = |config: &SamplerConfig| {
-            let mut s = Sampler::new(config.clone());
-            (0..2000)
-                .map(|_| s.sample(&mut logits()))
-                .collect::<Vec<_>>()
-        };
-        let a = draw(&config);
-        assert_eq!(a, draw(&config));
-        let ones = a.iter().filter(|&&t| t == 1).count() as f32 / a.len() as f32;
-        // softmax([1,3,2,0.5,2.9])[1] ≈ 0.392
-        assert!((ones - 0.392).abs() < 0.04, "{ones}");
-        assert!(a.contains(&3));
-    }
-
-    #[test]
-    fn validate_rejects_out_of_range_settings() {
-        assert_eq!(SamplerConfig::default().validate(), Ok(()));
-        assert_eq!(SamplerConfig::greedy().validate(), Ok(()));
-        let edges = SamplerConfig {
-            top_p: 0.0,
-            min_p: 1.0,
-            repeat_penalty: 0.01,
-            ..SamplerConfig::default()
-        };
-        assert_eq!(edges.validate(), Ok(()));
-        let bad = [
-            (Setting::Temperature, -0.1),
-            (Setting::Temperature, f32::NAN),
-            (Setting::Temperature, f32::INFINITY),
-            (Setting::TopP, 1.01),
-            (Setting::TopP, -0.5),
-            (Setting::MinP, 2.0),
-            (Setting::MinP, f32::NAN),
-            (Setting::RepeatPenalty, 0.0),
-            (Setting::RepeatPenalty, -1.0),
-            (Setting::RepeatPenalty, f32::INFINITY),
-        ];
-        for (setting, value) in bad {
-            let mut config = SamplerConfig::default();
-            *match setting {
-                Setting::Temperature => &mut config.temperature,
-                Setting::TopP => &mut config.top_p,
-                Setting::MinP => &mut config.min_p,
-                Setting::RepeatPenalty => &mut config.repeat_penalty,
-            } = value;
-            let err = config.validate().expect_err("out of range");
-            assert_eq!(err.setting, setting, "{value}");
-            assert!(err.to_string().contains(setting.name()), "{err}");
-        }
-    }
-
-    #[test]
-    fn repeat_penalty_demotes_seen_tokens() {
-        let mut s = Sampler::new(SamplerConfig {
-            repeat_penalty: 2.0,
-            ..SamplerConfig::greedy()
-        });
-        s.accept(1);
-        assert_eq!(s.sample(&mut logits()), 4);
-    }
-}
+mod tests;
