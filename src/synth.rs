@@ -88,9 +88,12 @@ pub const PRESETS: &[Preset] = &[
     qwen("qwen2.5-1.5b", 28, 1536, (12, 2), 8960, 151936, true),
     qwen("qwen2.5-3b", 36, 2048, (16, 2), 11008, 151936, true),
     qwen("qwen2.5-7b", 28, 3584, (28, 4), 18944, 152064, false),
+    qwen("qwen2.5-14b", 48, 5120, (40, 8), 13824, 152064, false),
+    qwen("qwen2.5-32b", 64, 5120, (40, 8), 27648, 152064, false),
     llama3("llama3.2-1b", 16, 2048, (32, 8), 8192, true, 32.0),
     llama3("llama3.2-3b", 28, 3072, (24, 8), 8192, true, 32.0),
     llama3("llama3.1-8b", 32, 4096, (32, 8), 14336, false, 8.0),
+    llama3("llama3.1-70b", 80, 8192, (64, 8), 28672, false, 8.0),
 ];
 
 pub fn preset(name: &str) -> Option<&'static Preset> {
@@ -434,6 +437,19 @@ mod tests {
             assert!((0.02..0.12).contains(&std), "{ty}: std {std}");
             assert!(mean.abs() < 0.03, "{ty}: mean {mean}");
         }
+    }
+
+    /// The shapes the published models have: head sizes the kernels take, whole KV groups.
+    #[test]
+    fn presets_have_consistent_shapes() {
+        for p in PRESETS {
+            let head_dim = p.n_embd / p.n_head;
+            assert_eq!(head_dim * p.n_head, p.n_embd, "{}", p.name);
+            assert!(head_dim == 64 || head_dim == 128, "{}: {head_dim}", p.name);
+            assert_eq!(p.n_head % p.n_head_kv, 0, "{}", p.name);
+            assert_eq!(p.n_ff % 128, 0, "{}", p.name);
+        }
+        assert!(PRESETS.iter().any(|p| p.name == "llama3.1-70b"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct BenchArgs {
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Md)]
     pub output: Output,
     /// Generate with the sampler `vibrant ask` uses by default (temperature 0.8, top-k 40,
-    /// top-p 0.95, min-p 0.05, on the host) instead of the device's greedy argmax.
+    /// top-p 0.95, min-p 0.05, run on the device as `ask` runs it) instead of greedy argmax.
     #[arg(long)]
     pub sampling: bool,
     /// Also time every kernel of one prompt step and one generated token (markdown only).
