@@ -156,16 +156,17 @@ fn the_exact_reference_agrees_with_itself() {
     check(&kl_from_exact(run, &mut exact), 1e-6, 1.0);
 }
 
-/// Measured 0.00314 (97.35 %); 8-bit activations rounded toward zero instead of to the
-/// nearest give 0.0118 (94.7 %).
+/// Measured 0.00276 (98.94 %) with ggml-cpu's activation rounding, 0.00314 with C's
+/// `roundf` in its place; 8-bit activations rounded toward zero instead of to the nearest give
+/// 0.0118 (94.7 %).
 #[test]
 fn fast_cpu_smollm2_stays_close_to_the_exact_reference() {
     let run = run("smollm2-135m");
     let mut fast = Model::open(run.model).load(CpuBackend::new(0).unwrap(), run.n_ctx, 64);
-    check(&kl_from_exact(run, &mut fast), 0.0045, 0.96);
+    check(&kl_from_exact(run, &mut fast), 0.0035, 0.97);
 }
 
-/// Measured 0.00114 (98.41 %); llama.cpp's CPU path on the same base: 0.00111 (98.41 %).
+/// Measured 0.00115 (99.47 %); llama.cpp's CPU path on the same base: 0.00111 (98.41 %).
 #[test]
 fn fast_cpu_qwen_stays_close_to_the_exact_reference() {
     let run = run("qwen2.5-coder-0.5b");
