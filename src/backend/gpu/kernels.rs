@@ -115,7 +115,10 @@ pub enum Kernel {
     ArgmaxPartial,
     ArgmaxFinal,
     Softmax,
-    /// The sampler of row 0 (bias, penalties, top-k/top-p/min-p, temperature, the draw).
+    /// The sampler's first stage: each slice of the logits adjusted and its top-k kept.
+    SampleSlices,
+    /// The sampler of row 0 (bias, penalties, top-k/top-p/min-p, temperature, the draw) over
+    /// the slices' candidates.
     Sample,
 }
 
@@ -153,6 +156,7 @@ impl Kernel {
             Self::ArgmaxPartial => "argmax_partial",
             Self::ArgmaxFinal => "argmax_final",
             Self::Softmax => "softmax",
+            Self::SampleSlices => "sample_slices",
             Self::Sample => "sample",
         };
         let activations = match self.matvec_form() {
@@ -212,6 +216,7 @@ impl Kernel {
             Self::ArgmaxPartial => (REDUCE, "argmax_partial"),
             Self::ArgmaxFinal => (REDUCE, "argmax_final"),
             Self::Softmax => (REDUCE, "softmax"),
+            Self::SampleSlices => (SAMPLE, "sample_slices"),
             Self::Sample => (SAMPLE, "sample"),
         }
     }
@@ -277,8 +282,10 @@ impl Kernel {
             Self::Swiglu => &[ReadWrite, Read, Read],
             Self::CopyRow | Self::SwigluPairs => &[ReadWrite, Read],
             Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => &[ReadWrite, ReadWrite],
-            // Logits, result, the sampler's state, the logit biases.
-            Self::Sample => &[ReadWrite, ReadWrite, ReadWrite, Read],
+            // Logits, result, the sampler's state, the logit biases, the slices' candidates.
+            Self::SampleSlices | Self::Sample => {
+                &[ReadWrite, ReadWrite, ReadWrite, Read, ReadWrite]
+            }
         };
         access
             .iter()
@@ -310,7 +317,7 @@ impl Kernel {
             pieces.push(ATTENTION_PARAMS);
         }
         let sample_limits;
-        if self == Self::Sample {
+        if matches!(self, Self::SampleSlices | Self::Sample) {
             sample_limits = sample_constants();
             pieces.push(("(generated)", sample_limits.as_str()));
         }
@@ -349,9 +356,10 @@ impl Kernel {
 
 /// The sampler kernel's limits, from the host's: a setting within them samples on the device.
 fn sample_constants() -> String {
+    use super::sampling::SAMPLE_SLICE;
     use crate::sampling::{DEVICE_BIASES, DEVICE_TOP_K, DEVICE_WINDOW};
     format!(
-        "const MAX_K: u32 = {DEVICE_TOP_K}u;\nconst WINDOW: u32 = {DEVICE_WINDOW}u;\nconst MAX_BIAS: u32 = {DEVICE_BIASES}u;\n"
+        "const MAX_K: u32 = {DEVICE_TOP_K}u;\nconst WINDOW: u32 = {DEVICE_WINDOW}u;\nconst MAX_BIAS: u32 = {DEVICE_BIASES}u;\nconst SLICE: u32 = {SAMPLE_SLICE}u;\n"
     )
 }
 
@@ -836,6 +844,7 @@ mod tests {
             Kernel::ArgmaxPartial,
             Kernel::ArgmaxFinal,
             Kernel::Softmax,
+            Kernel::SampleSlices,
             Kernel::Sample,
         ];
         all.extend([

@@ -6,7 +6,7 @@ use super::kernels::Kernel;
 use super::profile::Cost;
 use super::{GpuBuf, GpuTensor, WgpuBackend};
 use crate::backend::Result;
-use crate::sampling::{Sampler, DEVICE_BIASES, DEVICE_WINDOW};
+use crate::sampling::{Sampler, DEVICE_BIASES, DEVICE_TOP_K, DEVICE_WINDOW};
 use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
@@ -26,7 +26,13 @@ pub(super) struct SampleParams {
     repeat_last_n: u32,
     seed_lo: u32,
     seed_hi: u32,
+    n_slices: u32,
 }
+
+/// Logits per workgroup of the sampler's first stage (shaders/sample.wgsl SLICE): about 75
+/// workgroups over a 152K vocabulary, whose candidates the second stage reads in a few
+/// passes at top-k 40.
+pub(super) const SAMPLE_SLICE: usize = 2048;
 
 /// Words of the state buffer before the window: draws, window length, next window slot.
 const STATE_HEADER: usize = 3;
@@ -35,6 +41,8 @@ pub(super) struct DeviceSampler {
     params: SampleParams,
     state: Arc<GpuBuf>,
     bias: Arc<GpuBuf>,
+    /// The first stage's candidates, and how many slices of them it holds.
+    cands: Option<(Arc<GpuBuf>, usize)>,
 }
 
 /// The state buffer's words for `sampler`: its draws so far and its recent tokens, oldest
@@ -73,6 +81,7 @@ impl WgpuBackend {
                 params: SampleParams::default(),
                 state,
                 bias,
+                cands: None,
             });
         }
         let bias = bias_words(sampler);
@@ -90,6 +99,7 @@ impl WgpuBackend {
             repeat_last_n: c.repeat_last_n as u32,
             seed_lo: c.seed as u32,
             seed_hi: (c.seed >> 32) as u32,
+            n_slices: 0,
         };
         let queue = &self.gpu.queue;
         queue.write_buffer(
@@ -103,14 +113,34 @@ impl WgpuBackend {
         Ok(())
     }
 
+    /// The candidates buffer, grown to hold `slices` slices of the most candidates.
+    fn sample_candidates(&mut self, slices: usize) -> Result<Arc<GpuBuf>> {
+        if let Some((buf, held)) = self.sampler.as_ref().and_then(|s| s.cands.clone()) {
+            if held >= slices {
+                return Ok(buf);
+            }
+        }
+        let bytes = (slices * DEVICE_TOP_K * 8) as u64;
+        let buf = self.storage("sampler candidates", bytes)?;
+        let device = self.sampler.as_mut().expect("start_sampling made it");
+        device.cands = Some((buf.clone(), slices));
+        Ok(buf)
+    }
+
     /// Records the sampler over row 0 of `x`; its id lands where the argmax's does.
     pub(super) fn record_sample(&mut self, x: &GpuTensor) {
+        let slices = x.cols.div_ceil(SAMPLE_SLICE);
+        let cands = self.sample_candidates(slices);
+        let Some(cands) = self.recorded(cands) else {
+            return;
+        };
         let device = self
             .sampler
             .as_ref()
             .expect("start_sampling comes before queue_sample");
         let params = SampleParams {
             n_vocab: x.cols as u32,
+            n_slices: slices as u32,
             ..device.params
         };
         let (state, bias, result) = (
@@ -118,9 +148,13 @@ impl WgpuBackend {
             device.bias.clone(),
             self.result.clone(),
         );
+        let buffers = [&x.buf, &result, &state, &bias, &cands];
         // Five passes over the logits: four of the selection and the gathering.
         let cost = Cost::bytes(5 * 4 * x.cols as u64);
-        let buffers = [&x.buf, &result, &state, &bias];
+        let groups = (slices as u32, 1, 1);
+        self.dispatch(Kernel::SampleSlices, &params, &buffers, groups, cost);
+        let kept = (params.top_k as usize).min(DEVICE_TOP_K);
+        let cost = Cost::bytes((5 * 8 * slices * kept) as u64);
         self.dispatch(Kernel::Sample, &params, &buffers, (1, 1, 1), cost);
     }
 }
