@@ -10,6 +10,7 @@
 pub mod device;
 pub mod kernels;
 pub mod layout;
+pub mod pipeline_cache;
 mod profile;
 mod sampling;
 
@@ -1548,6 +1549,27 @@ impl Backend for WgpuBackend {
             k.push(self.storage(&format!("layer {layer} key cache"), bytes)?);
             v.push(self.storage(&format!("layer {layer} value cache"), bytes)?);
         }
+        // The cache comes last in a model's load: the kernels every answer's first steps
+        // use are built now rather than in the first prompt's time, and whatever the driver
+        // compiled is saved for the next run.
+        let tiles = shape.head_dim <= 128 && shape.head_dim.is_multiple_of(16);
+        let prompt_attention = match tiles {
+            true if self.tuning.coop_attention => Kernel::AttentionCoop,
+            true if self.tuning.attention_keys > 0 => Kernel::AttentionTiled,
+            _ => Kernel::Attention,
+        };
+        for kernel in [
+            Kernel::RmsNorm,
+            prompt_attention,
+            Kernel::AttentionDecode,
+            Kernel::CopyRow,
+            Kernel::ArgmaxPartial,
+            Kernel::ArgmaxFinal,
+            Kernel::Sample,
+        ] {
+            self.pipeline(kernel)?;
+        }
+        self.gpu.save_pipeline_cache();
         Ok(GpuKvCache {
             k,
             v,
