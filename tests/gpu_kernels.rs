@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use std::time::{Duration, Instant};
 use vibrant::backend::cpu::{self, CpuBackend};
-use vibrant::backend::gpu::{GpuMatrix, GpuOptions, GpuTensor, WgpuBackend};
+use vibrant::backend::gpu::{GpuGateUp, GpuMatrix, GpuOptions, GpuTensor, WgpuBackend};
 use vibrant::backend::{AttentionShape, Backend, BackendError, QkvPart, RopeKind, WeightBytes};
 use vibrant::quant::{GgmlType, ALL_TYPES};
 
@@ -293,6 +293,100 @@ fn dequant_kernel_matches_the_host_decoder_for_every_type() {
             }
         }
     }
+}
+
+/// The GPU layout of whole rows of `ty`, written out serially: every block without its f16
+/// scale fields, then the scale fields (blocks of a multiple of 16 bytes, and float types, as
+/// stored), padded to a whole word.
+fn device_layout(ty: GgmlType, rows: &[u8]) -> Vec<u8> {
+    let block = ty.type_size();
+    let Some((at, len)) = ty.scale_fields().filter(|_| !block.is_multiple_of(16)) else {
+        let mut out = rows.to_vec();
+        out.resize(rows.len().next_multiple_of(4), 0);
+        return out;
+    };
+    let (mut bodies, mut scales) = (Vec::new(), Vec::new());
+    for b in rows.chunks_exact(block) {
+        bodies.extend_from_slice(&b[..at]);
+        bodies.extend_from_slice(&b[at + len..]);
+        scales.extend_from_slice(&b[at..at + len]);
+    }
+    scales.resize(scales.len().next_multiple_of(4), 0);
+    [bodies, scales].concat()
+}
+
+/// Every part of `m` holds exactly its rows of `bytes` (all rows, as stored) in the device
+/// layout.
+fn assert_uploaded(gpu: &mut WgpuBackend, m: &GpuMatrix, ty: GgmlType, bytes: &[u8], what: &str) {
+    let parts = gpu
+        .weight_parts(m)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let rows = m.rows();
+    let row_bytes = bytes.len() / rows;
+    let mut first = 0;
+    for (i, (n, got)) in parts.iter().enumerate() {
+        let want = device_layout(ty, &bytes[first * row_bytes..(first + n) * row_bytes]);
+        assert!(got.len() >= want.len(), "{what}: part {i} is short");
+        if let Some(at) = (0..want.len()).find(|&j| got[j] != want[j]) {
+            panic!("{what}: part {i} (rows {first}..) differs first at byte {at}");
+        }
+        first += n;
+    }
+    assert_eq!(first, rows, "{what}: the parts' rows");
+}
+
+/// Uploads (repacked on several threads, a chunk at a time, straight into staging memory)
+/// put exactly the file's bytes on the device in the layout the kernels read, for every type:
+/// whole matrices, matrices split into parts, gate and up rows interleaved, and a matrix
+/// larger than lavapipe's 128 MiB binding and than one upload chunk.
+#[test]
+fn uploaded_weights_are_the_files_bytes_bit_for_bit() {
+    let mut whole = gpu();
+    let mut split = gpu_with(GpuOptions {
+        max_weight_part: Some(PART_BYTES),
+        ..gpu_options()
+    });
+    let mut rng = rng(41);
+    for ty in ALL_TYPES {
+        let cols = widths(ty)[1];
+        let w = Weights::random(&mut rng, ty, ROWS, cols);
+        for (gpu, how) in [(&mut whole, "whole"), (&mut split, "split")] {
+            let m = w.upload(gpu, "w");
+            assert_uploaded(gpu, &m, ty, &w.bytes, &format!("{how} {}", w.label()));
+        }
+        let u = Weights::random(&mut rng, ty, ROWS, cols);
+        let gate_up = whole
+            .upload_gate_up(
+                "ffn",
+                (ty, WeightBytes::owned(w.bytes.clone())),
+                (ty, WeightBytes::owned(u.bytes.clone())),
+                ROWS,
+                cols,
+            )
+            .expect("upload");
+        let GpuGateUp::Interleaved(m) = gate_up else {
+            panic!("{ty}: gate and up of one type are interleaved");
+        };
+        let row_bytes = w.bytes.len() / ROWS;
+        let interleaved: Vec<u8> = w
+            .bytes
+            .chunks_exact(row_bytes)
+            .zip(u.bytes.chunks_exact(row_bytes))
+            .flat_map(|(g, u)| [g, u].concat())
+            .collect();
+        assert_uploaded(&mut whole, &m, ty, &interleaved, &format!("gate/up {ty}"));
+    }
+    let big = Weights::random(&mut rng, GgmlType::Q6K, 42_000, 4096);
+    assert!(big.bytes.len() > 128 << 20);
+    let m = big.upload(&mut whole, "big");
+    assert!(m.parts() > 1 || whole.gpu().limits.max_storage_buffer_binding_size > 128 << 20);
+    assert_uploaded(
+        &mut whole,
+        &m,
+        GgmlType::Q6K,
+        &big.bytes,
+        "Q6_K [42000x4096]",
+    );
 }
 
 /// Bytes per weight part in the splitting tests: a few rows of every type per part.

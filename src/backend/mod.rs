@@ -301,6 +301,12 @@ pub trait Backend {
     fn take_profile(&mut self) -> Result<Vec<KernelTiming>> {
         Ok(Vec::new())
     }
+
+    /// Where loading went inside the backend (repacking, uploads, kernels), for `--verbose`;
+    /// `None` where it only maps the file.
+    fn load_report(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One timed kernel launch, with what it had to move and compute.

@@ -88,16 +88,23 @@ fn load(args: &LoadArgs, verbose: bool) -> Result<Loaded> {
     let file = Arc::new(GgufFile::open(&path)?);
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let template = ChatTemplate::from_gguf(&file)?;
+    let opened = started.elapsed();
     let options = args.context.load_options();
-    let engine: Box<dyn Engine> = match super::open_device(&args.device)? {
-        super::Device::Cpu(backend) => Box::new(Session::new(
-            Transformer::load(&file, backend, &options)?,
-            tokenizer,
-        )),
-        super::Device::Gpu(backend) => Box::new(Session::new(
-            Transformer::load(&file, *backend, &options)?,
-            tokenizer,
-        )),
+    let device_started = Instant::now();
+    let device = super::open_device(&args.device)?;
+    let device_time = device_started.elapsed();
+    let weights_started = Instant::now();
+    let (engine, report): (Box<dyn Engine>, _) = match device {
+        super::Device::Cpu(backend) => {
+            let model = Transformer::load(&file, backend, &options)?;
+            let report = model.backend.load_report();
+            (Box::new(Session::new(model, tokenizer)), report)
+        }
+        super::Device::Gpu(backend) => {
+            let model = Transformer::load(&file, *backend, &options)?;
+            let report = model.backend.load_report();
+            (Box::new(Session::new(model, tokenizer)), report)
+        }
     };
     if verbose {
         eprintln!(
@@ -105,6 +112,13 @@ fn load(args: &LoadArgs, verbose: bool) -> Result<Loaded> {
             path.display(),
             engine.describe(),
             started.elapsed().as_secs_f64()
+        );
+        let backend = report.map_or(String::new(), |r| format!(" ({r})"));
+        eprintln!(
+            "[load: file + tokenizer {:.2} s | device {:.2} s | model {:.2} s{backend}]",
+            opened.as_secs_f64(),
+            device_time.as_secs_f64(),
+            weights_started.elapsed().as_secs_f64(),
         );
     }
     Ok(Loaded { engine, template })
@@ -188,9 +202,10 @@ fn answer(
     writeln!(out)?;
     if verbose {
         eprintln!(
-            "[prompt: {} tokens, {:.1} t/s | answer: {} tokens, {:.1} t/s | stop: {:?}]",
+            "[prompt: {} tokens, {:.1} t/s, first token after {:.0} ms | answer: {} tokens, {:.1} t/s | stop: {:?}]",
             result.prompt_tokens,
             result.prompt_tokens_per_second(),
+            result.prompt_time.as_secs_f64() * 1e3,
             result.tokens.len(),
             result.gen_tokens_per_second(),
             result.stop

@@ -2,7 +2,9 @@
 //! features, and turning every failure mode (validation error, lost device, a wait that does
 //! not end) into a [`BackendError`] that names the stage.
 
+use super::pipeline_cache::{self, CacheSetting};
 use crate::backend::{BackendError, Result};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +23,8 @@ pub struct GpuOptions {
     /// binding limit, and decodes them for tensor-core products in slices of at most this
     /// many f16 bytes: tests use it to split small matrices as big ones are split for real.
     pub max_weight_part: Option<u64>,
+    /// Where compiled kernels are kept between runs (`VIBRANT_PIPELINE_CACHE`).
+    pub pipeline_cache: CacheSetting,
 }
 
 impl Default for GpuOptions {
@@ -31,6 +35,7 @@ impl Default for GpuOptions {
             timeout: Duration::from_secs(60),
             trace: std::env::var_os("VIBRANT_TRACE").is_some_and(|v| v != "0"),
             max_weight_part: None,
+            pipeline_cache: CacheSetting::from_env(),
         }
     }
 }
@@ -48,6 +53,8 @@ pub struct GpuFeatures {
     pub timestamps: bool,
     pub immediates: bool,
     pub cooperative_matrix: bool,
+    /// Compiled pipelines can be saved and given back to the driver (Vulkan).
+    pub pipeline_cache: bool,
 }
 
 impl GpuFeatures {
@@ -64,6 +71,7 @@ impl GpuFeatures {
                         && p.ab_type == wgpu::CooperativeScalarType::F16
                         && p.cr_type == wgpu::CooperativeScalarType::F32
                 }),
+            pipeline_cache: f.contains(wgpu::Features::PIPELINE_CACHE),
         }
     }
 
@@ -84,6 +92,9 @@ impl GpuFeatures {
         if self.cooperative_matrix {
             f |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
+        if self.pipeline_cache {
+            f |= wgpu::Features::PIPELINE_CACHE;
+        }
         f
     }
 
@@ -95,6 +106,7 @@ impl GpuFeatures {
             (self.timestamps, "timestamps"),
             (self.immediates, "immediates"),
             (self.cooperative_matrix, "cooperative-matrix"),
+            (self.pipeline_cache, "pipeline-cache"),
         ] {
             if on {
                 parts.push(name);
@@ -230,14 +242,29 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub features: GpuFeatures,
     pub options: GpuOptions,
+    /// The driver's compiled pipelines, read from disk and written back.
+    pub pipeline_cache: Option<KernelCache>,
     errors: Arc<Mutex<ErrorSink>>,
+}
+
+/// A pipeline cache and the file it is kept in.
+pub struct KernelCache {
+    pub cache: wgpu::PipelineCache,
+    pub path: PathBuf,
+    /// Bytes of driver data read from the file at open (0: started empty).
+    pub loaded: usize,
+    /// Length of the data last read or written: unchanged data is not written again. `None`
+    /// once writing failed (warned about once).
+    saved: Mutex<Option<usize>>,
 }
 
 /// Frees the device's memory and driver objects now rather than when wgpu next gets round to
 /// it: a process that opened devices one after another (the GPU tests, run one at a time) ran
-/// out of them on the H100 after about thirty.
+/// out of them on the H100 after about thirty. Kernels built since the cache was last saved
+/// are saved first.
 impl Drop for Gpu {
     fn drop(&mut self) {
+        self.save_pipeline_cache();
         self.device.destroy();
     }
 }
@@ -301,15 +328,81 @@ impl Gpu {
                     .get_or_insert_with(|| format!("{reason:?}: {message}"));
             });
         }
-        Ok(Self {
+        let mut gpu = Self {
             device,
             queue,
             info,
             limits,
             features,
             options,
+            pipeline_cache: None,
             errors,
+        };
+        if features.pipeline_cache {
+            gpu.pipeline_cache = gpu.open_pipeline_cache();
+        }
+        Ok(gpu)
+    }
+
+    /// The pipeline cache of the file the options name, or an empty one where the file is
+    /// missing or unusable; `None` where caching is off or the API keeps no cache.
+    fn open_pipeline_cache(&self) -> Option<KernelCache> {
+        let path = self.options.pipeline_cache.path(&self.info)?;
+        let data = pipeline_cache::read(&path);
+        let create = |data: Option<&[u8]>| {
+            self.scoped("creating the kernel cache", || {
+                // SAFETY: the data was written by get_data of a cache on an adapter of this
+                // key (wgpu checks the device and driver before the driver sees it), and
+                // checksummed by pipeline_cache::decode; `fallback` drops data the driver
+                // refuses.
+                unsafe {
+                    self.device
+                        .create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                            label: Some("vibrant kernels"),
+                            data,
+                            fallback: true,
+                        })
+                }
+            })
+        };
+        let (cache, loaded) = match create(data.as_deref()) {
+            Ok(cache) => (cache, data.as_ref().map_or(0, Vec::len)),
+            Err(e) => {
+                eprintln!("warning: ignoring the kernel cache {}: {e}", path.display());
+                (create(None).ok()?, 0)
+            }
+        };
+        Some(KernelCache {
+            cache,
+            path,
+            loaded,
+            saved: Mutex::new(Some(loaded)),
         })
+    }
+
+    /// Writes the pipeline cache back to its file if it grew since it was read or last
+    /// written; a failure is a warning, once.
+    pub fn save_pipeline_cache(&self) {
+        let Some(c) = &self.pipeline_cache else {
+            return;
+        };
+        let mut saved = c.saved.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(data) = c.cache.get_data() else {
+            return;
+        };
+        if saved.is_none_or(|len| len == data.len()) {
+            return;
+        }
+        match pipeline_cache::write(&c.path, &data) {
+            Ok(()) => *saved = Some(data.len()),
+            Err(e) => {
+                eprintln!(
+                    "warning: could not save compiled kernels to {}: {e}",
+                    c.path.display()
+                );
+                *saved = None;
+            }
+        }
     }
 
     pub fn describe(&self) -> String {

@@ -57,6 +57,29 @@ const ELEMENTWISE: (&str, &str) = (
 const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl"));
 const SAMPLE: (&str, &str) = ("sample.wgsl", include_str!("../../../shaders/sample.wgsl"));
 
+/// Every shader file kernels are composed from.
+pub const SOURCES: [(&str, &str); 19] = [
+    COMMON,
+    QUANT_FLOAT,
+    QUANT_LEGACY,
+    QUANT_K,
+    DEQUANT,
+    MATVEC,
+    MATVEC_FLOAT,
+    MATVEC_INT8,
+    MATMUL,
+    MATMUL_COOP,
+    NORM,
+    ROPE,
+    QKV,
+    ATTENTION,
+    ATTENTION_PARAMS,
+    ATTENTION_COOP,
+    ELEMENTWISE,
+    REDUCE,
+    SAMPLE,
+];
+
 /// How a decode matvec kernel is built for one matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MatvecForm {
@@ -784,7 +807,7 @@ pub fn build(gpu: &super::device::Gpu, tuning: &Tuning, kernel: Kernel) -> Resul
                 zero_initialize_workgroup_memory: tuning.zero_workgroup_memory,
                 ..Default::default()
             },
-            cache: None,
+            cache: gpu.pipeline_cache.as_ref().map(|c| &c.cache),
         });
         Pipeline { pipeline, layout }
     })

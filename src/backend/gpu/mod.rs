@@ -10,6 +10,7 @@
 pub mod device;
 pub mod kernels;
 pub mod layout;
+pub mod pipeline_cache;
 mod profile;
 mod sampling;
 
@@ -27,7 +28,9 @@ use kernels::{MatvecOutput, Pipeline};
 use layout::WeightLayout;
 use profile::Cost;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wgpu::util::DeviceExt;
 
 /// Most workgroups along one grid dimension (the WebGPU minimum every adapter offers).
@@ -61,6 +64,17 @@ pub struct GpuMatrix {
     rows: usize,
     cols: usize,
     parts: Vec<MatrixPart>,
+}
+
+impl GpuMatrix {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row ranges the matrix is held in, each within one binding.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
 }
 
 /// Gate and up projections: interleaved row by row in one matrix when they share a type (one
@@ -118,10 +132,54 @@ const COOP_TALL_MIN_GROUPS: u32 = 128;
 /// on the H100, for the 3B shape 256 MB gains nothing over 128).
 const COOP_SLICE_BYTES: u64 = 128 << 20;
 
+/// Weight bytes repacked into staging memory and sent to the device at a time.
+const UPLOAD_CHUNK_BYTES: usize = 32 << 20;
+/// Staging buffers weight uploads cycle through: the device copies from one or two while the
+/// host repacks into the next. Fresh staging memory for every chunk cost a page fault per
+/// 4 KiB (on lavapipe, most of a load's host time) and the driver's mapping of new memory.
+const UPLOADS_IN_FLIGHT: usize = 3;
+
+/// A staging buffer for weight uploads and the submission that last copied from it.
+struct Staging {
+    buffer: wgpu::Buffer,
+    /// Mapped for writing again (set by the map callback).
+    mapped: Arc<AtomicBool>,
+    copied_by: Option<wgpu::SubmissionIndex>,
+}
+
 /// Where [`Backend::queue_argmax`] copies an id for the host, and the submission that does.
 struct ArgmaxSlot {
     buffer: wgpu::Buffer,
     written_by: Option<wgpu::SubmissionIndex>,
+}
+
+/// Where the backend's share of loading a model went, for `--verbose`. Repacking is host work,
+/// the same on any GPU; uploads are host copies into the device's staging memory plus the
+/// driver's buffer creation.
+#[derive(Clone, Debug, Default)]
+pub struct LoadTimes {
+    /// Moving scale fields aside and interleaving rows, summed over the threads doing it.
+    pub repack: Duration,
+    /// Creating weight buffers and copying the repacked bytes into them.
+    pub upload: Duration,
+    /// Building kernels: the time the loading thread spent on them or waited for them.
+    pub kernels: Duration,
+    pub kernels_built: usize,
+    /// Weight bytes uploaded.
+    pub bytes: u64,
+}
+
+impl LoadTimes {
+    pub fn describe(&self) -> String {
+        format!(
+            "weights {:.0} MiB: repack {:.2} s, upload {:.2} s; {} kernels {:.2} s",
+            self.bytes as f64 / (1024.0 * 1024.0),
+            self.repack.as_secs_f64(),
+            self.upload.as_secs_f64(),
+            self.kernels_built,
+            self.kernels.as_secs_f64(),
+        )
+    }
 }
 
 /// Identifies a bind group: the kernel and the buffers bound to it, in order.
@@ -157,10 +215,14 @@ pub struct WgpuBackend {
     tuning: kernels::Tuning,
     partials: Option<Arc<GpuBuf>>,
     pairs: Option<Arc<GpuBuf>>,
+    /// Staging buffers that weight uploads go through, reused in turn while loading.
+    staging: Vec<Staging>,
+    next_staging: usize,
     /// Rows of the weight matrix in hand decoded to f16 for the tensor-core matmul.
     f16_rows: Option<Arc<GpuBuf>>,
     /// The sampler of [`Backend::start_sampling`].
     sampler: Option<sampling::DeviceSampler>,
+    load_times: LoadTimes,
 }
 
 /// A storage buffer the kernels read and write, and the host copies to and from.
@@ -306,8 +368,11 @@ impl WgpuBackend {
             tuning,
             partials: None,
             pairs: None,
+            staging: Vec::new(),
+            next_staging: 0,
             f16_rows: None,
             sampler: None,
+            load_times: LoadTimes::default(),
         })
     }
 
@@ -379,8 +444,11 @@ impl WgpuBackend {
 
     fn pipeline(&mut self, kernel: Kernel) -> Result<()> {
         if !self.pipelines.contains_key(&kernel) {
+            let started = Instant::now();
             let built = kernels::build(&self.gpu, &self.tuning, kernel)?;
             self.pipelines.insert(kernel, built);
+            self.load_times.kernels += started.elapsed();
+            self.load_times.kernels_built += 1;
         }
         Ok(())
     }
@@ -505,6 +573,8 @@ impl WgpuBackend {
     /// Ends the pass so that copies can be recorded on the encoder.
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
         self.pass = None;
+        // Recording starts once the weights are in: their staging memory is no longer needed.
+        self.staging.clear();
         self.encoder.get_or_insert_with(|| {
             self.gpu
                 .device
@@ -611,6 +681,21 @@ impl WgpuBackend {
                 Cost::bytes((n * table.cols * 4) as u64),
             );
         }
+    }
+
+    /// Each part of an uploaded matrix as the device holds it: its rows, and its buffer's
+    /// bytes (tests compare them with the file's).
+    pub fn weight_parts(&mut self, m: &GpuMatrix) -> Result<Vec<(usize, Vec<u8>)>> {
+        self.stage = format!("reading {}", m.name);
+        m.parts
+            .iter()
+            .map(|p| {
+                Ok((
+                    p.rows as usize,
+                    self.read_bytes(&p.buf, p.buf.buffer.size())?,
+                ))
+            })
+            .collect()
     }
 
     /// Dequantizes a whole matrix on the device (the standalone dequant kernel).
@@ -859,18 +944,20 @@ impl WgpuBackend {
         }
     }
 
-    /// Uploads `rows` rows of a weight matrix, in parts that fit one binding each; a part
-    /// boundary falls on a multiple of `row_multiple` rows (interleaved pairs stay together).
-    fn upload_rows(
+    /// Uploads `rows` rows of a weight matrix (`row(r)`: row r as stored), in parts that fit
+    /// one binding each; a part boundary falls on a multiple of `row_multiple` rows
+    /// (interleaved pairs stay together).
+    fn upload_rows<'a>(
         &mut self,
         name: &str,
         ggml_type: GgmlType,
         rows: usize,
         cols: usize,
-        bytes: &[u8],
+        row: &(dyn Fn(usize) -> &'a [u8] + Sync),
         row_multiple: usize,
     ) -> Result<GpuMatrix> {
-        let row_bytes = bytes.len() / rows;
+        let repack = layout::Repack::new(ggml_type, cols);
+        let row_bytes = repack.row_bytes();
         let limit = self.gpu.options.max_weight_part.unwrap_or(u64::MAX);
         let max_rows = (self.max_binding().min(limit) / row_bytes as u64) as usize / row_multiple
             * row_multiple;
@@ -883,9 +970,10 @@ impl WgpuBackend {
         let mut parts = Vec::new();
         for row_start in (0..rows).step_by(max_rows) {
             let n = max_rows.min(rows - row_start);
-            let chunk = &bytes[row_start * row_bytes..(row_start + n) * row_bytes];
-            let (layout, words) = layout::repack(ggml_type, cols, chunk);
-            let buf = self.storage_init(name, bytemuck::cast_slice(&words))?;
+            let (layout, size) = repack.layout(n);
+            let buf = self.storage(name, size)?;
+            self.write_rows(name, &buf, &repack, n, &|r| row(row_start + r))?;
+            self.load_times.bytes += (n * row_bytes) as u64;
             parts.push(MatrixPart {
                 buf,
                 row_start: row_start as u32,
@@ -919,20 +1007,115 @@ impl WgpuBackend {
         })
     }
 
+    /// Writes `n` rows repacked into `buf` a chunk of about [`UPLOAD_CHUNK_BYTES`] at a time:
+    /// rows go from the file straight into reused staging memory on rayon's threads (no copy
+    /// of their own), and each chunk's copy to the device is sent as soon as it is written,
+    /// so that the device copies one chunk while the host repacks the next.
+    fn write_rows<'a>(
+        &mut self,
+        name: &str,
+        buf: &GpuBuf,
+        repack: &layout::Repack,
+        n: usize,
+        row: &(dyn Fn(usize) -> &'a [u8] + Sync),
+    ) -> Result<()> {
+        let stage = format!("uploading {name}");
+        let chunk = (UPLOAD_CHUNK_BYTES / repack.row_bytes().max(1) / 4).max(1) * 4;
+        for first in (0..n).step_by(chunk) {
+            let k = chunk.min(n - first);
+            let started = Instant::now();
+            let [bodies, scales] = repack.ranges(n, first, k);
+            let (b_len, s_len) = (bodies.end - bodies.start, scales.end - scales.start);
+            let slot = self.staging_slot(&stage, b_len + s_len)?;
+            let staging = &self.staging[slot];
+            let waited = Instant::now();
+            let mut view = staging
+                .buffer
+                .get_mapped_range_mut(..b_len + s_len)
+                .map_err(|e| BackendError::Gpu {
+                    stage: stage.clone(),
+                    message: e.to_string(),
+                })?;
+            let (bodies_view, scales_view) = view.slice(..).split_at(b_len as usize);
+            repack.write(k, &|r| row(first + r), bodies_view, scales_view);
+            drop(view);
+            let repacked = Instant::now();
+            staging.buffer.unmap();
+            let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(&staging.buffer, 0, &buf.buffer, bodies.start, b_len);
+            if s_len > 0 {
+                encoder.copy_buffer_to_buffer(
+                    &staging.buffer,
+                    b_len,
+                    &buf.buffer,
+                    scales.start,
+                    s_len,
+                );
+            }
+            let index = self.gpu.submit(&stage, encoder.finish());
+            let staging = &mut self.staging[slot];
+            staging.copied_by = Some(index);
+            staging.mapped.store(false, Ordering::Release);
+            let mapped = staging.mapped.clone();
+            staging
+                .buffer
+                .map_async(wgpu::MapMode::Write, .., move |r| {
+                    mapped.store(r.is_ok(), Ordering::Release);
+                });
+            self.load_times.repack += repacked - waited;
+            self.load_times.upload += (waited - started) + repacked.elapsed();
+        }
+        Ok(())
+    }
+
+    /// A staging buffer of at least `size` bytes, mapped for writing: the next of the ring,
+    /// once the device has copied what it held last and it is mapped again.
+    fn staging_slot(&mut self, stage: &str, size: u64) -> Result<usize> {
+        let slot = match self.staging.len() {
+            n if n < UPLOADS_IN_FLIGHT => n,
+            _ => self.next_staging % UPLOADS_IN_FLIGHT,
+        };
+        self.next_staging = slot + 1;
+        if let Some(s) = self.staging.get(slot) {
+            let mapped = s.mapped.clone();
+            self.gpu.wait_until(stage, s.copied_by.as_ref(), || {
+                mapped.load(Ordering::Acquire)
+            })?;
+            if s.buffer.size() >= size {
+                return Ok(slot);
+            }
+        }
+        let buffer = self.gpu.scoped(stage, || {
+            self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("weight staging"),
+                size: size.max(UPLOAD_CHUNK_BYTES as u64),
+                usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: true,
+            })
+        })?;
+        let fresh = Staging {
+            buffer,
+            mapped: Arc::new(AtomicBool::new(true)),
+            copied_by: None,
+        };
+        match self.staging.get_mut(slot) {
+            Some(s) => *s = fresh,
+            None => self.staging.push(fresh),
+        }
+        Ok(slot)
+    }
+
     /// Uploads one run of query/key/value rows of one weight type, starting at row `offset`
     /// of `[q | k | v]`.
     fn upload_qkv_run(
         &mut self,
         name: &str,
-        run: Option<(GgmlType, usize, Vec<u8>)>,
+        run: Option<(GgmlType, usize, Vec<&[u8]>)>,
         cols: usize,
     ) -> Result<(GpuMatrix, usize)> {
-        let (ggml_type, offset, bytes) = run.expect("q has rows");
-        let row_bytes = ggml_type
-            .bytes_for(cols as u64)
-            .expect("shape checked at load") as usize;
+        let (ggml_type, offset, rows) = run.expect("q has rows");
         // Parts split on multiples of 4 rows: each decode team finishes four rows.
-        let matrix = self.upload_rows(name, ggml_type, bytes.len() / row_bytes, cols, &bytes, 4)?;
+        let matrix = self.upload_rows(name, ggml_type, rows.len(), cols, &|r| rows[r], 4)?;
         let form = self
             .tuning
             .matvec_form(ggml_type, matrix.rows, cols, MatvecOutput::Qkv);
@@ -1103,7 +1286,10 @@ impl Backend for WgpuBackend {
         cols: usize,
         data: WeightBytes,
     ) -> Result<GpuMatrix> {
-        self.upload_rows(name, ggml_type, rows, cols, data.bytes(), 1)
+        let bytes = data.bytes();
+        let row_bytes = bytes.len() / rows;
+        let row = |r: usize| &bytes[r * row_bytes..][..row_bytes];
+        self.upload_rows(name, ggml_type, rows, cols, &row, 1)
     }
 
     fn upload_gate_up(
@@ -1122,11 +1308,11 @@ impl Backend for WgpuBackend {
         }
         let (g, u) = (gate.1.bytes(), up.1.bytes());
         let row_bytes = g.len() / rows;
-        let mut both = Vec::with_capacity(2 * g.len());
-        for (gr, ur) in g.chunks_exact(row_bytes).zip(u.chunks_exact(row_bytes)) {
-            both.extend_from_slice(gr);
-            both.extend_from_slice(ur);
-        }
+        // Gate and up rows interleave: row 2i is gate row i, row 2i + 1 up row i.
+        let both = |r: usize| {
+            let half = if r.is_multiple_of(2) { g } else { u };
+            &half[r / 2 * row_bytes..][..row_bytes]
+        };
         self.pipeline(Kernel::MatvecSwiglu(
             gate.0,
             self.tuning
@@ -1215,25 +1401,25 @@ impl Backend for WgpuBackend {
         let width = parts.iter().map(|p| p.rows).sum();
         let mut bias = Vec::with_capacity(width);
         let mut segments = Vec::new();
-        // The run of rows of one weight type being gathered: its type, first row, bytes.
-        let mut run: Option<(GgmlType, usize, Vec<u8>)> = None;
+        // The run of rows of one weight type being gathered: its type, first row, rows.
+        let mut run: Option<(GgmlType, usize, Vec<&[u8]>)> = None;
         let mut offset = 0;
-        for (i, part) in parts.into_iter().enumerate() {
+        for (i, part) in parts.iter().enumerate() {
             let order = match i {
                 2 => (0..part.rows).collect(),
                 _ => pair_order(part.rows, shape.head_dim, shape.rope == RopeKind::Neox),
             };
-            let part_bias = part.bias.unwrap_or_else(|| vec![0.0; part.rows]);
-            bias.extend(order.iter().map(|&r| part_bias[r]));
+            match &part.bias {
+                Some(b) => bias.extend(order.iter().map(|&r| b[r])),
+                None => bias.extend(std::iter::repeat_n(0.0, part.rows)),
+            }
             if run.as_ref().is_some_and(|(t, ..)| *t != part.ggml_type) {
                 segments.push(self.upload_qkv_run(name, run.take(), cols)?);
             }
-            let (_, _, bytes) = run.get_or_insert_with(|| (part.ggml_type, offset, Vec::new()));
+            let (_, _, rows) = run.get_or_insert_with(|| (part.ggml_type, offset, Vec::new()));
             let data = part.data.bytes();
             let row_bytes = data.len() / part.rows;
-            for r in order {
-                bytes.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
-            }
+            rows.extend(order.iter().map(|&r| &data[r * row_bytes..][..row_bytes]));
             offset += part.rows;
         }
         segments.push(self.upload_qkv_run(name, run, cols)?);
@@ -1363,6 +1549,27 @@ impl Backend for WgpuBackend {
             k.push(self.storage(&format!("layer {layer} key cache"), bytes)?);
             v.push(self.storage(&format!("layer {layer} value cache"), bytes)?);
         }
+        // The cache comes last in a model's load: the kernels every answer's first steps
+        // use are built now rather than in the first prompt's time, and whatever the driver
+        // compiled is saved for the next run.
+        let tiles = shape.head_dim <= 128 && shape.head_dim.is_multiple_of(16);
+        let prompt_attention = match tiles {
+            true if self.tuning.coop_attention => Kernel::AttentionCoop,
+            true if self.tuning.attention_keys > 0 => Kernel::AttentionTiled,
+            _ => Kernel::Attention,
+        };
+        for kernel in [
+            Kernel::RmsNorm,
+            prompt_attention,
+            Kernel::AttentionDecode,
+            Kernel::CopyRow,
+            Kernel::ArgmaxPartial,
+            Kernel::ArgmaxFinal,
+            Kernel::Sample,
+        ] {
+            self.pipeline(kernel)?;
+        }
+        self.gpu.save_pipeline_cache();
         Ok(GpuKvCache {
             k,
             v,
@@ -1637,6 +1844,10 @@ impl Backend for WgpuBackend {
         self.submit();
         self.profiler = Some(profile::Profiler::new(&self.gpu.device));
         Ok(())
+    }
+
+    fn load_report(&self) -> Option<String> {
+        Some(self.load_times.describe())
     }
 
     fn take_profile(&mut self) -> Result<Vec<KernelTiming>> {
