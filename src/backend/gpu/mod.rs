@@ -1565,6 +1565,7 @@ impl Backend for WgpuBackend {
             Kernel::CopyRow,
             Kernel::ArgmaxPartial,
             Kernel::ArgmaxFinal,
+            Kernel::SampleSlices,
             Kernel::Sample,
         ] {
             self.pipeline(kernel)?;
