@@ -171,6 +171,7 @@ impl ContextArgs {
         LoadOptions {
             n_ctx: self.ctx_size,
             n_batch: self.batch_size,
+            ..LoadOptions::default()
         }
     }
 }

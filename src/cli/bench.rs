@@ -291,6 +291,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let options = LoadOptions {
             n_ctx,
             n_batch: group[0].n_ubatch,
+            ..LoadOptions::default()
         };
         let device = super::open_device(&args.device)?;
         let subject = Subject::new(&file, &name, &device);

@@ -75,6 +75,7 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
     let options = LoadOptions {
         n_ctx,
         n_batch: args.batch_size,
+        ..LoadOptions::default()
     };
     let device: &DeviceArgs = &args.device;
     match (super::open_device(device)?, args.exact) {

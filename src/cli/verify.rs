@@ -57,6 +57,7 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
     let options = LoadOptions {
         n_ctx: prompt.len() + args.steps + 1,
         n_batch: args.batch_size,
+        ..LoadOptions::default()
     };
     let gpu_backend = WgpuBackend::new(args.gpu.options()?)?;
     println!("GPU: {}", gpu_backend.describe());

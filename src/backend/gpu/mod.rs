@@ -17,8 +17,8 @@ pub use device::{list_adapters, AdapterSummary, Gpu, GpuFeatures, GpuOptions};
 pub use kernels::Kernel;
 
 use super::{
-    AttentionShape, Backend, BackendError, KernelTiming, QkvPart, Result, RopeKind, WeightBytes,
-    ARGMAX_SLOTS,
+    AttentionShape, Backend, BackendError, CacheType, KernelTiming, KvTypes, QkvPart, Result,
+    RopeKind, WeightBytes, ARGMAX_SLOTS,
 };
 use crate::quant::GgmlType;
 use crate::sampling::Sampler;
@@ -84,11 +84,16 @@ pub struct GpuVector {
     buf: Arc<GpuBuf>,
 }
 
+/// Per layer, a key and a value buffer of `[rows, kv_width]` values: f16, or q8_0 with the
+/// quants of all rows first and the blocks' f16 scales after them, from word `scales` on
+/// (shaders/kv_q8_0.wgsl), the 34 bytes per 32 values of ggml's blocks.
 pub struct GpuKvCache {
     k: Vec<Arc<GpuBuf>>,
     v: Vec<Arc<GpuBuf>>,
     kv_width: usize,
     n_ctx: usize,
+    types: KvTypes,
+    scales: u32,
 }
 
 /// Workgroups of the first argmax step (shaders/reduce.wgsl ARGMAX_GROUPS).
@@ -161,6 +166,12 @@ pub struct WgpuBackend {
     f16_rows: Option<Arc<GpuBuf>>,
     /// The sampler of [`Backend::start_sampling`].
     sampler: Option<sampling::DeviceSampler>,
+    /// A step's keys and values in f32 on their way into q8_0 caches (shaders/kv_store.wgsl).
+    kv_staging: Option<[Arc<GpuBuf>; 2]>,
+    /// The types of the last cache made: the kernels that write a cache, which
+    /// [`Backend::upload_qkv`] builds ahead, are built for these (a model makes its cache
+    /// before its weights).
+    kv_types: KvTypes,
 }
 
 /// A storage buffer the kernels read and write, and the host copies to and from.
@@ -200,8 +211,10 @@ struct QkvRows<'a> {
     width: usize,
     rope_cos_sin: &'a GpuVector,
     q: &'a GpuTensor,
+    /// The caches, or for a q8_0 one its staging rows.
     k_cache: &'a Arc<GpuBuf>,
     v_cache: &'a Arc<GpuBuf>,
+    types: KvTypes,
     pos: usize,
     shape: &'a AttentionShape,
 }
@@ -237,10 +250,11 @@ fn check_head_dim(shape: &AttentionShape) -> Result<()> {
 }
 
 /// Keys and values read by attention for n queries at `pos..`, and its multiply-adds.
-fn attention_cost(shape: &AttentionShape, pos: usize, n: usize) -> Cost {
+fn attention_cost(shape: &AttentionShape, types: KvTypes, pos: usize, n: usize) -> Cost {
     let keys: usize = (0..n).map(|t| pos + t + 1).sum();
+    let per_key = types.k.bytes_for(shape.head_dim) + types.v.bytes_for(shape.head_dim);
     Cost {
-        bytes: (keys * shape.n_head * shape.head_dim * 2 * 2) as u64,
+        bytes: (keys * shape.n_head * per_key) as u64,
         flops: (keys * shape.n_head * shape.head_dim * 4) as u64,
     }
 }
@@ -308,6 +322,8 @@ impl WgpuBackend {
             pairs: None,
             f16_rows: None,
             sampler: None,
+            kv_staging: None,
+            kv_types: KvTypes::default(),
         })
     }
 
@@ -736,7 +752,7 @@ impl WgpuBackend {
                     // Read as vectors by the 8-bit path (Kernel::bindings).
                     &part.buf,
                 ];
-                let kernel = Kernel::MatvecQkv(w.ggml_type, form);
+                let kernel = Kernel::MatvecQkv(w.ggml_type, form, qkv.types);
                 self.dispatch(kernel, &params, &buffers, (gx, gy, n as u32), cost);
             } else {
                 let output = match how.swiglu {
@@ -936,8 +952,23 @@ impl WgpuBackend {
         let form = self
             .tuning
             .matvec_form(ggml_type, matrix.rows, cols, MatvecOutput::Qkv);
-        self.pipeline(Kernel::MatvecQkv(ggml_type, form))?;
+        self.pipeline(Kernel::MatvecQkv(ggml_type, form, self.kv_types))?;
         Ok((matrix, offset))
+    }
+
+    /// The key and value staging rows of q8_0 caches, grown to `bytes` each.
+    fn kv_staging(&mut self, bytes: u64) -> Result<[Arc<GpuBuf>; 2]> {
+        match &self.kv_staging {
+            Some(s) if s[0].buffer.size() >= bytes => Ok(s.clone()),
+            _ => {
+                let staging = [
+                    self.storage("staged keys", bytes)?,
+                    self.storage("staged values", bytes)?,
+                ];
+                self.kv_staging = Some(staging.clone());
+                Ok(staging)
+            }
+        }
     }
 
     /// The scratch for split attention's partial results, grown to `bytes`.
@@ -1067,6 +1098,16 @@ struct AttentionParams {
     scale: f32,
     n_chunks: u32,
     n: u32,
+    scales: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KvStoreParams {
+    pos: u32,
+    kv_width: u32,
+    n: u32,
+    scales: u32,
 }
 
 #[repr(C)]
@@ -1238,7 +1279,7 @@ impl Backend for WgpuBackend {
         }
         segments.push(self.upload_qkv_run(name, run, cols)?);
         let has_bias = bias.iter().any(|b| *b != 0.0);
-        self.pipeline(Kernel::RopeStoreQkv)?;
+        self.pipeline(Kernel::RopeStoreQkv(self.kv_types))?;
         Ok(GpuQkv {
             segments,
             bias: match has_bias {
@@ -1284,14 +1325,32 @@ impl Backend for WgpuBackend {
                 cols: q.cols,
             },
         };
+        let types = cache.types;
+        let staging = match types == KvTypes::default() {
+            true => None,
+            false => {
+                let staging = self.kv_staging((n * cache.kv_width * 4) as u64);
+                let Some(staging) = self.recorded(staging) else {
+                    return;
+                };
+                Some(staging)
+            }
+        };
+        let staged = |ty: CacheType, i: usize, cache: &'_ Arc<GpuBuf>| match (ty, &staging) {
+            (CacheType::Q8_0, Some(s)) => s[i].clone(),
+            _ => cache.clone(),
+        };
+        let k_dst = staged(types.k, 0, &cache.k[layer]);
+        let v_dst = staged(types.v, 1, &cache.v[layer]);
         for (matrix, offset) in &qkv.segments {
             let rows = QkvRows {
                 offset: *offset,
                 width: qkv.width,
                 rope_cos_sin,
                 q,
-                k_cache: &cache.k[layer],
-                v_cache: &cache.v[layer],
+                k_cache: &k_dst,
+                v_cache: &v_dst,
+                types,
                 pos,
                 shape,
             };
@@ -1314,16 +1373,26 @@ impl Backend for WgpuBackend {
                 n: n as u32,
             };
             let quads = (qkv.width / 4) as u32;
-            let buffers = [
-                &products.buf,
-                &rope_cos_sin.buf,
-                &q.buf,
-                &cache.k[layer],
-                &cache.v[layer],
-            ];
+            let buffers = [&products.buf, &rope_cos_sin.buf, &q.buf, &k_dst, &v_dst];
             let cost = Cost::bytes((n * qkv.width * 4 * 2) as u64);
             let groups = (quads.div_ceil(64), n as u32, 1);
-            self.dispatch(Kernel::RopeStoreQkv, &params, &buffers, groups, cost);
+            self.dispatch(Kernel::RopeStoreQkv(types), &params, &buffers, groups, cost);
+        }
+        if let Some([k_staged, v_staged]) = &staging {
+            let params = KvStoreParams {
+                pos: pos as u32,
+                kv_width: cache.kv_width as u32,
+                n: n as u32,
+                scales: cache.scales,
+            };
+            // A thread per word of scales (two blocks of 32), over this step's blocks.
+            let blocks_per_row = cache.kv_width / 32;
+            let (first, end) = (pos * blocks_per_row, (pos + n) * blocks_per_row);
+            let words = end.div_ceil(2) - first / 2;
+            let (gx, gy) = grid(words.div_ceil(64) as u64);
+            let buffers = [k_staged, v_staged, &cache.k[layer], &cache.v[layer]];
+            let cost = Cost::bytes((n * cache.kv_width * 2 * (4 + 1)) as u64);
+            self.dispatch(Kernel::KvStore(types), &params, &buffers, (gx, gy, 2), cost);
         }
     }
 
@@ -1346,9 +1415,12 @@ impl Backend for WgpuBackend {
         n_layers: usize,
         n_ctx: usize,
         shape: &AttentionShape,
+        types: KvTypes,
     ) -> Result<GpuKvCache> {
         check_head_dim(shape)?;
-        if self.tuning.coop_attention {
+        types.check(shape)?;
+        self.kv_types = types;
+        if self.tuning.coop_attention && types == KvTypes::default() {
             self.tuning.coop_attention =
                 self.tensor_core_kernels_build(&[Kernel::AttentionCoop], "attention");
         }
@@ -1356,18 +1428,26 @@ impl Backend for WgpuBackend {
         // The tensor-core attention reads keys and values 64 rows at a time, past the last
         // key in use, and 128 values per row whatever the head size: whole tiles of zeros
         // there, and 128 more values after the last row (its loads are not bounds-checked).
-        let bytes = (n_ctx.next_multiple_of(64) * kv_width * 2 + 256) as u64;
+        // It reads f16 caches only.
+        let rows = n_ctx.next_multiple_of(64);
+        let bytes = |ty: CacheType| match ty {
+            CacheType::F16 => (rows * kv_width * 2 + 256) as u64,
+            CacheType::Q8_0 => ty.bytes_for(rows * kv_width) as u64,
+        };
         let mut k = Vec::with_capacity(n_layers);
         let mut v = Vec::with_capacity(n_layers);
         for layer in 0..n_layers {
-            k.push(self.storage(&format!("layer {layer} key cache"), bytes)?);
-            v.push(self.storage(&format!("layer {layer} value cache"), bytes)?);
+            k.push(self.storage(&format!("layer {layer} key cache"), bytes(types.k))?);
+            v.push(self.storage(&format!("layer {layer} value cache"), bytes(types.v))?);
         }
         Ok(GpuKvCache {
             k,
             v,
             kv_width,
             n_ctx,
+            types,
+            // The quants of all rows, a byte each, come first.
+            scales: (rows * kv_width / 4) as u32,
         })
     }
 
@@ -1518,23 +1598,26 @@ impl Backend for WgpuBackend {
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
             n_chunks: n_chunks as u32,
             n: n as u32,
+            scales: cache.scales,
         };
+        let types = cache.types;
         let buffers = [&q.buf, &cache.k[layer], &cache.v[layer]];
         if n > DECODE_ATTENTION_MAX_TOKENS {
             let all = [buffers[0], buffers[1], buffers[2], &out.buf];
-            let cost = attention_cost(shape, pos, n);
-            // The tiled kernels take heads of up to 128 values in multiples of 16.
+            let cost = attention_cost(shape, types, pos, n);
+            // The tiled kernels take heads of up to 128 values in multiples of 16; the tensor
+            // cores, f16 caches only.
             let tiles = shape.head_dim <= 128 && shape.head_dim.is_multiple_of(16);
             let (kernel, groups) = match tiles {
-                true if self.tuning.coop_attention => (
+                true if self.tuning.coop_attention && types == KvTypes::default() => (
                     Kernel::AttentionCoop,
                     (shape.n_head as u32, (n as u32).div_ceil(64), 1),
                 ),
                 true if self.tuning.attention_keys > 0 => (
-                    Kernel::AttentionTiled,
+                    Kernel::AttentionTiled(types),
                     (shape.n_head as u32, (n as u32).div_ceil(32), 1),
                 ),
-                _ => (Kernel::Attention, (shape.n_head as u32, n as u32, 1)),
+                _ => (Kernel::Attention(types), (shape.n_head as u32, n as u32, 1)),
             };
             self.dispatch(kernel, &params, &all, groups, cost);
             return;
@@ -1548,8 +1631,14 @@ impl Backend for WgpuBackend {
         let used = (pos + n).div_ceil(ATTENTION_CHUNK) as u32;
         let decode = [buffers[0], buffers[1], buffers[2], &out.buf, &partials];
         let groups = (shape.n_head as u32, used, n as u32);
-        let cost = attention_cost(shape, pos, n);
-        self.dispatch(Kernel::AttentionDecode, &params, &decode, groups, cost);
+        let cost = attention_cost(shape, types, pos, n);
+        self.dispatch(
+            Kernel::AttentionDecode(types),
+            &params,
+            &decode,
+            groups,
+            cost,
+        );
         if used > 1 {
             let groups = (shape.n_head as u32, n as u32, 1);
             let cost =
