@@ -407,16 +407,19 @@ impl Backend for CpuBackend {
             let mut scores = vec![0f32; group * n_keys];
             let mut k = vec![0f32; hd];
             for p in 0..n_keys {
-                if types.k == CacheType::F16 {
-                    for (qh, scores) in q_group.chunks(hd).zip(scores.chunks_mut(n_keys)) {
-                        let qh: &[u8] = bytemuck::cast_slice(qh);
-                        scores[p] = scale * quant::vec_dot(GgmlType::F16, key(p), qh, hd);
-                    }
-                    continue;
+                // f16 keys are dotted where they lie; q8_0 ones are dequantized once for the
+                // heads of the group.
+                if types.k == CacheType::Q8_0 {
+                    dequantize_row(types.k, key(p), &mut k);
                 }
-                dequantize_row(types.k, key(p), &mut k);
                 for (qh, scores) in q_group.chunks(hd).zip(scores.chunks_mut(n_keys)) {
-                    scores[p] = scale * qh.iter().zip(&k).map(|(a, b)| a * b).sum::<f32>();
+                    let dot = match types.k {
+                        CacheType::F16 => {
+                            quant::vec_dot(GgmlType::F16, key(p), bytemuck::cast_slice(qh), hd)
+                        }
+                        CacheType::Q8_0 => qh.iter().zip(&k).map(|(a, b)| a * b).sum(),
+                    };
+                    scores[p] = scale * dot;
                 }
             }
             scores.chunks_mut(n_keys).for_each(softmax);

@@ -1101,6 +1101,7 @@ struct AttentionParams {
     scales: u32,
 }
 
+/// shaders/kv_store.wgsl's Params.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct KvStoreParams {
