@@ -1,6 +1,7 @@
-// Causal attention over the f16 KV cache with an online softmax: one workgroup per (query
-// head, token); keys are scored a tile at a time, so no full score matrix is ever stored.
-// Params: attention_params.wgsl.
+// Causal attention over the KV cache with an online softmax: one workgroup per (query head,
+// token); keys are scored a tile at a time, so no full score matrix is ever stored.
+// Params: attention_params.wgsl. The cache is read through key1/4/8 and value1/4/8, composed
+// from kv_f16.wgsl or kv_q8_0.wgsl for the cache's type.
 
 const WG: u32 = 64u;
 // Output dimensions per thread: head_dim up to WG * DPT = 256.
@@ -65,11 +66,11 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         let key = start + li;
         var s = -3.4e38;
         if (key < n_keys) {
-            let base = (key * p.kv_width + kv_off) / 2u;
+            let base = key * p.kv_width + kv_off;
             var dot = 0.0;
-            for (var w = 0u; w < hd / 2u; w++) {
-                let kv = unpack2x16float(k_cache[base + w]);
-                dot += q[2u * w] * kv.x + q[2u * w + 1u] * kv.y;
+            for (var w = 0u; w < hd / 4u; w++) {
+                let k = key4(base + 4u * w);
+                dot += q[4u * w] * k.x + q[4u * w + 1u] * k.y + q[4u * w + 2u] * k.z + q[4u * w + 3u] * k.w;
             }
             s = dot * p.scale;
         }
@@ -86,8 +87,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             if (d < hd) {
                 var a = acc[i] * correction;
                 for (var j = 0u; j < tile; j++) {
-                    let word = v_cache[((start + j) * p.kv_width + kv_off + d) / 2u];
-                    a += scores[j] * unpack2x16float(word)[d & 1u];
+                    a += scores[j] * value1((start + j) * p.kv_width + kv_off + d);
                 }
                 acc[i] = a;
             }
@@ -119,19 +119,13 @@ var<workgroup> fkv: array<vec4<f32>, FK * FHD / 4u>;
 var<workgroup> fs: array<f32, FQ * FK>;
 var<workgroup> f_part: array<f32, 128>;
 
-// Vector `i` of the key or value row `key` of this head (four f16 values).
+// Vector `i` of the key or value row `key` of this head (four values).
 fn cache_vec4(cache_is_k: bool, key: u32, kv_off: u32, i: u32) -> vec4<f32> {
-    let w = (key * p.kv_width + kv_off) / 2u + 2u * i;
-    var a: u32;
-    var b: u32;
+    let e = key * p.kv_width + kv_off + 4u * i;
     if (cache_is_k) {
-        a = k_cache[w];
-        b = k_cache[w + 1u];
-    } else {
-        a = v_cache[w];
-        b = v_cache[w + 1u];
+        return key4(e);
     }
-    return vec4<f32>(unpack2x16float(a), unpack2x16float(b));
+    return value4(e);
 }
 
 // Loads FK rows of keys or values from `k0` into fkv (zeros past `n_keys`).
@@ -231,7 +225,7 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 // Decoding: few queries, many keys. One workgroup per (query head, chunk of CHUNK keys,
 // token); a token with one chunk of keys gets its output, else a partial result (max, sum, weighted
 // values) that attention_combine merges. Partials: [token][head][chunk][2 + head_dim].
-// Keys and values are read as vec4<u32> (8 f16 each; head_dim is a multiple of 8), several
+// Keys and values are read 8 values a load (key8, value8; head_dim is a multiple of 8), several
 // loads issued before their first use, so that each thread keeps many loads in flight: the
 // work is small and latency, not bandwidth, bounds it.
 
@@ -239,8 +233,6 @@ const CHUNK: u32 = 128u;
 const DWG: u32 = 128u;
 
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(6) var<storage, read> k_rows: array<vec4<u32>>;
-@group(0) @binding(7) var<storage, read> v_rows: array<vec4<u32>>;
 
 var<workgroup> chunk_weights: array<f32, CHUNK>;
 var<workgroup> group_sums: array<array<vec4<f32>, 2>, DWG>;
@@ -249,14 +241,12 @@ fn partial_base(t: u32, h: u32, c: u32) -> u32 {
     return ((t * p.n_head + h) * p.n_chunks + c) * (p.head_dim + 2u);
 }
 
-// The dot product of 8 f16 values with q[d..d + 8].
-fn dot8(kv: vec4<u32>, d: u32) -> f32 {
-    let a = unpack2x16float(kv.x);
-    let b = unpack2x16float(kv.y);
-    let c = unpack2x16float(kv.z);
-    let e = unpack2x16float(kv.w);
-    return q[d] * a.x + q[d + 1u] * a.y + q[d + 2u] * b.x + q[d + 3u] * b.y
-        + q[d + 4u] * c.x + q[d + 5u] * c.y + q[d + 6u] * e.x + q[d + 7u] * e.y;
+// The dot product of 8 values with q[d..d + 8].
+fn dot8(kv: array<vec4<f32>, 2>, d: u32) -> f32 {
+    let a = kv[0];
+    let b = kv[1];
+    return q[d] * a.x + q[d + 1u] * a.y + q[d + 2u] * a.z + q[d + 3u] * a.w
+        + q[d + 4u] * b.x + q[d + 5u] * b.y + q[d + 6u] * b.z + q[d + 7u] * b.w;
 }
 
 // Key `key`'s score: its row of head_dim / 8 vectors from `row`, four loads at a time.
@@ -265,21 +255,21 @@ fn key_score(row: u32) -> f32 {
     var dot = 0.0;
     var i = 0u;
     for (; i + 4u <= vecs; i += 4u) {
-        let k0 = k_rows[row + i];
-        let k1 = k_rows[row + i + 1u];
-        let k2 = k_rows[row + i + 2u];
-        let k3 = k_rows[row + i + 3u];
+        let k0 = key8(row + i);
+        let k1 = key8(row + i + 1u);
+        let k2 = key8(row + i + 2u);
+        let k3 = key8(row + i + 3u);
         dot += dot8(k0, 8u * i) + dot8(k1, 8u * i + 8u) + dot8(k2, 8u * i + 16u) + dot8(k3, 8u * i + 24u);
     }
     for (; i < vecs; i++) {
-        dot += dot8(k_rows[row + i], 8u * i);
+        dot += dot8(key8(row + i), 8u * i);
     }
     return dot;
 }
 
-fn add_weighted(acc: ptr<function, array<vec4<f32>, 2>>, weight: f32, v: vec4<u32>) {
-    (*acc)[0] += weight * vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
-    (*acc)[1] += weight * vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
+fn add_weighted(acc: ptr<function, array<vec4<f32>, 2>>, weight: f32, v: array<vec4<f32>, 2>) {
+    (*acc)[0] += weight * v[0];
+    (*acc)[1] += weight * v[1];
 }
 
 @compute @workgroup_size(128)
@@ -288,7 +278,7 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let c = wid.y;
     let t = wid.z;
     let hd = p.head_dim;
-    // Rows of the caches in vec4 units.
+    // Rows of the caches in units of 8 values.
     let row_vecs = p.kv_width / 8u;
     let head_vec = (h / (p.n_head / p.n_head_kv)) * hd / 8u;
     let n_keys = p.pos + t + 1u;
@@ -322,17 +312,17 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     if (g < groups) {
         var j = g;
         for (; j + 3u * groups < count; j += 4u * groups) {
-            let v0 = v_rows[(start + j) * row_vecs + head_vec + i];
-            let v1 = v_rows[(start + j + groups) * row_vecs + head_vec + i];
-            let v2 = v_rows[(start + j + 2u * groups) * row_vecs + head_vec + i];
-            let v3 = v_rows[(start + j + 3u * groups) * row_vecs + head_vec + i];
+            let v0 = value8((start + j) * row_vecs + head_vec + i);
+            let v1 = value8((start + j + groups) * row_vecs + head_vec + i);
+            let v2 = value8((start + j + 2u * groups) * row_vecs + head_vec + i);
+            let v3 = value8((start + j + 3u * groups) * row_vecs + head_vec + i);
             add_weighted(&acc, chunk_weights[j], v0);
             add_weighted(&acc, chunk_weights[j + groups], v1);
             add_weighted(&acc, chunk_weights[j + 2u * groups], v2);
             add_weighted(&acc, chunk_weights[j + 3u * groups], v3);
         }
         for (; j < count; j += groups) {
-            add_weighted(&acc, chunk_weights[j], v_rows[(start + j) * row_vecs + head_vec + i]);
+            add_weighted(&acc, chunk_weights[j], value8((start + j) * row_vecs + head_vec + i));
         }
     }
     group_sums[li] = acc;

@@ -11,4 +11,6 @@ struct Params {
     n_chunks: u32,
     // Queries in this step.
     n: u32,
+    // Where a q8_0 cache's scales begin, in words (kv_q8_0.wgsl).
+    scales: u32,
 }

@@ -1,6 +1,8 @@
 // The epilogue of the query/key/value projections, shared by the decode matvec (which runs it
 // on its own sums) and the prompt path (which runs it over the tiled products): RoPE on q and
-// k, q to its tensor, k and v into the f16 cache.
+// k, q to its tensor, k and v into the f16 cache; for a q8_0 cache (K_Q8, V_Q8), into f32
+// staging rows [t][kv_width] instead, which kv_store.wgsl quantizes a whole block at a time
+// (the 32 values of a block come from several workgroups here).
 // Rows of [q | k | v] come with q and k in pair order: within each head, slots 4j..4j+3 hold
 // the two rotation pairs of frequencies 2j and 2j + 1 (NeoX pairs (f, f + d/2), else (2f,
 // 2f + 1)), so four consecutive outputs rotate together and land on whole f16 words.
@@ -24,6 +26,14 @@ fn store_qkv(l: QkvLayout, t: u32, c: u32, v: vec4<f32>) {
     let pos = l.pos + t;
     let v_start = l.q_width + l.kv_width;
     if (c >= v_start) {
+        if (V_Q8) {
+            let w = t * l.kv_width + c - v_start;
+            v_cache[w] = bitcast<u32>(v.x);
+            v_cache[w + 1u] = bitcast<u32>(v.y);
+            v_cache[w + 2u] = bitcast<u32>(v.z);
+            v_cache[w + 3u] = bitcast<u32>(v.w);
+            return;
+        }
         let w = (pos * l.kv_width + c - v_start) / 2u;
         v_cache[w] = pack2x16float(v.xy);
         v_cache[w + 1u] = pack2x16float(v.zw);
@@ -50,6 +60,14 @@ fn store_qkv(l: QkvLayout, t: u32, c: u32, v: vec4<f32>) {
         hi = vec2<f32>(b0, b1);
         at_lo = f;
         at_hi = f + half;
+    }
+    if (is_k && K_Q8) {
+        let base = t * l.kv_width + head;
+        k_cache[base + at_lo] = bitcast<u32>(lo.x);
+        k_cache[base + at_lo + 1u] = bitcast<u32>(lo.y);
+        k_cache[base + at_hi] = bitcast<u32>(hi.x);
+        k_cache[base + at_hi + 1u] = bitcast<u32>(hi.y);
+        return;
     }
     if (is_k) {
         let base = pos * l.kv_width + head;

@@ -70,6 +70,60 @@ fn ask_answers_the_reference_question() {
     assert_eq!(text(&out.stdout).trim(), "The capital of France is Paris.");
 }
 
+/// The reference answer with keys and values in a q8_0 cache, spelled as llama.cpp spells it,
+/// on the CPU; --verbose reports the cache.
+#[test]
+fn ask_answers_with_a_q8_0_kv_cache() {
+    let model = smollm2();
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let args = [
+        "-m",
+        &model,
+        "--temp",
+        "0",
+        "ask",
+        "--raw",
+        "-ctk",
+        "q8_0",
+        "-ctv",
+        "q8_0",
+        "-c",
+        "512",
+        "--verbose",
+        prompt,
+    ];
+    let out = vibrant(&args, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "The capital of France is Paris.");
+    // 30 layers of 512 positions of 192 keys and 192 values, 34 bytes per 32.
+    let cache = format!(
+        "KV cache: 512 tokens, K q8_0, V q8_0, {:.2} MiB",
+        30.0 * 512.0 * 2.0 * 192.0 * 34.0 / 32.0 / 1048576.0
+    );
+    assert!(text(&out.stderr).contains(&cache), "{}", text(&out.stderr));
+}
+
+#[test]
+fn an_unknown_cache_type_is_refused_by_flag() {
+    for (flag, named) in [
+        ("--cache-type-k", "--cache-type-k"),
+        ("-ctk", "--cache-type-k"),
+        ("-ctv", "--cache-type-v"),
+    ] {
+        let out = vibrant(
+            &["ask", "-m", "/nonexistent.gguf", flag, "q4_9", "hi"],
+            None,
+        );
+        assert_clean_error(&out, &format!("invalid value 'q4_9' for '{named}"));
+        assert!(
+            text(&out.stderr).contains("f16, q8_0"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn chat_reads_turns_from_a_pipe_and_resets() {
     let model = smollm2();
@@ -284,7 +338,12 @@ fn each_subcommand_lists_only_the_options_it_takes_each_once() {
         "--seed",
     ];
     let model_and_device = ["--model", "--device", "--backend", "--adapter", "--threads"];
-    let context = ["--ctx-size", "--batch-size"];
+    let context = [
+        "--ctx-size",
+        "--batch-size",
+        "--cache-type-k",
+        "--cache-type-v",
+    ];
     for sub in ["ask", "chat"] {
         has(sub, &sampling, &[]);
         has(sub, &model_and_device, &[]);
@@ -311,6 +370,7 @@ fn each_subcommand_lists_only_the_options_it_takes_each_once() {
     );
     has("verify", &["--model", "--backend", "--adapter"], &sampling);
     has("verify", &["--threads"], &["--device", "--ctx-size"]);
+    has("verify", &context[2..], &[]);
     let bench = [
         "-p",
         "--n-prompt",
@@ -330,6 +390,8 @@ fn each_subcommand_lists_only_the_options_it_takes_each_once() {
         "--model",
         "--device",
         "--threads",
+        "--cache-type-k",
+        "--cache-type-v",
     ];
     has("bench", &bench, &sampling);
     has("bench", &[], &["--max-tokens", "--ctx-size"]);
@@ -520,6 +582,34 @@ fn bench_runs_every_combination_of_its_lists() {
         let time = r["test_time"].as_str().unwrap();
         assert!(time.len() == 20 && time.ends_with('Z'), "{time}");
     }
+}
+
+/// llama-bench's -ctk and -ctv lists: every combination, named in the rows as llama-bench names
+/// them.
+#[test]
+fn bench_runs_each_cache_type() {
+    let rows = bench_json(&[
+        "-p", "8", "-n", "2", "-r", "1", "-ctk", "f16,q8_0", "-ctv", "q8_0",
+    ]);
+    let got: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            let s = |k: &str| {
+                r[k].as_str()
+                    .unwrap_or_else(|| panic!("{k} in {r}"))
+                    .to_string()
+            };
+            (s("type_k"), s("type_v"), s("test"))
+        })
+        .collect();
+    let row = |k: &str, test: &str| (k.to_string(), "q8_0".to_string(), test.to_string());
+    let want = [
+        row("f16", "pp8"),
+        row("f16", "tg2"),
+        row("q8_0", "pp8"),
+        row("q8_0", "tg2"),
+    ];
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -14,7 +14,9 @@ use rand::Rng;
 use std::time::{Duration, Instant};
 use vibrant::backend::cpu::{self, CpuBackend};
 use vibrant::backend::gpu::{GpuGateUp, GpuMatrix, GpuOptions, GpuTensor, WgpuBackend};
-use vibrant::backend::{AttentionShape, Backend, BackendError, QkvPart, RopeKind, WeightBytes};
+use vibrant::backend::{
+    AttentionShape, Backend, BackendError, CacheType, KvTypes, QkvPart, RopeKind, WeightBytes,
+};
 use vibrant::quant::{GgmlType, ALL_TYPES};
 
 /// Weight rows in most tests: odd, and not a multiple of any workgroup size.
@@ -586,15 +588,20 @@ struct Step {
 
 /// A prefill of `prefill` tokens in one call, then one token, then three.
 fn attention_steps(rng: &mut StdRng, width: usize, prefill: usize) -> Vec<Step> {
+    steps_of(rng, width, &[prefill, 1, 3])
+}
+
+/// Steps of `sizes` tokens, one after the other from position 0.
+fn steps_of(rng: &mut StdRng, width: usize, sizes: &[usize]) -> Vec<Step> {
     let signs = |rng: &mut StdRng, n: usize| -> Vec<f32> {
         (0..n * width)
             .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
             .collect()
     };
     let mut pos = 0;
-    [prefill, 1, 3]
-        .into_iter()
-        .map(|n| {
+    sizes
+        .iter()
+        .map(|&n| {
             let step = Step {
                 pos,
                 n,
@@ -659,10 +666,11 @@ impl Projections {
     }
 }
 
-/// Per step: the rotated queries and the attention output.
+/// Per step: the rotated queries and the attention output, over caches of `types`.
 fn run_attention<B: Load>(
     b: &mut B,
     shape: &AttentionShape,
+    types: KvTypes,
     layer: usize,
     projections: &Projections,
     steps: &[Step],
@@ -677,7 +685,7 @@ fn run_attention<B: Load>(
     let qkv = b
         .upload_qkv("qkv", projections.parts(shape), width, shape)
         .expect("qkv");
-    let cache = b.kv_cache(2, n_ctx, shape).expect("cache");
+    let cache = b.kv_cache(2, n_ctx, shape, types).expect("cache");
     steps
         .iter()
         .map(|s| {
@@ -741,9 +749,10 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
         let (qw, kvw) = (shape.q_width(), shape.kv_width());
         let projections = Projections::random(&mut rng, &shape, v_type, bias);
         let steps = attention_steps(&mut rng, qw + 2 * kvw, prefill);
+        let f16 = KvTypes::default();
         let (got, want) = (
-            run_attention(&mut gpu, &shape, layer, &projections, &steps),
-            run_attention(&mut cpu(), &shape, layer, &projections, &steps),
+            run_attention(&mut gpu, &shape, f16, layer, &projections, &steps),
+            run_attention(&mut cpu(), &shape, f16, layer, &projections, &steps),
         );
         let bias_scale = projections.bias.as_deref().map_or(0.0, max_abs);
         let q_scale = max_abs(&projections.norm[..qw]) + bias_scale;
@@ -769,6 +778,94 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
             assert_close(&what, go, &to_f64(co), qw, |_| v_scale, tol);
         }
     }
+}
+
+/// Attention over q8_0 caches (keys, values or both) against the CPU with the same caches,
+/// through every kernel that writes or reads them: steps of 1, 37, 4, 6, 81, 2, 130 and 3
+/// tokens start at positions 0 (one key), 1, 38, 42 (six queries: decode products, prompt
+/// attention), 48, 129 (two queries past the decode kernel's first 128-key chunk: a merge),
+/// 131 (a prompt of several query tiles) and 261 (three chunks). Heads of 64 and 128 (the
+/// tiled prompt kernel), 192 (the one-query-per-workgroup prompt kernel) and 96 with one
+/// key/value head (three blocks a row, so that two positions share a word of scales);
+/// grouped-query attention throughout.
+#[test]
+fn q8_0_cache_attention_matches_the_cpu() {
+    let mut rng = rng(77);
+    let q8 = CacheType::Q8_0;
+    let f16 = CacheType::F16;
+    let cases = [
+        (64, 6, 2, RopeKind::Normal, (q8, q8), GgmlType::F32, false),
+        (128, 6, 2, RopeKind::Neox, (q8, q8), GgmlType::F16, true),
+        (96, 3, 1, RopeKind::Neox, (q8, q8), GgmlType::F32, true),
+        (64, 4, 1, RopeKind::Neox, (f16, q8), GgmlType::F32, false),
+        (128, 8, 2, RopeKind::Normal, (q8, f16), GgmlType::F32, true),
+        (192, 4, 2, RopeKind::Neox, (q8, q8), GgmlType::F32, false),
+    ];
+    let mut gpu = gpu();
+    for (head_dim, n_head, n_head_kv, rope, (k, v), v_type, bias) in cases {
+        let shape = AttentionShape {
+            n_head,
+            n_head_kv,
+            head_dim,
+            rope,
+        };
+        let types = KvTypes { k, v };
+        let (qw, kvw) = (shape.q_width(), shape.kv_width());
+        let projections = Projections::random(&mut rng, &shape, v_type, bias);
+        let steps = steps_of(&mut rng, qw + 2 * kvw, &[1, 37, 4, 6, 81, 2, 130, 3]);
+        let (got, want) = (
+            run_attention(&mut gpu, &shape, types, 1, &projections, &steps),
+            run_attention(&mut cpu(), &shape, types, 1, &projections, &steps),
+        );
+        let bias_scale = projections.bias.as_deref().map_or(0.0, max_abs);
+        let v_scale = max_abs(&projections.norm[qw + kvw..]) + bias_scale;
+        for (s, ((_, go), (_, co))) in steps.iter().zip(got.iter().zip(&want)) {
+            let what = format!(
+                "{types} head_dim {head_dim} {rope:?}, pos {} n {}",
+                s.pos, s.n
+            );
+            assert_close(&what, go, &to_f64(co), qw, |_| v_scale, Q8_0_CACHE_TOL);
+        }
+    }
+}
+
+/// Both backends dequantize the same quants, but a key rotated an ulp apart (a fused
+/// multiply-add), or a value scaled by a reciprocal an ulp apart, may round to the
+/// neighbouring quant, one step of 1/127 of its block's largest value. Measured 6.4e-7 of
+/// the value scale on lavapipe (no such step); with every staged value moved by 1e-5 before
+/// quantizing, which rounds hundreds of them the other way, 6.3e-4. The scale of the
+/// neighbouring block costs 0.05 to 0.37; a scale dropped, or overwritten by the next
+/// position's, ~0.9.
+const Q8_0_CACHE_TOL: f64 = 2e-3;
+
+/// The q8_0 caches take 34 bytes per 32 values where f16 ones take 64.
+#[test]
+fn q8_0_caches_take_34_of_64_bytes_of_f16() {
+    let shape = AttentionShape {
+        n_head: 8,
+        n_head_kv: 2,
+        head_dim: 64,
+        rope: RopeKind::Neox,
+    };
+    let bytes = |types: KvTypes| {
+        let mut gpu = gpu();
+        let before = gpu.memory_used();
+        gpu.kv_cache(4, 1000, &shape, types).expect("cache");
+        gpu.memory_used() - before
+    };
+    let q8 = CacheType::Q8_0;
+    let f16_bytes = bytes(KvTypes::default());
+    let q8_bytes = bytes(KvTypes { k: q8, v: q8 });
+    let half = bytes(KvTypes {
+        k: q8,
+        ..KvTypes::default()
+    });
+    // 4 layers, 1024 positions (whole tiles of 64) of 128 keys and 128 values.
+    assert_eq!(f16_bytes, 4 * 1024 * 2 * 128 * 2 + 4 * 2 * 256);
+    assert_eq!(q8_bytes, 4 * 1024 * 2 * 128 * 34 / 32);
+    assert_eq!(half, (f16_bytes + q8_bytes) / 2);
+    let ratio = q8_bytes as f64 / f16_bytes as f64;
+    assert!((ratio - 34.0 / 64.0).abs() < 1e-3, "{ratio}");
 }
 
 /// Decoding's attention inputs from K-quant projections (8-bit activations on the GPU): at
@@ -807,7 +904,9 @@ fn quantized_attention_inputs_match_the_reference() {
     let table = upload_bias(&mut gpu, &rope_table(1, shape.head_dim));
     let norm = upload_bias(&mut gpu, &norm_w);
     let qkv = gpu.upload_qkv("qkv", parts, cols, &shape).expect("qkv");
-    let cache = gpu.kv_cache(1, 1, &shape).expect("cache");
+    let cache = gpu
+        .kv_cache(1, 1, &shape, KvTypes::default())
+        .expect("cache");
     let nan = |len| vec![f32::NAN; len];
     let scratch = [
         gpu.load("normed", 1, cols, &nan(cols)),
@@ -1406,10 +1505,50 @@ fn attention_heads_past_the_kernel_limit_are_refused() {
     for head_dim in [320, 100] {
         let shape = AttentionShape { head_dim, ..shape };
         let e = gpu()
-            .kv_cache(1, 16, &shape)
+            .kv_cache(1, 16, &shape, KvTypes::default())
             .err()
             .expect("refused")
             .to_string();
         assert!(e.contains(&head_dim.to_string()), "{e}");
+    }
+}
+
+/// q8_0 caches need heads of whole 32-value blocks; both backends refuse others by name.
+#[test]
+fn q8_0_caches_need_heads_of_whole_blocks() {
+    let shape = AttentionShape {
+        n_head: 2,
+        n_head_kv: 1,
+        head_dim: 80,
+        rope: RopeKind::Neox,
+    };
+    let q8 = CacheType::Q8_0;
+    for (types, flag) in [
+        (
+            KvTypes {
+                k: q8,
+                ..KvTypes::default()
+            },
+            "--cache-type-k",
+        ),
+        (
+            KvTypes {
+                v: q8,
+                ..KvTypes::default()
+            },
+            "--cache-type-v",
+        ),
+    ] {
+        let errors = [
+            gpu().kv_cache(1, 16, &shape, types).err(),
+            cpu().kv_cache(1, 16, &shape, types).err(),
+        ];
+        for e in errors {
+            let e = e.expect("refused").to_string();
+            assert!(
+                e.contains("80") && e.contains("q8_0") && e.contains(flag),
+                "{e}"
+            );
+        }
     }
 }

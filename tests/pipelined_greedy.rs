@@ -32,6 +32,7 @@ fn session<B: Backend>(backend: B) -> Session<B> {
     let options = LoadOptions {
         n_ctx: N_CTX,
         n_batch: 8,
+        ..LoadOptions::default()
     };
     Session::new(
         Transformer::load(&file, backend, &options).unwrap(),

@@ -34,6 +34,7 @@ fn options() -> LoadOptions {
     LoadOptions {
         n_ctx: 512,
         n_batch: 64,
+        ..LoadOptions::default()
     }
 }
 

@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::time::Duration;
 use vibrant::backend::gpu::GpuOptions;
+use vibrant::backend::{CacheType, KvTypes};
 use vibrant::generate::{SamplerConfig, Setting};
 use vibrant::model::LoadOptions;
 
@@ -68,6 +69,29 @@ pub struct ContextArgs {
     /// Most tokens run through the model in one step while reading the prompt.
     #[arg(long, short = 'b', default_value_t = 256)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// How the KV cache stores keys and values, spelled as llama.cpp spells it.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Context")]
+pub struct CacheArgs {
+    /// KV cache type of the keys (-ctk).
+    #[arg(long, value_enum, default_value_t = CacheType::F16)]
+    pub cache_type_k: CacheType,
+    /// KV cache type of the values (-ctv).
+    #[arg(long, value_enum, default_value_t = CacheType::F16)]
+    pub cache_type_v: CacheType,
+}
+
+impl CacheArgs {
+    pub fn kv_types(&self) -> KvTypes {
+        KvTypes {
+            k: self.cache_type_k,
+            v: self.cache_type_v,
+        }
+    }
 }
 
 /// What a subcommand that loads a model to run it takes.
@@ -171,6 +195,7 @@ impl ContextArgs {
         LoadOptions {
             n_ctx: self.ctx_size,
             n_batch: self.batch_size,
+            kv_types: self.cache.kv_types(),
         }
     }
 }

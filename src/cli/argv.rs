@@ -7,8 +7,12 @@ use clap::Command;
 use std::ffi::OsString;
 
 /// Spellings clap cannot declare (a short option is one character) rewritten to their long
-/// form: llama-bench's `-ub`.
-const MULTI_CHAR_SHORTS: &[(&str, &str)] = &[("-ub", "--ubatch-size")];
+/// form: llama-bench's `-ub`, llama.cpp's `-ctk` and `-ctv`.
+const MULTI_CHAR_SHORTS: &[(&str, &str)] = &[
+    ("-ub", "--ubatch-size"),
+    ("-ctk", "--cache-type-k"),
+    ("-ctv", "--cache-type-v"),
+];
 
 pub fn normalize(cli: &Command, args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let mut args = expand_multi_char_shorts(args.into_iter().collect());
@@ -107,6 +111,10 @@ mod tests {
         assert_eq!(
             normalized("vibrant bench -ub 128,256 -p 1"),
             "vibrant bench --ubatch-size 128,256 -p 1"
+        );
+        assert_eq!(
+            normalized("vibrant -ctk q8_0 ask -ctv q8_0 x"),
+            "vibrant ask --cache-type-k q8_0 --cache-type-v q8_0 x"
         );
         assert_eq!(
             normalized("vibrant ask -- -ub"),

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use vibrant::backend::gpu::WgpuBackend;
-use vibrant::backend::{Backend, KernelTiming};
+use vibrant::backend::{Backend, CacheType, KernelTiming, KvTypes};
 use vibrant::generate::{Sampler, SamplerConfig};
 use vibrant::gguf::GgufFile;
 use vibrant::model::{type_histogram, LoadOptions, Transformer};
@@ -54,6 +54,12 @@ pub struct BenchArgs {
     /// Tokens per forward step (-ub, as llama-bench spells it).
     #[arg(long = "ubatch-size", alias = "ubatch", default_value = "512", value_parser = parse_counts, help_heading = LISTS)]
     pub n_ubatch: Vec<Counts>,
+    /// KV cache types of the keys (-ctk, as llama-bench spells it).
+    #[arg(long = "cache-type-k", value_enum, value_delimiter = ',', default_value = "f16", help_heading = LISTS)]
+    pub type_k: Vec<CacheType>,
+    /// KV cache types of the values (-ctv).
+    #[arg(long = "cache-type-v", value_enum, value_delimiter = ',', default_value = "f16", help_heading = LISTS)]
+    pub type_v: Vec<CacheType>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -119,6 +125,7 @@ struct Test {
     n_depth: usize,
     n_batch: usize,
     n_ubatch: usize,
+    kv_types: KvTypes,
 }
 
 impl Test {
@@ -140,8 +147,8 @@ impl Test {
     }
 }
 
-/// Every test the lists ask for, in llama-bench's order but grouped by -ub (each -ub value
-/// needs the model loaded anew).
+/// Every test the lists ask for, in llama-bench's order but grouped by -ub and the cache
+/// types (each needs the model loaded anew).
 fn plan(args: &BenchArgs) -> Result<Vec<Test>> {
     if args.repetitions == 0 {
         bail!("-r must be at least 1");
@@ -153,21 +160,27 @@ fn plan(args: &BenchArgs) -> Result<Vec<Test>> {
     if args.profile && args.output == Output::Json {
         bail!("--profile prints tables: use it with -o md");
     }
+    let kv_types: Vec<KvTypes> = (args.type_k.iter())
+        .flat_map(|&k| args.type_v.iter().map(move |&v| KvTypes { k, v }))
+        .collect();
     let mut tests = Vec::new();
     for &n_ubatch in &ubatches {
-        for &n_batch in &batches {
-            for &n_depth in &flat(&args.n_depth) {
-                let test = |n_prompt, n_gen| Test {
-                    n_prompt,
-                    n_gen,
-                    n_depth,
-                    n_batch,
-                    n_ubatch,
-                };
-                let pp = flat(&args.n_prompt).into_iter().filter(|&p| p > 0);
-                tests.extend(pp.map(|p| test(p, 0)));
-                let tg = flat(&args.n_gen).into_iter().filter(|&n| n > 0);
-                tests.extend(tg.map(|n| test(0, n)));
+        for &kv_types in &kv_types {
+            for &n_batch in &batches {
+                for &n_depth in &flat(&args.n_depth) {
+                    let test = |n_prompt, n_gen| Test {
+                        n_prompt,
+                        n_gen,
+                        n_depth,
+                        n_batch,
+                        n_ubatch,
+                        kv_types,
+                    };
+                    let pp = flat(&args.n_prompt).into_iter().filter(|&p| p > 0);
+                    tests.extend(pp.map(|p| test(p, 0)));
+                    let tg = flat(&args.n_gen).into_iter().filter(|&n| n > 0);
+                    tests.extend(tg.map(|n| test(0, n)));
+                }
             }
         }
     }
@@ -287,10 +300,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let n_ctx = tests.iter().map(Test::n_ctx).max().unwrap_or(1);
     let mut report = Report::new(args);
     let mut profiled = !args.profile;
-    for group in tests.chunk_by(|a, b| a.n_ubatch == b.n_ubatch) {
+    for group in tests.chunk_by(|a, b| (a.n_ubatch, a.kv_types) == (b.n_ubatch, b.kv_types)) {
         let options = LoadOptions {
             n_ctx,
             n_batch: group[0].n_ubatch,
+            kv_types: group[0].kv_types,
         };
         let device = super::open_device(&args.device)?;
         let subject = Subject::new(&file, &name, &device);
@@ -438,6 +452,8 @@ struct Report {
     /// Whether the n_batch and n_ubatch columns show: where they are not llama-bench's
     /// defaults, as llama-bench shows them.
     batch_columns: (bool, bool),
+    /// Whether the type_k and type_v columns show (likewise).
+    type_columns: (bool, bool),
     sampling: bool,
     json: Vec<serde_json::Value>,
     header_printed: bool,
@@ -451,6 +467,10 @@ impl Report {
             batch_columns: (
                 non_default(&args.n_batch, 2048),
                 non_default(&args.n_ubatch, 512),
+            ),
+            type_columns: (
+                args.type_k != [CacheType::F16],
+                args.type_v != [CacheType::F16],
             ),
             sampling: args.sampling,
             json: Vec::new(),
@@ -474,6 +494,8 @@ impl Report {
                 "model_n_params": s.n_params,
                 "n_batch": t.n_batch,
                 "n_ubatch": t.n_ubatch,
+                "type_k": t.kv_types.k.name(),
+                "type_v": t.kv_types.v.name(),
                 "n_threads": s.n_threads,
                 "n_prompt": t.n_prompt,
                 "n_gen": t.n_gen,
@@ -492,6 +514,7 @@ impl Report {
         }
         let cpu = s.backends == "CPU";
         let (batch, ubatch) = self.batch_columns;
+        let (type_k, type_v) = self.type_columns;
         if !self.header_printed {
             self.header_printed = true;
             println!("build: {}", build());
@@ -502,7 +525,13 @@ impl Report {
             }
             println!();
             let mut columns = vec!["model", "size", "params", "backend"];
-            let optional = [(cpu, "threads"), (batch, "n_batch"), (ubatch, "n_ubatch")];
+            let optional = [
+                (cpu, "threads"),
+                (batch, "n_batch"),
+                (ubatch, "n_ubatch"),
+                (type_k, "type_k"),
+                (type_v, "type_v"),
+            ];
             columns.extend(optional.iter().filter(|(on, _)| *on).map(|(_, c)| *c));
             columns.extend(["test", "t/s"]);
             println!("| {} |", columns.join(" | "));
@@ -525,13 +554,14 @@ impl Report {
             s.backends.clone(),
         ];
         let t = &row.test;
-        let optional = [(cpu, s.n_threads), (batch, t.n_batch), (ubatch, t.n_ubatch)];
-        cells.extend(
-            optional
-                .iter()
-                .filter(|(on, _)| *on)
-                .map(|(_, v)| v.to_string()),
-        );
+        let optional = [
+            (cpu, s.n_threads.to_string()),
+            (batch, t.n_batch.to_string()),
+            (ubatch, t.n_ubatch.to_string()),
+            (type_k, t.kv_types.k.to_string()),
+            (type_v, t.kv_types.v.to_string()),
+        ];
+        cells.extend(optional.into_iter().filter(|(on, _)| *on).map(|(_, v)| v));
         cells.push(t.name());
         cells.push(format!("{:.2} ± {:.2}", mean(&ts), stddev(&ts)));
         println!("| {} |", cells.join(" | "));
@@ -768,6 +798,7 @@ mod tests {
             n_depth: 0,
             n_batch: 2048,
             n_ubatch: 512,
+            kv_types: KvTypes::default(),
         };
         assert_eq!(t.name(), "pp512");
         assert_eq!(Test { n_depth: 4096, ..t }.name(), "pp512 @ d4096");

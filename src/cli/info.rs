@@ -136,28 +136,36 @@ fn device_memory(args: &LoadArgs, file: &std::sync::Arc<GgufFile>, config: &Conf
     use vibrant::backend::Backend;
     use vibrant::model::Transformer;
     let options = args.context.load_options();
-    let (describe, used) = match super::open_device(&args.device)? {
+    let (describe, used, kv) = match super::open_device(&args.device)? {
         super::Device::Cpu(b) => {
             let m = Transformer::load(file, b, &options)?;
-            (m.backend.describe(), m.backend.memory_used())
+            (
+                m.backend.describe(),
+                m.backend.memory_used(),
+                m.kv_cache_bytes(),
+            )
         }
         super::Device::Gpu(b) => {
             let m = Transformer::load(file, *b, &options)?;
-            (m.backend.describe(), m.backend.memory_used())
+            (
+                m.backend.describe(),
+                m.backend.memory_used(),
+                m.kv_cache_bytes(),
+            )
         }
     };
     let n_ctx = match options.n_ctx {
         0 => config.n_ctx_train,
         n => n,
     };
-    let kv = (2 * config.n_layer * n_ctx * config.attention.kv_width() * 2) as u64;
     let weights: u64 = file.tensors.iter().map(|t| t.n_bytes).sum();
     println!("device:         {describe}");
     println!(
-        "device memory:  {} = weights {} + KV cache {} ({n_ctx} tokens, f16) + scratch {}",
+        "device memory:  {} = weights {} + KV cache {} ({n_ctx} tokens, {}) + scratch {}",
         mib(used),
         mib(weights),
         mib(kv),
+        options.kv_types,
         mib(used.saturating_sub(weights + kv))
     );
     println!(

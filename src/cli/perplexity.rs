@@ -1,7 +1,7 @@
 //! `perplexity`: a model's perplexity over a text file, and its KL divergence from a base
 //! run, as llama.cpp's `llama-perplexity` computes and prints them.
 
-use super::args::{DeviceArgs, ModelArgs};
+use super::args::{CacheArgs, DeviceArgs, ModelArgs};
 use super::Device;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -39,6 +39,8 @@ pub struct PerplexityArgs {
     #[arg(long)]
     pub exact: bool,
     #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -75,6 +77,7 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
     let options = LoadOptions {
         n_ctx,
         n_batch: args.batch_size,
+        kv_types: args.cache.kv_types(),
     };
     let device: &DeviceArgs = &args.device;
     match (super::open_device(device)?, args.exact) {

@@ -51,6 +51,8 @@ trait Engine {
     ) -> Result<Generation>;
     fn reset(&mut self);
     fn describe(&self) -> String;
+    /// The KV cache's types and size, for --verbose.
+    fn describe_cache(&self) -> String;
 }
 
 impl<B: Backend> Engine for Session<B> {
@@ -74,6 +76,16 @@ impl<B: Backend> Engine for Session<B> {
 
     fn describe(&self) -> String {
         self.model.backend.describe()
+    }
+
+    fn describe_cache(&self) -> String {
+        let m = &self.model;
+        format!(
+            "KV cache: {} tokens, {}, {:.2} MiB",
+            m.n_ctx(),
+            m.kv_types(),
+            m.kv_cache_bytes() as f64 / (1u64 << 20) as f64
+        )
     }
 }
 
@@ -120,6 +132,7 @@ fn load(args: &LoadArgs, verbose: bool) -> Result<Loaded> {
             device_time.as_secs_f64(),
             weights_started.elapsed().as_secs_f64(),
         );
+        eprintln!("{}", engine.describe_cache());
     }
     Ok(Loaded { engine, template })
 }

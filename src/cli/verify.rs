@@ -1,7 +1,7 @@
 //! `verify`: runs a model on the GPU and on the CPU reference and compares them: first-step
 //! logits, then greedy tokens. The way to check a new GPU or driver computes what it should.
 
-use super::args::{CpuArgs, GpuArgs, ModelArgs};
+use super::args::{CacheArgs, CpuArgs, GpuArgs, ModelArgs};
 use anyhow::{bail, Result};
 use std::sync::Arc;
 use vibrant::backend::cpu::CpuBackend;
@@ -28,6 +28,9 @@ pub struct VerifyArgs {
     /// Largest relative error of the first-step logits that passes.
     #[arg(long, default_value_t = 1e-2)]
     pub tolerance: f64,
+    // Both backends run with this cache.
+    #[command(flatten)]
+    pub cache: CacheArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -57,6 +60,7 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
     let options = LoadOptions {
         n_ctx: prompt.len() + args.steps + 1,
         n_batch: args.batch_size,
+        kv_types: args.cache.kv_types(),
     };
     let gpu_backend = WgpuBackend::new(args.gpu.options()?)?;
     println!("GPU: {}", gpu_backend.describe());

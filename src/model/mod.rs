@@ -5,7 +5,7 @@ mod config;
 
 pub use config::{Arch, Config, ModelError, Result};
 
-use crate::backend::{Backend, QkvPart, WeightBytes, ARGMAX_SLOTS};
+use crate::backend::{Backend, KvTypes, QkvPart, WeightBytes, ARGMAX_SLOTS};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::quant::{self, GgmlType};
 use std::sync::Arc;
@@ -58,6 +58,8 @@ pub struct LoadOptions {
     pub n_ctx: usize,
     /// Most tokens processed in one forward step during prompt processing.
     pub n_batch: usize,
+    /// How the KV cache stores keys and values.
+    pub kv_types: KvTypes,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +67,7 @@ impl Default for LoadOptions {
         Self {
             n_ctx: 4096,
             n_batch: 256,
+            kv_types: KvTypes::default(),
         }
     }
 }
@@ -76,6 +79,9 @@ pub struct Transformer<B: Backend> {
     weights: Weights<B>,
     scratch: Scratch<B>,
     cache: B::KvCache,
+    kv_types: KvTypes,
+    /// Device memory the KV cache takes.
+    kv_bytes: u64,
     /// Logits of many rows, for [`Self::forward_all_logits`]; made on its first call.
     all_logits: Option<B::Tensor>,
     n_ctx: usize,
@@ -105,19 +111,26 @@ impl<B: Backend> Transformer<B> {
             });
         }
         let n_batch = options.n_batch.clamp(1, n_ctx);
+        // The cache before the weights: a cache the heads do not fit is refused at once, and a
+        // backend builds the kernels that write it as it uploads the projections.
+        let held = backend.memory_used();
+        let kv_types = options.kv_types;
+        let cache = backend.kv_cache(config.n_layer, n_ctx, &config.attention, kv_types)?;
+        let kv_bytes = backend.memory_used() - held;
         let loader = Loader {
             file,
             config: &config,
         };
         let weights = loader.weights(&mut backend, n_ctx)?;
         let scratch = Scratch::new(&mut backend, &config, n_batch)?;
-        let cache = backend.kv_cache(config.n_layer, n_ctx, &config.attention)?;
         Ok(Self {
             config,
             backend,
             weights,
             scratch,
             cache,
+            kv_types,
+            kv_bytes,
             all_logits: None,
             n_ctx,
             n_batch,
@@ -127,6 +140,16 @@ impl<B: Backend> Transformer<B> {
 
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
+    }
+
+    /// How the KV cache stores keys and values.
+    pub fn kv_types(&self) -> KvTypes {
+        self.kv_types
+    }
+
+    /// Device memory the KV cache takes, in bytes.
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.kv_bytes
     }
 
     /// Tokens already in the KV cache.

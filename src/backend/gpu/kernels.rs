@@ -1,7 +1,7 @@
 //! The WGSL kernel set: which shader files make up each kernel, composed at pipeline creation
 //! (WGSL has no includes), and the pipelines built from them, once per device.
 
-use crate::backend::{BackendError, Result};
+use crate::backend::{BackendError, CacheType, KvTypes, Result};
 use crate::quant::GgmlType;
 
 const COMMON: (&str, &str) = ("common.wgsl", include_str!("../../../shaders/common.wgsl"));
@@ -49,6 +49,15 @@ const ATTENTION_PARAMS: (&str, &str) = (
 const ATTENTION_COOP: (&str, &str) = (
     "attention_coop.wgsl",
     include_str!("../../../shaders/attention_coop.wgsl"),
+);
+const KV_F16: (&str, &str) = ("kv_f16.wgsl", include_str!("../../../shaders/kv_f16.wgsl"));
+const KV_Q8_0: (&str, &str) = (
+    "kv_q8_0.wgsl",
+    include_str!("../../../shaders/kv_q8_0.wgsl"),
+);
+const KV_STORE: (&str, &str) = (
+    "kv_store.wgsl",
+    include_str!("../../../shaders/kv_store.wgsl"),
 );
 const ELEMENTWISE: (&str, &str) = (
     "elementwise.wgsl",
@@ -113,8 +122,9 @@ pub enum Kernel {
     Matvec(GgmlType, MatvecForm),
     /// Matvec over interleaved gate/up rows, writing SwiGLU of each pair.
     MatvecSwiglu(GgmlType, MatvecForm),
-    /// Matvec over query/key/value rows with RoPE and the cache write in its epilogue.
-    MatvecQkv(GgmlType, MatvecForm),
+    /// Matvec over query/key/value rows with RoPE and the cache write in its epilogue, for
+    /// caches of these types (a q8_0 one is staged for [`Kernel::KvStore`]).
+    MatvecQkv(GgmlType, MatvecForm, KvTypes),
     Matmul(GgmlType),
     /// The tensor-core matmul (cooperative matrices, f16 inputs, f32 accumulators) over
     /// weights decoded by [`Kernel::DequantF16`], in tiles of this many tokens (64 or 128),
@@ -122,14 +132,18 @@ pub enum Kernel {
     MatmulCoop(u32, u32),
     RmsNorm,
     /// RoPE and the cache write after the prompt's query/key/value products.
-    RopeStoreQkv,
-    Attention,
+    RopeStoreQkv(KvTypes),
+    /// Quantizes the keys and values staged for q8_0 caches into them.
+    KvStore(KvTypes),
+    /// The attention kernels that read caches of these types.
+    Attention(KvTypes),
     /// Prompt attention over tiles of queries and keys in workgroup memory.
-    AttentionTiled,
-    /// Prompt attention on tensor cores.
+    AttentionTiled(KvTypes),
+    /// Prompt attention on tensor cores, over f16 caches only: its cooperative-matrix loads
+    /// take f16 straight from the cache, so q8_0 caches go to the tiled kernel.
     AttentionCoop,
     /// Attention for a few queries, keys split into chunks over workgroups.
-    AttentionDecode,
+    AttentionDecode(KvTypes),
     AttentionCombine,
     Add,
     Swiglu,
@@ -166,11 +180,12 @@ impl Kernel {
             Self::Matmul(_) => "matmul",
             Self::MatmulCoop(tokens, _) => return format!("matmul_coop_{tokens}"),
             Self::RmsNorm => "rms_norm",
-            Self::RopeStoreQkv => "rope_store_qkv",
-            Self::Attention => "attention",
-            Self::AttentionTiled => "attention_tiled",
+            Self::RopeStoreQkv(_) => "rope_store_qkv",
+            Self::KvStore(_) => "kv_store",
+            Self::Attention(_) => "attention",
+            Self::AttentionTiled(_) => "attention_tiled",
             Self::AttentionCoop => "attention_coop",
-            Self::AttentionDecode => "attention_decode",
+            Self::AttentionDecode(_) => "attention_decode",
             Self::AttentionCombine => "attention_combine",
             Self::Add => "add",
             Self::Swiglu => "swiglu",
@@ -186,15 +201,35 @@ impl Kernel {
             Some(form) if form.int8_cols > 0 => "_int8",
             _ => "",
         };
+        let cache = match self.kv_types() {
+            Some(types) if types != KvTypes::default() => format!("_k{}_v{}", types.k, types.v),
+            _ => String::new(),
+        };
         match self.weight_type() {
-            Some(t) => format!("{base}_{}{activations}", t.name().to_ascii_lowercase()),
-            None => base.to_string(),
+            Some(t) => format!(
+                "{base}_{}{activations}{cache}",
+                t.name().to_ascii_lowercase()
+            ),
+            None => format!("{base}{cache}"),
+        }
+    }
+
+    /// The types of the caches the kernel writes or reads.
+    fn kv_types(self) -> Option<KvTypes> {
+        match self {
+            Self::MatvecQkv(.., types)
+            | Self::RopeStoreQkv(types)
+            | Self::KvStore(types)
+            | Self::Attention(types)
+            | Self::AttentionTiled(types)
+            | Self::AttentionDecode(types) => Some(types),
+            _ => None,
         }
     }
 
     fn matvec_form(self) -> Option<MatvecForm> {
         match self {
-            Self::Matvec(_, form) | Self::MatvecSwiglu(_, form) | Self::MatvecQkv(_, form) => {
+            Self::Matvec(_, form) | Self::MatvecSwiglu(_, form) | Self::MatvecQkv(_, form, _) => {
                 Some(form)
             }
             _ => None,
@@ -208,7 +243,7 @@ impl Kernel {
             | Self::DequantF16(t)
             | Self::Matvec(t, _)
             | Self::MatvecSwiglu(t, _)
-            | Self::MatvecQkv(t, _)
+            | Self::MatvecQkv(t, ..)
             | Self::Matmul(t) => Some(t),
             _ => None,
         }
@@ -226,11 +261,12 @@ impl Kernel {
             Self::Matmul(_) => (MATMUL, "matmul"),
             Self::MatmulCoop(..) => (MATMUL_COOP, "matmul_coop"),
             Self::RmsNorm => (NORM, "rms_norm"),
-            Self::RopeStoreQkv => (ROPE, "rope_store_qkv"),
-            Self::Attention => (ATTENTION, "attention"),
-            Self::AttentionTiled => (ATTENTION, "attention_tiled"),
+            Self::RopeStoreQkv(_) => (ROPE, "rope_store_qkv"),
+            Self::KvStore(_) => (KV_STORE, "kv_store"),
+            Self::Attention(_) => (ATTENTION, "attention"),
+            Self::AttentionTiled(_) => (ATTENTION, "attention_tiled"),
             Self::AttentionCoop => (ATTENTION_COOP, "attention_coop"),
-            Self::AttentionDecode => (ATTENTION, "attention_decode"),
+            Self::AttentionDecode(_) => (ATTENTION, "attention_decode"),
             Self::AttentionCombine => (ATTENTION, "attention_combine"),
             Self::Add => (ELEMENTWISE, "add"),
             Self::Swiglu => (ELEMENTWISE, "swiglu"),
@@ -263,7 +299,7 @@ impl Kernel {
             Self::DequantF16(_) => return vec![(1, Read), (4, ReadWrite)],
             // The decode kernel reads the caches as vectors (bindings 6, 7) and writes the
             // output or partials (binding 5).
-            Self::AttentionDecode => {
+            Self::AttentionDecode(_) => {
                 return vec![
                     (1, Read),
                     (6, Read),
@@ -289,7 +325,7 @@ impl Kernel {
                     (9, ReadWrite),
                 ]
             }
-            Self::RopeStoreQkv => {
+            Self::RopeStoreQkv(_) => {
                 return vec![
                     (1, Read),
                     (6, Read),
@@ -298,9 +334,11 @@ impl Kernel {
                     (9, ReadWrite),
                 ]
             }
-            Self::Attention | Self::AttentionTiled | Self::AttentionCoop => {
+            Self::Attention(_) | Self::AttentionTiled(_) | Self::AttentionCoop => {
                 &[Read, Read, Read, ReadWrite]
             }
+            // Staged keys and values, the caches.
+            Self::KvStore(_) => &[Read, Read, ReadWrite, ReadWrite],
             Self::Add => &[ReadWrite, Read],
             Self::Swiglu => &[ReadWrite, Read, Read],
             Self::CopyRow | Self::SwigluPairs => &[ReadWrite, Read],
@@ -339,6 +377,28 @@ impl Kernel {
         if self.op().0 .0.starts_with("attention") {
             pieces.push(ATTENTION_PARAMS);
         }
+        let with_qkv = matches!(
+            self,
+            Self::Matvec(..) | Self::MatvecSwiglu(..) | Self::MatvecQkv(..) | Self::RopeStoreQkv(_)
+        );
+        // Every kernel of qkv.wgsl or attention.wgsl compiles its cache accesses, used or not
+        // (attention_combine reads no cache).
+        let compiles_cache = with_qkv || self.op().0 == ATTENTION;
+        let (cache_constants, readers);
+        if let Some(types) = self.kv_types().or(compiles_cache.then(KvTypes::default)) {
+            cache_constants = format!(
+                "const K_Q8: bool = {};\nconst V_Q8: bool = {};\n",
+                types.k == CacheType::Q8_0,
+                types.v == CacheType::Q8_0
+            );
+            pieces.push(("(generated)", cache_constants.as_str()));
+            if self.op().0 == ATTENTION {
+                readers = kv_readers(types);
+                for (file, text) in &readers {
+                    pieces.push((file, text.as_str()));
+                }
+            }
+        }
         let sample_limits;
         if matches!(self, Self::SampleSlices | Self::Sample) {
             sample_limits = sample_constants();
@@ -355,10 +415,7 @@ impl Kernel {
                 pieces.push(MATVEC_FLOAT);
             }
         }
-        if matches!(
-            self,
-            Self::Matvec(..) | Self::MatvecSwiglu(..) | Self::MatvecQkv(..) | Self::RopeStoreQkv
-        ) {
+        if with_qkv {
             pieces.push(QKV);
         }
         let mut source = String::new();
@@ -375,6 +432,28 @@ impl Kernel {
         }
         (source, starts)
     }
+}
+
+/// The attention kernels' readers of the key and the value cache (key1/4/8, value1/4/8), each
+/// composed from the file of its cache's type.
+fn kv_readers(types: KvTypes) -> [(&'static str, String); 2] {
+    let reader = |ty: CacheType, kv: &str, cache: &str, rows: &str, binding: &str| {
+        let (file, text) = match ty {
+            CacheType::F16 => KV_F16,
+            CacheType::Q8_0 => KV_Q8_0,
+        };
+        let text = text
+            .replace("{{KV}}", kv)
+            .replace("{{CACHE}}", cache)
+            .replace("{{ROWS}}", rows)
+            .replace("{{ROWS_BINDING}}", binding);
+        (file, text)
+    };
+    // The decode kernel's vector views at bindings 6 and 7 (Kernel::bindings).
+    [
+        reader(types.k, "key", "k_cache", "k_rows", "6"),
+        reader(types.v, "value", "v_cache", "v_rows", "7"),
+    ]
 }
 
 /// The sampler kernel's limits, from the host's: a setting within them samples on the device.
@@ -852,13 +931,15 @@ mod tests {
     use crate::quant::ALL_TYPES;
     use wgpu::naga;
 
+    fn every_kv_types() -> impl Iterator<Item = KvTypes> {
+        CacheType::ALL
+            .into_iter()
+            .flat_map(|k| CacheType::ALL.map(|v| KvTypes { k, v }))
+    }
+
     fn every_kernel(tuning: &Tuning) -> Vec<Kernel> {
         let mut all = vec![
             Kernel::RmsNorm,
-            Kernel::RopeStoreQkv,
-            Kernel::Attention,
-            Kernel::AttentionTiled,
-            Kernel::AttentionDecode,
             Kernel::AttentionCombine,
             Kernel::Add,
             Kernel::Swiglu,
@@ -870,6 +951,15 @@ mod tests {
             Kernel::SampleSlices,
             Kernel::Sample,
         ];
+        for types in every_kv_types() {
+            all.extend([
+                Kernel::RopeStoreQkv(types),
+                Kernel::KvStore(types),
+                Kernel::Attention(types),
+                Kernel::AttentionTiled(types),
+                Kernel::AttentionDecode(types),
+            ]);
+        }
         all.extend([
             Kernel::MatmulCoop(64, 0),
             Kernel::MatmulCoop(128, 2048),
@@ -890,11 +980,8 @@ mod tests {
                         rows: 4,
                         int8_cols,
                     };
-                    all.extend([
-                        Kernel::Matvec(t, form),
-                        Kernel::MatvecSwiglu(t, form),
-                        Kernel::MatvecQkv(t, form),
-                    ]);
+                    all.extend([Kernel::Matvec(t, form), Kernel::MatvecSwiglu(t, form)]);
+                    all.extend(every_kv_types().map(|kv| Kernel::MatvecQkv(t, form, kv)));
                 }
                 team *= 2;
             }

@@ -18,8 +18,8 @@ pub use device::{list_adapters, AdapterSummary, Gpu, GpuFeatures, GpuOptions};
 pub use kernels::Kernel;
 
 use super::{
-    AttentionShape, Backend, BackendError, KernelTiming, QkvPart, Result, RopeKind, WeightBytes,
-    ARGMAX_SLOTS,
+    AttentionShape, Backend, BackendError, CacheType, KernelTiming, KvTypes, QkvPart, Result,
+    RopeKind, WeightBytes, ARGMAX_SLOTS,
 };
 use crate::quant::GgmlType;
 use crate::sampling::Sampler;
@@ -98,11 +98,16 @@ pub struct GpuVector {
     buf: Arc<GpuBuf>,
 }
 
+/// Per layer, a key and a value buffer of `[rows, kv_width]` values: f16, or q8_0 with the
+/// quants of all rows first and the blocks' f16 scales after them, from word `scales` on
+/// (shaders/kv_q8_0.wgsl), the 34 bytes per 32 values of ggml's blocks.
 pub struct GpuKvCache {
     k: Vec<Arc<GpuBuf>>,
     v: Vec<Arc<GpuBuf>>,
     kv_width: usize,
     n_ctx: usize,
+    types: KvTypes,
+    scales: u32,
 }
 
 /// Workgroups of the first argmax step (shaders/reduce.wgsl ARGMAX_GROUPS).
@@ -223,6 +228,12 @@ pub struct WgpuBackend {
     /// The sampler of [`Backend::start_sampling`].
     sampler: Option<sampling::DeviceSampler>,
     load_times: LoadTimes,
+    /// A step's keys and values in f32 on their way into q8_0 caches (shaders/kv_store.wgsl).
+    kv_staging: Option<[Arc<GpuBuf>; 2]>,
+    /// The types of the last cache made: the kernels that write a cache, which
+    /// [`Backend::upload_qkv`] builds ahead, are built for these (a model makes its cache
+    /// before its weights).
+    kv_types: KvTypes,
 }
 
 /// A storage buffer the kernels read and write, and the host copies to and from.
@@ -262,8 +273,10 @@ struct QkvRows<'a> {
     width: usize,
     rope_cos_sin: &'a GpuVector,
     q: &'a GpuTensor,
+    /// The caches, or for a q8_0 one its staging rows.
     k_cache: &'a Arc<GpuBuf>,
     v_cache: &'a Arc<GpuBuf>,
+    types: KvTypes,
     pos: usize,
     shape: &'a AttentionShape,
 }
@@ -299,10 +312,11 @@ fn check_head_dim(shape: &AttentionShape) -> Result<()> {
 }
 
 /// Keys and values read by attention for n queries at `pos..`, and its multiply-adds.
-fn attention_cost(shape: &AttentionShape, pos: usize, n: usize) -> Cost {
+fn attention_cost(shape: &AttentionShape, types: KvTypes, pos: usize, n: usize) -> Cost {
     let keys: usize = (0..n).map(|t| pos + t + 1).sum();
+    let per_key = types.k.bytes_for(shape.head_dim) + types.v.bytes_for(shape.head_dim);
     Cost {
-        bytes: (keys * shape.n_head * shape.head_dim * 2 * 2) as u64,
+        bytes: (keys * shape.n_head * per_key) as u64,
         flops: (keys * shape.n_head * shape.head_dim * 4) as u64,
     }
 }
@@ -373,6 +387,8 @@ impl WgpuBackend {
             f16_rows: None,
             sampler: None,
             load_times: LoadTimes::default(),
+            kv_staging: None,
+            kv_types: KvTypes::default(),
         })
     }
 
@@ -821,7 +837,7 @@ impl WgpuBackend {
                     // Read as vectors by the 8-bit path (Kernel::bindings).
                     &part.buf,
                 ];
-                let kernel = Kernel::MatvecQkv(w.ggml_type, form);
+                let kernel = Kernel::MatvecQkv(w.ggml_type, form, qkv.types);
                 self.dispatch(kernel, &params, &buffers, (gx, gy, n as u32), cost);
             } else {
                 let output = match how.swiglu {
@@ -1119,11 +1135,50 @@ impl WgpuBackend {
         let form = self
             .tuning
             .matvec_form(ggml_type, matrix.rows, cols, MatvecOutput::Qkv);
-        self.pipeline(Kernel::MatvecQkv(ggml_type, form))?;
+        self.pipeline(Kernel::MatvecQkv(ggml_type, form, self.kv_types))?;
         Ok((matrix, offset))
     }
 
+    /// The key and value staging rows of q8_0 caches, grown to `bytes` each.
+    fn kv_staging(&mut self, bytes: u64) -> Result<[Arc<GpuBuf>; 2]> {
+        match &self.kv_staging {
+            Some(s) if s[0].buffer.size() >= bytes => Ok(s.clone()),
+            _ => {
+                let staging = [
+                    self.storage("staged keys", bytes)?,
+                    self.storage("staged values", bytes)?,
+                ];
+                self.kv_staging = Some(staging.clone());
+                Ok(staging)
+            }
+        }
+    }
+
     /// The scratch for split attention's partial results, grown to `bytes`.
+    /// The prompt attention kernel for `shape` and caches of `types`, and its grid for `n`
+    /// queries: tensor cores where the adapter has them and the caches are f16 (their loads
+    /// take f16 straight from the cache), else tiles in workgroup memory where the head fits
+    /// (up to 128 values, a multiple of 16).
+    fn prompt_attention(
+        &self,
+        shape: &AttentionShape,
+        types: KvTypes,
+        n: usize,
+    ) -> (Kernel, (u32, u32, u32)) {
+        let tiles = shape.head_dim <= 128 && shape.head_dim.is_multiple_of(16);
+        let heads = shape.n_head as u32;
+        match tiles {
+            true if self.tuning.coop_attention && types == KvTypes::default() => {
+                (Kernel::AttentionCoop, (heads, (n as u32).div_ceil(64), 1))
+            }
+            true if self.tuning.attention_keys > 0 => (
+                Kernel::AttentionTiled(types),
+                (heads, (n as u32).div_ceil(32), 1),
+            ),
+            _ => (Kernel::Attention(types), (heads, n as u32, 1)),
+        }
+    }
+
     fn attention_partials(&mut self, bytes: u64) -> Result<Arc<GpuBuf>> {
         match &self.partials {
             Some(p) if p.buffer.size() >= bytes => Ok(p.clone()),
@@ -1250,6 +1305,17 @@ struct AttentionParams {
     scale: f32,
     n_chunks: u32,
     n: u32,
+    scales: u32,
+}
+
+/// shaders/kv_store.wgsl's Params.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KvStoreParams {
+    pos: u32,
+    kv_width: u32,
+    n: u32,
+    scales: u32,
 }
 
 #[repr(C)]
@@ -1424,7 +1490,7 @@ impl Backend for WgpuBackend {
         }
         segments.push(self.upload_qkv_run(name, run, cols)?);
         let has_bias = bias.iter().any(|b| *b != 0.0);
-        self.pipeline(Kernel::RopeStoreQkv)?;
+        self.pipeline(Kernel::RopeStoreQkv(self.kv_types))?;
         Ok(GpuQkv {
             segments,
             bias: match has_bias {
@@ -1470,14 +1536,32 @@ impl Backend for WgpuBackend {
                 cols: q.cols,
             },
         };
+        let types = cache.types;
+        let staging = match types == KvTypes::default() {
+            true => None,
+            false => {
+                let staging = self.kv_staging((n * cache.kv_width * 4) as u64);
+                let Some(staging) = self.recorded(staging) else {
+                    return;
+                };
+                Some(staging)
+            }
+        };
+        let staged = |ty: CacheType, i: usize, cache: &'_ Arc<GpuBuf>| match (ty, &staging) {
+            (CacheType::Q8_0, Some(s)) => s[i].clone(),
+            _ => cache.clone(),
+        };
+        let k_dst = staged(types.k, 0, &cache.k[layer]);
+        let v_dst = staged(types.v, 1, &cache.v[layer]);
         for (matrix, offset) in &qkv.segments {
             let rows = QkvRows {
                 offset: *offset,
                 width: qkv.width,
                 rope_cos_sin,
                 q,
-                k_cache: &cache.k[layer],
-                v_cache: &cache.v[layer],
+                k_cache: &k_dst,
+                v_cache: &v_dst,
+                types,
                 pos,
                 shape,
             };
@@ -1500,16 +1584,26 @@ impl Backend for WgpuBackend {
                 n: n as u32,
             };
             let quads = (qkv.width / 4) as u32;
-            let buffers = [
-                &products.buf,
-                &rope_cos_sin.buf,
-                &q.buf,
-                &cache.k[layer],
-                &cache.v[layer],
-            ];
+            let buffers = [&products.buf, &rope_cos_sin.buf, &q.buf, &k_dst, &v_dst];
             let cost = Cost::bytes((n * qkv.width * 4 * 2) as u64);
             let groups = (quads.div_ceil(64), n as u32, 1);
-            self.dispatch(Kernel::RopeStoreQkv, &params, &buffers, groups, cost);
+            self.dispatch(Kernel::RopeStoreQkv(types), &params, &buffers, groups, cost);
+        }
+        if let Some([k_staged, v_staged]) = &staging {
+            let params = KvStoreParams {
+                pos: pos as u32,
+                kv_width: cache.kv_width as u32,
+                n: n as u32,
+                scales: cache.scales,
+            };
+            // A thread per word of scales (two blocks of 32), over this step's blocks.
+            let blocks_per_row = cache.kv_width / 32;
+            let (first, end) = (pos * blocks_per_row, (pos + n) * blocks_per_row);
+            let words = end.div_ceil(2) - first / 2;
+            let (gx, gy) = grid(words.div_ceil(64) as u64);
+            let buffers = [k_staged, v_staged, &cache.k[layer], &cache.v[layer]];
+            let cost = Cost::bytes((n * cache.kv_width * 2 * (4 + 1)) as u64);
+            self.dispatch(Kernel::KvStore(types), &params, &buffers, (gx, gy, 2), cost);
         }
     }
 
@@ -1532,9 +1626,12 @@ impl Backend for WgpuBackend {
         n_layers: usize,
         n_ctx: usize,
         shape: &AttentionShape,
+        types: KvTypes,
     ) -> Result<GpuKvCache> {
         check_head_dim(shape)?;
-        if self.tuning.coop_attention {
+        types.check(shape)?;
+        self.kv_types = types;
+        if self.tuning.coop_attention && types == KvTypes::default() {
             self.tuning.coop_attention =
                 self.tensor_core_kernels_build(&[Kernel::AttentionCoop], "attention");
         }
@@ -1542,26 +1639,26 @@ impl Backend for WgpuBackend {
         // The tensor-core attention reads keys and values 64 rows at a time, past the last
         // key in use, and 128 values per row whatever the head size: whole tiles of zeros
         // there, and 128 more values after the last row (its loads are not bounds-checked).
-        let bytes = (n_ctx.next_multiple_of(64) * kv_width * 2 + 256) as u64;
+        // It reads f16 caches only.
+        let rows = n_ctx.next_multiple_of(64);
+        let bytes = |ty: CacheType| match ty {
+            CacheType::F16 => (rows * kv_width * 2 + 256) as u64,
+            CacheType::Q8_0 => ty.bytes_for(rows * kv_width) as u64,
+        };
         let mut k = Vec::with_capacity(n_layers);
         let mut v = Vec::with_capacity(n_layers);
         for layer in 0..n_layers {
-            k.push(self.storage(&format!("layer {layer} key cache"), bytes)?);
-            v.push(self.storage(&format!("layer {layer} value cache"), bytes)?);
+            k.push(self.storage(&format!("layer {layer} key cache"), bytes(types.k))?);
+            v.push(self.storage(&format!("layer {layer} value cache"), bytes(types.v))?);
         }
         // The cache comes last in a model's load: the kernels every answer's first steps
         // use are built now rather than in the first prompt's time, and whatever the driver
         // compiled is saved for the next run.
-        let tiles = shape.head_dim <= 128 && shape.head_dim.is_multiple_of(16);
-        let prompt_attention = match tiles {
-            true if self.tuning.coop_attention => Kernel::AttentionCoop,
-            true if self.tuning.attention_keys > 0 => Kernel::AttentionTiled,
-            _ => Kernel::Attention,
-        };
+        let (prompt_attention, _) = self.prompt_attention(shape, types, 1);
         for kernel in [
             Kernel::RmsNorm,
             prompt_attention,
-            Kernel::AttentionDecode,
+            Kernel::AttentionDecode(types),
             Kernel::CopyRow,
             Kernel::ArgmaxPartial,
             Kernel::ArgmaxFinal,
@@ -1576,6 +1673,9 @@ impl Backend for WgpuBackend {
             v,
             kv_width,
             n_ctx,
+            types,
+            // The quants of all rows, a byte each, come first.
+            scales: (rows * kv_width / 4) as u32,
         })
     }
 
@@ -1726,24 +1826,14 @@ impl Backend for WgpuBackend {
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
             n_chunks: n_chunks as u32,
             n: n as u32,
+            scales: cache.scales,
         };
+        let types = cache.types;
         let buffers = [&q.buf, &cache.k[layer], &cache.v[layer]];
         if n > DECODE_ATTENTION_MAX_TOKENS {
             let all = [buffers[0], buffers[1], buffers[2], &out.buf];
-            let cost = attention_cost(shape, pos, n);
-            // The tiled kernels take heads of up to 128 values in multiples of 16.
-            let tiles = shape.head_dim <= 128 && shape.head_dim.is_multiple_of(16);
-            let (kernel, groups) = match tiles {
-                true if self.tuning.coop_attention => (
-                    Kernel::AttentionCoop,
-                    (shape.n_head as u32, (n as u32).div_ceil(64), 1),
-                ),
-                true if self.tuning.attention_keys > 0 => (
-                    Kernel::AttentionTiled,
-                    (shape.n_head as u32, (n as u32).div_ceil(32), 1),
-                ),
-                _ => (Kernel::Attention, (shape.n_head as u32, n as u32, 1)),
-            };
+            let cost = attention_cost(shape, types, pos, n);
+            let (kernel, groups) = self.prompt_attention(shape, types, n);
             self.dispatch(kernel, &params, &all, groups, cost);
             return;
         }
@@ -1756,8 +1846,14 @@ impl Backend for WgpuBackend {
         let used = (pos + n).div_ceil(ATTENTION_CHUNK) as u32;
         let decode = [buffers[0], buffers[1], buffers[2], &out.buf, &partials];
         let groups = (shape.n_head as u32, used, n as u32);
-        let cost = attention_cost(shape, pos, n);
-        self.dispatch(Kernel::AttentionDecode, &params, &decode, groups, cost);
+        let cost = attention_cost(shape, types, pos, n);
+        self.dispatch(
+            Kernel::AttentionDecode(types),
+            &params,
+            &decode,
+            groups,
+            cost,
+        );
         if used > 1 {
             let groups = (shape.n_head as u32, n as u32, 1);
             let cost =
