@@ -81,8 +81,10 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 /// amplified over the layers: 1e-3 (an indexing bug gives errors of order 1). Where the GPU's
 /// decode products of K-quant rows take 8-bit activations (per 16 values; the first step's
 /// output projection is one), 1e-2: 6.3e-3 was seen for Qwen2.5-Coder-1.5B. Against the fast
-/// CPU mode, which quantizes activations to 8 bits (per 256) for its integer dot products:
-/// 3e-2.
+/// CPU mode, which quantizes activations to 8 bits (per 32 or 256) for its integer dot
+/// products: 5e-2. With ggml-cpu's rounding of those activations SmolLM2 measures 2.1e-2 and
+/// 3.9e-2 on its prompts (C's `roundf` gave under 3e-2): one position's logits swing with how
+/// ties round; activations truncated instead of rounded give 9.7e-2.
 fn gpu_matches_cpu(name: &str, prompts: &[&str], steps: usize) {
     let (file, tokenizer) = open(name);
     let mut cpu = Transformer::load(&file, CpuBackend::exact(0).unwrap(), &options()).unwrap();
@@ -118,7 +120,7 @@ fn gpu_matches_cpu(name: &str, prompts: &[&str], steps: usize) {
         let error = relative_error(&gpu_logits, &fast.logits().unwrap());
         eprintln!("{prompt:?}: GPU vs fast CPU logits {error:.2e}");
         assert!(
-            error < 3e-2,
+            error < 5e-2,
             "{prompt:?}: GPU and fast CPU logits differ by {error:.2e}"
         );
         cpu.truncate(0);
