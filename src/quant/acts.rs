@@ -1,8 +1,9 @@
 //! Activation vectors in the form the dot products read: f32 for float weights, Q8_0 blocks
 //! for the legacy quants, Q8_K blocks for the k-quants (as ggml's `vec_dot_type`).
 
-use super::blocks::{BlockQ8K, BlockQ8_0};
+use super::blocks::{f16_bytes, BlockQ8K, BlockQ8_0};
 use super::kscale::{nearest_int, signed_absmax};
+use super::legacy::absmax_32;
 use super::QK_K;
 use std::mem::size_of;
 
@@ -83,16 +84,10 @@ pub fn quantize_acts(format: ActFormat, x: &[f32], out: &mut Vec<u8>) {
 /// yet SmolLM2's mean KL divergence from the exact reference moved from 0.0031 to 0.0028
 /// with it (llama.cpp: 0.0027): the statistic swings this much on rounding alone.
 fn quantize_q8_0_act(x: &[f32; 32]) -> BlockQ8_0 {
-    let mut lanes = [0.0f32; 8];
-    for chunk in x.as_chunks::<8>().0 {
-        for (m, v) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(v.abs());
-        }
-    }
-    let amax = lanes.into_iter().fold(0.0, f32::max);
+    let amax = absmax_32(x);
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     BlockQ8_0 {
-        d: half::f16::from_f32(amax / 127.0).to_le_bytes(),
+        d: f16_bytes(amax / 127.0),
         qs: x.map(|v| nearest_int(v * id) as i8),
     }
 }

@@ -31,6 +31,18 @@ fn inverse_or_zero(d: f32) -> f32 {
     }
 }
 
+/// The largest magnitude of a block of 32, in independent lanes so that it vectorizes (a
+/// maximum is exact in any order): the legacy quants' activations are quantized per token.
+pub(crate) fn absmax_32(x: &[f32; 32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    for chunk in x.as_chunks::<8>().0 {
+        for (m, v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v.abs());
+        }
+    }
+    lanes.into_iter().fold(0.0, f32::max)
+}
+
 /// Inverse of [`unpack_nibbles`]: element j in the low nibble of byte j, element j + 16 high.
 fn pack_nibbles(q: &[u8; 32]) -> [u8; 16] {
     from_fn(|j| (q[j] & 0x0f) | (q[j + 16] << 4))
@@ -202,18 +214,9 @@ impl QuantBlock<32> for BlockQ8_0 {
         }
     }
 
-    /// Rounds half away from zero (C's `roundf`), as ggml does for this type. Also the
-    /// quantizer of the legacy quants' activations, so written to vectorize: the maximum in
-    /// independent lanes, and [`round_half_away`].
+    /// Rounds half away from zero (C's `roundf`), as ggml does for this type.
     fn quantize(x: &[f32; 32]) -> Self {
-        let mut lanes = [0.0f32; 8];
-        for chunk in x.as_chunks::<8>().0 {
-            for (m, v) in lanes.iter_mut().zip(chunk) {
-                *m = m.max(v.abs());
-            }
-        }
-        let amax = lanes.into_iter().fold(0.0, f32::max);
-        let d = amax / 127.0;
+        let d = absmax_32(x) / 127.0;
         let id = inverse_or_zero(d);
         Self {
             d: f16_bytes(d),
