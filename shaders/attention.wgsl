@@ -352,31 +352,58 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
 }
 
 // Merges the chunks of one (head, token): rescales each by exp(m_c - max) and normalises.
-@compute @workgroup_size(64)
+// Every thread takes a share of the chunks, so that the loads of many chunks are in flight at
+// once (a loop over all chunks per thread left this merge as slow as the decode kernel at
+// depth).
+const CWG: u32 = 128u;
+
+var<workgroup> combine_sums: array<vec4<f32>, CWG>;
+
+@compute @workgroup_size(128)
 fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wid.x;
     let t = wid.y;
     let hd = p.head_dim;
-    let used = (p.pos + t + 1u + CHUNK - 1u) / CHUNK;
+    let used = (p.pos + t + CHUNK) / CHUNK;
     // A single chunk wrote its output itself.
     if (used == 1u) {
         return;
     }
-    var m = -3.4e38;
-    for (var c = 0u; c < used; c++) {
-        m = max(m, partials[partial_base(t, h, c)]);
+    var m_part = -3.4e38;
+    for (var c = li; c < used; c += CWG) {
+        m_part = max(m_part, partials[partial_base(t, h, c)]);
     }
-    var l = 0.0;
-    for (var c = 0u; c < used; c++) {
+    let m = reduce_max(li, m_part, CWG);
+    var l_part = 0.0;
+    for (var c = li; c < used; c += CWG) {
         let b = partial_base(t, h, c);
-        l += partials[b + 1u] * exp(partials[b] - m);
+        l_part += partials[b + 1u] * exp(partials[b] - m);
     }
-    for (var d = li; d < hd; d += 64u) {
-        var a = 0.0;
-        for (var c = 0u; c < used; c++) {
+    let l = reduce_sum(li, l_part, CWG);
+    // Thread (group g, vector i) sums values 4i..4i + 4 of chunks g, g + groups, ...
+    let vecs = hd / 4u;
+    let groups = CWG / vecs;
+    let i = li % vecs;
+    let g = li / vecs;
+    var acc = vec4<f32>(0.0);
+    if (g < groups) {
+        for (var c = g; c < used; c += groups) {
             let b = partial_base(t, h, c);
-            a += partials[b + 2u + d] * exp(partials[b] - m);
+            let at = b + 2u + 4u * i;
+            let v = vec4<f32>(partials[at], partials[at + 1u], partials[at + 2u], partials[at + 3u]);
+            acc += exp(partials[b] - m) * v;
         }
-        O[t * p.q_width + h * hd + d] = a / l;
+    }
+    combine_sums[li] = acc;
+    workgroupBarrier();
+    if (g != 0u) {
+        return;
+    }
+    for (var o = 1u; o < groups; o++) {
+        acc += combine_sums[o * vecs + i];
+    }
+    let out = t * p.q_width + h * hd + 4u * i;
+    for (var e = 0u; e < 4u; e++) {
+        O[out + e] = acc[e] / l;
     }
 }

@@ -586,9 +586,10 @@ struct Step {
     other_x: Vec<f32>,
 }
 
-/// A prefill of `prefill` tokens in one call, then one token, then three.
+/// A prefill of `prefill` tokens in one call, then one token, then three, then a second
+/// prompt of 300 (queries that see both prompts' keys).
 fn attention_steps(rng: &mut StdRng, width: usize, prefill: usize) -> Vec<Step> {
-    steps_of(rng, width, &[prefill, 1, 3])
+    steps_of(rng, width, &[prefill, 1, 3, 300])
 }
 
 /// Steps of `sizes` tokens, one after the other from position 0.
@@ -726,7 +727,8 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
     // The prefill runs through the prompt kernels (70 keys: more than one 64-key tile), then
     // one token and three through the decode kernels: after 126 the three straddle the decode
     // attention's 128-key chunks (one token fits one chunk, two take two and a merge); after
-    // 1030, nine chunks. Heads of 80 leave some of its threads without a value vector; heads
+    // 1030, nine chunks. A second prompt of 300 tokens follows, its queries over both
+    // prompts' keys. Heads of 80 leave some of its threads without a value vector; heads
     // of 168 (not a multiple of 16) take the one-query-per-workgroup prompt kernel. Values
     // in f16 make [q | k | v] two weight runs on the GPU; biases go in where given.
     let cases = [

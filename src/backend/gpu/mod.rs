@@ -134,8 +134,10 @@ const COOP_TALL_MIN_GROUPS: u32 = 128;
 /// The most f16 weight bytes decoded at a time for a tensor-core product: a bound on the
 /// scratch memory. Slices should be whole matrices where possible: a slice of a few row tiles
 /// launches too few workgroups to fill the card (48 MB slices cost the 8B shape's prompts 26%
-/// on the H100, for the 3B shape 256 MB gains nothing over 128).
-const COOP_SLICE_BYTES: u64 = 128 << 20;
+/// on the H100, for the 3B shape 256 MB gains nothing over 128; at 128 MB the 14B and 32B
+/// shapes' down projections ended in slices of 384 and 512 rows, 24 and 32 workgroups).
+/// 512 MB holds every matrix of a 70B model but its gate/up pairs whole.
+const COOP_SLICE_BYTES: u64 = 512 << 20;
 
 /// Weight bytes repacked into staging memory and sent to the device at a time.
 const UPLOAD_CHUNK_BYTES: usize = 32 << 20;
@@ -894,6 +896,7 @@ impl WgpuBackend {
     ) {
         let row_bytes = 2 * w.cols as u64;
         let limit = self.gpu.options.max_weight_part.unwrap_or(u64::MAX);
+        let limit = limit.min(self.max_binding());
         // Whole tiles of rows, or fewer rows where the tests split matrices small; always
         // whole (gate, up) pairs.
         let fit = (COOP_SLICE_BYTES.min(limit) / row_bytes).max(2) as u32;
