@@ -62,7 +62,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     var acc: array<f32, DPT>;
     var running_max = -3.4e38;
     var running_sum = 0.0;
-    for (var start = 0u; start < n_keys; start += WG) {
+    for (var start = first_key(p.pos + t); start < n_keys; start += WG) {
         let key = start + li;
         var s = -3.4e38;
         if (key < n_keys) {
@@ -72,7 +72,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
                 let k = key4(base + 4u * w);
                 dot += q[4u * w] * k.x + q[4u * w + 1u] * k.y + q[4u * w + 2u] * k.z + q[4u * w + 3u] * k.w;
             }
-            s = dot * p.scale;
+            s = capped(dot * p.scale);
         }
         let tile_max = reduce_max(li, s, WG);
         let new_max = max(running_max, tile_max);
@@ -162,10 +162,11 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     // The last key any query of this tile sees, plus one.
     let n_keys = p.pos + min(q0 + FQ, p.n);
     let row_keys = p.pos + q0 + row + 1u;
+    let row_first = first_key(p.pos + q0 + row);
     var m = -3.4e38;
     var l = 0.0;
     var o: array<vec4<f32>, FHD / 16u>;
-    for (var k0 = 0u; k0 < n_keys; k0 += FK) {
+    for (var k0 = first_key(p.pos + q0); k0 < n_keys; k0 += FK) {
         load_kv_tile(true, k0, n_keys, kv_off, li);
         workgroupBarrier();
         // Scores of this thread's keys for this row.
@@ -177,7 +178,7 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             for (var i = 0u; i < hv; i++) {
                 score += dot(fq[row * hv + i], fkv[kj * hv + i]);
             }
-            s[j] = select(-3.4e38, score, k0 + kj < row_keys);
+            s[j] = select(-3.4e38, capped(score), k0 + kj < row_keys && k0 + kj >= row_first);
             tile_max = max(tile_max, s[j]);
         }
         f_part[li] = tile_max;
@@ -189,7 +190,7 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         var part_sum = 0.0;
         for (var j = 0u; j < FK / 4u; j++) {
             let kj = FK / 4u * quarter + j;
-            let e = select(0.0, exp(s[j] - m_new), k0 + kj < row_keys);
+            let e = select(0.0, exp(s[j] - m_new), k0 + kj < row_keys && k0 + kj >= row_first);
             fs[row * FK + kj] = e;
             part_sum += e;
         }
@@ -282,12 +283,14 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let row_vecs = p.kv_width / 8u;
     let head_vec = (h / (p.n_head / p.n_head_kv)) * hd / 8u;
     let n_keys = p.pos + t + 1u;
-    let start = c * CHUNK;
-    // Chunks past this token's keys (an earlier token of the step) have nothing to do.
-    if (start >= n_keys) {
+    let first = first_key(p.pos + t);
+    // Chunks past this token's keys (an earlier token of the step), or before its window,
+    // have nothing to do.
+    if (c * CHUNK >= n_keys || (c + 1u) * CHUNK <= first) {
         return;
     }
-    let count = min(CHUNK, n_keys - start);
+    let start = max(c * CHUNK, first);
+    let count = min((c + 1u) * CHUNK, n_keys) - start;
     for (var d = li; d < hd; d += DWG) {
         q[d] = Q[t * p.q_width + h * hd + d] * p.scale;
     }
@@ -296,7 +299,7 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     // One key per thread: scores, their maximum, the softmax weights and their sum.
     var score = -3.4e38;
     if (li < count) {
-        score = key_score((start + li) * row_vecs + head_vec);
+        score = capped(key_score((start + li) * row_vecs + head_vec));
     }
     let m = reduce_max(li, score, DWG);
     let weight = select(0.0, exp(score - m), li < count);
@@ -334,7 +337,8 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         acc[0] += group_sums[o * vecs + i][0];
         acc[1] += group_sums[o * vecs + i][1];
     }
-    if (n_keys <= CHUNK) {
+    // The token's only chunk writes its output itself.
+    if (first / CHUNK == (n_keys - 1u) / CHUNK) {
         let base = t * p.q_width + h * hd + 8u * i;
         for (var e = 0u; e < 8u; e++) {
             O[base + e] = acc[e / 4u][e % 4u] / l;
@@ -365,17 +369,18 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     let t = wid.y;
     let hd = p.head_dim;
     let used = (p.pos + t + CHUNK) / CHUNK;
+    let c_first = first_key(p.pos + t) / CHUNK;
     // A single chunk wrote its output itself.
-    if (used == 1u) {
+    if (used - c_first == 1u) {
         return;
     }
     var m_part = -3.4e38;
-    for (var c = li; c < used; c += CWG) {
+    for (var c = c_first + li; c < used; c += CWG) {
         m_part = max(m_part, partials[partial_base(t, h, c)]);
     }
     let m = reduce_max(li, m_part, CWG);
     var l_part = 0.0;
-    for (var c = li; c < used; c += CWG) {
+    for (var c = c_first + li; c < used; c += CWG) {
         let b = partial_base(t, h, c);
         l_part += partials[b + 1u] * exp(partials[b] - m);
     }
@@ -387,7 +392,7 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     let g = li / vecs;
     var acc = vec4<f32>(0.0);
     if (g < groups) {
-        for (var c = g; c < used; c += groups) {
+        for (var c = c_first + g; c < used; c += groups) {
             let b = partial_base(t, h, c);
             let at = b + 2u + 4u * i;
             let v = vec4<f32>(partials[at], partials[at + 1u], partials[at + 2u], partials[at + 3u]);

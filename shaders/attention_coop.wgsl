@@ -48,6 +48,7 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let half = lane % 2u;
     let q_row = q0 + sg * 16u + r;
     let row_keys = p.pos + q_row + 1u;
+    let row_first = first_key(p.pos + q_row);
     // The last key any query of this tile sees, plus one.
     let n_keys = p.pos + min(q0 + BQ, p.n);
     var m = -3.4e38;
@@ -60,7 +61,8 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
     }
     let s_base = sg * 16u * BKV;
-    for (var k0 = 0u; k0 < n_keys; k0 += BKV) {
+    // From the tile's first visible key, rounded down to a step (aligned tensor-core loads).
+    for (var k0 = first_key(p.pos + q0) / BKV * BKV; k0 < n_keys; k0 += BKV) {
         // Scores of the subgroup's 16 rows against keys k0.. (four 16-key blocks).
         var s0 = coop_mat16x16<f32, C>();
         var s1 = coop_mat16x16<f32, C>();
@@ -84,7 +86,8 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         var tile_max = -3.4e38;
         for (var j = 0u; j < 32u; j++) {
             let key = k0 + 32u * half + j;
-            let s = select(-3.4e38, s_tile[s_base + r * BKV + 32u * half + j], key < row_keys);
+            let visible = key < row_keys && key >= row_first;
+            let s = select(-3.4e38, capped(s_tile[s_base + r * BKV + 32u * half + j]), visible);
             tile_max = max(tile_max, s);
         }
         let m_new = max(m, max(tile_max, subgroupShuffleXor(tile_max, 1u)));
@@ -92,7 +95,8 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         for (var j = 0u; j < 32u; j++) {
             let key = k0 + 32u * half + j;
             let at = r * BKV + 32u * half + j;
-            let e = select(0.0, exp(s_tile[s_base + at] - m_new), key < row_keys);
+            let visible = key < row_keys && key >= row_first;
+            let e = select(0.0, exp(capped(s_tile[s_base + at]) - m_new), visible);
             p_tile[s_base + at] = f16(e);
             sum += e;
         }

@@ -13,4 +13,24 @@ struct Params {
     n: u32,
     // Where a q8_0 cache's scales begin, in words (kv_q8_0.wgsl).
     scales: u32,
+    // Sliding-window attention: a query sees its last `window` keys (itself included); 0: all.
+    window: u32,
+    // Scores become softcap · tanh(score / softcap) (Gemma 2); 0: left as they are.
+    softcap: f32,
+}
+
+// The first key that the query at position `q_pos` sees.
+fn first_key(q_pos: u32) -> u32 {
+    if (p.window == 0u || q_pos < p.window) {
+        return 0u;
+    }
+    return q_pos + 1u - p.window;
+}
+
+// A scaled score, soft-capped where the model asks for it.
+fn capped(score: f32) -> f32 {
+    if (p.softcap == 0.0) {
+        return score;
+    }
+    return p.softcap * tanh(score / p.softcap);
 }

@@ -1309,6 +1309,8 @@ struct AttentionParams {
     n_chunks: u32,
     n: u32,
     scales: u32,
+    window: u32,
+    softcap: f32,
 }
 
 /// shaders/kv_store.wgsl's Params.
@@ -1830,6 +1832,8 @@ impl Backend for WgpuBackend {
             n_chunks: n_chunks as u32,
             n: n as u32,
             scales: cache.scales,
+            window: 0,
+            softcap: 0.0,
         };
         let types = cache.types;
         let buffers = [&q.buf, &cache.k[layer], &cache.v[layer]];
