@@ -1,6 +1,6 @@
-// The products of matvec.wgsl with 8-bit activations, for Q4_K and Q6_K: the workgroup first
-// quantizes x[t] into workgroup memory (per group of 16: scale amax / 127, values rounded to
-// the nearest integer, and their sum), then each thread dots 4-bit or 6-bit
+// The products of matvec.wgsl with 8-bit activations, for Q4_K and Q6_K: x[t] quantized
+// per group of 16 (scale amax / 127, values rounded to the nearest integer, and their sum),
+// by the workgroup itself or once before the product; then each thread dots 4-bit or 6-bit
 // weights with those bytes four at a time (dot4I8Packed: one instruction on GPUs with integer
 // dot products). Decoding a weight to f32 costs several instructions, and that work, not the
 // memory, bounded the f32 path on the H100 (BENCHMARKS.md).
@@ -14,62 +14,18 @@ const INT8_COLS: u32 = {{INT8_COLS}}u;
 // The weights again, 16 bytes at a time: Q4_K blocks and Q6_K bodies are 16-byte multiples.
 @group(0) @binding(10) var<storage, read> W4: array<vec4<u32>>;
 
-// x[t] as bytes (16 per vector), and each 16-element group's scale and sum.
-var<workgroup> xq: array<vec4<u32>, INT8_COLS / 16u>;
-var<workgroup> xd: array<f32, INT8_COLS / 16u>;
-var<workgroup> xs: array<i32, INT8_COLS / 16u>;
 // Each subgroup's sum of x² (for the norm).
 var<workgroup> squares_part: array<f32, WG / SUBGROUP>;
 
-// Sixteen activations: their bytes, their scale and the sum of the bytes.
-struct Acts16 {
-    q: vec4<u32>,
-    d: f32,
-    s: i32,
-}
-
-fn acts16(g: u32) -> Acts16 {
-    return Acts16(xq[g], xd[g], xs[g]);
-}
-
-// Quantizes x[t] (times the norm weight with `norm`) into xq, xd and xs, one group of 16 per
-// thread at a time (few registers, no exchange between threads); returns this thread's share
-// of the sum of x².
-fn quantize_x(t: u32, li: u32) -> f32 {
-    var squares = 0.0;
-    let xt = t * p.w_k / 4u;
-    for (var g = li; g < p.w_k / 16u; g += WG) {
-        var v: array<vec4<f32>, 4>;
-        var amax = vec4<f32>(0.0);
-        for (var i = 0u; i < 4u; i++) {
-            v[i] = X[xt + 4u * g + i];
-            if (p.norm != 0u) {
-                squares += dot(v[i], v[i]);
-                v[i] *= NW[4u * g + i];
-            }
-            amax = max(amax, abs(v[i]));
-        }
-        let d = max(max(amax.x, amax.y), max(amax.z, amax.w)) / 127.0;
-        let id = select(0.0, 1.0 / d, d > 0.0);
-        var packed: array<u32, 4>;
-        var sum = 0i;
-        for (var i = 0u; i < 4u; i++) {
-            let q = vec4<i32>(round(v[i] * id));
-            packed[i] = pack4xI8(q);
-            sum += q.x + q.y + q.z + q.w;
-        }
-        xq[g] = vec4<u32>(packed[0], packed[1], packed[2], packed[3]);
-        xd[g] = d;
-        xs[g] = sum;
-    }
-    return squares;
-}
+// `prepare_acts(t, li)` (returning this thread's share of the sum of x²) and `acts16(t, g)`
+// (group g of x[t]) come from matvec_int8_local.wgsl, where each workgroup quantizes x[t]
+// itself, or matvec_int8_global.wgsl, which reads what acts_q8.wgsl quantized once.
 
 // The products of this thread's team's R rows with x[t], complete in the team's first lane.
 fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
     let lane = li % TEAM;
     let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
-    let squares = quantize_x(wid.z, li);
+    let squares = prepare_acts(wid.z, li);
     if (p.norm != 0u) {
         let s = subgroupAdd(squares);
         if (li % SUBGROUP == 0u) {
@@ -89,8 +45,8 @@ fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
     var acc: array<f32, R>;
     for (var u = lane; u < p.w_bpr * 8u; u += TEAM) {
         let g = unit_groups(u);
-        let a = acts16(g.x);
-        let b = acts16(g.y);
+        let a = acts16(wid.z, g.x);
+        let b = acts16(wid.z, g.y);
         for (var r = 0u; r < R; r++) {
             if (row0 + r < p.rows) {
                 acc[r] += dot_unit(row0 + r, u, a, b);

@@ -1241,7 +1241,9 @@ fn fused_norm_and_residual_products_match_the_reference() {
 
 /// Decode products of model-sized matrices: widths of real models and enough rows that the
 /// kernels run with the team sizes a model gets (small matrices spread rows over whole
-/// workgroups), with the norm fused, for one and two tokens.
+/// workgroups), with the norm fused and without, for one and two tokens. Without the norm,
+/// 8-bit products of rows of 8,192 or more read activations quantized once for all
+/// workgroups (8,960 and 14,336 here).
 #[test]
 fn decode_products_of_model_shapes_match_the_reference() {
     let mut rng = rng(37);
@@ -1250,6 +1252,7 @@ fn decode_products_of_model_shapes_match_the_reference() {
         (GgmlType::Q4K, 4100, 1536),
         (GgmlType::Q6K, 4100, 2048),
         (GgmlType::Q4K, 600, 8960),
+        (GgmlType::Q6K, 700, 14336),
         (GgmlType::Q8_0, 4100, 2048),
         (GgmlType::Q6K, 151_936, 1536),
     ] {
@@ -1270,6 +1273,13 @@ fn decode_products_of_model_shapes_match_the_reference() {
             let got = read(&mut gpu, &out, n);
             let what = format!("norm_matmuls {} n={n}", w.label());
             let tol = decode_tol(int8);
+            assert_close(&what, &got, &want, rows, |i| scale[i], tol);
+
+            let product_x = if int8 { int8_rounded(&x) } else { x.clone() };
+            let (want, scale) = matmul_reference(&decoded, &product_x, None, rows, cols);
+            gpu.matmul(&xt, &gw, None, &out, n);
+            let got = read(&mut gpu, &out, n);
+            let what = format!("matmul {} n={n}", w.label());
             assert_close(&what, &got, &want, rows, |i| scale[i], tol);
         }
     }

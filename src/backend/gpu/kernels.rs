@@ -30,6 +30,22 @@ const MATVEC_INT8: (&str, &str) = (
     "matvec_int8.wgsl",
     include_str!("../../../shaders/matvec_int8.wgsl"),
 );
+const MATVEC_INT8_LOCAL: (&str, &str) = (
+    "matvec_int8_local.wgsl",
+    include_str!("../../../shaders/matvec_int8_local.wgsl"),
+);
+const MATVEC_INT8_GLOBAL: (&str, &str) = (
+    "matvec_int8_global.wgsl",
+    include_str!("../../../shaders/matvec_int8_global.wgsl"),
+);
+const ACTS_Q8: (&str, &str) = (
+    "acts_q8.wgsl",
+    include_str!("../../../shaders/acts_q8.wgsl"),
+);
+const QUANTIZE_ACTS: (&str, &str) = (
+    "quantize_acts.wgsl",
+    include_str!("../../../shaders/quantize_acts.wgsl"),
+);
 const MATMUL: (&str, &str) = ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl"));
 const MATMUL_COOP: (&str, &str) = (
     "matmul_coop.wgsl",
@@ -66,8 +82,13 @@ const ELEMENTWISE: (&str, &str) = (
 const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl"));
 const SAMPLE: (&str, &str) = ("sample.wgsl", include_str!("../../../shaders/sample.wgsl"));
 
+/// Rows at least this long read 8-bit activations quantized once
+/// ([`Tuning::int8_global_min_cols`]). Measured on the H100 (BENCHMARKS.md): the 8B shape's
+/// down projection (14,336 wide) decodes 26% faster so, the 3B shape's (11,008) 2% slower.
+const INT8_GLOBAL_MIN_COLS: usize = 12288;
+
 /// Every shader file kernels are composed from.
-pub const SOURCES: [(&str, &str); 19] = [
+pub const SOURCES: [(&str, &str); 23] = [
     COMMON,
     QUANT_FLOAT,
     QUANT_LEGACY,
@@ -76,6 +97,10 @@ pub const SOURCES: [(&str, &str); 19] = [
     MATVEC,
     MATVEC_FLOAT,
     MATVEC_INT8,
+    MATVEC_INT8_LOCAL,
+    MATVEC_INT8_GLOBAL,
+    ACTS_Q8,
+    QUANTIZE_ACTS,
     MATMUL,
     MATMUL_COOP,
     NORM,
@@ -99,6 +124,9 @@ pub struct MatvecForm {
     /// The longest row whose activations the workgroup quantizes to 8 bits (the integer dot
     /// product path, shaders/matvec_int8.wgsl); 0 for f32 activations.
     pub int8_cols: u32,
+    /// The 8-bit activations are read from memory, quantized once by
+    /// [`Kernel::QuantizeActs`], rather than by each workgroup.
+    pub global_acts: bool,
 }
 
 /// What a decode matvec writes, which fixes whole groups of rows per team.
@@ -120,6 +148,8 @@ pub enum Kernel {
     DequantF16(GgmlType),
     /// Matrix-vector products.
     Matvec(GgmlType, MatvecForm),
+    /// Activations quantized to 8 bits once, for matvecs of [`MatvecForm::global_acts`].
+    QuantizeActs,
     /// Matvec over interleaved gate/up rows, writing SwiGLU of each pair.
     MatvecSwiglu(GgmlType, MatvecForm),
     /// Matvec over query/key/value rows with RoPE and the cache write in its epilogue, for
@@ -175,6 +205,7 @@ impl Kernel {
             Self::Dequant(_) => "dequant",
             Self::DequantF16(_) => "dequant_f16",
             Self::Matvec(..) => "matvec",
+            Self::QuantizeActs => "quantize_acts",
             Self::MatvecSwiglu(..) => "matvec_swiglu",
             Self::MatvecQkv(..) => "matvec_qkv",
             Self::Matmul(_) => "matmul",
@@ -198,6 +229,7 @@ impl Kernel {
             Self::Sample => "sample",
         };
         let activations = match self.matvec_form() {
+            Some(form) if form.global_acts => "_int8_global",
             Some(form) if form.int8_cols > 0 => "_int8",
             _ => "",
         };
@@ -256,6 +288,7 @@ impl Kernel {
             Self::Dequant(_) => (DEQUANT, "dequant"),
             Self::DequantF16(_) => (DEQUANT, "dequant_f16"),
             Self::Matvec(..) => (MATVEC, "matvec"),
+            Self::QuantizeActs => (QUANTIZE_ACTS, "quantize_acts"),
             Self::MatvecSwiglu(..) => (MATVEC, "matvec_swiglu"),
             Self::MatvecQkv(..) => (MATVEC, "matvec_qkv"),
             Self::Matmul(_) => (MATMUL, "matmul"),
@@ -288,6 +321,9 @@ impl Kernel {
         if self.matvec_form().is_some_and(|f| f.int8_cols > 0) {
             slots.push((10, Read));
         }
+        if self.matvec_form().is_some_and(|f| f.global_acts) {
+            slots.push((11, Read));
+        }
         slots
     }
 
@@ -309,6 +345,7 @@ impl Kernel {
                 ]
             }
             Self::AttentionCombine => return vec![(4, ReadWrite), (5, ReadWrite)],
+            Self::QuantizeActs => &[Read, ReadWrite],
             Self::Matvec(..) | Self::MatvecSwiglu(..) => &[Read, Read, Read, ReadWrite, Read],
             Self::Matmul(_) | Self::MatmulCoop(..) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
@@ -404,11 +441,19 @@ impl Kernel {
             sample_limits = sample_constants();
             pieces.push(("(generated)", sample_limits.as_str()));
         }
+        if self == Self::QuantizeActs {
+            pieces.push(ACTS_Q8);
+        }
         pieces.push(self.op().0);
         let products_glue;
         if let (Some(form), Some(t)) = (self.matvec_form(), self.weight_type()) {
             if form.int8_cols > 0 {
                 pieces.push(MATVEC_INT8);
+                pieces.push(ACTS_Q8);
+                pieces.push(match form.global_acts {
+                    true => MATVEC_INT8_GLOBAL,
+                    false => MATVEC_INT8_LOCAL,
+                });
                 products_glue = int8_glue(t);
                 pieces.push(("(generated)", products_glue.as_str()));
             } else {
@@ -512,6 +557,10 @@ pub struct Tuning {
     /// 8 bits in workgroup memory, for the integer dot product path of Q4_K and Q6_K; 0 where
     /// that path is off (no subgroups, or VIBRANT_INT8=0).
     pub int8_max_cols: u32,
+    /// Plain 8-bit products of rows at least this long read activations quantized once
+    /// ([`MatvecForm::global_acts`]; VIBRANT_INT8_GLOBAL_COLS, for measurements): below it
+    /// the extra launch costs more than each workgroup quantizing x itself.
+    pub int8_global_min_cols: usize,
 }
 
 impl Tuning {
@@ -587,6 +636,10 @@ impl Tuning {
             coop_attention: coop
                 && std::env::var("VIBRANT_COOP_ATTENTION").map_or(true, |v| v != "0"),
             int8_max_cols,
+            int8_global_min_cols: std::env::var("VIBRANT_INT8_GLOBAL_COLS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(INT8_GLOBAL_MIN_COLS),
         }
     }
 
@@ -652,6 +705,9 @@ impl Tuning {
             team: self.team_for(width, rows, cols, rows_per_team),
             rows: rows_per_team,
             int8_cols,
+            global_acts: int8_cols > 0
+                && output == MatvecOutput::Plain
+                && cols >= self.int8_global_min_cols,
         }
     }
 
@@ -731,6 +787,7 @@ impl Tuning {
             team: 32,
             rows: 1,
             int8_cols: 0,
+            global_acts: false,
         });
         let (team, rows_per_team) = (form.team, form.rows);
         let width = kernel.weight_type().map_or(8, |t| self.matvec_width_for(t));
@@ -950,6 +1007,7 @@ mod tests {
             Kernel::Softmax,
             Kernel::SampleSlices,
             Kernel::Sample,
+            Kernel::QuantizeActs,
         ];
         for types in every_kv_types() {
             all.extend([
@@ -979,8 +1037,19 @@ mod tests {
                         team,
                         rows: 4,
                         int8_cols,
+                        global_acts: false,
                     };
                     all.extend([Kernel::Matvec(t, form), Kernel::MatvecSwiglu(t, form)]);
+                    if int8_cols > 0 {
+                        let global_acts = true;
+                        all.push(Kernel::Matvec(
+                            t,
+                            MatvecForm {
+                                global_acts,
+                                ..form
+                            },
+                        ));
+                    }
                     all.extend(every_kv_types().map(|kv| Kernel::MatvecQkv(t, form, kv)));
                 }
                 team *= 2;

@@ -24,7 +24,7 @@ use super::{
 use crate::quant::GgmlType;
 use crate::sampling::Sampler;
 use bytemuck::{Pod, Zeroable};
-use kernels::{MatvecOutput, Pipeline};
+use kernels::{MatvecForm, MatvecOutput, Pipeline};
 use layout::WeightLayout;
 use profile::Cost;
 use std::collections::HashMap;
@@ -227,6 +227,8 @@ pub struct WgpuBackend {
     next_staging: usize,
     /// Rows of the weight matrix in hand decoded to f16 for the tensor-core matmul.
     f16_rows: Option<Arc<GpuBuf>>,
+    /// Activations quantized to 8 bits once (Kernel::QuantizeActs), grown as needed.
+    acts_q8: Option<Arc<GpuBuf>>,
     /// The sampler of [`Backend::start_sampling`].
     sampler: Option<sampling::DeviceSampler>,
     load_times: LoadTimes,
@@ -387,6 +389,7 @@ impl WgpuBackend {
             staging: Vec::new(),
             next_staging: 0,
             f16_rows: None,
+            acts_q8: None,
             sampler: None,
             load_times: LoadTimes::default(),
             kv_staging: None,
@@ -784,6 +787,14 @@ impl WgpuBackend {
             w.name
         );
         let offset = how.qkv.map_or(0, |q| q.offset as u32);
+        let plain = !tiled && how.qkv.is_none() && !how.swiglu && how.norm.is_none();
+        let form = self
+            .tuning
+            .matvec_form(w.ggml_type, w.rows, w.cols, MatvecOutput::Plain);
+        let global_acts = match plain && form.global_acts {
+            true => self.quantize_acts(x, n),
+            false => None,
+        };
         for part in &w.parts {
             let shape = how.qkv.map(|q| q.shape);
             let params = ProductParams {
@@ -849,10 +860,17 @@ impl WgpuBackend {
                 let form = self
                     .tuning
                     .matvec_form(w.ggml_type, part.rows as usize, w.cols, output);
+                let form = MatvecForm {
+                    global_acts: global_acts.is_some(),
+                    ..form
+                };
                 let rows_per_group = self.tuning.matvec_wg / form.team * form.rows;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
-                // The weights once more: read as vectors by the 8-bit path (Kernel::bindings).
-                let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf, &part.buf];
+                // The weights once more: read as vectors by the 8-bit path, then the
+                // activations quantized once, where they are (Kernel::bindings).
+                let mut buffers =
+                    vec![&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf, &part.buf];
+                buffers.extend(&global_acts);
                 let groups = (gx, gy, n as u32);
                 let kernel = match how.swiglu {
                     true => Kernel::MatvecSwiglu(w.ggml_type, form),
@@ -1000,17 +1018,19 @@ impl WgpuBackend {
                 layout,
             });
         }
+        let form = self
+            .tuning
+            .matvec_form(ggml_type, rows, cols, MatvecOutput::Plain);
         let kernels = [
-            Kernel::Matvec(
-                ggml_type,
-                self.tuning
-                    .matvec_form(ggml_type, rows, cols, MatvecOutput::Plain),
-            ),
+            Kernel::Matvec(ggml_type, form),
             Kernel::Matmul(ggml_type),
             Kernel::GetRows(ggml_type),
         ];
         for k in kernels {
             self.pipeline(k)?;
+        }
+        if form.global_acts {
+            self.pipeline(Kernel::QuantizeActs)?;
         }
         if self.tuning.coop {
             // The SwiGLU product's kernel stands for its variants (the same source).
@@ -1182,6 +1202,27 @@ impl WgpuBackend {
         }
     }
 
+    /// x quantized to 8 bits once for the products that read it so
+    /// ([`MatvecForm::global_acts`]): its buffer, or `None` where that failed (recorded).
+    fn quantize_acts(&mut self, x: &GpuTensor, n: usize) -> Option<Arc<GpuBuf>> {
+        // Per 16 values: 16 bytes, a scale and a sum (shaders/acts_q8.wgsl).
+        let bytes = (n * x.cols / 16 * 24) as u64;
+        let buf = match &self.acts_q8 {
+            Some(b) if b.buffer.size() >= bytes => Ok(b.clone()),
+            _ => self.storage("8-bit activations", bytes),
+        };
+        let buf = self.recorded(buf)?;
+        self.acts_q8 = Some(buf.clone());
+        let params = ActsParams {
+            cols: x.cols as u32,
+            n: n as u32,
+        };
+        let groups = ((x.cols / 16).div_ceil(256) as u32, n as u32, 1);
+        let cost = Cost::bytes((n * x.cols * 4) as u64 + bytes);
+        self.dispatch(Kernel::QuantizeActs, &params, &[&x.buf, &buf], groups, cost);
+        Some(buf)
+    }
+
     fn attention_partials(&mut self, bytes: u64) -> Result<Arc<GpuBuf>> {
         match &self.partials {
             Some(p) if p.buffer.size() >= bytes => Ok(p.clone()),
@@ -1311,6 +1352,14 @@ struct AttentionParams {
     scales: u32,
     window: u32,
     softcap: f32,
+}
+
+/// shaders/quantize_acts.wgsl's Params.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ActsParams {
+    cols: u32,
+    n: u32,
 }
 
 /// shaders/kv_store.wgsl's Params.
