@@ -1077,6 +1077,7 @@ mod tests {
                 coop: true,
                 coop_attention: true,
                 int8_max_cols: 32768,
+                int8_global_min_cols: INT8_GLOBAL_MIN_COLS,
             },
             Tuning {
                 subgroup_size: None,
@@ -1092,6 +1093,7 @@ mod tests {
                 coop: false,
                 coop_attention: false,
                 int8_max_cols: 0,
+                int8_global_min_cols: INT8_GLOBAL_MIN_COLS,
             },
             Tuning {
                 subgroup_size: Some(8),
@@ -1107,6 +1109,7 @@ mod tests {
                 coop: false,
                 coop_attention: false,
                 int8_max_cols: 20480,
+                int8_global_min_cols: INT8_GLOBAL_MIN_COLS,
             },
             Tuning {
                 subgroup_size: Some(32),
@@ -1122,6 +1125,7 @@ mod tests {
                 coop: false,
                 coop_attention: false,
                 int8_max_cols: 20480,
+                int8_global_min_cols: INT8_GLOBAL_MIN_COLS,
             },
         ];
         for tuning in &tunings {
