@@ -26,7 +26,7 @@ fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
     let lane = li % TEAM;
     let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
     let squares = prepare_acts(wid.z, li);
-    if (p.norm != 0u) {
+    if (p.norm != 0u && !GLOBAL_ACTS) {
         let s = subgroupAdd(squares);
         if (li % SUBGROUP == 0u) {
             squares_part[li / SUBGROUP] = s;
@@ -35,7 +35,7 @@ fn team_products(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> array<f32, R> {
     workgroupBarrier();
     // The norm's scale is common to the whole row, so it applies to the finished sums.
     var scale = 1.0;
-    if (p.norm != 0u) {
+    if (p.norm != 0u && !GLOBAL_ACTS) {
         var total = 0.0;
         for (var i = 0u; i < WG / SUBGROUP; i++) {
             total += squares_part[i];

@@ -1,6 +1,8 @@
-// matvec_int8.wgsl's activations, read from memory where quantize_acts.wgsl left them: no
-// norm (the host fuses none here), and no workgroup memory, so that long rows' workgroups
+// matvec_int8.wgsl's activations, read from memory where quantize_acts.wgsl left them (the
+// norm, where fused, already applied), with no workgroup memory, so that the workgroups
 // start their weight loads at once and more of them fit on a multiprocessor.
+
+const GLOBAL_ACTS: bool = true;
 
 @group(0) @binding(11) var<storage, read> XQ: array<vec4<u32>>;
 

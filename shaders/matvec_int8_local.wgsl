@@ -1,6 +1,8 @@
 // matvec_int8.wgsl's activations, quantized by each workgroup into workgroup memory (where
 // the norm is fused, or rows are short enough that one more launch would cost more).
 
+const GLOBAL_ACTS: bool = false;
+
 // x[t] as bytes (16 per vector), and each 16-element group's scale and sum.
 var<workgroup> xq: array<vec4<u32>, INT8_COLS / 16u>;
 var<workgroup> xd: array<f32, INT8_COLS / 16u>;

@@ -876,8 +876,17 @@ fn q8_0_caches_take_34_of_64_bytes_of_f16() {
 /// float64 reference with the same activation rounding.
 #[test]
 fn quantized_attention_inputs_match_the_reference() {
+    check_quantized_attention_inputs(&mut gpu());
+}
+
+/// The same with the 8-bit products reading activations quantized once (norm folded in).
+#[test]
+fn quantized_attention_inputs_over_activations_quantized_once_match_the_reference() {
+    check_quantized_attention_inputs(&mut quantized_once_gpu());
+}
+
+fn check_quantized_attention_inputs(gpu: &mut WgpuBackend) {
     let mut rng = rng(41);
-    let mut gpu = gpu();
     let shape = AttentionShape {
         n_head: 8,
         n_head_kv: 2,
@@ -903,8 +912,8 @@ fn quantized_attention_inputs_match_the_reference() {
     let norm_w = random_values(&mut rng, cols, 1.0);
     let x = random_values(&mut rng, cols, 1.0);
 
-    let table = upload_bias(&mut gpu, &rope_table(1, shape.head_dim));
-    let norm = upload_bias(&mut gpu, &norm_w);
+    let table = upload_bias(gpu, &rope_table(1, shape.head_dim));
+    let norm = upload_bias(gpu, &norm_w);
     let qkv = gpu.upload_qkv("qkv", parts, cols, &shape).expect("qkv");
     let cache = gpu
         .kv_cache(1, 1, &shape, KvTypes::default())
@@ -933,7 +942,7 @@ fn quantized_attention_inputs_match_the_reference() {
     );
     let out = gpu.load("attention out", 1, qw, &nan(qw));
     gpu.attention(&q, &cache, 0, 0, 1, &out, &shape);
-    let (got_q, got_out) = (read(&mut gpu, &q, 1), read(&mut gpu, &out, 1));
+    let (got_q, got_out) = (read(gpu, &q, 1), read(gpu, &out, 1));
 
     let int8 = gpu.int8_activations(GgmlType::Q4K, cols);
     assert_eq!(int8, gpu.int8_activations(GgmlType::Q6K, cols));
@@ -1197,9 +1206,26 @@ fn a_weight_row_past_the_binding_limit_is_refused_with_its_size() {
 /// float64 reference; 9 tokens take the unfused, tiled path and must agree too.
 #[test]
 fn fused_norm_and_residual_products_match_the_reference() {
+    check_fused_products(&mut gpu());
+}
+
+/// The same with every 8-bit product reading activations quantized once for all its
+/// workgroups (with the norm folded in where fused), as long rows' products do.
+#[test]
+fn fused_products_over_activations_quantized_once_match_the_reference() {
+    check_fused_products(&mut quantized_once_gpu());
+}
+
+fn quantized_once_gpu() -> WgpuBackend {
+    gpu_with(GpuOptions {
+        int8_global_min_bytes: Some(0),
+        ..gpu_options()
+    })
+}
+
+fn check_fused_products(gpu: &mut WgpuBackend) {
     let mut rng = rng(23);
-    let mut gpu = gpu();
-    let tiled_tol = tiled_tol(&gpu);
+    let tiled_tol = tiled_tol(gpu);
     for ty in [
         GgmlType::Q4K,
         GgmlType::Q6K,
@@ -1211,9 +1237,9 @@ fn fused_norm_and_residual_products_match_the_reference() {
         let cols = widths(ty)[1] / 32 * 32;
         let w = Weights::random(&mut rng, ty, ROWS, cols);
         let decoded = w.decoded();
-        let gw = w.upload(&mut gpu, "w");
+        let gw = w.upload(gpu, "w");
         let norm_w = random_values(&mut rng, cols, 1.0);
-        let g_norm = upload_bias(&mut gpu, &norm_w);
+        let g_norm = upload_bias(gpu, &norm_w);
         for n in [1, 3, 9] {
             let x = random_values(&mut rng, n * cols, 2.0);
             let int8 = n < 8 && gpu.int8_activations(ty, cols);
@@ -1223,7 +1249,7 @@ fn fused_norm_and_residual_products_match_the_reference() {
             let scratch = gpu.load("normed", n, cols, &vec![f32::NAN; n * cols]);
             let out = gpu.load("out", n, ROWS, &vec![f32::NAN; n * ROWS]);
             gpu.norm_matmuls(&xt, &g_norm, 1e-6, &scratch, &[(&gw, None, &out)], n);
-            let got = read(&mut gpu, &out, n);
+            let got = read(gpu, &out, n);
             let what = format!("norm_matmuls {} n={n}", w.label());
             let tol = if n >= 8 { tiled_tol } else { decode_tol(int8) };
             assert_close(&what, &got, &want, ROWS, |i| scale[i], tol);
@@ -1234,7 +1260,7 @@ fn fused_norm_and_residual_products_match_the_reference() {
                 gw: &gw,
                 decoded: &decoded,
             };
-            check_matmul_add(&mut gpu, &mut rng, &product, &xt, &product_x, n, tol);
+            check_matmul_add(gpu, &mut rng, &product, &xt, &product_x, n, tol);
         }
     }
 }
@@ -1424,8 +1450,17 @@ fn check_matmul_add(
 /// where the GPU rounds the activations to 8 bits, a float64 reference of the same rounding.
 #[test]
 fn gate_up_swiglu_matches_the_cpu() {
+    check_gate_up_swiglu(&mut gpu());
+}
+
+/// The same with the 8-bit products reading activations quantized once (norm folded in).
+#[test]
+fn gate_up_swiglu_over_activations_quantized_once_matches_the_cpu() {
+    check_gate_up_swiglu(&mut quantized_once_gpu());
+}
+
+fn check_gate_up_swiglu(gpu: &mut WgpuBackend) {
     let mut rng = rng(31);
-    let mut gpu = gpu();
     let mut cpu = CpuBackend::exact(2).expect("cpu");
     let tol = if gpu.uses_tensor_cores() { 2e-3 } else { 1e-4 };
     for (tg, tu) in [
@@ -1450,7 +1485,7 @@ fn gate_up_swiglu_matches_the_cpu() {
                     .zip(&up)
                     .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
                     .collect();
-                let got = swiglu_on(&mut gpu, &g, &u, &norm_w, &x, n, rows);
+                let got = swiglu_on(gpu, &g, &u, &norm_w, &x, n, rows);
                 let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
                 let what = format!("gate_up_swiglu {tg}/{tu} n={n} (8-bit activations)");
                 assert_close(&what, &got, &want, rows, |_| scale, INT8_TOL);
@@ -1459,7 +1494,7 @@ fn gate_up_swiglu_matches_the_cpu() {
             let mut outs = Vec::new();
             for on_gpu in [true, false] {
                 let got = if on_gpu {
-                    swiglu_on(&mut gpu, &g, &u, &norm_w, &x, n, rows)
+                    swiglu_on(gpu, &g, &u, &norm_w, &x, n, rows)
                 } else {
                     swiglu_on(&mut cpu, &g, &u, &norm_w, &x, n, rows)
                 };

@@ -23,6 +23,10 @@ pub struct GpuOptions {
     /// binding limit, and decodes them for tensor-core products in slices of at most this
     /// many f16 bytes: tests use it to split small matrices as big ones are split for real.
     pub max_weight_part: Option<u64>,
+    /// Decode products take activations quantized once for all workgroups when those would
+    /// otherwise read at least this many bytes of them (`Tuning::int8_global_min_bytes`):
+    /// tests use it to take that path with small matrices.
+    pub int8_global_min_bytes: Option<usize>,
     /// Where compiled kernels are kept between runs (`VIBRANT_PIPELINE_CACHE`).
     pub pipeline_cache: CacheSetting,
 }
@@ -35,6 +39,7 @@ impl Default for GpuOptions {
             timeout: Duration::from_secs(60),
             trace: std::env::var_os("VIBRANT_TRACE").is_some_and(|v| v != "0"),
             max_weight_part: None,
+            int8_global_min_bytes: None,
             pipeline_cache: CacheSetting::from_env(),
         }
     }

@@ -46,6 +46,10 @@ const QUANTIZE_ACTS: (&str, &str) = (
     "quantize_acts.wgsl",
     include_str!("../../../shaders/quantize_acts.wgsl"),
 );
+const QUANTIZE_ACTS_NORMED: (&str, &str) = (
+    "quantize_acts_normed.wgsl",
+    include_str!("../../../shaders/quantize_acts_normed.wgsl"),
+);
 const MATMUL: (&str, &str) = ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl"));
 const MATMUL_COOP: (&str, &str) = (
     "matmul_coop.wgsl",
@@ -82,13 +86,14 @@ const ELEMENTWISE: (&str, &str) = (
 const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl"));
 const SAMPLE: (&str, &str) = ("sample.wgsl", include_str!("../../../shaders/sample.wgsl"));
 
-/// Rows at least this long read 8-bit activations quantized once
-/// ([`Tuning::int8_global_min_cols`]). Measured on the H100 (BENCHMARKS.md): the 8B shape's
-/// down projection (14,336 wide) decodes 26% faster so, the 3B shape's (11,008) 2% slower.
-const INT8_GLOBAL_MIN_COLS: usize = 12288;
+/// Products whose workgroups would read this many bytes of activations between them read
+/// them quantized once ([`Tuning::int8_global_min_bytes`]). Measured on the H100
+/// (BENCHMARKS.md): the 8B shape's down projection (29 MB so) decodes 26% faster with them,
+/// the 3B shape's (11 MB) 2% slower.
+const INT8_GLOBAL_MIN_BYTES: usize = 16 << 20;
 
 /// Every shader file kernels are composed from.
-pub const SOURCES: [(&str, &str); 23] = [
+pub const SOURCES: [(&str, &str); 24] = [
     COMMON,
     QUANT_FLOAT,
     QUANT_LEGACY,
@@ -101,6 +106,7 @@ pub const SOURCES: [(&str, &str); 23] = [
     MATVEC_INT8_GLOBAL,
     ACTS_Q8,
     QUANTIZE_ACTS,
+    QUANTIZE_ACTS_NORMED,
     MATMUL,
     MATMUL_COOP,
     NORM,
@@ -148,8 +154,9 @@ pub enum Kernel {
     DequantF16(GgmlType),
     /// Matrix-vector products.
     Matvec(GgmlType, MatvecForm),
-    /// Activations quantized to 8 bits once, for matvecs of [`MatvecForm::global_acts`].
-    QuantizeActs,
+    /// Activations quantized to 8 bits once, for matvecs of [`MatvecForm::global_acts`];
+    /// `true`: RMS-normalised first (times the norm weight), for products with the norm fused.
+    QuantizeActs(bool),
     /// Matvec over interleaved gate/up rows, writing SwiGLU of each pair.
     MatvecSwiglu(GgmlType, MatvecForm),
     /// Matvec over query/key/value rows with RoPE and the cache write in its epilogue, for
@@ -205,7 +212,8 @@ impl Kernel {
             Self::Dequant(_) => "dequant",
             Self::DequantF16(_) => "dequant_f16",
             Self::Matvec(..) => "matvec",
-            Self::QuantizeActs => "quantize_acts",
+            Self::QuantizeActs(false) => "quantize_acts",
+            Self::QuantizeActs(true) => "quantize_acts_normed",
             Self::MatvecSwiglu(..) => "matvec_swiglu",
             Self::MatvecQkv(..) => "matvec_qkv",
             Self::Matmul(_) => "matmul",
@@ -288,7 +296,8 @@ impl Kernel {
             Self::Dequant(_) => (DEQUANT, "dequant"),
             Self::DequantF16(_) => (DEQUANT, "dequant_f16"),
             Self::Matvec(..) => (MATVEC, "matvec"),
-            Self::QuantizeActs => (QUANTIZE_ACTS, "quantize_acts"),
+            Self::QuantizeActs(false) => (QUANTIZE_ACTS, "quantize_acts"),
+            Self::QuantizeActs(true) => (QUANTIZE_ACTS_NORMED, "quantize_acts_normed"),
             Self::MatvecSwiglu(..) => (MATVEC, "matvec_swiglu"),
             Self::MatvecQkv(..) => (MATVEC, "matvec_qkv"),
             Self::Matmul(_) => (MATMUL, "matmul"),
@@ -345,7 +354,10 @@ impl Kernel {
                 ]
             }
             Self::AttentionCombine => return vec![(4, ReadWrite), (5, ReadWrite)],
-            Self::QuantizeActs => &[Read, ReadWrite],
+            Self::QuantizeActs(normed) => match normed {
+                true => &[Read, ReadWrite, Read],
+                false => &[Read, ReadWrite],
+            },
             Self::Matvec(..) | Self::MatvecSwiglu(..) => &[Read, Read, Read, ReadWrite, Read],
             Self::Matmul(_) | Self::MatmulCoop(..) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
@@ -441,8 +453,11 @@ impl Kernel {
             sample_limits = sample_constants();
             pieces.push(("(generated)", sample_limits.as_str()));
         }
-        if self == Self::QuantizeActs {
+        if let Self::QuantizeActs(normed) = self {
             pieces.push(ACTS_Q8);
+            if normed {
+                pieces.push(QUANTIZE_ACTS);
+            }
         }
         pieces.push(self.op().0);
         let products_glue;
@@ -557,10 +572,11 @@ pub struct Tuning {
     /// 8 bits in workgroup memory, for the integer dot product path of Q4_K and Q6_K; 0 where
     /// that path is off (no subgroups, or VIBRANT_INT8=0).
     pub int8_max_cols: u32,
-    /// Plain 8-bit products of rows at least this long read activations quantized once
-    /// ([`MatvecForm::global_acts`]; VIBRANT_INT8_GLOBAL_COLS, for measurements): below it
-    /// the extra launch costs more than each workgroup quantizing x itself.
-    pub int8_global_min_cols: usize,
+    /// 8-bit products whose workgroups would read at least this many bytes of activations
+    /// between them read activations quantized once instead ([`MatvecForm::global_acts`];
+    /// VIBRANT_INT8_GLOBAL_BYTES, for measurements): below it the extra launch costs more
+    /// than each workgroup quantizing x itself.
+    pub int8_global_min_bytes: usize,
 }
 
 impl Tuning {
@@ -636,10 +652,15 @@ impl Tuning {
             coop_attention: coop
                 && std::env::var("VIBRANT_COOP_ATTENTION").map_or(true, |v| v != "0"),
             int8_max_cols,
-            int8_global_min_cols: std::env::var("VIBRANT_INT8_GLOBAL_COLS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(INT8_GLOBAL_MIN_COLS),
+            int8_global_min_bytes: gpu
+                .options
+                .int8_global_min_bytes
+                .or_else(|| {
+                    std::env::var("VIBRANT_INT8_GLOBAL_BYTES")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                })
+                .unwrap_or(INT8_GLOBAL_MIN_BYTES),
         }
     }
 
@@ -701,13 +722,13 @@ impl Tuning {
             0 => self.matvec_width_for(ty),
             _ => 32,
         };
+        let team = self.team_for(width, rows, cols, rows_per_team);
+        let workgroups = rows.div_ceil((self.matvec_wg / team * rows_per_team) as usize);
         MatvecForm {
-            team: self.team_for(width, rows, cols, rows_per_team),
+            team,
             rows: rows_per_team,
             int8_cols,
-            global_acts: int8_cols > 0
-                && output == MatvecOutput::Plain
-                && cols >= self.int8_global_min_cols,
+            global_acts: int8_cols > 0 && 4 * cols * workgroups >= self.int8_global_min_bytes,
         }
     }
 
@@ -1007,7 +1028,8 @@ mod tests {
             Kernel::Softmax,
             Kernel::SampleSlices,
             Kernel::Sample,
-            Kernel::QuantizeActs,
+            Kernel::QuantizeActs(false),
+            Kernel::QuantizeActs(true),
         ];
         for types in every_kv_types() {
             all.extend([
@@ -1041,14 +1063,12 @@ mod tests {
                     };
                     all.extend([Kernel::Matvec(t, form), Kernel::MatvecSwiglu(t, form)]);
                     if int8_cols > 0 {
-                        let global_acts = true;
-                        all.push(Kernel::Matvec(
-                            t,
-                            MatvecForm {
-                                global_acts,
-                                ..form
-                            },
-                        ));
+                        let global = MatvecForm {
+                            global_acts: true,
+                            ..form
+                        };
+                        all.extend([Kernel::Matvec(t, global), Kernel::MatvecSwiglu(t, global)]);
+                        all.extend(every_kv_types().map(|kv| Kernel::MatvecQkv(t, global, kv)));
                     }
                     all.extend(every_kv_types().map(|kv| Kernel::MatvecQkv(t, form, kv)));
                 }
@@ -1077,7 +1097,7 @@ mod tests {
                 coop: true,
                 coop_attention: true,
                 int8_max_cols: 32768,
-                int8_global_min_cols: INT8_GLOBAL_MIN_COLS,
+                int8_global_min_bytes: INT8_GLOBAL_MIN_BYTES,
             },
             Tuning {
                 subgroup_size: None,
@@ -1093,7 +1113,7 @@ mod tests {
                 coop: false,
                 coop_attention: false,
                 int8_max_cols: 0,
-                int8_global_min_cols: INT8_GLOBAL_MIN_COLS,
+                int8_global_min_bytes: INT8_GLOBAL_MIN_BYTES,
             },
             Tuning {
                 subgroup_size: Some(8),
@@ -1109,7 +1129,7 @@ mod tests {
                 coop: false,
                 coop_attention: false,
                 int8_max_cols: 20480,
-                int8_global_min_cols: INT8_GLOBAL_MIN_COLS,
+                int8_global_min_bytes: INT8_GLOBAL_MIN_BYTES,
             },
             Tuning {
                 subgroup_size: Some(32),
@@ -1125,7 +1145,7 @@ mod tests {
                 coop: false,
                 coop_attention: false,
                 int8_max_cols: 20480,
-                int8_global_min_cols: INT8_GLOBAL_MIN_COLS,
+                int8_global_min_bytes: INT8_GLOBAL_MIN_BYTES,
             },
         ];
         for tuning in &tunings {

@@ -787,12 +787,14 @@ impl WgpuBackend {
             w.name
         );
         let offset = how.qkv.map_or(0, |q| q.offset as u32);
-        let plain = !tiled && how.qkv.is_none() && !how.swiglu && how.norm.is_none();
-        let form = self
-            .tuning
-            .matvec_form(w.ggml_type, w.rows, w.cols, MatvecOutput::Plain);
-        let global_acts = match plain && form.global_acts {
-            true => self.quantize_acts(x, n),
+        let output = match (how.swiglu, how.qkv) {
+            (true, _) => MatvecOutput::Swiglu,
+            (_, Some(_)) => MatvecOutput::Qkv,
+            _ => MatvecOutput::Plain,
+        };
+        let form = self.tuning.matvec_form(w.ggml_type, w.rows, w.cols, output);
+        let global_acts = match !tiled && form.global_acts {
+            true => self.quantize_acts(x, n, how.norm),
             false => None,
         };
         for part in &w.parts {
@@ -836,6 +838,10 @@ impl WgpuBackend {
                     w.cols,
                     MatvecOutput::Qkv,
                 );
+                let form = MatvecForm {
+                    global_acts: global_acts.is_some(),
+                    ..form
+                };
                 let rows_per_group = self.tuning.matvec_wg / form.team * form.rows;
                 let (gx, gy) = grid(part.rows.div_ceil(rows_per_group) as u64);
                 let buffers = [
@@ -847,16 +853,14 @@ impl WgpuBackend {
                     &qkv.q.buf,
                     qkv.k_cache,
                     qkv.v_cache,
-                    // Read as vectors by the 8-bit path (Kernel::bindings).
+                    // Read as vectors by the 8-bit path, then the activations quantized
+                    // once, where they are (Kernel::bindings).
                     &part.buf,
                 ];
+                let buffers: Vec<_> = buffers.into_iter().chain(&global_acts).collect();
                 let kernel = Kernel::MatvecQkv(w.ggml_type, form, qkv.types);
                 self.dispatch(kernel, &params, &buffers, (gx, gy, n as u32), cost);
             } else {
-                let output = match how.swiglu {
-                    true => MatvecOutput::Swiglu,
-                    false => MatvecOutput::Plain,
-                };
                 let form = self
                     .tuning
                     .matvec_form(w.ggml_type, part.rows as usize, w.cols, output);
@@ -1030,7 +1034,7 @@ impl WgpuBackend {
             self.pipeline(k)?;
         }
         if form.global_acts {
-            self.pipeline(Kernel::QuantizeActs)?;
+            self.pipeline(Kernel::QuantizeActs(false))?;
         }
         if self.tuning.coop {
             // The SwiGLU product's kernel stands for its variants (the same source).
@@ -1159,6 +1163,9 @@ impl WgpuBackend {
             .tuning
             .matvec_form(ggml_type, matrix.rows, cols, MatvecOutput::Qkv);
         self.pipeline(Kernel::MatvecQkv(ggml_type, form, self.kv_types))?;
+        if form.global_acts {
+            self.pipeline(Kernel::QuantizeActs(true))?;
+        }
         Ok((matrix, offset))
     }
 
@@ -1204,7 +1211,12 @@ impl WgpuBackend {
 
     /// x quantized to 8 bits once for the products that read it so
     /// ([`MatvecForm::global_acts`]): its buffer, or `None` where that failed (recorded).
-    fn quantize_acts(&mut self, x: &GpuTensor, n: usize) -> Option<Arc<GpuBuf>> {
+    fn quantize_acts(
+        &mut self,
+        x: &GpuTensor,
+        n: usize,
+        norm: Option<(&GpuVector, f32)>,
+    ) -> Option<Arc<GpuBuf>> {
         // Per 16 values: 16 bytes, a scale and a sum (shaders/acts_q8.wgsl).
         let bytes = (n * x.cols / 16 * 24) as u64;
         let buf = match &self.acts_q8 {
@@ -1216,10 +1228,21 @@ impl WgpuBackend {
         let params = ActsParams {
             cols: x.cols as u32,
             n: n as u32,
+            eps: norm.map_or(0.0, |(_, eps)| eps),
         };
-        let groups = ((x.cols / 16).div_ceil(256) as u32, n as u32, 1);
         let cost = Cost::bytes((n * x.cols * 4) as u64 + bytes);
-        self.dispatch(Kernel::QuantizeActs, &params, &[&x.buf, &buf], groups, cost);
+        match norm {
+            Some((weight, _)) => {
+                let buffers = [&x.buf, &buf, &weight.buf];
+                let kernel = Kernel::QuantizeActs(true);
+                self.dispatch(kernel, &params, &buffers, (1, n as u32, 1), cost);
+            }
+            None => {
+                let groups = ((x.cols / 16).div_ceil(256) as u32, n as u32, 1);
+                let kernel = Kernel::QuantizeActs(false);
+                self.dispatch(kernel, &params, &[&x.buf, &buf], groups, cost);
+            }
+        }
         Some(buf)
     }
 
@@ -1360,6 +1383,7 @@ struct AttentionParams {
 struct ActsParams {
     cols: u32,
     n: u32,
+    eps: f32,
 }
 
 /// shaders/kv_store.wgsl's Params.
@@ -1433,11 +1457,13 @@ impl Backend for WgpuBackend {
             let half = if r.is_multiple_of(2) { g } else { u };
             &half[r / 2 * row_bytes..][..row_bytes]
         };
-        self.pipeline(Kernel::MatvecSwiglu(
-            gate.0,
-            self.tuning
-                .matvec_form(gate.0, 2 * rows, cols, MatvecOutput::Swiglu),
-        ))?;
+        let form = self
+            .tuning
+            .matvec_form(gate.0, 2 * rows, cols, MatvecOutput::Swiglu);
+        self.pipeline(Kernel::MatvecSwiglu(gate.0, form))?;
+        if form.global_acts {
+            self.pipeline(Kernel::QuantizeActs(true))?;
+        }
         self.pipeline(Kernel::SwigluPairs)?;
         Ok(GpuGateUp::Interleaved(self.upload_rows(
             name,
