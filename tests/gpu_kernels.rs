@@ -539,12 +539,21 @@ fn elementwise<B: Load>(
     read(b, &at, 6)
 }
 
+/// Element-wise ops against the CPU, over values within ±4 and within ±16 (where GELU's
+/// tanh saturates, and the kernels take 0 below -10 and x above 10, as the CPU does).
 #[test]
 fn elementwise_ops_match_the_cpu() {
     let mut rng = rng(8);
     // 5 rows of 100: two 256-element workgroups, the second partly idle.
     let cols = 100;
-    let inputs: [Vec<f32>; 3] = std::array::from_fn(|_| random_values(&mut rng, 6 * cols, 4.0));
+    for spread in [4.0, 16.0] {
+        let inputs: [Vec<f32>; 3] =
+            std::array::from_fn(|_| random_values(&mut rng, 6 * cols, spread));
+        check_elementwise_ops(&inputs, cols);
+    }
+}
+
+fn check_elementwise_ops(inputs: &[Vec<f32>; 3], cols: usize) {
     let ops = [
         Elementwise::Add,
         Elementwise::Glu(Activation::Silu),
@@ -555,8 +564,8 @@ fn elementwise_ops_match_the_cpu() {
     ];
     for op in ops {
         let (got, want) = on_both(
-            |g| elementwise(g, op, &inputs, 5, cols),
-            |c| elementwise(c, op, &inputs, 5, cols),
+            |g| elementwise(g, op, inputs, 5, cols),
+            |c| elementwise(c, op, inputs, 5, cols),
         );
         // add, copy_row and scaling are exact; exp and tanh may differ by a few ulps between
         // devices. A value from a wrong index is off by the size of the values.
