@@ -48,7 +48,24 @@ struct ProductParams {
     head_dim: u32,
     kv_width: u32,
     neox: u32,
-    // 1: rows interleave gate and up; the tensor-core matmul writes SwiGLU of each pair to
-    // column row / 2 of y.
-    pairs: u32,
+    // Not 0: rows interleave gate and up, and this is the activation of the GLU (ACT_*) that
+    // the tensor-core matmul writes of each pair, to column row / 2 of y.
+    glu: u32,
+}
+
+// The activation of a GLU's gate by its code (ACT_SILU, ACT_GELU_TANH: the host's
+// Activation, generated). GELU is the tanh approximation, exactly 0 below -10 and x above 10
+// (where f32's tanh saturates anyway), so that no device's tanh meets an argument that
+// overflows its exponentials.
+fn activate(kind: u32, x: f32) -> f32 {
+    if (kind == ACT_GELU_TANH) {
+        if (x <= -10.0) {
+            return 0.0;
+        }
+        if (x >= 10.0) {
+            return x;
+        }
+        return 0.5 * x * (1.0 + tanh(GELU_SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)));
+    }
+    return x / (1.0 + exp(-x));
 }

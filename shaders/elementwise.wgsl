@@ -1,16 +1,20 @@
-// Element-wise ops over the first `len` elements: residual add, SwiGLU, row copy.
-// Large launches spill into y; `index` rebuilds the linear element index.
+// Element-wise ops over the first `len` elements: residual add, GLUs, scaling and soft-caps,
+// row copy. Large launches spill into y; `index` rebuilds the linear element index.
 
 struct Params {
     len: u32,
-    // copy_row: first element of the source row.
+    // copy_row: first element of the source row; glu: the width of a row of the output (its
+    // gate and up inputs are rows twice as wide).
     offset: u32,
+    // glu, glu_pairs: the activation (ACT_*); pointwise: 1 scale, 2 soft-cap.
+    kind: u32,
+    // pointwise: the scale or the cap.
+    value: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> A: array<f32>;
 @group(0) @binding(2) var<storage, read> B: array<f32>;
-@group(0) @binding(3) var<storage, read> C: array<f32>;
 
 fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
@@ -25,13 +29,15 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
-// A = silu(B) * C
+// A[t][j] = act(B[t][j]) * B[t][w + j], w = offset: the gate and up products of a row side by
+// side.
 @compute @workgroup_size(256)
-fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn glu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(gid, nwg);
     if (i < p.len) {
-        let g = B[i];
-        A[i] = g / (1.0 + exp(-g)) * C[i];
+        let w = p.offset;
+        let gate = 2u * w * (i / w) + i % w;
+        A[i] = activate(p.kind, B[gate]) * B[gate + w];
     }
 }
 
@@ -44,13 +50,22 @@ fn copy_row(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
 }
 
-// A[i] = silu(B[2i]) * B[2i + 1]: SwiGLU over interleaved gate/up products (rows of B are
+// A[i] = act(B[2i]) * B[2i + 1]: the GLU over interleaved gate/up products (rows of B are
 // twice as wide as rows of A, so the flat indices line up).
 @compute @workgroup_size(256)
-fn swiglu_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn glu_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(gid, nwg);
     if (i < p.len) {
-        let g = B[2u * i];
-        A[i] = g / (1.0 + exp(-g)) * B[2u * i + 1u];
+        A[i] = activate(p.kind, B[2u * i]) * B[2u * i + 1u];
+    }
+}
+
+// A[i] = value * A[i] (kind 1), or value * tanh(A[i] / value) (kind 2).
+@compute @workgroup_size(256)
+fn pointwise(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i < p.len) {
+        let x = A[i];
+        A[i] = select(p.value * x, p.value * tanh(x / p.value), p.kind == 2u);
     }
 }

@@ -4,7 +4,7 @@
 // of BM tokens × 128 weight rows. Steps of 32 along the rows go through two buffers in
 // workgroup memory, one barrier per step; each step's weights and activations are loaded into
 // registers two steps ahead. Results of a whole tile go straight from the tensor cores to y;
-// those of a part-filled tile, and SwiGLU of gate/up row pairs, through workgroup memory.
+// those of a part-filled tile, and the GLU of gate/up row pairs, through workgroup memory.
 // (Tried on the H200 and slower: 64 × 64, 128 × 64, 32 × 64 and 32 × 128 tiles of 32 × 32 per
 // subgroup; steps of 64.) Requires w_k % 32 == 0.
 
@@ -97,7 +97,7 @@ fn stash(li: u32, s: Staged, buf: u32) {
 fn finish(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, tok0: u32, row0: u32) {
     coopStoreT(acc, &c_tile[sg * 256u], 16u);
     workgroupBarrier();
-    if (p.pairs != 0u) {
+    if (p.glu != 0u) {
         finish_pairs(sg, lane, tok0, row0);
         return;
     }
@@ -114,7 +114,7 @@ fn finish(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, tok0: u32, row0: u32) 
     workgroupBarrier();
 }
 
-// SwiGLU of the (gate, up) row pairs of the 16 × 16 result in c_tile (rows are pairs from an
+// The GLU of the (gate, up) row pairs of the 16 × 16 result in c_tile (rows are pairs from an
 // even row on: slices and parts start on even rows).
 fn finish_pairs(sg: u32, lane: u32, tok0: u32, row0: u32) {
     for (var j = lane; j < 128u; j += 32u) {
@@ -123,7 +123,7 @@ fn finish_pairs(sg: u32, lane: u32, tok0: u32, row0: u32) {
         if (t < p.n_tokens && rl < p.rows) {
             let at = sg * 256u + (j / 8u) * 16u + 2u * (j % 8u);
             let g = c_tile[at];
-            Y[t * p.y_stride + (p.row_start + rl) / 2u] = g / (1.0 + exp(-g)) * c_tile[at + 1u];
+            Y[t * p.y_stride + (p.row_start + rl) / 2u] = activate(p.glu, g) * c_tile[at + 1u];
         }
     }
     workgroupBarrier();
@@ -144,7 +144,7 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     // & and |: naga would take a short-circuit condition for non-uniform control flow, where
     // tensor-core operations may not be.)
     let direct = (Y_STRIDE == p.y_stride) & (tok0 + BM <= p.n_tokens) & (row0 + BN <= p.rows)
-        & (p.pairs == 0u) & ((p.has_bias == 0u) | (p.accumulate == 0u));
+        & (p.glu == 0u) & ((p.has_bias == 0u) | (p.accumulate == 0u));
     let y = t * Y_STRIDE + p.row_start + r;
     var acc00 = coop_mat16x16<f32, C>();
     var acc01 = coop_mat16x16<f32, C>();

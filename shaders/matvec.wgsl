@@ -46,10 +46,11 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
-// SwiGLU feed-forward input: rows interleave gate and up (row 2i is gate i, 2i + 1 is up i),
-// so a team holds R / 2 whole pairs (R even) and writes y[i] = silu(gate) * up for each.
+// Gated feed-forward input: rows interleave gate and up (row 2i is gate i, 2i + 1 is up i),
+// so a team holds R / 2 whole pairs (R even) and writes y[i] = act(gate) * up for each (the
+// activation p.glu).
 @compute @workgroup_size({{WG}})
-fn matvec_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn matvec_glu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) li: u32) {
     let sums = team_products(wid, nwg, li);
     let row0 = linear_group(wid, nwg) * ROWS + (li / TEAM) * R;
@@ -57,7 +58,7 @@ fn matvec_swiglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         let row = row0 + 2u * pair;
         if (li % TEAM == 0u && row + 1u < p.rows) {
             let g = sum_at(sums, 2u * pair);
-            Y[wid.z * p.y_stride + (p.row_start + row) / 2u] = g / (1.0 + exp(-g)) * sum_at(sums, 2u * pair + 1u);
+            Y[wid.z * p.y_stride + (p.row_start + row) / 2u] = activate(p.glu, g) * sum_at(sums, 2u * pair + 1u);
         }
     }
 }

@@ -1,17 +1,22 @@
 //! The CPU backend: the reference every GPU kernel is tested against, and a usable engine.
 //! Matrix products read the quantized blocks in place (activations are quantized to the
 //! format each weight type dots with); work is spread over a rayon pool, except steps too
-//! small to be worth handing over.
+//! small to be worth handing over. It implements only the required ops: the fused ones are
+//! the trait's compositions of them. Any batch of sequences runs, each row at its own slot
+//! and position of the cache.
 
 use super::{
-    AttentionShape, Backend, CacheType, KvTypes, QkvPart, Result, RopeKind, WeightBytes,
-    ARGMAX_SLOTS,
+    Activation, AttentionOpts, AttentionShape, Backend, BackendError, CacheLayer, CacheType, Dims,
+    KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind, Scratch, WeightBytes,
+    WeightRows, ARGMAX_SLOTS,
 };
 use crate::quant::{self, ActFormat, Activations, GgmlType};
 use crate::sampling::Sampler;
 use half::f16;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Output rows handed to one rayon task: big enough to amortise scheduling, small enough to
 /// balance two to a few dozen threads.
@@ -22,33 +27,77 @@ const ROWS_PER_TASK: usize = 32;
 /// so little work saves (a small model decodes several times faster for it).
 const SERIAL_BYTES: usize = 1 << 20;
 
+/// A `[rows, cols]` tensor; scratch tensors share their storage with the backend.
 pub struct CpuTensor {
-    data: RefCell<Vec<f32>>,
+    data: Rc<RefCell<Vec<f32>>>,
+    rows: usize,
     cols: usize,
 }
 
-pub struct CpuMatrix {
-    name: String,
+impl Dims for CpuTensor {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// Rows of one weight type, as the file stores them.
+struct CpuRows {
     ggml_type: GgmlType,
+    /// The first row's index in the matrix.
+    first: usize,
     rows: usize,
-    cols: usize,
     row_bytes: usize,
     data: WeightBytes,
 }
 
-impl CpuMatrix {
+impl CpuRows {
     fn row(&self, r: usize) -> &[u8] {
         &self.data.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+pub struct CpuMatrix {
+    name: String,
+    rows: usize,
+    cols: usize,
+    parts: Vec<CpuRows>,
+    bias: Option<Vec<f32>>,
+}
+
+impl CpuMatrix {
+    /// The part holding row `r`, and the row's index in it.
+    fn locate(&self, r: usize) -> (&CpuRows, usize) {
+        let part = self
+            .parts
+            .iter()
+            .rfind(|p| p.first <= r)
+            .expect("the first part starts at row 0");
+        (part, r - part.first)
+    }
+}
+
+impl Dims for CpuMatrix {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
     }
 }
 
 pub struct CpuVector(Vec<f32>);
 
 pub struct CpuKvCache {
-    /// Per layer, `[n_ctx, kv_width]` keys and values encoded as `types` says, row after row.
+    /// Per layer, `[slots × n_ctx, kv_width]` keys and values encoded as `types` says, row
+    /// after row (slot s's position p at row s × n_ctx + p).
     k: Vec<RefCell<Vec<u8>>>,
     v: Vec<RefCell<Vec<u8>>>,
-    kv_width: usize,
+    slots: usize,
+    n_ctx: usize,
+    shape: AttentionShape,
     types: KvTypes,
 }
 
@@ -57,6 +106,17 @@ impl CpuKvCache {
     fn bytes_for(&self, k: bool, n: usize) -> usize {
         let ty = if k { self.types.k } else { self.types.v };
         ty.bytes_for(n)
+    }
+
+    /// The cache row of a slot's position.
+    fn row(&self, slot: usize, pos: usize) -> usize {
+        assert!(
+            slot < self.slots && pos < self.n_ctx,
+            "slot {slot} position {pos} is outside a cache of {} slots of {} positions",
+            self.slots,
+            self.n_ctx
+        );
+        slot * self.n_ctx + pos
     }
 }
 
@@ -87,6 +147,7 @@ pub struct CpuBackend {
     last_argmax: u32,
     /// The sampler of [`Backend::start_sampling`].
     sampler: Option<Sampler>,
+    scratch: HashMap<Scratch, Rc<RefCell<Vec<f32>>>>,
 }
 
 impl CpuBackend {
@@ -96,9 +157,7 @@ impl CpuBackend {
             .num_threads(threads)
             .thread_name(|i| format!("vibrant-cpu-{i}"))
             .build()
-            .map_err(|e| {
-                super::BackendError::Unsupported(format!("cannot start CPU threads: {e}"))
-            })?;
+            .map_err(|e| BackendError::Unsupported(format!("cannot start CPU threads: {e}")))?;
         Ok(Self {
             pool,
             bytes_held: 0,
@@ -106,6 +165,7 @@ impl CpuBackend {
             argmax_slots: [0; ARGMAX_SLOTS],
             last_argmax: 0,
             sampler: None,
+            scratch: HashMap::new(),
         })
     }
 
@@ -121,6 +181,44 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
     }
+
+    /// o = x · partᵀ for `n` rows of x, `[n, part.rows]`.
+    fn part_product(&self, part: &CpuRows, cols: usize, x: &[f32], o: &mut [f32], n: usize) {
+        let format = part.ggml_type.act_format();
+        if self.exact {
+            self.pool.install(|| exact_matmul(part, cols, x, o, n));
+        } else if n * part.data.bytes().len() < SERIAL_BYTES {
+            let mut bytes = Vec::new();
+            quant::quantize_acts(format, x, &mut bytes);
+            let acts = Activations::new(part.ggml_type, bytes, cols);
+            quant::mat_mul(part.data.bytes(), &acts, o);
+        } else {
+            self.pool.install(|| {
+                let bytes = quantize_rows(format, x, cols);
+                let acts = Activations::new(part.ggml_type, bytes, cols);
+                quantized_matmul(part, &acts, o, n)
+            });
+        }
+    }
+
+    /// Runs `row(out, inputs…)` over the first `n` rows, on the pool where they are worth it
+    /// (`bytes` read and written in all).
+    fn rows_of<F>(&self, bytes: usize, out: &mut [f32], cols: usize, row: F)
+    where
+        F: Fn(usize, &mut [f32]) + Sync + Send,
+    {
+        if bytes < SERIAL_BYTES {
+            out.chunks_mut(cols)
+                .enumerate()
+                .for_each(|(t, o)| row(t, o));
+        } else {
+            self.pool.install(|| {
+                out.par_chunks_mut(cols)
+                    .enumerate()
+                    .for_each(|(t, o)| row(t, o))
+            });
+        }
+    }
 }
 
 impl Backend for CpuBackend {
@@ -128,9 +226,6 @@ impl Backend for CpuBackend {
     type Matrix = CpuMatrix;
     type Vector = CpuVector;
     type KvCache = CpuKvCache;
-    type GateUp = (CpuMatrix, CpuMatrix);
-    /// q, k and v with their biases, kept apart.
-    type Qkv = [(CpuMatrix, Option<CpuVector>); 3];
 
     fn describe(&self) -> String {
         let mode = if self.exact {
@@ -141,29 +236,63 @@ impl Backend for CpuBackend {
         format!("CPU ({} threads{mode})", self.threads())
     }
 
+    /// The parts stay as the file stores them (in place, when they are in a mapped file),
+    /// in the order given, whatever they feed.
     fn upload_matrix(
         &mut self,
         name: &str,
-        ggml_type: GgmlType,
-        rows: usize,
         cols: usize,
-        data: WeightBytes,
+        parts: Vec<WeightRows>,
+        _usage: MatrixUse,
     ) -> Result<CpuMatrix> {
-        let row_bytes = ggml_type
-            .bytes_for(cols as u64)
-            .expect("shape checked at load") as usize;
-        assert_eq!(
-            data.bytes().len(),
-            row_bytes * rows,
-            "{name}: size checked at load"
-        );
+        let mut kept = Vec::with_capacity(parts.len());
+        let mut bias = Vec::new();
+        let mut first = 0;
+        for part in &parts {
+            let row_bytes = part.ggml_type.row_bytes(cols).map_err(|e| {
+                BackendError::Unsupported(format!("{name}: rows of {cols} values: {e}"))
+            })?;
+            if part.data.bytes().len() != row_bytes * part.rows {
+                return Err(BackendError::Unsupported(format!(
+                    "{name}: {} bytes are not {} rows of {row_bytes}",
+                    part.data.bytes().len(),
+                    part.rows
+                )));
+            }
+            match &part.bias {
+                Some(b) if b.len() == part.rows => bias.extend_from_slice(b),
+                Some(b) => {
+                    return Err(BackendError::Unsupported(format!(
+                        "{name}: a bias of {} values for {} rows",
+                        b.len(),
+                        part.rows
+                    )))
+                }
+                None => bias.resize(first + part.rows, 0.0),
+            }
+            first += part.rows;
+        }
+        let has_bias = parts.iter().any(|p| p.bias.is_some());
+        for part in parts {
+            let row_bytes = part.data.bytes().len() / part.rows.max(1);
+            let rows = part.rows;
+            kept.push(CpuRows {
+                ggml_type: part.ggml_type,
+                first: kept.iter().map(|p: &CpuRows| p.rows).sum(),
+                rows,
+                row_bytes,
+                data: part.data,
+            });
+        }
+        if has_bias {
+            self.bytes_held += 4 * bias.len() as u64;
+        }
         Ok(CpuMatrix {
             name: name.to_string(),
-            ggml_type,
-            rows,
+            rows: first,
             cols,
-            row_bytes,
-            data,
+            parts: kept,
+            bias: has_bias.then_some(bias),
         })
     }
 
@@ -172,115 +301,46 @@ impl Backend for CpuBackend {
         Ok(CpuVector(data.to_vec()))
     }
 
-    fn upload_gate_up(
-        &mut self,
-        name: &str,
-        gate: (GgmlType, WeightBytes),
-        up: (GgmlType, WeightBytes),
-        rows: usize,
-        cols: usize,
-    ) -> Result<Self::GateUp> {
-        Ok((
-            self.upload_matrix(&format!("{name} gate"), gate.0, rows, cols, gate.1)?,
-            self.upload_matrix(&format!("{name} up"), up.0, rows, cols, up.1)?,
-        ))
-    }
-
-    fn upload_qkv(
-        &mut self,
-        name: &str,
-        parts: [QkvPart; 3],
-        cols: usize,
-        _shape: &AttentionShape,
-    ) -> Result<Self::Qkv> {
-        let mut upload = |(part, role): (QkvPart, &str)| -> Result<_> {
-            let w = self.upload_matrix(
-                &format!("{name} {role}"),
-                part.ggml_type,
-                part.rows,
-                cols,
-                part.data,
-            )?;
-            let bias = part
-                .bias
-                .map(|b| self.upload_vector(role, &b))
-                .transpose()?;
-            Ok((w, bias))
-        };
-        let [q, k, v] = parts;
-        Ok([upload((q, "q"))?, upload((k, "k"))?, upload((v, "v"))?])
-    }
-
-    fn attention_inputs(
-        &mut self,
-        x: &CpuTensor,
-        (norm, eps): (&CpuVector, f32),
-        [(wq, bq), (wk, bk), (wv, bv)]: &Self::Qkv,
-        [normed, k, v]: [&CpuTensor; 3],
-        q: &CpuTensor,
-        rope_cos_sin: &CpuVector,
-        cache: &CpuKvCache,
-        layer: usize,
-        pos: usize,
-        n: usize,
-        shape: &AttentionShape,
-    ) {
-        let products = [
-            (wq, bq.as_ref(), q),
-            (wk, bk.as_ref(), k),
-            (wv, bv.as_ref(), v),
-        ];
-        self.norm_matmuls(x, norm, eps, normed, &products, n);
-        self.rope_store_kv(q, k, v, rope_cos_sin, cache, layer, pos, n, shape);
-    }
-
-    fn norm_gate_up_swiglu(
-        &mut self,
-        x: &CpuTensor,
-        norm: &CpuVector,
-        eps: f32,
-        normed: &CpuTensor,
-        (gate, up): &Self::GateUp,
-        gate_out: &CpuTensor,
-        up_out: &CpuTensor,
-        out: &CpuTensor,
-        n: usize,
-    ) {
-        self.norm_matmuls(
-            x,
-            norm,
-            eps,
-            normed,
-            &[(gate, None, gate_out), (up, None, up_out)],
-            n,
-        );
-        self.swiglu(gate_out, up_out, out, n);
-    }
-
     fn tensor(&mut self, _name: &str, rows: usize, cols: usize) -> Result<CpuTensor> {
         self.bytes_held += 4 * (rows * cols) as u64;
         Ok(CpuTensor {
-            data: RefCell::new(vec![0.0; rows * cols]),
+            data: Rc::new(RefCell::new(vec![0.0; rows * cols])),
+            rows,
             cols,
         })
     }
 
-    fn kv_cache(
-        &mut self,
-        n_layers: usize,
-        n_ctx: usize,
-        shape: &AttentionShape,
-        types: KvTypes,
-    ) -> Result<CpuKvCache> {
-        types.check(shape)?;
+    fn scratch(&mut self, which: Scratch, rows: usize, cols: usize) -> CpuTensor {
+        let len = rows * cols;
+        let held = self.scratch.entry(which).or_default();
+        let have = held.borrow().len();
+        if have < len {
+            self.bytes_held += 4 * (len - have) as u64;
+            *held = Rc::new(RefCell::new(vec![0.0; len]));
+        }
+        CpuTensor {
+            data: held.clone(),
+            rows,
+            cols,
+        }
+    }
+
+    fn kv_cache(&mut self, layout: &KvLayout) -> Result<CpuKvCache> {
+        let shape = layout.shape;
+        let types = layout.types;
+        types.check(&shape)?;
         let kv_width = shape.kv_width();
+        let positions = layout.slots * layout.n_ctx;
+        let n_layers = layout.layers.len();
         // Zeroed allocations are lazily backed by the OS: unused context costs no memory.
-        let layer = |ty: CacheType| RefCell::new(vec![0u8; n_ctx * ty.bytes_for(kv_width)]);
-        self.bytes_held += (n_layers * n_ctx * types.bytes_per_position(shape)) as u64;
+        let layer = |ty: CacheType| RefCell::new(vec![0u8; positions * ty.bytes_for(kv_width)]);
+        self.bytes_held += (n_layers * positions * types.bytes_per_position(&shape)) as u64;
         Ok(CpuKvCache {
             k: (0..n_layers).map(|_| layer(types.k)).collect(),
             v: (0..n_layers).map(|_| layer(types.v)).collect(),
-            kv_width,
+            slots: layout.slots,
+            n_ctx: layout.n_ctx,
+            shape,
             types,
         })
     }
@@ -288,52 +348,45 @@ impl Backend for CpuBackend {
     fn embed(&mut self, table: &CpuMatrix, tokens: &[u32], out: &CpuTensor) {
         let mut o = out.data.borrow_mut();
         for (row, &tok) in o.chunks_mut(out.cols).zip(tokens) {
-            let tok = (tok as usize).min(table.rows - 1);
-            quant::dequantize(table.ggml_type, table.row(tok), row)
+            let (part, r) = table.locate((tok as usize).min(table.rows - 1));
+            quant::dequantize(part.ggml_type, part.row(r), row)
                 .unwrap_or_else(|e| panic!("{}: {e}", table.name));
         }
     }
 
-    fn rms_norm(&mut self, x: &CpuTensor, weight: &CpuVector, eps: f32, out: &CpuTensor, n: usize) {
+    fn rms_norm(&mut self, x: &CpuTensor, norm: RmsNorm<'_, CpuVector>, out: &CpuTensor, n: usize) {
         let x = x.data.borrow();
         let mut o = out.data.borrow_mut();
         let d = out.cols;
         for (xr, or) in x.chunks(d).zip(o.chunks_mut(d)).take(n) {
-            rms_norm_row(xr, &weight.0, eps, or);
+            rms_norm_row(xr, &norm.weight.0, norm.eps, or);
         }
     }
 
-    fn matmul(
-        &mut self,
-        x: &CpuTensor,
-        w: &CpuMatrix,
-        bias: Option<&CpuVector>,
-        out: &CpuTensor,
-        n: usize,
-    ) {
+    fn matmul(&mut self, x: &CpuTensor, w: &CpuMatrix, out: &CpuTensor, n: usize) {
         assert_eq!((x.cols, out.cols), (w.cols, w.rows), "{}: shape", w.name);
         let x = x.data.borrow();
         let x = &x[..n * w.cols];
         let mut o = out.data.borrow_mut();
-        let o: &mut [f32] = &mut o;
-        let pool = &self.pool;
-        let format = w.ggml_type.act_format();
-        if self.exact {
-            pool.install(|| exact_matmul(w, x, o, n));
-        } else if n * w.data.bytes().len() < SERIAL_BYTES {
-            let mut bytes = Vec::new();
-            quant::quantize_acts(format, x, &mut bytes);
-            let acts = Activations::new(w.ggml_type, bytes, w.cols);
-            quant::mat_mul(w.data.bytes(), &acts, &mut o[..n * w.rows]);
+        let o = &mut o[..n * w.rows];
+        if let [part] = w.parts.as_slice() {
+            self.part_product(part, w.cols, x, o, n);
+        } else if n == 1 {
+            for part in &w.parts {
+                self.part_product(part, w.cols, x, &mut o[part.first..][..part.rows], 1);
+            }
         } else {
-            pool.install(|| {
-                let bytes = quantize_rows(format, x, w.cols);
-                quantized_matmul(w, &Activations::new(w.ggml_type, bytes, w.cols), o, n)
-            });
+            for part in &w.parts {
+                let mut products = vec![0f32; n * part.rows];
+                self.part_product(part, w.cols, x, &mut products, n);
+                for (o, p) in o.chunks_mut(w.rows).zip(products.chunks(part.rows)) {
+                    o[part.first..][..part.rows].copy_from_slice(p);
+                }
+            }
         }
-        if let Some(bias) = bias {
-            for row in o.chunks_mut(w.rows).take(n) {
-                row.iter_mut().zip(&bias.0).for_each(|(v, b)| *v += b);
+        if let Some(bias) = &w.bias {
+            for row in o.chunks_mut(w.rows) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
             }
         }
     }
@@ -348,65 +401,111 @@ impl Backend for CpuBackend {
             .for_each(|(a, x)| *a += x);
     }
 
-    fn swiglu(&mut self, gate: &CpuTensor, up: &CpuTensor, out: &CpuTensor, n: usize) {
-        let (g, u) = (gate.data.borrow(), up.data.borrow());
+    fn pointwise(&mut self, x: &CpuTensor, f: Pointwise, n: usize) {
+        let len = n * x.cols;
+        let mut x = x.data.borrow_mut();
+        x[..len].iter_mut().for_each(|v| *v = f.apply(*v));
+    }
+
+    fn glu(&mut self, act: Activation, gate_up: &CpuTensor, out: &CpuTensor, n: usize) {
+        let w = out.cols;
+        assert_eq!(gate_up.cols, 2 * w, "glu: gate and up of {w} values each");
+        let gu = gate_up.data.borrow();
+        let gu = &gu[..n * 2 * w];
         let mut o = out.data.borrow_mut();
-        let cols = out.cols;
-        let (o, g, u) = (&mut o[..n * cols], &g[..n * cols], &u[..n * cols]);
-        let row = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
-            for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                *o = silu(*g) * u;
+        // Gate, up and output: 12 bytes a value.
+        self.rows_of(12 * n * w, &mut o[..n * w], w, |t, o| {
+            let (gate, up) = gu[t * 2 * w..][..2 * w].split_at(w);
+            for ((o, g), u) in o.iter_mut().zip(gate).zip(up) {
+                *o = act.apply(*g) * u;
+            }
+        });
+    }
+
+    fn rope_store_kv(
+        &mut self,
+        qkv: &CpuTensor,
+        rope: &Rope<'_, CpuVector>,
+        q: &CpuTensor,
+        at: CacheLayer<'_, CpuKvCache>,
+    ) {
+        let cache = at.cache;
+        let shape = &cache.shape;
+        let (qw, kvw, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+        assert_eq!(qkv.cols, qw + 2 * kvw, "rope_store_kv: [q | k | v] rows");
+        let table = |p: usize| &rope.cos_sin.0[p * hd..(p + 1) * hd];
+        let finish = |heads: &mut [f32], norm: Option<&CpuVector>, pos: usize| {
+            for head in heads.chunks_mut(hd) {
+                if let (Some(w), Some(n)) = (norm, &rope.qk_norm) {
+                    let raw = head.to_vec();
+                    rms_norm_row(&raw, &w.0, n.eps, head);
+                }
+                rope_head(head, table(pos), shape.rope);
             }
         };
-        // Gate, up and output: 12 bytes a value.
-        if 12 * o.len() < SERIAL_BYTES {
-            o.chunks_mut(cols)
-                .zip(g.chunks(cols).zip(u.chunks(cols)))
-                .for_each(row);
-        } else {
-            self.pool.install(|| {
-                o.par_chunks_mut(cols)
-                    .zip(g.par_chunks(cols).zip(u.par_chunks(cols)))
-                    .for_each(row);
-            });
+        let (q_norm, k_norm) = match &rope.qk_norm {
+            Some(n) => (Some(n.q), Some(n.k)),
+            None => (None, None),
+        };
+        let products = qkv.data.borrow();
+        let mut q = q.data.borrow_mut();
+        let (mut kc, mut vc) = (
+            cache.k[at.layer].borrow_mut(),
+            cache.v[at.layer].borrow_mut(),
+        );
+        let (k_width, v_width) = (cache.bytes_for(true, kvw), cache.bytes_for(false, kvw));
+        for (t, (slot, pos)) in at.batch.positions().enumerate() {
+            let row = &products[t * qkv.cols..][..qkv.cols];
+            let q_row = &mut q[t * qw..][..qw];
+            q_row.copy_from_slice(&row[..qw]);
+            finish(q_row, q_norm, pos);
+            let mut k_row = row[qw..qw + kvw].to_vec();
+            finish(&mut k_row, k_norm, pos);
+            let r = cache.row(slot, pos);
+            encode_row(cache.types.k, &k_row, &mut kc[r * k_width..][..k_width]);
+            encode_row(
+                cache.types.v,
+                &row[qw + kvw..],
+                &mut vc[r * v_width..][..v_width],
+            );
         }
     }
 
     fn attention(
         &mut self,
         q: &CpuTensor,
-        cache: &CpuKvCache,
-        layer: usize,
-        pos: usize,
-        n: usize,
+        at: CacheLayer<'_, CpuKvCache>,
+        opts: &AttentionOpts,
         out: &CpuTensor,
-        shape: &AttentionShape,
     ) {
+        let cache = at.cache;
+        let shape = cache.shape;
         let (hd, n_head) = (shape.head_dim, shape.n_head);
         let group = n_head / shape.n_head_kv;
         let types = cache.types;
         let (k_row, v_row) = (cache.bytes_for(true, hd), cache.bytes_for(false, hd));
-        let (k_width, v_width) = (
-            cache.bytes_for(true, cache.kv_width),
-            cache.bytes_for(false, cache.kv_width),
-        );
-        let scale = 1.0 / (hd as f32).sqrt();
+        let kvw = shape.kv_width();
+        let (k_width, v_width) = (cache.bytes_for(true, kvw), cache.bytes_for(false, kvw));
+        // Each row's slot and position, and the cache rows they start at.
+        let rows: Vec<(usize, usize)> = at.batch.positions().collect();
+        let starts: Vec<usize> = rows.iter().map(|&(s, p)| cache.row(s, p) - p).collect();
         let q = q.data.borrow();
-        let (kc, vc) = (cache.k[layer].borrow(), cache.v[layer].borrow());
+        let (kc, vc) = (cache.k[at.layer].borrow(), cache.v[at.layer].borrow());
         let (q, kc, vc): (&[f32], &[u8], &[u8]) = (&q, &kc, &vc);
         let mut o = out.data.borrow_mut();
-        let o: &mut [f32] = &mut o;
-        // A task per token and KV head: the heads sharing the KV head share its key and value
+        // A task per row and KV head: the heads sharing the KV head share its key and value
         // rows, converted to f32 once.
         let task = |i: usize, out_group: &mut [f32]| {
             let (t, kv_head) = (i / shape.n_head_kv, i % shape.n_head_kv);
-            let n_keys = pos + t + 1;
-            let key = |p: usize| &kc[p * k_width + kv_head * k_row..][..k_row];
-            let value = |p: usize| &vc[p * v_width + kv_head * v_row..][..v_row];
+            let (pos, start) = (rows[t].1, starts[t]);
+            let keys = opts.first_key(pos)..pos + 1;
+            let n_keys = keys.len();
+            let key = |p: usize| &kc[(start + p) * k_width + kv_head * k_row..][..k_row];
+            let value = |p: usize| &vc[(start + p) * v_width + kv_head * v_row..][..v_row];
             let q_group = &q[(t * n_head + kv_head * group) * hd..][..group * hd];
             let mut scores = vec![0f32; group * n_keys];
             let mut k = vec![0f32; hd];
-            for p in 0..n_keys {
+            for (j, p) in keys.clone().enumerate() {
                 // f16 keys are dotted where they lie; q8_0 ones are dequantized once for the
                 // heads of the group.
                 if types.k == CacheType::Q8_0 {
@@ -419,33 +518,24 @@ impl Backend for CpuBackend {
                         }
                         CacheType::Q8_0 => qh.iter().zip(&k).map(|(a, b)| a * b).sum(),
                     };
-                    scores[p] = scale * dot;
+                    scores[j] = opts.score(dot);
                 }
             }
             scores.chunks_mut(n_keys).for_each(softmax);
             out_group.fill(0.0);
             let mut v = vec![0f32; hd];
-            for p in 0..n_keys {
+            for (j, p) in keys.enumerate() {
                 dequantize_row(types.v, value(p), &mut v);
                 for (out_head, s) in out_group.chunks_mut(hd).zip(scores.chunks(n_keys)) {
-                    add_scaled(out_head, s[p], &v);
+                    add_scaled(out_head, s[j], &v);
                 }
             }
         };
-        let o = &mut o[..n * n_head * hd];
-        // Keys and values read by the heads of the KV head.
-        let bytes = n * shape.n_head_kv * (pos + n) * (k_row + v_row);
-        if bytes < SERIAL_BYTES {
-            o.chunks_mut(group * hd)
-                .enumerate()
-                .for_each(|(i, out_group)| task(i, out_group));
-        } else {
-            self.pool.install(|| {
-                o.par_chunks_mut(group * hd)
-                    .enumerate()
-                    .for_each(|(i, out_group)| task(i, out_group))
-            });
-        }
+        let o = &mut o[..rows.len() * n_head * hd];
+        // Keys and values read by the heads of each KV head.
+        let keys: usize = rows.iter().map(|&(_, p)| p + 1 - opts.first_key(p)).sum();
+        let bytes = keys * shape.n_head_kv * (k_row + v_row);
+        self.rows_of(bytes, o, group * hd, task);
     }
 
     fn copy_row(&mut self, src: &CpuTensor, row: usize, dst: &CpuTensor) {
@@ -455,6 +545,14 @@ impl Backend for CpuBackend {
 
     fn read(&mut self, x: &CpuTensor, n: usize) -> Result<Vec<f32>> {
         Ok(x.data.borrow()[..n * x.cols].to_vec())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn memory_used(&self) -> u64 {
+        self.bytes_held
     }
 
     fn queue_argmax(&mut self, x: &CpuTensor, slot: usize) {
@@ -485,14 +583,6 @@ impl Backend for CpuBackend {
 
     fn embed_argmax(&mut self, table: &CpuMatrix, out: &CpuTensor) {
         self.embed(table, &[self.last_argmax], out);
-    }
-
-    fn sync(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    fn memory_used(&self) -> u64 {
-        self.bytes_held
     }
 }
 
@@ -539,7 +629,7 @@ fn row_block_tasks(rows: usize, n: usize, o: &mut [f32], task: impl Fn(usize, &m
         });
 }
 
-fn quantized_matmul(w: &CpuMatrix, acts: &Activations, o: &mut [f32], n: usize) {
+fn quantized_matmul(w: &CpuRows, acts: &Activations, o: &mut [f32], n: usize) {
     row_block_tasks(w.rows, n, o, |first, chunk| {
         let rows = &w.data.bytes()[first * w.row_bytes..][..chunk.len() / n * w.row_bytes];
         quant::mat_mul(rows, acts, chunk);
@@ -547,14 +637,14 @@ fn quantized_matmul(w: &CpuMatrix, acts: &Activations, o: &mut [f32], n: usize) 
 }
 
 /// The reference product: each weight row dequantized and dotted with `x` in f64.
-fn exact_matmul(w: &CpuMatrix, x: &[f32], o: &mut [f32], n: usize) {
+fn exact_matmul(w: &CpuRows, cols: usize, x: &[f32], o: &mut [f32], n: usize) {
     row_block_tasks(w.rows, n, o, |first, chunk| {
         let len = chunk.len() / n;
-        let mut row = vec![0f32; w.cols];
+        let mut row = vec![0f32; cols];
         for i in 0..len {
             quant::dequantize(w.ggml_type, w.row(first + i), &mut row)
                 .expect("size checked at load");
-            for (t, xt) in x.chunks(w.cols).enumerate() {
+            for (t, xt) in x.chunks(cols).enumerate() {
                 chunk[t * len + i] = dot_f64(&row, xt) as f32;
             }
         }
@@ -583,10 +673,6 @@ pub fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     for ((o, x), w) in out.iter_mut().zip(x).zip(weight) {
         *o = x * scale * w;
     }
-}
-
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 /// Rotates one head by the (cos, sin) pairs of its position.
@@ -636,60 +722,42 @@ pub fn argmax(x: &[f32]) -> usize {
     }
     best
 }
-impl CpuBackend {
-    /// Rotates q in place and k into the cache for positions `pos..pos + n` using the
-    /// `[n_ctx, head_dim / 2]` cos/sin tables, and stores v beside it.
-    #[allow(clippy::too_many_arguments)]
-    fn rope_store_kv(
-        &mut self,
-        q: &CpuTensor,
-        k: &CpuTensor,
-        v: &CpuTensor,
-        rope_cos_sin: &CpuVector,
-        cache: &CpuKvCache,
-        layer: usize,
-        pos: usize,
-        n: usize,
-        shape: &AttentionShape,
-    ) {
-        let hd = shape.head_dim;
-        let table = |p: usize| &rope_cos_sin.0[p * hd..(p + 1) * hd];
-        let mut q = q.data.borrow_mut();
-        for (t, row) in q.chunks_mut(shape.q_width()).take(n).enumerate() {
-            row.chunks_mut(hd)
-                .for_each(|head| rope_head(head, table(pos + t), shape.rope));
-        }
-        let (mut kc, mut vc) = (cache.k[layer].borrow_mut(), cache.v[layer].borrow_mut());
-        let kvw = cache.kv_width;
-        let (k_width, v_width) = (cache.bytes_for(true, kvw), cache.bytes_for(false, kvw));
-        let mut k = k.data.borrow_mut();
-        let v = v.data.borrow();
-        for t in 0..n {
-            let krow = &mut k[t * kvw..(t + 1) * kvw];
-            krow.chunks_mut(hd)
-                .for_each(|head| rope_head(head, table(pos + t), shape.rope));
-            let p = pos + t;
-            encode_row(cache.types.k, krow, &mut kc[p * k_width..][..k_width]);
-            let vrow = &v[t * kvw..(t + 1) * kvw];
-            encode_row(cache.types.v, vrow, &mut vc[p * v_width..][..v_width]);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{Batch, QkNorm, Span};
     use crate::rng::SplitMix64;
 
-    /// Attention of `n` queries at position 0 over caches of `types`, from seeded normal
-    /// queries (scaled by 3, so that the softmax has favourites), keys and values.
-    fn attention_over(types: KvTypes, shape: &AttentionShape, n: usize) -> Vec<f32> {
-        let mut rng = SplitMix64::for_stream(7, "kv cache");
-        let mut normal = |len: usize, scale: f32| -> CpuTensor {
-            CpuTensor {
-                data: RefCell::new((0..len).map(|_| scale * rng.next_normal()).collect()),
-                cols: len / n,
-            }
+    fn tensor_of(rows: usize, data: Vec<f32>) -> CpuTensor {
+        CpuTensor {
+            cols: data.len() / rows,
+            data: Rc::new(RefCell::new(data)),
+            rows,
+        }
+    }
+
+    fn layout(shape: AttentionShape, types: KvTypes, slots: usize, n_ctx: usize) -> KvLayout {
+        KvLayout {
+            slots,
+            n_ctx,
+            shape,
+            types,
+            layers: vec![AttentionOpts::causal(shape.head_dim)],
+            qk_norm: false,
+        }
+    }
+
+    /// No rotation: cos 1, sin 0 at every position.
+    fn identity_rope(n_ctx: usize, head_dim: usize) -> CpuVector {
+        CpuVector([1.0, 0.0].repeat(n_ctx * head_dim / 2))
+    }
+
+    /// `[n, q | k | v]` rows from seeded normal queries (scaled by 3, so that the softmax has
+    /// favourites), keys and values, drawn in that order.
+    fn random_qkv(shape: &AttentionShape, n: usize, stream: &str) -> Vec<f32> {
+        let mut rng = SplitMix64::for_stream(7, stream);
+        let mut normal = |len: usize, scale: f32| -> Vec<f32> {
+            (0..len).map(|_| scale * rng.next_normal()).collect()
         };
         let (qw, kvw) = (shape.q_width(), shape.kv_width());
         let (q, k, v) = (
@@ -697,14 +765,54 @@ mod tests {
             normal(n * kvw, 1.0),
             normal(n * kvw, 1.0),
         );
+        (0..n)
+            .flat_map(|t| {
+                [
+                    &q[t * qw..][..qw],
+                    &k[t * kvw..][..kvw],
+                    &v[t * kvw..][..kvw],
+                ]
+                .concat()
+            })
+            .collect()
+    }
+
+    /// Stores `qkv`'s rows for `batch` into layer 0 of `cache` (no rotation) and attends with
+    /// `opts`: the output rows.
+    fn store_and_attend(
+        cpu: &mut CpuBackend,
+        cache: &CpuKvCache,
+        qkv: Vec<f32>,
+        batch: &Batch,
+        opts: &AttentionOpts,
+    ) -> Vec<f32> {
+        let shape = cache.shape;
+        let n = batch.rows();
+        let qkv = tensor_of(n, qkv);
+        let q = cpu.tensor("q", n, shape.q_width()).unwrap();
+        let table = identity_rope(cache.n_ctx, shape.head_dim);
+        let rope = Rope {
+            cos_sin: &table,
+            qk_norm: None,
+        };
+        let at = CacheLayer {
+            cache,
+            layer: 0,
+            batch,
+        };
+        cpu.rope_store_kv(&qkv, &rope, &q, at);
+        let out = cpu.tensor("out", n, shape.q_width()).unwrap();
+        cpu.attention(&q, at, opts, &out);
+        cpu.read(&out, n).unwrap()
+    }
+
+    /// Attention of `n` queries at position 0 over caches of `types`.
+    fn attention_over(types: KvTypes, shape: &AttentionShape, n: usize) -> Vec<f32> {
         let mut cpu = CpuBackend::new(1).unwrap();
-        let cache = cpu.kv_cache(1, n, shape, types).unwrap();
-        // No rotation: cos 1, sin 0 at every position.
-        let table = CpuVector([1.0, 0.0].repeat(n * shape.head_dim / 2));
-        cpu.rope_store_kv(&q, &k, &v, &table, &cache, 0, 0, n, shape);
-        let out = cpu.tensor("out", n, qw).unwrap();
-        cpu.attention(&q, &cache, 0, 0, n, &out, shape);
-        out.data.into_inner()
+        let cache = cpu.kv_cache(&layout(*shape, types, 1, n)).unwrap();
+        let qkv = random_qkv(shape, n, "kv cache");
+        let opts = AttentionOpts::causal(shape.head_dim);
+        store_and_attend(&mut cpu, &cache, qkv, &Batch::one(0, 0, n), &opts)
     }
 
     /// A q8_0 cache moves attention's output by a small fraction of its largest value:
@@ -749,6 +857,217 @@ mod tests {
             assert!(
                 worst > 0.0 && worst < bound,
                 "{types}: {worst} of the scale"
+            );
+        }
+    }
+
+    fn small_shape() -> AttentionShape {
+        AttentionShape {
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 32,
+            rope: RopeKind::Neox,
+        }
+    }
+
+    /// Two sequences in one step, each at its own slot and position, attend as each does
+    /// alone: sequence A (slot 1) decodes its 7th and 8th tokens while sequence B (slot 0)
+    /// decodes its 4th, after each prefilled alone.
+    #[test]
+    fn a_batch_of_sequences_attends_as_each_alone() {
+        let shape = small_shape();
+        let opts = AttentionOpts::causal(shape.head_dim);
+        let width = shape.q_width() + 2 * shape.kv_width();
+        let (a, b) = (random_qkv(&shape, 8, "a"), random_qkv(&shape, 4, "b"));
+        let (a_prefill, a_step) = a.split_at(6 * width);
+        let (b_prefill, b_step) = b.split_at(3 * width);
+
+        let mut cpu = CpuBackend::new(1).unwrap();
+        let cache = cpu
+            .kv_cache(&layout(shape, KvTypes::default(), 2, 16))
+            .unwrap();
+        store_and_attend(
+            &mut cpu,
+            &cache,
+            a_prefill.to_vec(),
+            &Batch::one(1, 0, 6),
+            &opts,
+        );
+        store_and_attend(
+            &mut cpu,
+            &cache,
+            b_prefill.to_vec(),
+            &Batch::one(0, 0, 3),
+            &opts,
+        );
+        let batch = Batch::new(vec![
+            Span {
+                slot: 1,
+                pos: 6,
+                len: 2,
+            },
+            Span {
+                slot: 0,
+                pos: 3,
+                len: 1,
+            },
+        ]);
+        let together = store_and_attend(&mut cpu, &cache, [a_step, b_step].concat(), &batch, &opts);
+
+        let alone = |qkv: &[f32], n: usize| {
+            let mut cpu = CpuBackend::new(1).unwrap();
+            let cache = cpu
+                .kv_cache(&layout(shape, KvTypes::default(), 1, 16))
+                .unwrap();
+            store_and_attend(&mut cpu, &cache, qkv.to_vec(), &Batch::one(0, 0, n), &opts)
+        };
+        let qw = shape.q_width();
+        let a_alone = alone(&a, 8);
+        let b_alone = alone(&b, 4);
+        assert_eq!(&together[..2 * qw], &a_alone[6 * qw..], "sequence A");
+        assert_eq!(&together[2 * qw..], &b_alone[3 * qw..], "sequence B");
+    }
+
+    /// With a window of w, a query at position p attends as it would over a cache holding
+    /// only the keys at p - w + 1..=p (no rotation, so positions do not matter otherwise);
+    /// without the window it sees more and answers differently.
+    #[test]
+    fn a_sliding_window_sees_only_the_last_keys() {
+        let shape = small_shape();
+        let (n, w) = (12, 5);
+        let width = shape.q_width() + 2 * shape.kv_width();
+        let qkv = random_qkv(&shape, n, "window");
+        let windowed = AttentionOpts {
+            window: Some(w),
+            ..AttentionOpts::causal(shape.head_dim)
+        };
+        let run = |qkv: &[f32], opts: &AttentionOpts| {
+            let mut cpu = CpuBackend::new(1).unwrap();
+            let rows = qkv.len() / width;
+            let cache = cpu
+                .kv_cache(&layout(shape, KvTypes::default(), 1, n))
+                .unwrap();
+            let out = store_and_attend(
+                &mut cpu,
+                &cache,
+                qkv.to_vec(),
+                &Batch::one(0, 0, rows),
+                opts,
+            );
+            out[out.len() - shape.q_width()..].to_vec()
+        };
+        let got = run(&qkv, &windowed);
+        let want = run(
+            &qkv[(n - w) * width..],
+            &AttentionOpts::causal(shape.head_dim),
+        );
+        assert_eq!(got, want);
+        assert_ne!(got, run(&qkv, &AttentionOpts::causal(shape.head_dim)));
+    }
+
+    /// Soft-capped scores against a float64 reference of one head over f16 keys and values.
+    #[test]
+    fn soft_capped_attention_matches_a_reference() {
+        let shape = AttentionShape {
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim: 32,
+            rope: RopeKind::Normal,
+        };
+        let n = 9;
+        let qkv = random_qkv(&shape, n, "softcap");
+        let opts = AttentionOpts {
+            softcap: Some(2.0),
+            ..AttentionOpts::causal(32)
+        };
+        let mut cpu = CpuBackend::new(1).unwrap();
+        let cache = cpu
+            .kv_cache(&layout(shape, KvTypes::default(), 1, n))
+            .unwrap();
+        let got = store_and_attend(&mut cpu, &cache, qkv.clone(), &Batch::one(0, 0, n), &opts);
+        let f16_of = |x: f32| f16::from_f32(x).to_f64();
+        let row = |t: usize| &qkv[t * 96..][..96];
+        for t in 0..n {
+            let q = &row(t)[..32];
+            let scores: Vec<f64> = (0..=t)
+                .map(|p| {
+                    let dot: f64 = q
+                        .iter()
+                        .zip(&row(p)[32..64])
+                        .map(|(a, b)| *a as f64 * f16_of(*b))
+                        .sum();
+                    2.0 * (dot / 32f64.sqrt() / 2.0).tanh()
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            for d in 0..32 {
+                let want: f64 = (0..=t)
+                    .map(|p| (scores[p] - max).exp() / sum * f16_of(row(p)[64 + d]))
+                    .sum();
+                let g = got[t * 32 + d] as f64;
+                assert!((g - want).abs() < 1e-5, "row {t} dim {d}: {g} vs {want}");
+            }
+        }
+    }
+
+    /// Per-head QK-norm: each query head (and each key head, as the cache holds it) is
+    /// RMS-normalised by its own weight before RoPE (here the identity).
+    #[test]
+    fn qk_norm_normalises_each_head_before_rope() {
+        let shape = small_shape();
+        let (qw, kvw, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+        let qkv = random_qkv(&shape, 1, "qk norm");
+        let mut cpu = CpuBackend::new(1).unwrap();
+        let cache = cpu
+            .kv_cache(&layout(shape, KvTypes::default(), 1, 1))
+            .unwrap();
+        let weights: Vec<f32> = (0..hd).map(|i| 0.5 + i as f32 / hd as f32).collect();
+        let (q_w, k_w) = (
+            CpuVector(weights.clone()),
+            CpuVector(weights.iter().map(|w| 2.0 * w).collect()),
+        );
+        let table = identity_rope(1, hd);
+        let rope = Rope {
+            cos_sin: &table,
+            qk_norm: Some(QkNorm {
+                q: &q_w,
+                k: &k_w,
+                eps: 1e-6,
+            }),
+        };
+        let q = cpu.tensor("q", 1, qw).unwrap();
+        let batch = Batch::one(0, 0, 1);
+        let at = CacheLayer {
+            cache: &cache,
+            layer: 0,
+            batch: &batch,
+        };
+        cpu.rope_store_kv(&tensor_of(1, qkv.clone()), &rope, &q, at);
+        let normed = |x: &[f32], w: &[f32]| -> Vec<f32> {
+            x.chunks(hd)
+                .flat_map(|h| {
+                    let ms = h.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / hd as f64;
+                    let s = 1.0 / (ms + 1e-6).sqrt();
+                    h.iter()
+                        .zip(w)
+                        .map(move |(v, w)| (*v as f64 * s) as f32 * w)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let got = cpu.read(&q, 1).unwrap();
+        let want = normed(&qkv[..qw], &weights);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5 * w.abs().max(1.0), "q: {g} vs {w}");
+        }
+        let mut keys = vec![0f32; kvw];
+        dequantize_row(CacheType::F16, &cache.k[0].borrow()[..2 * kvw], &mut keys);
+        let want = normed(&qkv[qw..qw + kvw], &k_w.0);
+        for (g, w) in keys.iter().zip(&want) {
+            assert!(
+                (g - w).abs() < 2e-3 * w.abs().max(1.0),
+                "k (f16): {g} vs {w}"
             );
         }
     }

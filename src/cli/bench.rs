@@ -697,7 +697,7 @@ fn print_profile(what: &str, n_tokens: usize, timings: &[KernelTiming]) {
 /// Times matrix products alone: each shape back to back many times in one submission, so
 /// the figure is the kernel plus its share of launch cost (the 64-row line shows that floor).
 fn kernel_bench(gpu: &GpuArgs) -> Result<()> {
-    use vibrant::backend::WeightBytes;
+    use vibrant::backend::{MatrixUse, WeightBytes, WeightRows};
     use vibrant::quant::GgmlType;
     let mut b = WgpuBackend::new(gpu.options()?)?;
     println!("device: {}", b.describe());
@@ -738,7 +738,8 @@ fn kernel_bench(gpu: &GpuArgs) -> Result<()> {
         let data =
             vibrant::synth::random_tensor(ty, rows * cols, 1.0 / (cols as f32).sqrt(), &mut rng);
         let bytes = data.len() as f64;
-        let w = b.upload_matrix(label, ty, rows, cols, WeightBytes::owned(data))?;
+        let rows_of = WeightRows::new(ty, rows, WeightBytes::owned(data));
+        let w = b.upload_matrix(label, cols, vec![rows_of], MatrixUse::Plain)?;
         let x = b.tensor("x", 512, cols)?;
         let input: Vec<f32> = (0..512 * cols)
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
@@ -746,11 +747,11 @@ fn kernel_bench(gpu: &GpuArgs) -> Result<()> {
         b.write(&x, &input);
         let y = b.tensor("y", 512, rows)?;
         let time = |b: &mut WgpuBackend, n: usize, reps: usize| -> Result<f64> {
-            b.matmul(&x, &w, None, &y, n);
+            b.matmul(&x, &w, &y, n);
             b.sync()?;
             let started = Instant::now();
             for _ in 0..reps {
-                b.matmul(&x, &w, None, &y, n);
+                b.matmul(&x, &w, &y, n);
             }
             b.sync()?;
             Ok(started.elapsed().as_secs_f64() / reps as f64)

@@ -51,8 +51,10 @@ pub fn info(args: &InfoArgs) -> Result<()> {
 /// Why a file's model cannot run, without the path the file section already named.
 fn not_runnable(e: &ModelError) -> String {
     match e {
-        ModelError::UnsupportedArch { arch, .. } => {
-            format!("architecture '{arch}' is not supported (vibrant runs llama and qwen2)")
+        ModelError::UnsupportedArch {
+            arch, supported, ..
+        } => {
+            format!("architecture '{arch}' is not supported (vibrant runs {supported})")
         }
         other => other.to_string(),
     }

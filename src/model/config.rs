@@ -1,29 +1,19 @@
-//! Model hyper-parameters, read from a GGUF file's `{arch}.*` metadata keys.
+//! Model hyper-parameters, read from a GGUF file's `{arch}.*` metadata keys: the keys every
+//! family shares, read once here for the family files of [`super::arch`].
 
 use crate::backend::{AttentionShape, RopeKind};
 use crate::gguf::{GgufError, GgufFile};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    Llama,
-    Qwen2,
-}
-
-impl Arch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Llama => "llama",
-            Self::Qwen2 => "qwen2",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("{path}: architecture '{arch}' is not supported (vibrant runs llama and qwen2)")]
-    UnsupportedArch { path: String, arch: String },
+    #[error("{path}: architecture '{arch}' is not supported (vibrant runs {supported})")]
+    UnsupportedArch {
+        path: String,
+        arch: String,
+        supported: String,
+    },
     #[error("{path}: {what}")]
     Invalid { path: String, what: String },
     #[error("{path}: tensor '{tensor}' {what}")]
@@ -42,7 +32,8 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub arch: Arch,
+    /// The family's name, as `general.architecture` gives it.
+    pub arch: &'static str,
     pub name: String,
     pub n_vocab: usize,
     pub n_embd: usize,
@@ -57,35 +48,49 @@ pub struct Config {
 }
 
 impl Config {
+    /// The hyper-parameters of a file of a family vibrant runs.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        let path = file.path().display().to_string();
-        let arch_name = file.str("general.architecture")?;
-        let arch = match arch_name {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            other => {
-                return Err(ModelError::UnsupportedArch {
-                    path,
-                    arch: other.to_string(),
-                })
-            }
-        };
-        let key = |k: &str| format!("{arch_name}.{k}");
-        let invalid = |what: String| ModelError::Invalid {
-            path: path.clone(),
-            what,
-        };
+        Ok(super::arch::Spec::from_gguf(file)?.config)
+    }
+}
 
+/// A file's metadata as one family reads it: keys under the family's name.
+pub struct Meta<'a> {
+    pub file: &'a GgufFile,
+    pub arch: &'static str,
+}
+
+impl Meta<'_> {
+    pub fn path(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    pub fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+
+    pub fn invalid(&self, what: String) -> ModelError {
+        ModelError::Invalid {
+            path: self.path(),
+            what,
+        }
+    }
+
+    /// The hyper-parameters every family has, under their usual keys, with RoPE pairing
+    /// dimensions as `rope` says.
+    pub fn config(&self, rope: RopeKind) -> Result<Config> {
+        let file = self.file;
+        let key = |k: &str| self.key(k);
         let n_embd = file.u64(&key("embedding_length"))? as usize;
         let n_head = file.u64(&key("attention.head_count"))? as usize;
         let n_head_kv = file.u64_or(&key("attention.head_count_kv"), n_head as u64)? as usize;
         if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
-            return Err(invalid(format!(
+            return Err(self.invalid(format!(
                 "{n_head} attention heads cannot be grouped over {n_head_kv} key/value heads"
             )));
         }
         if n_embd == 0 || !n_embd.is_multiple_of(n_head) {
-            return Err(invalid(format!(
+            return Err(self.invalid(format!(
                 "embedding width {n_embd} is not a multiple of the {n_head} heads"
             )));
         }
@@ -93,7 +98,7 @@ impl Config {
             file.u64_or(&key("attention.key_length"), (n_embd / n_head) as u64)? as usize;
         let rope_dim = file.u64_or(&key("rope.dimension_count"), head_dim as u64)? as usize;
         if !head_dim.is_multiple_of(2) || rope_dim != head_dim {
-            return Err(invalid(format!(
+            return Err(self.invalid(format!(
                 "head size {head_dim} with {rope_dim} rotated dimensions is not supported (RoPE must cover whole, even-sized heads)"
             )));
         }
@@ -101,42 +106,23 @@ impl Config {
             None | Some("none") => 1.0,
             Some("linear") => file.f32_or(&key("rope.scaling.factor"), 1.0)?,
             Some(other) => {
-                return Err(invalid(format!(
+                return Err(self.invalid(format!(
                     "RoPE scaling '{other}' is not supported (vibrant supports none and linear)"
                 )))
             }
         };
         if !(rope_linear_scale.is_finite() && rope_linear_scale > 0.0) {
-            return Err(invalid(format!(
+            return Err(self.invalid(format!(
                 "RoPE scaling factor {rope_linear_scale} is not positive"
             )));
         }
-
-        let embd = file
-            .tensor("token_embd.weight")
-            .ok_or_else(|| ModelError::Tensor {
-                path: path.clone(),
-                tensor: "token_embd.weight".into(),
-                what: "is missing".into(),
-            })?;
-        let n_vocab = match embd.dims.as_slice() {
-            [w, v] if *w as usize == n_embd => *v as usize,
-            dims => {
-                return Err(ModelError::Tensor {
-                    path: path.clone(),
-                    tensor: "token_embd.weight".into(),
-                    what: format!("has shape {dims:?}, expected [{n_embd}, n_vocab]"),
-                })
-            }
-        };
-
-        let config = Self {
-            arch,
+        let config = Config {
+            arch: self.arch,
             name: file
                 .str_opt("general.name")
-                .unwrap_or(arch_name)
+                .unwrap_or(self.arch)
                 .to_string(),
-            n_vocab,
+            n_vocab: self.n_vocab(n_embd)?,
             n_embd,
             n_layer: file.u64(&key("block_count"))? as usize,
             n_ff: file.u64(&key("feed_forward_length"))? as usize,
@@ -145,17 +131,14 @@ impl Config {
                 n_head,
                 n_head_kv,
                 head_dim,
-                rope: match arch {
-                    Arch::Llama => RopeKind::Normal,
-                    Arch::Qwen2 => RopeKind::Neox,
-                },
+                rope,
             },
             rms_eps: file.f32_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
             rope_base: file.f32_or(&key("rope.freq_base"), 10000.0)?,
             rope_linear_scale,
         };
         if config.n_layer == 0 || config.n_ff == 0 || config.n_layer > 1024 {
-            return Err(invalid(format!(
+            return Err(self.invalid(format!(
                 "{} layers with feed-forward width {} is not a usable model",
                 config.n_layer, config.n_ff
             )));
@@ -163,13 +146,23 @@ impl Config {
         Ok(config)
     }
 
-    /// Parameters in the weight matrices and embeddings (norms and biases excluded).
-    pub fn n_params(&self, tied_output: bool) -> u64 {
-        let a = &self.attention;
-        let per_layer = self.n_embd * (a.q_width() + 2 * a.kv_width())
-            + a.q_width() * self.n_embd
-            + 3 * self.n_embd * self.n_ff;
-        let embd = self.n_vocab * self.n_embd;
-        (self.n_layer * per_layer + embd * if tied_output { 1 } else { 2 }) as u64
+    /// The vocabulary size, from the token embeddings' shape.
+    fn n_vocab(&self, n_embd: usize) -> Result<usize> {
+        let name = "token_embd.weight";
+        let tensor_error = |what: String| ModelError::Tensor {
+            path: self.path(),
+            tensor: name.into(),
+            what,
+        };
+        let embd = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| tensor_error("is missing".into()))?;
+        match embd.dims.as_slice() {
+            [w, v] if *w as usize == n_embd => Ok(*v as usize),
+            dims => Err(tensor_error(format!(
+                "has shape {dims:?}, expected [{n_embd}, n_vocab]"
+            ))),
+        }
     }
 }

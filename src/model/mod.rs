@@ -1,51 +1,21 @@
-//! Model architectures: configuration from GGUF metadata, weights named by their GGUF roles,
-//! and the transformer forward pass, written once against the [`Backend`] trait.
+//! Model architectures: families described as data ([`arch`]), their weights loaded by GGUF
+//! name, and the transformer forward pass, written once in blocks against the [`Backend`]
+//! trait.
 
+pub mod arch;
 mod config;
+mod forward;
+mod weights;
 
-pub use config::{Arch, Config, ModelError, Result};
+pub use config::{Config, ModelError, Result};
 
-use crate::backend::{Backend, KvTypes, QkvPart, WeightBytes, ARGMAX_SLOTS};
-use crate::gguf::{GgufFile, TensorInfo};
-use crate::quant::{self, GgmlType};
+use crate::backend::{Backend, Batch, CacheLayer, KvLayout, KvTypes, ARGMAX_SLOTS};
+use crate::gguf::GgufFile;
+use crate::quant::GgmlType;
+use arch::{Ffn, Spec};
+use forward::Acts;
 use std::sync::Arc;
-
-/// The weights of one transformer block.
-struct Layer<B: Backend> {
-    attn_norm: B::Vector,
-    /// Query, key and value projections (with biases where the architecture has them).
-    qkv: B::Qkv,
-    wo: B::Matrix,
-    ffn_norm: B::Vector,
-    gate_up: B::GateUp,
-    w_down: B::Matrix,
-}
-
-struct Weights<B: Backend> {
-    token_embd: B::Matrix,
-    /// `None` when the output projection is tied to the token embeddings.
-    output: Option<B::Matrix>,
-    output_norm: B::Vector,
-    layers: Vec<Layer<B>>,
-    /// cos/sin of every (position, frequency) pair: `[n_ctx, head_dim / 2, 2]`.
-    rope_cos_sin: B::Vector,
-}
-
-/// Activations, allocated once for up to `n_batch` tokens.
-struct Scratch<B: Backend> {
-    x: B::Tensor,
-    xn: B::Tensor,
-    q: B::Tensor,
-    k: B::Tensor,
-    v: B::Tensor,
-    attn: B::Tensor,
-    proj: B::Tensor,
-    gate: B::Tensor,
-    up: B::Tensor,
-    hidden: B::Tensor,
-    last: B::Tensor,
-    logits: B::Tensor,
-}
+use weights::{Loader, Weights};
 
 /// Most bytes of logits [`Transformer::forward_all_logits`] computes in one step: 110 rows of
 /// a 151,936-token vocabulary, within the smallest storage binding GPUs offer (128 MiB).
@@ -76,8 +46,9 @@ impl Default for LoadOptions {
 pub struct Transformer<B: Backend> {
     pub config: Config,
     pub backend: B,
+    spec: Spec,
     weights: Weights<B>,
-    scratch: Scratch<B>,
+    acts: Acts<B>,
     cache: B::KvCache,
     kv_types: KvTypes,
     /// Device memory the KV cache takes.
@@ -99,7 +70,8 @@ pub struct ContextFull {
 
 impl<B: Backend> Transformer<B> {
     pub fn load(file: &Arc<GgufFile>, mut backend: B, options: &LoadOptions) -> Result<Self> {
-        let config = Config::from_gguf(file)?;
+        let spec = Spec::from_gguf(file)?;
+        let config = spec.config.clone();
         let n_ctx = match options.n_ctx {
             0 => config.n_ctx_train,
             n => n,
@@ -115,19 +87,16 @@ impl<B: Backend> Transformer<B> {
         // backend builds the kernels that write it as it uploads the projections.
         let held = backend.memory_used();
         let kv_types = options.kv_types;
-        let cache = backend.kv_cache(config.n_layer, n_ctx, &config.attention, kv_types)?;
+        let cache = backend.kv_cache(&kv_layout(&spec, n_ctx, kv_types))?;
         let kv_bytes = backend.memory_used() - held;
-        let loader = Loader {
-            file,
-            config: &config,
-        };
-        let weights = loader.weights(&mut backend, n_ctx)?;
-        let scratch = Scratch::new(&mut backend, &config, n_batch)?;
+        let weights = Loader { file, spec: &spec }.weights(&mut backend, n_ctx)?;
+        let acts = Acts::new(&mut backend, &spec, n_batch)?;
         Ok(Self {
             config,
             backend,
+            spec,
             weights,
-            scratch,
+            acts,
             cache,
             kv_types,
             kv_bytes,
@@ -198,11 +167,11 @@ impl<B: Backend> Transformer<B> {
     }
 
     pub fn logits(&mut self) -> Result<Vec<f32>> {
-        Ok(self.backend.read(&self.scratch.logits, 1)?)
+        Ok(self.backend.read(&self.acts.logits, 1)?)
     }
 
     pub fn argmax(&mut self) -> Result<u32> {
-        Ok(self.backend.argmax(&self.scratch.logits)?)
+        Ok(self.backend.argmax(&self.acts.logits)?)
     }
 
     /// Runs the tokens through the model like [`Self::forward`] and returns the logits of
@@ -220,12 +189,20 @@ impl<B: Backend> Transformer<B> {
         let mut logits = Vec::with_capacity(tokens.len() * self.config.n_vocab);
         for chunk in tokens.chunks(rows) {
             let n = chunk.len();
-            let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
-            b.embed(&w.token_embd, chunk, &s.x);
+            self.embed(chunk);
             self.run_layers(n);
-            let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
             let out = self.all_logits.as_ref().expect("allocated above");
-            w.project(b, self.config.rms_eps, &s.x, &s.xn, out, n);
+            let (b, s) = (&mut self.backend, &self.spec);
+            let eps = s.config.rms_eps;
+            forward::logits(
+                b,
+                &self.weights,
+                s.final_logit_softcap,
+                eps,
+                &self.acts.x,
+                out,
+                n,
+            );
             logits.extend(b.read(out, n)?);
         }
         Ok(logits)
@@ -239,81 +216,63 @@ impl<B: Backend> Transformer<B> {
 
     /// One step over up to `n_batch` tokens at positions `n_past..`.
     fn forward_batch(&mut self, tokens: &[u32], want_logits: bool) {
-        let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
-        b.embed(&w.token_embd, tokens, &s.x);
+        self.embed(tokens);
         self.run_layers(tokens.len());
         if want_logits {
             self.last_logits(tokens.len());
         }
     }
 
-    /// The step of `n` tokens whose embeddings are in `scratch.x`.
-    fn run_layers(&mut self, n: usize) {
-        let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
-        let c = &self.config;
-        let shape = &c.attention;
-        let (pos, eps) = (self.n_past, c.rms_eps);
-        for (l, layer) in w.layers.iter().enumerate() {
-            // Attention: x += Wo · attention(rope(Wq · norm(x)), rope(Wk · norm(x)), Wv · norm(x))
-            b.attention_inputs(
-                &s.x,
-                (&layer.attn_norm, eps),
-                &layer.qkv,
-                [&s.xn, &s.k, &s.v],
-                &s.q,
-                &w.rope_cos_sin,
-                &self.cache,
-                l,
-                pos,
-                n,
-                shape,
-            );
-            b.attention(&s.q, &self.cache, l, pos, n, &s.attn, shape);
-            b.matmul_add(&s.attn, &layer.wo, &s.x, &s.proj, n);
+    /// The tokens' embeddings, into `acts.x`.
+    fn embed(&mut self, tokens: &[u32]) {
+        let scale = self.spec.embedding_scale;
+        forward::embed(
+            &mut self.backend,
+            &self.weights,
+            scale,
+            tokens,
+            &self.acts.x,
+        );
+    }
 
-            // Feed-forward: x += W_down · (silu(W_gate · norm(x)) * W_up · norm(x))
-            b.norm_gate_up_swiglu(
-                &s.x,
-                &layer.ffn_norm,
-                eps,
-                &s.xn,
-                &layer.gate_up,
-                &s.gate,
-                &s.up,
-                &s.hidden,
-                n,
-            );
-            b.matmul_add(&s.hidden, &layer.w_down, &s.x, &s.proj, n);
+    /// The step of `n` tokens at positions `n_past..` whose embeddings are in `acts.x`.
+    fn run_layers(&mut self, n: usize) {
+        let batch = Batch::one(0, self.n_past, n);
+        let (b, w, eps) = (&mut self.backend, &self.weights, self.spec.config.rms_eps);
+        for (l, layer) in w.layers.iter().enumerate() {
+            let at = CacheLayer {
+                cache: &self.cache,
+                layer: l,
+                batch: &batch,
+            };
+            forward::layer(b, layer, &w.rope_tables, &self.acts, at, eps);
         }
         self.n_past += n;
     }
 
-    /// The logits of the last of the `n` tokens just run, into `scratch.logits`.
+    /// The logits of the last of the `n` tokens just run, into `acts.logits`.
     fn last_logits(&mut self, n: usize) {
-        let (b, w, s) = (&mut self.backend, &self.weights, &self.scratch);
+        let (b, a) = (&mut self.backend, &self.acts);
         let last = if n == 1 {
-            &s.x
+            &a.x
         } else {
-            b.copy_row(&s.x, n - 1, &s.last);
-            &s.last
+            b.copy_row(&a.x, n - 1, &a.last);
+            &a.last
         };
-        w.project(b, self.config.rms_eps, last, &s.xn, &s.logits, 1);
+        let (softcap, eps) = (self.spec.final_logit_softcap, self.spec.config.rms_eps);
+        forward::logits(b, &self.weights, softcap, eps, last, &a.logits, 1);
     }
 }
 
-impl<B: Backend> Weights<B> {
-    /// out = output · norm(x) for the first `n` rows of x: the logits (`normed` is scratch).
-    fn project(
-        &self,
-        b: &mut B,
-        eps: f32,
-        x: &B::Tensor,
-        normed: &B::Tensor,
-        out: &B::Tensor,
-        n: usize,
-    ) {
-        let output = self.output.as_ref().unwrap_or(&self.token_embd);
-        b.norm_matmuls(x, &self.output_norm, eps, normed, &[(output, None, out)], n);
+/// The KV cache a model of `spec` needs for one sequence of `n_ctx` tokens.
+fn kv_layout(spec: &Spec, n_ctx: usize, types: KvTypes) -> KvLayout {
+    KvLayout {
+        slots: 1,
+        n_ctx,
+        shape: spec.config.attention,
+        types,
+        layers: spec.layers.iter().map(|l| l.attention.opts).collect(),
+        qk_norm: spec.layers.iter().any(|l| l.attention.qk_norm.is_some()),
     }
 }
 
@@ -358,8 +317,8 @@ impl<'a, B: Backend> Decoder<'a, B> {
     fn queue_pick(&mut self, slot: usize) {
         let m = &mut *self.model;
         match self.pick {
-            Pick::Argmax => m.backend.queue_argmax(&m.scratch.logits, slot),
-            Pick::Sample => m.backend.queue_sample(&m.scratch.logits, slot),
+            Pick::Argmax => m.backend.queue_argmax(&m.acts.logits, slot),
+            Pick::Sample => m.backend.queue_sample(&m.acts.logits, slot),
         }
     }
 
@@ -375,7 +334,9 @@ impl<'a, B: Backend> Decoder<'a, B> {
         self.ran_ahead = self.full.is_none();
         if self.ran_ahead {
             let m = &mut *self.model;
-            m.backend.embed_argmax(&m.weights.token_embd, &m.scratch.x);
+            m.backend.embed_argmax(&m.weights.token_embd, &m.acts.x);
+            let scale = m.spec.embedding_scale;
+            forward::scale_embeddings(&mut m.backend, scale, &m.acts.x, 1);
             m.run_layers(1);
             m.last_logits(1);
             self.queue_pick(self.slot);
@@ -398,209 +359,31 @@ impl<B: Backend> Drop for Decoder<'_, B> {
     }
 }
 
-impl<B: Backend> Scratch<B> {
-    fn new(b: &mut B, c: &Config, n: usize) -> Result<Self> {
+impl<B: Backend> Acts<B> {
+    fn new(b: &mut B, spec: &Spec, n: usize) -> Result<Self> {
+        let c = &spec.config;
         let a = &c.attention;
+        let post_norms = spec.layers.iter().any(|l| {
+            let Ffn::Dense(ffn) = &l.ffn;
+            l.attention.norms.post.is_some() || ffn.norms.post.is_some()
+        });
+        let sandwich = match post_norms {
+            true => Some([
+                b.tensor("sub-block output", n, c.n_embd)?,
+                b.tensor("post-norm", n, c.n_embd)?,
+            ]),
+            false => None,
+        };
         Ok(Self {
             x: b.tensor("x", n, c.n_embd)?,
-            xn: b.tensor("x_norm", n, c.n_embd)?,
             q: b.tensor("q", n, a.q_width())?,
-            k: b.tensor("k", n, a.kv_width())?,
-            v: b.tensor("v", n, a.kv_width())?,
             attn: b.tensor("attn_out", n, a.q_width())?,
-            proj: b.tensor("proj", n, c.n_embd)?,
-            gate: b.tensor("ffn_gate", n, c.n_ff)?,
-            up: b.tensor("ffn_up", n, c.n_ff)?,
             hidden: b.tensor("ffn_hidden", n, c.n_ff)?,
+            sandwich,
             last: b.tensor("last", 1, c.n_embd)?,
             logits: b.tensor("logits", 1, c.n_vocab)?,
         })
     }
-}
-
-/// Reads tensors by their GGUF role names, checking shapes before uploading.
-struct Loader<'a> {
-    file: &'a Arc<GgufFile>,
-    config: &'a Config,
-}
-
-impl Loader<'_> {
-    fn error(&self, tensor: &str, what: String) -> ModelError {
-        ModelError::Tensor {
-            path: self.file.path().display().to_string(),
-            tensor: tensor.to_string(),
-            what,
-        }
-    }
-
-    fn info(&self, name: &str, dims: &[usize]) -> Result<Option<&TensorInfo>> {
-        let Some(info) = self.file.tensor(name) else {
-            return Ok(None);
-        };
-        if info
-            .dims
-            .iter()
-            .map(|&d| d as usize)
-            .ne(dims.iter().copied())
-        {
-            return Err(self.error(
-                name,
-                format!("has shape {:?}, expected {dims:?}", info.dims),
-            ));
-        }
-        Ok(Some(info))
-    }
-
-    fn require(&self, name: &str, dims: &[usize]) -> Result<&TensorInfo> {
-        self.info(name, dims)?
-            .ok_or_else(|| self.error(name, "is missing".into()))
-    }
-
-    /// A weight matrix `[rows, cols]` (ggml dims `[cols, rows]`), uploaded as it is stored.
-    fn matrix<B: Backend>(
-        &self,
-        b: &mut B,
-        name: &str,
-        rows: usize,
-        cols: usize,
-    ) -> Result<B::Matrix> {
-        let info = self.require(name, &[cols, rows])?;
-        let data = WeightBytes::new(self.file, info);
-        Ok(b.upload_matrix(name, info.ggml_type, rows, cols, data)?)
-    }
-
-    /// Layer `i`'s query, key and value projections (`rows[j]` × `cols`) and their biases.
-    fn qkv<B: Backend>(
-        &self,
-        b: &mut B,
-        i: usize,
-        rows: [usize; 3],
-        cols: usize,
-    ) -> Result<B::Qkv> {
-        let part = |role: &str, rows: usize| -> Result<QkvPart> {
-            let name = format!("blk.{i}.attn_{role}.weight");
-            let info = self.require(&name, &[cols, rows])?;
-            Ok(QkvPart {
-                ggml_type: info.ggml_type,
-                data: WeightBytes::new(self.file, info),
-                rows,
-                bias: self.floats(&format!("blk.{i}.attn_{role}.bias"), rows)?,
-            })
-        };
-        let parts = [
-            part("q", rows[0])?,
-            part("k", rows[1])?,
-            part("v", rows[2])?,
-        ];
-        let shape = &self.config.attention;
-        Ok(b.upload_qkv(&format!("blk.{i}.attn_qkv"), parts, cols, shape)?)
-    }
-
-    /// Layer `i`'s feed-forward gate and up projections, `[rows, cols]` each.
-    fn gate_up<B: Backend>(
-        &self,
-        b: &mut B,
-        i: usize,
-        rows: usize,
-        cols: usize,
-    ) -> Result<B::GateUp> {
-        let (gate, up) = (
-            format!("blk.{i}.ffn_gate.weight"),
-            format!("blk.{i}.ffn_up.weight"),
-        );
-        let g = self.require(&gate, &[cols, rows])?;
-        let u = self.require(&up, &[cols, rows])?;
-        let parts = (
-            (g.ggml_type, WeightBytes::new(self.file, g)),
-            (u.ggml_type, WeightBytes::new(self.file, u)),
-        );
-        Ok(b.upload_gate_up(
-            &format!("blk.{i}.ffn_gate_up"),
-            parts.0,
-            parts.1,
-            rows,
-            cols,
-        )?)
-    }
-
-    /// A small vector (norm weight, bias), converted to f32 on the host.
-    fn floats(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
-        let Some(info) = self.info(name, &[len])? else {
-            return Ok(None);
-        };
-        let mut out = vec![0f32; len];
-        quant::dequantize(info.ggml_type, self.file.tensor_data(info), &mut out)
-            .map_err(|e| self.error(name, e.to_string()))?;
-        Ok(Some(out))
-    }
-
-    fn vector<B: Backend>(&self, b: &mut B, name: &str, len: usize) -> Result<Option<B::Vector>> {
-        match self.floats(name, len)? {
-            Some(v) => Ok(Some(b.upload_vector(name, &v)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn required_vector<B: Backend>(&self, b: &mut B, name: &str, len: usize) -> Result<B::Vector> {
-        self.vector(b, name, len)?
-            .ok_or_else(|| self.error(name, "is missing".into()))
-    }
-
-    fn weights<B: Backend>(&self, b: &mut B, n_ctx: usize) -> Result<Weights<B>> {
-        let c = self.config;
-        let a = &c.attention;
-        let (d, q, kv, ff) = (c.n_embd, a.q_width(), a.kv_width(), c.n_ff);
-        let token_embd = self.matrix(b, "token_embd.weight", c.n_vocab, d)?;
-        let output = match self.file.tensor("output.weight") {
-            Some(_) => Some(self.matrix(b, "output.weight", c.n_vocab, d)?),
-            None => None,
-        };
-        let output_norm = self.required_vector(b, "output_norm.weight", d)?;
-        let mut layers = Vec::with_capacity(c.n_layer);
-        for i in 0..c.n_layer {
-            let t = |role: &str| format!("blk.{i}.{role}");
-            layers.push(Layer {
-                attn_norm: self.required_vector(b, &t("attn_norm.weight"), d)?,
-                qkv: self.qkv(b, i, [q, kv, kv], d)?,
-                wo: self.matrix(b, &t("attn_output.weight"), d, q)?,
-                ffn_norm: self.required_vector(b, &t("ffn_norm.weight"), d)?,
-                gate_up: self.gate_up(b, i, ff, d)?,
-                w_down: self.matrix(b, &t("ffn_down.weight"), d, ff)?,
-            });
-        }
-        let freq_factors = self.floats("rope_freqs.weight", a.head_dim / 2)?;
-        let table = rope_table(c, n_ctx, freq_factors.as_deref());
-        let rope_cos_sin = b.upload_vector("rope_cos_sin", &table)?;
-        Ok(Weights {
-            token_embd,
-            output,
-            output_norm,
-            layers,
-            rope_cos_sin,
-        })
-    }
-}
-
-/// cos and sin of `pos * θ_i` for every position and frequency
-/// `θ_i = base^(-2i/d) / factor_i`, computed in f64 once so every backend rotates alike.
-fn rope_table(c: &Config, n_ctx: usize, freq_factors: Option<&[f32]>) -> Vec<f32> {
-    let half = c.attention.head_dim / 2;
-    let inv_freq: Vec<f64> = (0..half)
-        .map(|i| {
-            let factor = freq_factors.map_or(1.0, |f| f[i] as f64);
-            (c.rope_base as f64).powf(-2.0 * i as f64 / c.attention.head_dim as f64) / factor
-        })
-        .collect();
-    let mut table = Vec::with_capacity(n_ctx * half * 2);
-    for pos in 0..n_ctx {
-        let p = pos as f64 / c.rope_linear_scale as f64;
-        for f in &inv_freq {
-            let (sin, cos) = (p * f).sin_cos();
-            table.push(cos as f32);
-            table.push(sin as f32);
-        }
-    }
-    table
 }
 
 /// Counts tensors per type, for `vibrant info`.

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use std::sync::{Arc, OnceLock};
 use vibrant::backend::cpu::CpuBackend;
 use vibrant::backend::gpu::{Gpu, GpuOptions, WgpuBackend};
-use vibrant::backend::{Backend, WeightBytes};
+use vibrant::backend::{Backend, MatrixUse, WeightBytes, WeightRows};
 use vibrant::quant::{self, GgmlType};
 
 /// A GPU backend on the first adapter of the tests' API ([`gpu_options`]), with its own
@@ -140,9 +140,25 @@ impl Weights {
     }
 
     pub fn upload<B: Backend>(&self, b: &mut B, name: &str) -> B::Matrix {
-        let data = WeightBytes::owned(self.bytes.clone());
-        b.upload_matrix(name, self.ty, self.rows, self.cols, data)
+        self.upload_with_bias(b, name, None)
+    }
+
+    /// The rows as one plain matrix, with `bias` where given.
+    pub fn upload_with_bias<B: Backend>(
+        &self,
+        b: &mut B,
+        name: &str,
+        bias: Option<&[f32]>,
+    ) -> B::Matrix {
+        let rows = self.rows_of(bias);
+        b.upload_matrix(name, self.cols, vec![rows], MatrixUse::Plain)
             .unwrap_or_else(|e| panic!("{}: uploading {name}: {e}", b.describe()))
+    }
+
+    /// All rows as one part of a matrix, with `bias` where given.
+    pub fn rows_of(&self, bias: Option<&[f32]>) -> WeightRows {
+        let data = WeightBytes::owned(self.bytes.clone());
+        WeightRows::new(self.ty, self.rows, data).with_bias(bias.map(<[f32]>::to_vec))
     }
 
     /// `[ty rows x cols]`, for messages.

@@ -1,7 +1,7 @@
 //! The WGSL kernel set: which shader files make up each kernel, composed at pipeline creation
 //! (WGSL has no includes), and the pipelines built from them, once per device.
 
-use crate::backend::{BackendError, CacheType, KvTypes, Result};
+use crate::backend::{Activation, BackendError, CacheType, KvTypes, Result};
 use crate::quant::GgmlType;
 
 const COMMON: (&str, &str) = ("common.wgsl", include_str!("../../../shaders/common.wgsl"));
@@ -139,8 +139,8 @@ pub struct MatvecForm {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatvecOutput {
     Plain,
-    /// SwiGLU of interleaved gate/up rows: whole pairs.
-    Swiglu,
+    /// A GLU of interleaved gate/up rows: whole pairs.
+    Glu,
     /// Query/key/value rows: two rotation pairs (four rows).
     Qkv,
 }
@@ -157,8 +157,9 @@ pub enum Kernel {
     /// Activations quantized to 8 bits once, for matvecs of [`MatvecForm::global_acts`];
     /// `true`: RMS-normalised first (times the norm weight), for products with the norm fused.
     QuantizeActs(bool),
-    /// Matvec over interleaved gate/up rows, writing SwiGLU of each pair.
-    MatvecSwiglu(GgmlType, MatvecForm),
+    /// Matvec over interleaved gate/up rows, writing the GLU of each pair (its activation a
+    /// parameter).
+    MatvecGlu(GgmlType, MatvecForm),
     /// Matvec over query/key/value rows with RoPE and the cache write in its epilogue, for
     /// caches of these types (a q8_0 one is staged for [`Kernel::KvStore`]).
     MatvecQkv(GgmlType, MatvecForm, KvTypes),
@@ -183,8 +184,12 @@ pub enum Kernel {
     AttentionDecode(KvTypes),
     AttentionCombine,
     Add,
-    Swiglu,
-    SwigluPairs,
+    /// The GLU of gate and up products side by side in each row.
+    Glu,
+    /// The GLU of interleaved gate/up products.
+    GluPairs,
+    /// Scale or soft-cap in place.
+    Pointwise,
     CopyRow,
     ArgmaxPartial,
     ArgmaxFinal,
@@ -214,7 +219,7 @@ impl Kernel {
             Self::Matvec(..) => "matvec",
             Self::QuantizeActs(false) => "quantize_acts",
             Self::QuantizeActs(true) => "quantize_acts_normed",
-            Self::MatvecSwiglu(..) => "matvec_swiglu",
+            Self::MatvecGlu(..) => "matvec_glu",
             Self::MatvecQkv(..) => "matvec_qkv",
             Self::Matmul(_) => "matmul",
             Self::MatmulCoop(tokens, _) => return format!("matmul_coop_{tokens}"),
@@ -227,8 +232,9 @@ impl Kernel {
             Self::AttentionDecode(_) => "attention_decode",
             Self::AttentionCombine => "attention_combine",
             Self::Add => "add",
-            Self::Swiglu => "swiglu",
-            Self::SwigluPairs => "swiglu_pairs",
+            Self::Glu => "glu",
+            Self::GluPairs => "glu_pairs",
+            Self::Pointwise => "pointwise",
             Self::CopyRow => "copy_row",
             Self::ArgmaxPartial => "argmax_partial",
             Self::ArgmaxFinal => "argmax_final",
@@ -269,7 +275,7 @@ impl Kernel {
 
     fn matvec_form(self) -> Option<MatvecForm> {
         match self {
-            Self::Matvec(_, form) | Self::MatvecSwiglu(_, form) | Self::MatvecQkv(_, form, _) => {
+            Self::Matvec(_, form) | Self::MatvecGlu(_, form) | Self::MatvecQkv(_, form, _) => {
                 Some(form)
             }
             _ => None,
@@ -282,7 +288,7 @@ impl Kernel {
             | Self::Dequant(t)
             | Self::DequantF16(t)
             | Self::Matvec(t, _)
-            | Self::MatvecSwiglu(t, _)
+            | Self::MatvecGlu(t, _)
             | Self::MatvecQkv(t, ..)
             | Self::Matmul(t) => Some(t),
             _ => None,
@@ -298,7 +304,7 @@ impl Kernel {
             Self::Matvec(..) => (MATVEC, "matvec"),
             Self::QuantizeActs(false) => (QUANTIZE_ACTS, "quantize_acts"),
             Self::QuantizeActs(true) => (QUANTIZE_ACTS_NORMED, "quantize_acts_normed"),
-            Self::MatvecSwiglu(..) => (MATVEC, "matvec_swiglu"),
+            Self::MatvecGlu(..) => (MATVEC, "matvec_glu"),
             Self::MatvecQkv(..) => (MATVEC, "matvec_qkv"),
             Self::Matmul(_) => (MATMUL, "matmul"),
             Self::MatmulCoop(..) => (MATMUL_COOP, "matmul_coop"),
@@ -311,8 +317,9 @@ impl Kernel {
             Self::AttentionDecode(_) => (ATTENTION, "attention_decode"),
             Self::AttentionCombine => (ATTENTION, "attention_combine"),
             Self::Add => (ELEMENTWISE, "add"),
-            Self::Swiglu => (ELEMENTWISE, "swiglu"),
-            Self::SwigluPairs => (ELEMENTWISE, "swiglu_pairs"),
+            Self::Glu => (ELEMENTWISE, "glu"),
+            Self::GluPairs => (ELEMENTWISE, "glu_pairs"),
+            Self::Pointwise => (ELEMENTWISE, "pointwise"),
             Self::CopyRow => (ELEMENTWISE, "copy_row"),
             Self::ArgmaxPartial => (REDUCE, "argmax_partial"),
             Self::ArgmaxFinal => (REDUCE, "argmax_final"),
@@ -358,7 +365,7 @@ impl Kernel {
                 true => &[Read, ReadWrite, Read],
                 false => &[Read, ReadWrite],
             },
-            Self::Matvec(..) | Self::MatvecSwiglu(..) => &[Read, Read, Read, ReadWrite, Read],
+            Self::Matvec(..) | Self::MatvecGlu(..) => &[Read, Read, Read, ReadWrite, Read],
             Self::Matmul(_) | Self::MatmulCoop(..) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
             // The epilogue in qkv.wgsl: rope table, q, caches (bindings 6..9).
@@ -389,8 +396,8 @@ impl Kernel {
             // Staged keys and values, the caches.
             Self::KvStore(_) => &[Read, Read, ReadWrite, ReadWrite],
             Self::Add => &[ReadWrite, Read],
-            Self::Swiglu => &[ReadWrite, Read, Read],
-            Self::CopyRow | Self::SwigluPairs => &[ReadWrite, Read],
+            Self::Pointwise => &[ReadWrite],
+            Self::CopyRow | Self::Glu | Self::GluPairs => &[ReadWrite, Read],
             Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => &[ReadWrite, ReadWrite],
             // Logits, result, the sampler's state, the logit biases, the slices' candidates.
             Self::SampleSlices | Self::Sample => {
@@ -407,7 +414,8 @@ impl Kernel {
     /// The composed WGSL source for a device, and where each file starts in it (for error
     /// messages). `{{NAME}}` placeholders in the op files take the device's tuning.
     pub fn source(self, tuning: &Tuning) -> (String, Vec<(&'static str, usize)>) {
-        let mut pieces = vec![COMMON];
+        let activations = activation_constants();
+        let mut pieces = vec![COMMON, ("(generated)", activations.as_str())];
         let glue;
         if let Some(t) = self.weight_type() {
             pieces.push(match t {
@@ -428,7 +436,7 @@ impl Kernel {
         }
         let with_qkv = matches!(
             self,
-            Self::Matvec(..) | Self::MatvecSwiglu(..) | Self::MatvecQkv(..) | Self::RopeStoreQkv(_)
+            Self::Matvec(..) | Self::MatvecGlu(..) | Self::MatvecQkv(..) | Self::RopeStoreQkv(_)
         );
         // Every kernel of qkv.wgsl or attention.wgsl compiles its cache accesses, used or not
         // (attention_combine reads no cache).
@@ -514,6 +522,30 @@ fn kv_readers(types: KvTypes) -> [(&'static str, String); 2] {
         reader(types.k, "key", "k_cache", "k_rows", "6"),
         reader(types.v, "value", "v_cache", "v_rows", "7"),
     ]
+}
+
+/// The code of a GLU's activation in the kernels' parameters (ProductParams.glu,
+/// ElementParams.kind), as shaders/common.wgsl's `activate` reads it; 0 is none.
+pub fn activation_code(act: Activation) -> u32 {
+    match act {
+        Activation::Silu => 1,
+        Activation::GeluTanh => 2,
+    }
+}
+
+/// The activations' codes and GELU's constants, from the host's.
+fn activation_constants() -> String {
+    let mut text = String::new();
+    for act in Activation::ALL {
+        let name = act.name().to_ascii_uppercase();
+        text += &format!("const ACT_{name}: u32 = {}u;\n", activation_code(act));
+    }
+    text += &format!(
+        "const GELU_SQRT_2_OVER_PI: f32 = {:?};\nconst GELU_COEF_A: f32 = {:?};\n",
+        Activation::GELU_SQRT_2_OVER_PI,
+        Activation::GELU_COEF_A
+    );
+    text
 }
 
 /// The sampler kernel's limits, from the host's: a setting within them samples on the device.
@@ -714,7 +746,7 @@ impl Tuning {
             .unwrap_or(if int8_cols > 0 { 4 } else { 2 });
         let rows_per_team = match output {
             MatvecOutput::Plain => chosen,
-            MatvecOutput::Swiglu => chosen.next_multiple_of(2),
+            MatvecOutput::Glu => chosen.next_multiple_of(2),
             MatvecOutput::Qkv => 4,
         };
         // The integer path's threads take units of 32 weights.
@@ -1020,8 +1052,9 @@ mod tests {
             Kernel::RmsNorm,
             Kernel::AttentionCombine,
             Kernel::Add,
-            Kernel::Swiglu,
-            Kernel::SwigluPairs,
+            Kernel::Glu,
+            Kernel::GluPairs,
+            Kernel::Pointwise,
             Kernel::CopyRow,
             Kernel::ArgmaxPartial,
             Kernel::ArgmaxFinal,
@@ -1061,13 +1094,13 @@ mod tests {
                         int8_cols,
                         global_acts: false,
                     };
-                    all.extend([Kernel::Matvec(t, form), Kernel::MatvecSwiglu(t, form)]);
+                    all.extend([Kernel::Matvec(t, form), Kernel::MatvecGlu(t, form)]);
                     if int8_cols > 0 {
                         let global = MatvecForm {
                             global_acts: true,
                             ..form
                         };
-                        all.extend([Kernel::Matvec(t, global), Kernel::MatvecSwiglu(t, global)]);
+                        all.extend([Kernel::Matvec(t, global), Kernel::MatvecGlu(t, global)]);
                         all.extend(every_kv_types().map(|kv| Kernel::MatvecQkv(t, global, kv)));
                     }
                     all.extend(every_kv_types().map(|kv| Kernel::MatvecQkv(t, form, kv)));

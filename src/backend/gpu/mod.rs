@@ -18,13 +18,14 @@ pub use device::{list_adapters, AdapterSummary, Gpu, GpuFeatures, GpuOptions};
 pub use kernels::Kernel;
 
 use super::{
-    AttentionShape, Backend, BackendError, CacheType, KernelTiming, KvTypes, QkvPart, Result,
-    RopeKind, WeightBytes, ARGMAX_SLOTS,
+    Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
+    Dims, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind,
+    Scratch, Span, WeightRows, ARGMAX_SLOTS,
 };
 use crate::quant::GgmlType;
 use crate::sampling::Sampler;
 use bytemuck::{Pod, Zeroable};
-use kernels::{MatvecForm, MatvecOutput, Pipeline};
+use kernels::{activation_code, MatvecForm, MatvecOutput, Pipeline};
 use layout::WeightLayout;
 use profile::Cost;
 use std::collections::HashMap;
@@ -44,54 +45,77 @@ pub struct GpuBuf {
     buffer: wgpu::Buffer,
 }
 
+#[derive(Clone)]
 pub struct GpuTensor {
     buf: Arc<GpuBuf>,
     rows: usize,
     cols: usize,
 }
 
-/// A row range of a weight matrix small enough for one binding.
+impl Dims for GpuTensor {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// A row range of a weight run small enough for one binding.
 struct MatrixPart {
     buf: Arc<GpuBuf>,
+    /// The first row within its run.
     row_start: u32,
     rows: u32,
     layout: WeightLayout,
 }
 
-pub struct GpuMatrix {
-    name: String,
+/// Consecutive rows of a matrix of one weight type, in parts that each fit one binding.
+struct WeightRun {
     ggml_type: GgmlType,
+    /// The run's first row among the matrix's rows as the device holds them.
+    offset: usize,
     rows: usize,
-    cols: usize,
     parts: Vec<MatrixPart>,
 }
 
-impl GpuMatrix {
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
+/// How the device orders a matrix's rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowOrder {
+    /// As given: products in row order.
+    Given,
+    /// Gate and up rows interleaved (row 2i gate i, row 2i + 1 up i), of one weight type: one
+    /// pass computes both and the GLU.
+    GatePairs,
+    /// `[q | k | v]` with each query and key head in the pair order of shaders/qkv.wgsl, so
+    /// that a decode product finishes with RoPE and the cache write.
+    QkvPairs,
+}
 
+pub struct GpuMatrix {
+    name: String,
+    rows: usize,
+    cols: usize,
+    runs: Vec<WeightRun>,
+    /// The bias of every row, in the device's order.
+    bias: Option<GpuVector>,
+    order: RowOrder,
+}
+
+impl GpuMatrix {
     /// Row ranges the matrix is held in, each within one binding.
     pub fn parts(&self) -> usize {
-        self.parts.len()
+        self.runs.iter().map(|r| r.parts.len()).sum()
     }
 }
 
-/// Gate and up projections: interleaved row by row in one matrix when they share a type (one
-/// pass computes both and SwiGLU), else apart.
-pub enum GpuGateUp {
-    Interleaved(GpuMatrix),
-    Separate(GpuMatrix, GpuMatrix),
-}
-
-/// A layer's query, key and value projections as rows of one `[q | k | v]` product: q and k
-/// rows reordered so that each head's rotation pairs sit in fours (shaders/qkv.wgsl), runs of
-/// one weight type concatenated into one matrix (a segment starting at row `offset`).
-pub struct GpuQkv {
-    segments: Vec<(GpuMatrix, usize)>,
-    /// The biases of all rows, in the same order.
-    bias: Option<GpuVector>,
-    width: usize,
+impl Dims for GpuMatrix {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
 }
 
 pub struct GpuVector {
@@ -100,12 +124,14 @@ pub struct GpuVector {
 
 /// Per layer, a key and a value buffer of `[rows, kv_width]` values: f16, or q8_0 with the
 /// quants of all rows first and the blocks' f16 scales after them, from word `scales` on
-/// (shaders/kv_q8_0.wgsl), the 34 bytes per 32 values of ggml's blocks.
+/// (shaders/kv_q8_0.wgsl), the 34 bytes per 32 values of ggml's blocks. One sequence (slot
+/// 0): the attention kernels read keys from row 0 on.
 pub struct GpuKvCache {
     k: Vec<Arc<GpuBuf>>,
     v: Vec<Arc<GpuBuf>>,
     kv_width: usize,
     n_ctx: usize,
+    shape: AttentionShape,
     types: KvTypes,
     scales: u32,
 }
@@ -221,7 +247,8 @@ pub struct WgpuBackend {
     profiler: Option<profile::Profiler>,
     tuning: kernels::Tuning,
     partials: Option<Arc<GpuBuf>>,
-    pairs: Option<Arc<GpuBuf>>,
+    /// The buffers of [`Backend::scratch`].
+    scratch: HashMap<Scratch, Arc<GpuBuf>>,
     /// Staging buffers that weight uploads go through, reused in turn while loading.
     staging: Vec<Staging>,
     next_staging: usize,
@@ -234,8 +261,8 @@ pub struct WgpuBackend {
     load_times: LoadTimes,
     /// A step's keys and values in f32 on their way into q8_0 caches (shaders/kv_store.wgsl).
     kv_staging: Option<[Arc<GpuBuf>; 2]>,
-    /// The types of the last cache made: the kernels that write a cache, which
-    /// [`Backend::upload_qkv`] builds ahead, are built for these (a model makes its cache
+    /// The types of the last cache made: the kernels that write a cache, which uploads of
+    /// query/key/value matrices build ahead, are built for these (a model makes its cache
     /// before its weights).
     kv_types: KvTypes,
 }
@@ -255,26 +282,23 @@ fn storage_buffer(gpu: &Gpu, id: u64, label: &str, size: u64) -> Result<Arc<GpuB
     Ok(Arc::new(GpuBuf { id, buffer }))
 }
 
-/// How a weight product is finished.
+/// How a weight product is finished (besides the matrix's bias).
 #[derive(Clone, Copy, Default)]
 struct Product<'a> {
-    bias: Option<&'a GpuVector>,
     /// Add to the output instead of overwriting it (the residual).
     accumulate: bool,
     /// RMS-normalise x (weight, epsilon) inside the decode kernel.
     norm: Option<(&'a GpuVector, f32)>,
-    /// Rows interleave gate and up; write SwiGLU of each pair.
-    swiglu: bool,
-    /// Rows are part of `[q | k | v]` from this row on: decode finishes them with RoPE and the
-    /// cache write; prompts write them to the output at that column.
+    /// Rows interleave gate and up; write this GLU of each pair.
+    glu: Option<Activation>,
+    /// Rows are `[q | k | v]` in pair order: decode finishes them with RoPE and the cache
+    /// write; prompts write them to the output.
     qkv: Option<QkvRows<'a>>,
 }
 
 /// Where a query/key/value product goes.
 #[derive(Clone, Copy)]
 struct QkvRows<'a> {
-    offset: usize,
-    width: usize,
     rope_cos_sin: &'a GpuVector,
     q: &'a GpuTensor,
     /// The caches, or for a q8_0 one its staging rows.
@@ -303,6 +327,59 @@ fn pair_order(rows: usize, head_dim: usize, neox: bool) -> Vec<usize> {
     order
 }
 
+/// Rows of `[q | k | v]` in the order the device holds them: each query and key head in pair
+/// order, values as they are.
+fn qkv_order(shape: &AttentionShape) -> Vec<usize> {
+    let (qw, kvw) = (shape.q_width(), shape.kv_width());
+    let neox = shape.rope == RopeKind::Neox;
+    let mut order = pair_order(qw, shape.head_dim, neox);
+    order.extend(pair_order(kvw, shape.head_dim, neox).iter().map(|r| qw + r));
+    order.extend(qw + kvw..qw + 2 * kvw);
+    order
+}
+
+/// One row of a weight matrix as stored: its type and bytes.
+type StoredRow<'a> = (GgmlType, &'a [u8]);
+
+/// Every row of `parts` as stored, and every row's bias (0 where its part has none),
+/// checking the parts' sizes.
+fn stored_rows<'a>(
+    name: &str,
+    cols: usize,
+    parts: &'a [WeightRows],
+) -> Result<(Vec<StoredRow<'a>>, Vec<f32>)> {
+    let mut rows = Vec::new();
+    let mut bias = Vec::new();
+    for part in parts {
+        let invalid = |what: String| BackendError::Unsupported(format!("{name}: {what}"));
+        let row_bytes = part
+            .ggml_type
+            .row_bytes(cols)
+            .map_err(|e| invalid(format!("rows of {cols} values: {e}")))?;
+        let data = part.data.bytes();
+        if data.len() != row_bytes * part.rows {
+            return Err(invalid(format!(
+                "{} bytes are not {} rows of {row_bytes}",
+                data.len(),
+                part.rows
+            )));
+        }
+        rows.extend(data.chunks_exact(row_bytes).map(|r| (part.ggml_type, r)));
+        match &part.bias {
+            Some(b) if b.len() == part.rows => bias.extend_from_slice(b),
+            Some(b) => {
+                return Err(invalid(format!(
+                    "a bias of {} values for {} rows",
+                    b.len(),
+                    part.rows
+                )))
+            }
+            None => bias.resize(bias.len() + part.rows, 0.0),
+        }
+    }
+    Ok((rows, bias))
+}
+
 /// shaders/attention.wgsl holds a query head in workgroup memory sized for heads of up to 256
 /// values, and the kernels read cache rows 8 values at a time.
 fn check_head_dim(shape: &AttentionShape) -> Result<()> {
@@ -323,6 +400,31 @@ fn attention_cost(shape: &AttentionShape, types: KvTypes, pos: usize, n: usize) 
         bytes: (keys * shape.n_head * per_key) as u64,
         flops: (keys * shape.n_head * shape.head_dim * 4) as u64,
     }
+}
+
+/// Where a step's keys and values go: the caches, or for a q8_0 one its staging rows.
+struct KvDestinations {
+    k: Arc<GpuBuf>,
+    v: Arc<GpuBuf>,
+    /// The staging rows of q8_0 caches, for [`WgpuBackend::quantize_staged`].
+    staging: Option<[Arc<GpuBuf>; 2]>,
+}
+
+const QK_NORM_UNSUPPORTED: &str =
+    "this model normalises queries and keys per head (QK-norm), which the GPU kernels do not do yet (run it with --device cpu)";
+
+/// Refuses a cache the GPU kernels cannot serve, naming what they lack.
+fn check_layout(layout: &KvLayout) -> Result<()> {
+    if layout.slots != 1 {
+        return Err(BackendError::Unsupported(format!(
+            "the GPU backend keeps the cache of one sequence, not {} (batches of sequences run on the CPU backend for now)",
+            layout.slots
+        )));
+    }
+    if layout.qk_norm {
+        return Err(BackendError::Unsupported(QK_NORM_UNSUPPORTED.into()));
+    }
+    Ok(())
 }
 
 fn grid(groups: u64) -> (u32, u32) {
@@ -385,7 +487,7 @@ impl WgpuBackend {
             profiler: None,
             tuning,
             partials: None,
-            pairs: None,
+            scratch: HashMap::new(),
             staging: Vec::new(),
             next_staging: 0,
             f16_rows: None,
@@ -691,16 +793,18 @@ impl WgpuBackend {
 
     fn get_rows(&mut self, table: &GpuMatrix, ids: &Arc<GpuBuf>, n: usize, out: &GpuTensor) {
         self.stage = "forward step".into();
-        for part in &table.parts {
-            let params = DequantParams::new(part, table.cols, n as u32);
-            let groups = (table.cols as u32).div_ceil(8).div_ceil(64);
-            self.dispatch(
-                Kernel::GetRows(table.ggml_type),
-                &params,
-                &[&part.buf, ids, &out.buf],
-                (groups, n as u32, 1),
-                Cost::bytes((n * table.cols * 4) as u64),
-            );
+        for run in &table.runs {
+            for part in &run.parts {
+                let params = DequantParams::new(run, part, table.cols, n as u32);
+                let groups = (table.cols as u32).div_ceil(8).div_ceil(64);
+                self.dispatch(
+                    Kernel::GetRows(run.ggml_type),
+                    &params,
+                    &[&part.buf, ids, &out.buf],
+                    (groups, n as u32, 1),
+                    Cost::bytes((n * table.cols * 4) as u64),
+                );
+            }
         }
     }
 
@@ -708,8 +812,9 @@ impl WgpuBackend {
     /// bytes (tests compare them with the file's).
     pub fn weight_parts(&mut self, m: &GpuMatrix) -> Result<Vec<(usize, Vec<u8>)>> {
         self.stage = format!("reading {}", m.name);
-        m.parts
+        m.runs
             .iter()
+            .flat_map(|run| &run.parts)
             .map(|p| {
                 Ok((
                     p.rows as usize,
@@ -719,21 +824,25 @@ impl WgpuBackend {
             .collect()
     }
 
-    /// Dequantizes a whole matrix on the device (the standalone dequant kernel).
+    /// Dequantizes a whole matrix on the device (the standalone dequant kernel), its rows in
+    /// the device's order.
     pub fn dequantize(&mut self, m: &GpuMatrix) -> Result<Vec<f32>> {
         let out = self.storage("dequantized", (m.rows * m.cols * 4) as u64)?;
-        for part in &m.parts {
-            let params = DequantParams::new(part, m.cols, part.rows);
-            let groups = (m.cols as u32).div_ceil(8).div_ceil(64);
-            let (y, z) = (part.rows.min(MAX_GROUPS), part.rows.div_ceil(MAX_GROUPS));
-            // Bound to the kernel's bindings 1 and 3: it has no token list.
-            self.dispatch(
-                Kernel::Dequant(m.ggml_type),
-                &params,
-                &[&part.buf, &out],
-                (groups, y, z),
-                Cost::bytes(part.buf.buffer.size() + (part.rows as usize * m.cols * 4) as u64),
-            );
+        for run in &m.runs {
+            for part in &run.parts {
+                let params = DequantParams::new(run, part, m.cols, part.rows);
+                let groups = (m.cols as u32).div_ceil(8).div_ceil(64);
+                let (y, z) = (part.rows.min(MAX_GROUPS), part.rows.div_ceil(MAX_GROUPS));
+                let bytes = part.buf.buffer.size() + (part.rows as usize * m.cols * 4) as u64;
+                // Bound to the kernel's bindings 1 and 3: it has no token list.
+                self.dispatch(
+                    Kernel::Dequant(run.ggml_type),
+                    &params,
+                    &[&part.buf, &out],
+                    (groups, y, z),
+                    Cost::bytes(bytes),
+                );
+            }
         }
         self.stage = format!("dequantizing {}", m.name);
         let bytes = self.read_bytes(&out, (m.rows * m.cols * 4) as u64)?;
@@ -746,14 +855,23 @@ impl WgpuBackend {
         n < TILED_MIN_TOKENS && self.tuning.fuse_norm && cols.is_multiple_of(32)
     }
 
-    /// A `[n, width]` scratch tensor for a prompt's intermediate products (interleaved
-    /// gate/up, or [q | k | v] before RoPE), grown as needed.
-    fn product_scratch(&mut self, n: usize, width: usize) -> Result<GpuTensor> {
+    /// The scratch tensor `which` as `[n, width]`, its buffer grown as needed: the normalised
+    /// input of unfused products, or a prompt's intermediate products (interleaved gate/up,
+    /// or `[q | k | v]` before RoPE).
+    fn scratch_tensor(&mut self, which: Scratch, n: usize, width: usize) -> Result<GpuTensor> {
         let bytes = (n * width * 4) as u64;
-        if self.pairs.as_ref().is_none_or(|b| b.buffer.size() < bytes) {
-            self.pairs = Some(self.storage("prompt products", bytes)?);
-        }
-        let buf = self.pairs.clone().expect("allocated above");
+        let buf = match self.scratch.get(&which) {
+            Some(b) if b.buffer.size() >= bytes => b.clone(),
+            _ => {
+                let label = match which {
+                    Scratch::Normed => "normalised activations",
+                    Scratch::Products => "prompt products",
+                };
+                let b = self.storage(label, bytes)?;
+                self.scratch.insert(which, b.clone());
+                b
+            }
+        };
         Ok(GpuTensor {
             buf,
             rows: n,
@@ -761,55 +879,71 @@ impl WgpuBackend {
         })
     }
 
-    /// out = x · wᵀ, as `how` says: plus a bias, added to out, with x RMS-normalised inside
-    /// the decode kernel, or SwiGLU over interleaved gate/up rows.
-    fn linear(&mut self, x: &GpuTensor, w: &GpuMatrix, out: &GpuTensor, n: usize, how: Product) {
-        let out_cols = match (how.swiglu, how.qkv) {
-            (true, _) => w.rows / 2,
-            (_, Some(qkv)) if n >= TILED_MIN_TOKENS => qkv.width,
+    /// out = x · mᵀ (+ m's bias), as `how` says: added to out, with x RMS-normalised inside
+    /// the decode kernel, a GLU over interleaved gate/up rows, or RoPE and the cache write
+    /// after query/key/value rows.
+    fn linear(&mut self, x: &GpuTensor, m: &GpuMatrix, out: &GpuTensor, n: usize, how: Product) {
+        for run in &m.runs {
+            self.linear_run(x, m, run, out, n, how);
+        }
+    }
+
+    /// [`Self::linear`] over the rows of one run.
+    fn linear_run(
+        &mut self,
+        x: &GpuTensor,
+        m: &GpuMatrix,
+        run: &WeightRun,
+        out: &GpuTensor,
+        n: usize,
+        how: Product,
+    ) {
+        let out_cols = match (how.glu, how.qkv) {
+            (Some(_), _) => m.rows / 2,
             // Decoded query/key/value rows go to q and the cache, not to `out`.
-            (_, Some(_)) => out.cols,
-            _ => w.rows,
+            (_, Some(_)) if n < TILED_MIN_TOKENS => out.cols,
+            _ => m.rows,
         };
-        assert_eq!((x.cols, out.cols), (w.cols, out_cols), "{}: shape", w.name);
-        let bias_buf = how
+        assert_eq!((x.cols, out.cols), (m.cols, out_cols), "{}: shape", m.name);
+        let bias_buf = m
             .bias
+            .as_ref()
             .map_or_else(|| self.dummy.clone(), |b| b.buf.clone());
         let norm_buf = how
             .norm
             .map_or_else(|| self.dummy.clone(), |(v, _)| v.buf.clone());
         // Decoding streams the weights once per token; prompts go through tiles.
         let tiled = n >= TILED_MIN_TOKENS;
-        let on_tensor_cores = self.coop_takes(w);
+        let on_tensor_cores = self.coop_takes(m);
         assert!(
-            !(tiled && (how.norm.is_some() || how.swiglu && !on_tensor_cores)),
+            !(tiled && (how.norm.is_some() || how.glu.is_some() && !on_tensor_cores)),
             "{}: fused prompt product",
-            w.name
+            m.name
         );
-        let offset = how.qkv.map_or(0, |q| q.offset as u32);
-        let output = match (how.swiglu, how.qkv) {
-            (true, _) => MatvecOutput::Swiglu,
+        let ty = run.ggml_type;
+        let output = match (how.glu, how.qkv) {
+            (Some(_), _) => MatvecOutput::Glu,
             (_, Some(_)) => MatvecOutput::Qkv,
             _ => MatvecOutput::Plain,
         };
-        let form = self.tuning.matvec_form(w.ggml_type, w.rows, w.cols, output);
+        let form = self.tuning.matvec_form(ty, run.rows, m.cols, output);
         let global_acts = match !tiled && form.global_acts {
             true => self.quantize_acts(x, n, how.norm),
             false => None,
         };
-        for part in &w.parts {
+        for part in &run.parts {
             let shape = how.qkv.map(|q| q.shape);
             let params = ProductParams {
-                w_k: w.cols as u32,
+                w_k: m.cols as u32,
                 w_bpr: part.layout.blocks_per_row,
                 w_scales: part.layout.scales_offset,
                 rows: part.rows,
-                row_start: offset + part.row_start,
+                row_start: (run.offset as u32) + part.row_start,
                 y_stride: match (how.qkv, tiled) {
                     (Some(q), false) => q.shape.q_width() as u32,
                     _ => out_cols as u32,
                 },
-                has_bias: how.bias.is_some() as u32,
+                has_bias: m.bias.is_some() as u32,
                 n_tokens: n as u32,
                 accumulate: how.accumulate as u32,
                 norm: how.norm.is_some() as u32,
@@ -818,26 +952,23 @@ impl WgpuBackend {
                 head_dim: shape.map_or(0, |s| s.head_dim as u32),
                 kv_width: shape.map_or(0, |s| s.kv_width() as u32),
                 neox: shape.is_some_and(|s| s.rope == RopeKind::Neox) as u32,
-                pairs: how.swiglu as u32,
+                glu: how.glu.map_or(0, activation_code),
             };
             let cost = Cost {
-                bytes: part.buf.buffer.size() + (n * (w.cols + w.rows) * 4) as u64,
-                flops: 2 * (n * part.rows as usize * w.cols) as u64,
+                bytes: part.buf.buffer.size() + (n * (m.cols + run.rows) * 4) as u64,
+                flops: 2 * (n * part.rows as usize * m.cols) as u64,
             };
             if tiled && on_tensor_cores {
-                self.coop_product(part, w, x, &bias_buf, out, params);
+                self.coop_product(part, m, run, x, &bias_buf, out, params);
             } else if tiled {
                 // Tiles of 64 tokens × 64 rows.
                 let groups = (part.rows.div_ceil(64), (n as u32).div_ceil(64), 1);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
-                self.dispatch(Kernel::Matmul(w.ggml_type), &params, &buffers, groups, cost);
+                self.dispatch(Kernel::Matmul(ty), &params, &buffers, groups, cost);
             } else if let Some(qkv) = how.qkv {
-                let form = self.tuning.matvec_form(
-                    w.ggml_type,
-                    part.rows as usize,
-                    w.cols,
-                    MatvecOutput::Qkv,
-                );
+                let form =
+                    self.tuning
+                        .matvec_form(ty, part.rows as usize, m.cols, MatvecOutput::Qkv);
                 let form = MatvecForm {
                     global_acts: global_acts.is_some(),
                     ..form
@@ -858,12 +989,12 @@ impl WgpuBackend {
                     &part.buf,
                 ];
                 let buffers: Vec<_> = buffers.into_iter().chain(&global_acts).collect();
-                let kernel = Kernel::MatvecQkv(w.ggml_type, form, qkv.types);
+                let kernel = Kernel::MatvecQkv(ty, form, qkv.types);
                 self.dispatch(kernel, &params, &buffers, (gx, gy, n as u32), cost);
             } else {
                 let form = self
                     .tuning
-                    .matvec_form(w.ggml_type, part.rows as usize, w.cols, output);
+                    .matvec_form(ty, part.rows as usize, m.cols, output);
                 let form = MatvecForm {
                     global_acts: global_acts.is_some(),
                     ..form
@@ -876,9 +1007,9 @@ impl WgpuBackend {
                     vec![&part.buf, &x.buf, &bias_buf, &out.buf, &norm_buf, &part.buf];
                 buffers.extend(&global_acts);
                 let groups = (gx, gy, n as u32);
-                let kernel = match how.swiglu {
-                    true => Kernel::MatvecSwiglu(w.ggml_type, form),
-                    false => Kernel::Matvec(w.ggml_type, form),
+                let kernel = match how.glu {
+                    Some(_) => Kernel::MatvecGlu(ty, form),
+                    None => Kernel::Matvec(ty, form),
                 };
                 self.dispatch(kernel, &params, &buffers, groups, cost);
             }
@@ -900,17 +1031,19 @@ impl WgpuBackend {
         }
     }
 
-    /// Whether prompt products of `w` run on tensor cores.
-    fn coop_takes(&self, w: &GpuMatrix) -> bool {
-        self.tuning.coop && w.cols.is_multiple_of(COOP_K_STEP)
+    /// Whether prompt products of `m` run on tensor cores.
+    fn coop_takes(&self, m: &GpuMatrix) -> bool {
+        self.tuning.coop && m.cols.is_multiple_of(COOP_K_STEP)
     }
 
     /// A prompt product on tensor cores: the part's rows are decoded to f16, in slices of at
     /// most [`COOP_SLICE_BYTES`], then multiplied. `params` describe the whole part.
+    #[allow(clippy::too_many_arguments)]
     fn coop_product(
         &mut self,
         part: &MatrixPart,
         w: &GpuMatrix,
+        run: &WeightRun,
         x: &GpuTensor,
         bias: &Arc<GpuBuf>,
         out: &GpuTensor,
@@ -946,13 +1079,13 @@ impl WgpuBackend {
             let decode = DequantParams {
                 rows,
                 n: first,
-                ..DequantParams::new(part, w.cols, 0)
+                ..DequantParams::new(run, part, w.cols, 0)
             };
             let groups = (w.cols as u32).div_ceil(8).div_ceil(256);
             let decoded = rows as u64 * row_bytes;
             let quantized = part.buf.buffer.size() * rows as u64 / part.rows as u64;
             self.dispatch(
-                Kernel::DequantF16(w.ggml_type),
+                Kernel::DequantF16(run.ggml_type),
                 &decode,
                 &[&part.buf, &f16_rows],
                 (groups, rows.min(MAX_GROUPS), rows.div_ceil(MAX_GROUPS)),
@@ -974,8 +1107,8 @@ impl WgpuBackend {
             };
             let groups = (n.div_ceil(tokens), row_tiles, 1);
             let buffers = [&f16_rows, &x.buf, bias, &out.buf];
-            // SwiGLU pairs always leave through workgroup memory: no kernel of their own width.
-            let y_stride = if product.pairs != 0 {
+            // GLU pairs always leave through workgroup memory: no kernel of their own width.
+            let y_stride = if product.glu != 0 {
                 0
             } else {
                 product.y_stride
@@ -996,7 +1129,7 @@ impl WgpuBackend {
         cols: usize,
         row: &(dyn Fn(usize) -> &'a [u8] + Sync),
         row_multiple: usize,
-    ) -> Result<GpuMatrix> {
+    ) -> Result<WeightRun> {
         let repack = layout::Repack::new(ggml_type, cols);
         let row_bytes = repack.row_bytes();
         let limit = self.gpu.options.max_weight_part.unwrap_or(u64::MAX);
@@ -1037,15 +1170,14 @@ impl WgpuBackend {
             self.pipeline(Kernel::QuantizeActs(false))?;
         }
         if self.tuning.coop {
-            // The SwiGLU product's kernel stands for its variants (the same source).
+            // The GLU product's kernel stands for its variants (the same source).
             let kernels = [Kernel::MatmulCoop(128, 0), Kernel::DequantF16(ggml_type)];
             self.tuning.coop = self.tensor_core_kernels_build(&kernels, "matmul");
         }
-        Ok(GpuMatrix {
-            name: name.to_string(),
+        Ok(WeightRun {
             ggml_type,
+            offset: 0,
             rows,
-            cols,
             parts,
         })
     }
@@ -1148,25 +1280,107 @@ impl WgpuBackend {
         Ok(slot)
     }
 
-    /// Uploads one run of query/key/value rows of one weight type, starting at row `offset`
-    /// of `[q | k | v]`.
-    fn upload_qkv_run(
+    /// Uploads `parts`' rows as one matrix for `usage`: in the order its fused kernels read
+    /// them, in runs of one weight type whose parts split on whole groups of the rows those
+    /// kernels finish together (gate/up pairs, four query/key/value rows). Builds the kernels
+    /// its products take.
+    fn upload_parts(
         &mut self,
         name: &str,
-        run: Option<(GgmlType, usize, Vec<&[u8]>)>,
         cols: usize,
-    ) -> Result<(GpuMatrix, usize)> {
-        let (ggml_type, offset, rows) = run.expect("q has rows");
-        // Parts split on multiples of 4 rows: each decode team finishes four rows.
-        let matrix = self.upload_rows(name, ggml_type, rows.len(), cols, &|r| rows[r], 4)?;
-        let form = self
-            .tuning
-            .matvec_form(ggml_type, matrix.rows, cols, MatvecOutput::Qkv);
-        self.pipeline(Kernel::MatvecQkv(ggml_type, form, self.kv_types))?;
-        if form.global_acts {
-            self.pipeline(Kernel::QuantizeActs(true))?;
+        parts: &[WeightRows],
+        usage: MatrixUse,
+    ) -> Result<GpuMatrix> {
+        let (rows, bias) = stored_rows(name, cols, parts)?;
+        let one_type = rows.windows(2).all(|w| w[0].0 == w[1].0);
+        let (order, sequence, multiple) = match usage {
+            MatrixUse::GateUp if one_type && rows.len().is_multiple_of(2) => {
+                let half = rows.len() / 2;
+                let interleaved = (0..half).flat_map(|i| [i, half + i]).collect();
+                (RowOrder::GatePairs, interleaved, 2)
+            }
+            MatrixUse::Qkv(shape) => {
+                check_head_dim(&shape)?;
+                if rows.len() != shape.q_width() + 2 * shape.kv_width() {
+                    return Err(BackendError::Unsupported(format!(
+                        "{name}: {} rows are not the queries, keys and values of {} + 2 × {} heads of {}",
+                        rows.len(),
+                        shape.n_head,
+                        shape.n_head_kv,
+                        shape.head_dim
+                    )));
+                }
+                (RowOrder::QkvPairs, qkv_order(&shape), 4)
+            }
+            // Gate and up rows of two types stay as given: their products go through
+            // scratch to the GLU.
+            MatrixUse::Plain | MatrixUse::GateUp => (RowOrder::Given, (0..rows.len()).collect(), 1),
+        };
+        let mut runs = Vec::new();
+        let mut first = 0;
+        while first < sequence.len() {
+            let ty = rows[sequence[first]].0;
+            let len = sequence[first..]
+                .iter()
+                .take_while(|&&r| rows[r].0 == ty)
+                .count();
+            let run_rows = &sequence[first..first + len];
+            let row = |r: usize| rows[run_rows[r]].1;
+            let run = self.upload_rows(name, ty, len, cols, &row, multiple)?;
+            runs.push(WeightRun {
+                offset: first,
+                ..run
+            });
+            first += len;
         }
-        Ok((matrix, offset))
+        let bias = match bias.iter().any(|b| *b != 0.0) {
+            true => {
+                let ordered: Vec<f32> = sequence.iter().map(|&r| bias[r]).collect();
+                Some(self.upload_vector(&format!("{name} bias"), &ordered)?)
+            }
+            false => None,
+        };
+        let matrix = GpuMatrix {
+            name: name.to_string(),
+            rows: rows.len(),
+            cols,
+            runs,
+            bias,
+            order,
+        };
+        self.build_products_of(&matrix)?;
+        Ok(matrix)
+    }
+
+    /// Builds the fused kernels a matrix's products take, ahead of its first step.
+    fn build_products_of(&mut self, m: &GpuMatrix) -> Result<()> {
+        for run in &m.runs {
+            let ty = run.ggml_type;
+            match m.order {
+                RowOrder::Given => {}
+                RowOrder::GatePairs => {
+                    let form = self
+                        .tuning
+                        .matvec_form(ty, run.rows, m.cols, MatvecOutput::Glu);
+                    self.pipeline(Kernel::MatvecGlu(ty, form))?;
+                    self.pipeline(Kernel::GluPairs)?;
+                    if form.global_acts {
+                        self.pipeline(Kernel::QuantizeActs(true))?;
+                    }
+                }
+                RowOrder::QkvPairs => {
+                    let form = self
+                        .tuning
+                        .matvec_form(ty, run.rows, m.cols, MatvecOutput::Qkv);
+                    self.pipeline(Kernel::MatvecQkv(ty, form, self.kv_types))?;
+                    self.pipeline(Kernel::RopeStoreQkv(self.kv_types))?;
+                    if form.global_acts {
+                        self.pipeline(Kernel::QuantizeActs(true))?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The key and value staging rows of q8_0 caches, grown to `bytes` each.
@@ -1257,6 +1471,146 @@ impl WgpuBackend {
         }
     }
 
+    /// Records `what` as an Unsupported error, reported at the next wait.
+    fn refuse(&mut self, what: String) {
+        self.recorded::<()>(Err(BackendError::Unsupported(what)));
+    }
+
+    /// The one span of a step: the GPU kernels run one sequence (cache slot 0) per step;
+    /// batches of several sequences are the server's, and are refused here until its
+    /// kernels land.
+    fn one_span(&mut self, batch: &Batch) -> Option<Span> {
+        match batch.spans() {
+            [span] if span.slot == 0 => Some(*span),
+            [] => None,
+            spans => {
+                self.refuse(format!(
+                    "the GPU backend runs one sequence (cache slot 0) per step; this step has {} spans, the first in slot {}",
+                    spans.len(),
+                    spans[0].slot
+                ));
+                None
+            }
+        }
+    }
+
+    /// Whether `m`'s products are in row order; else records why not.
+    fn plain_products(&mut self, m: &GpuMatrix) -> bool {
+        if m.order != RowOrder::Given {
+            self.refuse(format!(
+                "{}: its rows are ordered for the GPU's fused kernels ({:?}); only the op it was uploaded for takes it",
+                m.name, m.order
+            ));
+        }
+        m.order == RowOrder::Given
+    }
+
+    /// The input of a product over x: x itself where the product normalises it (`fused`),
+    /// else rms_norm(x) in scratch.
+    fn product_input(
+        &mut self,
+        x: &GpuTensor,
+        norm: RmsNorm<'_, GpuVector>,
+        fused: bool,
+        n: usize,
+    ) -> GpuTensor {
+        if fused {
+            return x.clone();
+        }
+        let normed = self.scratch(Scratch::Normed, n, x.cols);
+        self.rms_norm(x, norm, &normed, n);
+        normed
+    }
+
+    /// Where a step of `n` rows writes layer `layer`'s keys and values: into the cache, or
+    /// for a q8_0 one into f32 staging rows that [`Self::quantize_staged`] then quantizes.
+    fn kv_destinations(
+        &mut self,
+        cache: &GpuKvCache,
+        layer: usize,
+        n: usize,
+    ) -> Option<KvDestinations> {
+        let types = cache.types;
+        let staging = match types == KvTypes::default() {
+            true => None,
+            false => {
+                let staging = self.kv_staging((n * cache.kv_width * 4) as u64);
+                Some(self.recorded(staging)?)
+            }
+        };
+        let staged = |ty: CacheType, i: usize, cache: &Arc<GpuBuf>| match (ty, &staging) {
+            (CacheType::Q8_0, Some(s)) => s[i].clone(),
+            _ => cache.clone(),
+        };
+        Some(KvDestinations {
+            k: staged(types.k, 0, &cache.k[layer]),
+            v: staged(types.v, 1, &cache.v[layer]),
+            staging,
+        })
+    }
+
+    /// RoPE over the q and k of `products` (`[n, q | k | v]`, q and k heads in pair order
+    /// where `pairs`), q to `q`, k and v to their destinations.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_and_store(
+        &mut self,
+        products: &GpuTensor,
+        cos_sin: &GpuVector,
+        q: &GpuTensor,
+        dst: &KvDestinations,
+        cache: &GpuKvCache,
+        span: Span,
+        pairs: bool,
+    ) {
+        let (shape, n) = (&cache.shape, span.len);
+        let width = shape.q_width() + 2 * shape.kv_width();
+        let params = RopeParams {
+            pos: span.pos as u32,
+            head_dim: shape.head_dim as u32,
+            q_width: shape.q_width() as u32,
+            kv_width: shape.kv_width() as u32,
+            neox: (shape.rope == RopeKind::Neox) as u32,
+            n: n as u32,
+            pairs: pairs as u32,
+        };
+        let quads = (width / 4) as u32;
+        let buffers = [&products.buf, &cos_sin.buf, &q.buf, &dst.k, &dst.v];
+        let cost = Cost::bytes((n * width * 4 * 2) as u64);
+        let groups = (quads.div_ceil(64), n as u32, 1);
+        let kernel = Kernel::RopeStoreQkv(cache.types);
+        self.dispatch(kernel, &params, &buffers, groups, cost);
+    }
+
+    /// Quantizes the step's staged keys and values into q8_0 caches (nothing for f16 ones,
+    /// which the RoPE epilogue wrote itself).
+    fn quantize_staged(
+        &mut self,
+        dst: &KvDestinations,
+        cache: &GpuKvCache,
+        layer: usize,
+        span: Span,
+    ) {
+        let Some([k_staged, v_staged]) = &dst.staging else {
+            return;
+        };
+        let (pos, n) = (span.pos, span.len);
+        let params = KvStoreParams {
+            pos: pos as u32,
+            kv_width: cache.kv_width as u32,
+            n: n as u32,
+            scales: cache.scales,
+        };
+        // A thread per word of scales (two blocks of 32), over this step's blocks.
+        let blocks_per_row = cache.kv_width / 32;
+        let (first, end) = (pos * blocks_per_row, (pos + n) * blocks_per_row);
+        let words = end.div_ceil(2) - first / 2;
+        let (gx, gy) = grid(words.div_ceil(64) as u64);
+        let buffers = [k_staged, v_staged, &cache.k[layer], &cache.v[layer]];
+        let cost = Cost::bytes((n * cache.kv_width * 2 * (4 + 1)) as u64);
+        let kernel = Kernel::KvStore(cache.types);
+        self.dispatch(kernel, &params, &buffers, (gx, gy, 2), cost);
+    }
+
     /// Softmax of row 0 of `x` at a temperature, in place.
     pub fn softmax(&mut self, x: &GpuTensor, temperature: f32) {
         let params = ReduceParams {
@@ -1285,11 +1639,8 @@ impl WgpuBackend {
             .write_buffer(&x.buf.buffer, 0, bytemuck::cast_slice(data));
     }
 
-    fn elementwise(&mut self, kernel: Kernel, len: usize, offset: usize, buffers: &[&Arc<GpuBuf>]) {
-        let params = ElementParams {
-            len: len as u32,
-            offset: offset as u32,
-        };
+    fn elementwise(&mut self, kernel: Kernel, params: ElementParams, buffers: &[&Arc<GpuBuf>]) {
+        let len = params.len;
         let (x, y) = grid((len as u64).div_ceil(256));
         let bytes = 4 * len as u64 * buffers.len() as u64;
         self.dispatch(kernel, &params, buffers, (x, y, 1), Cost::bytes(bytes));
@@ -1308,13 +1659,13 @@ struct DequantParams {
 }
 
 impl DequantParams {
-    fn new(part: &MatrixPart, cols: usize, n: u32) -> Self {
+    fn new(run: &WeightRun, part: &MatrixPart, cols: usize, n: u32) -> Self {
         Self {
             w_k: cols as u32,
             w_bpr: part.layout.blocks_per_row,
             w_scales: part.layout.scales_offset,
             rows: part.rows,
-            row_start: part.row_start,
+            row_start: run.offset as u32 + part.row_start,
             n,
         }
     }
@@ -1339,7 +1690,7 @@ struct ProductParams {
     head_dim: u32,
     kv_width: u32,
     neox: u32,
-    pairs: u32,
+    glu: u32,
 }
 
 #[repr(C)]
@@ -1358,6 +1709,9 @@ struct RopeParams {
     kv_width: u32,
     neox: u32,
     n: u32,
+    /// 1: q and k heads in pair order, as the device's own `[q | k | v]` matrices leave them;
+    /// 0: in the heads' own order.
+    pairs: u32,
 }
 
 #[repr(C)]
@@ -1401,6 +1755,22 @@ struct KvStoreParams {
 struct ElementParams {
     len: u32,
     offset: u32,
+    /// glu, glu_pairs: the activation (`activation_code`); pointwise: 1 scale, 2 soft-cap.
+    kind: u32,
+    /// pointwise: the scale or the cap.
+    value: f32,
+}
+
+impl ElementParams {
+    /// The first `len` elements, with nothing else to say.
+    fn over(len: usize) -> Self {
+        Self {
+            len: len as u32,
+            offset: 0,
+            kind: 0,
+            value: 0.0,
+        }
+    }
 }
 
 #[repr(C)]
@@ -1415,276 +1785,22 @@ impl Backend for WgpuBackend {
     type Matrix = GpuMatrix;
     type Vector = GpuVector;
     type KvCache = GpuKvCache;
-    type GateUp = GpuGateUp;
-    type Qkv = GpuQkv;
 
     fn describe(&self) -> String {
         format!("{}; {}", self.gpu.describe(), self.tuning.describe())
     }
 
+    /// Query/key/value rows go in pair order, and gate and up rows of one type interleave,
+    /// for the fused kernels of [`Backend::attention_inputs`] and [`Backend::norm_glu`]: such
+    /// matrices go only to those ops.
     fn upload_matrix(
         &mut self,
         name: &str,
-        ggml_type: GgmlType,
-        rows: usize,
         cols: usize,
-        data: WeightBytes,
+        parts: Vec<WeightRows>,
+        usage: MatrixUse,
     ) -> Result<GpuMatrix> {
-        let bytes = data.bytes();
-        let row_bytes = bytes.len() / rows;
-        let row = |r: usize| &bytes[r * row_bytes..][..row_bytes];
-        self.upload_rows(name, ggml_type, rows, cols, &row, 1)
-    }
-
-    fn upload_gate_up(
-        &mut self,
-        name: &str,
-        gate: (GgmlType, WeightBytes),
-        up: (GgmlType, WeightBytes),
-        rows: usize,
-        cols: usize,
-    ) -> Result<GpuGateUp> {
-        if gate.0 != up.0 {
-            return Ok(GpuGateUp::Separate(
-                self.upload_matrix(&format!("{name} gate"), gate.0, rows, cols, gate.1)?,
-                self.upload_matrix(&format!("{name} up"), up.0, rows, cols, up.1)?,
-            ));
-        }
-        let (g, u) = (gate.1.bytes(), up.1.bytes());
-        let row_bytes = g.len() / rows;
-        // Gate and up rows interleave: row 2i is gate row i, row 2i + 1 up row i.
-        let both = |r: usize| {
-            let half = if r.is_multiple_of(2) { g } else { u };
-            &half[r / 2 * row_bytes..][..row_bytes]
-        };
-        let form = self
-            .tuning
-            .matvec_form(gate.0, 2 * rows, cols, MatvecOutput::Swiglu);
-        self.pipeline(Kernel::MatvecSwiglu(gate.0, form))?;
-        if form.global_acts {
-            self.pipeline(Kernel::QuantizeActs(true))?;
-        }
-        self.pipeline(Kernel::SwigluPairs)?;
-        Ok(GpuGateUp::Interleaved(self.upload_rows(
-            name,
-            gate.0,
-            2 * rows,
-            cols,
-            &both,
-            2,
-        )?))
-    }
-
-    fn norm_gate_up_swiglu(
-        &mut self,
-        x: &GpuTensor,
-        norm: &GpuVector,
-        eps: f32,
-        normed: &GpuTensor,
-        gate_up: &GpuGateUp,
-        gate_out: &GpuTensor,
-        up_out: &GpuTensor,
-        out: &GpuTensor,
-        n: usize,
-    ) {
-        let both = match gate_up {
-            GpuGateUp::Separate(gate, up) => {
-                self.norm_matmuls(
-                    x,
-                    norm,
-                    eps,
-                    normed,
-                    &[(gate, None, gate_out), (up, None, up_out)],
-                    n,
-                );
-                return self.swiglu(gate_out, up_out, out, n);
-            }
-            GpuGateUp::Interleaved(both) => both,
-        };
-        if n < TILED_MIN_TOKENS {
-            let fuse_norm = self.fuses_norm(n, both.cols);
-            if !fuse_norm {
-                self.rms_norm(x, norm, eps, normed, n);
-            }
-            let how = Product {
-                norm: fuse_norm.then_some((norm, eps)),
-                swiglu: true,
-                ..Product::default()
-            };
-            return self.linear(if fuse_norm { x } else { normed }, both, out, n, how);
-        }
-        self.rms_norm(x, norm, eps, normed, n);
-        if self.coop_takes(both) {
-            // The tensor-core product writes SwiGLU of the pairs itself.
-            let how = Product {
-                swiglu: true,
-                ..Product::default()
-            };
-            return self.linear(normed, both, out, n, how);
-        }
-        // Else all products into a scratch twice as wide, then SwiGLU over the pairs.
-        let scratch = self.product_scratch(n, both.rows);
-        let Some(pairs) = self.recorded(scratch) else {
-            return;
-        };
-        self.linear(normed, both, &pairs, n, Product::default());
-        self.elementwise(
-            Kernel::SwigluPairs,
-            n * out.cols,
-            0,
-            &[&out.buf, &pairs.buf],
-        );
-    }
-
-    fn upload_qkv(
-        &mut self,
-        name: &str,
-        parts: [QkvPart; 3],
-        cols: usize,
-        shape: &AttentionShape,
-    ) -> Result<GpuQkv> {
-        check_head_dim(shape)?;
-        let width = parts.iter().map(|p| p.rows).sum();
-        let mut bias = Vec::with_capacity(width);
-        let mut segments = Vec::new();
-        // The run of rows of one weight type being gathered: its type, first row, rows.
-        let mut run: Option<(GgmlType, usize, Vec<&[u8]>)> = None;
-        let mut offset = 0;
-        for (i, part) in parts.iter().enumerate() {
-            let order = match i {
-                2 => (0..part.rows).collect(),
-                _ => pair_order(part.rows, shape.head_dim, shape.rope == RopeKind::Neox),
-            };
-            match &part.bias {
-                Some(b) => bias.extend(order.iter().map(|&r| b[r])),
-                None => bias.extend(std::iter::repeat_n(0.0, part.rows)),
-            }
-            if run.as_ref().is_some_and(|(t, ..)| *t != part.ggml_type) {
-                segments.push(self.upload_qkv_run(name, run.take(), cols)?);
-            }
-            let (_, _, rows) = run.get_or_insert_with(|| (part.ggml_type, offset, Vec::new()));
-            let data = part.data.bytes();
-            let row_bytes = data.len() / part.rows;
-            rows.extend(order.iter().map(|&r| &data[r * row_bytes..][..row_bytes]));
-            offset += part.rows;
-        }
-        segments.push(self.upload_qkv_run(name, run, cols)?);
-        let has_bias = bias.iter().any(|b| *b != 0.0);
-        self.pipeline(Kernel::RopeStoreQkv(self.kv_types))?;
-        Ok(GpuQkv {
-            segments,
-            bias: match has_bias {
-                true => Some(self.upload_vector(&format!("{name} bias"), &bias)?),
-                false => None,
-            },
-            width,
-        })
-    }
-
-    fn attention_inputs(
-        &mut self,
-        x: &GpuTensor,
-        (norm, eps): (&GpuVector, f32),
-        qkv: &GpuQkv,
-        [normed, _, _]: [&GpuTensor; 3],
-        q: &GpuTensor,
-        rope_cos_sin: &GpuVector,
-        cache: &GpuKvCache,
-        layer: usize,
-        pos: usize,
-        n: usize,
-        shape: &AttentionShape,
-    ) {
-        let tiled = n >= TILED_MIN_TOKENS;
-        let fuse_norm = self.fuses_norm(n, x.cols);
-        if !fuse_norm {
-            self.rms_norm(x, norm, eps, normed, n);
-        }
-        // Prompts: the tiled products into a scratch row of [q | k | v] per token first.
-        let products = match tiled {
-            true => {
-                let scratch = self.product_scratch(n, qkv.width);
-                let Some(scratch) = self.recorded(scratch) else {
-                    return;
-                };
-                scratch
-            }
-            // Decoded rows go to q and the cache; `products` is not written.
-            false => GpuTensor {
-                buf: q.buf.clone(),
-                rows: q.rows,
-                cols: q.cols,
-            },
-        };
-        let types = cache.types;
-        let staging = match types == KvTypes::default() {
-            true => None,
-            false => {
-                let staging = self.kv_staging((n * cache.kv_width * 4) as u64);
-                let Some(staging) = self.recorded(staging) else {
-                    return;
-                };
-                Some(staging)
-            }
-        };
-        let staged = |ty: CacheType, i: usize, cache: &'_ Arc<GpuBuf>| match (ty, &staging) {
-            (CacheType::Q8_0, Some(s)) => s[i].clone(),
-            _ => cache.clone(),
-        };
-        let k_dst = staged(types.k, 0, &cache.k[layer]);
-        let v_dst = staged(types.v, 1, &cache.v[layer]);
-        for (matrix, offset) in &qkv.segments {
-            let rows = QkvRows {
-                offset: *offset,
-                width: qkv.width,
-                rope_cos_sin,
-                q,
-                k_cache: &k_dst,
-                v_cache: &v_dst,
-                types,
-                pos,
-                shape,
-            };
-            let how = Product {
-                bias: qkv.bias.as_ref(),
-                norm: fuse_norm.then_some((norm, eps)),
-                qkv: Some(rows),
-                ..Product::default()
-            };
-            let input = if fuse_norm { x } else { normed };
-            self.linear(input, matrix, &products, n, how);
-        }
-        if tiled {
-            let params = RopeParams {
-                pos: pos as u32,
-                head_dim: shape.head_dim as u32,
-                q_width: shape.q_width() as u32,
-                kv_width: shape.kv_width() as u32,
-                neox: (shape.rope == RopeKind::Neox) as u32,
-                n: n as u32,
-            };
-            let quads = (qkv.width / 4) as u32;
-            let buffers = [&products.buf, &rope_cos_sin.buf, &q.buf, &k_dst, &v_dst];
-            let cost = Cost::bytes((n * qkv.width * 4 * 2) as u64);
-            let groups = (quads.div_ceil(64), n as u32, 1);
-            self.dispatch(Kernel::RopeStoreQkv(types), &params, &buffers, groups, cost);
-        }
-        if let Some([k_staged, v_staged]) = &staging {
-            let params = KvStoreParams {
-                pos: pos as u32,
-                kv_width: cache.kv_width as u32,
-                n: n as u32,
-                scales: cache.scales,
-            };
-            // A thread per word of scales (two blocks of 32), over this step's blocks.
-            let blocks_per_row = cache.kv_width / 32;
-            let (first, end) = (pos * blocks_per_row, (pos + n) * blocks_per_row);
-            let words = end.div_ceil(2) - first / 2;
-            let (gx, gy) = grid(words.div_ceil(64) as u64);
-            let buffers = [k_staged, v_staged, &cache.k[layer], &cache.v[layer]];
-            let cost = Cost::bytes((n * cache.kv_width * 2 * (4 + 1)) as u64);
-            self.dispatch(Kernel::KvStore(types), &params, &buffers, (gx, gy, 2), cost);
-        }
+        self.upload_parts(name, cols, &parts, usage)
     }
 
     fn upload_vector(&mut self, name: &str, data: &[f32]) -> Result<GpuVector> {
@@ -1701,13 +1817,21 @@ impl Backend for WgpuBackend {
         })
     }
 
-    fn kv_cache(
-        &mut self,
-        n_layers: usize,
-        n_ctx: usize,
-        shape: &AttentionShape,
-        types: KvTypes,
-    ) -> Result<GpuKvCache> {
+    fn scratch(&mut self, which: Scratch, rows: usize, cols: usize) -> GpuTensor {
+        let tensor = self.scratch_tensor(which, rows, cols);
+        self.recorded(tensor).unwrap_or_else(|| GpuTensor {
+            buf: self.dummy.clone(),
+            rows,
+            cols,
+        })
+    }
+
+    /// One sequence (slot), causal attention over every key up to each query's position:
+    /// sliding windows, soft-capped scores and per-head QK-norms are refused by name.
+    fn kv_cache(&mut self, layout: &KvLayout) -> Result<GpuKvCache> {
+        check_layout(layout)?;
+        let (shape, types, n_ctx) = (&layout.shape, layout.types, layout.n_ctx);
+        let n_layers = layout.layers.len();
         check_head_dim(shape)?;
         types.check(shape)?;
         self.kv_types = types;
@@ -1753,6 +1877,7 @@ impl Backend for WgpuBackend {
             v,
             kv_width,
             n_ctx,
+            shape: *shape,
             types,
             // The quants of all rows, a byte each, come first.
             scales: (rows * kv_width / 4) as u32,
@@ -1787,114 +1912,91 @@ impl Backend for WgpuBackend {
         self.get_rows(table, &result, 1, out);
     }
 
-    fn rms_norm(&mut self, x: &GpuTensor, weight: &GpuVector, eps: f32, out: &GpuTensor, n: usize) {
+    fn rms_norm(&mut self, x: &GpuTensor, norm: RmsNorm<'_, GpuVector>, out: &GpuTensor, n: usize) {
         let params = NormParams {
             cols: x.cols as u32,
-            eps,
+            eps: norm.eps,
         };
         self.dispatch(
             Kernel::RmsNorm,
             &params,
-            &[&x.buf, &weight.buf, &out.buf],
+            &[&x.buf, &norm.weight.buf, &out.buf],
             (n as u32, 1, 1),
             Cost::bytes((2 * n * x.cols * 4) as u64),
         );
     }
 
-    fn matmul(
-        &mut self,
-        x: &GpuTensor,
-        w: &GpuMatrix,
-        bias: Option<&GpuVector>,
-        out: &GpuTensor,
-        n: usize,
-    ) {
-        self.linear(
-            x,
-            w,
-            out,
-            n,
-            Product {
-                bias,
-                ..Product::default()
-            },
-        );
-    }
-
-    fn norm_matmuls(
-        &mut self,
-        x: &GpuTensor,
-        norm: &GpuVector,
-        eps: f32,
-        normed: &GpuTensor,
-        products: &[(&GpuMatrix, Option<&GpuVector>, &GpuTensor)],
-        n: usize,
-    ) {
-        // Decode steps normalise inside each product (saving a dispatch).
-        if products.iter().any(|(w, ..)| !self.fuses_norm(n, w.cols)) {
-            self.rms_norm(x, norm, eps, normed, n);
-            for (w, bias, out) in products {
-                self.linear(
-                    normed,
-                    w,
-                    out,
-                    n,
-                    Product {
-                        bias: *bias,
-                        ..Product::default()
-                    },
-                );
-            }
-            return;
+    fn matmul(&mut self, x: &GpuTensor, w: &GpuMatrix, out: &GpuTensor, n: usize) {
+        if self.plain_products(w) {
+            self.linear(x, w, out, n, Product::default());
         }
-        for (w, bias, out) in products {
-            let how = Product {
-                bias: *bias,
-                norm: Some((norm, eps)),
-                ..Product::default()
-            };
-            self.linear(x, w, out, n, how);
-        }
-    }
-
-    fn matmul_add(
-        &mut self,
-        x: &GpuTensor,
-        w: &GpuMatrix,
-        acc: &GpuTensor,
-        _scratch: &GpuTensor,
-        n: usize,
-    ) {
-        let how = Product {
-            accumulate: true,
-            ..Product::default()
-        };
-        self.linear(x, w, acc, n, how);
     }
 
     fn add(&mut self, acc: &GpuTensor, x: &GpuTensor, n: usize) {
-        self.elementwise(Kernel::Add, n * acc.cols, 0, &[&acc.buf, &x.buf]);
+        let params = ElementParams::over(n * acc.cols);
+        self.elementwise(Kernel::Add, params, &[&acc.buf, &x.buf]);
     }
 
-    fn swiglu(&mut self, gate: &GpuTensor, up: &GpuTensor, out: &GpuTensor, n: usize) {
-        self.elementwise(
-            Kernel::Swiglu,
-            n * out.cols,
-            0,
-            &[&out.buf, &gate.buf, &up.buf],
+    fn pointwise(&mut self, x: &GpuTensor, f: Pointwise, n: usize) {
+        let (kind, value) = match f {
+            Pointwise::Scale(s) => (1, s),
+            Pointwise::SoftCap(cap) => (2, cap),
+        };
+        let params = ElementParams {
+            kind,
+            value,
+            ..ElementParams::over(n * x.cols)
+        };
+        self.elementwise(Kernel::Pointwise, params, &[&x.buf]);
+    }
+
+    fn glu(&mut self, act: Activation, gate_up: &GpuTensor, out: &GpuTensor, n: usize) {
+        assert_eq!(
+            gate_up.cols,
+            2 * out.cols,
+            "glu: gate and up of {} values each",
+            out.cols
         );
+        let params = ElementParams {
+            offset: out.cols as u32,
+            kind: activation_code(act),
+            ..ElementParams::over(n * out.cols)
+        };
+        self.elementwise(Kernel::Glu, params, &[&out.buf, &gate_up.buf]);
+    }
+
+    fn rope_store_kv(
+        &mut self,
+        qkv: &GpuTensor,
+        rope: &Rope<'_, GpuVector>,
+        q: &GpuTensor,
+        at: CacheLayer<'_, GpuKvCache>,
+    ) {
+        let Some(span) = self.one_span(at.batch) else {
+            return;
+        };
+        if rope.qk_norm.is_some() {
+            return self.refuse(QK_NORM_UNSUPPORTED.into());
+        }
+        let Some(dst) = self.kv_destinations(at.cache, at.layer, span.len) else {
+            return;
+        };
+        self.rope_and_store(qkv, rope.cos_sin, q, &dst, at.cache, span, false);
+        self.quantize_staged(&dst, at.cache, at.layer, span);
     }
 
     fn attention(
         &mut self,
         q: &GpuTensor,
-        cache: &GpuKvCache,
-        layer: usize,
-        pos: usize,
-        n: usize,
+        at: CacheLayer<'_, GpuKvCache>,
+        opts: &AttentionOpts,
         out: &GpuTensor,
-        shape: &AttentionShape,
     ) {
+        let Some(Span { pos, len: n, .. }) = self.one_span(at.batch) else {
+            return;
+        };
+        let (cache, layer) = (at.cache, at.layer);
+        let shape = &cache.shape;
         let n_chunks = cache.n_ctx.div_ceil(ATTENTION_CHUNK);
         let params = AttentionParams {
             n_head: shape.n_head as u32,
@@ -1903,12 +2005,12 @@ impl Backend for WgpuBackend {
             pos: pos as u32,
             kv_width: cache.kv_width as u32,
             q_width: shape.q_width() as u32,
-            scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            scale: opts.scale,
             n_chunks: n_chunks as u32,
             n: n as u32,
             scales: cache.scales,
-            window: 0,
-            softcap: 0.0,
+            window: opts.window.map_or(0, |w| w as u32),
+            softcap: opts.softcap.unwrap_or(0.0),
         };
         let types = cache.types;
         let buffers = [&q.buf, &cache.k[layer], &cache.v[layer]];
@@ -1951,12 +2053,134 @@ impl Backend for WgpuBackend {
     }
 
     fn copy_row(&mut self, src: &GpuTensor, row: usize, dst: &GpuTensor) {
-        self.elementwise(
-            Kernel::CopyRow,
-            src.cols,
-            row * src.cols,
-            &[&dst.buf, &src.buf],
-        );
+        let params = ElementParams {
+            offset: (row * src.cols) as u32,
+            ..ElementParams::over(src.cols)
+        };
+        self.elementwise(Kernel::CopyRow, params, &[&dst.buf, &src.buf]);
+    }
+
+    fn norm_matmul(
+        &mut self,
+        x: &GpuTensor,
+        norm: RmsNorm<'_, GpuVector>,
+        w: &GpuMatrix,
+        out: &GpuTensor,
+        n: usize,
+    ) {
+        if !self.plain_products(w) {
+            return;
+        }
+        // Decode steps normalise inside the product (saving a dispatch).
+        let fuse = self.fuses_norm(n, w.cols);
+        let input = self.product_input(x, norm, fuse, n);
+        let how = Product {
+            norm: fuse.then_some((norm.weight, norm.eps)),
+            ..Product::default()
+        };
+        self.linear(&input, w, out, n, how);
+    }
+
+    fn norm_glu(
+        &mut self,
+        x: &GpuTensor,
+        norm: RmsNorm<'_, GpuVector>,
+        gate_up: &GpuMatrix,
+        act: Activation,
+        out: &GpuTensor,
+        n: usize,
+    ) {
+        if gate_up.order != RowOrder::GatePairs {
+            // Gate and up of two types: both products, then the GLU over their halves.
+            let products = self.scratch(Scratch::Products, n, gate_up.rows);
+            self.norm_matmul(x, norm, gate_up, &products, n);
+            return self.glu(act, &products, out, n);
+        }
+        let glu = Product {
+            glu: Some(act),
+            ..Product::default()
+        };
+        if n < TILED_MIN_TOKENS {
+            let fuse = self.fuses_norm(n, gate_up.cols);
+            let input = self.product_input(x, norm, fuse, n);
+            let how = Product {
+                norm: fuse.then_some((norm.weight, norm.eps)),
+                ..glu
+            };
+            return self.linear(&input, gate_up, out, n, how);
+        }
+        let normed = self.product_input(x, norm, false, n);
+        if self.coop_takes(gate_up) {
+            // The tensor-core product writes the GLU of the pairs itself.
+            return self.linear(&normed, gate_up, out, n, glu);
+        }
+        // Else all products into a scratch twice as wide, then the GLU over the pairs.
+        let pairs = self.scratch(Scratch::Products, n, gate_up.rows);
+        self.linear(&normed, gate_up, &pairs, n, Product::default());
+        let params = ElementParams {
+            kind: activation_code(act),
+            ..ElementParams::over(n * out.cols)
+        };
+        self.elementwise(Kernel::GluPairs, params, &[&out.buf, &pairs.buf]);
+    }
+
+    fn attention_inputs(
+        &mut self,
+        x: &GpuTensor,
+        norm: RmsNorm<'_, GpuVector>,
+        qkv: &GpuMatrix,
+        rope: &Rope<'_, GpuVector>,
+        q: &GpuTensor,
+        at: CacheLayer<'_, GpuKvCache>,
+    ) {
+        let Some(span) = self.one_span(at.batch) else {
+            return;
+        };
+        if rope.qk_norm.is_some() {
+            return self.refuse(QK_NORM_UNSUPPORTED.into());
+        }
+        let (cache, n) = (at.cache, span.len);
+        let tiled = n >= TILED_MIN_TOKENS;
+        let fuse = self.fuses_norm(n, x.cols);
+        let input = self.product_input(x, norm, fuse, n);
+        // Prompts: the tiled products into a scratch row of [q | k | v] per token first.
+        // Decoded rows go to q and the cache; `products` is not written.
+        let products = match tiled {
+            true => self.scratch(Scratch::Products, n, qkv.rows),
+            false => q.clone(),
+        };
+        let Some(dst) = self.kv_destinations(cache, at.layer, n) else {
+            return;
+        };
+        let rows = QkvRows {
+            rope_cos_sin: rope.cos_sin,
+            q,
+            k_cache: &dst.k,
+            v_cache: &dst.v,
+            types: cache.types,
+            pos: span.pos,
+            shape: &cache.shape,
+        };
+        let how = Product {
+            norm: fuse.then_some((norm.weight, norm.eps)),
+            qkv: Some(rows),
+            ..Product::default()
+        };
+        self.linear(&input, qkv, &products, n, how);
+        if tiled {
+            self.rope_and_store(&products, rope.cos_sin, q, &dst, cache, span, true);
+        }
+        self.quantize_staged(&dst, cache, at.layer, span);
+    }
+
+    fn matmul_add(&mut self, x: &GpuTensor, w: &GpuMatrix, acc: &GpuTensor, n: usize) {
+        if self.plain_products(w) {
+            let how = Product {
+                accumulate: true,
+                ..Product::default()
+            };
+            self.linear(x, w, acc, n, how);
+        }
     }
 
     fn read(&mut self, x: &GpuTensor, n: usize) -> Result<Vec<f32>> {
