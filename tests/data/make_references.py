@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates the llama.cpp reference data of tests/data (see tests/data/README.md).
 
-Usage: tests/data/make_references.py STEP [STEP ...]   (STEP: tokenizer, greedy, families)
+Usage: tests/data/make_references.py STEP [STEP ...]   (STEP: tokenizer, greedy, perplexity, families)
 
 Needs llama.cpp's CPU tools (../shared/anchors/build-llama-cpu.sh) in $LLAMA_BIN (default
 /work/llama/bin), the real models of scripts/fetch_model.py, and, for `families`, vibrant
@@ -137,7 +137,226 @@ def tokenizer() -> None:
     })
 
 
-STEPS = {"tokenizer": tokenizer}
+# --- greedy completions --------------------------------------------------------------------
+
+# Plain completion prompts (the base model has no chat template). The last one is over 600
+# tokens: Gemma 3's local layers see only the last 512 positions, its global layers (every
+# sixth) all of them, and the ending asks for a name only the first sentences give.
+LONG_PROMPT = (
+    "The keeper of the North Point lighthouse in the winter of 1887 was a woman named Margaret "
+    "Ellison, who had taken over the post from her father when his eyes began to fail. The "
+    "lighthouse stood on a narrow spit of black rock at the mouth of the bay, and the only way "
+    "to reach it at high tide was by the small rowing boat that was tied below the landing "
+    "steps. Every evening, an hour before sunset, she climbed the one hundred and twelve steps "
+    "of the tower with a can of paraffin in one hand and a lantern in the other. She trimmed "
+    "the wicks, polished the great glass lens until it shone, and wound the clockwork that "
+    "turned the light, so that the beam swept across the water once every twenty seconds. "
+    "Ships coming in from the open sea counted the seconds between the flashes, because each "
+    "lighthouse on the coast had its own rhythm, and the rhythm told a captain where he was as "
+    "surely as a signpost tells a traveller on land.\n\n"
+    "The winter of that year was the worst anyone in the village could remember. Storms came "
+    "one after another from the north-east, and the waves broke over the rock so high that the "
+    "spray froze on the windows of the lamp room. For eleven days in January no boat could "
+    "cross to the mainland, and the supplies in the storeroom ran low: a sack of flour, some "
+    "salted fish, a few potatoes, and the last two barrels of paraffin. The keeper rationed "
+    "the food, but she never rationed the oil, because a lighthouse that goes dark on a night "
+    "of storm is worse than no lighthouse at all. Captains who expect a light and do not see "
+    "it assume they are somewhere else, and steer accordingly.\n\n"
+    "On the ninth night of the storm, a little after two in the morning, she saw the lights "
+    "of a ship far too close to the reef that runs south from the point. It was a coal "
+    "steamer, low in the water, and it was turning the wrong way, towards the rocks rather "
+    "than away from them. There was no telegraph on the rock and no other keeper to send for "
+    "help. She lit the emergency flares, one after another, and fired the signal gun that "
+    "hung by the door, until at last the steamer's whistle answered and the ship began, very "
+    "slowly, to turn. In the morning the sea was calmer, and the steamer lay safely at anchor "
+    "in the bay. Its captain rowed across to the rock himself to thank her, and he brought "
+    "with him a barrel of oil, a crate of oranges and a letter for the harbour board.\n\n"
+    "The harbour board printed the letter in the local newspaper, and for a few weeks the "
+    "keeper was famous. People wrote to her from towns she had never heard of, and a painter "
+    "came from the city to make her portrait, which still hangs in the town hall. But she "
+    "went on with her work as before, climbing the tower every evening, trimming the wicks, "
+    "winding the clock, and writing the weather in her log book in small, careful letters. "
+    "She kept the light for thirty-one more years, and when she finally retired, the board "
+    "gave her a silver watch and a small cottage on the hill above the harbour, from which "
+    "she could see the beam sweep across the bay every twenty seconds until the end of her "
+    "life.\n\n"
+    "Today the lighthouse is automatic. A small electric lamp has replaced the paraffin "
+    "wicks, and a computer in the harbour office checks that it is working. Visitors can "
+    "climb the tower in summer, and a brass plate at the top of the stairs records the names "
+    "of all the keepers who served there. The name at the top of the list, the one the guides "
+    "always point to first, is that of the keeper who saved the coal steamer in the great "
+    "storm of 1887. Her name was"
+)
+
+GREEDY_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Here is a list of the planets of the solar system, in order from the Sun:\n1. Mercury\n2.",
+    "Question: At what temperature does water boil at sea level?\nAnswer:",
+    "Once upon a time, in a small village by the sea, there lived",
+    LONG_PROMPT,
+    # The same story, told on past the name: 32 tokens that still depend on all of it.
+    LONG_PROMPT + " Margaret Ellison.\n\nIn the years after her retirement,",
+]
+
+SERVER_PORT = 8093
+SEED = 42
+
+
+def post(path: str, body: dict) -> dict:
+    import urllib.request
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{SERVER_PORT}{path}", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read())
+
+
+def with_server(model: Path, n_ctx: int, work):
+    import time
+    import urllib.request
+    cmd = [str(LLAMA_BIN / "llama-server"), "-m", str(model), "-c", str(n_ctx), "-np", "1",
+           "-t", "2", "--no-repack", "--seed", str(SEED), "--host", "127.0.0.1",
+           "--port", str(SERVER_PORT)]
+    print(" ".join(cmd[1:]))
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{SERVER_PORT}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            sys.exit("llama-server did not come up")
+        return work()
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def greedy_ids(prompt: str, n_predict: int) -> dict:
+    """Greedy ids from llama-server's /completion, with each step's two most likely tokens."""
+    prompt_ids = post("/tokenize", {"content": prompt, "add_special": True,
+                                    "parse_special": True})["tokens"]
+    result = post("/completion", {
+        "prompt": prompt, "n_predict": n_predict, "temperature": 0, "top_k": 1, "seed": SEED,
+        "cache_prompt": False, "return_tokens": True, "n_probs": 2,
+    })
+    probs = result["completion_probabilities"]
+    ids = result["tokens"]
+    assert [p["id"] for p in probs] == ids, "the probabilities are of other tokens"
+    # log p(first) - log p(second): a small margin is a near-tie that rounding may flip.
+    margins = [round(p["top_logprobs"][0]["logprob"] - p["top_logprobs"][1]["logprob"], 4)
+               for p in probs]
+    assert all(p["top_logprobs"][0]["id"] == i for p, i in zip(probs, ids)), "not greedy"
+    return {"prompt": prompt, "prompt_ids": prompt_ids, "ids": ids, "text": result["content"],
+            "margins": margins, "stop": result.get("stop_type", "")}
+
+
+def llama_completion_text(model: Path, prompt: str, n_predict: int) -> str:
+    """llama-completion's greedy text for the same prompt, as a cross-check of the server's."""
+    # -p, not -f: llama.cpp drops the last newline of a prompt file.
+    cmd = [str(LLAMA_BIN / "llama-completion"), "-m", str(model), "-p", prompt, "--no-escape",
+           "-n", str(n_predict), "--temp", "0", "--top-k", "1", "--seed", str(SEED),
+           "-no-cnv", "-t", "2", "--no-repack", "-c", "4096", "--no-display-prompt", "--simple-io"]
+    out = subprocess.run(cmd, check=True, capture_output=True).stdout
+    # It prints the generated text, then " [end of text]" where generation stopped at EOS.
+    return out.decode("utf-8", errors="replace").replace(" [end of text]", "")
+
+
+# Below this log-probability margin between the first and second token, the two tools'
+# different summation orders may pick either (seen: 0.07 on the code prompt).
+NEAR_TIE = 0.25
+
+
+def check_against_llama_completion(model: Path, run: dict, n_predict: int) -> None:
+    """The server's greedy tokens, up to the first near-tie, must read as llama-completion's."""
+    text = llama_completion_text(model, run["prompt"], n_predict)
+    ties = [i for i, m in enumerate(run["margins"]) if m < NEAR_TIE]
+    sure = ties[0] if ties else len(run["ids"])
+    prefix = post("/detokenize", {"tokens": run["ids"][:sure]})["content"]
+    # It ends its output with blank lines.
+    same = text.startswith(run["text"]) and not text[len(run["text"]):].strip()
+    print(f"{len(run['prompt_ids'])} prompt tokens, {len(run['ids'])} generated ({run['stop']}), "
+          f"first near-tie at {sure}; llama-completion's text is the same: {same}")
+    run["llama_completion_text"] = text
+    if not same and not text.startswith(prefix):
+        sys.exit(f"llama-completion said {text!r}, llama-server {run['text']!r} up to a "
+                 f"near-tie at token {sure}")
+
+
+def greedy() -> None:
+    name = "gemma3-270m"
+    model = models_dir() / f"{name}.gguf"
+    n_predict = 32
+
+    def work():
+        runs = [greedy_ids(p, n_predict) for p in GREEDY_PROMPTS]
+        for run in runs:
+            check_against_llama_completion(model, run, n_predict)
+        return runs
+
+    runs = with_server(model, 4096, work)
+    write_json(DATA / f"{name}-greedy.json", {
+        "model": name,
+        "sha256": sha256_of(model),
+        "produced_by": f"llama-server -c 4096 -np 1 -t 2 --no-repack --seed {SEED}, POST /completion "
+                       f"{{temperature 0, top_k 1, n_predict {n_predict}, n_probs 2, "
+                       f"return_tokens}} (llama.cpp {LLAMA_COMMIT}); checked against "
+                       f"llama-completion --temp 0 --top-k 1 -n {n_predict} --no-repack up to "
+                       f"the first margin under {NEAR_TIE}; see README.md",
+        "bos_in_prompt_ids": True,
+        "runs": runs,
+    })
+
+
+# --- perplexity ----------------------------------------------------------------------------
+
+def llama_perplexity(model: Path, args: list) -> float:
+    cmd = [str(LLAMA_BIN / "llama-perplexity"), "-m", str(model), "--no-repack", "-t", "2", *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if "Final estimate" in line]
+    if not lines:
+        sys.exit(f"no estimate from {' '.join(cmd)}")
+    # "... Final estimate: PPL = 23.4854 +/- 2.54138"
+    return float(lines[-1].split("PPL = ")[1].split()[0])
+
+
+def perplexity() -> None:
+    """llama-perplexity's figures, as tests/fidelity.rs compares them (chunks of 128 tokens,
+    BOS at the start of each), plus chunks of 1024 over a longer text, whose scored second
+    halves (positions 512..1023) all need the 512-token sliding window; and what a model
+    with the window or the local layers' RoPE base wrong would score there."""
+    name = "gemma3-270m"
+    model = models_dir() / f"{name}.gguf"
+    short = ["-f", "tests/data/perplexity.txt", "-c", "128"]
+    long = ["-f", "tests/data/perplexity-long.txt", "-c", "1024"]
+    broken = {
+        "no sliding window": ["--override-kv", "gemma3.attention.sliding_window=int:4096"],
+        "local RoPE base 1e6 (not 1e4)": ["--override-kv", "gemma3.rope.freq_base_swa=float:1000000"],
+    }
+    figures = []
+    for args, what in [(short, "fidelity settings"), (long, "sliding window in use")]:
+        figures.append({"args": " ".join(args), "what": what,
+                        "ppl": llama_perplexity(model, args)})
+        print(figures[-1])
+    for what, extra in broken.items():
+        for args in [short, long]:
+            figures.append({"args": " ".join(args + extra), "what": f"broken: {what}",
+                            "ppl": llama_perplexity(model, args + extra)})
+            print(figures[-1])
+    write_json(DATA / f"{name}-perplexity.json", {
+        "model": name,
+        "sha256": sha256_of(model),
+        "produced_by": f"llama-perplexity -m {name}.gguf --no-repack -t 2 ARGS (llama.cpp "
+                       f"{LLAMA_COMMIT}), run from the repository root; see README.md",
+        "figures": figures,
+    })
+
+
+STEPS = {"tokenizer": tokenizer, "greedy": greedy, "perplexity": perplexity}
 
 
 def main() -> None:
