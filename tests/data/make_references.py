@@ -246,13 +246,46 @@ def greedy_ids(prompt: str, n_predict: int) -> dict:
     })
     probs = result["completion_probabilities"]
     ids = result["tokens"]
-    assert [p["id"] for p in probs] == ids, "the probabilities are of other tokens"
+    assert [p["id"] for p in probs] == ids, f"the probabilities are of other tokens: {result}"
     # log p(first) - log p(second): a small margin is a near-tie that rounding may flip.
     margins = [round(p["top_logprobs"][0]["logprob"] - p["top_logprobs"][1]["logprob"], 4)
                for p in probs]
     assert all(p["top_logprobs"][0]["id"] == i for p, i in zip(probs, ids)), "not greedy"
     return {"prompt": prompt, "prompt_ids": prompt_ids, "ids": ids, "text": result["content"],
             "margins": margins, "stop": result.get("stop_type", "")}
+
+
+def greedy_ids_stepwise(prompt: str, n_predict: int) -> dict:
+    """Greedy ids as greedy_ids gives them, each step's margin from a request of its own:
+    the server merges the probabilities of tokens that end inside a UTF-8 character (the
+    tiny models' byte tokens) into one entry, so one request cannot give them per token.
+    Where the one token is itself an incomplete character, the server gives none: the
+    margin is null there."""
+    prompt_ids = post("/tokenize", {"content": prompt, "add_special": True,
+                                    "parse_special": True})["tokens"]
+    whole = post("/completion", {
+        "prompt": prompt_ids, "n_predict": n_predict, "temperature": 0, "top_k": 1,
+        "seed": SEED, "cache_prompt": False, "return_tokens": True,
+    })
+    ids, margins = [], []
+    for _ in range(n_predict):
+        step = post("/completion", {
+            "prompt": prompt_ids + ids, "n_predict": 1, "temperature": 0, "top_k": 1,
+            "seed": SEED, "cache_prompt": False, "return_tokens": True, "n_probs": 2,
+        })
+        [token] = step["tokens"]
+        ids.append(token)
+        if not step.get("completion_probabilities"):
+            margins.append(None)
+            continue
+        [probs] = step["completion_probabilities"]
+        top = probs["top_logprobs"]
+        assert token == probs["id"] == top[0]["id"], step
+        margins.append(round(top[0]["logprob"] - top[1]["logprob"], 4))
+    if ids != whole["tokens"]:
+        sys.exit(f"{prompt!r}: stepwise greedy {ids} differs from one request's "
+                 f"{whole['tokens']} (margins {margins})")
+    return {"prompt": prompt, "prompt_ids": prompt_ids, "ids": ids, "margins": margins}
 
 
 def llama_completion_text(model: Path, prompt: str, n_predict: int) -> str:
@@ -314,12 +347,23 @@ def greedy() -> None:
 
 # --- perplexity ----------------------------------------------------------------------------
 
+def run_logged(cmd: list, complete) -> str:
+    """stdout + stderr of `cmd`, run again until `complete` accepts them. llama.cpp's tools
+    log from a worker thread that the process may exit before it has written everything
+    (llama.cpp issue 22142): on the tiny models, runs of a few milliseconds often lose the
+    last lines. The figures are deterministic, so a complete rerun gives the same ones."""
+    for _ in range(50):
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        text = out.stdout + "\n" + out.stderr
+        if complete(text):
+            return text
+    sys.exit(f"{' '.join(cmd)}: its output was cut short 50 times")
+
+
 def llama_perplexity(model: Path, args: list) -> float:
     cmd = [str(LLAMA_BIN / "llama-perplexity"), "-m", str(model), "--no-repack", "-t", "2", *args]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    lines = [line for line in (out.stdout + out.stderr).splitlines() if "Final estimate" in line]
-    if not lines:
-        sys.exit(f"no estimate from {' '.join(cmd)}")
+    text = run_logged(cmd, lambda text: "Final estimate" in text)
+    lines = [line for line in text.splitlines() if "Final estimate" in line]
     # "... Final estimate: PPL = 23.4854 +/- 2.54138"
     return float(lines[-1].split("PPL = ")[1].split()[0])
 
@@ -356,7 +400,247 @@ def perplexity() -> None:
     })
 
 
-STEPS = {"tokenizer": tokenizer, "greedy": greedy, "perplexity": perplexity}
+# --- synthetic families --------------------------------------------------------------------
+
+FAMILIES = DATA / "families"
+SYNTH_MIX = "q8_0"
+SYNTH_SEED = 1
+KLD_ARGS = ["-f", "tests/data/perplexity.txt", "-c", "64", "--chunks", "2"]
+TINY_PROMPT = "The quick brown fox jumps over the lazy dog. "
+
+GGUF_TYPE_SIZES = {0: 4, 1: 2, 8: 1}  # F32, F16, Q8_0 (bytes per element or per block below)
+GGUF_BLOCK = {0: (1, 4), 1: (1, 2), 8: (32, 34)}  # type id: (elements per block, bytes per block)
+
+
+def gguf_tensors(path: Path) -> dict:
+    """name -> (absolute byte offset, dims, ggml type id) of each tensor of a GGUF v3 file."""
+    import struct
+    data = path.read_bytes()
+    at = 0
+
+    def take(fmt):
+        nonlocal at
+        values = struct.unpack_from("<" + fmt, data, at)
+        at += struct.calcsize("<" + fmt)
+        return values if len(values) > 1 else values[0]
+
+    def string():
+        nonlocal at
+        n = take("Q")
+        s = data[at:at + n].decode()
+        at += n
+        return s
+
+    scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+              12: "d"}
+
+    def value(t):
+        if t == 8:
+            return string()
+        if t == 9:
+            inner, n = take("I"), take("Q")
+            return [value(inner) for _ in range(n)]
+        return take(scalar[t])
+
+    assert data[:4] == b"GGUF" and take("4xI") == 3, f"{path}: not GGUF v3"
+    n_tensors, n_kv = take("Q"), take("Q")
+    alignment = 32
+    for _ in range(n_kv):
+        key = string()
+        v = value(take("I"))
+        if key == "general.alignment":
+            alignment = v
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        dims = [take("Q") for _ in range(take("I"))]
+        infos.append((name, dims, take("I"), take("Q")))
+    start = (at + alignment - 1) // alignment * alignment
+    return {name: (start + offset, dims, ty) for name, dims, ty, offset in infos}
+
+
+def tensor_bytes(dims: list, ty: int) -> int:
+    per_block, block_bytes = GGUF_BLOCK[ty]
+    n = 1
+    for d in dims:
+        n *= d
+    return n // per_block * block_bytes
+
+
+def patched(src: Path, dst: Path, name: str, edit) -> Path:
+    """A copy of src whose tensor `name` is edit(bytes, dims, type id)."""
+    offset, dims, ty = gguf_tensors(src)[name]
+    data = bytearray(src.read_bytes())
+    size = tensor_bytes(dims, ty)
+    new = edit(bytes(data[offset:offset + size]), dims, ty)
+    assert len(new) == size, name
+    data[offset:offset + size] = new
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def ones(old: bytes, dims, ty) -> bytes:
+    import struct
+    assert ty == 0, "norm weights are F32"
+    return struct.pack(f"<{len(old) // 4}f", *([1.0] * (len(old) // 4)))
+
+
+def swap_outer(a: int, b: int):
+    """Swaps slices a and b of the outermost dimension (experts, or row blocks)."""
+    def edit(old: bytes, dims, ty) -> bytes:
+        n = dims[-1]
+        step = len(old) // n
+        parts = [old[i * step:(i + 1) * step] for i in range(n)]
+        parts[a], parts[b] = parts[b], parts[a]
+        return b"".join(parts)
+    return edit
+
+
+def swap_halves(old: bytes, dims, ty) -> bytes:
+    """Phi-3's fused ffn_up read as up-then-gate instead of gate-then-up."""
+    half = len(old) // 2
+    return old[half:] + old[:half]
+
+
+# What each tiny model's oracle must tell apart: one feature of the family broken, either in
+# the weights (a patched copy of the file) or in the metadata (llama.cpp's --override-kv).
+BREAKS = {
+    "llama-tiny": [
+        ("attn_norm of layer 0 all ones", "blk.0.attn_norm.weight", ones),
+        ("RoPE base 1e6, not 1e4", "llama.rope.freq_base=float:1000000", None),
+    ],
+    "gemma3-tiny": [
+        ("attn_q_norm of layer 0 all ones", "blk.0.attn_q_norm.weight", ones),
+        ("post_ffw_norm of layer 2 all ones", "blk.2.post_ffw_norm.weight", ones),
+        ("global RoPE base 1e4, not 1e6", "gemma3.rope.freq_base=float:10000", None),
+        ("local RoPE base 1e6, not 1e4", "gemma3.rope.freq_base_swa=float:1000000", None),
+        ("no sliding window", "gemma3.attention.sliding_window=int:4096", None),
+    ],
+    "qwen3-tiny": [
+        ("attn_q_norm of layer 0 all ones", "blk.0.attn_q_norm.weight", ones),
+        ("attn_k_norm of layer 3 all ones", "blk.3.attn_k_norm.weight", ones),
+        ("RoPE base 1e4, not 1e6", "qwen3.rope.freq_base=float:10000", None),
+    ],
+    "qwen3moe-tiny": [
+        ("experts 0 and 1 of blk.0.ffn_down_exps swapped", "blk.0.ffn_down_exps.weight",
+         swap_outer(0, 1)),
+        ("experts 2 and 5 of blk.3.ffn_up_exps swapped", "blk.3.ffn_up_exps.weight",
+         swap_outer(2, 5)),
+        ("2 experts a token, not 4", "qwen3moe.expert_used_count=int:2", None),
+        ("attn_k_norm of layer 1 all ones", "blk.1.attn_k_norm.weight", ones),
+    ],
+    "phi3-tiny": [
+        ("gate and up halves of blk.0.ffn_up swapped", "blk.0.ffn_up.weight", swap_halves),
+        ("RoPE base 1e6, not 1e4", "phi3.rope.freq_base=float:1000000", None),
+    ],
+    "mixtral-tiny": [
+        ("experts 0 and 1 of blk.0.ffn_down_exps swapped", "blk.0.ffn_down_exps.weight",
+         swap_outer(0, 1)),
+        ("1 expert a token, not 2", "llama.expert_used_count=int:1", None),
+        ("RoPE base 1e4, not 1e6", "llama.rope.freq_base=float:10000", None),
+    ],
+}
+
+
+def kld_rows(path: Path):
+    """The log-probability rows of a --kl-divergence-base file (see src/perplexity/logprobs.rs)."""
+    import struct
+    data = path.read_bytes()
+    assert data[:8] == b"_logits_"
+    n_ctx, n_vocab, n_chunk = struct.unpack_from("<Iii", data, 8)
+    at = 20 + 4 * n_ctx * n_chunk
+    row_values = 2 * ((n_vocab + 1) // 2)
+    rows = []
+    for _ in range(n_chunk * (n_ctx - 1 - n_ctx // 2)):
+        scale, min_lp = struct.unpack_from("<ff", data, at)
+        values = struct.unpack_from(f"<{n_vocab}H", data, at + 8)
+        rows.append([scale * v + min_lp for v in values])
+        at += 8 + 2 * row_values
+    assert at == len(data), f"{path}: {len(data) - at} bytes left over"
+    return rows
+
+
+def mean_entropy(path: Path) -> float:
+    import math
+    total = 0.0
+    rows = kld_rows(path)
+    for row in rows:
+        ps = [math.exp(lp) for lp in row]
+        z = sum(ps)
+        total -= sum(p / z * math.log(p / z) for p in ps if p > 0)
+    return total / len(rows)
+
+
+def kl_from_base(model: Path, base: Path, extra: list) -> dict:
+    cmd = [str(LLAMA_BIN / "llama-perplexity"), "-m", str(model), "--no-repack", "-t", "2",
+           "--kl-divergence-base", str(base), "--kl-divergence", *extra]
+    # Under 100 positions llama-perplexity prints no summary, only its table of running
+    # figures: chunk, PPL ± e, ln(PPL(Q)/PPL(base)) ± e, KL divergence ± e, Δp RMS ± e %,
+    # same top p ± e %. The row of the last chunk covers them all.
+    def rows(text):
+        split = [line.split() for line in text.splitlines()]
+        return [r for r in split if len(r) == 18 and r[0].isdigit()]
+
+    n_chunk = int(KLD_ARGS[KLD_ARGS.index("--chunks") + 1])
+    last = rows(run_logged(cmd, lambda text: any(r[0] == str(n_chunk) for r in rows(text))))[-1]
+    return {"mean_kld": float(last[7]), "same_top": round(float(last[14]) / 100.0, 5)}
+
+
+def families() -> None:
+    vibrant = REPO / "target" / "release" / "vibrant"
+    FAMILIES.mkdir(exist_ok=True)
+    summary = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for preset, breaks in BREAKS.items():
+            model = tmp / f"{preset}.gguf"
+            subprocess.run([str(vibrant), "synth", "--preset", preset, "--mix", SYNTH_MIX,
+                            "--seed", str(SYNTH_SEED), "-o", str(model)], check=True,
+                           capture_output=True)
+            base = FAMILIES / f"{preset}.kld"
+            ppl = llama_perplexity(model, KLD_ARGS + ["--kl-divergence-base", str(base)])
+            entropy = mean_entropy(base)
+            checks = [
+                {"what": "llama.cpp again, same settings",
+                 **kl_from_base(model, base, [])},
+                {"what": "llama.cpp with flash attention off (base: auto, which is on)",
+                 **kl_from_base(model, base, ["-fa", "off"])},
+                {"what": "llama.cpp with 16-token batches (base: the whole chunk)",
+                 **kl_from_base(model, base, ["-b", "16", "-ub", "16"])},
+            ]
+            for what, target, edit in breaks:
+                if edit is None:
+                    result = kl_from_base(model, base, ["--override-kv", target])
+                else:
+                    broken = patched(model, tmp / "broken.gguf", target, edit)
+                    result = kl_from_base(broken, base, [])
+                checks.append({"what": f"broken: {what}", **result})
+            greedy = with_server(model, 2048, lambda: greedy_ids_stepwise(TINY_PROMPT, 16))
+            record = {
+                "preset": preset,
+                "mix": SYNTH_MIX,
+                "seed": SYNTH_SEED,
+                "made_by": f"vibrant synth --preset {preset} --mix {SYNTH_MIX} --seed {SYNTH_SEED}",
+                "sha256": sha256_of(model),
+                "kld": base.name,
+                "kld_made_by": f"llama-perplexity -m {preset}.gguf --no-repack -t 2 "
+                               f"{' '.join(KLD_ARGS)} --kl-divergence-base {base.name} "
+                               f"(llama.cpp {LLAMA_COMMIT}), from the repository root",
+                "ppl": ppl,
+                "mean_entropy": round(entropy, 4),
+                "kl_checks": checks,
+                "greedy": greedy,
+            }
+            write_json(FAMILIES / f"{preset}.json", record)
+            print(f"{preset}: PPL {ppl}, mean entropy {entropy:.3f} nats "
+                  f"(uniform {__import__('math').log(512):.3f})")
+            for c in checks:
+                print(f"  {c['mean_kld']:10.6f} {100 * c['same_top']:6.2f}%  {c['what']}")
+            summary.append(record)
+
+
+STEPS = {"tokenizer": tokenizer, "greedy": greedy, "perplexity": perplexity,
+         "families": families}
 
 
 def main() -> None:
