@@ -9,11 +9,15 @@ built in release mode (target/release/vibrant). Only the Python standard library
 """
 import hashlib
 import json
+import math
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent
@@ -204,7 +208,6 @@ SEED = 42
 
 
 def post(path: str, body: dict) -> dict:
-    import urllib.request
     request = urllib.request.Request(
         f"http://127.0.0.1:{SERVER_PORT}{path}", data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"})
@@ -213,8 +216,6 @@ def post(path: str, body: dict) -> dict:
 
 
 def with_server(model: Path, n_ctx: int, work):
-    import time
-    import urllib.request
     cmd = [str(LLAMA_BIN / "llama-server"), "-m", str(model), "-c", str(n_ctx), "-np", "1",
            "-t", "2", "--no-repack", "--seed", str(SEED), "--host", "127.0.0.1",
            "--port", str(SERVER_PORT)]
@@ -408,13 +409,11 @@ SYNTH_SEED = 1
 KLD_ARGS = ["-f", "tests/data/perplexity.txt", "-c", "64", "--chunks", "2"]
 TINY_PROMPT = "The quick brown fox jumps over the lazy dog. "
 
-GGUF_TYPE_SIZES = {0: 4, 1: 2, 8: 1}  # F32, F16, Q8_0 (bytes per element or per block below)
 GGUF_BLOCK = {0: (1, 4), 1: (1, 2), 8: (32, 34)}  # type id: (elements per block, bytes per block)
 
 
 def gguf_tensors(path: Path) -> dict:
     """name -> (absolute byte offset, dims, ggml type id) of each tensor of a GGUF v3 file."""
-    import struct
     data = path.read_bytes()
     at = 0
 
@@ -480,7 +479,6 @@ def patched(src: Path, dst: Path, name: str, edit) -> Path:
 
 
 def ones(old: bytes, dims, ty) -> bytes:
-    import struct
     assert ty == 0, "norm weights are F32"
     return struct.pack(f"<{len(old) // 4}f", *([1.0] * (len(old) // 4)))
 
@@ -544,7 +542,6 @@ BREAKS = {
 
 def kld_rows(path: Path):
     """The log-probability rows of a --kl-divergence-base file (see src/perplexity/logprobs.rs)."""
-    import struct
     data = path.read_bytes()
     assert data[:8] == b"_logits_"
     n_ctx, n_vocab, n_chunk = struct.unpack_from("<Iii", data, 8)
@@ -561,7 +558,6 @@ def kld_rows(path: Path):
 
 
 def mean_entropy(path: Path) -> float:
-    import math
     total = 0.0
     rows = kld_rows(path)
     for row in rows:
@@ -589,7 +585,6 @@ def kl_from_base(model: Path, base: Path, extra: list) -> dict:
 def families() -> None:
     vibrant = REPO / "target" / "release" / "vibrant"
     FAMILIES.mkdir(exist_ok=True)
-    summary = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for preset, breaks in BREAKS.items():
@@ -632,11 +627,9 @@ def families() -> None:
                 "greedy": greedy,
             }
             write_json(FAMILIES / f"{preset}.json", record)
-            print(f"{preset}: PPL {ppl}, mean entropy {entropy:.3f} nats "
-                  f"(uniform {__import__('math').log(512):.3f})")
+            print(f"{preset}: PPL {ppl}, mean entropy {entropy:.3f} nats")
             for c in checks:
                 print(f"  {c['mean_kld']:10.6f} {100 * c['same_top']:6.2f}%  {c['what']}")
-            summary.append(record)
 
 
 STEPS = {"tokenizer": tokenizer, "greedy": greedy, "perplexity": perplexity,
