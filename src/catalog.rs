@@ -13,6 +13,10 @@ pub const KNOWN_MODELS: &[(&str, &str)] = &[
         "qwen2.5-coder-1.5b-q4",
         "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (1.1 GB)",
     ),
+    (
+        "gemma3-270m",
+        "Gemma 3 270M, base model (no chat template), Q4_K_M (253 MB)",
+    ),
 ];
 
 pub const DEFAULT_MODEL: &str = "qwen2.5-coder-1.5b-q4";

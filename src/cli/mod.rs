@@ -55,7 +55,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Write a synthetic model: a real architecture's shape with random valid weights.
     Synth {
-        /// Architecture shape (qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b, qwen2.5-14b, qwen2.5-32b, llama3.2-1b, llama3.2-3b, llama3.1-8b, llama3.1-70b).
+        /// Architecture shape (qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b, qwen2.5-14b, qwen2.5-32b, llama3.2-1b, llama3.2-3b, llama3.1-8b, llama3.1-70b, gemma3-270m, gemma3-1b, gemma3-4b, qwen3-0.6b, qwen3-8b, qwen3-30b-a3b, phi3-mini, mixtral-8x7b, olmoe-1b-7b; tiny ones for tests: llama-tiny, gemma3-tiny, qwen3-tiny, qwen3moe-tiny, phi3-tiny, mixtral-tiny).
         #[arg(long)]
         preset: String,
         /// Tensor-type mix: q4_k_m, q8_0, q4_0 or f16.
