@@ -7,8 +7,8 @@
 
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, CacheLayer, CacheType, Dims,
-    KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind, Scratch, WeightBytes,
-    WeightRows, ARGMAX_SLOTS,
+    ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind, Routing,
+    Scratch, WeightBytes, WeightRows, ARGMAX_SLOTS,
 };
 use crate::quant::{self, ActFormat, Activations, GgmlType};
 use crate::sampling::Sampler;
@@ -65,6 +65,8 @@ pub struct CpuMatrix {
     cols: usize,
     parts: Vec<CpuRows>,
     bias: Option<Vec<f32>>,
+    /// Blocks of rows, one per expert ([`MatrixUse::Experts`]); 1 for other matrices.
+    experts: usize,
 }
 
 impl CpuMatrix {
@@ -76,6 +78,22 @@ impl CpuMatrix {
             .rfind(|p| p.first <= r)
             .expect("the first part starts at row 0");
         (part, r - part.first)
+    }
+
+    /// Rows `rows` of the matrix, as views of the parts that hold them.
+    fn rows_in(&self, rows: std::ops::Range<usize>) -> impl Iterator<Item = CpuRows> + '_ {
+        self.parts.iter().filter_map(move |p| {
+            let (lo, hi) = (rows.start.max(p.first), rows.end.min(p.first + p.rows));
+            (lo < hi).then(|| CpuRows {
+                ggml_type: p.ggml_type,
+                first: lo - rows.start,
+                rows: hi - lo,
+                row_bytes: p.row_bytes,
+                data: p
+                    .data
+                    .slice((lo - p.first) * p.row_bytes, (hi - lo) * p.row_bytes),
+            })
+        })
     }
 }
 
@@ -243,7 +261,7 @@ impl Backend for CpuBackend {
         name: &str,
         cols: usize,
         parts: Vec<WeightRows>,
-        _usage: MatrixUse,
+        usage: MatrixUse,
     ) -> Result<CpuMatrix> {
         let mut kept = Vec::with_capacity(parts.len());
         let mut bias = Vec::new();
@@ -287,12 +305,23 @@ impl Backend for CpuBackend {
         if has_bias {
             self.bytes_held += 4 * bias.len() as u64;
         }
+        let experts = match usage {
+            MatrixUse::Experts(n) if n == 0 || !first.is_multiple_of(n) || has_bias => {
+                return Err(BackendError::Unsupported(format!(
+                    "{name}: {first} rows{} are not {n} experts' blocks of rows",
+                    if has_bias { " with biases" } else { "" }
+                )))
+            }
+            MatrixUse::Experts(n) => n,
+            _ => 1,
+        };
         Ok(CpuMatrix {
             name: name.to_string(),
             rows: first,
             cols,
             parts: kept,
             bias: has_bias.then_some(bias),
+            experts,
         })
     }
 
@@ -536,6 +565,94 @@ impl Backend for CpuBackend {
         let keys: usize = rows.iter().map(|&(_, p)| p + 1 - opts.first_key(p)).sum();
         let bytes = keys * shape.n_head_kv * (k_row + v_row);
         self.rows_of(bytes, o, group * hd, task);
+    }
+
+    fn moe_route(&mut self, logits: &CpuTensor, routing: Routing, routes: &CpuTensor, n: usize) {
+        assert_eq!(
+            routes.cols,
+            2 * routing.k,
+            "moe_route: ids and weights of k experts"
+        );
+        let l = logits.data.borrow();
+        let mut r = routes.data.borrow_mut();
+        for (l, r) in l.chunks(logits.cols).zip(r.chunks_mut(routes.cols)).take(n) {
+            routing.route(l, r);
+        }
+    }
+
+    /// Row by row of the experts chosen: each expert's rows of `x` gathered, multiplied by
+    /// its block of `w` at once (as a prompt's rows share a dense product), scattered back.
+    fn matmul_id(
+        &mut self,
+        x: &CpuTensor,
+        w: &CpuMatrix,
+        routes: &CpuTensor,
+        input: ExpertInput,
+        out: &CpuTensor,
+        n: usize,
+    ) {
+        let k = routes.cols / 2;
+        let block = w.rows / w.experts;
+        assert_eq!((x.cols, out.cols), (w.cols, block), "{}: shape", w.name);
+        let mut chosen: Vec<Vec<usize>> = vec![Vec::new(); w.experts];
+        {
+            let r = routes.data.borrow();
+            for (t, route) in r.chunks(routes.cols).take(n).enumerate() {
+                for (j, &e) in route[..k].iter().enumerate() {
+                    // Ids come from moe_route; an id outside the experts is a backend bug.
+                    chosen[e as usize].push(t * k + j);
+                }
+            }
+        }
+        let x = x.data.borrow();
+        let mut o = out.data.borrow_mut();
+        for (e, choices) in chosen.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+            let m = choices.len();
+            let mut gathered = Vec::with_capacity(m * w.cols);
+            for &c in choices {
+                let row = match input {
+                    ExpertInput::Token => c / k,
+                    ExpertInput::Choice => c,
+                };
+                gathered.extend_from_slice(&x[row * w.cols..][..w.cols]);
+            }
+            let mut products = vec![0f32; m * block];
+            for part in w.rows_in(e * block..(e + 1) * block) {
+                let mut p = vec![0f32; m * part.rows];
+                self.part_product(&part, w.cols, &gathered, &mut p, m);
+                for (row, p) in products.chunks_mut(block).zip(p.chunks(part.rows)) {
+                    row[part.first..][..part.rows].copy_from_slice(p);
+                }
+            }
+            for (&c, p) in choices.iter().zip(products.chunks(block)) {
+                o[c * block..][..block].copy_from_slice(p);
+            }
+        }
+    }
+
+    fn moe_combine_add(&mut self, y: &CpuTensor, routes: &CpuTensor, acc: &CpuTensor, n: usize) {
+        let k = routes.cols / 2;
+        let d = acc.cols;
+        assert_eq!(
+            y.cols, d,
+            "moe_combine_add: experts' outputs of the residual's width"
+        );
+        let (y, r) = (y.data.borrow(), routes.data.borrow());
+        let mut a = acc.data.borrow_mut();
+        let mut mix = vec![0f32; d];
+        for (t, (a, route)) in a
+            .chunks_mut(d)
+            .zip(r.chunks(routes.cols))
+            .take(n)
+            .enumerate()
+        {
+            // The experts' sum first, then the residual add, as llama.cpp orders them.
+            mix.fill(0.0);
+            for (j, &weight) in route[k..].iter().enumerate() {
+                add_scaled(&mut mix, weight, &y[(t * k + j) * d..][..d]);
+            }
+            a.iter_mut().zip(&mix).for_each(|(a, m)| *a += m);
+        }
     }
 
     fn copy_row(&mut self, src: &CpuTensor, row: usize, dst: &CpuTensor) {

@@ -19,8 +19,8 @@ pub use kernels::Kernel;
 
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
-    Dims, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind,
-    Scratch, Span, WeightRows, ARGMAX_SLOTS,
+    Dims, ExpertInput, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm,
+    Rope, RopeKind, Routing, Scratch, Span, WeightRows, ARGMAX_SLOTS,
 };
 use crate::quant::GgmlType;
 use crate::sampling::Sampler;
@@ -409,6 +409,9 @@ struct KvDestinations {
     /// The staging rows of q8_0 caches, for [`WgpuBackend::quantize_staged`].
     staging: Option<[Arc<GpuBuf>; 2]>,
 }
+
+const MOE_UNSUPPORTED: &str =
+    "this model is a mixture of experts, which the GPU kernels do not run yet (run it with --device cpu)";
 
 const QK_NORM_UNSUPPORTED: &str =
     "this model normalises queries and keys per head (QK-norm), which the GPU kernels do not do yet (run it with --device cpu)";
@@ -1294,6 +1297,7 @@ impl WgpuBackend {
         let (rows, bias) = stored_rows(name, cols, parts)?;
         let one_type = rows.windows(2).all(|w| w[0].0 == w[1].0);
         let (order, sequence, multiple) = match usage {
+            MatrixUse::Experts(_) => return Err(BackendError::Unsupported(MOE_UNSUPPORTED.into())),
             MatrixUse::GateUp if one_type && rows.len().is_multiple_of(2) => {
                 let half = rows.len() / 2;
                 let interleaved = (0..half).flat_map(|i| [i, half + i]).collect();
@@ -2050,6 +2054,27 @@ impl Backend for WgpuBackend {
                 cost,
             );
         }
+    }
+
+    // Refused at load (upload_parts): no expert matrix reaches these.
+    fn moe_route(&mut self, _: &GpuTensor, _: Routing, _: &GpuTensor, _: usize) {
+        self.refuse(MOE_UNSUPPORTED.into());
+    }
+
+    fn matmul_id(
+        &mut self,
+        _: &GpuTensor,
+        _: &GpuMatrix,
+        _: &GpuTensor,
+        _: ExpertInput,
+        _: &GpuTensor,
+        _: usize,
+    ) {
+        self.refuse(MOE_UNSUPPORTED.into());
+    }
+
+    fn moe_combine_add(&mut self, _: &GpuTensor, _: &GpuTensor, _: &GpuTensor, _: usize) {
+        self.refuse(MOE_UNSUPPORTED.into());
     }
 
     fn copy_row(&mut self, src: &GpuTensor, row: usize, dst: &GpuTensor) {

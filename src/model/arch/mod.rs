@@ -5,7 +5,11 @@
 //! file of its own here, and a line in [`FAMILIES`].
 
 mod llama;
+mod moe;
 mod qwen2;
+mod qwen3moe;
+
+pub use moe::MoeFfn;
 
 use super::config::{Config, Meta, ModelError, Result};
 use crate::backend::{Activation, AttentionOpts};
@@ -18,7 +22,7 @@ pub struct Family {
 }
 
 /// Every family vibrant runs.
-const FAMILIES: &[Family] = &[llama::FAMILY, qwen2::FAMILY];
+const FAMILIES: &[Family] = &[llama::FAMILY, qwen2::FAMILY, qwen3moe::FAMILY];
 
 /// The families vibrant runs, for messages: "llama and qwen2".
 pub fn supported() -> String {
@@ -165,10 +169,11 @@ impl AttentionSpec {
     }
 }
 
-/// The feed-forward network of a block. (A mixture of experts is the next variant.)
+/// The feed-forward network of a block.
 #[derive(Clone, Debug)]
 pub enum Ffn {
     Dense(DenseFfn),
+    Moe(MoeFfn),
 }
 
 /// down · (act(gate · x) ⊙ (up · x)), x the normalised input.
@@ -206,6 +211,6 @@ mod tests {
 
     #[test]
     fn the_supported_families_are_listed_in_prose() {
-        assert_eq!(supported(), "llama and qwen2");
+        assert_eq!(supported(), "llama, qwen2 and qwen3moe");
     }
 }
