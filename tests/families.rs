@@ -330,6 +330,8 @@ fn mixtral_tiny_matches_llama_cpp() {
     assert!(exact.kld_mean.value < 0.1 && exact.same_top.value > 0.75);
     let fast = kl_from_llama_cpp("mixtral-tiny", CpuBackend::new(0).unwrap());
     assert!(fast.kld_mean.value < 0.002 && fast.same_top.value > 0.95);
+    let gpu = kl_from_llama_cpp("mixtral-tiny", common::gpu());
+    assert!(gpu.kld_mean.value < 0.1 && gpu.same_top.value > 0.75);
 }
 
 #[test]

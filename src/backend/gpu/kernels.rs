@@ -83,6 +83,11 @@ const ELEMENTWISE: (&str, &str) = (
     "elementwise.wgsl",
     include_str!("../../../shaders/elementwise.wgsl"),
 );
+const MOE: (&str, &str) = ("moe.wgsl", include_str!("../../../shaders/moe.wgsl"));
+const MATVEC_ID: (&str, &str) = (
+    "matvec_id.wgsl",
+    include_str!("../../../shaders/matvec_id.wgsl"),
+);
 const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl"));
 const SAMPLE: (&str, &str) = ("sample.wgsl", include_str!("../../../shaders/sample.wgsl"));
 
@@ -93,7 +98,7 @@ const SAMPLE: (&str, &str) = ("sample.wgsl", include_str!("../../../shaders/samp
 const INT8_GLOBAL_MIN_BYTES: usize = 16 << 20;
 
 /// Every shader file kernels are composed from.
-pub const SOURCES: [(&str, &str); 24] = [
+pub const SOURCES: [(&str, &str); 26] = [
     COMMON,
     QUANT_FLOAT,
     QUANT_LEGACY,
@@ -116,6 +121,8 @@ pub const SOURCES: [(&str, &str); 24] = [
     ATTENTION_PARAMS,
     ATTENTION_COOP,
     ELEMENTWISE,
+    MOE,
+    MATVEC_ID,
     REDUCE,
     SAMPLE,
 ];
@@ -190,6 +197,12 @@ pub enum Kernel {
     GluPairs,
     /// Scale or soft-cap in place.
     Pointwise,
+    /// Each row's experts and their weights from its router logits.
+    MoeRoute,
+    /// Products with the experts each row chose.
+    MatvecId(GgmlType),
+    /// The chosen experts' outputs, weighted, added to the residual stream.
+    MoeCombineAdd,
     CopyRow,
     ArgmaxPartial,
     ArgmaxFinal,
@@ -235,6 +248,9 @@ impl Kernel {
             Self::Glu => "glu",
             Self::GluPairs => "glu_pairs",
             Self::Pointwise => "pointwise",
+            Self::MoeRoute => "moe_route",
+            Self::MatvecId(_) => "matvec_id",
+            Self::MoeCombineAdd => "moe_combine_add",
             Self::CopyRow => "copy_row",
             Self::ArgmaxPartial => "argmax_partial",
             Self::ArgmaxFinal => "argmax_final",
@@ -290,6 +306,7 @@ impl Kernel {
             | Self::Matvec(t, _)
             | Self::MatvecGlu(t, _)
             | Self::MatvecQkv(t, ..)
+            | Self::MatvecId(t)
             | Self::Matmul(t) => Some(t),
             _ => None,
         }
@@ -320,6 +337,9 @@ impl Kernel {
             Self::Glu => (ELEMENTWISE, "glu"),
             Self::GluPairs => (ELEMENTWISE, "glu_pairs"),
             Self::Pointwise => (ELEMENTWISE, "pointwise"),
+            Self::MoeRoute => (MOE, "moe_route"),
+            Self::MatvecId(_) => (MATVEC_ID, "matvec_id"),
+            Self::MoeCombineAdd => (MOE, "moe_combine_add"),
             Self::CopyRow => (ELEMENTWISE, "copy_row"),
             Self::ArgmaxPartial => (REDUCE, "argmax_partial"),
             Self::ArgmaxFinal => (REDUCE, "argmax_final"),
@@ -397,6 +417,11 @@ impl Kernel {
             Self::KvStore(_) => &[Read, Read, ReadWrite, ReadWrite],
             Self::Add => &[ReadWrite, Read],
             Self::Pointwise => &[ReadWrite],
+            // moe.wgsl declares the routes (binding 3) for moe_combine_add alone.
+            Self::MoeRoute => &[ReadWrite, Read],
+            Self::MoeCombineAdd => &[ReadWrite, Read, Read],
+            // Weights, x, routes, y.
+            Self::MatvecId(_) => &[Read, Read, Read, ReadWrite],
             Self::CopyRow | Self::Glu | Self::GluPairs => &[ReadWrite, Read],
             Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => &[ReadWrite, ReadWrite],
             // Logits, result, the sampler's state, the logit biases, the slices' candidates.
@@ -1063,6 +1088,8 @@ mod tests {
             Kernel::Sample,
             Kernel::QuantizeActs(false),
             Kernel::QuantizeActs(true),
+            Kernel::MoeRoute,
+            Kernel::MoeCombineAdd,
         ];
         for types in every_kv_types() {
             all.extend([
@@ -1084,6 +1111,7 @@ mod tests {
                 Kernel::Dequant(t),
                 Kernel::DequantF16(t),
                 Kernel::Matmul(t),
+                Kernel::MatvecId(t),
             ]);
             let mut team = tuning.subgroup_size.unwrap_or(32).min(8);
             while team <= tuning.matvec_wg {

@@ -100,6 +100,9 @@ pub struct GpuMatrix {
     /// The bias of every row, in the device's order.
     bias: Option<GpuVector>,
     order: RowOrder,
+    /// Blocks of rows, one per expert ([`MatrixUse::Experts`]), each within one part; 1 for
+    /// other matrices.
+    experts: usize,
 }
 
 impl GpuMatrix {
@@ -410,8 +413,28 @@ struct KvDestinations {
     staging: Option<[Arc<GpuBuf>; 2]>,
 }
 
-const MOE_UNSUPPORTED: &str =
-    "this model is a mixture of experts, which the GPU kernels do not run yet (run it with --device cpu)";
+/// The rows of each of `n` experts' blocks, refusing a matrix [`Backend::matmul_id`]'s
+/// kernel cannot take: experts of two weight types (it decodes one), or with biases.
+fn expert_block(
+    name: &str,
+    rows: &[StoredRow<'_>],
+    bias: &[f32],
+    n: usize,
+    one_type: bool,
+) -> Result<usize> {
+    if n == 0 || !rows.len().is_multiple_of(n) {
+        return Err(BackendError::Unsupported(format!(
+            "{name}: {} rows are not {n} experts' blocks of rows",
+            rows.len()
+        )));
+    }
+    if !one_type || bias.iter().any(|b| *b != 0.0) {
+        return Err(BackendError::Unsupported(format!(
+            "{name}: experts of more than one weight type, or with biases, are not supported on the GPU (run it with --device cpu)"
+        )));
+    }
+    Ok(rows.len() / n)
+}
 
 const QK_NORM_UNSUPPORTED: &str =
     "this model normalises queries and keys per head (QK-norm), which the GPU kernels do not do yet (run it with --device cpu)";
@@ -1297,7 +1320,10 @@ impl WgpuBackend {
         let (rows, bias) = stored_rows(name, cols, parts)?;
         let one_type = rows.windows(2).all(|w| w[0].0 == w[1].0);
         let (order, sequence, multiple) = match usage {
-            MatrixUse::Experts(_) => return Err(BackendError::Unsupported(MOE_UNSUPPORTED.into())),
+            MatrixUse::Experts(n) => {
+                let block = expert_block(name, &rows, &bias, n, one_type)?;
+                (RowOrder::Given, (0..rows.len()).collect(), block)
+            }
             MatrixUse::GateUp if one_type && rows.len().is_multiple_of(2) => {
                 let half = rows.len() / 2;
                 let interleaved = (0..half).flat_map(|i| [i, half + i]).collect();
@@ -1351,6 +1377,10 @@ impl WgpuBackend {
             runs,
             bias,
             order,
+            experts: match usage {
+                MatrixUse::Experts(n) => n,
+                _ => 1,
+            },
         };
         self.build_products_of(&matrix)?;
         Ok(matrix)
@@ -1360,6 +1390,15 @@ impl WgpuBackend {
     fn build_products_of(&mut self, m: &GpuMatrix) -> Result<()> {
         for run in &m.runs {
             let ty = run.ggml_type;
+            if m.experts > 1 {
+                for kernel in [
+                    Kernel::MatvecId(ty),
+                    Kernel::MoeRoute,
+                    Kernel::MoeCombineAdd,
+                ] {
+                    self.pipeline(kernel)?;
+                }
+            }
             match m.order {
                 RowOrder::Given => {}
                 RowOrder::GatePairs => {
@@ -1777,6 +1816,34 @@ impl ElementParams {
     }
 }
 
+/// shaders/moe.wgsl's parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MoeParams {
+    n: u32,
+    /// moe_route: experts; moe_combine_add: the residual's width.
+    width: u32,
+    k: u32,
+    normalize: u32,
+}
+
+/// shaders/matvec_id.wgsl's parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct IdParams {
+    w_k: u32,
+    w_bpr: u32,
+    w_scales: u32,
+    /// Rows of one expert's block.
+    rows: u32,
+    k: u32,
+    /// The experts the part holds.
+    expert_start: u32,
+    experts: u32,
+    /// 1: choice c reads row c of x; 0: row c / k.
+    per_choice: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct ReduceParams {
@@ -2056,25 +2123,92 @@ impl Backend for WgpuBackend {
         }
     }
 
-    // Refused at load (upload_parts): no expert matrix reaches these.
-    fn moe_route(&mut self, _: &GpuTensor, _: Routing, _: &GpuTensor, _: usize) {
-        self.refuse(MOE_UNSUPPORTED.into());
+    fn moe_route(&mut self, logits: &GpuTensor, routing: Routing, routes: &GpuTensor, n: usize) {
+        assert_eq!(
+            routes.cols,
+            2 * routing.k,
+            "moe_route: ids and weights of k experts"
+        );
+        let params = MoeParams {
+            n: n as u32,
+            width: logits.cols as u32,
+            k: routing.k as u32,
+            normalize: routing.normalize as u32,
+        };
+        let (x, y) = grid((n as u64).div_ceil(64));
+        let cost = Cost::bytes(4 * (n * (logits.cols + routes.cols)) as u64);
+        let buffers = [&routes.buf, &logits.buf];
+        self.dispatch(Kernel::MoeRoute, &params, &buffers, (x, y, 1), cost);
     }
 
+    /// A dispatch per part of each run: every choice's workgroups read their expert id, and
+    /// those of the part's experts compute their rows (routing stays on the device).
     fn matmul_id(
         &mut self,
-        _: &GpuTensor,
-        _: &GpuMatrix,
-        _: &GpuTensor,
-        _: ExpertInput,
-        _: &GpuTensor,
-        _: usize,
+        x: &GpuTensor,
+        w: &GpuMatrix,
+        routes: &GpuTensor,
+        input: ExpertInput,
+        out: &GpuTensor,
+        n: usize,
     ) {
-        self.refuse(MOE_UNSUPPORTED.into());
+        let k = routes.cols / 2;
+        let block = w.rows / w.experts;
+        assert_eq!((x.cols, out.cols), (w.cols, block), "{}: shape", w.name);
+        let choices = (n * k) as u32;
+        let (gx, gy) = grid(block as u64);
+        for run in &w.runs {
+            for part in &run.parts {
+                let first = run.offset + part.row_start as usize;
+                let params = IdParams {
+                    w_k: w.cols as u32,
+                    w_bpr: part.layout.blocks_per_row,
+                    w_scales: part.layout.scales_offset,
+                    rows: block as u32,
+                    k: k as u32,
+                    expert_start: (first / block) as u32,
+                    experts: part.rows / block as u32,
+                    per_choice: (input == ExpertInput::Choice) as u32,
+                };
+                // As if the choices spread evenly over the experts: each part's share of
+                // them, reading each chosen expert's rows once.
+                let share = params.experts as f64 / w.experts as f64;
+                let read =
+                    (choices as f64 * share).min(params.experts as f64) / params.experts as f64;
+                let cost = Cost {
+                    bytes: (part.buf.buffer.size() as f64 * read) as u64
+                        + 4 * (n * k * (w.cols + block)) as u64,
+                    flops: (2.0 * (n * k * block * w.cols) as f64 * share) as u64,
+                };
+                let buffers = [&part.buf, &x.buf, &routes.buf, &out.buf];
+                let kernel = Kernel::MatvecId(run.ggml_type);
+                self.dispatch(kernel, &params, &buffers, (gx, gy, choices), cost);
+            }
+        }
     }
 
-    fn moe_combine_add(&mut self, _: &GpuTensor, _: &GpuTensor, _: &GpuTensor, _: usize) {
-        self.refuse(MOE_UNSUPPORTED.into());
+    fn moe_combine_add(&mut self, y: &GpuTensor, routes: &GpuTensor, acc: &GpuTensor, n: usize) {
+        assert_eq!(
+            y.cols, acc.cols,
+            "moe_combine_add: experts' outputs of the residual's width"
+        );
+        let k = routes.cols / 2;
+        let params = MoeParams {
+            n: n as u32,
+            width: acc.cols as u32,
+            k: k as u32,
+            normalize: 0,
+        };
+        let (x, y_groups) = grid(((n * acc.cols) as u64).div_ceil(64));
+        let cost = Cost::bytes(4 * (n * acc.cols * (k + 2)) as u64);
+        let buffers = [&acc.buf, &y.buf, &routes.buf];
+        self.dispatch(
+            Kernel::MoeCombineAdd,
+            &params,
+            &buffers,
+            (x, y_groups, 1),
+            cost,
+        );
     }
 
     fn copy_row(&mut self, src: &GpuTensor, row: usize, dst: &GpuTensor) {
