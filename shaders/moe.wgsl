@@ -1,12 +1,13 @@
 // A mixture of experts' routing and mixing (src/backend/ops.rs, Routing): each row's top k
-// experts by the softmax of its router logits, and the weighted sum of the chosen experts'
+// experts by the softmax of its router logits, each expert's list of the choices routed to it
+// (for the prompt products of matvec_id.wgsl), and the weighted sum of the chosen experts'
 // outputs into the residual stream. Rows of routes hold k expert ids (as f32 values), then
 // their k weights.
 
 struct MoeParams {
     // Rows (tokens).
     n: u32,
-    // moe_route: experts (logits a row); moe_combine_add: the width of a residual row.
+    // moe_route, moe_lists: experts; moe_combine_add: the width of a residual row.
     width: u32,
     // Experts a row takes.
     k: u32,
@@ -15,11 +16,11 @@ struct MoeParams {
 }
 
 @group(0) @binding(0) var<uniform> p: MoeParams;
-// moe_route: the routes; moe_combine_add: the residual stream.
+// moe_route: the routes; moe_lists: the lists; moe_combine_add: the residual stream.
 @group(0) @binding(1) var<storage, read_write> A: array<f32>;
 // moe_route: the logits; moe_combine_add: the chosen experts' outputs, k rows a row.
 @group(0) @binding(2) var<storage, read> B: array<f32>;
-// moe_combine_add: the routes.
+// moe_lists, moe_combine_add: the routes.
 @group(0) @binding(3) var<storage, read> R: array<f32>;
 
 const THREADS: u32 = 64u;
@@ -89,4 +90,49 @@ fn moe_combine_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
         s += R[t * 2u * p.k + p.k + j] * B[(t * p.k + j) * p.width + col];
     }
     A[i] += s;
+}
+
+// Each expert's list, A[e (n + 1)] = how many choices took expert e and A[e (n + 1) + 1 + i]
+// the i-th of them (choice c = t k + j, as an f32 value), in choice order: one workgroup per
+// expert, a prefix sum over each LIST_THREADS choices placing its hits.
+const LIST_THREADS: u32 = 256u;
+
+var<workgroup> hits: array<u32, LIST_THREADS>;
+
+@compute @workgroup_size(256)
+fn moe_lists(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    let e = wid.x + wid.y * nwg.x;
+    if (e >= p.width) {
+        return;
+    }
+    let list = e * (p.n + 1u);
+    let choices = p.n * p.k;
+    var count = 0u;
+    for (var base = 0u; base < choices; base += LIST_THREADS) {
+        let c = base + li;
+        var hit = 0u;
+        if (c < choices && u32(R[(c / p.k) * 2u * p.k + c % p.k]) == e) {
+            hit = 1u;
+        }
+        hits[li] = hit;
+        workgroupBarrier();
+        for (var off = 1u; off < LIST_THREADS; off <<= 1u) {
+            var v = 0u;
+            if (li >= off) {
+                v = hits[li - off];
+            }
+            workgroupBarrier();
+            hits[li] += v;
+            workgroupBarrier();
+        }
+        if (hit == 1u) {
+            A[list + count + hits[li]] = f32(c);
+        }
+        count += hits[LIST_THREADS - 1u];
+        workgroupBarrier();
+    }
+    if (li == 0u) {
+        A[list] = f32(count);
+    }
 }

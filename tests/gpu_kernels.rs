@@ -1939,14 +1939,15 @@ fn matmul_id_reference(
 /// The mixture-of-experts ops on the GPU: routing against the host's (the same experts, the
 /// weights to f32 rounding), the chosen experts' products (on the GPU and the exact CPU)
 /// against a float64 reference for row and choice inputs, and the weighted mix. Awkward
-/// shapes: 5, 8 and 10 experts, 2 and 8 a token, blocks of 67 rows, 1 to 7 tokens, several
-/// weight types; and a matrix split between parts mid-mixture.
+/// shapes: 3, 5, 8 and 10 experts, 2 and 8 a token, blocks of 67 rows, several weight types;
+/// 1 to 7 tokens decode, 20 and 150 go through the experts' lists and tiles (150 tokens over
+/// 3 experts: lists past one 256-choice scan and one 64-choice tile).
 #[test]
 fn mixture_of_experts_ops_match_the_reference() {
     let (mut gpu, mut cpu) = (gpu(), CpuBackend::exact(0).unwrap());
     let mut rng = rng(12);
     let block = ROWS;
-    for (n_expert, k, n) in [(5, 2, 1), (10, 8, 3), (8, 2, 7)] {
+    for (n_expert, k, n) in [(5, 2, 1), (10, 8, 3), (8, 2, 7), (10, 8, 20), (3, 2, 150)] {
         // Logits spread ±3: top-k sets apart by more than f32's rounding of exp.
         let logits = random_values(&mut rng, n * n_expert, 3.0);
         let mut routes = Vec::new();
@@ -2038,7 +2039,7 @@ fn mixture_of_experts_ops_match_the_reference() {
 #[test]
 fn split_expert_matrices_give_the_same_products() {
     let ty = GgmlType::Q8_0;
-    let (n_expert, k, n, block, cols) = (8, 2, 5, ROWS, widths(GgmlType::Q8_0)[0]);
+    let (n_expert, k, n, block, cols) = (8, 2, 40, ROWS, widths(GgmlType::Q8_0)[0]);
     let expert_bytes = ty.row_bytes(cols).unwrap() * block;
     let mut gpu = gpu_with(GpuOptions {
         max_weight_part: Some((5 * expert_bytes / 2) as u64),
@@ -2055,16 +2056,15 @@ fn split_expert_matrices_give_the_same_products() {
             [a as f32, b as f32, 0.5, 0.5]
         })
         .collect();
-    let x = random_values(&mut rng, n * cols, 1.0);
-    let input = ExpertInput::Token;
-    let (want, scale) = matmul_id_reference(&w.decoded(), &x, &routes, input, (n, k, block, cols));
-    let got = run_matmul_id(&mut gpu, &m, &x, &routes, input, (n, k, block));
-    assert_close(
-        "split matmul_id",
-        &got,
-        &want,
-        block,
-        |i| scale[i],
-        GPU_MATMUL_TOL,
-    );
+    // Decoded (5 tokens) and through the lists and tiles (40).
+    for n in [5, n] {
+        let routes = &routes[..n * 2 * k];
+        let x = random_values(&mut rng, n * cols, 1.0);
+        let input = ExpertInput::Token;
+        let shape = (n, k, block, cols);
+        let (want, scale) = matmul_id_reference(&w.decoded(), &x, routes, input, shape);
+        let got = run_matmul_id(&mut gpu, &m, &x, routes, input, (n, k, block));
+        let what = format!("split matmul_id n={n}");
+        assert_close(&what, &got, &want, block, |i| scale[i], GPU_MATMUL_TOL);
+    }
 }

@@ -231,6 +231,9 @@ pub enum Scratch {
     Normed,
     /// The outputs of a product before they are finished (GLU, RoPE, a residual add).
     Products,
+    /// Each expert's list of the choices routed to it, for a backend's prompt products of
+    /// [`super::Backend::matmul_id`].
+    ExpertLists,
 }
 
 /// The shape of a tensor (`[rows, cols]`, rows as allocated) or of a weight matrix

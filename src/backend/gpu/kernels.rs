@@ -201,6 +201,10 @@ pub enum Kernel {
     MoeRoute,
     /// Products with the experts each row chose.
     MatvecId(GgmlType),
+    /// Each expert's list of the choices routed to it.
+    MoeLists,
+    /// Prompt products with the experts each row chose, over the experts' lists.
+    MatmulId(GgmlType),
     /// The chosen experts' outputs, weighted, added to the residual stream.
     MoeCombineAdd,
     CopyRow,
@@ -250,6 +254,8 @@ impl Kernel {
             Self::Pointwise => "pointwise",
             Self::MoeRoute => "moe_route",
             Self::MatvecId(_) => "matvec_id",
+            Self::MoeLists => "moe_lists",
+            Self::MatmulId(_) => "matmul_id",
             Self::MoeCombineAdd => "moe_combine_add",
             Self::CopyRow => "copy_row",
             Self::ArgmaxPartial => "argmax_partial",
@@ -307,6 +313,7 @@ impl Kernel {
             | Self::MatvecGlu(t, _)
             | Self::MatvecQkv(t, ..)
             | Self::MatvecId(t)
+            | Self::MatmulId(t)
             | Self::Matmul(t) => Some(t),
             _ => None,
         }
@@ -339,6 +346,8 @@ impl Kernel {
             Self::Pointwise => (ELEMENTWISE, "pointwise"),
             Self::MoeRoute => (MOE, "moe_route"),
             Self::MatvecId(_) => (MATVEC_ID, "matvec_id"),
+            Self::MoeLists => (MOE, "moe_lists"),
+            Self::MatmulId(_) => (MATVEC_ID, "matmul_id"),
             Self::MoeCombineAdd => (MOE, "moe_combine_add"),
             Self::CopyRow => (ELEMENTWISE, "copy_row"),
             Self::ArgmaxPartial => (REDUCE, "argmax_partial"),
@@ -420,8 +429,11 @@ impl Kernel {
             // moe.wgsl declares the routes (binding 3) for moe_combine_add alone.
             Self::MoeRoute => &[ReadWrite, Read],
             Self::MoeCombineAdd => &[ReadWrite, Read, Read],
-            // Weights, x, routes, y.
+            // Weights, x, routes, y; the prompt kernel the lists too.
             Self::MatvecId(_) => &[Read, Read, Read, ReadWrite],
+            Self::MatmulId(_) => &[Read, Read, Read, ReadWrite, Read],
+            // The lists, the routes (binding 3).
+            Self::MoeLists => return vec![(1, ReadWrite), (3, Read)],
             Self::CopyRow | Self::Glu | Self::GluPairs => &[ReadWrite, Read],
             Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => &[ReadWrite, ReadWrite],
             // Logits, result, the sampler's state, the logit biases, the slices' candidates.
@@ -1089,6 +1101,7 @@ mod tests {
             Kernel::QuantizeActs(false),
             Kernel::QuantizeActs(true),
             Kernel::MoeRoute,
+            Kernel::MoeLists,
             Kernel::MoeCombineAdd,
         ];
         for types in every_kv_types() {
@@ -1112,6 +1125,7 @@ mod tests {
                 Kernel::DequantF16(t),
                 Kernel::Matmul(t),
                 Kernel::MatvecId(t),
+                Kernel::MatmulId(t),
             ]);
             let mut team = tuning.subgroup_size.unwrap_or(32).min(8);
             while team <= tuning.matvec_wg {

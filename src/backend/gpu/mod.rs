@@ -892,6 +892,7 @@ impl WgpuBackend {
                 let label = match which {
                     Scratch::Normed => "normalised activations",
                     Scratch::Products => "prompt products",
+                    Scratch::ExpertLists => "experts' lists of choices",
                 };
                 let b = self.storage(label, bytes)?;
                 self.scratch.insert(which, b.clone());
@@ -1393,7 +1394,9 @@ impl WgpuBackend {
             if m.experts > 1 {
                 for kernel in [
                     Kernel::MatvecId(ty),
+                    Kernel::MatmulId(ty),
                     Kernel::MoeRoute,
+                    Kernel::MoeLists,
                     Kernel::MoeCombineAdd,
                 ] {
                     self.pipeline(kernel)?;
@@ -1842,6 +1845,8 @@ struct IdParams {
     experts: u32,
     /// 1: choice c reads row c of x; 0: row c / k.
     per_choice: u32,
+    /// Rows (tokens).
+    n: u32,
 }
 
 #[repr(C)]
@@ -2141,8 +2146,10 @@ impl Backend for WgpuBackend {
         self.dispatch(Kernel::MoeRoute, &params, &buffers, (x, y, 1), cost);
     }
 
-    /// A dispatch per part of each run: every choice's workgroups read their expert id, and
-    /// those of the part's experts compute their rows (routing stays on the device).
+    /// A dispatch per part of each run, over the part's experts (routing stays on the
+    /// device): decoding, every choice's workgroups read their expert id and those of the
+    /// part's experts compute their rows; prompts (or choices past a grid dimension), each
+    /// expert's tiles over its list of choices, made first.
     fn matmul_id(
         &mut self,
         x: &GpuTensor,
@@ -2156,6 +2163,21 @@ impl Backend for WgpuBackend {
         let block = w.rows / w.experts;
         assert_eq!((x.cols, out.cols), (w.cols, block), "{}: shape", w.name);
         let choices = (n * k) as u32;
+        let tiled = n >= TILED_MIN_TOKENS || choices > u16::MAX as u32;
+        let lists = tiled.then(|| {
+            let lists = self.scratch(Scratch::ExpertLists, w.experts, n + 1);
+            let params = MoeParams {
+                n: n as u32,
+                width: w.experts as u32,
+                k: k as u32,
+                normalize: 0,
+            };
+            let (gx, gy) = grid(w.experts as u64);
+            let cost = Cost::bytes(4 * (w.experts * n * k * 2) as u64);
+            let buffers = [&lists.buf, &routes.buf];
+            self.dispatch(Kernel::MoeLists, &params, &buffers, (gx, gy, 1), cost);
+            lists
+        });
         let (gx, gy) = grid(block as u64);
         for run in &w.runs {
             for part in &run.parts {
@@ -2169,6 +2191,7 @@ impl Backend for WgpuBackend {
                     expert_start: (first / block) as u32,
                     experts: part.rows / block as u32,
                     per_choice: (input == ExpertInput::Choice) as u32,
+                    n: n as u32,
                 };
                 // As if the choices spread evenly over the experts: each part's share of
                 // them, reading each chosen expert's rows once.
@@ -2180,9 +2203,24 @@ impl Backend for WgpuBackend {
                         + 4 * (n * k * (w.cols + block)) as u64,
                     flops: (2.0 * (n * k * block * w.cols) as f64 * share) as u64,
                 };
-                let buffers = [&part.buf, &x.buf, &routes.buf, &out.buf];
-                let kernel = Kernel::MatvecId(run.ggml_type);
-                self.dispatch(kernel, &params, &buffers, (gx, gy, choices), cost);
+                let ty = run.ggml_type;
+                match &lists {
+                    Some(lists) => {
+                        let buffers = [&part.buf, &x.buf, &routes.buf, &out.buf, &lists.buf];
+                        // Tiles of 64 rows × 64 listed choices (an expert has at most n).
+                        let groups = (
+                            (block as u32).div_ceil(64),
+                            (n as u32).div_ceil(64),
+                            params.experts,
+                        );
+                        self.dispatch(Kernel::MatmulId(ty), &params, &buffers, groups, cost);
+                    }
+                    None => {
+                        let buffers = [&part.buf, &x.buf, &routes.buf, &out.buf];
+                        let groups = (gx, gy, choices);
+                        self.dispatch(Kernel::MatvecId(ty), &params, &buffers, groups, cost);
+                    }
+                }
             }
         }
     }
