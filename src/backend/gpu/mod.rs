@@ -1163,8 +1163,16 @@ impl WgpuBackend {
         let max_rows = (self.max_binding().min(limit) / row_bytes as u64) as usize / row_multiple
             * row_multiple;
         if max_rows == 0 {
+            // Rows that stay together: an interleaved pair, or an expert's block.
+            let what = match row_multiple {
+                1 => format!("one row takes {row_bytes} bytes"),
+                n => format!(
+                    "{n} rows that stay in one binding take {} bytes",
+                    n * row_bytes
+                ),
+            };
             return Err(BackendError::Unsupported(format!(
-                "{name}: one row takes {row_bytes} bytes, more than {} can bind",
+                "{name}: {what}, more than {} can bind",
                 self.gpu.info.name
             )));
         }
