@@ -20,6 +20,7 @@ use std::sync::Arc;
 use vibrant::backend::cpu::CpuBackend;
 use vibrant::backend::Backend;
 use vibrant::gguf::GgufFile;
+use vibrant::model::arch::{Ffn, Spec};
 use vibrant::model::{LoadOptions, Transformer};
 use vibrant::perplexity::{self, KlSummary, LogProbReader};
 use vibrant::synth::{self, Mix, TINY_PRESETS};
@@ -352,4 +353,53 @@ fn qwen3moe_tiny_matches_llama_cpp() {
 fn qwen3moe_tiny_greedy_ids_match_llama_cpp() {
     greedy_ids_match_llama_cpp("qwen3moe-tiny", CpuBackend::new(0).unwrap(), 0.5);
     greedy_ids_match_llama_cpp("qwen3moe-tiny", CpuBackend::exact(0).unwrap(), 0.5);
+}
+
+/// A llama file's expert counts as `llama.expert_count` and `llama.expert_used_count` say
+/// (0 used: absent), written with the least a spec needs.
+fn expert_spec(path: &Path, n_expert: u32, n_used: u32) -> Result<Spec, String> {
+    use vibrant::gguf::{GgufWriter, Value};
+    use vibrant::quant::GgmlType;
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("llama".into()))
+        .set("llama.block_count", Value::U32(1))
+        .set("llama.embedding_length", Value::U32(32))
+        .set("llama.feed_forward_length", Value::U32(64))
+        .set("llama.attention.head_count", Value::U32(1))
+        .set("llama.expert_count", Value::U32(n_expert));
+    if n_used > 0 {
+        w.set("llama.expert_used_count", Value::U32(n_used));
+    }
+    w.add_tensor(
+        "token_embd.weight",
+        &[32, 4],
+        GgmlType::Q8_0,
+        vec![0; 4 * 34],
+    );
+    w.write_file(path).unwrap();
+    let file = GgufFile::open(path).unwrap();
+    Spec::from_gguf(&file).map_err(|e| e.to_string())
+}
+
+/// Expert counts a mixture cannot route with are refused by file, not a panic; a llama file
+/// without experts stays dense.
+#[test]
+fn unusable_expert_counts_are_refused_by_file() {
+    let dir = std::env::temp_dir().join(format!("vibrant-experts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("experts.gguf");
+    for (n_expert, n_used) in [(8, 9), (8, 0), (5000, 2)] {
+        let err = expert_spec(&path, n_expert, n_used).expect_err("refused");
+        assert!(
+            err.contains("experts.gguf") && err.contains("not a usable mixture of experts"),
+            "{err}"
+        );
+    }
+    let spec = expert_spec(&path, 8, 2).unwrap();
+    assert!(
+        matches!(&spec.layers[0].ffn, Ffn::Moe(m) if m.n_expert == 8 && m.routing.k == 2 && m.n_ff() == 64)
+    );
+    let spec = expert_spec(&path, 0, 0).unwrap();
+    assert!(matches!(&spec.layers[0].ffn, Ffn::Dense(_)));
+    std::fs::remove_dir_all(&dir).ok();
 }
