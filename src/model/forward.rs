@@ -106,9 +106,9 @@ fn moe_ffn<B: Backend>(b: &mut B, w: &Moe<B>, a: &Acts<B>, n: usize, eps: f32) {
         weight: &w.norm,
         eps,
     };
-    b.norm_matmul(&a.x, norm, &w.router, &m.logits, n);
-    b.moe_route(&m.logits, w.routing, &m.routes, n);
     b.rms_norm(&a.x, norm, &m.normed, n);
+    b.matmul(&m.normed, &w.router, &m.logits, n);
+    b.moe_route(&m.logits, w.routing, &m.routes, n);
     b.matmul_id(
         &m.normed,
         &w.gate_up,
