@@ -202,21 +202,7 @@ impl CpuBackend {
 
     /// o = x · partᵀ for `n` rows of x, `[n, part.rows]`.
     fn part_product(&self, part: &CpuRows, cols: usize, x: &[f32], o: &mut [f32], n: usize) {
-        let format = part.ggml_type.act_format();
-        if self.exact {
-            self.pool.install(|| exact_matmul(part, cols, x, o, n));
-        } else if n * part.data.bytes().len() < SERIAL_BYTES {
-            let mut bytes = Vec::new();
-            quant::quantize_acts(format, x, &mut bytes);
-            let acts = Activations::new(part.ggml_type, bytes, cols);
-            quant::mat_mul(part.data.bytes(), &acts, o);
-        } else {
-            self.pool.install(|| {
-                let bytes = quantize_rows(format, x, cols);
-                let acts = Activations::new(part.ggml_type, bytes, cols);
-                quantized_matmul(part, &acts, o, n)
-            });
-        }
+        part_product(&self.pool, self.exact, part, cols, x, o, n);
     }
 
     /// Runs `row(out, inputs…)` over the first `n` rows, on the pool where they are worth it
@@ -604,9 +590,11 @@ impl Backend for CpuBackend {
                 }
             }
         }
-        let x = x.data.borrow();
-        let mut o = out.data.borrow_mut();
-        for (e, choices) in chosen.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+        let x_ref = x.data.borrow();
+        let x: &[f32] = &x_ref;
+        let (pool, exact) = (&self.pool, self.exact);
+        // One expert's products for the rows that chose it, `[choices, block]`.
+        let expert = |&(e, choices): &(usize, &Vec<usize>)| {
             let m = choices.len();
             let mut gathered = Vec::with_capacity(m * w.cols);
             for &c in choices {
@@ -619,11 +607,28 @@ impl Backend for CpuBackend {
             let mut products = vec![0f32; m * block];
             for part in w.rows_in(e * block..(e + 1) * block) {
                 let mut p = vec![0f32; m * part.rows];
-                self.part_product(&part, w.cols, &gathered, &mut p, m);
+                part_product(pool, exact, &part, w.cols, &gathered, &mut p, m);
                 for (row, p) in products.chunks_mut(block).zip(p.chunks(part.rows)) {
                     row[part.first..][..part.rows].copy_from_slice(p);
                 }
             }
+            products
+        };
+        let jobs: Vec<(usize, &Vec<usize>)> = chosen
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.is_empty())
+            .collect();
+        // Decoding reads a few experts' blocks each too small to split: the experts go to
+        // the pool side by side instead, where they are worth a hand-over together.
+        let block_bytes: usize = w.rows_in(0..block).map(|p| p.data.bytes().len()).sum();
+        let bytes: usize = jobs.iter().map(|(_, c)| c.len() * block_bytes).sum();
+        let products: Vec<Vec<f32>> = match bytes < SERIAL_BYTES || jobs.len() == 1 {
+            true => jobs.iter().map(expert).collect(),
+            false => pool.install(|| jobs.par_iter().map(expert).collect()),
+        };
+        let mut o = out.data.borrow_mut();
+        for ((_, choices), products) in jobs.iter().zip(&products) {
             for (&c, p) in choices.iter().zip(products.chunks(block)) {
                 o[c * block..][..block].copy_from_slice(p);
             }
@@ -704,6 +709,35 @@ impl Backend for CpuBackend {
 }
 
 /// The activation vectors of `x`'s rows in `format`, one after the other, on the current pool.
+/// o = x · partᵀ for `n` rows of x, `[n, part.rows]`: in f64 over dequantized weights
+/// (`exact`), or over activations quantized as the weights dot with them, on `pool` where
+/// the step is worth handing over.
+fn part_product(
+    pool: &rayon::ThreadPool,
+    exact: bool,
+    part: &CpuRows,
+    cols: usize,
+    x: &[f32],
+    o: &mut [f32],
+    n: usize,
+) {
+    let format = part.ggml_type.act_format();
+    if exact {
+        pool.install(|| exact_matmul(part, cols, x, o, n));
+    } else if n * part.data.bytes().len() < SERIAL_BYTES {
+        let mut bytes = Vec::new();
+        quant::quantize_acts(format, x, &mut bytes);
+        let acts = Activations::new(part.ggml_type, bytes, cols);
+        quant::mat_mul(part.data.bytes(), &acts, o);
+    } else {
+        pool.install(|| {
+            let bytes = quantize_rows(format, x, cols);
+            let acts = Activations::new(part.ggml_type, bytes, cols);
+            quantized_matmul(part, &acts, o, n)
+        });
+    }
+}
+
 fn quantize_rows(format: ActFormat, x: &[f32], cols: usize) -> Vec<u8> {
     let bytes = format
         .bytes_for(cols)
