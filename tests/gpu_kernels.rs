@@ -1794,12 +1794,14 @@ fn rope_store_of_products_in_head_order_matches_the_cpu() {
         for (i, ((gq, go), (cq, co))) in got.iter().zip(&want).enumerate() {
             let what = format!("{rope:?} {types} step {i}");
             // As in the fused path's test: the same f32 rotation, an ulp apart where a fused
-            // multiply-add rounds differently; the cache's rounding beside it.
+            // multiply-add rounds differently; the cache's rounding beside it; the prompt
+            // step on tensor cores rounds queries and softmax weights to f16 (3.2e-4 seen on
+            // the H100).
             assert_close(&format!("q, {what}"), gq, &to_f64(cq), qw, |_| 2.0, 2e-6);
-            let tol = if types == KvTypes::default() {
-                4e-5
-            } else {
-                Q8_0_CACHE_TOL
+            let tol = match (types == KvTypes::default(), sizes[i] > 4) {
+                (false, _) => Q8_0_CACHE_TOL,
+                (true, true) if gpu.uses_tensor_cores() => 5e-4,
+                (true, _) => 4e-5,
             };
             assert_close(
                 &format!("attention, {what}"),
