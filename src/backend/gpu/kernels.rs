@@ -1,6 +1,10 @@
 //! The WGSL kernel set: which shader files make up each kernel, composed at pipeline creation
 //! (WGSL has no includes), and the pipelines built from them, once per device.
 
+use super::params::{
+    AttentionParams, DequantParams, ElementParams, KernelParams, KvStoreParams, NormParams,
+    ParamsLayout, ProductParams, ReduceParams, RopeParams, SampleParams,
+};
 use super::tuning::Tuning;
 use crate::backend::{Activation, BackendError, CacheType, KvTypes, Result};
 use crate::quant::GgmlType;
@@ -256,6 +260,41 @@ impl Kernel {
         }
     }
 
+    /// The struct of the kernel's parameters (binding 0), as the host writes them.
+    pub fn params(self) -> &'static ParamsLayout {
+        match self {
+            Self::GetRows(_) | Self::Dequant(_) | Self::DequantF16(_) => DequantParams::layout(),
+            Self::Matvec(..)
+            | Self::MatvecGlu(..)
+            | Self::MatvecQkv(..)
+            | Self::Matmul(_)
+            | Self::MatmulCoop(..) => ProductParams::layout(),
+            Self::RmsNorm => NormParams::layout(),
+            Self::RopeStoreQkv(_) => RopeParams::layout(),
+            Self::KvStore(_) => KvStoreParams::layout(),
+            Self::Attention(_)
+            | Self::AttentionTiled(_)
+            | Self::AttentionCoop
+            | Self::AttentionDecode(_)
+            | Self::AttentionCombine => AttentionParams::layout(),
+            Self::Add | Self::Glu | Self::GluPairs | Self::Pointwise | Self::CopyRow => {
+                ElementParams::layout()
+            }
+            Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => ReduceParams::layout(),
+            Self::SampleSlices | Self::Sample => SampleParams::layout(),
+        }
+    }
+
+    /// Whether the op file declares its parameter struct itself (attention_params.wgsl,
+    /// kv_store.wgsl) rather than taking the host's declaration; the tests check it against
+    /// the host's.
+    fn declares_params(self) -> bool {
+        matches!(
+            self.op().0 .0,
+            "attention.wgsl" | "attention_coop.wgsl" | "kv_store.wgsl"
+        )
+    }
+
     /// The op file and its entry point.
     fn op(self) -> ((&'static str, &'static str), &'static str) {
         match self {
@@ -368,6 +407,11 @@ impl Kernel {
     pub fn source(self, tuning: &Tuning) -> (String, Vec<(&'static str, usize)>) {
         let activations = activation_constants();
         let mut pieces = vec![COMMON, ("(generated)", activations.as_str())];
+        let params;
+        if !self.declares_params() {
+            params = self.params().wgsl();
+            pieces.push(("(generated)", params.as_str()));
+        }
         let glue;
         if let Some(t) = self.weight_type() {
             pieces.push(match t {
@@ -408,10 +452,13 @@ impl Kernel {
                 }
             }
         }
-        let sample_limits;
+        let host_constants;
         if matches!(self, Self::SampleSlices | Self::Sample) {
-            sample_limits = sample_constants();
-            pieces.push(("(generated)", sample_limits.as_str()));
+            host_constants = sample_constants();
+            pieces.push(("(generated)", host_constants.as_str()));
+        } else if self.op().0 == REDUCE {
+            host_constants = format!("const ARGMAX_GROUPS: u32 = {}u;\n", super::ARGMAX_GROUPS);
+            pieces.push(("(generated)", host_constants.as_str()));
         }
         pieces.push(self.op().0);
         let products_glue;
@@ -487,6 +534,29 @@ fn activation_constants() -> String {
         Activation::GELU_COEF_A
     );
     text
+}
+
+/// Everything the host declares into the kernels' sources (parameter structs, constants),
+/// which a build's kernels depend on beside the shader files.
+pub fn host_declarations() -> String {
+    let params = [
+        DequantParams::layout(),
+        ProductParams::layout(),
+        NormParams::layout(),
+        RopeParams::layout(),
+        AttentionParams::layout(),
+        KvStoreParams::layout(),
+        ElementParams::layout(),
+        ReduceParams::layout(),
+        SampleParams::layout(),
+    ];
+    let structs: String = params.iter().map(|p| p.wgsl()).collect();
+    format!(
+        "{structs}{}{}{}",
+        activation_constants(),
+        sample_constants(),
+        super::ARGMAX_GROUPS
+    )
 }
 
 /// The sampler kernel's limits, from the host's: a setting within them samples on the device.
@@ -813,8 +883,120 @@ mod tests {
                 let options = naga::back::spv::Options::default();
                 naga::back::spv::write_vec(&module, &info, &options, None)
                     .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", kernel.name()));
+                check_interface(kernel, &module, &info);
             }
         }
+    }
+
+    /// What the kernel's WGSL must agree on with the host: binding 0 is the host's parameter
+    /// struct ([`Kernel::params`]), field for field at the host's offsets; every binding the
+    /// entry point uses is one the host binds ([`Kernel::bindings`]), and every one the host
+    /// binds is declared, with the same access; the constants the host shares have its
+    /// values. A mismatch fails here rather than in a model.
+    fn check_interface(kernel: Kernel, module: &naga::Module, info: &naga::valid::ModuleInfo) {
+        let name = kernel.name();
+        let entry = module
+            .entry_points
+            .iter()
+            .position(|e| e.name == kernel.op().1)
+            .unwrap_or_else(|| panic!("{name}: no entry point {}", kernel.op().1));
+        let uses = info.get_entry_point(entry);
+        let (mut declared, mut used) = (Vec::new(), Vec::new());
+        for (handle, var) in module.global_variables.iter() {
+            let Some(binding) = &var.binding else {
+                continue;
+            };
+            assert_eq!(binding.group, 0, "{name}: bind group");
+            if binding.binding == 0 {
+                assert_eq!(var.space, naga::AddressSpace::Uniform, "{name}: binding 0");
+                check_params(&name, module, var.ty, kernel.params());
+                continue;
+            }
+            let naga::AddressSpace::Storage { access } = var.space else {
+                panic!(
+                    "{name}: binding {} is not a storage buffer",
+                    binding.binding
+                );
+            };
+            let access = match access.contains(naga::StorageAccess::STORE) {
+                true => ReadWrite,
+                false => Read,
+            };
+            declared.push((binding.binding, access));
+            if !uses[handle].is_empty() {
+                used.push((binding.binding, access));
+            }
+        }
+        let bound = kernel.bindings();
+        for b in &used {
+            assert!(
+                bound.contains(b),
+                "{name}: uses {b:?}, the host binds {bound:?}"
+            );
+        }
+        for b in &bound {
+            assert!(
+                declared.contains(b),
+                "{name}: binds {b:?}, the WGSL declares {declared:?}"
+            );
+        }
+        for (constant, want) in shared_constants(kernel) {
+            let got = module
+                .constants
+                .iter()
+                .find(|(_, c)| c.name.as_deref() == Some(constant))
+                .map(|(_, c)| &module.global_expressions[c.init]);
+            let got = match got {
+                Some(naga::Expression::Literal(naga::Literal::U32(v))) => *v,
+                other => panic!("{name}: const {constant} is {other:?}"),
+            };
+            assert_eq!(got, want, "{name}: const {constant}");
+        }
+    }
+
+    /// The constants of the op files that the host's grids and limits assume.
+    fn shared_constants(kernel: Kernel) -> Vec<(&'static str, u32)> {
+        use crate::backend::gpu::{attention, products};
+        match kernel.op().0 .0 {
+            "matmul.wgsl" => vec![("BM", products::MATMUL_TILE), ("BN", products::MATMUL_TILE)],
+            "matmul_coop.wgsl" => vec![
+                ("BN", products::COOP_TILE_ROWS),
+                ("BK", products::COOP_K_STEP as u32),
+            ],
+            "attention.wgsl" => vec![("CHUNK", attention::ATTENTION_CHUNK as u32)],
+            "reduce.wgsl" => vec![("ARGMAX_GROUPS", crate::backend::gpu::ARGMAX_GROUPS)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The WGSL struct of type `ty` has exactly the host's fields, in order, 4 bytes apart.
+    fn check_params(
+        name: &str,
+        module: &naga::Module,
+        ty: naga::Handle<naga::Type>,
+        host: &ParamsLayout,
+    ) {
+        let naga::TypeInner::Struct { members, .. } = &module.types[ty].inner else {
+            panic!("{name}: binding 0 is not a struct");
+        };
+        let wgsl: Vec<(String, String, u32)> = members
+            .iter()
+            .map(|m| {
+                let ty = match module.types[m.ty].inner {
+                    naga::TypeInner::Scalar(s) if s == naga::Scalar::U32 => "u32",
+                    naga::TypeInner::Scalar(s) if s == naga::Scalar::F32 => "f32",
+                    ref other => panic!("{name}: member {:?} is {other:?}", m.name),
+                };
+                (m.name.clone().unwrap_or_default(), ty.to_string(), m.offset)
+            })
+            .collect();
+        let rust: Vec<(String, String, u32)> = host
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.to_string(), f.wgsl_type.to_string(), 4 * i as u32))
+            .collect();
+        assert_eq!(wgsl, rust, "{name}: the parameters in WGSL and on the host");
     }
 }
 

@@ -28,6 +28,7 @@ mod products;
 mod profile;
 mod record;
 mod sampling;
+pub mod switches;
 pub mod tuning;
 mod upload;
 
@@ -41,7 +42,6 @@ use super::{
 };
 use crate::quant::GgmlType;
 use crate::sampling::Sampler;
-use bytemuck::{Pod, Zeroable};
 use kernels::{activation_code, MatvecOutput, Pipeline};
 use layout::WeightLayout;
 use profile::Cost;
@@ -57,8 +57,8 @@ use attention::{
 };
 use buffers::storage_buffer;
 use params::{
-    AttentionParams, DequantParams, ElementParams, KvStoreParams, NormParams, ProductParams,
-    ReduceParams, RopeParams,
+    AttentionParams, DequantParams, ElementParams, KernelParams, KvStoreParams, NormParams,
+    ProductParams, ReduceParams, RopeParams,
 };
 use products::{Product, QkvRows, TILED_MIN_TOKENS};
 use record::{grid, BindKey, PARAM_SLOTS};
@@ -164,7 +164,7 @@ pub struct GpuKvCache {
     scales: u32,
 }
 
-/// Workgroups of the first argmax step (shaders/reduce.wgsl ARGMAX_GROUPS).
+/// Workgroups of the first argmax step (ARGMAX_GROUPS in shaders/reduce.wgsl).
 const ARGMAX_GROUPS: u32 = 64;
 
 /// Where [`Backend::queue_argmax`] copies an id for the host, and the submission that does.

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Weight rows and tokens per workgroup of the FMA prompt matmul (shaders/matmul.wgsl BM, BN).
+pub(super) const MATMUL_TILE: u32 = 64;
+
 /// Steps of this many tokens or more multiply through tiles; fewer stream the weights per token.
 pub(super) const TILED_MIN_TOKENS: usize = 8;
 
@@ -167,8 +170,8 @@ impl WgpuBackend {
             if tiled && on_tensor_cores {
                 self.coop_product(part, m, run, x, &bias_buf, out, params);
             } else if tiled {
-                // Tiles of 64 tokens × 64 rows.
-                let groups = (part.rows.div_ceil(64), (n as u32).div_ceil(64), 1);
+                let tile = MATMUL_TILE;
+                let groups = (part.rows.div_ceil(tile), (n as u32).div_ceil(tile), 1);
                 let buffers = [&part.buf, &x.buf, &bias_buf, &out.buf];
                 self.dispatch(Kernel::Matmul(ty), &params, &buffers, groups, cost);
             } else if let Some(qkv) = how.qkv {

@@ -50,7 +50,7 @@ impl WgpuBackend {
     }
 
     /// Records one dispatch. Recording errors (a failed pipeline) surface at the next wait.
-    pub(super) fn dispatch<P: Pod>(
+    pub(super) fn dispatch<P: KernelParams>(
         &mut self,
         kernel: Kernel,
         params: &P,
@@ -58,6 +58,11 @@ impl WgpuBackend {
         groups: (u32, u32, u32),
         cost: Cost,
     ) {
+        assert!(
+            std::ptr::eq(kernel.params(), P::layout()),
+            "{}: dispatched with another kernel's parameters",
+            kernel.name()
+        );
         if self.failed {
             return;
         }

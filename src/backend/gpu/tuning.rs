@@ -3,6 +3,7 @@
 //! placeholders of the shaders it fills in.
 
 use super::kernels::{Kernel, MatvecForm, MatvecOutput};
+use super::switches::Switches;
 use crate::quant::GgmlType;
 
 /// Sizes and code variants chosen for one device.
@@ -65,49 +66,27 @@ impl Tuning {
             64
         }
         .min(gpu.limits.max_compute_invocations_per_workgroup);
-        // VIBRANT_MATVEC_TEAM (a power of two up to the workgroup) fixes the team size for
-        // tuning experiments.
-        let team = std::env::var("VIBRANT_MATVEC_TEAM")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|t| t.is_power_of_two() && *t <= matvec_wg);
-        // VIBRANT_MATVEC_ROWS (1 to 8) overrides the rows per team for tuning experiments.
-        // VIBRANT_MATVEC_WIDTH (8, 16 or 32) fixes the weights a matvec thread decodes at a
-        // time, for every type (for measurements).
-        let matvec_width = std::env::var("VIBRANT_MATVEC_WIDTH")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|w| [8, 16, 32].contains(w));
+        let switches = Switches::get();
+        let team = switches.matvec_team.filter(|t| *t <= matvec_wg);
         // shaders/attention.wgsl's attention_tiled: 16 KB of queries, 512 bytes per key of a
         // tile and 512 bytes more.
         let attention_keys = [32, 16]
             .into_iter()
             .find(|k| 16896 + 640 * k <= gpu.limits.max_compute_workgroup_storage_size)
             .unwrap_or(0);
-        let rows_per_team = std::env::var("VIBRANT_MATVEC_ROWS")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|r| (1..=8).contains(r));
-        // VIBRANT_FUSE_NORM=0 gives RMSNorm its own launch before the decode matvecs (for
-        // measurements).
-        let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
-        let unchecked = std::env::var("VIBRANT_UNCHECKED_SHADERS").unwrap_or_default();
-        let bounds_checks = match unchecked.as_str() {
-            "0" => true,
-            "" => gpu.info.backend != wgpu::Backend::Vulkan,
-            _ => false,
-        };
-        let loop_bounds = unchecked == "0";
+        let bounds_checks = switches
+            .unchecked_shaders
+            .map_or(gpu.info.backend != wgpu::Backend::Vulkan, |unchecked| {
+                !unchecked
+            });
+        let loop_bounds = switches.unchecked_shaders == Some(false);
         let zero_workgroup_memory = gpu.info.backend != wgpu::Backend::Gl;
-        // VIBRANT_COOP=0 keeps prompt matmuls off the tensor cores (for measurements).
-        let coop = std::env::var("VIBRANT_COOP").map_or(true, |v| v != "0")
+        let coop = switches.coop
             && gpu.features.cooperative_matrix
             && gpu.features.shader_f16
             && subgroup_size == Some(32);
-        // VIBRANT_INT8=0 keeps decode products in f32 activations (for measurements).
-        let int8 = std::env::var("VIBRANT_INT8").map_or(true, |v| v != "0");
         let int8_max_cols = match subgroup_size {
-            Some(s) if int8 && s >= 4 => {
+            Some(s) if switches.int8 && s >= 4 => {
                 Self::int8_capacity(gpu.limits.max_compute_workgroup_storage_size, matvec_wg)
             }
             _ => 0,
@@ -116,16 +95,15 @@ impl Tuning {
             subgroup_size,
             team,
             matvec_wg,
-            rows_per_team,
-            fuse_norm,
-            matvec_width,
+            rows_per_team: switches.matvec_rows,
+            fuse_norm: switches.fuse_norm,
+            matvec_width: switches.matvec_width,
             attention_keys,
             bounds_checks,
             loop_bounds,
             zero_workgroup_memory,
             coop,
-            coop_attention: coop
-                && std::env::var("VIBRANT_COOP_ATTENTION").map_or(true, |v| v != "0"),
+            coop_attention: coop && switches.coop_attention,
             int8_max_cols,
         }
     }
