@@ -2,7 +2,7 @@
 //! names to a [`Spec`], which says per layer what the one forward pass (`super::forward`)
 //! computes: where the norms sit, which tensors make the query/key/value and feed-forward
 //! matrices, the activation, how each layer attends. A family that fits these blocks is a
-//! file of its own here, and a line in [`FAMILIES`].
+//! file of its own here, and a line in `FAMILIES`.
 
 mod llama;
 mod qwen2;
