@@ -5,6 +5,7 @@
 //! the trait's compositions of them. Any batch of sequences runs, each row at its own slot
 //! and position of the cache.
 
+use super::weights::check_parts;
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, CacheLayer, CacheType, Dims,
     KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind, Scratch, WeightBytes,
@@ -259,46 +260,20 @@ impl Backend for CpuBackend {
         parts: Vec<WeightRows>,
         _usage: MatrixUse,
     ) -> Result<CpuMatrix> {
+        let (row_bytes, bias) = check_parts(name, cols, &parts)?;
         let mut kept = Vec::with_capacity(parts.len());
-        let mut bias = Vec::new();
         let mut first = 0;
-        for part in &parts {
-            let row_bytes = part.ggml_type.row_bytes(cols).map_err(|e| {
-                BackendError::Unsupported(format!("{name}: rows of {cols} values: {e}"))
-            })?;
-            if part.data.bytes().len() != row_bytes * part.rows {
-                return Err(BackendError::Unsupported(format!(
-                    "{name}: {} bytes are not {} rows of {row_bytes}",
-                    part.data.bytes().len(),
-                    part.rows
-                )));
-            }
-            match &part.bias {
-                Some(b) if b.len() == part.rows => bias.extend_from_slice(b),
-                Some(b) => {
-                    return Err(BackendError::Unsupported(format!(
-                        "{name}: a bias of {} values for {} rows",
-                        b.len(),
-                        part.rows
-                    )))
-                }
-                None => bias.resize(first + part.rows, 0.0),
-            }
-            first += part.rows;
-        }
-        let has_bias = parts.iter().any(|p| p.bias.is_some());
-        for part in parts {
-            let row_bytes = part.data.bytes().len() / part.rows.max(1);
-            let rows = part.rows;
+        for (part, row_bytes) in parts.into_iter().zip(row_bytes) {
             kept.push(CpuRows {
                 ggml_type: part.ggml_type,
-                first: kept.iter().map(|p: &CpuRows| p.rows).sum(),
-                rows,
+                first,
+                rows: part.rows,
                 row_bytes,
                 data: part.data,
             });
+            first += part.rows;
         }
-        if has_bias {
+        if let Some(bias) = &bias {
             self.bytes_held += 4 * bias.len() as u64;
         }
         Ok(CpuMatrix {
@@ -306,7 +281,7 @@ impl Backend for CpuBackend {
             rows: first,
             cols,
             parts: kept,
-            bias: has_bias.then_some(bias),
+            bias,
         })
     }
 
