@@ -694,6 +694,16 @@ impl Projections {
             part(qw + kvw, kvw, self.v_type),
         ]
     }
+
+    /// The same rows as one fused `[q | k | v]` tensor (phi3's `attn_qkv`), F32 throughout.
+    fn fused_parts(&self, shape: &AttentionShape) -> Vec<WeightRows> {
+        assert_eq!(self.v_type, GgmlType::F32, "one type to fuse");
+        let parts = self.parts(shape);
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let bytes = parts.iter().flat_map(|p| p.data.bytes().to_vec()).collect();
+        let bias = self.bias.clone();
+        vec![WeightRows::new(GgmlType::F32, rows, WeightBytes::owned(bytes)).with_bias(bias)]
+    }
 }
 
 /// Per step: the rotated queries and the attention output, over caches of `types`.
@@ -719,6 +729,22 @@ fn run_attention_with<B: Load>(
     projections: &Projections,
     steps: &[Step],
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let parts = projections.parts(shape);
+    run_attention_of(b, shape, types, opts, layer, parts, projections, steps)
+}
+
+/// [`run_attention_with`] with the projections' rows as `parts`.
+#[allow(clippy::too_many_arguments)]
+fn run_attention_of<B: Load>(
+    b: &mut B,
+    shape: &AttentionShape,
+    types: KvTypes,
+    opts: &AttentionOpts,
+    layer: usize,
+    parts: Vec<WeightRows>,
+    projections: &Projections,
+    steps: &[Step],
+) -> Vec<(Vec<f32>, Vec<f32>)> {
     let (qw, kvw) = (shape.q_width(), shape.kv_width());
     let width = qw + 2 * kvw;
     let n_ctx: usize = steps.iter().map(|s| s.n).sum();
@@ -727,12 +753,7 @@ fn run_attention_with<B: Load>(
         .expect("rope table");
     let norm = b.upload_vector("norm", &projections.norm).expect("norm");
     let qkv = b
-        .upload_matrix(
-            "qkv",
-            width,
-            projections.parts(shape),
-            MatrixUse::Qkv(*shape),
-        )
+        .upload_matrix("qkv", width, parts, MatrixUse::Qkv(*shape))
         .expect("qkv");
     let layout = KvLayout {
         layers: vec![*opts; 2],
@@ -809,6 +830,22 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
             run_attention(&mut gpu, &shape, f16, layer, &projections, &steps),
             run_attention(&mut cpu(), &shape, f16, layer, &projections, &steps),
         );
+        if v_type == GgmlType::F32 {
+            // One fused [q | k | v] tensor is the same rows: the same products, bit for bit.
+            let fused = projections.fused_parts(&shape);
+            let causal = AttentionOpts::causal(head_dim);
+            let got_fused = run_attention_of(
+                &mut gpu,
+                &shape,
+                f16,
+                &causal,
+                layer,
+                fused,
+                &projections,
+                &steps,
+            );
+            assert!(got_fused == got, "head_dim {head_dim}: fused q/k/v differ");
+        }
         let bias_scale = projections.bias.as_deref().map_or(0.0, max_abs);
         let q_scale = max_abs(&projections.norm[..qw]) + bias_scale;
         let v_scale = max_abs(&projections.norm[qw + kvw..]) + bias_scale;
@@ -1634,6 +1671,18 @@ fn check_gate_up_glu(gpu: &mut WgpuBackend) {
             }
             let got = glu_on(gpu, act, [&g, &u], &norm_w, &x, n);
             let want = glu_on(&mut cpu, act, [&g, &u], &norm_w, &x, n);
+            if tg == tu {
+                // Gate and up rows in one fused tensor (phi3's ffn_up) are the same rows: the
+                // same products, bit for bit.
+                let fused = Weights {
+                    ty: tg,
+                    rows: 2 * rows,
+                    cols,
+                    bytes: [g.bytes.clone(), u.bytes.clone()].concat(),
+                };
+                let got_fused = glu_of(gpu, act, vec![fused.rows_of(None)], &norm_w, &x, n);
+                assert!(got_fused == got, "{what}: fused gate/up differ");
+            }
             let scale = max_abs(&want);
             assert_close(&what, &got, &to_f64(&want), rows, |_| scale, tol);
         }
@@ -1648,8 +1697,20 @@ fn glu_on<B: Load>(
     x: &[f32],
     n: usize,
 ) -> Vec<f32> {
-    let (rows, cols) = (g.rows, g.cols);
-    let parts = vec![g.rows_of(None), u.rows_of(None)];
+    glu_of(b, act, vec![g.rows_of(None), u.rows_of(None)], norm_w, x, n)
+}
+
+/// norm_glu of a gate/up matrix of `parts`.
+fn glu_of<B: Load>(
+    b: &mut B,
+    act: Activation,
+    parts: Vec<WeightRows>,
+    norm_w: &[f32],
+    x: &[f32],
+    n: usize,
+) -> Vec<f32> {
+    let cols = norm_w.len();
+    let rows = parts.iter().map(|p| p.rows).sum::<usize>() / 2;
     let gate_up = b
         .upload_matrix("ffn", cols, parts, MatrixUse::GateUp)
         .expect("upload");

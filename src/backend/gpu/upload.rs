@@ -2,6 +2,7 @@
 //! runs of one weight type through a ring of staging buffers.
 
 use super::*;
+use crate::backend::weights::check_parts;
 
 /// Weight bytes repacked into staging memory and sent to the device at a time.
 pub(super) const UPLOAD_CHUNK_BYTES: usize = 32 << 20;
@@ -58,35 +59,13 @@ pub(super) fn stored_rows<'a>(
     cols: usize,
     parts: &'a [WeightRows],
 ) -> Result<(Vec<StoredRow<'a>>, Vec<f32>)> {
-    let mut rows = Vec::new();
-    let mut bias = Vec::new();
-    for part in parts {
-        let invalid = |what: String| BackendError::Unsupported(format!("{name}: {what}"));
-        let row_bytes = part
-            .ggml_type
-            .row_bytes(cols)
-            .map_err(|e| invalid(format!("rows of {cols} values: {e}")))?;
-        let data = part.data.bytes();
-        if data.len() != row_bytes * part.rows {
-            return Err(invalid(format!(
-                "{} bytes are not {} rows of {row_bytes}",
-                data.len(),
-                part.rows
-            )));
-        }
-        rows.extend(data.chunks_exact(row_bytes).map(|r| (part.ggml_type, r)));
-        match &part.bias {
-            Some(b) if b.len() == part.rows => bias.extend_from_slice(b),
-            Some(b) => {
-                return Err(invalid(format!(
-                    "a bias of {} values for {} rows",
-                    b.len(),
-                    part.rows
-                )))
-            }
-            None => bias.resize(bias.len() + part.rows, 0.0),
-        }
-    }
+    let (row_bytes, bias) = check_parts(name, cols, parts)?;
+    let rows: Vec<StoredRow> = parts
+        .iter()
+        .zip(row_bytes)
+        .flat_map(|(p, bytes)| p.data.bytes().chunks_exact(bytes).map(|r| (p.ggml_type, r)))
+        .collect();
+    let bias = bias.unwrap_or_else(|| vec![0.0; rows.len()]);
     Ok((rows, bias))
 }
 
