@@ -56,6 +56,10 @@ const MATMUL_COOP: (&str, &str) = (
     include_str!("../../../shaders/matmul_coop.wgsl"),
 );
 const NORM: (&str, &str) = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
+const QK_NORM: (&str, &str) = (
+    "qk_norm.wgsl",
+    include_str!("../../../shaders/qk_norm.wgsl"),
+);
 const ROPE: (&str, &str) = ("rope.wgsl", include_str!("../../../shaders/rope.wgsl"));
 const QKV: (&str, &str) = ("qkv.wgsl", include_str!("../../../shaders/qkv.wgsl"));
 const ATTENTION: (&str, &str) = (
@@ -93,7 +97,7 @@ const SAMPLE: (&str, &str) = ("sample.wgsl", include_str!("../../../shaders/samp
 const INT8_GLOBAL_MIN_BYTES: usize = 16 << 20;
 
 /// Every shader file kernels are composed from.
-pub const SOURCES: [(&str, &str); 24] = [
+pub const SOURCES: [(&str, &str); 25] = [
     COMMON,
     QUANT_FLOAT,
     QUANT_LEGACY,
@@ -110,6 +114,7 @@ pub const SOURCES: [(&str, &str); 24] = [
     MATMUL,
     MATMUL_COOP,
     NORM,
+    QK_NORM,
     ROPE,
     QKV,
     ATTENTION,
@@ -169,6 +174,8 @@ pub enum Kernel {
     /// storing whole tiles straight to outputs of rows this wide (0: none).
     MatmulCoop(u32, u32),
     RmsNorm,
+    /// Per-head RMS norms of the queries and keys among `[q | k | v]` products, in place.
+    QkNorm,
     /// RoPE and the cache write after the prompt's query/key/value products.
     RopeStoreQkv(KvTypes),
     /// Quantizes the keys and values staged for q8_0 caches into them.
@@ -224,6 +231,7 @@ impl Kernel {
             Self::Matmul(_) => "matmul",
             Self::MatmulCoop(tokens, _) => return format!("matmul_coop_{tokens}"),
             Self::RmsNorm => "rms_norm",
+            Self::QkNorm => "qk_norm",
             Self::RopeStoreQkv(_) => "rope_store_qkv",
             Self::KvStore(_) => "kv_store",
             Self::Attention(_) => "attention",
@@ -309,6 +317,7 @@ impl Kernel {
             Self::Matmul(_) => (MATMUL, "matmul"),
             Self::MatmulCoop(..) => (MATMUL_COOP, "matmul_coop"),
             Self::RmsNorm => (NORM, "rms_norm"),
+            Self::QkNorm => (QK_NORM, "qk_norm"),
             Self::RopeStoreQkv(_) => (ROPE, "rope_store_qkv"),
             Self::KvStore(_) => (KV_STORE, "kv_store"),
             Self::Attention(_) => (ATTENTION, "attention"),
@@ -368,6 +377,8 @@ impl Kernel {
             Self::Matvec(..) | Self::MatvecGlu(..) => &[Read, Read, Read, ReadWrite, Read],
             Self::Matmul(_) | Self::MatmulCoop(..) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
+            // Products (normalised in place), the query and key weights.
+            Self::QkNorm => &[ReadWrite, Read, Read],
             // The epilogue in qkv.wgsl: rope table, q, caches (bindings 6..9).
             Self::MatvecQkv(..) => {
                 return vec![
@@ -1050,6 +1061,7 @@ mod tests {
     fn every_kernel(tuning: &Tuning) -> Vec<Kernel> {
         let mut all = vec![
             Kernel::RmsNorm,
+            Kernel::QkNorm,
             Kernel::AttentionCombine,
             Kernel::Add,
             Kernel::Glu,

@@ -19,8 +19,8 @@ pub use kernels::Kernel;
 
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
-    Dims, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind,
-    Scratch, Span, WeightRows, ARGMAX_SLOTS,
+    Dims, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, Result, RmsNorm, Rope,
+    RopeKind, Scratch, Span, WeightRows, ARGMAX_SLOTS,
 };
 use crate::quant::GgmlType;
 use crate::sampling::Sampler;
@@ -410,9 +410,6 @@ struct KvDestinations {
     staging: Option<[Arc<GpuBuf>; 2]>,
 }
 
-const QK_NORM_UNSUPPORTED: &str =
-    "this model normalises queries and keys per head (QK-norm), which the GPU kernels do not do yet (run it with --device cpu)";
-
 /// Refuses a cache the GPU kernels cannot serve, naming what they lack.
 fn check_layout(layout: &KvLayout) -> Result<()> {
     if layout.slots != 1 {
@@ -420,9 +417,6 @@ fn check_layout(layout: &KvLayout) -> Result<()> {
             "the GPU backend keeps the cache of one sequence, not {} (batches of sequences run on the CPU backend for now)",
             layout.slots
         )));
-    }
-    if layout.qk_norm {
-        return Err(BackendError::Unsupported(QK_NORM_UNSUPPORTED.into()));
     }
     Ok(())
 }
@@ -1581,6 +1575,37 @@ impl WgpuBackend {
         self.dispatch(kernel, &params, &buffers, groups, cost);
     }
 
+    /// Normalises each query and key head of `products` (`[n, q | k | v]`, heads in pair
+    /// order where `pairs`) in place by its RMS and the norm's weights, before RoPE.
+    fn qk_norm(
+        &mut self,
+        products: &GpuTensor,
+        norm: &QkNorm<'_, GpuVector>,
+        shape: &AttentionShape,
+        n: usize,
+        pairs: bool,
+    ) {
+        let width = shape.q_width() + 2 * shape.kv_width();
+        let params = QkNormParams {
+            head_dim: shape.head_dim as u32,
+            q_heads: shape.n_head as u32,
+            width: width as u32,
+            neox: (shape.rope == RopeKind::Neox) as u32,
+            pairs: pairs as u32,
+            eps: norm.eps,
+        };
+        let heads = (shape.n_head + shape.n_head_kv) as u32;
+        let buffers = [&products.buf, &norm.q.buf, &norm.k.buf];
+        let cost = Cost::bytes((n * (shape.q_width() + shape.kv_width()) * 4 * 2) as u64);
+        self.dispatch(
+            Kernel::QkNorm,
+            &params,
+            &buffers,
+            (heads, n as u32, 1),
+            cost,
+        );
+    }
+
     /// Quantizes the step's staged keys and values into q8_0 caches (nothing for f16 ones,
     /// which the RoPE epilogue wrote itself).
     fn quantize_staged(
@@ -1716,6 +1741,17 @@ struct RopeParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
+struct QkNormParams {
+    head_dim: u32,
+    q_heads: u32,
+    width: u32,
+    neox: u32,
+    pairs: u32,
+    eps: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
 struct AttentionParams {
     n_head: u32,
     n_head_kv: u32,
@@ -1826,8 +1862,7 @@ impl Backend for WgpuBackend {
         })
     }
 
-    /// One sequence (slot), causal attention over every key up to each query's position:
-    /// sliding windows, soft-capped scores and per-head QK-norms are refused by name.
+    /// One sequence (slot): a cache of several is refused by name.
     fn kv_cache(&mut self, layout: &KvLayout) -> Result<GpuKvCache> {
         check_layout(layout)?;
         let (shape, types, n_ctx) = (&layout.shape, layout.types, layout.n_ctx);
@@ -1859,6 +1894,9 @@ impl Backend for WgpuBackend {
         // use are built now rather than in the first prompt's time, and whatever the driver
         // compiled is saved for the next run.
         let (prompt_attention, _) = self.prompt_attention(shape, types, 1);
+        if layout.qk_norm {
+            self.pipeline(Kernel::QkNorm)?;
+        }
         for kernel in [
             Kernel::RmsNorm,
             prompt_attention,
@@ -1975,12 +2013,12 @@ impl Backend for WgpuBackend {
         let Some(span) = self.one_span(at.batch) else {
             return;
         };
-        if rope.qk_norm.is_some() {
-            return self.refuse(QK_NORM_UNSUPPORTED.into());
-        }
         let Some(dst) = self.kv_destinations(at.cache, at.layer, span.len) else {
             return;
         };
+        if let Some(norm) = &rope.qk_norm {
+            self.qk_norm(qkv, norm, &at.cache.shape, span.len, false);
+        }
         self.rope_and_store(qkv, rope.cos_sin, q, &dst, at.cache, span, false);
         self.quantize_staged(&dst, at.cache, at.layer, span);
     }
@@ -2136,21 +2174,31 @@ impl Backend for WgpuBackend {
         let Some(span) = self.one_span(at.batch) else {
             return;
         };
-        if rope.qk_norm.is_some() {
-            return self.refuse(QK_NORM_UNSUPPORTED.into());
-        }
         let (cache, n) = (at.cache, span.len);
         let tiled = n >= TILED_MIN_TOKENS;
         let fuse = self.fuses_norm(n, x.cols);
         let input = self.product_input(x, norm, fuse, n);
+        let Some(dst) = self.kv_destinations(cache, at.layer, n) else {
+            return;
+        };
+        // A head's norm needs all its products, which the decode epilogue's workgroups do not
+        // share: with QK-norm, decoded rows go through the products and the RoPE kernel too.
+        if let Some(qk_norm) = &rope.qk_norm {
+            let products = self.scratch(Scratch::Products, n, qkv.rows);
+            let how = Product {
+                norm: fuse.then_some((norm.weight, norm.eps)),
+                ..Product::default()
+            };
+            self.linear(&input, qkv, &products, n, how);
+            self.qk_norm(&products, qk_norm, &cache.shape, n, true);
+            self.rope_and_store(&products, rope.cos_sin, q, &dst, cache, span, true);
+            return self.quantize_staged(&dst, cache, at.layer, span);
+        }
         // Prompts: the tiled products into a scratch row of [q | k | v] per token first.
         // Decoded rows go to q and the cache; `products` is not written.
         let products = match tiled {
             true => self.scratch(Scratch::Products, n, qkv.rows),
             false => q.clone(),
-        };
-        let Some(dst) = self.kv_destinations(cache, at.layer, n) else {
-            return;
         };
         let rows = QkvRows {
             rope_cos_sin: rope.cos_sin,
