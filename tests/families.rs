@@ -346,6 +346,13 @@ fn gemma3_tiny_matches_llama_cpp() {
     family_matches_llama_cpp("gemma3-tiny");
 }
 
+/// Gemma 2: attention scores soft-capped at 5 (a cap of 1e4: 0.072 from llama.cpp), logits
+/// at 25 (1e4: 0.068), window 16 on layers 0 and 2 (none: 2.25), post-norms, GeGLU.
+#[test]
+fn gemma2_tiny_matches_llama_cpp() {
+    family_matches_llama_cpp("gemma2-tiny");
+}
+
 /// Phi-3: fused `attn_qkv` and `ffn_up` (gate and up halves swapped: 3.42).
 #[test]
 fn phi3_tiny_matches_llama_cpp() {

@@ -4,6 +4,7 @@
 //! matrices, the activation, how each layer attends. A family that fits these blocks is a
 //! file of its own here, and a line in [`FAMILIES`].
 
+mod gemma2;
 mod gemma3;
 mod llama;
 mod phi3;
@@ -25,6 +26,7 @@ const FAMILIES: &[Family] = &[
     llama::FAMILY,
     qwen2::FAMILY,
     qwen3::FAMILY,
+    gemma2::FAMILY,
     gemma3::FAMILY,
     phi3::FAMILY,
 ];
@@ -215,6 +217,6 @@ mod tests {
 
     #[test]
     fn the_supported_families_are_listed_in_prose() {
-        assert_eq!(supported(), "llama, qwen2, qwen3, gemma3 and phi3");
+        assert_eq!(supported(), "llama, qwen2, qwen3, gemma2, gemma3 and phi3");
     }
 }
