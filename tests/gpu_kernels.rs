@@ -16,7 +16,7 @@ use vibrant::backend::cpu::{self, CpuBackend};
 use vibrant::backend::gpu::{GpuMatrix, GpuOptions, GpuTensor, WgpuBackend};
 use vibrant::backend::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
-    Dims, KvLayout, KvTypes, MatrixUse, Pointwise, RmsNorm, Rope, RopeKind, WeightBytes,
+    Dims, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, RmsNorm, Rope, RopeKind, WeightBytes,
     WeightRows,
 };
 use vibrant::quant::{GgmlType, ALL_TYPES};
@@ -655,6 +655,8 @@ struct Projections {
     norm: Vec<f32>,
     bias: Option<Vec<f32>>,
     v_type: GgmlType,
+    /// Per-head norm weights of queries and keys (`[head_dim]` each), where the model has them.
+    qk_norm: Option<[Vec<f32>; 2]>,
 }
 
 impl Projections {
@@ -668,7 +670,12 @@ impl Projections {
             .map(f16_exact)
             .collect();
         let bias = bias.then(|| random_values(rng, qw + 2 * kvw, 0.5));
-        Self { norm, bias, v_type }
+        Self {
+            norm,
+            bias,
+            v_type,
+            qk_norm: None,
+        }
     }
 
     fn parts(&self, shape: &AttentionShape) -> Vec<WeightRows> {
@@ -757,9 +764,15 @@ fn run_attention_of<B: Load>(
         .expect("qkv");
     let layout = KvLayout {
         layers: vec![*opts; 2],
+        qk_norm: projections.qk_norm.is_some(),
         ..kv_layout(shape, types, 2, n_ctx)
     };
     let cache = b.kv_cache(&layout).expect("cache");
+    let qk_norm = projections.qk_norm.as_ref().map(|[q, k]| {
+        let q = b.upload_vector("q norm", q).expect("q norm");
+        let k = b.upload_vector("k norm", k).expect("k norm");
+        (q, k)
+    });
     steps
         .iter()
         .map(|s| {
@@ -767,7 +780,7 @@ fn run_attention_of<B: Load>(
             let batch = Batch::one(0, s.pos, s.n);
             let rope = Rope {
                 cos_sin: &table,
-                qk_norm: None,
+                qk_norm: qk_norm.as_ref().map(|(q, k)| QkNorm { q, k, eps: 1e-6 }),
             };
             let norm = RmsNorm {
                 weight: &norm,
@@ -868,6 +881,79 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
             };
             let what = format!("attention, {what}");
             assert_close(&what, go, &to_f64(co), qw, |_| v_scale, tol);
+        }
+    }
+}
+
+/// Per-head QK-norm (Qwen3, Gemma 3) before RoPE against the CPU: prompts (tiled products)
+/// and decoded tokens (which leave the fused RoPE epilogue for the products and the RoPE
+/// kernel), heads in NeoX and adjacent pairs, of 64, 80 (not a multiple of the kernel's 64
+/// threads), 168 and 256 (Gemma 3), over f16 and q8_0 caches.
+#[test]
+fn qk_norm_matches_the_cpu_over_prefill_and_decode() {
+    let mut rng = rng(12);
+    let mut gpu = gpu();
+    let cases = [
+        (64, RopeKind::Neox, KvTypes::default()),
+        (80, RopeKind::Neox, KvTypes::default()),
+        (168, RopeKind::Normal, KvTypes::default()),
+        (
+            256,
+            RopeKind::Neox,
+            KvTypes {
+                k: CacheType::Q8_0,
+                v: CacheType::Q8_0,
+            },
+        ),
+    ];
+    for (head_dim, rope, types) in cases {
+        let shape = AttentionShape {
+            n_head: 6,
+            n_head_kv: 2,
+            head_dim,
+            rope,
+        };
+        let (qw, kvw) = (shape.q_width(), shape.kv_width());
+        // Uneven weights (0.5 to 1.5), so that a weight read at the wrong dimension shows.
+        let weights = |rng: &mut StdRng| -> Vec<f32> {
+            random_values(rng, head_dim, 0.5)
+                .into_iter()
+                .map(|w| 1.0 + w)
+                .collect()
+        };
+        let projections = Projections {
+            qk_norm: Some([weights(&mut rng), weights(&mut rng)]),
+            ..Projections::random(&mut rng, &shape, GgmlType::F32, true)
+        };
+        let steps = attention_steps(&mut rng, qw + 2 * kvw, 70);
+        let opts = AttentionOpts::causal(head_dim);
+        let (got, want) = (
+            run_attention_with(&mut gpu, &shape, types, &opts, 1, &projections, &steps),
+            run_attention_with(&mut cpu(), &shape, types, &opts, 1, &projections, &steps),
+        );
+        // Normalised heads have values of about the weights' size (up to 1.5).
+        for (s, ((gq, go), (cq, co))) in steps.iter().zip(got.iter().zip(&want)) {
+            let what = format!(
+                "head_dim {head_dim} {rope:?} {types:?}, pos {} n {}",
+                s.pos, s.n
+            );
+            assert_close(&format!("q, {what}"), gq, &to_f64(cq), qw, |_| 1.5, 1e-5);
+            // Normalised heads give scores of up to tens, so a key's f16 rounding in the cache
+            // moves the softmax more than in the test above (4.7e-5 seen on lavapipe with
+            // weights up to 2.5); a weight at the wrong dimension moves it by 1e-1.
+            let tol = match types == KvTypes::default() {
+                true if s.n > 4 && gpu.uses_tensor_cores() => 5e-4,
+                true => 2e-4,
+                false => Q8_0_CACHE_TOL,
+            };
+            assert_close(
+                &format!("attention, {what}"),
+                go,
+                &to_f64(co),
+                qw,
+                |_| 2.0,
+                tol,
+            );
         }
     }
 }
@@ -1888,22 +1974,13 @@ fn the_gpu_refuses_by_name_what_its_kernels_lack() {
     };
     let base = kv_layout(&shape, KvTypes::default(), 2, 16);
     let causal = AttentionOpts::causal(64);
-    let cases = [
-        (
-            KvLayout {
-                qk_norm: true,
-                ..base.clone()
-            },
-            "QK-norm",
-        ),
-        (
-            KvLayout {
-                slots: 3,
-                ..base.clone()
-            },
-            "one sequence, not 3",
-        ),
-    ];
+    let cases = [(
+        KvLayout {
+            slots: 3,
+            ..base.clone()
+        },
+        "one sequence, not 3",
+    )];
     for (layout, want) in cases {
         let e = gpu().kv_cache(&layout).err().expect("refused").to_string();
         assert!(e.contains(want), "{want:?} not in: {e}");

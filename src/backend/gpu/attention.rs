@@ -43,9 +43,6 @@ pub(super) struct KvDestinations {
     pub(super) staging: Option<[Arc<GpuBuf>; 2]>,
 }
 
-pub(super) const QK_NORM_UNSUPPORTED: &str =
-    "this model normalises queries and keys per head (QK-norm), which the GPU kernels do not do yet (run it with --device cpu)";
-
 /// Refuses a cache the GPU kernels cannot serve, naming what they lack.
 pub(super) fn check_layout(layout: &KvLayout) -> Result<()> {
     if layout.slots != 1 {
@@ -53,9 +50,6 @@ pub(super) fn check_layout(layout: &KvLayout) -> Result<()> {
             "the GPU backend keeps the cache of one sequence, not {} (batches of sequences run on the CPU backend for now)",
             layout.slots
         )));
-    }
-    if layout.qk_norm {
-        return Err(BackendError::Unsupported(QK_NORM_UNSUPPORTED.into()));
     }
     Ok(())
 }
@@ -140,6 +134,32 @@ impl WgpuBackend {
             v: staged(types.v, 1, &cache.v[layer]),
             staging,
         })
+    }
+
+    /// Normalises each query and key head of `products` (`[n, q | k | v]`, heads in pair
+    /// order where `pairs`) in place by its RMS and the norm's weights, before RoPE.
+    pub(super) fn qk_norm(
+        &mut self,
+        products: &GpuTensor,
+        norm: &QkNorm<'_, GpuVector>,
+        shape: &AttentionShape,
+        n: usize,
+        pairs: bool,
+    ) {
+        let width = shape.q_width() + 2 * shape.kv_width();
+        let params = QkNormParams {
+            head_dim: shape.head_dim as u32,
+            q_heads: shape.n_head as u32,
+            width: width as u32,
+            neox: (shape.rope == RopeKind::Neox) as u32,
+            pairs: pairs as u32,
+            eps: norm.eps,
+        };
+        let heads = (shape.n_head + shape.n_head_kv) as u32;
+        let buffers = [&products.buf, &norm.q.buf, &norm.k.buf];
+        let cost = Cost::bytes((n * (shape.q_width() + shape.kv_width()) * 4 * 2) as u64);
+        let groups = (heads, n as u32, 1);
+        self.dispatch(Kernel::QkNorm, &params, &buffers, groups, cost);
     }
 
     /// RoPE over the q and k of `products` (`[n, q | k | v]`, q and k heads in pair order

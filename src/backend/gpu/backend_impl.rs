@@ -49,8 +49,7 @@ impl Backend for WgpuBackend {
         })
     }
 
-    /// One sequence (slot), causal attention over every key up to each query's position:
-    /// sliding windows, soft-capped scores and per-head QK-norms are refused by name.
+    /// One sequence (slot): a cache of several is refused by name.
     fn kv_cache(&mut self, layout: &KvLayout) -> Result<GpuKvCache> {
         check_layout(layout)?;
         let (shape, types, n_ctx) = (&layout.shape, layout.types, layout.n_ctx);
@@ -82,6 +81,9 @@ impl Backend for WgpuBackend {
         // use are built now rather than in the first prompt's time, and whatever the driver
         // compiled is saved for the next run.
         let (prompt_attention, _) = self.prompt_attention(shape, types, 1);
+        if layout.qk_norm {
+            self.pipeline(Kernel::QkNorm)?;
+        }
         for kernel in [
             Kernel::RmsNorm,
             prompt_attention,
@@ -198,12 +200,12 @@ impl Backend for WgpuBackend {
         let Some(span) = self.one_span(at.batch) else {
             return;
         };
-        if rope.qk_norm.is_some() {
-            return self.refuse(QK_NORM_UNSUPPORTED.into());
-        }
         let Some(dst) = self.kv_destinations(at.cache, at.layer, span.len) else {
             return;
         };
+        if let Some(norm) = &rope.qk_norm {
+            self.qk_norm(qkv, norm, &at.cache.shape, span.len, false);
+        }
         self.rope_and_store(qkv, rope.cos_sin, q, &dst, at.cache, span, false);
         self.quantize_staged(&dst, at.cache, at.layer, span);
     }
@@ -359,21 +361,31 @@ impl Backend for WgpuBackend {
         let Some(span) = self.one_span(at.batch) else {
             return;
         };
-        if rope.qk_norm.is_some() {
-            return self.refuse(QK_NORM_UNSUPPORTED.into());
-        }
         let (cache, n) = (at.cache, span.len);
         let tiled = n >= TILED_MIN_TOKENS;
         let fuse = self.fuses_norm(n, x.cols);
         let input = self.product_input(x, norm, fuse, n);
+        let Some(dst) = self.kv_destinations(cache, at.layer, n) else {
+            return;
+        };
+        // A head's norm needs all its products, which the decode epilogue's workgroups do not
+        // share: with QK-norm, decoded rows go through the products and the RoPE kernel too.
+        if let Some(qk_norm) = &rope.qk_norm {
+            let products = self.scratch(Scratch::Products, n, qkv.rows);
+            let how = Product {
+                norm: fuse.then_some((norm.weight, norm.eps)),
+                ..Product::default()
+            };
+            self.linear(&input, qkv, &products, n, how);
+            self.qk_norm(&products, qk_norm, &cache.shape, n, true);
+            self.rope_and_store(&products, rope.cos_sin, q, &dst, cache, span, true);
+            return self.quantize_staged(&dst, cache, at.layer, span);
+        }
         // Prompts: the tiled products into a scratch row of [q | k | v] per token first.
         // Decoded rows go to q and the cache; `products` is not written.
         let products = match tiled {
             true => self.scratch(Scratch::Products, n, qkv.rows),
             false => q.clone(),
-        };
-        let Some(dst) = self.kv_destinations(cache, at.layer, n) else {
-            return;
         };
         let rows = QkvRows {
             rope_cos_sin: rope.cos_sin,

@@ -3,7 +3,7 @@
 
 use super::params::{
     ActsParams, AttentionParams, DequantParams, ElementParams, KernelParams, KvStoreParams,
-    NormParams, ParamsLayout, ProductParams, ReduceParams, RopeParams, SampleParams,
+    NormParams, ParamsLayout, ProductParams, QkNormParams, ReduceParams, RopeParams, SampleParams,
 };
 use super::tuning::Tuning;
 use crate::backend::{Activation, BackendError, CacheType, KvTypes, Result};
@@ -61,6 +61,10 @@ const MATMUL_COOP: (&str, &str) = (
     include_str!("../../../shaders/matmul_coop.wgsl"),
 );
 const NORM: (&str, &str) = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
+const QK_NORM: (&str, &str) = (
+    "qk_norm.wgsl",
+    include_str!("../../../shaders/qk_norm.wgsl"),
+);
 const ROPE: (&str, &str) = ("rope.wgsl", include_str!("../../../shaders/rope.wgsl"));
 const QKV: (&str, &str) = ("qkv.wgsl", include_str!("../../../shaders/qkv.wgsl"));
 const ATTENTION: (&str, &str) = (
@@ -92,7 +96,7 @@ const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/redu
 const SAMPLE: (&str, &str) = ("sample.wgsl", include_str!("../../../shaders/sample.wgsl"));
 
 /// Every shader file kernels are composed from.
-pub const SOURCES: [(&str, &str); 24] = [
+pub const SOURCES: [(&str, &str); 25] = [
     COMMON,
     QUANT_FLOAT,
     QUANT_LEGACY,
@@ -109,6 +113,7 @@ pub const SOURCES: [(&str, &str); 24] = [
     MATMUL,
     MATMUL_COOP,
     NORM,
+    QK_NORM,
     ROPE,
     QKV,
     ATTENTION,
@@ -168,6 +173,8 @@ pub enum Kernel {
     /// storing whole tiles straight to outputs of rows this wide (0: none).
     MatmulCoop(u32, u32),
     RmsNorm,
+    /// Per-head RMS norms of the queries and keys among `[q | k | v]` products, in place.
+    QkNorm,
     /// RoPE and the cache write after the prompt's query/key/value products.
     RopeStoreQkv(KvTypes),
     /// Quantizes the keys and values staged for q8_0 caches into them.
@@ -223,6 +230,7 @@ impl Kernel {
             Self::Matmul(_) => "matmul",
             Self::MatmulCoop(tokens, _) => return format!("matmul_coop_{tokens}"),
             Self::RmsNorm => "rms_norm",
+            Self::QkNorm => "qk_norm",
             Self::RopeStoreQkv(_) => "rope_store_qkv",
             Self::KvStore(_) => "kv_store",
             Self::Attention(_) => "attention",
@@ -304,6 +312,7 @@ impl Kernel {
             | Self::Matmul(_)
             | Self::MatmulCoop(..) => ProductParams::layout(),
             Self::RmsNorm => NormParams::layout(),
+            Self::QkNorm => QkNormParams::layout(),
             Self::QuantizeActs(_) => ActsParams::layout(),
             Self::RopeStoreQkv(_) => RopeParams::layout(),
             Self::KvStore(_) => KvStoreParams::layout(),
@@ -344,6 +353,7 @@ impl Kernel {
             Self::Matmul(_) => (MATMUL, "matmul"),
             Self::MatmulCoop(..) => (MATMUL_COOP, "matmul_coop"),
             Self::RmsNorm => (NORM, "rms_norm"),
+            Self::QkNorm => (QK_NORM, "qk_norm"),
             Self::RopeStoreQkv(_) => (ROPE, "rope_store_qkv"),
             Self::KvStore(_) => (KV_STORE, "kv_store"),
             Self::Attention(_) => (ATTENTION, "attention"),
@@ -403,6 +413,8 @@ impl Kernel {
             Self::Matvec(..) | Self::MatvecGlu(..) => &[Read, Read, Read, ReadWrite, Read],
             Self::Matmul(_) | Self::MatmulCoop(..) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
+            // Products (normalised in place), the query and key weights.
+            Self::QkNorm => &[ReadWrite, Read, Read],
             // The epilogue in qkv.wgsl: rope table, q, caches (bindings 6..9).
             Self::MatvecQkv(..) => {
                 return vec![
@@ -598,6 +610,7 @@ pub fn host_declarations() -> String {
         DequantParams::layout(),
         ProductParams::layout(),
         ActsParams::layout(),
+        QkNormParams::layout(),
         NormParams::layout(),
         RopeParams::layout(),
         AttentionParams::layout(),
@@ -810,6 +823,7 @@ mod tests {
     fn every_kernel(tuning: &Tuning) -> Vec<Kernel> {
         let mut all = vec![
             Kernel::RmsNorm,
+            Kernel::QkNorm,
             Kernel::AttentionCombine,
             Kernel::Add,
             Kernel::Glu,

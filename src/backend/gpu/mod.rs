@@ -37,8 +37,8 @@ pub use kernels::Kernel;
 
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
-    Dims, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind,
-    Scratch, Span, WeightRows, ARGMAX_SLOTS,
+    Dims, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, Result, RmsNorm, Rope,
+    RopeKind, Scratch, Span, WeightRows, ARGMAX_SLOTS,
 };
 use crate::quant::GgmlType;
 use crate::sampling::Sampler;
@@ -53,12 +53,11 @@ use wgpu::util::DeviceExt;
 
 use attention::{
     attention_cost, check_head_dim, check_layout, ATTENTION_CHUNK, DECODE_ATTENTION_MAX_TOKENS,
-    QK_NORM_UNSUPPORTED,
 };
 use buffers::storage_buffer;
 use params::{
     AttentionParams, DequantParams, ElementParams, KernelParams, KvStoreParams, NormParams,
-    ProductParams, ReduceParams, RopeParams,
+    ProductParams, QkNormParams, ReduceParams, RopeParams,
 };
 use products::{Product, QkvRows, TILED_MIN_TOKENS};
 use record::{grid, BindKey, PARAM_SLOTS};

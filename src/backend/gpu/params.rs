@@ -177,6 +177,22 @@ kernel_params! {
 }
 
 kernel_params! {
+    /// shaders/qk_norm.wgsl: per-head RMS norms of the queries and keys among a step's
+    /// `[q | k | v]` products.
+    "Params" struct QkNormParams {
+        head_dim: u32,
+        /// Query heads; the key heads follow them.
+        q_heads: u32,
+        /// One token's products: q_width + 2 kv_width.
+        width: u32,
+        neox: u32,
+        /// 1: q and k heads in pair order; 0: in their own order.
+        pairs: u32,
+        eps: f32,
+    }
+}
+
+kernel_params! {
     /// Every attention kernel's (declared by shaders/attention_params.wgsl).
     "Params" struct AttentionParams {
         n_head: u32,

@@ -4,8 +4,12 @@
 //! matrices, the activation, how each layer attends. A family that fits these blocks is a
 //! file of its own here, and a line in `FAMILIES`.
 
+mod gemma2;
+mod gemma3;
 mod llama;
+mod phi3;
 mod qwen2;
+mod qwen3;
 
 use super::config::{Config, Meta, ModelError, Result};
 use crate::backend::{Activation, AttentionOpts};
@@ -18,7 +22,14 @@ pub struct Family {
 }
 
 /// Every family vibrant runs.
-const FAMILIES: &[Family] = &[llama::FAMILY, qwen2::FAMILY];
+const FAMILIES: &[Family] = &[
+    llama::FAMILY,
+    qwen2::FAMILY,
+    qwen3::FAMILY,
+    gemma2::FAMILY,
+    gemma3::FAMILY,
+    phi3::FAMILY,
+];
 
 /// The families vibrant runs, for messages: "llama and qwen2".
 pub fn supported() -> String {
@@ -206,6 +217,6 @@ mod tests {
 
     #[test]
     fn the_supported_families_are_listed_in_prose() {
-        assert_eq!(supported(), "llama and qwen2");
+        assert_eq!(supported(), "llama, qwen2, qwen3, gemma2, gemma3 and phi3");
     }
 }
