@@ -358,3 +358,27 @@ fn gemma2_tiny_matches_llama_cpp() {
 fn phi3_tiny_matches_llama_cpp() {
     family_matches_llama_cpp("phi3-tiny");
 }
+
+/// A Phi-3 file with longrope factors (128k-context models) is refused by name rather than
+/// rotated as a short-context one; phi3-tiny has none.
+#[test]
+fn phi3_longrope_files_are_refused_by_name() {
+    use vibrant::gguf::{GgufWriter, Value};
+    use vibrant::quant::GgmlType;
+    let path = std::env::temp_dir().join(format!("vibrant-longrope-{}.gguf", std::process::id()));
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("phi3".into()));
+    w.add_tensor(
+        "rope_factors_long.weight",
+        &[16],
+        GgmlType::F32,
+        vec![0; 16 * 4],
+    );
+    w.write_file(&path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let e = vibrant::model::arch::Spec::from_gguf(&file)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("longrope scaling is not supported"), "{e}");
+}
