@@ -870,15 +870,10 @@ fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
             let rope_what = format!("rope q, {what}");
             assert_close(&rope_what, gq, &to_f64(cq), qw, |_| q_scale, 2e-6);
             // A key whose f32 rotation differs by an ulp may round to the neighbouring f16 in
-            // the cache (moving the output by ~1e-6 each), and the softmax sums in another
-            // order: 4e-5 of the largest value leaves room for both (2.1e-5 seen on the H100
-            // over 126 keys). Leaving out one of ~100 keys, or reading another head, costs
-            // about 1e-2; one of 1031, about 1e-3. Prompts on tensor cores also round the
-            // scaled queries and the softmax weights to f16 (2^-12 relative each): 5e-4.
-            let tol = match s.n > 4 && gpu.uses_tensor_cores() {
-                true => 5e-4,
-                false => 4e-5,
-            };
+            // the cache (moving the output by ~1e-6 each) beside the softmax's order of sums
+            // (attention_tol). Leaving out one of ~100 keys, or reading another head, costs
+            // about 1e-2; one of 1031, about 1e-3.
+            let tol = attention_tol(&gpu, f16, s.n);
             let what = format!("attention, {what}");
             assert_close(&what, go, &to_f64(co), qw, |_| v_scale, tol);
         }
@@ -1014,17 +1009,24 @@ fn windowed_and_soft_capped_attention_match_the_cpu() {
                     "attention {opts:?} {types} head_dim {head_dim}, pos {} n {}",
                     s.pos, s.n
                 );
-                // As in the causal test, and for q8_0 caches as in theirs (a key rounded to
-                // the neighbouring quant); one key in or out of a window of 50 moves the
-                // output by about 2e-2.
-                let tol = match (types == KvTypes::default(), s.n > 4) {
-                    (false, _) => Q8_0_CACHE_TOL,
-                    (true, true) if gpu.uses_tensor_cores() => 5e-4,
-                    (true, _) => 4e-5,
-                };
+                // One key in or out of a window of 50 moves the output by about 2e-2.
+                let tol = attention_tol(&gpu, types, s.n);
                 assert_close(&what, go, &to_f64(co), qw, |_| v_scale, tol);
             }
         }
+    }
+}
+
+/// The tolerance of a GPU attention output against the CPU's, as a share of the values'
+/// scale, for a step of `n` queries over caches of `types`: over f16 caches the softmax sums
+/// in another order (4e-5; 2.1e-5 seen on the H100 over 126 keys), and prompts on tensor
+/// cores also round the scaled queries and the softmax weights to f16 (5e-4); over q8_0
+/// caches a key may round to the neighbouring quant ([`Q8_0_CACHE_TOL`]).
+fn attention_tol(gpu: &WgpuBackend, types: KvTypes, n: usize) -> f64 {
+    match (types == KvTypes::default(), n > 4) {
+        (false, _) => Q8_0_CACHE_TOL,
+        (true, true) if gpu.uses_tensor_cores() => 5e-4,
+        (true, _) => 4e-5,
     }
 }
 
@@ -1941,15 +1943,10 @@ fn rope_store_of_products_in_head_order_matches_the_cpu() {
         for (i, ((gq, go), (cq, co))) in got.iter().zip(&want).enumerate() {
             let what = format!("{rope:?} {types} step {i}");
             // As in the fused path's test: the same f32 rotation, an ulp apart where a fused
-            // multiply-add rounds differently; the cache's rounding beside it; the prompt
-            // step on tensor cores rounds queries and softmax weights to f16 (3.2e-4 seen on
-            // the H100).
+            // multiply-add rounds differently; the cache's rounding beside it (3.2e-4 seen on
+            // the H100's tensor cores).
             assert_close(&format!("q, {what}"), gq, &to_f64(cq), qw, |_| 2.0, 2e-6);
-            let tol = match (types == KvTypes::default(), sizes[i] > 4) {
-                (false, _) => Q8_0_CACHE_TOL,
-                (true, true) if gpu.uses_tensor_cores() => 5e-4,
-                (true, _) => 4e-5,
-            };
+            let tol = attention_tol(&gpu, types, sizes[i]);
             assert_close(
                 &format!("attention, {what}"),
                 go,

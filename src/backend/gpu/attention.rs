@@ -55,7 +55,6 @@ pub(super) fn check_layout(layout: &KvLayout) -> Result<()> {
 }
 
 impl WgpuBackend {
-    /// The scratch for split attention's partial results, grown to `bytes`.
     /// The prompt attention kernel for `shape` and caches of `types`, and its grid for `n`
     /// queries: tensor cores where the adapter has them and the caches are f16 (their loads
     /// take f16 straight from the cache), else tiles in workgroup memory where the head fits
@@ -80,6 +79,7 @@ impl WgpuBackend {
         }
     }
 
+    /// The scratch for split attention's partial results, grown to `bytes`.
     pub(super) fn attention_partials(&mut self, bytes: u64) -> Result<Arc<GpuBuf>> {
         match &self.partials {
             Some(p) if p.buffer.size() >= bytes => Ok(p.clone()),

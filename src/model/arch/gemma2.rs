@@ -4,8 +4,9 @@
 //! all layers unless the file gives the local one. The output is always the token
 //! embeddings. As llama.cpp's `src/models/gemma2.cpp`.
 
-use super::{AttentionSpec, Bias, DenseFfn, Family, Ffn, LayerSpec, Norms, Spec};
-use crate::backend::{Activation, AttentionOpts, RopeKind};
+use super::gemma3::{sandwich_ffn, SANDWICH_ATTENTION_NORMS};
+use super::{AttentionSpec, Bias, Family, Ffn, LayerSpec, Spec};
+use crate::backend::{AttentionOpts, RopeKind};
 use crate::model::config::{Meta, Result};
 
 pub const FAMILY: Family = Family {
@@ -35,23 +36,13 @@ fn spec(meta: &Meta) -> Result<Spec> {
         46 => config.n_embd / a.n_head,
         _ => a.head_dim,
     };
-    let ffn = DenseFfn {
-        norms: Norms {
-            pre: "ffn_norm",
-            post: Some("post_ffw_norm"),
-        },
-        activation: Activation::GeluTanh,
-        ..DenseFfn::swiglu(&config)
-    };
+    let ffn = sandwich_ffn(&config);
     let layers = (0..config.n_layer)
         .map(|il| {
             let local = il % 2 == 0 && window > 0;
             LayerSpec {
                 attention: AttentionSpec {
-                    norms: Norms {
-                        pre: "attn_norm",
-                        post: Some("post_attention_norm"),
-                    },
+                    norms: SANDWICH_ATTENTION_NORMS,
                     opts: AttentionOpts {
                         window: local.then_some(window),
                         softcap: attention_cap,

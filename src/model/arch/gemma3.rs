@@ -5,7 +5,7 @@
 
 use super::{AttentionSpec, Bias, DenseFfn, Family, Ffn, LayerSpec, Norms, Spec};
 use crate::backend::{Activation, AttentionOpts, RopeKind};
-use crate::model::config::{Meta, Result};
+use crate::model::config::{Config, Meta, Result};
 
 pub const FAMILY: Family = Family {
     name: "gemma3",
@@ -18,6 +18,25 @@ const SWA_PERIOD: usize = 6;
 /// The local layers' RoPE base where the file gives no `rope.freq_base_swa` (llama.cpp's
 /// default, which Gemma 3's converted files rely on).
 const LOCAL_ROPE_BASE: f32 = 10_000.0;
+
+/// Gemma's norms before attention and after it, before the residual add (gemma2 too).
+pub(super) const SANDWICH_ATTENTION_NORMS: Norms = Norms {
+    pre: "attn_norm",
+    post: Some("post_attention_norm"),
+};
+
+/// Gemma's feed-forward block: GeGLU (GELU-tanh) between norms before and after it (gemma2
+/// too).
+pub(super) fn sandwich_ffn(config: &Config) -> DenseFfn {
+    DenseFfn {
+        norms: Norms {
+            pre: "ffn_norm",
+            post: Some("post_ffw_norm"),
+        },
+        activation: Activation::GeluTanh,
+        ..DenseFfn::swiglu(config)
+    }
+}
 
 fn spec(meta: &Meta) -> Result<Spec> {
     let config = meta.config(RopeKind::Neox)?;
@@ -37,23 +56,13 @@ fn spec(meta: &Meta) -> Result<Spec> {
         cap if cap > 0.0 => Some(cap),
         _ => None,
     };
-    let ffn = DenseFfn {
-        norms: Norms {
-            pre: "ffn_norm",
-            post: Some("post_ffw_norm"),
-        },
-        activation: Activation::GeluTanh,
-        ..DenseFfn::swiglu(&config)
-    };
+    let ffn = sandwich_ffn(&config);
     let layers = (0..config.n_layer)
         .map(|il| {
             let local = window.is_some() && il % SWA_PERIOD < SWA_PERIOD - 1;
             LayerSpec {
                 attention: AttentionSpec {
-                    norms: Norms {
-                        pre: "attn_norm",
-                        post: Some("post_attention_norm"),
-                    },
+                    norms: SANDWICH_ATTENTION_NORMS,
                     qk_norm: Some(("attn_q_norm", "attn_k_norm")),
                     opts: AttentionOpts {
                         window: window.filter(|_| local),
