@@ -1,4 +1,6 @@
-// Helpers shared by every kernel.
+// Helpers shared by every kernel. Each kernel's parameter struct (binding 0) and the constants
+// it shares with the host are declared by the host (src/backend/gpu/params.rs, kernels.rs)
+// and composed into its source with these.
 
 // The four bytes of a word, lowest first.
 fn bytes4(w: u32) -> vec4<u32> {
@@ -23,34 +25,6 @@ fn bits4(w: u32, first: u32) -> vec4<u32> {
 // Workgroup counts above 65535 spill into y; kernels rebuild the linear index.
 fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
-}
-
-// Parameters of every weight product (matvec, matmul): the weight layout (row length, blocks
-// per row, where the scales start), which rows this dispatch covers, and how to finish.
-struct ProductParams {
-    w_k: u32,
-    w_bpr: u32,
-    w_scales: u32,
-    rows: u32,
-    row_start: u32,
-    // Width of a y row (all rows of the whole matrix).
-    y_stride: u32,
-    has_bias: u32,
-    n_tokens: u32,
-    // 1: add to y (the residual) instead of overwriting it.
-    accumulate: u32,
-    // 1: x is RMS-normalised on the fly (matvec: weight NW, epsilon eps).
-    norm: u32,
-    eps: f32,
-    // Query/key/value products (matvec_qkv): first position, head size, key/value width,
-    // NeoX rotation pairs; y_stride is the query width.
-    pos: u32,
-    head_dim: u32,
-    kv_width: u32,
-    neox: u32,
-    // Not 0: rows interleave gate and up, and this is the activation of the GLU (ACT_*) that
-    // the tensor-core matmul writes of each pair, to column row / 2 of y.
-    glu: u32,
 }
 
 // The activation of a GLU's gate by its code (ACT_SILU, ACT_GELU_TANH: the host's

@@ -2,18 +2,6 @@
 // (dequant_f16), and selected rows (get_rows, the embedding lookup). One invocation writes 8
 // consecutive elements of one row.
 
-struct Params {
-    w_k: u32,
-    w_bpr: u32,
-    w_scales: u32,
-    // Rows held by this part of the matrix, and the first of them in the whole matrix.
-    rows: u32,
-    row_start: u32,
-    // Rows to produce (tokens for get_rows); for dequant_f16, the first row of this part that
-    // it decodes.
-    n: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> W: array<u32>;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;

@@ -1,17 +1,6 @@
 // Element-wise ops over the first `len` elements: residual add, GLUs, scaling and soft-caps,
 // row copy. Large launches spill into y; `index` rebuilds the linear element index.
 
-struct Params {
-    len: u32,
-    // copy_row: first element of the source row; glu: the width of a row of the output (its
-    // gate and up inputs are rows twice as wide).
-    offset: u32,
-    // glu, glu_pairs: the activation (ACT_*); pointwise: 1 scale, 2 soft-cap.
-    kind: u32,
-    // pointwise: the scale or the cap.
-    value: f32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> A: array<f32>;
 @group(0) @binding(2) var<storage, read> B: array<f32>;

@@ -7,22 +7,7 @@
 // its list (moe.wgsl's moe_lists), as matmul.wgsl tiles rows × tokens, so that each expert's
 // weights are decoded once per 64 of its choices.
 
-struct IdParams {
-    w_k: u32,
-    w_bpr: u32,
-    w_scales: u32,
-    // Rows of one expert's block: the width of a y row.
-    rows: u32,
-    // Experts a row chose.
-    k: u32,
-    // The experts this part holds: `experts` of them from `expert_start`.
-    expert_start: u32,
-    experts: u32,
-    // 1: choice c reads row c of x; 0: row t = c / k, shared by the row's choices.
-    per_choice: u32,
-    // Rows (tokens): matmul_id's lists are n + 1 long.
-    n: u32,
-}
+// IdParams is declared by the host (src/backend/gpu/params.rs).
 
 @group(0) @binding(0) var<uniform> p: IdParams;
 @group(0) @binding(1) var<storage, read> W: array<u32>;

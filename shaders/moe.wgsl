@@ -4,16 +4,7 @@
 // outputs into the residual stream. Rows of routes hold k expert ids (as f32 values), then
 // their k weights.
 
-struct MoeParams {
-    // Rows (tokens).
-    n: u32,
-    // moe_route, moe_lists: experts; moe_combine_add: the width of a residual row.
-    width: u32,
-    // Experts a row takes.
-    k: u32,
-    // moe_route: 1 renormalises the chosen weights to sum to 1.
-    normalize: u32,
-}
+// MoeParams is declared by the host (src/backend/gpu/params.rs).
 
 @group(0) @binding(0) var<uniform> p: MoeParams;
 // moe_route: the routes; moe_lists: the lists; moe_combine_add: the residual stream.

@@ -1,10 +1,5 @@
 // RMSNorm: y = x / sqrt(mean(x²) + eps) * w, one workgroup per row.
 
-struct Params {
-    cols: u32,
-    eps: f32,
-}
-
 const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;

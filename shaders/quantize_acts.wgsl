@@ -4,12 +4,6 @@
 // products, one workgroup per token, which first sums x² and then stores x · norm weight
 // with the norm's common scale folded into each group's scale.
 
-struct Params {
-    cols: u32,
-    n: u32,
-    eps: f32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> XQ: array<u32>;

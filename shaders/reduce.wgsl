@@ -1,11 +1,5 @@
 // Row reductions: argmax (greedy sampling on the device) and softmax, one workgroup per row.
 
-struct Params {
-    len: u32,
-    // softmax: logits are divided by this first.
-    temperature: f32,
-}
-
 const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -16,11 +10,11 @@ var<workgroup> best_value: array<f32, WG>;
 var<workgroup> best_index: array<u32, WG>;
 var<workgroup> partial: array<f32, WG>;
 
-// Argmax of row 0 in two steps: ARGMAX_GROUPS workgroups each find the best of a slice and
-// write (value, index) pairs after the result slot; one workgroup then picks among them.
+// Argmax of row 0 in two steps: ARGMAX_GROUPS (the host's) workgroups each find the best of a
+// slice and write (value, index) pairs after the result slot; one workgroup then picks among
+// them.
 // The first index wins ties; NaN never wins; an all-NaN row gives 0.
 
-const ARGMAX_GROUPS: u32 = 64u;
 const NONE: u32 = 0xffffffffu;
 
 fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {

@@ -3,17 +3,6 @@
 // in the heads' own order (the generic op). One thread finishes four outputs. Rotation angles
 // come from the model's cos/sin table, so every backend rotates by exactly the same values.
 
-struct Params {
-    pos: u32,
-    head_dim: u32,
-    q_width: u32,
-    kv_width: u32,
-    neox: u32,
-    n: u32,
-    // 1: q and k heads in pair order; 0: in their own order.
-    pairs: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 // [n][q_width + 2 kv_width]
 @group(0) @binding(1) var<storage, read> products: array<vec4<f32>>;

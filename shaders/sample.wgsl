@@ -16,25 +16,6 @@
 // four passes of 8 bits fix the key of the k-th largest; the larger ones and the ties at it
 // are gathered, sorted, and the first k kept.
 
-struct SampleParams {
-    n_vocab: u32,
-    top_k: u32,
-    top_p: f32,
-    min_p: f32,
-    temperature: f32,
-    repeat_penalty: f32,
-    frequency_penalty: f32,
-    presence_penalty: f32,
-    // Entries of `bias`: (token, bias) pairs.
-    n_bias: u32,
-    // How many recent tokens the penalties look at (at most WINDOW).
-    repeat_last_n: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    // Slices of the first stage: n_vocab / SLICE, rounded up.
-    n_slices: u32,
-}
-
 // MAX_K (most candidates, top_k), WINDOW (the most recent tokens the penalties look at),
 // MAX_BIAS (most logit biases) and SLICE (logits per first-stage workgroup) come from the
 // host (src/sampling.rs, src/backend/gpu/sampling.rs).

@@ -40,6 +40,9 @@ pub struct Preset {
     /// Sliding-window attention width; which layers slide is llama.cpp's pattern for the
     /// architecture (Gemma 3: five local layers, then a global one), not written in the file.
     pub sliding_window: Option<usize>,
+    /// Gemma 2's soft caps (attention scores, logits), written as `attn_logit_softcapping`
+    /// and `final_logit_softcapping`.
+    pub softcaps: Option<(f32, f32)>,
     /// Phi-3's fused projections: `attn_qkv` (Q, K, V rows) and `ffn_up` (gate rows, then up).
     pub fused: bool,
     pub moe: Option<Moe>,
@@ -116,6 +119,7 @@ const DENSE: Preset = Preset {
     qk_norm: false,
     post_norms: false,
     sliding_window: None,
+    softcaps: None,
     fused: false,
     moe: None,
     spread: BENCH,
@@ -191,6 +195,20 @@ const GEMMA3: Preset = Preset {
     ..DENSE
 };
 
+/// Gemma 2: Gemma 3's layout without q/k norms, soft-capped attention scores and logits, a
+/// window of 4096 on every other layer, head size 256.
+const GEMMA2: Preset = Preset {
+    arch: "gemma2",
+    tied: true,
+    n_ctx: 8192,
+    rms_eps: 1e-6,
+    post_norms: true,
+    sliding_window: Some(4096),
+    softcaps: Some((50.0, 30.0)),
+    spread: BENCH_NORMS,
+    ..DENSE
+};
+
 /// Qwen3: Qwen2's layout with q/k norms in place of the QKV biases, head size 128.
 const QWEN3: Preset = Preset {
     arch: "qwen3",
@@ -233,6 +251,17 @@ pub const PRESETS: &[Preset] = &[
         n_ff: 2048,
         n_vocab: 262144,
         ..GEMMA3
+    },
+    Preset {
+        name: "gemma2-2b",
+        n_layer: 26,
+        n_embd: 2304,
+        n_head: 8,
+        n_head_kv: 4,
+        head_dim: 256,
+        n_ff: 9216,
+        n_vocab: 256000,
+        ..GEMMA2
     },
     Preset {
         name: "gemma3-1b",
@@ -359,6 +388,22 @@ pub const PRESETS: &[Preset] = &[
         spread: TINY,
         ..GEMMA3
     },
+    // Caps low enough that the scores and logits reach them.
+    Preset {
+        name: "gemma2-tiny",
+        n_layer: 4,
+        n_embd: 128,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 64,
+        n_ff: 256,
+        n_vocab: 512,
+        n_ctx: 2048,
+        sliding_window: Some(16),
+        softcaps: Some((5.0, 25.0)),
+        spread: TINY,
+        ..GEMMA2
+    },
     Preset {
         name: "qwen3-tiny",
         n_layer: 4,
@@ -442,8 +487,9 @@ pub const PRESETS: &[Preset] = &[
 ];
 
 /// The tiny presets, whose llama.cpp references live in tests/data/families/.
-pub const TINY_PRESETS: [&str; 6] = [
+pub const TINY_PRESETS: [&str; 7] = [
     "llama-tiny",
+    "gemma2-tiny",
     "gemma3-tiny",
     "qwen3-tiny",
     "qwen3moe-tiny",
@@ -645,7 +691,7 @@ pub fn write_model(preset: &Preset, mix: Mix, seed: u64, out: &Path) -> std::io:
         .set(key("rope.freq_base"), Value::F32(p.rope_base));
     // As the converters write them: Gemma 3 and Qwen3 files give the head size and leave
     // the rotated width to default to it; the others give the rotated width.
-    if matches!(arch, "gemma3" | "qwen3" | "qwen3moe") {
+    if matches!(arch, "gemma2" | "gemma3" | "qwen3" | "qwen3moe") {
         w.set(key("attention.key_length"), Value::U32(p.head_dim as u32))
             .set(key("attention.value_length"), Value::U32(p.head_dim as u32));
     } else {
@@ -655,6 +701,10 @@ pub fn write_model(preset: &Preset, mix: Mix, seed: u64, out: &Path) -> std::io:
         // The local layers' RoPE base is llama.cpp's default (10,000): Gemma 3 files carry
         // no `rope.freq_base_swa`.
         w.set(key("attention.sliding_window"), Value::U32(window as u32));
+    }
+    if let Some((attention, logits)) = p.softcaps {
+        w.set(key("attn_logit_softcapping"), Value::F32(attention))
+            .set(key("final_logit_softcapping"), Value::F32(logits));
     }
     if let Some(factor) = p.rope_linear {
         w.set(key("rope.scaling.type"), Value::String("linear".into()))

@@ -279,9 +279,37 @@ fn info_describes_a_model() {
         "Q4_1",
         "chat template:  from file",
         "context length: 8192",
+        "blocks:         llama: pre-norm attention and feed-forward",
     ] {
         assert!(info.contains(want), "{want:?} missing from:\n{info}");
     }
+}
+
+/// Gemma 3 270M: its blocks described, and, a base model without a chat template, its
+/// prompt completed as it is (llama.cpp's greedy text starts the same).
+#[test]
+fn a_base_model_without_a_chat_template_completes_plain_prompts() {
+    let out = vibrant(&["info", "gemma3-270m"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info = text(&out.stdout);
+    for want in [
+        "chat template:  none (a base model",
+        "blocks:         gemma3: per-head QK-norm, post-norms, sliding window 512 on 15 of 18 \
+         layers (RoPE base 10000 there), embeddings scaled by 25.30",
+    ] {
+        assert!(info.contains(want), "{want:?} missing from:\n{info}");
+    }
+    let prompt = "The capital of France is";
+    let args = ["ask", "-m", "gemma3-270m", "--temp", "0", "-n", "8", prompt];
+    let out = vibrant(&args, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer = text(&out.stdout);
+    assert!(
+        answer.starts_with(" the capital of the country of France"),
+        "{answer:?}"
+    );
+    let out = vibrant(&["chat", "-m", "gemma3-270m"], Some("hello\n"));
+    assert_clean_error(&out, "no tokenizer.chat_template");
 }
 
 /// The options a `--help` lists, each spelling once per line (`-p`, `--n-prompt`).
@@ -657,15 +685,15 @@ fn bench_refuses_lists_it_cannot_run() {
     }
 }
 
-/// A readable GGUF of an architecture vibrant cannot run: gemma3's keys, two small tensors.
-fn write_gemma3(path: &std::path::Path) {
+/// A readable GGUF of an architecture vibrant cannot run: mamba's keys, two small tensors.
+fn write_mamba(path: &std::path::Path) {
     use vibrant::gguf::{GgufWriter, Value};
     use vibrant::quant::GgmlType;
     let mut w = GgufWriter::new();
-    w.set("general.architecture", Value::String("gemma3".into()));
-    w.set("general.name", Value::String("tiny gemma".into()));
-    w.set("gemma3.block_count", Value::U32(2));
-    w.set("gemma3.embedding_length", Value::U32(32));
+    w.set("general.architecture", Value::String("mamba".into()));
+    w.set("general.name", Value::String("tiny mamba".into()));
+    w.set("mamba.block_count", Value::U32(2));
+    w.set("mamba.embedding_length", Value::U32(32));
     w.add_tensor(
         "token_embd.weight",
         &[32, 4],
@@ -680,20 +708,20 @@ fn write_gemma3(path: &std::path::Path) {
 fn info_describes_a_file_whose_architecture_vibrant_cannot_run() {
     let dir = std::env::temp_dir().join(format!("vibrant-cli-arch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gemma3.gguf");
-    write_gemma3(&path);
+    let path = dir.join("mamba.gguf");
+    write_mamba(&path);
     let out = vibrant(&["info", path.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let info = text(&out.stdout);
     for want in [
-        "name:           tiny gemma",
-        "architecture:   gemma3",
+        "name:           tiny mamba",
+        "architecture:   mamba",
         "(2 tensors)",
-        "runs in vibrant: no: architecture 'gemma3' is not supported",
+        "runs in vibrant: no: architecture 'mamba' is not supported",
         "Q8_0",
         "F32",
         "metadata (4 keys):",
-        "gemma3.block_count = 2",
+        "mamba.block_count = 2",
     ] {
         assert!(info.contains(want), "{want:?} missing from:\n{info}");
     }
@@ -703,6 +731,6 @@ fn info_describes_a_file_whose_architecture_vibrant_cannot_run() {
     );
     // Running it is an error that names the architecture.
     let out = vibrant(&["bench", "-m", path.to_str().unwrap(), "-r", "1"], None);
-    assert_clean_error(&out, "architecture 'gemma3' is not supported");
+    assert_clean_error(&out, "architecture 'mamba' is not supported");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -5,6 +5,7 @@
 //! the trait's compositions of them. Any batch of sequences runs, each row at its own slot
 //! and position of the cache.
 
+use super::weights::check_parts;
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, CacheLayer, CacheType, Dims,
     ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind, Routing,
@@ -200,9 +201,9 @@ impl CpuBackend {
         self.pool.current_num_threads()
     }
 
-    /// o = x · partᵀ for `n` rows of x, `[n, part.rows]`.
-    fn part_product(&self, part: &CpuRows, cols: usize, x: &[f32], o: &mut [f32], n: usize) {
-        part_product(&self.pool, self.exact, part, cols, x, o, n);
+    /// The products of `n` rows of x with the part's rows, into their columns of `dst`.
+    fn part_product(&self, part: &CpuRows, cols: usize, x: &[f32], dst: Columns, n: usize) {
+        part_product(&self.pool, self.exact, part, cols, x, dst, n);
     }
 
     /// Runs `row(out, inputs…)` over the first `n` rows, on the pool where they are worth it
@@ -249,53 +250,27 @@ impl Backend for CpuBackend {
         parts: Vec<WeightRows>,
         usage: MatrixUse,
     ) -> Result<CpuMatrix> {
+        let (row_bytes, bias) = check_parts(name, cols, &parts)?;
         let mut kept = Vec::with_capacity(parts.len());
-        let mut bias = Vec::new();
         let mut first = 0;
-        for part in &parts {
-            let row_bytes = part.ggml_type.row_bytes(cols).map_err(|e| {
-                BackendError::Unsupported(format!("{name}: rows of {cols} values: {e}"))
-            })?;
-            if part.data.bytes().len() != row_bytes * part.rows {
-                return Err(BackendError::Unsupported(format!(
-                    "{name}: {} bytes are not {} rows of {row_bytes}",
-                    part.data.bytes().len(),
-                    part.rows
-                )));
-            }
-            match &part.bias {
-                Some(b) if b.len() == part.rows => bias.extend_from_slice(b),
-                Some(b) => {
-                    return Err(BackendError::Unsupported(format!(
-                        "{name}: a bias of {} values for {} rows",
-                        b.len(),
-                        part.rows
-                    )))
-                }
-                None => bias.resize(first + part.rows, 0.0),
-            }
-            first += part.rows;
-        }
-        let has_bias = parts.iter().any(|p| p.bias.is_some());
-        for part in parts {
-            let row_bytes = part.data.bytes().len() / part.rows.max(1);
-            let rows = part.rows;
+        for (part, row_bytes) in parts.into_iter().zip(row_bytes) {
             kept.push(CpuRows {
                 ggml_type: part.ggml_type,
-                first: kept.iter().map(|p: &CpuRows| p.rows).sum(),
-                rows,
+                first,
+                rows: part.rows,
                 row_bytes,
                 data: part.data,
             });
+            first += part.rows;
         }
-        if has_bias {
+        if let Some(bias) = &bias {
             self.bytes_held += 4 * bias.len() as u64;
         }
         let experts = match usage {
-            MatrixUse::Experts(n) if n == 0 || !first.is_multiple_of(n) || has_bias => {
+            MatrixUse::Experts(n) if n == 0 || !first.is_multiple_of(n) || bias.is_some() => {
                 return Err(BackendError::Unsupported(format!(
                     "{name}: {first} rows{} are not {n} experts' blocks of rows",
-                    if has_bias { " with biases" } else { "" }
+                    if bias.is_some() { " with biases" } else { "" }
                 )))
             }
             MatrixUse::Experts(n) => n,
@@ -306,7 +281,7 @@ impl Backend for CpuBackend {
             rows: first,
             cols,
             parts: kept,
-            bias: has_bias.then_some(bias),
+            bias,
             experts,
         })
     }
@@ -384,20 +359,13 @@ impl Backend for CpuBackend {
         let x = &x[..n * w.cols];
         let mut o = out.data.borrow_mut();
         let o = &mut o[..n * w.rows];
-        if let [part] = w.parts.as_slice() {
-            self.part_product(part, w.cols, x, o, n);
-        } else if n == 1 {
-            for part in &w.parts {
-                self.part_product(part, w.cols, x, &mut o[part.first..][..part.rows], 1);
-            }
-        } else {
-            for part in &w.parts {
-                let mut products = vec![0f32; n * part.rows];
-                self.part_product(part, w.cols, x, &mut products, n);
-                for (o, p) in o.chunks_mut(w.rows).zip(products.chunks(part.rows)) {
-                    o[part.first..][..part.rows].copy_from_slice(p);
-                }
-            }
+        for part in &w.parts {
+            let dst = Columns {
+                out: &mut *o,
+                stride: w.rows,
+                first: part.first,
+            };
+            self.part_product(part, w.cols, x, dst, n);
         }
         if let Some(bias) = &w.bias {
             for row in o.chunks_mut(w.rows) {
@@ -606,11 +574,12 @@ impl Backend for CpuBackend {
             }
             let mut products = vec![0f32; m * block];
             for part in w.rows_in(e * block..(e + 1) * block) {
-                let mut p = vec![0f32; m * part.rows];
-                part_product(pool, exact, &part, w.cols, &gathered, &mut p, m);
-                for (row, p) in products.chunks_mut(block).zip(p.chunks(part.rows)) {
-                    row[part.first..][..part.rows].copy_from_slice(p);
-                }
+                let dst = Columns {
+                    out: &mut products,
+                    stride: block,
+                    first: part.first,
+                };
+                part_product(pool, exact, &part, w.cols, &gathered, dst, m);
             }
             products
         };
@@ -709,31 +678,45 @@ impl Backend for CpuBackend {
 }
 
 /// The activation vectors of `x`'s rows in `format`, one after the other, on the current pool.
-/// o = x · partᵀ for `n` rows of x, `[n, part.rows]`: in f64 over dequantized weights
-/// (`exact`), or over activations quantized as the weights dot with them, on `pool` where
-/// the step is worth handing over.
+/// The products of `n` rows of x with the part's rows, into their columns of `dst`: in f64
+/// over dequantized weights (`exact`), or over activations quantized as the weights dot with
+/// them, on `pool` where the step is worth handing over.
 fn part_product(
     pool: &rayon::ThreadPool,
     exact: bool,
     part: &CpuRows,
     cols: usize,
     x: &[f32],
-    o: &mut [f32],
+    dst: Columns,
     n: usize,
 ) {
     let format = part.ggml_type.act_format();
     if exact {
-        pool.install(|| exact_matmul(part, cols, x, o, n));
+        pool.install(|| exact_matmul(part, cols, x, dst, n));
     } else if n * part.data.bytes().len() < SERIAL_BYTES {
         let mut bytes = Vec::new();
         quant::quantize_acts(format, x, &mut bytes);
         let acts = Activations::new(part.ggml_type, bytes, cols);
-        quant::mat_mul(part.data.bytes(), &acts, o);
+        let rows = part.rows;
+        match dst.stride == rows || n == 1 {
+            true => quant::mat_mul(
+                part.data.bytes(),
+                &acts,
+                &mut dst.out[dst.first..][..n * rows],
+            ),
+            false => {
+                let mut products = vec![0f32; n * rows];
+                quant::mat_mul(part.data.bytes(), &acts, &mut products);
+                for (o, p) in dst.out.chunks_mut(dst.stride).zip(products.chunks(rows)) {
+                    o[dst.first..][..rows].copy_from_slice(p);
+                }
+            }
+        }
     } else {
         pool.install(|| {
             let bytes = quantize_rows(format, x, cols);
             let acts = Activations::new(part.ggml_type, bytes, cols);
-            quantized_matmul(part, &acts, o, n)
+            quantized_matmul(part, &acts, dst, n)
         });
     }
 }
@@ -752,13 +735,20 @@ fn quantize_rows(format: ActFormat, x: &[f32], cols: usize) -> Vec<u8> {
     all
 }
 
-/// Fills `o[t * rows + r]` for `rows` weight rows and `n` tokens on the current pool: `task`
+/// Where a part's products go: token t's in `out[t * stride + first..][..rows]`.
+struct Columns<'a> {
+    out: &'a mut [f32],
+    stride: usize,
+    first: usize,
+}
+
+/// Fills `dst` for `rows` weight rows and `n` tokens on the current pool: `task`
 /// gets the first row of a block of rows and their outputs, token by token (`len` rows for
 /// token t at `t * len`). A task takes a block of rows for every token, so each row is read
 /// from memory once per step; with several tokens the blocks are then copied into place.
-fn row_block_tasks(rows: usize, n: usize, o: &mut [f32], task: impl Fn(usize, &mut [f32]) + Sync) {
+fn row_block_tasks(rows: usize, n: usize, dst: Columns, task: impl Fn(usize, &mut [f32]) + Sync) {
     if n == 1 {
-        o[..rows]
+        dst.out[dst.first..][..rows]
             .par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
             .for_each(|(c, chunk)| task(c * ROWS_PER_TASK, chunk));
@@ -769,27 +759,28 @@ fn row_block_tasks(rows: usize, n: usize, o: &mut [f32], task: impl Fn(usize, &m
         .par_chunks_mut(ROWS_PER_TASK * n)
         .enumerate()
         .for_each(|(c, chunk)| task(c * ROWS_PER_TASK, chunk));
-    o[..rows * n]
-        .par_chunks_mut(rows)
+    dst.out
+        .par_chunks_mut(dst.stride)
+        .take(n)
         .enumerate()
         .for_each(|(t, o)| {
             for (c, block) in blocks.chunks(ROWS_PER_TASK * n).enumerate() {
                 let len = block.len() / n;
-                o[c * ROWS_PER_TASK..][..len].copy_from_slice(&block[t * len..][..len]);
+                o[dst.first + c * ROWS_PER_TASK..][..len].copy_from_slice(&block[t * len..][..len]);
             }
         });
 }
 
-fn quantized_matmul(w: &CpuRows, acts: &Activations, o: &mut [f32], n: usize) {
-    row_block_tasks(w.rows, n, o, |first, chunk| {
+fn quantized_matmul(w: &CpuRows, acts: &Activations, dst: Columns, n: usize) {
+    row_block_tasks(w.rows, n, dst, |first, chunk| {
         let rows = &w.data.bytes()[first * w.row_bytes..][..chunk.len() / n * w.row_bytes];
         quant::mat_mul(rows, acts, chunk);
     });
 }
 
 /// The reference product: each weight row dequantized and dotted with `x` in f64.
-fn exact_matmul(w: &CpuRows, cols: usize, x: &[f32], o: &mut [f32], n: usize) {
-    row_block_tasks(w.rows, n, o, |first, chunk| {
+fn exact_matmul(w: &CpuRows, cols: usize, x: &[f32], dst: Columns, n: usize) {
+    row_block_tasks(w.rows, n, dst, |first, chunk| {
         let len = chunk.len() / n;
         let mut row = vec![0f32; cols];
         for i in 0..len {

@@ -92,7 +92,7 @@ pub trait Backend {
     fn add(&mut self, acc: &Self::Tensor, x: &Self::Tensor, n: usize);
     /// x = f(x), element by element.
     fn pointwise(&mut self, x: &Self::Tensor, f: Pointwise, n: usize);
-    /// out[t][i] = act(gate_up[t][i]) · gate_up[t][w + i], w = out's width: the gate and up
+    /// `out[t][i] = act(gate_up[t][i]) · gate_up[t][w + i]`, w = out's width: the gate and up
     /// products of one row side by side, as the product of a `[gate | up]` matrix writes them.
     fn glu(&mut self, act: Activation, gate_up: &Self::Tensor, out: &Self::Tensor, n: usize);
     /// From `qkv`, each row's `[q | k | v]` products: q and k normalised per head where

@@ -1,7 +1,7 @@
 //! Weights as a backend receives them: the encoded bytes of a file's tensors, rows of one or
 //! more tensors gathered into one matrix, and what the matrix's products feed.
 
-use super::AttentionShape;
+use super::{AttentionShape, BackendError, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::quant::GgmlType;
 use std::sync::Arc;
@@ -82,6 +82,46 @@ impl WeightRows {
     pub fn with_bias(self, bias: Option<Vec<f32>>) -> Self {
         Self { bias, ..self }
     }
+}
+
+/// Checks that each part of the matrix `name` holds whole rows of `cols` values of its type,
+/// and a bias (where it has one) of a value per row. Returns each part's row size in bytes,
+/// and every row's bias (0 where its part has none) where some part has one.
+pub(crate) fn check_parts(
+    name: &str,
+    cols: usize,
+    parts: &[WeightRows],
+) -> Result<(Vec<usize>, Option<Vec<f32>>)> {
+    let invalid = |what: String| BackendError::Unsupported(format!("{name}: {what}"));
+    let mut row_bytes = Vec::with_capacity(parts.len());
+    let mut bias = Vec::new();
+    for part in parts {
+        let bytes = part
+            .ggml_type
+            .row_bytes(cols)
+            .map_err(|e| invalid(format!("rows of {cols} values: {e}")))?;
+        if part.data.bytes().len() != bytes * part.rows {
+            return Err(invalid(format!(
+                "{} bytes are not {} rows of {bytes}",
+                part.data.bytes().len(),
+                part.rows
+            )));
+        }
+        match &part.bias {
+            Some(b) if b.len() == part.rows => bias.extend_from_slice(b),
+            Some(b) => {
+                return Err(invalid(format!(
+                    "a bias of {} values for {} rows",
+                    b.len(),
+                    part.rows
+                )))
+            }
+            None => bias.resize(bias.len() + part.rows, 0.0),
+        }
+        row_bytes.push(bytes);
+    }
+    let has_bias = parts.iter().any(|p| p.bias.is_some());
+    Ok((row_bytes, has_bias.then_some(bias)))
 }
 
 /// What a matrix's products feed. A backend may keep the rows of a `GateUp` or `Qkv` matrix

@@ -3,7 +3,7 @@
 use super::args::{DeviceChoice, LoadArgs};
 use anyhow::Result;
 use vibrant::catalog;
-use vibrant::chat::ChatTemplate;
+use vibrant::chat::{ChatError, ChatTemplate};
 use vibrant::gguf::GgufFile;
 use vibrant::model::arch::{Ffn, Spec};
 use vibrant::model::{type_histogram, Config, ModelError};
@@ -27,8 +27,8 @@ pub fn info(args: &InfoArgs) -> Result<()> {
     let path = catalog::resolve(args.file.as_deref().unwrap_or(&args.load.model.model))?;
     let file = std::sync::Arc::new(GgufFile::open(&path)?);
     describe_file(&file);
-    let config = match Config::from_gguf(&file) {
-        Ok(config) => config,
+    let spec = match Spec::from_gguf(&file) {
+        Ok(spec) => spec,
         Err(e) => {
             println!("runs in vibrant: no: {}", not_runnable(&e));
             describe_tensor_types(&file);
@@ -40,10 +40,12 @@ pub fn info(args: &InfoArgs) -> Result<()> {
         }
     };
     println!("runs in vibrant: yes");
-    describe_model(&file, &config)?;
+    let config = &spec.config;
+    describe_model(&file, config)?;
+    describe_blocks(&spec);
     describe_tensor_types(&file);
     if args.load.device.choice()? != DeviceChoice::Cpu {
-        device_memory(&args.load, &file, &config)?;
+        device_memory(&args.load, &file, config)?;
     }
     describe_metadata(&file);
     Ok(())
@@ -112,16 +114,51 @@ fn describe_model(file: &GgufFile, config: &Config) -> Result<()> {
             "separate"
         }
     );
-    let template = ChatTemplate::from_gguf(file)?;
-    println!(
-        "chat template:  {}",
-        if template.is_builtin_fallback() {
-            "none in file (built-in fallback)"
-        } else {
-            "from file"
-        }
-    );
+    let template = match ChatTemplate::from_gguf(file) {
+        Ok(t) if t.is_builtin_fallback() => "none in file (built-in fallback)",
+        Ok(_) => "from file",
+        Err(ChatError::NoTemplate { .. }) => "none (a base model: `ask` completes plain prompts)",
+        Err(e) => return Err(e.into()),
+    };
+    println!("chat template:  {template}");
     Ok(())
+}
+
+/// What the family's blocks do besides llama's pre-norm attention and feed-forward network.
+fn describe_blocks(spec: &Spec) {
+    let layers = &spec.layers;
+    let mut features = Vec::new();
+    if layers.iter().any(|l| l.attention.qkv.parts.len() == 1) {
+        features.push("fused query/key/value matrix".to_string());
+    }
+    if layers.iter().any(|l| l.attention.qk_norm.is_some()) {
+        features.push("per-head QK-norm".into());
+    }
+    if layers.iter().any(|l| l.attention.norms.post.is_some()) {
+        features.push("post-norms".into());
+    }
+    let windowed: Vec<_> = layers
+        .iter()
+        .filter_map(|l| Some((l.attention.opts.window?, l.attention.rope_base)))
+        .collect();
+    if let Some((window, base)) = windowed.first() {
+        features.push(format!(
+            "sliding window {window} on {} of {} layers (RoPE base {base} there)",
+            windowed.len(),
+            layers.len()
+        ));
+    }
+    if let Some(scale) = spec.embedding_scale {
+        features.push(format!("embeddings scaled by {scale:.2}"));
+    }
+    if let Some(cap) = spec.final_logit_softcap {
+        features.push(format!("logits soft-capped at {cap}"));
+    }
+    let blocks = match features.is_empty() {
+        true => "pre-norm attention and feed-forward".to_string(),
+        false => features.join(", "),
+    };
+    println!("blocks:         {}: {blocks}", spec.config.arch);
 }
 
 fn describe_tensor_types(file: &GgufFile) {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use vibrant::backend::Backend;
-use vibrant::chat::{ChatTemplate, Message};
+use vibrant::chat::{ChatError, ChatTemplate, Message};
 use vibrant::generate::{
     GenerateOptions, Generation, Picking, Sampler, Session, StopReason, StopStrings,
 };
@@ -91,7 +91,9 @@ impl<B: Backend> Engine for Session<B> {
 
 struct Loaded {
     engine: Box<dyn Engine>,
-    template: ChatTemplate,
+    /// The chat template, or why the file has none: a base model (Gemma 3 270M) has none,
+    /// and `ask` completes its prompt as it is.
+    template: std::result::Result<ChatTemplate, ChatError>,
 }
 
 fn load(args: &LoadArgs, verbose: bool) -> Result<Loaded> {
@@ -99,7 +101,10 @@ fn load(args: &LoadArgs, verbose: bool) -> Result<Loaded> {
     let path = vibrant::catalog::resolve(&args.model.model)?;
     let file = Arc::new(GgufFile::open(&path)?);
     let tokenizer = Tokenizer::from_gguf(&file)?;
-    let template = ChatTemplate::from_gguf(&file)?;
+    let template = match ChatTemplate::from_gguf(&file) {
+        Err(e) if !matches!(e, ChatError::NoTemplate { .. }) => return Err(e.into()),
+        template => template,
+    };
     let opened = started.elapsed();
     let options = args.context.load_options();
     let device_started = Instant::now();
@@ -162,12 +167,13 @@ pub fn ask(args: &AskArgs) -> Result<()> {
         bail!("the prompt is empty");
     }
     let mut loaded = load(&args.load, a.verbose)?;
-    let text = if args.raw {
-        prompt
-    } else {
-        let mut messages = conversation(a);
-        messages.push(Message::user(&prompt));
-        loaded.template.render(&messages, true)?
+    let text = match &loaded.template {
+        Ok(template) if !args.raw => {
+            let mut messages = conversation(a);
+            messages.push(Message::user(&prompt));
+            template.render(&messages, true)?
+        }
+        _ => prompt,
     };
     let tokens = loaded.engine.tokenize(&text)?;
     let options = GenerateOptions {
@@ -231,6 +237,10 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     let a = &args.answer;
     let mut sampler = Sampler::new(a.sampling.config()?);
     let mut loaded = load(&args.load, a.verbose)?;
+    let template = match &loaded.template {
+        Ok(template) => template,
+        Err(e) => bail!("{e}: chat needs one (`vibrant ask` completes a plain prompt)"),
+    };
     let interactive = std::io::stdin().is_terminal();
     let mut input = if interactive {
         eprintln!(
@@ -279,9 +289,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
             _ => {}
         }
         messages.push(Message::user(&line));
-        let tokens = loaded
-            .engine
-            .tokenize(&loaded.template.render(&messages, true)?)?;
+        let tokens = loaded.engine.tokenize(&template.render(&messages, true)?)?;
         cancel.store(false, Ordering::SeqCst);
         generating.store(true, Ordering::SeqCst);
         let options = GenerateOptions {

@@ -5,6 +5,8 @@
 pub mod arch;
 mod config;
 mod forward;
+#[cfg(test)]
+mod tests;
 mod weights;
 
 pub use config::{Config, ModelError, Result};
@@ -69,8 +71,17 @@ pub struct ContextFull {
 }
 
 impl<B: Backend> Transformer<B> {
-    pub fn load(file: &Arc<GgufFile>, mut backend: B, options: &LoadOptions) -> Result<Self> {
-        let spec = Spec::from_gguf(file)?;
+    pub fn load(file: &Arc<GgufFile>, backend: B, options: &LoadOptions) -> Result<Self> {
+        Self::load_spec(file, Spec::from_gguf(file)?, backend, options)
+    }
+
+    /// [`Self::load`] of the model `spec` describes, its weights read from `file`.
+    pub fn load_spec(
+        file: &Arc<GgufFile>,
+        spec: Spec,
+        mut backend: B,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let config = spec.config.clone();
         let n_ctx = match options.n_ctx {
             0 => config.n_ctx_train,

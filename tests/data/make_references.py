@@ -507,6 +507,13 @@ BREAKS = {
         ("attn_norm of layer 0 all ones", "blk.0.attn_norm.weight", ones),
         ("RoPE base 1e6, not 1e4", "llama.rope.freq_base=float:1000000", None),
     ],
+    "gemma2-tiny": [
+        ("post_attention_norm of layer 1 all ones", "blk.1.post_attention_norm.weight", ones),
+        ("attention scores capped at 1e4, not 5", "gemma2.attn_logit_softcapping=float:10000",
+         None),
+        ("logits capped at 1e4, not 25", "gemma2.final_logit_softcapping=float:10000", None),
+        ("no sliding window", "gemma2.attention.sliding_window=int:4096", None),
+    ],
     "gemma3-tiny": [
         ("attn_q_norm of layer 0 all ones", "blk.0.attn_q_norm.weight", ones),
         ("post_ffw_norm of layer 2 all ones", "blk.2.post_ffw_norm.weight", ones),

@@ -3,6 +3,7 @@
 //! not end) into a [`BackendError`] that names the stage.
 
 use super::pipeline_cache::{self, CacheSetting};
+use super::switches::Switches;
 use crate::backend::{BackendError, Result};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ pub struct GpuOptions {
     pub adapter: Option<usize>,
     /// Longest any single wait on the GPU may take.
     pub timeout: Duration,
-    /// Log every dispatch and wait for each one (names a kernel that hangs).
+    /// Log every dispatch and wait for each one (names a kernel that hangs; `VIBRANT_TRACE`).
     pub trace: bool,
     /// Splits weight matrices into row ranges of at most this many bytes, below the device's
     /// binding limit, and decodes them for tensor-core products in slices of at most this
@@ -37,10 +38,10 @@ impl Default for GpuOptions {
             api: None,
             adapter: None,
             timeout: Duration::from_secs(60),
-            trace: std::env::var_os("VIBRANT_TRACE").is_some_and(|v| v != "0"),
+            trace: Switches::get().trace,
             max_weight_part: None,
             int8_global_min_bytes: None,
-            pipeline_cache: CacheSetting::from_env(),
+            pipeline_cache: Switches::get().pipeline_cache.clone(),
         }
     }
 }

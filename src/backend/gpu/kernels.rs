@@ -1,6 +1,12 @@
 //! The WGSL kernel set: which shader files make up each kernel, composed at pipeline creation
 //! (WGSL has no includes), and the pipelines built from them, once per device.
 
+use super::params::{
+    ActsParams, AttentionParams, DequantParams, ElementParams, IdParams, KernelParams,
+    KvStoreParams, MoeParams, NormParams, ParamsLayout, ProductParams, QkNormParams, ReduceParams,
+    RopeParams, SampleParams,
+};
+use super::tuning::Tuning;
 use crate::backend::{Activation, BackendError, CacheType, KvTypes, Result};
 use crate::quant::GgmlType;
 
@@ -56,6 +62,10 @@ const MATMUL_COOP: (&str, &str) = (
     include_str!("../../../shaders/matmul_coop.wgsl"),
 );
 const NORM: (&str, &str) = ("norm.wgsl", include_str!("../../../shaders/norm.wgsl"));
+const QK_NORM: (&str, &str) = (
+    "qk_norm.wgsl",
+    include_str!("../../../shaders/qk_norm.wgsl"),
+);
 const ROPE: (&str, &str) = ("rope.wgsl", include_str!("../../../shaders/rope.wgsl"));
 const QKV: (&str, &str) = ("qkv.wgsl", include_str!("../../../shaders/qkv.wgsl"));
 const ATTENTION: (&str, &str) = (
@@ -91,14 +101,8 @@ const MATVEC_ID: (&str, &str) = (
 const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl"));
 const SAMPLE: (&str, &str) = ("sample.wgsl", include_str!("../../../shaders/sample.wgsl"));
 
-/// Products whose workgroups would read this many bytes of activations between them read
-/// them quantized once ([`Tuning::int8_global_min_bytes`]). Measured on the H100
-/// (BENCHMARKS.md): the 8B shape's down projection (29 MB so) decodes 26% faster with them,
-/// the 3B shape's (11 MB) 2% slower.
-const INT8_GLOBAL_MIN_BYTES: usize = 16 << 20;
-
 /// Every shader file kernels are composed from.
-pub const SOURCES: [(&str, &str); 26] = [
+pub const SOURCES: [(&str, &str); 27] = [
     COMMON,
     QUANT_FLOAT,
     QUANT_LEGACY,
@@ -115,6 +119,7 @@ pub const SOURCES: [(&str, &str); 26] = [
     MATMUL,
     MATMUL_COOP,
     NORM,
+    QK_NORM,
     ROPE,
     QKV,
     ATTENTION,
@@ -176,6 +181,8 @@ pub enum Kernel {
     /// storing whole tiles straight to outputs of rows this wide (0: none).
     MatmulCoop(u32, u32),
     RmsNorm,
+    /// Per-head RMS norms of the queries and keys among `[q | k | v]` products, in place.
+    QkNorm,
     /// RoPE and the cache write after the prompt's query/key/value products.
     RopeStoreQkv(KvTypes),
     /// Quantizes the keys and values staged for q8_0 caches into them.
@@ -241,6 +248,7 @@ impl Kernel {
             Self::Matmul(_) => "matmul",
             Self::MatmulCoop(tokens, _) => return format!("matmul_coop_{tokens}"),
             Self::RmsNorm => "rms_norm",
+            Self::QkNorm => "qk_norm",
             Self::RopeStoreQkv(_) => "rope_store_qkv",
             Self::KvStore(_) => "kv_store",
             Self::Attention(_) => "attention",
@@ -295,7 +303,7 @@ impl Kernel {
         }
     }
 
-    fn matvec_form(self) -> Option<MatvecForm> {
+    pub(super) fn matvec_form(self) -> Option<MatvecForm> {
         match self {
             Self::Matvec(_, form) | Self::MatvecGlu(_, form) | Self::MatvecQkv(_, form, _) => {
                 Some(form)
@@ -304,7 +312,7 @@ impl Kernel {
         }
     }
 
-    fn weight_type(self) -> Option<GgmlType> {
+    pub(super) fn weight_type(self) -> Option<GgmlType> {
         match self {
             Self::GetRows(t)
             | Self::Dequant(t)
@@ -317,6 +325,45 @@ impl Kernel {
             | Self::Matmul(t) => Some(t),
             _ => None,
         }
+    }
+
+    /// The struct of the kernel's parameters (binding 0), as the host writes them.
+    pub fn params(self) -> &'static ParamsLayout {
+        match self {
+            Self::GetRows(_) | Self::Dequant(_) | Self::DequantF16(_) => DequantParams::layout(),
+            Self::Matvec(..)
+            | Self::MatvecGlu(..)
+            | Self::MatvecQkv(..)
+            | Self::Matmul(_)
+            | Self::MatmulCoop(..) => ProductParams::layout(),
+            Self::RmsNorm => NormParams::layout(),
+            Self::QkNorm => QkNormParams::layout(),
+            Self::QuantizeActs(_) => ActsParams::layout(),
+            Self::RopeStoreQkv(_) => RopeParams::layout(),
+            Self::KvStore(_) => KvStoreParams::layout(),
+            Self::Attention(_)
+            | Self::AttentionTiled(_)
+            | Self::AttentionCoop
+            | Self::AttentionDecode(_)
+            | Self::AttentionCombine => AttentionParams::layout(),
+            Self::Add | Self::Glu | Self::GluPairs | Self::Pointwise | Self::CopyRow => {
+                ElementParams::layout()
+            }
+            Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => ReduceParams::layout(),
+            Self::SampleSlices | Self::Sample => SampleParams::layout(),
+            Self::MoeRoute | Self::MoeLists | Self::MoeCombineAdd => MoeParams::layout(),
+            Self::MatvecId(_) | Self::MatmulId(_) => IdParams::layout(),
+        }
+    }
+
+    /// Whether the op file declares its parameter struct itself (attention_params.wgsl,
+    /// kv_store.wgsl) rather than taking the host's declaration; the tests check it against
+    /// the host's.
+    fn declares_params(self) -> bool {
+        matches!(
+            self.op().0 .0,
+            "attention.wgsl" | "attention_coop.wgsl" | "kv_store.wgsl"
+        )
     }
 
     /// The op file and its entry point.
@@ -333,6 +380,7 @@ impl Kernel {
             Self::Matmul(_) => (MATMUL, "matmul"),
             Self::MatmulCoop(..) => (MATMUL_COOP, "matmul_coop"),
             Self::RmsNorm => (NORM, "rms_norm"),
+            Self::QkNorm => (QK_NORM, "qk_norm"),
             Self::RopeStoreQkv(_) => (ROPE, "rope_store_qkv"),
             Self::KvStore(_) => (KV_STORE, "kv_store"),
             Self::Attention(_) => (ATTENTION, "attention"),
@@ -397,6 +445,8 @@ impl Kernel {
             Self::Matvec(..) | Self::MatvecGlu(..) => &[Read, Read, Read, ReadWrite, Read],
             Self::Matmul(_) | Self::MatmulCoop(..) => &[Read, Read, Read, ReadWrite],
             Self::RmsNorm => &[Read, Read, ReadWrite],
+            // Products (normalised in place), the query and key weights.
+            Self::QkNorm => &[ReadWrite, Read, Read],
             // The epilogue in qkv.wgsl: rope table, q, caches (bindings 6..9).
             Self::MatvecQkv(..) => {
                 return vec![
@@ -453,6 +503,11 @@ impl Kernel {
     pub fn source(self, tuning: &Tuning) -> (String, Vec<(&'static str, usize)>) {
         let activations = activation_constants();
         let mut pieces = vec![COMMON, ("(generated)", activations.as_str())];
+        let params;
+        if !self.declares_params() {
+            params = self.params().wgsl();
+            pieces.push(("(generated)", params.as_str()));
+        }
         let glue;
         if let Some(t) = self.weight_type() {
             pieces.push(match t {
@@ -493,10 +548,13 @@ impl Kernel {
                 }
             }
         }
-        let sample_limits;
+        let host_constants;
         if matches!(self, Self::SampleSlices | Self::Sample) {
-            sample_limits = sample_constants();
-            pieces.push(("(generated)", sample_limits.as_str()));
+            host_constants = sample_constants();
+            pieces.push(("(generated)", host_constants.as_str()));
+        } else if self.op().0 == REDUCE {
+            host_constants = format!("const ARGMAX_GROUPS: u32 = {}u;\n", super::ARGMAX_GROUPS);
+            pieces.push(("(generated)", host_constants.as_str()));
         }
         if let Self::QuantizeActs(normed) = self {
             pieces.push(ACTS_Q8);
@@ -585,6 +643,33 @@ fn activation_constants() -> String {
     text
 }
 
+/// Everything the host declares into the kernels' sources (parameter structs, constants),
+/// which a build's kernels depend on beside the shader files.
+pub fn host_declarations() -> String {
+    let params = [
+        DequantParams::layout(),
+        ProductParams::layout(),
+        ActsParams::layout(),
+        QkNormParams::layout(),
+        NormParams::layout(),
+        RopeParams::layout(),
+        AttentionParams::layout(),
+        KvStoreParams::layout(),
+        ElementParams::layout(),
+        MoeParams::layout(),
+        IdParams::layout(),
+        ReduceParams::layout(),
+        SampleParams::layout(),
+    ];
+    let structs: String = params.iter().map(|p| p.wgsl()).collect();
+    format!(
+        "{structs}{}{}{}",
+        activation_constants(),
+        sample_constants(),
+        super::ARGMAX_GROUPS
+    )
+}
+
 /// The sampler kernel's limits, from the host's: a setting within them samples on the device.
 fn sample_constants() -> String {
     use super::sampling::SAMPLE_SLICE;
@@ -592,314 +677,6 @@ fn sample_constants() -> String {
     format!(
         "const MAX_K: u32 = {DEVICE_TOP_K}u;\nconst WINDOW: u32 = {DEVICE_WINDOW}u;\nconst MAX_BIAS: u32 = {DEVICE_BIASES}u;\nconst SLICE: u32 = {SAMPLE_SLICE}u;\n"
     )
-}
-
-/// Sizes and code variants chosen for one device.
-#[derive(Clone, Debug)]
-pub struct Tuning {
-    /// The subgroup size when the device has subgroups of one fixed size.
-    pub subgroup_size: Option<u32>,
-    /// Threads that share one matrix row in matvec, when fixed (VIBRANT_MATVEC_TEAM); else
-    /// chosen per matrix by [`Tuning::team_for`].
-    pub team: Option<u32>,
-    /// Threads per matvec workgroup.
-    pub matvec_wg: u32,
-    /// Weight rows each matvec team computes, when fixed (VIBRANT_MATVEC_ROWS); else 2 with
-    /// f32 activations and 4 with 8-bit ones (their loads from workgroup memory are cheap to
-    /// share, and fewer workgroups quantize x: 5% faster decode on the H100).
-    pub rows_per_team: Option<u32>,
-    /// Decode matvecs normalise their input themselves instead of a separate RMSNorm launch.
-    pub fuse_norm: bool,
-    /// Weights a matvec thread decodes at a time when fixed (VIBRANT_MATVEC_WIDTH: 8, 16 or
-    /// 32); else [`Tuning::matvec_width_for`] picks per weight type.
-    pub matvec_width: Option<u32>,
-    /// Keys per tile of the prompt attention kernel (32, or 16 where workgroup memory is
-    /// short); 0: that kernel does not fit, prompts attend one query per workgroup.
-    pub attention_keys: u32,
-    /// Keep wgpu's bounds checks in the kernels. Off on Vulkan, where wgpu turns on the
-    /// device's robustBufferAccess, so that storage reads past a buffer stay harmless whatever
-    /// the shader does; what goes is the clamping of workgroup- and register-array indices
-    /// (13% of a 3B prompt on the H100, BENCHMARKS.md). VIBRANT_UNCHECKED_SHADERS=0 keeps
-    /// every check (and the loop counters), =1 drops them on every API.
-    pub bounds_checks: bool,
-    /// Keep wgpu's loop counters, which cut short a loop that would never end. Off unless
-    /// VIBRANT_UNCHECKED_SHADERS=0: every loop in shaders/ is bounded by its parameters, the
-    /// host's waits are bounded anyway, and the counters stop the compiler from unrolling
-    /// (decode 12% and prompts 17% slower with them on the H100, BENCHMARKS.md).
-    pub loop_bounds: bool,
-    /// Have wgpu zero workgroup memory before each kernel runs, as WGSL promises. Off on GL:
-    /// there naga writes the zeroing into the shader as one constructor per array, which
-    /// took llvmpipe 17 s to compile for the prompt matmul's tiles (0.4 s without it), and
-    /// the kernels that run there (no subgroups, no f16) write every workgroup element they
-    /// read first.
-    pub zero_workgroup_memory: bool,
-    /// Prompt matmuls on tensor cores (16×16×16 f16 cooperative matrices, subgroups of 32).
-    pub coop: bool,
-    /// Prompt attention on tensor cores too (VIBRANT_COOP_ATTENTION=0 keeps the FMA kernel).
-    pub coop_attention: bool,
-    /// The longest row (a multiple of 4096) whose activations a decode matvec can quantize to
-    /// 8 bits in workgroup memory, for the integer dot product path of Q4_K and Q6_K; 0 where
-    /// that path is off (no subgroups, or VIBRANT_INT8=0).
-    pub int8_max_cols: u32,
-    /// 8-bit products whose workgroups would read at least this many bytes of activations
-    /// between them read activations quantized once instead ([`MatvecForm::global_acts`];
-    /// VIBRANT_INT8_GLOBAL_BYTES, for measurements): below it the extra launch costs more
-    /// than each workgroup quantizing x itself.
-    pub int8_global_min_bytes: usize,
-}
-
-impl Tuning {
-    pub fn for_device(gpu: &super::device::Gpu) -> Self {
-        let (min, max) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
-        let subgroup_size =
-            (gpu.features.subgroups && min == max && (4..=128).contains(&min)).then_some(min);
-        let matvec_wg = if subgroup_size.is_some_and(|s| s >= 32) {
-            256
-        } else {
-            64
-        }
-        .min(gpu.limits.max_compute_invocations_per_workgroup);
-        // VIBRANT_MATVEC_TEAM (a power of two up to the workgroup) fixes the team size for
-        // tuning experiments.
-        let team = std::env::var("VIBRANT_MATVEC_TEAM")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|t| t.is_power_of_two() && *t <= matvec_wg);
-        // VIBRANT_MATVEC_ROWS (1 to 8) overrides the rows per team for tuning experiments.
-        // VIBRANT_MATVEC_WIDTH (8, 16 or 32) fixes the weights a matvec thread decodes at a
-        // time, for every type (for measurements).
-        let matvec_width = std::env::var("VIBRANT_MATVEC_WIDTH")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|w| [8, 16, 32].contains(w));
-        // shaders/attention.wgsl's attention_tiled: 16 KB of queries, 512 bytes per key of a
-        // tile and 512 bytes more.
-        let attention_keys = [32, 16]
-            .into_iter()
-            .find(|k| 16896 + 640 * k <= gpu.limits.max_compute_workgroup_storage_size)
-            .unwrap_or(0);
-        let rows_per_team = std::env::var("VIBRANT_MATVEC_ROWS")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|r| (1..=8).contains(r));
-        // VIBRANT_FUSE_NORM=0 gives RMSNorm its own launch before the decode matvecs (for
-        // measurements).
-        let fuse_norm = std::env::var("VIBRANT_FUSE_NORM").map_or(true, |v| v != "0");
-        let unchecked = std::env::var("VIBRANT_UNCHECKED_SHADERS").unwrap_or_default();
-        let bounds_checks = match unchecked.as_str() {
-            "0" => true,
-            "" => gpu.info.backend != wgpu::Backend::Vulkan,
-            _ => false,
-        };
-        let loop_bounds = unchecked == "0";
-        let zero_workgroup_memory = gpu.info.backend != wgpu::Backend::Gl;
-        // VIBRANT_COOP=0 keeps prompt matmuls off the tensor cores (for measurements).
-        let coop = std::env::var("VIBRANT_COOP").map_or(true, |v| v != "0")
-            && gpu.features.cooperative_matrix
-            && gpu.features.shader_f16
-            && subgroup_size == Some(32);
-        // VIBRANT_INT8=0 keeps decode products in f32 activations (for measurements).
-        let int8 = std::env::var("VIBRANT_INT8").map_or(true, |v| v != "0");
-        let int8_max_cols = match subgroup_size {
-            Some(s) if int8 && s >= 4 => {
-                Self::int8_capacity(gpu.limits.max_compute_workgroup_storage_size, matvec_wg)
-            }
-            _ => 0,
-        };
-        Self {
-            subgroup_size,
-            team,
-            matvec_wg,
-            rows_per_team,
-            fuse_norm,
-            matvec_width,
-            attention_keys,
-            bounds_checks,
-            loop_bounds,
-            zero_workgroup_memory,
-            coop,
-            coop_attention: coop
-                && std::env::var("VIBRANT_COOP_ATTENTION").map_or(true, |v| v != "0"),
-            int8_max_cols,
-            int8_global_min_bytes: gpu
-                .options
-                .int8_global_min_bytes
-                .or_else(|| {
-                    std::env::var("VIBRANT_INT8_GLOBAL_BYTES")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                })
-                .unwrap_or(INT8_GLOBAL_MIN_BYTES),
-        }
-    }
-
-    /// The longest row, a multiple of 4096, whose 8-bit activations fit beside the matvec's
-    /// other workgroup arrays: per element a byte and, per 16, an f32 scale and an i32 sum
-    /// (1.5 bytes); an f32 partial sum per thread, and one per subgroup (subgroups of at
-    /// least 4: a byte per thread).
-    fn int8_capacity(workgroup_bytes: u32, matvec_wg: u32) -> u32 {
-        let free = workgroup_bytes.saturating_sub(5 * matvec_wg);
-        free * 2 / 3 / 4096 * 4096
-    }
-
-    pub fn describe(&self) -> String {
-        format!(
-            "matvec {} threads × {} rows{}, {} prompt matmul",
-            self.team
-                .map_or("per-matrix".to_string(), |t| t.to_string()),
-            self.rows_per_team
-                .map_or("per-matrix".to_string(), |r| r.to_string()),
-            if self.subgroup_size.is_some() {
-                " (subgroups)"
-            } else {
-                ""
-            },
-            if self.coop { "tensor-core" } else { "FMA" }
-        )
-    }
-
-    /// Weights each matvec thread decodes at a time: 16 where one scale covers them (Q4_K,
-    /// Q6_K: the scale is decoded once; decode 6% faster on the H100 than 8), else 8 (types
-    /// whose 8-weight decoder is already cheap lose with 16, BENCHMARKS.md).
-    pub fn matvec_width_for(&self, ty: GgmlType) -> u32 {
-        self.matvec_width.unwrap_or(match ty {
-            GgmlType::Q4K | GgmlType::Q6K => 16,
-            _ => 8,
-        })
-    }
-
-    /// The decode matvec for `rows` rows of type `ty`, `cols` wide, writing `output`: 8-bit
-    /// activations where [`Tuning::int8_cols_for`] allows, its rows per team and its team.
-    pub fn matvec_form(
-        &self,
-        ty: GgmlType,
-        rows: usize,
-        cols: usize,
-        output: MatvecOutput,
-    ) -> MatvecForm {
-        let int8_cols = self.int8_cols_for(ty, cols);
-        let chosen = self
-            .rows_per_team
-            .unwrap_or(if int8_cols > 0 { 4 } else { 2 });
-        let rows_per_team = match output {
-            MatvecOutput::Plain => chosen,
-            MatvecOutput::Glu => chosen.next_multiple_of(2),
-            MatvecOutput::Qkv => 4,
-        };
-        // The integer path's threads take units of 32 weights.
-        let width = match int8_cols {
-            0 => self.matvec_width_for(ty),
-            _ => 32,
-        };
-        let team = self.team_for(width, rows, cols, rows_per_team);
-        let workgroups = rows.div_ceil((self.matvec_wg / team * rows_per_team) as usize);
-        MatvecForm {
-            team,
-            rows: rows_per_team,
-            int8_cols,
-            global_acts: int8_cols > 0 && 4 * cols * workgroups >= self.int8_global_min_bytes,
-        }
-    }
-
-    /// The 8-bit activation capacity of a matvec over rows `cols` long of type `ty`: `cols`
-    /// rounded up to a multiple of 4096 (few variants, little workgroup memory) for Q4_K and
-    /// Q6_K rows that fit, else 0 (f32 activations).
-    pub fn int8_cols_for(&self, ty: GgmlType, cols: usize) -> u32 {
-        let capacity = (cols as u32).next_multiple_of(4096);
-        let fits = cols.is_multiple_of(256) && capacity <= self.int8_max_cols;
-        match ty {
-            GgmlType::Q4K | GgmlType::Q6K if fits => capacity,
-            _ => 0,
-        }
-    }
-
-    /// Threads per row for `rows` rows `cols` wide, a thread decoding `width` weights at a
-    /// time, `rows_per_team` rows to a team: about four chunks per thread, from one
-    /// subgroup up to 128 threads. Fewer threads per row leave each a longer loop (latency,
-    /// for short matrices); more make each workgroup's life short (launch and reduction
-    /// overhead, for the large ones). Measured on the H100 across 32..256 (BENCHMARKS.md).
-    /// Matrices of few rows spread each row over more threads, up to the workgroup, until the
-    /// launch has MIN_GROUPS workgroups.
-    fn team_for(&self, width: u32, rows: usize, cols: usize, rows_per_team: u32) -> u32 {
-        const MIN_GROUPS: usize = 256;
-        if let Some(team) = self.team {
-            return team;
-        }
-        let chunks = cols.div_ceil(4 * width as usize).next_power_of_two() as u32;
-        let mut team = chunks.clamp(self.subgroup_size.unwrap_or(32), 128.min(self.matvec_wg));
-        while team < self.matvec_wg
-            && rows.div_ceil((self.matvec_wg / team * rows_per_team) as usize) < MIN_GROUPS
-        {
-            team *= 2;
-        }
-        team
-    }
-
-    fn team_sum(&self, team: u32) -> &'static str {
-        if self.subgroup_size == Some(team) {
-            "    return subgroupAdd(v);"
-        } else if self.subgroup_size.is_some_and(|s| s < team) {
-            // Teams of several subgroups (consecutive invocations): subgroup sums, then the
-            // team's first lane adds them up in workgroup memory.
-            "    partial[li] = subgroupAdd(v);
-    workgroupBarrier();
-    var s = 0.0;
-    if (li % TEAM == 0u) {
-        for (var i = 0u; i < TEAM; i += SUBGROUP) {
-            s += partial[li + i];
-        }
-    }
-    workgroupBarrier();
-    return s;"
-        } else if self.subgroup_size.is_some() {
-            // Teams smaller than a subgroup: a butterfly over the team's aligned lanes.
-            "    var s = v;
-    for (var offset = TEAM / 2u; offset > 0u; offset >>= 1u) {
-        s += subgroupShuffleXor(s, offset);
-    }
-    return s;"
-        } else {
-            "    partial[li] = v;
-    workgroupBarrier();
-    var s = 0.0;
-    if (li % TEAM == 0u) {
-        for (var i = 0u; i < TEAM; i++) {
-            s += partial[li + i];
-        }
-    }
-    workgroupBarrier();
-    return s;"
-        }
-    }
-
-    fn apply(&self, text: &str, kernel: Kernel) -> String {
-        let form = kernel.matvec_form().unwrap_or(MatvecForm {
-            team: 32,
-            rows: 1,
-            int8_cols: 0,
-            global_acts: false,
-        });
-        let (team, rows_per_team) = (form.team, form.rows);
-        let width = kernel.weight_type().map_or(8, |t| self.matvec_width_for(t));
-        let (coop_tokens, y_stride) = match kernel {
-            Kernel::MatmulCoop(tokens, y_stride) => (tokens, y_stride),
-            _ => (64, 0),
-        };
-        text.replace("{{WG}}", &self.matvec_wg.to_string())
-            .replace("{{TEAM}}", &team.to_string())
-            .replace("{{MATVEC_WIDTH}}", &width.to_string())
-            .replace("{{LOAD_WIDTH}}", &format!("load{width}"))
-            .replace(
-                "{{ATTENTION_KEYS}}",
-                &self.attention_keys.max(16).to_string(),
-            )
-            .replace("{{SUBGROUP}}", &self.subgroup_size.unwrap_or(1).to_string())
-            .replace("{{ROWS_PER_TEAM}}", &rows_per_team.to_string())
-            .replace("{{TEAM_SUM}}", self.team_sum(team))
-            .replace("{{INT8_COLS}}", &form.int8_cols.to_string())
-            .replace("{{COOP_TOKENS}}", &coop_tokens.to_string())
-            .replace("{{COOP_Y_STRIDE}}", &y_stride.to_string())
-    }
 }
 
 /// The functions every kernel that reads weights calls, bound to one weight type: `load8`
@@ -1075,6 +852,7 @@ fn locate_shader_error(e: BackendError, starts: &[(&str, usize)]) -> BackendErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::gpu::tuning::INT8_GLOBAL_MIN_BYTES;
     use crate::quant::ALL_TYPES;
     use wgpu::naga;
 
@@ -1087,6 +865,7 @@ mod tests {
     fn every_kernel(tuning: &Tuning) -> Vec<Kernel> {
         let mut all = vec![
             Kernel::RmsNorm,
+            Kernel::QkNorm,
             Kernel::AttentionCombine,
             Kernel::Add,
             Kernel::Glu,
@@ -1237,8 +1016,120 @@ mod tests {
                 let options = naga::back::spv::Options::default();
                 naga::back::spv::write_vec(&module, &info, &options, None)
                     .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", kernel.name()));
+                check_interface(kernel, &module, &info);
             }
         }
+    }
+
+    /// What the kernel's WGSL must agree on with the host: binding 0 is the host's parameter
+    /// struct ([`Kernel::params`]), field for field at the host's offsets; every binding the
+    /// entry point uses is one the host binds ([`Kernel::bindings`]), and every one the host
+    /// binds is declared, with the same access; the constants the host shares have its
+    /// values. A mismatch fails here rather than in a model.
+    fn check_interface(kernel: Kernel, module: &naga::Module, info: &naga::valid::ModuleInfo) {
+        let name = kernel.name();
+        let entry = module
+            .entry_points
+            .iter()
+            .position(|e| e.name == kernel.op().1)
+            .unwrap_or_else(|| panic!("{name}: no entry point {}", kernel.op().1));
+        let uses = info.get_entry_point(entry);
+        let (mut declared, mut used) = (Vec::new(), Vec::new());
+        for (handle, var) in module.global_variables.iter() {
+            let Some(binding) = &var.binding else {
+                continue;
+            };
+            assert_eq!(binding.group, 0, "{name}: bind group");
+            if binding.binding == 0 {
+                assert_eq!(var.space, naga::AddressSpace::Uniform, "{name}: binding 0");
+                check_params(&name, module, var.ty, kernel.params());
+                continue;
+            }
+            let naga::AddressSpace::Storage { access } = var.space else {
+                panic!(
+                    "{name}: binding {} is not a storage buffer",
+                    binding.binding
+                );
+            };
+            let access = match access.contains(naga::StorageAccess::STORE) {
+                true => ReadWrite,
+                false => Read,
+            };
+            declared.push((binding.binding, access));
+            if !uses[handle].is_empty() {
+                used.push((binding.binding, access));
+            }
+        }
+        let bound = kernel.bindings();
+        for b in &used {
+            assert!(
+                bound.contains(b),
+                "{name}: uses {b:?}, the host binds {bound:?}"
+            );
+        }
+        for b in &bound {
+            assert!(
+                declared.contains(b),
+                "{name}: binds {b:?}, the WGSL declares {declared:?}"
+            );
+        }
+        for (constant, want) in shared_constants(kernel) {
+            let got = module
+                .constants
+                .iter()
+                .find(|(_, c)| c.name.as_deref() == Some(constant))
+                .map(|(_, c)| &module.global_expressions[c.init]);
+            let got = match got {
+                Some(naga::Expression::Literal(naga::Literal::U32(v))) => *v,
+                other => panic!("{name}: const {constant} is {other:?}"),
+            };
+            assert_eq!(got, want, "{name}: const {constant}");
+        }
+    }
+
+    /// The constants of the op files that the host's grids and limits assume.
+    fn shared_constants(kernel: Kernel) -> Vec<(&'static str, u32)> {
+        use crate::backend::gpu::{attention, products};
+        match kernel.op().0 .0 {
+            "matmul.wgsl" => vec![("BM", products::MATMUL_TILE), ("BN", products::MATMUL_TILE)],
+            "matmul_coop.wgsl" => vec![
+                ("BN", products::COOP_TILE_ROWS),
+                ("BK", products::COOP_K_STEP as u32),
+            ],
+            "attention.wgsl" => vec![("CHUNK", attention::ATTENTION_CHUNK as u32)],
+            "reduce.wgsl" => vec![("ARGMAX_GROUPS", crate::backend::gpu::ARGMAX_GROUPS)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The WGSL struct of type `ty` has exactly the host's fields, in order, 4 bytes apart.
+    fn check_params(
+        name: &str,
+        module: &naga::Module,
+        ty: naga::Handle<naga::Type>,
+        host: &ParamsLayout,
+    ) {
+        let naga::TypeInner::Struct { members, .. } = &module.types[ty].inner else {
+            panic!("{name}: binding 0 is not a struct");
+        };
+        let wgsl: Vec<(String, String, u32)> = members
+            .iter()
+            .map(|m| {
+                let ty = match module.types[m.ty].inner {
+                    naga::TypeInner::Scalar(s) if s == naga::Scalar::U32 => "u32",
+                    naga::TypeInner::Scalar(s) if s == naga::Scalar::F32 => "f32",
+                    ref other => panic!("{name}: member {:?} is {other:?}", m.name),
+                };
+                (m.name.clone().unwrap_or_default(), ty.to_string(), m.offset)
+            })
+            .collect();
+        let rust: Vec<(String, String, u32)> = host
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.to_string(), f.wgsl_type.to_string(), 4 * i as u32))
+            .collect();
+        assert_eq!(wgsl, rust, "{name}: the parameters in WGSL and on the host");
     }
 }
 

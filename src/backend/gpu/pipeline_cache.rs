@@ -17,9 +17,9 @@ pub enum CacheSetting {
 }
 
 impl CacheSetting {
-    /// From `VIBRANT_PIPELINE_CACHE`: a file path, or `0` for none.
-    pub fn from_env() -> Self {
-        match std::env::var_os("VIBRANT_PIPELINE_CACHE") {
+    /// From the value of `VIBRANT_PIPELINE_CACHE`: a file path, or `0` for none.
+    pub fn parse(value: Option<std::ffi::OsString>) -> Self {
+        match value {
             None => Self::Default,
             Some(v) if v.is_empty() => Self::Default,
             Some(v) if v == "0" => Self::Off,
@@ -58,7 +58,7 @@ fn build_key() -> u64 {
     for (_, text) in super::kernels::SOURCES {
         h = fnv(text.as_bytes(), h);
     }
-    h
+    fnv(super::kernels::host_declarations().as_bytes(), h)
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

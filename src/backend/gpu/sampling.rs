@@ -3,31 +3,12 @@
 //! is all that comes back, as with greedy decoding.
 
 use super::kernels::Kernel;
+use super::params::SampleParams;
 use super::profile::Cost;
 use super::{GpuBuf, GpuTensor, WgpuBackend};
 use crate::backend::Result;
 use crate::sampling::{Sampler, DEVICE_BIASES, DEVICE_TOP_K, DEVICE_WINDOW};
-use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
-
-/// shaders/sample.wgsl's SampleParams, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub(super) struct SampleParams {
-    n_vocab: u32,
-    top_k: u32,
-    top_p: f32,
-    min_p: f32,
-    temperature: f32,
-    repeat_penalty: f32,
-    frequency_penalty: f32,
-    presence_penalty: f32,
-    n_bias: u32,
-    repeat_last_n: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    n_slices: u32,
-}
 
 /// Logits per workgroup of the sampler's first stage (shaders/sample.wgsl SLICE): about 75
 /// workgroups over a 152K vocabulary, whose candidates the second stage reads in a few

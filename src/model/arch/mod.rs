@@ -2,11 +2,15 @@
 //! names to a [`Spec`], which says per layer what the one forward pass (`super::forward`)
 //! computes: where the norms sit, which tensors make the query/key/value and feed-forward
 //! matrices, the activation, how each layer attends. A family that fits these blocks is a
-//! file of its own here, and a line in [`FAMILIES`].
+//! file of its own here, and a line in `FAMILIES`.
 
+mod gemma2;
+mod gemma3;
 mod llama;
 mod moe;
+mod phi3;
 mod qwen2;
+mod qwen3;
 mod qwen3moe;
 
 pub use moe::MoeFfn;
@@ -22,7 +26,15 @@ pub struct Family {
 }
 
 /// Every family vibrant runs.
-const FAMILIES: &[Family] = &[llama::FAMILY, qwen2::FAMILY, qwen3moe::FAMILY];
+const FAMILIES: &[Family] = &[
+    llama::FAMILY,
+    qwen2::FAMILY,
+    qwen3::FAMILY,
+    qwen3moe::FAMILY,
+    gemma2::FAMILY,
+    gemma3::FAMILY,
+    phi3::FAMILY,
+];
 
 /// The families vibrant runs, for messages: "llama and qwen2".
 pub fn supported() -> String {
@@ -211,6 +223,9 @@ mod tests {
 
     #[test]
     fn the_supported_families_are_listed_in_prose() {
-        assert_eq!(supported(), "llama, qwen2 and qwen3moe");
+        assert_eq!(
+            supported(),
+            "llama, qwen2, qwen3, qwen3moe, gemma2, gemma3 and phi3"
+        );
     }
 }
