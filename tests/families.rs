@@ -20,7 +20,7 @@ use std::sync::Arc;
 use vibrant::backend::cpu::CpuBackend;
 use vibrant::backend::Backend;
 use vibrant::gguf::GgufFile;
-use vibrant::model::arch::{Ffn, Spec};
+use vibrant::model::arch::{Ffn, RopeFactors, Spec};
 use vibrant::model::{LoadOptions, Transformer};
 use vibrant::perplexity::{self, KlSummary, LogProbReader};
 use vibrant::synth::{self, Mix, TINY_PRESETS};
@@ -447,26 +447,64 @@ fn phi3_tiny_matches_llama_cpp() {
     family_matches_llama_cpp("phi3-tiny");
 }
 
-/// A Phi-3 file with longrope factors (128k-context models) is refused by name rather than
-/// rotated as a short-context one; phi3-tiny has none.
+/// Phi-3 with longrope factors (128k-context models), past its original context of 32.
+/// Short factors in their place are 3.4 from llama.cpp, an attention factor of 1 is 1.3.
 #[test]
-fn phi3_longrope_files_are_refused_by_name() {
+fn phi3_longrope_tiny_matches_llama_cpp() {
+    family_matches_llama_cpp("phi3-longrope-tiny");
+}
+
+/// A Phi-3 file's longrope metadata, written with the least a spec needs and the given
+/// factor tensors.
+fn longrope_spec(path: &Path, tensors: &[&str]) -> Result<Spec, String> {
     use vibrant::gguf::{GgufWriter, Value};
     use vibrant::quant::GgmlType;
-    let path = std::env::temp_dir().join(format!("vibrant-longrope-{}.gguf", std::process::id()));
     let mut w = GgufWriter::new();
-    w.set("general.architecture", Value::String("phi3".into()));
+    w.set("general.architecture", Value::String("phi3".into()))
+        .set("phi3.block_count", Value::U32(1))
+        .set("phi3.embedding_length", Value::U32(32))
+        .set("phi3.feed_forward_length", Value::U32(64))
+        .set("phi3.attention.head_count", Value::U32(1))
+        .set("phi3.context_length", Value::U32(4096))
+        .set("phi3.rope.scaling.original_context_length", Value::U32(32))
+        .set("phi3.rope.scaling.attn_factor", Value::F32(1.2));
     w.add_tensor(
-        "rope_factors_long.weight",
-        &[16],
-        GgmlType::F32,
-        vec![0; 16 * 4],
+        "token_embd.weight",
+        &[32, 4],
+        GgmlType::Q8_0,
+        vec![0; 4 * 34],
     );
-    w.write_file(&path).unwrap();
-    let file = GgufFile::open(&path).unwrap();
+    for name in tensors {
+        w.add_tensor(*name, &[16], GgmlType::F32, vec![0; 16 * 4]);
+    }
+    w.write_file(path).unwrap();
+    let file = GgufFile::open(path).unwrap();
+    Spec::from_gguf(&file).map_err(|e| e.to_string())
+}
+
+/// Longrope takes the long factors past the original context and the short ones within it;
+/// a file with one set of the two is refused by name.
+#[test]
+fn phi3_longrope_factors_follow_the_context() {
+    let path = std::env::temp_dir().join(format!("vibrant-longrope-{}.gguf", std::process::id()));
+    let both = ["rope_factors_long.weight", "rope_factors_short.weight"];
+    let spec = longrope_spec(&path, &both).unwrap();
+    assert_eq!(
+        spec.rope_factors,
+        RopeFactors::ByContext { original_ctx: 32 }
+    );
+    assert_eq!(spec.rope_attn_factor, 1.2);
+    assert_eq!(
+        spec.rope_factors.tensor(33),
+        Some("rope_factors_long.weight")
+    );
+    assert_eq!(
+        spec.rope_factors.tensor(32),
+        Some("rope_factors_short.weight")
+    );
+    let e = longrope_spec(&path, &both[..1]).expect_err("refused");
+    assert!(e.contains("longrope needs both"), "{e}");
+    let spec = longrope_spec(&path, &[]).unwrap();
+    assert_eq!(spec.rope_factors, RopeFactors::None);
     std::fs::remove_file(&path).unwrap();
-    let e = vibrant::model::arch::Spec::from_gguf(&file)
-        .expect_err("refused")
-        .to_string();
-    assert!(e.contains("longrope scaling is not supported"), "{e}");
 }

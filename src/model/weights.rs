@@ -303,14 +303,15 @@ impl Loader<'_> {
             });
         }
         let half = c.attention.head_dim / 2;
-        let freq_factors = match self.spec.rope_freq_factors {
-            true => self.floats("rope_freqs.weight", half)?,
-            false => None,
+        let freq_factors = match self.spec.rope_factors.tensor(n_ctx) {
+            Some(name) => self.floats(name, half)?,
+            None => None,
         };
+        let attn_factor = self.spec.rope_attn_factor;
         let rope_tables = rope_bases
             .iter()
             .map(|&base| {
-                let table = rope_table(c, base, n_ctx, freq_factors.as_deref());
+                let table = rope_table(c, base, n_ctx, freq_factors.as_deref(), attn_factor);
                 b.upload_vector("rope_cos_sin", &table)
             })
             .collect::<std::result::Result<_, _>>()?;
@@ -325,8 +326,15 @@ impl Loader<'_> {
 }
 
 /// cos and sin of `pos * θ_i` for every position and frequency
-/// `θ_i = base^(-2i/d) / factor_i`, computed in f64 once so every backend rotates alike.
-fn rope_table(c: &Config, base: f32, n_ctx: usize, freq_factors: Option<&[f32]>) -> Vec<f32> {
+/// `θ_i = base^(-2i/d) / factor_i`, times `attn_factor`, computed in f64 once so every
+/// backend rotates alike.
+fn rope_table(
+    c: &Config,
+    base: f32,
+    n_ctx: usize,
+    freq_factors: Option<&[f32]>,
+    attn_factor: f32,
+) -> Vec<f32> {
     let half = c.attention.head_dim / 2;
     let inv_freq: Vec<f64> = (0..half)
         .map(|i| {
@@ -339,8 +347,8 @@ fn rope_table(c: &Config, base: f32, n_ctx: usize, freq_factors: Option<&[f32]>)
         let p = pos as f64 / c.rope_linear_scale as f64;
         for f in &inv_freq {
             let (sin, cos) = (p * f).sin_cos();
-            table.push(cos as f32);
-            table.push(sin as f32);
+            table.push((cos * attn_factor as f64) as f32);
+            table.push((sin * attn_factor as f64) as f32);
         }
     }
     table

@@ -25,5 +25,5 @@ fn spec(meta: &Meta) -> Result<Spec> {
         ffn,
     };
     let layers = vec![layer; config.n_layer];
-    Ok(Spec::plain(meta, config, layers))
+    Spec::plain(meta, config, layers)
 }

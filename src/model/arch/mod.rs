@@ -57,9 +57,38 @@ pub struct Spec {
     pub embedding_scale: Option<f32>,
     /// Soft-caps the logits: cap · tanh(logit / cap) (gemma2).
     pub final_logit_softcap: Option<f32>,
-    /// Per-frequency divisors of RoPE's angles (Llama 3's `rope_freqs.weight`), where the
-    /// file has them.
-    pub rope_freq_factors: bool,
+    /// Per-frequency divisors of RoPE's angles, where the file has them.
+    pub rope_factors: RopeFactors,
+    /// Multiplies RoPE's cos and sin, so every attention score by its square (longrope's
+    /// `rope.scaling.attn_factor`, as ggml's `rope_ext` applies it).
+    pub rope_attn_factor: f32,
+}
+
+/// Where RoPE's per-frequency divisors come from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeFactors {
+    None,
+    /// Llama 3's `rope_freqs.weight`.
+    Fixed,
+    /// Phi-3's longrope: `rope_factors_long.weight` for a context past `original_ctx`
+    /// tokens, `rope_factors_short.weight` within it (llama.cpp chooses so).
+    ByContext {
+        original_ctx: usize,
+    },
+}
+
+impl RopeFactors {
+    /// The tensor of divisors a context of `n_ctx` tokens rotates by.
+    pub fn tensor(self, n_ctx: usize) -> Option<&'static str> {
+        match self {
+            Self::None => None,
+            Self::Fixed => Some("rope_freqs.weight"),
+            Self::ByContext { original_ctx } if n_ctx > original_ctx => {
+                Some("rope_factors_long.weight")
+            }
+            Self::ByContext { .. } => Some("rope_factors_short.weight"),
+        }
+    }
 }
 
 impl Spec {
@@ -81,15 +110,23 @@ impl Spec {
 
     /// A spec whose output is the file's `output.weight`, or the token embeddings where it
     /// has none, with no embedding scale or logit cap.
-    fn plain(meta: &Meta, config: Config, layers: Vec<LayerSpec>) -> Self {
-        Self {
+    fn plain(meta: &Meta, config: Config, layers: Vec<LayerSpec>) -> Result<Self> {
+        let rope_factors = match meta.file.tensor("rope_freqs.weight") {
+            Some(_) => RopeFactors::Fixed,
+            None => RopeFactors::None,
+        };
+        let rope_attn_factor = meta
+            .file
+            .f32_or(&meta.key("rope.scaling.attn_factor"), 1.0)?;
+        Ok(Self {
             config,
             layers,
             tied_output: meta.file.tensor("output.weight").is_none(),
             embedding_scale: None,
             final_logit_softcap: None,
-            rope_freq_factors: meta.file.tensor("rope_freqs.weight").is_some(),
-        }
+            rope_factors,
+            rope_attn_factor,
+        })
     }
 }
 

@@ -32,5 +32,5 @@ fn spec(meta: &Meta) -> Result<Spec> {
         ffn: Ffn::Moe(moe),
     };
     let layers = vec![layer; config.n_layer];
-    Ok(Spec::plain(meta, config, layers))
+    Spec::plain(meta, config, layers)
 }
