@@ -2084,7 +2084,14 @@ fn mixture_of_experts_ops_match_the_reference() {
     let (mut gpu, mut cpu) = (gpu(), CpuBackend::exact(0).unwrap());
     let mut rng = rng(12);
     let block = ROWS;
-    for (n_expert, k, n) in [(5, 2, 1), (10, 8, 3), (8, 2, 7), (10, 8, 20), (3, 2, 150)] {
+    for (n_expert, k, n) in [
+        (5, 2, 1),
+        (10, 8, 3),
+        (8, 2, 7),
+        (10, 8, 20),
+        (3, 2, 150),
+        (128, 8, 20),
+    ] {
         // Logits spread ±3: top-k sets apart by more than f32's rounding of exp.
         let logits = random_values(&mut rng, n * n_expert, 3.0);
         let mut routes = Vec::new();
