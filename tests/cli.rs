@@ -770,3 +770,80 @@ fn info_describes_a_file_whose_architecture_vibrant_cannot_run() {
     assert_clean_error(&out, "architecture 'mamba' is not supported");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Every family's tiny preset through every command on both backends (issue 12): `ask` on
+/// the CPU and the GPU, `chat` through its template, `bench`, `perplexity` and `verify` (the
+/// GPU's logits against the CPU reference's). The logits themselves are checked against
+/// llama.cpp's in tests/families.rs.
+#[test]
+fn every_family_runs_every_command() {
+    let dir = std::env::temp_dir().join(format!("vibrant-cli-families-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text_file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/perplexity.txt");
+    for preset in vibrant::synth::TINY_PRESETS {
+        let model = dir.join(format!("{preset}.gguf"));
+        let model = model.to_str().unwrap();
+        let ok = |args: &[&str], stdin: Option<&str>| {
+            let out = vibrant(args, stdin);
+            assert!(
+                out.status.success(),
+                "{preset}: vibrant {args:?}: {}",
+                text(&out.stderr)
+            );
+            text(&out.stdout)
+        };
+        ok(
+            &["synth", "--preset", preset, "--mix", "q8_0", "-o", model],
+            None,
+        );
+        for device in ["cpu", "gpu"] {
+            let answer = ok(
+                &[
+                    "ask",
+                    "--device",
+                    device,
+                    "-m",
+                    model,
+                    "-n",
+                    "4",
+                    "--raw",
+                    "The quick",
+                ],
+                None,
+            );
+            assert!(
+                !answer.trim().is_empty(),
+                "{preset} on the {device}: no answer"
+            );
+            ok(
+                &["chat", "--device", device, "-m", model, "-n", "4"],
+                Some("Hello\n/exit\n"),
+            );
+            ok(
+                &[
+                    "bench", "--device", device, "-m", model, "-p", "16", "-n", "4", "-r", "1",
+                ],
+                None,
+            );
+            let ppl = ok(
+                &[
+                    "perplexity",
+                    "--device",
+                    device,
+                    "-m",
+                    model,
+                    "-f",
+                    text_file,
+                    "-c",
+                    "64",
+                    "--chunks",
+                    "1",
+                ],
+                None,
+            );
+            assert!(ppl.contains("Final estimate: PPL"), "{preset}: {ppl}");
+        }
+        ok(&["verify", "-m", model, "--steps", "4"], None);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
