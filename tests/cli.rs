@@ -804,6 +804,8 @@ fn every_family_runs_every_command() {
                     device,
                     "-m",
                     model,
+                    "--temp",
+                    "0",
                     "-n",
                     "4",
                     "--raw",
