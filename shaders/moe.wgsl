@@ -16,48 +16,99 @@
 
 const THREADS: u32 = 64u;
 
-// One thread per row: k passes over the row's probabilities, each taking the largest below
-// the previous choice (the lower id first on ties, as the host's stable sort does).
+// One workgroup per row, its threads striding over the experts: the softmax's max and sum,
+// then k passes, each taking the largest probability after the previous choice in (probability
+// descending, id ascending) order, so the lower id first on ties, as the host's stable sort.
+var<workgroup> best_p: array<f32, THREADS>;
+var<workgroup> best_e: array<u32, THREADS>;
+
+// Whether candidate (pa, ea) comes before (pb, eb); an id of `width` is no candidate.
+fn routes_before(pa: f32, ea: u32, pb: f32, eb: u32) -> bool {
+    return ea < p.width && (eb >= p.width || pa > pb || (pa == pb && ea < eb));
+}
+
+// Reduces best_p/best_e to slot 0 by routes_before; every thread reads the result after.
+fn reduce_best(li: u32) {
+    for (var off = THREADS / 2u; off > 0u; off >>= 1u) {
+        workgroupBarrier();
+        if (li < off && routes_before(best_p[li + off], best_e[li + off], best_p[li], best_e[li])) {
+            best_p[li] = best_p[li + off];
+            best_e[li] = best_e[li + off];
+        }
+    }
+    workgroupBarrier();
+}
+
+// Reduces best_p to slot 0 by `max` (want_max) or `+`.
+fn reduce_value(li: u32, want_max: bool) {
+    for (var off = THREADS / 2u; off > 0u; off >>= 1u) {
+        workgroupBarrier();
+        if (li < off) {
+            if (want_max) {
+                best_p[li] = max(best_p[li], best_p[li + off]);
+            } else {
+                best_p[li] += best_p[li + off];
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
 @compute @workgroup_size(64)
-fn moe_route(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let t = gid.x + gid.y * nwg.x * THREADS;
+fn moe_route(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    let t = wid.x + wid.y * nwg.x;
     if (t >= p.n) {
         return;
     }
     let l = t * p.width;
     var m = B[l];
-    for (var e = 1u; e < p.width; e++) {
+    for (var e = li; e < p.width; e += THREADS) {
         m = max(m, B[l + e]);
     }
-    var sum = 0.0;
-    for (var e = 0u; e < p.width; e++) {
-        sum += exp(B[l + e] - m);
+    best_p[li] = m;
+    reduce_value(li, true);
+    m = best_p[0];
+    workgroupBarrier();
+    var part = 0.0;
+    for (var e = li; e < p.width; e += THREADS) {
+        part += exp(B[l + e] - m);
     }
+    best_p[li] = part;
+    reduce_value(li, false);
+    let sum = best_p[0];
     let out = t * 2u * p.k;
     var total = 0.0;
     var prev_p = 0.0;
     var prev_e = 0u;
     for (var j = 0u; j < p.k; j++) {
-        // Logits that are NaN never win: the first expert not yet taken stands in.
-        var best = p.width;
-        var best_p = -1.0;
-        for (var e = 0u; e < p.width; e++) {
+        var mine_e = p.width;
+        var mine_p = 0.0;
+        for (var e = li; e < p.width; e += THREADS) {
             let pe = exp(B[l + e] - m);
             let after = j == 0u || pe < prev_p || (pe == prev_p && e > prev_e);
-            if (after && (best == p.width || pe > best_p)) {
-                best = e;
-                best_p = pe;
+            if (after && routes_before(pe, e, mine_p, mine_e)) {
+                mine_e = e;
+                mine_p = pe;
             }
         }
-        best = min(best, p.width - 1u);
-        A[out + j] = f32(best);
-        let w = best_p / sum;
-        A[out + p.k + j] = w;
+        workgroupBarrier();
+        best_p[li] = mine_p;
+        best_e[li] = mine_e;
+        reduce_best(li);
+        // No candidate (more choices than experts): the last stands in, as a route must name one.
+        let chosen = min(best_e[0], p.width - 1u);
+        let chosen_p = best_p[0];
+        let w = chosen_p / sum;
+        if (li == 0u) {
+            A[out + j] = f32(chosen);
+            A[out + p.k + j] = w;
+        }
         total += w;
-        prev_p = best_p;
-        prev_e = best;
+        prev_p = chosen_p;
+        prev_e = chosen;
     }
-    if (p.normalize != 0u) {
+    if (p.normalize != 0u && li == 0u) {
         // llama.cpp's clamp: the smallest normal f16, against a division by zero.
         total = max(total, 6.103515625e-5);
         for (var j = 0u; j < p.k; j++) {

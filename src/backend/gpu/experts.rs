@@ -24,7 +24,9 @@ impl WgpuBackend {
             k: routing.k as u32,
             normalize: routing.normalize as u32,
         };
-        let (x, y) = grid((n as u64).div_ceil(64));
+        // A workgroup a row: a decode step's one row is one workgroup's strided work, not
+        // one thread's serial walk over every expert k + 2 times.
+        let (x, y) = grid(n as u64);
         let cost = Cost::bytes(4 * (n * (logits.cols + routes.cols)) as u64);
         let buffers = [&routes.buf, &logits.buf];
         self.dispatch(Kernel::MoeRoute, &params, &buffers, (x, y, 1), cost);
