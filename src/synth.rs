@@ -30,6 +30,9 @@ pub struct Preset {
     /// Llama 3.x frequency scaling: (factor, low-frequency factor, high-frequency factor,
     /// original context).
     pub llama3_rope: Option<(f32, f32, f32, f32)>,
+    /// Phi-3's longrope: its original context (past which the long factors rotate) and its
+    /// attention factor, with `rope_factors_long` / `rope_factors_short` tensors.
+    pub longrope: Option<(usize, f32)>,
     /// Linear RoPE scaling factor of the global layers (Gemma 3 4B and up: 8).
     pub rope_linear: Option<f32>,
     /// RMS norms over each head's queries and keys before RoPE (`attn_q_norm`, `attn_k_norm`).
@@ -115,6 +118,7 @@ const DENSE: Preset = Preset {
     n_ctx: 4096,
     rms_eps: 1e-5,
     llama3_rope: None,
+    longrope: None,
     rope_linear: None,
     qk_norm: false,
     post_norms: false,
@@ -450,6 +454,25 @@ pub const PRESETS: &[Preset] = &[
         spread: TINY,
         ..PHI3
     },
+    // phi3-tiny with longrope factors, past whose original context (32) every test runs.
+    Preset {
+        name: "phi3-longrope-tiny",
+        n_layer: 4,
+        n_embd: 128,
+        n_head: 4,
+        n_head_kv: 4,
+        head_dim: 32,
+        n_ff: 256,
+        n_vocab: 512,
+        n_ctx: 2048,
+        longrope: Some((32, 1.2)),
+        // Peakier than TINY, so that most greedy steps are clear of near-ties.
+        spread: Spread {
+            output_gain: 10.0,
+            ..TINY
+        },
+        ..PHI3
+    },
     Preset {
         name: "mixtral-tiny",
         n_layer: 4,
@@ -487,13 +510,14 @@ pub const PRESETS: &[Preset] = &[
 ];
 
 /// The tiny presets, whose llama.cpp references live in tests/data/families/.
-pub const TINY_PRESETS: [&str; 7] = [
+pub const TINY_PRESETS: [&str; 8] = [
     "llama-tiny",
     "gemma2-tiny",
     "gemma3-tiny",
     "qwen3-tiny",
     "qwen3moe-tiny",
     "phi3-tiny",
+    "phi3-longrope-tiny",
     "mixtral-tiny",
 ];
 
@@ -710,6 +734,13 @@ pub fn write_model(preset: &Preset, mix: Mix, seed: u64, out: &Path) -> std::io:
         w.set(key("rope.scaling.type"), Value::String("linear".into()))
             .set(key("rope.scaling.factor"), Value::F32(factor));
     }
+    if let Some((original, attn_factor)) = p.longrope {
+        w.set(
+            key("rope.scaling.original_context_length"),
+            Value::U32(original as u32),
+        )
+        .set(key("rope.scaling.attn_factor"), Value::F32(attn_factor));
+    }
     if let Some(moe) = p.moe {
         w.set(key("expert_count"), Value::U32(moe.n_expert as u32))
             .set(key("expert_used_count"), Value::U32(moe.n_used as u32));
@@ -868,6 +899,23 @@ pub fn write_model(preset: &Preset, mix: Mix, seed: u64, out: &Path) -> std::io:
             GgmlType::F32,
             bytes,
         );
+    }
+    if p.longrope.is_some() {
+        let half = p.head_dim / 2;
+        // Long factors slow the rotations up to 4×, short ones up to 1.2×, the lowest
+        // frequencies most, as Phi-3's do.
+        for (name, top) in [("rope_factors_long", 4.0), ("rope_factors_short", 1.2)] {
+            let factors: Vec<f32> = (0..half)
+                .map(|i| 1.0 + (top - 1.0) * i as f32 / (half - 1) as f32)
+                .collect();
+            let bytes = factors.iter().flat_map(|f| f.to_le_bytes()).collect();
+            w.add_tensor(
+                format!("{name}.weight"),
+                &[half as u64],
+                GgmlType::F32,
+                bytes,
+            );
+        }
     }
     w.write_file(out)
 }

@@ -662,6 +662,42 @@ fn bench_prints_one_markdown_row_per_test() {
     assert_eq!(tests, ["pp8", "tg2", "pp8 @ d4", "tg2 @ d4"], "{table}");
 }
 
+/// `--profile` times a prompt step where the first prompt is not empty, and a generated
+/// token always, whatever the lists ask (a 0-token prompt once panicked, and 2 generated
+/// tokens left no room for the host timing's 16).
+#[test]
+fn bench_profiles_whatever_the_lists() {
+    let model = smollm2();
+    for (lists, prompt_step) in [
+        (["-p", "0", "-n", "2"], false),
+        (["-p", "8", "-n", "0"], true),
+    ] {
+        let mut args = vec![
+            "--device",
+            "gpu",
+            "-m",
+            &model,
+            "bench",
+            "-r",
+            "1",
+            "--profile",
+        ];
+        args.extend(lists);
+        let out = vibrant(&args, None);
+        assert!(out.status.success(), "{lists:?}: {}", text(&out.stderr));
+        let report = text(&out.stdout);
+        assert_eq!(
+            report.contains("profile of one prompt step"),
+            prompt_step,
+            "{report}"
+        );
+        assert!(
+            report.contains("profile of one generated token"),
+            "{report}"
+        );
+    }
+}
+
 #[test]
 fn bench_refuses_lists_it_cannot_run() {
     let model = smollm2();

@@ -6,8 +6,8 @@
 //!
 //! Here: that the references still belong to the files `synth` writes (a change to `synth`
 //! that changes the weights fails here, not as a family bug), that they are usable oracles,
-//! and vibrant against them on the one tiny family it runs today, llama, which is the
-//! yardstick for the other families' tolerances.
+//! and vibrant against them on every tiny family, llama's tolerances the yardstick for the
+//! others'.
 
 // Only the shared GPU backend and the digest of common are used here.
 #[allow(dead_code)]
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use vibrant::backend::cpu::CpuBackend;
 use vibrant::backend::Backend;
 use vibrant::gguf::GgufFile;
+use vibrant::model::arch::{Ffn, RopeFactors, Spec};
 use vibrant::model::{LoadOptions, Transformer};
 use vibrant::perplexity::{self, KlSummary, LogProbReader};
 use vibrant::synth::{self, Mix, TINY_PRESETS};
@@ -225,13 +226,13 @@ fn llama_tiny_matches_llama_cpp() {
 /// llama-tiny's greedy ids, teacher-forced (see [`greedy_ids_match_llama_cpp`]).
 #[test]
 fn llama_tiny_greedy_ids_match_llama_cpp() {
-    greedy_ids_match_llama_cpp("llama-tiny", CpuBackend::exact(0).unwrap());
+    greedy_ids_match_llama_cpp("llama-tiny", CpuBackend::exact(0).unwrap(), 0.5);
 }
 
 /// The preset's greedy ids, teacher-forced (the reference's own token fed back at each step,
 /// so one flipped near-tie does not derail the rest): vibrant's first choice must be
-/// llama.cpp's wherever llama.cpp's top two are more than 0.5 nats apart.
-fn greedy_ids_match_llama_cpp<B: Backend>(preset: &str, backend: B) {
+/// llama.cpp's wherever llama.cpp's top two are more than `margin` nats apart.
+fn greedy_ids_match_llama_cpp<B: Backend>(preset: &str, backend: B, margin: f64) {
     let greedy = &reference(preset)["greedy"];
     let prompt: Vec<u32> = serde_json::from_value(greedy["prompt_ids"].clone()).unwrap();
     let ids: Vec<u32> = serde_json::from_value(greedy["ids"].clone()).unwrap();
@@ -247,10 +248,10 @@ fn greedy_ids_match_llama_cpp<B: Backend>(preset: &str, backend: B) {
     let mut model = Transformer::load(&file, backend, &options).unwrap();
     model.forward(&prompt).unwrap();
     let mut checked = 0;
-    for (step, (&want, margin)) in ids.iter().zip(margins).enumerate() {
+    for (step, (&want, m)) in ids.iter().zip(margins).enumerate() {
         let got = model.argmax().unwrap();
-        if margin.as_f64().is_some_and(|m| m > 0.5) {
-            assert_eq!(got, want, "{preset}: step {step} (margin {margin})");
+        if m.as_f64().is_some_and(|m| m > margin) {
+            assert_eq!(got, want, "{preset}: step {step} (margin {m})");
             checked += 1;
         }
         model.forward(&[want]).unwrap();
@@ -259,6 +260,93 @@ fn greedy_ids_match_llama_cpp<B: Backend>(preset: &str, backend: B) {
         checked >= ids.len() / 2,
         "{preset}: only {checked} steps are clear"
     );
+}
+
+/// vibrant's mixtures of experts against llama.cpp's. Measured: mixtral-tiny exact CPU
+/// 0.0655 (80.6 % same top: its experts' products in f64 move a few near-tie routes, as
+/// llama.cpp's own flash-attention-off run, 0.0287 from it, does), the fast CPU path 0.00014
+/// (100 %: it rounds activations as ggml does); qwen3moe-tiny exact 0.0037 (91.9 %), fast
+/// 0.0018 (95.2 %), llama.cpp's own other orders 0.0032 at most. A swapped pair of experts,
+/// or too few experts a token, is 0.16 (qwen3moe) or 2.5 (mixtral) or more.
+#[test]
+fn mixtral_tiny_matches_llama_cpp() {
+    let exact = kl_from_llama_cpp("mixtral-tiny", CpuBackend::exact(0).unwrap());
+    assert!(exact.kld_mean.value < 0.1 && exact.same_top.value > 0.75);
+    let fast = kl_from_llama_cpp("mixtral-tiny", CpuBackend::new(0).unwrap());
+    assert!(fast.kld_mean.value < 0.002 && fast.same_top.value > 0.95);
+    let gpu = kl_from_llama_cpp("mixtral-tiny", common::gpu());
+    assert!(gpu.kld_mean.value < 0.1 && gpu.same_top.value > 0.75);
+}
+
+#[test]
+fn qwen3moe_tiny_matches_llama_cpp() {
+    let exact = kl_from_llama_cpp("qwen3moe-tiny", CpuBackend::exact(0).unwrap());
+    assert!(exact.kld_mean.value < 0.01 && exact.same_top.value > 0.9);
+    let fast = kl_from_llama_cpp("qwen3moe-tiny", CpuBackend::new(0).unwrap());
+    assert!(fast.kld_mean.value < 0.01 && fast.same_top.value > 0.9);
+    let gpu = kl_from_llama_cpp("qwen3moe-tiny", common::gpu());
+    assert!(gpu.kld_mean.value < 0.01 && gpu.same_top.value > 0.9);
+}
+
+/// qwen3moe-tiny's greedy ids on both CPU paths. mixtral-tiny's are not a usable check: its
+/// router logits on this prompt have near-ties 0.02 apart (layer 0 at position 11, layer 1
+/// at position 0) which rounding alone settles, and with 2 experts a token one such route
+/// moves the answer: at step 0 the fast path picks 489 over llama.cpp's 40 by 0.49 nats and
+/// the exact one 40 by 0.28, where llama.cpp's own margin is 0.55. Its KL figures above,
+/// over 124 positions, are its check.
+#[test]
+fn qwen3moe_tiny_greedy_ids_match_llama_cpp() {
+    greedy_ids_match_llama_cpp("qwen3moe-tiny", CpuBackend::new(0).unwrap(), 0.5);
+    greedy_ids_match_llama_cpp("qwen3moe-tiny", CpuBackend::exact(0).unwrap(), 0.5);
+}
+
+/// A llama file's expert counts as `llama.expert_count` and `llama.expert_used_count` say
+/// (0 used: absent), written with the least a spec needs.
+fn expert_spec(path: &Path, n_expert: u32, n_used: u32) -> Result<Spec, String> {
+    use vibrant::gguf::{GgufWriter, Value};
+    use vibrant::quant::GgmlType;
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("llama".into()))
+        .set("llama.block_count", Value::U32(1))
+        .set("llama.embedding_length", Value::U32(32))
+        .set("llama.feed_forward_length", Value::U32(64))
+        .set("llama.attention.head_count", Value::U32(1))
+        .set("llama.expert_count", Value::U32(n_expert));
+    if n_used > 0 {
+        w.set("llama.expert_used_count", Value::U32(n_used));
+    }
+    w.add_tensor(
+        "token_embd.weight",
+        &[32, 4],
+        GgmlType::Q8_0,
+        vec![0; 4 * 34],
+    );
+    w.write_file(path).unwrap();
+    let file = GgufFile::open(path).unwrap();
+    Spec::from_gguf(&file).map_err(|e| e.to_string())
+}
+
+/// Expert counts a mixture cannot route with are refused by file, not a panic; a llama file
+/// without experts stays dense.
+#[test]
+fn unusable_expert_counts_are_refused_by_file() {
+    let dir = std::env::temp_dir().join(format!("vibrant-experts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("experts.gguf");
+    for (n_expert, n_used) in [(8, 9), (8, 0), (5000, 2)] {
+        let err = expert_spec(&path, n_expert, n_used).expect_err("refused");
+        assert!(
+            err.contains("experts.gguf") && err.contains("not a usable mixture of experts"),
+            "{err}"
+        );
+    }
+    let spec = expert_spec(&path, 8, 2).unwrap();
+    assert!(
+        matches!(&spec.layers[0].ffn, Ffn::Moe(m) if m.n_expert == 8 && m.routing.k == 2 && m.n_ff() == 64)
+    );
+    let spec = expert_spec(&path, 0, 0).unwrap();
+    assert!(matches!(&spec.layers[0].ffn, Ffn::Dense(_)));
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The families of issue 12 against llama.cpp, on the CPU (exact and fast paths) and the GPU,
@@ -271,8 +359,8 @@ fn family_matches_llama_cpp(preset: &str) {
     assert!(fast.kld_mean.value < 0.01 && fast.same_top.value > 0.9);
     let gpu = kl_from_llama_cpp(preset, common::gpu());
     assert!(gpu.kld_mean.value < 0.01 && gpu.same_top.value > 0.9);
-    greedy_ids_match_llama_cpp(preset, CpuBackend::exact(0).unwrap());
-    greedy_ids_match_llama_cpp(preset, common::gpu());
+    greedy_ids_match_llama_cpp(preset, CpuBackend::exact(0).unwrap(), 0.5);
+    greedy_ids_match_llama_cpp(preset, common::gpu(), 0.5);
 }
 
 /// Qwen3: QK-norm (a layer-0 q-norm of ones is 0.91 from llama.cpp), no QKV bias.
@@ -301,26 +389,64 @@ fn phi3_tiny_matches_llama_cpp() {
     family_matches_llama_cpp("phi3-tiny");
 }
 
-/// A Phi-3 file with longrope factors (128k-context models) is refused by name rather than
-/// rotated as a short-context one; phi3-tiny has none.
+/// Phi-3 with longrope factors (128k-context models), past its original context of 32.
+/// Short factors in their place are 3.4 from llama.cpp, an attention factor of 1 is 1.3.
 #[test]
-fn phi3_longrope_files_are_refused_by_name() {
+fn phi3_longrope_tiny_matches_llama_cpp() {
+    family_matches_llama_cpp("phi3-longrope-tiny");
+}
+
+/// A Phi-3 file's longrope metadata, written with the least a spec needs and the given
+/// factor tensors.
+fn longrope_spec(path: &Path, tensors: &[&str]) -> Result<Spec, String> {
     use vibrant::gguf::{GgufWriter, Value};
     use vibrant::quant::GgmlType;
-    let path = std::env::temp_dir().join(format!("vibrant-longrope-{}.gguf", std::process::id()));
     let mut w = GgufWriter::new();
-    w.set("general.architecture", Value::String("phi3".into()));
+    w.set("general.architecture", Value::String("phi3".into()))
+        .set("phi3.block_count", Value::U32(1))
+        .set("phi3.embedding_length", Value::U32(32))
+        .set("phi3.feed_forward_length", Value::U32(64))
+        .set("phi3.attention.head_count", Value::U32(1))
+        .set("phi3.context_length", Value::U32(4096))
+        .set("phi3.rope.scaling.original_context_length", Value::U32(32))
+        .set("phi3.rope.scaling.attn_factor", Value::F32(1.2));
     w.add_tensor(
-        "rope_factors_long.weight",
-        &[16],
-        GgmlType::F32,
-        vec![0; 16 * 4],
+        "token_embd.weight",
+        &[32, 4],
+        GgmlType::Q8_0,
+        vec![0; 4 * 34],
     );
-    w.write_file(&path).unwrap();
-    let file = GgufFile::open(&path).unwrap();
+    for name in tensors {
+        w.add_tensor(*name, &[16], GgmlType::F32, vec![0; 16 * 4]);
+    }
+    w.write_file(path).unwrap();
+    let file = GgufFile::open(path).unwrap();
+    Spec::from_gguf(&file).map_err(|e| e.to_string())
+}
+
+/// Longrope takes the long factors past the original context and the short ones within it;
+/// a file with one set of the two is refused by name.
+#[test]
+fn phi3_longrope_factors_follow_the_context() {
+    let path = std::env::temp_dir().join(format!("vibrant-longrope-{}.gguf", std::process::id()));
+    let both = ["rope_factors_long.weight", "rope_factors_short.weight"];
+    let spec = longrope_spec(&path, &both).unwrap();
+    assert_eq!(
+        spec.rope_factors,
+        RopeFactors::ByContext { original_ctx: 32 }
+    );
+    assert_eq!(spec.rope_attn_factor, 1.2);
+    assert_eq!(
+        spec.rope_factors.tensor(33),
+        Some("rope_factors_long.weight")
+    );
+    assert_eq!(
+        spec.rope_factors.tensor(32),
+        Some("rope_factors_short.weight")
+    );
+    let e = longrope_spec(&path, &both[..1]).expect_err("refused");
+    assert!(e.contains("longrope needs both"), "{e}");
+    let spec = longrope_spec(&path, &[]).unwrap();
+    assert_eq!(spec.rope_factors, RopeFactors::None);
     std::fs::remove_file(&path).unwrap();
-    let e = vibrant::model::arch::Spec::from_gguf(&file)
-        .expect_err("refused")
-        .to_string();
-    assert!(e.contains("longrope scaling is not supported"), "{e}");
 }

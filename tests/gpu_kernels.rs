@@ -16,8 +16,8 @@ use vibrant::backend::cpu::{self, CpuBackend};
 use vibrant::backend::gpu::{GpuMatrix, GpuOptions, GpuTensor, WgpuBackend};
 use vibrant::backend::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
-    Dims, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, RmsNorm, Rope, RopeKind, WeightBytes,
-    WeightRows,
+    Dims, ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, RmsNorm, Rope, RopeKind,
+    Routing, WeightBytes, WeightRows,
 };
 use vibrant::quant::{GgmlType, ALL_TYPES};
 
@@ -2002,4 +2002,213 @@ fn the_gpu_refuses_by_name_what_its_kernels_lack() {
     gpu.attention(&q, at, &causal, &out);
     let e = gpu.sync().expect_err("refused").to_string();
     assert!(e.contains("one sequence") && e.contains("2 spans"), "{e}");
+}
+
+/// `w`'s rows as the [`MatrixUse::Experts`] matrix of `n_expert` equal blocks, each expert's
+/// rows a part of their own (as the loader slices the rows of 3-D tensors).
+fn upload_experts<B: Backend>(b: &mut B, w: &Weights, n_expert: usize) -> B::Matrix {
+    let block = w.rows / n_expert;
+    let bytes = w.ty.row_bytes(w.cols).expect("whole blocks") * block;
+    let data = WeightBytes::owned(w.bytes.clone());
+    let parts = (0..n_expert)
+        .map(|e| WeightRows::new(w.ty, block, data.slice(e * bytes, bytes)))
+        .collect();
+    b.upload_matrix("experts", w.cols, parts, MatrixUse::Experts(n_expert))
+        .unwrap_or_else(|e| panic!("{}: uploading experts: {e}", b.describe()))
+}
+
+/// Each row's routes as the host computes them ([`Routing::route`]).
+fn host_routes(logits: &[f32], n_expert: usize, routing: Routing) -> Vec<f32> {
+    let mut routes = vec![0f32; logits.len() / n_expert * 2 * routing.k];
+    for (l, r) in logits
+        .chunks(n_expert)
+        .zip(routes.chunks_mut(2 * routing.k))
+    {
+        routing.route(l, r);
+    }
+    routes
+}
+
+/// matmul_id of `n` rows on a backend, into an output prefilled with NaN (a row it never
+/// writes fails the comparison).
+fn run_matmul_id<B: Load>(
+    b: &mut B,
+    m: &B::Matrix,
+    x: &[f32],
+    routes: &[f32],
+    input: ExpertInput,
+    (n, k, block): (usize, usize, usize),
+) -> Vec<f32> {
+    let xt = b.load("x", x.len() / m.cols(), m.cols(), x);
+    let rt = b.load("routes", n, 2 * k, routes);
+    let out = b.load("out", n * k, block, &vec![f32::NAN; n * k * block]);
+    b.matmul_id(&xt, m, &rt, input, &out, n);
+    read(b, &out, n * k)
+}
+
+/// The products of each row's chosen experts in float64, and their scales |w_r|·|x|.
+fn matmul_id_reference(
+    w: &[f32],
+    x: &[f32],
+    routes: &[f32],
+    input: ExpertInput,
+    (n, k, block, cols): (usize, usize, usize, usize),
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut want, mut scale) = (Vec::new(), Vec::new());
+    for c in 0..n * k {
+        let (t, j) = (c / k, c % k);
+        let e = routes[t * 2 * k + j] as usize;
+        let xr = match input {
+            ExpertInput::Token => t,
+            ExpertInput::Choice => c,
+        };
+        let (xs, ws) = (
+            &x[xr * cols..][..cols],
+            &w[e * block * cols..][..block * cols],
+        );
+        let (row_want, row_scale) = matmul_reference(ws, xs, None, block, cols);
+        want.extend(row_want);
+        scale.extend(row_scale);
+    }
+    (want, scale)
+}
+
+/// The mixture-of-experts ops on the GPU: routing against the host's (the same experts, the
+/// weights to f32 rounding), the chosen experts' products (on the GPU and the exact CPU)
+/// against a float64 reference for row and choice inputs, and the weighted mix. Awkward
+/// shapes: 3, 5, 8 and 10 experts, 2 and 8 a token, blocks of 67 rows, several weight types;
+/// 1 to 7 tokens decode, 20 and 150 go through the experts' lists and tiles (150 tokens over
+/// 3 experts: lists past one 256-choice scan and one 64-choice tile).
+#[test]
+fn mixture_of_experts_ops_match_the_reference() {
+    let (mut gpu, mut cpu) = (gpu(), CpuBackend::exact(0).unwrap());
+    let mut rng = rng(12);
+    let block = ROWS;
+    for (n_expert, k, n) in [
+        (5, 2, 1),
+        (10, 8, 3),
+        (8, 2, 7),
+        (10, 8, 20),
+        (3, 2, 150),
+        (128, 8, 20),
+    ] {
+        // Logits spread ±3: top-k sets apart by more than f32's rounding of exp.
+        let logits = random_values(&mut rng, n * n_expert, 3.0);
+        let mut routes = Vec::new();
+        for normalize in [false, true] {
+            let routing = Routing { k, normalize };
+            routes = host_routes(&logits, n_expert, routing);
+            let lt = gpu.load("logits", n, n_expert, &logits);
+            let rt = gpu.load("routes", n, 2 * k, &vec![f32::NAN; n * 2 * k]);
+            gpu.moe_route(&lt, routing, &rt, n);
+            let got = read(&mut gpu, &rt, n);
+            let what = format!("moe_route {n_expert} experts, k={k}, normalize={normalize}");
+            assert_close(&what, &got, &to_f64(&routes), 2 * k, |_| 1.0, 1e-6);
+            let ids =
+                |r: &[f32]| -> Vec<f32> { r.chunks(2 * k).flat_map(|r| r[..k].to_vec()).collect() };
+            assert_eq!(ids(&got), ids(&routes), "{what}: the experts chosen");
+        }
+        for ty in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16] {
+            let cols = widths(ty)[1];
+            let w = Weights::random(&mut rng, ty, n_expert * block, cols);
+            let decoded = w.decoded();
+            let (gm, cm) = (
+                upload_experts(&mut gpu, &w, n_expert),
+                upload_experts(&mut cpu, &w, n_expert),
+            );
+            for input in [ExpertInput::Token, ExpertInput::Choice] {
+                let rows = if input == ExpertInput::Token {
+                    n
+                } else {
+                    n * k
+                };
+                let x = random_values(&mut rng, rows * cols, 1.0);
+                let shape = (n, k, block, cols);
+                let (want, scale) = matmul_id_reference(&decoded, &x, &routes, input, shape);
+                let what = format!(
+                    "matmul_id {} {n_expert} experts k={k} n={n} {input:?}",
+                    w.label()
+                );
+                let got = run_matmul_id(&mut gpu, &gm, &x, &routes, input, (n, k, block));
+                assert_close(
+                    &format!("GPU {what}"),
+                    &got,
+                    &want,
+                    block,
+                    |i| scale[i],
+                    GPU_MATMUL_TOL,
+                );
+                let got = run_matmul_id(&mut cpu, &cm, &x, &routes, input, (n, k, block));
+                assert_close(
+                    &format!("CPU {what}"),
+                    &got,
+                    &want,
+                    block,
+                    |i| scale[i],
+                    GPU_MATMUL_TOL,
+                );
+            }
+        }
+        let d = 131;
+        let y = random_values(&mut rng, n * k * d, 1.0);
+        let acc = random_values(&mut rng, n * d, 1.0);
+        let mut want = to_f64(&acc);
+        for (i, want) in want.iter_mut().enumerate() {
+            let (t, col) = (i / d, i % d);
+            *want += (0..k)
+                .map(|j| routes[t * 2 * k + k + j] as f64 * y[(t * k + j) * d + col] as f64)
+                .sum::<f64>();
+        }
+        let (yt, rt, at) = (
+            gpu.load("y", n * k, d, &y),
+            gpu.load("routes", n, 2 * k, &routes),
+            gpu.load("acc", n, d, &acc),
+        );
+        gpu.moe_combine_add(&yt, &rt, &at, n);
+        let got = read(&mut gpu, &at, n);
+        // Sums of k + 1 terms of f32 products: within a few ulps of the terms' scale.
+        assert_close(
+            &format!("moe_combine_add k={k} n={n}"),
+            &got,
+            &want,
+            d,
+            |_| 1.0,
+            1e-5,
+        );
+    }
+}
+
+/// Expert matrices split between binding-sized parts, two and a half experts a part (so
+/// whole experts: two per part): each choice is computed by the part holding its expert.
+#[test]
+fn split_expert_matrices_give_the_same_products() {
+    let ty = GgmlType::Q8_0;
+    let (n_expert, k, n, block, cols) = (8, 2, 40, ROWS, widths(GgmlType::Q8_0)[0]);
+    let expert_bytes = ty.row_bytes(cols).unwrap() * block;
+    let mut gpu = gpu_with(GpuOptions {
+        max_weight_part: Some((5 * expert_bytes / 2) as u64),
+        ..gpu_options()
+    });
+    let mut rng = rng(13);
+    let w = Weights::random(&mut rng, ty, n_expert * block, cols);
+    let m = upload_experts(&mut gpu, &w, n_expert);
+    assert_eq!(m.parts(), 4, "two experts a part");
+    // Every expert chosen by some row.
+    let routes: Vec<f32> = (0..n)
+        .flat_map(|t| {
+            let (a, b) = ((2 * t) % n_expert, (2 * t + 1) % n_expert);
+            [a as f32, b as f32, 0.5, 0.5]
+        })
+        .collect();
+    // Decoded (5 tokens) and through the lists and tiles (40).
+    for n in [5, n] {
+        let routes = &routes[..n * 2 * k];
+        let x = random_values(&mut rng, n * cols, 1.0);
+        let input = ExpertInput::Token;
+        let shape = (n, k, block, cols);
+        let (want, scale) = matmul_id_reference(&w.decoded(), &x, routes, input, shape);
+        let got = run_matmul_id(&mut gpu, &m, &x, routes, input, (n, k, block));
+        let what = format!("split matmul_id n={n}");
+        assert_close(&what, &got, &want, block, |i| scale[i], GPU_MATMUL_TOL);
+    }
 }

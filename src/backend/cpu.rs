@@ -8,8 +8,8 @@
 use super::weights::check_parts;
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, CacheLayer, CacheType, Dims,
-    KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind, Scratch, WeightBytes,
-    WeightRows, ARGMAX_SLOTS,
+    ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind, Routing,
+    Scratch, WeightBytes, WeightRows, ARGMAX_SLOTS,
 };
 use crate::quant::{self, ActFormat, Activations, GgmlType};
 use crate::sampling::Sampler;
@@ -66,6 +66,8 @@ pub struct CpuMatrix {
     cols: usize,
     parts: Vec<CpuRows>,
     bias: Option<Vec<f32>>,
+    /// Blocks of rows, one per expert ([`MatrixUse::Experts`]); 1 for other matrices.
+    experts: usize,
 }
 
 impl CpuMatrix {
@@ -77,6 +79,22 @@ impl CpuMatrix {
             .rfind(|p| p.first <= r)
             .expect("the first part starts at row 0");
         (part, r - part.first)
+    }
+
+    /// Rows `rows` of the matrix, as views of the parts that hold them.
+    fn rows_in(&self, rows: std::ops::Range<usize>) -> impl Iterator<Item = CpuRows> + '_ {
+        self.parts.iter().filter_map(move |p| {
+            let (lo, hi) = (rows.start.max(p.first), rows.end.min(p.first + p.rows));
+            (lo < hi).then(|| CpuRows {
+                ggml_type: p.ggml_type,
+                first: lo - rows.start,
+                rows: hi - lo,
+                row_bytes: p.row_bytes,
+                data: p
+                    .data
+                    .slice((lo - p.first) * p.row_bytes, (hi - lo) * p.row_bytes),
+            })
+        })
     }
 }
 
@@ -185,35 +203,7 @@ impl CpuBackend {
 
     /// The products of `n` rows of x with the part's rows, into their columns of `dst`.
     fn part_product(&self, part: &CpuRows, cols: usize, x: &[f32], dst: Columns, n: usize) {
-        let format = part.ggml_type.act_format();
-        if self.exact {
-            self.pool.install(|| exact_matmul(part, cols, x, dst, n));
-        } else if n * part.data.bytes().len() < SERIAL_BYTES {
-            let mut bytes = Vec::new();
-            quant::quantize_acts(format, x, &mut bytes);
-            let acts = Activations::new(part.ggml_type, bytes, cols);
-            let rows = part.rows;
-            match dst.stride == rows || n == 1 {
-                true => quant::mat_mul(
-                    part.data.bytes(),
-                    &acts,
-                    &mut dst.out[dst.first..][..n * rows],
-                ),
-                false => {
-                    let mut products = vec![0f32; n * rows];
-                    quant::mat_mul(part.data.bytes(), &acts, &mut products);
-                    for (o, p) in dst.out.chunks_mut(dst.stride).zip(products.chunks(rows)) {
-                        o[dst.first..][..rows].copy_from_slice(p);
-                    }
-                }
-            }
-        } else {
-            self.pool.install(|| {
-                let bytes = quantize_rows(format, x, cols);
-                let acts = Activations::new(part.ggml_type, bytes, cols);
-                quantized_matmul(part, &acts, dst, n)
-            });
-        }
+        part_product(&self.pool, self.exact, part, cols, x, dst, n);
     }
 
     /// Runs `row(out, inputs…)` over the first `n` rows, on the pool where they are worth it
@@ -258,7 +248,7 @@ impl Backend for CpuBackend {
         name: &str,
         cols: usize,
         parts: Vec<WeightRows>,
-        _usage: MatrixUse,
+        usage: MatrixUse,
     ) -> Result<CpuMatrix> {
         let (row_bytes, bias) = check_parts(name, cols, &parts)?;
         let mut kept = Vec::with_capacity(parts.len());
@@ -276,12 +266,23 @@ impl Backend for CpuBackend {
         if let Some(bias) = &bias {
             self.bytes_held += 4 * bias.len() as u64;
         }
+        let experts = match usage {
+            MatrixUse::Experts(n) if n == 0 || !first.is_multiple_of(n) || bias.is_some() => {
+                return Err(BackendError::Unsupported(format!(
+                    "{name}: {first} rows{} are not {n} experts' blocks of rows",
+                    if bias.is_some() { " with biases" } else { "" }
+                )))
+            }
+            MatrixUse::Experts(n) => n,
+            _ => 1,
+        };
         Ok(CpuMatrix {
             name: name.to_string(),
             rows: first,
             cols,
             parts: kept,
             bias,
+            experts,
         })
     }
 
@@ -520,6 +521,114 @@ impl Backend for CpuBackend {
         self.rows_of(bytes, o, group * hd, task);
     }
 
+    fn moe_route(&mut self, logits: &CpuTensor, routing: Routing, routes: &CpuTensor, n: usize) {
+        assert_eq!(
+            routes.cols,
+            2 * routing.k,
+            "moe_route: ids and weights of k experts"
+        );
+        let l = logits.data.borrow();
+        let mut r = routes.data.borrow_mut();
+        for (l, r) in l.chunks(logits.cols).zip(r.chunks_mut(routes.cols)).take(n) {
+            routing.route(l, r);
+        }
+    }
+
+    /// Row by row of the experts chosen: each expert's rows of `x` gathered, multiplied by
+    /// its block of `w` at once (as a prompt's rows share a dense product), scattered back.
+    fn matmul_id(
+        &mut self,
+        x: &CpuTensor,
+        w: &CpuMatrix,
+        routes: &CpuTensor,
+        input: ExpertInput,
+        out: &CpuTensor,
+        n: usize,
+    ) {
+        let k = routes.cols / 2;
+        let block = w.rows / w.experts;
+        assert_eq!((x.cols, out.cols), (w.cols, block), "{}: shape", w.name);
+        let mut chosen: Vec<Vec<usize>> = vec![Vec::new(); w.experts];
+        {
+            let r = routes.data.borrow();
+            for (t, route) in r.chunks(routes.cols).take(n).enumerate() {
+                for (j, &e) in route[..k].iter().enumerate() {
+                    // Ids come from moe_route; an id outside the experts is a backend bug.
+                    chosen[e as usize].push(t * k + j);
+                }
+            }
+        }
+        let x_ref = x.data.borrow();
+        let x: &[f32] = &x_ref;
+        let (pool, exact) = (&self.pool, self.exact);
+        // One expert's products for the rows that chose it, `[choices, block]`.
+        let expert = |&(e, choices): &(usize, &Vec<usize>)| {
+            let m = choices.len();
+            let mut gathered = Vec::with_capacity(m * w.cols);
+            for &c in choices {
+                let row = match input {
+                    ExpertInput::Token => c / k,
+                    ExpertInput::Choice => c,
+                };
+                gathered.extend_from_slice(&x[row * w.cols..][..w.cols]);
+            }
+            let mut products = vec![0f32; m * block];
+            for part in w.rows_in(e * block..(e + 1) * block) {
+                let dst = Columns {
+                    out: &mut products,
+                    stride: block,
+                    first: part.first,
+                };
+                part_product(pool, exact, &part, w.cols, &gathered, dst, m);
+            }
+            products
+        };
+        let jobs: Vec<(usize, &Vec<usize>)> = chosen
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.is_empty())
+            .collect();
+        // Decoding reads a few experts' blocks each too small to split: the experts go to
+        // the pool side by side instead, where they are worth a hand-over together.
+        let block_bytes: usize = w.rows_in(0..block).map(|p| p.data.bytes().len()).sum();
+        let bytes: usize = jobs.iter().map(|(_, c)| c.len() * block_bytes).sum();
+        let products: Vec<Vec<f32>> = match bytes < SERIAL_BYTES || jobs.len() == 1 {
+            true => jobs.iter().map(expert).collect(),
+            false => pool.install(|| jobs.par_iter().map(expert).collect()),
+        };
+        let mut o = out.data.borrow_mut();
+        for ((_, choices), products) in jobs.iter().zip(&products) {
+            for (&c, p) in choices.iter().zip(products.chunks(block)) {
+                o[c * block..][..block].copy_from_slice(p);
+            }
+        }
+    }
+
+    fn moe_combine_add(&mut self, y: &CpuTensor, routes: &CpuTensor, acc: &CpuTensor, n: usize) {
+        let k = routes.cols / 2;
+        let d = acc.cols;
+        assert_eq!(
+            y.cols, d,
+            "moe_combine_add: experts' outputs of the residual's width"
+        );
+        let (y, r) = (y.data.borrow(), routes.data.borrow());
+        let mut a = acc.data.borrow_mut();
+        let mut mix = vec![0f32; d];
+        for (t, (a, route)) in a
+            .chunks_mut(d)
+            .zip(r.chunks(routes.cols))
+            .take(n)
+            .enumerate()
+        {
+            // The experts' sum first, then the residual add, as llama.cpp orders them.
+            mix.fill(0.0);
+            for (j, &weight) in route[k..].iter().enumerate() {
+                add_scaled(&mut mix, weight, &y[(t * k + j) * d..][..d]);
+            }
+            a.iter_mut().zip(&mix).for_each(|(a, m)| *a += m);
+        }
+    }
+
     fn copy_row(&mut self, src: &CpuTensor, row: usize, dst: &CpuTensor) {
         let s = src.data.borrow();
         dst.data.borrow_mut()[..src.cols].copy_from_slice(&s[row * src.cols..(row + 1) * src.cols]);
@@ -569,6 +678,49 @@ impl Backend for CpuBackend {
 }
 
 /// The activation vectors of `x`'s rows in `format`, one after the other, on the current pool.
+/// The products of `n` rows of x with the part's rows, into their columns of `dst`: in f64
+/// over dequantized weights (`exact`), or over activations quantized as the weights dot with
+/// them, on `pool` where the step is worth handing over.
+fn part_product(
+    pool: &rayon::ThreadPool,
+    exact: bool,
+    part: &CpuRows,
+    cols: usize,
+    x: &[f32],
+    dst: Columns,
+    n: usize,
+) {
+    let format = part.ggml_type.act_format();
+    if exact {
+        pool.install(|| exact_matmul(part, cols, x, dst, n));
+    } else if n * part.data.bytes().len() < SERIAL_BYTES {
+        let mut bytes = Vec::new();
+        quant::quantize_acts(format, x, &mut bytes);
+        let acts = Activations::new(part.ggml_type, bytes, cols);
+        let rows = part.rows;
+        match dst.stride == rows || n == 1 {
+            true => quant::mat_mul(
+                part.data.bytes(),
+                &acts,
+                &mut dst.out[dst.first..][..n * rows],
+            ),
+            false => {
+                let mut products = vec![0f32; n * rows];
+                quant::mat_mul(part.data.bytes(), &acts, &mut products);
+                for (o, p) in dst.out.chunks_mut(dst.stride).zip(products.chunks(rows)) {
+                    o[dst.first..][..rows].copy_from_slice(p);
+                }
+            }
+        }
+    } else {
+        pool.install(|| {
+            let bytes = quantize_rows(format, x, cols);
+            let acts = Activations::new(part.ggml_type, bytes, cols);
+            quantized_matmul(part, &acts, dst, n)
+        });
+    }
+}
+
 fn quantize_rows(format: ActFormat, x: &[f32], cols: usize) -> Vec<u8> {
     let bytes = format
         .bytes_for(cols)

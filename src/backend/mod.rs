@@ -17,8 +17,8 @@ mod weights;
 
 pub use kv::{AttentionShape, CacheType, KvLayout, KvTypes, RopeKind, UnknownCacheType};
 pub use ops::{
-    Activation, AttentionOpts, Batch, CacheLayer, Dims, Pointwise, QkNorm, RmsNorm, Rope, Scratch,
-    Span,
+    Activation, AttentionOpts, Batch, CacheLayer, Dims, ExpertInput, Pointwise, QkNorm, RmsNorm,
+    Rope, Routing, Scratch, Span,
 };
 pub use weights::{MatrixUse, WeightBytes, WeightRows};
 
@@ -114,6 +114,37 @@ pub trait Backend {
         at: CacheLayer<'_, Self::KvCache>,
         opts: &AttentionOpts,
         out: &Self::Tensor,
+    );
+    /// Each row's experts from its router logits (`[n, n_expert]`): `routes[t]` = the ids of
+    /// the `routing.k` experts chosen, then their weights, as [`Routing::route`] computes them
+    /// (`routes` is `[n, 2k]`).
+    fn moe_route(
+        &mut self,
+        logits: &Self::Tensor,
+        routing: Routing,
+        routes: &Self::Tensor,
+        n: usize,
+    );
+    /// Products with the experts each row chose (ggml's `mul_mat_id`): for choice j of row t,
+    /// expert e = `routes[t][j]`, out[t·k + j] = x[`input`'s row] · w_eᵀ, where `w` is a
+    /// [`MatrixUse::Experts`] matrix of which w_e is the e-th block of rows.
+    fn matmul_id(
+        &mut self,
+        x: &Self::Tensor,
+        w: &Self::Matrix,
+        routes: &Self::Tensor,
+        input: ExpertInput,
+        out: &Self::Tensor,
+        n: usize,
+    );
+    /// acc[t] += Σ_j weight[t][j] · y[t·k + j]: the chosen experts' outputs mixed by the
+    /// weights of `routes` into the residual stream.
+    fn moe_combine_add(
+        &mut self,
+        y: &Self::Tensor,
+        routes: &Self::Tensor,
+        acc: &Self::Tensor,
+        n: usize,
     );
     /// dst[0] = src[row].
     fn copy_row(&mut self, src: &Self::Tensor, row: usize, dst: &Self::Tensor);

@@ -90,6 +90,50 @@ impl Pointwise {
     }
 }
 
+/// How a mixture of experts picks each token's experts from its router logits: the `k`
+/// largest of their softmax (the lower id first on ties), weighted by their probabilities,
+/// renormalised to sum to 1 where `normalize` (Mixtral, Qwen3-MoE) or as the softmax gave
+/// them (OLMoE), as llama.cpp's `build_moe_ffn` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Routing {
+    pub k: usize,
+    pub normalize: bool,
+}
+
+impl Routing {
+    /// One row's route from its logits: `route[..k]` the chosen experts' ids (as f32 values,
+    /// exact below 2²⁴) in falling probability, `route[k..2k]` their weights. Every backend
+    /// routes by these values, so that they choose alike.
+    pub fn route(&self, logits: &[f32], route: &mut [f32]) {
+        let k = self.k;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let p: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+        let sum: f32 = p.iter().sum();
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        // Stable: equal probabilities keep the lower id first.
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+        let (ids, weights) = route[..2 * k].split_at_mut(k);
+        for ((id, w), &e) in ids.iter_mut().zip(weights.iter_mut()).zip(&order) {
+            *id = e as f32;
+            *w = p[e] / sum;
+        }
+        if self.normalize {
+            // llama.cpp's clamp: the smallest normal f16, against a division by zero.
+            let total = weights.iter().sum::<f32>().max(6.103_515_6e-5);
+            weights.iter_mut().for_each(|w| *w /= total);
+        }
+    }
+}
+
+/// Which row of a product's input each expert choice of [`super::Backend::matmul_id`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpertInput {
+    /// Row t for every choice of row t: the token's input, shared by its experts.
+    Token,
+    /// Row t·k + j for choice j of row t: each choice's own input.
+    Choice,
+}
+
 /// RMS normalisation by a weight: x / √(mean(x²) + eps) · weight.
 pub struct RmsNorm<'a, V> {
     pub weight: &'a V,
@@ -187,6 +231,9 @@ pub enum Scratch {
     Normed,
     /// The outputs of a product before they are finished (GLU, RoPE, a residual add).
     Products,
+    /// Each expert's list of the choices routed to it, for a backend's prompt products of
+    /// [`super::Backend::matmul_id`].
+    ExpertLists,
 }
 
 /// The shape of a tensor (`[rows, cols]`, rows as allocated) or of a weight matrix
@@ -236,6 +283,34 @@ mod tests {
         assert_eq!(opts.first_key(4), 1);
         assert_eq!(opts.first_key(10), 7);
         assert_eq!(AttentionOpts::causal(64).first_key(10), 0);
+    }
+
+    #[test]
+    fn routing_takes_the_top_k_of_the_softmax_and_renormalises_where_asked() {
+        let logits = [0.5f32, 2.0, -1.0, 2.0, 1.0];
+        let p: Vec<f32> = logits.iter().map(|l| l.exp()).collect();
+        let z: f32 = p.iter().sum();
+        let mut route = [0f32; 6];
+        Routing {
+            k: 3,
+            normalize: false,
+        }
+        .route(&logits, &mut route);
+        // The tie between experts 1 and 3 keeps the lower id first.
+        assert_eq!(route[..3], [1.0, 3.0, 4.0]);
+        for (w, e) in route[3..].iter().zip([1, 3, 4]) {
+            assert!((w - p[e] / z).abs() < 1e-6, "{route:?}");
+        }
+        Routing {
+            k: 3,
+            normalize: true,
+        }
+        .route(&logits, &mut route);
+        assert_eq!(route[..3], [1.0, 3.0, 4.0]);
+        let kept = p[1] + p[3] + p[4];
+        for (w, e) in route[3..].iter().zip([1, 3, 4]) {
+            assert!((w - p[e] / kept).abs() < 1e-6, "{route:?}");
+        }
     }
 
     #[test]

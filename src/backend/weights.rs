@@ -35,6 +35,22 @@ impl WeightBytes {
         Self(WeightSource::Owned(bytes.into()))
     }
 
+    /// `len` bytes from `start` of these (one expert's rows of a 3-D tensor).
+    pub fn slice(&self, start: usize, len: usize) -> Self {
+        assert!(
+            start + len <= self.bytes().len(),
+            "a slice within the bytes"
+        );
+        Self(match &self.0 {
+            WeightSource::File { file, start: s, .. } => WeightSource::File {
+                file: Arc::clone(file),
+                start: s + start,
+                len,
+            },
+            WeightSource::Owned(bytes) => WeightSource::Owned(bytes[start..start + len].into()),
+        })
+    }
+
     pub fn bytes(&self) -> &[u8] {
         match &self.0 {
             WeightSource::File { file, start, len } => &file.bytes()[*start..start + len],
@@ -120,4 +136,7 @@ pub enum MatrixUse {
     GateUp,
     /// Attention's inputs: query rows, then key rows, then value rows, of heads `shape`.
     Qkv(AttentionShape),
+    /// This many experts' matrices, one block of equal rows each, in expert order, for
+    /// [`super::Backend::matmul_id`] only.
+    Experts(usize),
 }

@@ -297,7 +297,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let path = vibrant::catalog::resolve(&args.model.model)?;
     let file = Arc::new(GgufFile::open(&path)?);
     let name = vibrant::model::Config::from_gguf(&file)?.name;
-    let n_ctx = tests.iter().map(Test::n_ctx).max().unwrap_or(1);
+    let mut n_ctx = tests.iter().map(Test::n_ctx).max().unwrap_or(1);
+    if args.profile {
+        // The profile decodes a token after the first prompt, and times the host's share
+        // of HOST_SPLIT_TOKENS tokens at least.
+        let tokens = first_nonzero(&args.n_gen).max(HOST_SPLIT_TOKENS);
+        n_ctx = n_ctx.max(first_nonzero(&args.n_prompt) + 1).max(tokens);
+    }
     let mut report = Report::new(args);
     let mut profiled = !args.profile;
     for group in tests.chunk_by(|a, b| (a.n_ubatch, a.kv_types) == (b.n_ubatch, b.kv_types)) {
@@ -377,10 +383,10 @@ fn run<B: Backend>(
         )?;
     }
     if with_profile {
-        let first = |v: &[Counts]| flat(v).into_iter().find(|&n| n > 0).unwrap_or(0);
-        host_split(&mut bench.model, first(&args.n_gen).max(16))?;
-        let prompt = bench.filler[..first(&args.n_prompt)].to_vec();
-        profile(&mut bench.model, &prompt)?;
+        let tokens = first_nonzero(&args.n_gen).max(HOST_SPLIT_TOKENS);
+        host_split(&mut bench.model, tokens)?;
+        let prompt = bench.filler[..first_nonzero(&args.n_prompt)].to_vec();
+        profile(&mut bench.model, &prompt, bench.filler[0])?;
     }
     Ok(())
 }
@@ -620,6 +626,14 @@ fn rfc3339(time: SystemTime) -> String {
 /// Where a generated token's wall time goes on the host, decoding one token at a time (not a
 /// token ahead, as generation does): recording the step (forward) and submitting it then
 /// waiting for the token id (argmax).
+/// The fewest generated tokens the host's share of a token is averaged over.
+const HOST_SPLIT_TOKENS: usize = 16;
+
+/// The first count of a list flag that is not 0 (0 where all are).
+fn first_nonzero(v: &[Counts]) -> usize {
+    flat(v).into_iter().find(|&n| n > 0).unwrap_or(0)
+}
+
 fn host_split<B: Backend>(model: &mut Transformer<B>, n: usize) -> Result<()> {
     model.truncate(0);
     let (mut record, mut wait) = (0.0, 0.0);
@@ -643,9 +657,10 @@ fn host_split<B: Backend>(model: &mut Transformer<B>, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Times every kernel of one prompt step and of one generated token, and prints a table.
-fn profile<B: Backend>(model: &mut Transformer<B>, prompt: &[u32]) -> Result<()> {
-    let steps: [(&str, &[u32]); 2] = [("prompt step", prompt), ("generated token", &prompt[..1])];
+/// Times every kernel of one prompt step (none for an empty prompt) and of one generated
+/// token, `token` at the prompt's end, and prints a table.
+fn profile<B: Backend>(model: &mut Transformer<B>, prompt: &[u32], token: u32) -> Result<()> {
+    let steps: [(&str, &[u32]); 2] = [("prompt step", prompt), ("generated token", &[token])];
     for (what, tokens) in steps {
         if tokens.is_empty() {
             continue;

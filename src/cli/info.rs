@@ -5,7 +5,7 @@ use anyhow::Result;
 use vibrant::catalog;
 use vibrant::chat::{ChatError, ChatTemplate};
 use vibrant::gguf::GgufFile;
-use vibrant::model::arch::Spec;
+use vibrant::model::arch::{Ffn, Spec};
 use vibrant::model::{type_histogram, Config, ModelError};
 
 fn mib(bytes: u64) -> String {
@@ -91,6 +91,15 @@ fn describe_model(file: &GgufFile, config: &Config) -> Result<()> {
         "width:          {} (feed-forward {})",
         config.n_embd, config.n_ff
     );
+    let spec = Spec::from_gguf(file)?;
+    if let Some(Ffn::Moe(moe)) = spec.layers.first().map(|l| &l.ffn) {
+        println!(
+            "experts:        {}, {} a token, feed-forward {} each",
+            moe.n_expert,
+            moe.routing.k,
+            moe.n_ff()
+        );
+    }
     println!(
         "heads:          {} query / {} key-value, head size {}, RoPE {:?} base {}",
         a.n_head, a.n_head_kv, a.head_dim, a.rope, config.rope_base

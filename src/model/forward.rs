@@ -2,8 +2,8 @@
 //! block reads its layer's weights and the values its family chose (norm placement,
 //! activation, attention options), so that families differ in data, not in code.
 
-use super::weights::{Attention, BlockNorms, Dense, FeedForward, Layer, Weights};
-use crate::backend::{Backend, CacheLayer, Pointwise, QkNorm, RmsNorm, Rope};
+use super::weights::{Attention, BlockNorms, Dense, FeedForward, Layer, Moe, Weights};
+use crate::backend::{Backend, CacheLayer, ExpertInput, Pointwise, QkNorm, RmsNorm, Rope};
 
 /// The activations of a step of up to `n_batch` rows, allocated once.
 pub(super) struct Acts<B: Backend> {
@@ -18,9 +18,27 @@ pub(super) struct Acts<B: Backend> {
     /// A sub-block's output and its post-norm, `[n_batch, n_embd]` each: only for families
     /// with post-norms.
     pub sandwich: Option<[B::Tensor; 2]>,
+    /// The mixture of experts' activations: only for families with one.
+    pub moe: Option<MoeActs<B>>,
     /// The last row of x, for its logits.
     pub last: B::Tensor,
     pub logits: B::Tensor,
+}
+
+/// A mixture of experts' activations for up to `n_batch` rows routed to `k` experts each.
+pub(super) struct MoeActs<B: Backend> {
+    /// rms_norm(x), `[n_batch, n_embd]`.
+    pub normed: B::Tensor,
+    /// Router logits, `[n_batch, n_expert]`.
+    pub logits: B::Tensor,
+    /// Each row's experts and weights, `[n_batch, 2k]`.
+    pub routes: B::Tensor,
+    /// Each choice's gate and up products, `[n_batch · k, 2 n_ff]`.
+    pub gate_up: B::Tensor,
+    /// Each choice's hidden state, `[n_batch · k, n_ff]`.
+    pub hidden: B::Tensor,
+    /// Each choice's output, `[n_batch · k, n_embd]`.
+    pub out: B::Tensor,
 }
 
 /// One layer over the step's rows: x += attention(x), then x += ffn(x).
@@ -43,6 +61,7 @@ pub(super) fn layer<B: Backend>(
     let n = at.batch.rows();
     match &w.ffn {
         FeedForward::Dense(ffn) => dense_ffn(b, ffn, a, n, eps),
+        FeedForward::Moe(ffn) => moe_ffn(b, ffn, a, n, eps),
     }
 }
 
@@ -77,6 +96,37 @@ fn dense_ffn<B: Backend>(b: &mut B, w: &Dense<B>, a: &Acts<B>, n: usize, eps: f3
     };
     b.norm_glu(&a.x, norm, &w.gate_up, w.activation, &a.hidden, n);
     residual(b, &a.hidden, &w.down, &w.norms, a, n, eps);
+}
+
+/// x += Σ_j weight_j · FFN_{e_j}(rms_norm(x)) over the k experts e_j the router picks for
+/// each row, the FFNs gated as [`dense_ffn`]'s.
+fn moe_ffn<B: Backend>(b: &mut B, w: &Moe<B>, a: &Acts<B>, n: usize, eps: f32) {
+    let m = a.moe.as_ref().expect("allocated for a family with experts");
+    let norm = RmsNorm {
+        weight: &w.norm,
+        eps,
+    };
+    b.rms_norm(&a.x, norm, &m.normed, n);
+    b.matmul(&m.normed, &w.router, &m.logits, n);
+    b.moe_route(&m.logits, w.routing, &m.routes, n);
+    b.matmul_id(
+        &m.normed,
+        &w.gate_up,
+        &m.routes,
+        ExpertInput::Token,
+        &m.gate_up,
+        n,
+    );
+    b.glu(w.activation, &m.gate_up, &m.hidden, n * w.routing.k);
+    b.matmul_id(
+        &m.hidden,
+        &w.down,
+        &m.routes,
+        ExpertInput::Choice,
+        &m.out,
+        n,
+    );
+    b.moe_combine_add(&m.out, &m.routes, &a.x, n);
 }
 
 /// x += W · y, or x += rms_norm(W · y) where the sub-block has a post-norm.

@@ -15,7 +15,7 @@ use crate::backend::{Backend, Batch, CacheLayer, KvLayout, KvTypes, ARGMAX_SLOTS
 use crate::gguf::GgufFile;
 use crate::quant::GgmlType;
 use arch::{Ffn, Spec};
-use forward::Acts;
+use forward::{Acts, MoeActs};
 use std::sync::Arc;
 use weights::{Loader, Weights};
 
@@ -375,9 +375,31 @@ impl<B: Backend> Acts<B> {
         let c = &spec.config;
         let a = &c.attention;
         let post_norms = spec.layers.iter().any(|l| {
-            let Ffn::Dense(ffn) = &l.ffn;
-            l.attention.norms.post.is_some() || ffn.norms.post.is_some()
+            let ffn_post = match &l.ffn {
+                Ffn::Dense(ffn) => ffn.norms.post.is_some(),
+                Ffn::Moe(_) => false,
+            };
+            l.attention.norms.post.is_some() || ffn_post
         });
+        // Every layer of the families with experts routes alike: the first one's sizes.
+        let moe = spec.layers.iter().find_map(|l| match &l.ffn {
+            Ffn::Moe(moe) => Some(moe),
+            Ffn::Dense(_) => None,
+        });
+        let moe = match moe {
+            Some(m) => {
+                let (k, n_ff) = (m.routing.k, m.n_ff());
+                Some(MoeActs {
+                    normed: b.tensor("moe_normed", n, c.n_embd)?,
+                    logits: b.tensor("moe_logits", n, m.n_expert)?,
+                    routes: b.tensor("moe_routes", n, 2 * k)?,
+                    gate_up: b.tensor("moe_gate_up", n * k, 2 * n_ff)?,
+                    hidden: b.tensor("moe_hidden", n * k, n_ff)?,
+                    out: b.tensor("moe_out", n * k, c.n_embd)?,
+                })
+            }
+            None => None,
+        };
         let sandwich = match post_norms {
             true => Some([
                 b.tensor("sub-block output", n, c.n_embd)?,
@@ -391,6 +413,7 @@ impl<B: Backend> Acts<B> {
             attn: b.tensor("attn_out", n, a.q_width())?,
             hidden: b.tensor("ffn_hidden", n, c.n_ff)?,
             sandwich,
+            moe,
             last: b.tensor("last", 1, c.n_embd)?,
             logits: b.tensor("logits", 1, c.n_vocab)?,
         })

@@ -106,7 +106,9 @@ fn spec_with_options(file: &GgufFile, attention_options: bool) -> Spec {
         if attention_options {
             a.qk_norm = Some(("attn_q_norm", "attn_k_norm"));
         }
-        let super::arch::Ffn::Dense(ffn) = &mut layer.ffn;
+        let super::arch::Ffn::Dense(ffn) = &mut layer.ffn else {
+            panic!("the tiny llama file is dense");
+        };
         ffn.norms.post = Some("post_ffw_norm");
         ffn.activation = Activation::GeluTanh;
         match i {

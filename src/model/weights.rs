@@ -1,9 +1,11 @@
 //! A model's weights on a backend, read from its file as its [`Spec`] names them: per layer
 //! the loaded blocks the forward pass runs, each with the values its ops take.
 
-use super::arch::{AttentionSpec, Bias, DenseFfn, Ffn, Norms, Spec, Weight};
+use super::arch::{AttentionSpec, Bias, DenseFfn, Ffn, MoeFfn, Norms, Spec, Weight};
 use super::config::{Config, ModelError, Result};
-use crate::backend::{Activation, AttentionOpts, Backend, MatrixUse, WeightBytes, WeightRows};
+use crate::backend::{
+    Activation, AttentionOpts, Backend, MatrixUse, Routing, WeightBytes, WeightRows,
+};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::quant;
 use std::sync::Arc;
@@ -52,6 +54,18 @@ pub(super) struct Attention<B: Backend> {
 
 pub(super) enum FeedForward<B: Backend> {
     Dense(Dense<B>),
+    Moe(Moe<B>),
+}
+
+pub(super) struct Moe<B: Backend> {
+    pub norm: B::Vector,
+    /// Router logits' rows, one per expert.
+    pub router: B::Matrix,
+    pub routing: Routing,
+    /// Per expert, its gate rows then its up rows.
+    pub gate_up: B::Matrix,
+    pub down: B::Matrix,
+    pub activation: Activation,
 }
 
 pub(super) struct Dense<B: Backend> {
@@ -213,6 +227,50 @@ impl Loader<'_> {
         })
     }
 
+    /// An [`MatrixUse::Experts`] matrix of `weight`'s 3-D tensors (`{prefix}{role}.weight`,
+    /// ggml dims `[cols, rows, n_expert]`): per expert, its rows of each part in turn.
+    fn experts<B: Backend>(
+        &self,
+        b: &mut B,
+        prefix: &str,
+        weight: &Weight,
+        n_expert: usize,
+    ) -> Result<B::Matrix> {
+        let mut tensors = Vec::with_capacity(weight.parts.len());
+        for &(role, rows) in &weight.parts {
+            let name = format!("{prefix}{role}.weight");
+            let info = self.require(&name, &[weight.cols, rows, n_expert])?;
+            let row_bytes = info
+                .ggml_type
+                .row_bytes(weight.cols)
+                .map_err(|e| self.error(&name, e.to_string()))?;
+            tensors.push((info, rows, WeightBytes::new(self.file, info), row_bytes));
+        }
+        let mut parts = Vec::with_capacity(n_expert * tensors.len());
+        for e in 0..n_expert {
+            for (info, rows, bytes, row_bytes) in &tensors {
+                let len = rows * row_bytes;
+                let data = bytes.slice(e * len, len);
+                parts.push(WeightRows::new(info.ggml_type, *rows, data));
+            }
+        }
+        let roles: Vec<&str> = weight.parts.iter().map(|(role, _)| *role).collect();
+        let name = format!("{prefix}{}", roles.join("+"));
+        Ok(b.upload_matrix(&name, weight.cols, parts, MatrixUse::Experts(n_expert))?)
+    }
+
+    fn moe<B: Backend>(&self, b: &mut B, prefix: &str, spec: &MoeFfn) -> Result<Moe<B>> {
+        let d = self.spec.config.n_embd;
+        Ok(Moe {
+            norm: self.vector(b, &format!("{prefix}{}.weight", spec.norm), d)?,
+            router: self.matrix(b, prefix, &spec.router, MatrixUse::Plain)?,
+            routing: spec.routing,
+            gate_up: self.experts(b, prefix, &spec.gate_up, spec.n_expert)?,
+            down: self.experts(b, prefix, &spec.down, spec.n_expert)?,
+            activation: spec.activation,
+        })
+    }
+
     pub fn weights<B: Backend>(&self, b: &mut B, n_ctx: usize) -> Result<Weights<B>> {
         let c = &self.spec.config;
         let d = c.n_embd;
@@ -240,18 +298,20 @@ impl Loader<'_> {
                 attention: self.attention(b, &prefix, &spec.attention, &mut rope_bases)?,
                 ffn: match &spec.ffn {
                     Ffn::Dense(dense) => FeedForward::Dense(self.dense(b, &prefix, dense)?),
+                    Ffn::Moe(moe) => FeedForward::Moe(self.moe(b, &prefix, moe)?),
                 },
             });
         }
         let half = c.attention.head_dim / 2;
-        let freq_factors = match self.spec.rope_freq_factors {
-            true => self.floats("rope_freqs.weight", half)?,
-            false => None,
+        let freq_factors = match self.spec.rope_factors.tensor(n_ctx) {
+            Some(name) => self.floats(name, half)?,
+            None => None,
         };
+        let attn_factor = self.spec.rope_attn_factor;
         let rope_tables = rope_bases
             .iter()
             .map(|&base| {
-                let table = rope_table(c, base, n_ctx, freq_factors.as_deref());
+                let table = rope_table(c, base, n_ctx, freq_factors.as_deref(), attn_factor);
                 b.upload_vector("rope_cos_sin", &table)
             })
             .collect::<std::result::Result<_, _>>()?;
@@ -266,8 +326,15 @@ impl Loader<'_> {
 }
 
 /// cos and sin of `pos * θ_i` for every position and frequency
-/// `θ_i = base^(-2i/d) / factor_i`, computed in f64 once so every backend rotates alike.
-fn rope_table(c: &Config, base: f32, n_ctx: usize, freq_factors: Option<&[f32]>) -> Vec<f32> {
+/// `θ_i = base^(-2i/d) / factor_i`, times `attn_factor`, computed in f64 once so every
+/// backend rotates alike.
+fn rope_table(
+    c: &Config,
+    base: f32,
+    n_ctx: usize,
+    freq_factors: Option<&[f32]>,
+    attn_factor: f32,
+) -> Vec<f32> {
     let half = c.attention.head_dim / 2;
     let inv_freq: Vec<f64> = (0..half)
         .map(|i| {
@@ -280,8 +347,8 @@ fn rope_table(c: &Config, base: f32, n_ctx: usize, freq_factors: Option<&[f32]>)
         let p = pos as f64 / c.rope_linear_scale as f64;
         for f in &inv_freq {
             let (sin, cos) = (p * f).sin_cos();
-            table.push(cos as f32);
-            table.push(sin as f32);
+            table.push((cos * attn_factor as f64) as f32);
+            table.push((sin * attn_factor as f64) as f32);
         }
     }
     table

@@ -3,6 +3,7 @@
 
 Usage: tests/data/make_references.py STEP [STEP ...]   (STEP: tokenizer, greedy, perplexity, families,
        repacked)
+       tests/data/make_references.py families PRESET ...   (only those tiny presets)
 
 Needs llama.cpp's CPU tools (../shared/anchors/build-llama-cpu.sh) in $LLAMA_BIN (default
 /work/llama/bin), the real models of scripts/fetch_model.py, and, for `families`, vibrant
@@ -540,6 +541,11 @@ BREAKS = {
         ("gate and up halves of blk.0.ffn_up swapped", "blk.0.ffn_up.weight", swap_halves),
         ("RoPE base 1e6, not 1e4", "phi3.rope.freq_base=float:1000000", None),
     ],
+    "phi3-longrope-tiny": [
+        ("short factors (original context 4096, not 32)",
+         "phi3.rope.scaling.original_context_length=int:4096", None),
+        ("attention factor 1, not 1.2", "phi3.rope.scaling.attn_factor=float:1.0", None),
+    ],
     "mixtral-tiny": [
         ("experts 0 and 1 of blk.0.ffn_down_exps swapped", "blk.0.ffn_down_exps.weight",
          swap_outer(0, 1)),
@@ -591,12 +597,14 @@ def kl_from_base(model: Path, base: Path, extra: list) -> dict:
     return {"mean_kld": float(last[7]), "same_top": round(float(last[14]) / 100.0, 5)}
 
 
-def families() -> None:
+def families(only=()) -> None:
     vibrant = REPO / "target" / "release" / "vibrant"
     FAMILIES.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for preset, breaks in BREAKS.items():
+            if only and preset not in only:
+                continue
             model = tmp / f"{preset}.gguf"
             subprocess.run([str(vibrant), "synth", "--preset", preset, "--mix", SYNTH_MIX,
                             "--seed", str(SYNTH_SEED), "-o", str(model)], check=True,
@@ -681,6 +689,12 @@ STEPS = {"tokenizer": tokenizer, "greedy": greedy, "perplexity": perplexity,
 
 def main() -> None:
     steps = sys.argv[1:]
+    if steps[:1] == ["families"] and len(steps) > 1:
+        unknown = [p for p in steps[1:] if p not in BREAKS]
+        if unknown:
+            sys.exit(f"no tiny preset {unknown}: {sorted(BREAKS)}")
+        families(steps[1:])
+        return
     if not steps or any(s not in STEPS for s in steps):
         sys.exit(__doc__)
     for step in steps:

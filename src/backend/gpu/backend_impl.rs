@@ -277,6 +277,26 @@ impl Backend for WgpuBackend {
         }
     }
 
+    fn moe_route(&mut self, logits: &GpuTensor, routing: Routing, routes: &GpuTensor, n: usize) {
+        self.route_experts(logits, routing, routes, n);
+    }
+
+    fn matmul_id(
+        &mut self,
+        x: &GpuTensor,
+        w: &GpuMatrix,
+        routes: &GpuTensor,
+        input: ExpertInput,
+        out: &GpuTensor,
+        n: usize,
+    ) {
+        self.expert_products(x, w, routes, input, out, n);
+    }
+
+    fn moe_combine_add(&mut self, y: &GpuTensor, routes: &GpuTensor, acc: &GpuTensor, n: usize) {
+        self.combine_experts(y, routes, acc, n);
+    }
+
     fn copy_row(&mut self, src: &GpuTensor, row: usize, dst: &GpuTensor) {
         let params = ElementParams {
             offset: (row * src.cols) as u32,

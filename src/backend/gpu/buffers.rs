@@ -86,6 +86,7 @@ impl WgpuBackend {
                 let label = match which {
                     Scratch::Normed => "normalised activations",
                     Scratch::Products => "prompt products",
+                    Scratch::ExpertLists => "experts' lists of choices",
                 };
                 let b = self.storage(label, bytes)?;
                 self.scratch.insert(which, b.clone());

@@ -2,8 +2,9 @@
 //! (WGSL has no includes), and the pipelines built from them, once per device.
 
 use super::params::{
-    ActsParams, AttentionParams, DequantParams, ElementParams, KernelParams, KvStoreParams,
-    NormParams, ParamsLayout, ProductParams, QkNormParams, ReduceParams, RopeParams, SampleParams,
+    ActsParams, AttentionParams, DequantParams, ElementParams, IdParams, KernelParams,
+    KvStoreParams, MoeParams, NormParams, ParamsLayout, ProductParams, QkNormParams, ReduceParams,
+    RopeParams, SampleParams,
 };
 use super::tuning::Tuning;
 use crate::backend::{Activation, BackendError, CacheType, KvTypes, Result};
@@ -92,11 +93,16 @@ const ELEMENTWISE: (&str, &str) = (
     "elementwise.wgsl",
     include_str!("../../../shaders/elementwise.wgsl"),
 );
+const MOE: (&str, &str) = ("moe.wgsl", include_str!("../../../shaders/moe.wgsl"));
+const MATVEC_ID: (&str, &str) = (
+    "matvec_id.wgsl",
+    include_str!("../../../shaders/matvec_id.wgsl"),
+);
 const REDUCE: (&str, &str) = ("reduce.wgsl", include_str!("../../../shaders/reduce.wgsl"));
 const SAMPLE: (&str, &str) = ("sample.wgsl", include_str!("../../../shaders/sample.wgsl"));
 
 /// Every shader file kernels are composed from.
-pub const SOURCES: [(&str, &str); 25] = [
+pub const SOURCES: [(&str, &str); 27] = [
     COMMON,
     QUANT_FLOAT,
     QUANT_LEGACY,
@@ -120,6 +126,8 @@ pub const SOURCES: [(&str, &str); 25] = [
     ATTENTION_PARAMS,
     ATTENTION_COOP,
     ELEMENTWISE,
+    MOE,
+    MATVEC_ID,
     REDUCE,
     SAMPLE,
 ];
@@ -196,6 +204,16 @@ pub enum Kernel {
     GluPairs,
     /// Scale or soft-cap in place.
     Pointwise,
+    /// Each row's experts and their weights from its router logits.
+    MoeRoute,
+    /// Products with the experts each row chose.
+    MatvecId(GgmlType),
+    /// Each expert's list of the choices routed to it.
+    MoeLists,
+    /// Prompt products with the experts each row chose, over the experts' lists.
+    MatmulId(GgmlType),
+    /// The chosen experts' outputs, weighted, added to the residual stream.
+    MoeCombineAdd,
     CopyRow,
     ArgmaxPartial,
     ArgmaxFinal,
@@ -242,6 +260,11 @@ impl Kernel {
             Self::Glu => "glu",
             Self::GluPairs => "glu_pairs",
             Self::Pointwise => "pointwise",
+            Self::MoeRoute => "moe_route",
+            Self::MatvecId(_) => "matvec_id",
+            Self::MoeLists => "moe_lists",
+            Self::MatmulId(_) => "matmul_id",
+            Self::MoeCombineAdd => "moe_combine_add",
             Self::CopyRow => "copy_row",
             Self::ArgmaxPartial => "argmax_partial",
             Self::ArgmaxFinal => "argmax_final",
@@ -297,6 +320,8 @@ impl Kernel {
             | Self::Matvec(t, _)
             | Self::MatvecGlu(t, _)
             | Self::MatvecQkv(t, ..)
+            | Self::MatvecId(t)
+            | Self::MatmulId(t)
             | Self::Matmul(t) => Some(t),
             _ => None,
         }
@@ -326,6 +351,8 @@ impl Kernel {
             }
             Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => ReduceParams::layout(),
             Self::SampleSlices | Self::Sample => SampleParams::layout(),
+            Self::MoeRoute | Self::MoeLists | Self::MoeCombineAdd => MoeParams::layout(),
+            Self::MatvecId(_) | Self::MatmulId(_) => IdParams::layout(),
         }
     }
 
@@ -365,6 +392,11 @@ impl Kernel {
             Self::Glu => (ELEMENTWISE, "glu"),
             Self::GluPairs => (ELEMENTWISE, "glu_pairs"),
             Self::Pointwise => (ELEMENTWISE, "pointwise"),
+            Self::MoeRoute => (MOE, "moe_route"),
+            Self::MatvecId(_) => (MATVEC_ID, "matvec_id"),
+            Self::MoeLists => (MOE, "moe_lists"),
+            Self::MatmulId(_) => (MATVEC_ID, "matmul_id"),
+            Self::MoeCombineAdd => (MOE, "moe_combine_add"),
             Self::CopyRow => (ELEMENTWISE, "copy_row"),
             Self::ArgmaxPartial => (REDUCE, "argmax_partial"),
             Self::ArgmaxFinal => (REDUCE, "argmax_final"),
@@ -444,6 +476,14 @@ impl Kernel {
             Self::KvStore(_) => &[Read, Read, ReadWrite, ReadWrite],
             Self::Add => &[ReadWrite, Read],
             Self::Pointwise => &[ReadWrite],
+            // moe.wgsl declares the routes (binding 3) for moe_combine_add alone.
+            Self::MoeRoute => &[ReadWrite, Read],
+            Self::MoeCombineAdd => &[ReadWrite, Read, Read],
+            // Weights, x, routes, y; the prompt kernel the lists too.
+            Self::MatvecId(_) => &[Read, Read, Read, ReadWrite],
+            Self::MatmulId(_) => &[Read, Read, Read, ReadWrite, Read],
+            // The lists, the routes (binding 3).
+            Self::MoeLists => return vec![(1, ReadWrite), (3, Read)],
             Self::CopyRow | Self::Glu | Self::GluPairs => &[ReadWrite, Read],
             Self::ArgmaxPartial | Self::ArgmaxFinal | Self::Softmax => &[ReadWrite, ReadWrite],
             // Logits, result, the sampler's state, the logit biases, the slices' candidates.
@@ -616,6 +656,8 @@ pub fn host_declarations() -> String {
         AttentionParams::layout(),
         KvStoreParams::layout(),
         ElementParams::layout(),
+        MoeParams::layout(),
+        IdParams::layout(),
         ReduceParams::layout(),
         SampleParams::layout(),
     ];
@@ -837,6 +879,9 @@ mod tests {
             Kernel::Sample,
             Kernel::QuantizeActs(false),
             Kernel::QuantizeActs(true),
+            Kernel::MoeRoute,
+            Kernel::MoeLists,
+            Kernel::MoeCombineAdd,
         ];
         for types in every_kv_types() {
             all.extend([
@@ -858,6 +903,8 @@ mod tests {
                 Kernel::Dequant(t),
                 Kernel::DequantF16(t),
                 Kernel::Matmul(t),
+                Kernel::MatvecId(t),
+                Kernel::MatmulId(t),
             ]);
             let mut team = tuning.subgroup_size.unwrap_or(32).min(8);
             while team <= tuning.matvec_wg {

@@ -19,6 +19,7 @@ mod attention;
 mod backend_impl;
 mod buffers;
 pub mod device;
+mod experts;
 mod inspect;
 pub mod kernels;
 pub mod layout;
@@ -37,8 +38,8 @@ pub use kernels::Kernel;
 
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
-    Dims, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, Result, RmsNorm, Rope,
-    RopeKind, Scratch, Span, WeightRows, ARGMAX_SLOTS,
+    Dims, ExpertInput, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, Result,
+    RmsNorm, Rope, RopeKind, Routing, Scratch, Span, WeightRows, ARGMAX_SLOTS,
 };
 use crate::quant::GgmlType;
 use crate::sampling::Sampler;
@@ -127,6 +128,9 @@ pub struct GpuMatrix {
     /// The bias of every row, in the device's order.
     bias: Option<GpuVector>,
     order: RowOrder,
+    /// Blocks of rows, one per expert ([`MatrixUse::Experts`]), each within one part; 1 for
+    /// other matrices.
+    experts: usize,
 }
 
 impl GpuMatrix {

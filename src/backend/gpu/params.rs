@@ -262,6 +262,40 @@ impl ElementParams {
 }
 
 kernel_params! {
+    /// shaders/moe.wgsl: routing and mixing a mixture of experts.
+    "MoeParams" struct MoeParams {
+        /// Rows (tokens).
+        n: u32,
+        /// moe_route, moe_lists: experts; moe_combine_add: the width of a residual row.
+        width: u32,
+        /// Experts a row takes.
+        k: u32,
+        /// moe_route: 1 renormalises the chosen weights to sum to 1.
+        normalize: u32,
+    }
+}
+
+kernel_params! {
+    /// shaders/matvec_id.wgsl: products with the experts each row chose.
+    "IdParams" struct IdParams {
+        w_k: u32,
+        w_bpr: u32,
+        w_scales: u32,
+        /// Rows of one expert's block: the width of a y row.
+        rows: u32,
+        /// Experts a row chose.
+        k: u32,
+        /// The experts this part holds: `experts` of them from `expert_start`.
+        expert_start: u32,
+        experts: u32,
+        /// 1: choice c reads row c of x; 0: row t = c / k, shared by the row's choices.
+        per_choice: u32,
+        /// Rows (tokens): matmul_id's lists are n + 1 long.
+        n: u32,
+    }
+}
+
+kernel_params! {
     /// shaders/reduce.wgsl: row reductions.
     "Params" struct ReduceParams {
         len: u32,

@@ -69,6 +69,29 @@ pub(super) fn stored_rows<'a>(
     Ok((rows, bias))
 }
 
+/// The rows of each of `n` experts' blocks, refusing a matrix [`Backend::matmul_id`]'s
+/// kernel cannot take: experts of two weight types (it decodes one), or with biases.
+fn expert_block(
+    name: &str,
+    rows: &[StoredRow<'_>],
+    bias: &[f32],
+    n: usize,
+    one_type: bool,
+) -> Result<usize> {
+    if n == 0 || !rows.len().is_multiple_of(n) {
+        return Err(BackendError::Unsupported(format!(
+            "{name}: {} rows are not {n} experts' blocks of rows",
+            rows.len()
+        )));
+    }
+    if !one_type || bias.iter().any(|b| *b != 0.0) {
+        return Err(BackendError::Unsupported(format!(
+            "{name}: experts of more than one weight type, or with biases, are not supported on the GPU (run it with --device cpu)"
+        )));
+    }
+    Ok(rows.len() / n)
+}
+
 impl WgpuBackend {
     /// Uploads `parts`' rows as one matrix for `usage`: in the order its fused kernels read
     /// them, in runs of one weight type whose parts split on whole groups of the rows those
@@ -84,6 +107,10 @@ impl WgpuBackend {
         let (rows, bias) = stored_rows(name, cols, parts)?;
         let one_type = rows.windows(2).all(|w| w[0].0 == w[1].0);
         let (order, sequence, multiple) = match usage {
+            MatrixUse::Experts(n) => {
+                let block = expert_block(name, &rows, &bias, n, one_type)?;
+                (RowOrder::Given, (0..rows.len()).collect(), block)
+            }
             MatrixUse::GateUp if one_type && rows.len().is_multiple_of(2) => {
                 let half = rows.len() / 2;
                 let interleaved = (0..half).flat_map(|i| [i, half + i]).collect();
@@ -137,6 +164,10 @@ impl WgpuBackend {
             runs,
             bias,
             order,
+            experts: match usage {
+                MatrixUse::Experts(n) => n,
+                _ => 1,
+            },
         };
         self.build_products_of(&matrix)?;
         Ok(matrix)
@@ -146,6 +177,17 @@ impl WgpuBackend {
     pub(super) fn build_products_of(&mut self, m: &GpuMatrix) -> Result<()> {
         for run in &m.runs {
             let ty = run.ggml_type;
+            if m.experts > 1 {
+                for kernel in [
+                    Kernel::MatvecId(ty),
+                    Kernel::MatmulId(ty),
+                    Kernel::MoeRoute,
+                    Kernel::MoeLists,
+                    Kernel::MoeCombineAdd,
+                ] {
+                    self.pipeline(kernel)?;
+                }
+            }
             match m.order {
                 RowOrder::Given => {}
                 RowOrder::GatePairs => {
@@ -191,8 +233,16 @@ impl WgpuBackend {
         let max_rows = (self.max_binding().min(limit) / row_bytes as u64) as usize / row_multiple
             * row_multiple;
         if max_rows == 0 {
+            // Rows that stay together: an interleaved pair, or an expert's block.
+            let what = match row_multiple {
+                1 => format!("one row takes {row_bytes} bytes"),
+                n => format!(
+                    "{n} rows that stay in one binding take {} bytes",
+                    n * row_bytes
+                ),
+            };
             return Err(BackendError::Unsupported(format!(
-                "{name}: one row takes {row_bytes} bytes, more than {} can bind",
+                "{name}: {what}, more than {} can bind",
                 self.gpu.info.name
             )));
         }

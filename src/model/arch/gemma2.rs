@@ -59,6 +59,6 @@ fn spec(meta: &Meta) -> Result<Spec> {
         tied_output: true,
         embedding_scale: Some((config.n_embd as f32).sqrt()),
         final_logit_softcap: final_cap,
-        ..Spec::plain(meta, config, layers)
+        ..Spec::plain(meta, config, layers)?
     })
 }

@@ -79,6 +79,6 @@ fn spec(meta: &Meta) -> Result<Spec> {
     Ok(Spec {
         embedding_scale,
         final_logit_softcap: softcap,
-        ..Spec::plain(meta, config, layers)
+        ..Spec::plain(meta, config, layers)?
     })
 }

@@ -7,9 +7,13 @@
 mod gemma2;
 mod gemma3;
 mod llama;
+mod moe;
 mod phi3;
 mod qwen2;
 mod qwen3;
+mod qwen3moe;
+
+pub use moe::MoeFfn;
 
 use super::config::{Config, Meta, ModelError, Result};
 use crate::backend::{Activation, AttentionOpts};
@@ -26,6 +30,7 @@ const FAMILIES: &[Family] = &[
     llama::FAMILY,
     qwen2::FAMILY,
     qwen3::FAMILY,
+    qwen3moe::FAMILY,
     gemma2::FAMILY,
     gemma3::FAMILY,
     phi3::FAMILY,
@@ -52,9 +57,38 @@ pub struct Spec {
     pub embedding_scale: Option<f32>,
     /// Soft-caps the logits: cap · tanh(logit / cap) (gemma2).
     pub final_logit_softcap: Option<f32>,
-    /// Per-frequency divisors of RoPE's angles (Llama 3's `rope_freqs.weight`), where the
-    /// file has them.
-    pub rope_freq_factors: bool,
+    /// Per-frequency divisors of RoPE's angles, where the file has them.
+    pub rope_factors: RopeFactors,
+    /// Multiplies RoPE's cos and sin, so every attention score by its square (longrope's
+    /// `rope.scaling.attn_factor`, as ggml's `rope_ext` applies it).
+    pub rope_attn_factor: f32,
+}
+
+/// Where RoPE's per-frequency divisors come from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeFactors {
+    None,
+    /// Llama 3's `rope_freqs.weight`.
+    Fixed,
+    /// Phi-3's longrope: `rope_factors_long.weight` for a context past `original_ctx`
+    /// tokens, `rope_factors_short.weight` within it (llama.cpp chooses so).
+    ByContext {
+        original_ctx: usize,
+    },
+}
+
+impl RopeFactors {
+    /// The tensor of divisors a context of `n_ctx` tokens rotates by.
+    pub fn tensor(self, n_ctx: usize) -> Option<&'static str> {
+        match self {
+            Self::None => None,
+            Self::Fixed => Some("rope_freqs.weight"),
+            Self::ByContext { original_ctx } if n_ctx > original_ctx => {
+                Some("rope_factors_long.weight")
+            }
+            Self::ByContext { .. } => Some("rope_factors_short.weight"),
+        }
+    }
 }
 
 impl Spec {
@@ -76,15 +110,23 @@ impl Spec {
 
     /// A spec whose output is the file's `output.weight`, or the token embeddings where it
     /// has none, with no embedding scale or logit cap.
-    fn plain(meta: &Meta, config: Config, layers: Vec<LayerSpec>) -> Self {
-        Self {
+    fn plain(meta: &Meta, config: Config, layers: Vec<LayerSpec>) -> Result<Self> {
+        let rope_factors = match meta.file.tensor("rope_freqs.weight") {
+            Some(_) => RopeFactors::Fixed,
+            None => RopeFactors::None,
+        };
+        let rope_attn_factor = meta
+            .file
+            .f32_or(&meta.key("rope.scaling.attn_factor"), 1.0)?;
+        Ok(Self {
             config,
             layers,
             tied_output: meta.file.tensor("output.weight").is_none(),
             embedding_scale: None,
             final_logit_softcap: None,
-            rope_freq_factors: meta.file.tensor("rope_freqs.weight").is_some(),
-        }
+            rope_factors,
+            rope_attn_factor,
+        })
     }
 }
 
@@ -176,10 +218,11 @@ impl AttentionSpec {
     }
 }
 
-/// The feed-forward network of a block. (A mixture of experts is the next variant.)
+/// The feed-forward network of a block.
 #[derive(Clone, Debug)]
 pub enum Ffn {
     Dense(DenseFfn),
+    Moe(MoeFfn),
 }
 
 /// down · (act(gate · x) ⊙ (up · x)), x the normalised input.
@@ -217,6 +260,9 @@ mod tests {
 
     #[test]
     fn the_supported_families_are_listed_in_prose() {
-        assert_eq!(supported(), "llama, qwen2, qwen3, gemma2, gemma3 and phi3");
+        assert_eq!(
+            supported(),
+            "llama, qwen2, qwen3, qwen3moe, gemma2, gemma3 and phi3"
+        );
     }
 }

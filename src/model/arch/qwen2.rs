@@ -17,5 +17,5 @@ fn spec(meta: &Meta) -> Result<Spec> {
         ffn: Ffn::Dense(DenseFfn::swiglu(&config)),
     };
     let layers = vec![layer; config.n_layer];
-    Ok(Spec::plain(meta, config, layers))
+    Spec::plain(meta, config, layers)
 }
