@@ -1,11 +1,13 @@
 //! Re-packing a real llama-family model into another family's container with the same math
 //! (issue 12): a family checked this way runs real trained weights, whose answers are known
-//! (the source's), rather than random ones. Only whole quantized rows are moved, which is
-//! exact: each row is a run of independent blocks.
+//! (the source's), rather than random ones. The source's quantized rows are moved or copied
+//! whole, which is exact: each row is a run of independent blocks.
 
 use vibrant::backend::RopeKind;
 use vibrant::gguf::{GgufFile, GgufWriter, TensorInfo, Value};
 use vibrant::model::Config;
+use vibrant::quant::GgmlType;
+use vibrant::rng::SplitMix64;
 
 /// `source` (a llama file with RoPE on whole heads) as a Phi-3 file that computes the same
 /// function in llama.cpp and vibrant: `{arch}` keys renamed, q/k/v rows fused into
@@ -58,6 +60,69 @@ pub fn phi3(source: &GgufFile) -> GgufWriter {
         }
     }
     w
+}
+
+/// Experts of the Mixtral re-pack, and how many each token uses.
+pub const N_EXPERT: usize = 4;
+pub const N_EXPERT_USED: usize = 2;
+
+/// `source` (a dense llama file) as a Mixtral-style mixture of experts that computes the same
+/// function: [`N_EXPERT`] experts per layer, each a copy of the dense FFN
+/// (`ffn_{gate,up,down}_exps`), and a router (`ffn_gate_inp`, f32) of seeded random weights,
+/// so that tokens pick different experts, [`N_EXPERT_USED`] each. llama's routing (llama.cpp's
+/// and vibrant's) renormalises the chosen experts' weights to sum 1, so the mix of identical
+/// experts is the dense FFN whichever they are. Deterministic: the router's weights come from
+/// vibrant's own generator, seeded by the tensor's name.
+pub fn mixtral(source: &GgufFile) -> GgufWriter {
+    let config = llama_config(source);
+    assert!(
+        source.get("llama.expert_count").is_none(),
+        "already experts"
+    );
+    let mut w = GgufWriter::new();
+    for (key, value) in &source.metadata {
+        w.set(key, value.clone());
+    }
+    w.set("llama.expert_count", Value::U32(N_EXPERT as u32))
+        .set("llama.expert_used_count", Value::U32(N_EXPERT_USED as u32));
+    for t in &source.tensors {
+        let data = source.tensor_data(t);
+        match block_role(&t.name) {
+            Some((layer, role @ ("ffn_gate.weight" | "ffn_up.weight" | "ffn_down.weight"))) => {
+                let role = role.trim_end_matches(".weight");
+                if role == "ffn_gate" {
+                    let name = format!("blk.{layer}.ffn_gate_inp.weight");
+                    w.add_tensor(
+                        &name,
+                        &[config.n_embd as u64, N_EXPERT as u64],
+                        GgmlType::F32,
+                        router(&name, config.n_embd),
+                    );
+                }
+                let dims = [t.dims[0], t.dims[1], N_EXPERT as u64];
+                w.add_tensor(
+                    format!("blk.{layer}.{role}_exps.weight"),
+                    &dims,
+                    t.ggml_type,
+                    data.repeat(N_EXPERT),
+                );
+            }
+            _ => {
+                w.add_tensor(&t.name, &t.dims, t.ggml_type, data.to_vec());
+            }
+        }
+    }
+    w
+}
+
+/// A router's `[N_EXPERT, n_embd]` f32 weights, normal with deviation 1/√n_embd: logits of
+/// about the normalised input's scale, so that the chosen experts' weights differ.
+fn router(name: &str, n_embd: usize) -> Vec<u8> {
+    let mut rng = SplitMix64::for_stream(0, name);
+    let std = 1.0 / (n_embd as f32).sqrt();
+    (0..N_EXPERT * n_embd)
+        .flat_map(|_| (std * rng.next_normal()).to_le_bytes())
+        .collect()
 }
 
 /// The source's hyper-parameters as vibrant reads them, checked to be a file whose rows can

@@ -665,7 +665,7 @@ def repacked() -> None:
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     source_ppl = llama_perplexity(source, REPACKED_ARGS)
     REPACKED.mkdir(exist_ok=True)
-    for name in ["phi3-smollm2"]:
+    for name in ["phi3-smollm2", "mixtral-smollm2"]:
         model = target / "tmp" / "repacked" / f"{name}.gguf"
         ppl = llama_perplexity(model, REPACKED_ARGS)
         write_json(REPACKED / f"{name}.json", {
