@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Regenerates the llama.cpp reference data of tests/data (see tests/data/README.md).
 
-Usage: tests/data/make_references.py STEP [STEP ...]   (STEP: tokenizer, greedy, perplexity, families)
+Usage: tests/data/make_references.py STEP [STEP ...]   (STEP: tokenizer, greedy, perplexity, families,
+       repacked)
        tests/data/make_references.py families PRESET ...   (only those tiny presets)
 
 Needs llama.cpp's CPU tools (../shared/anchors/build-llama-cpu.sh) in $LLAMA_BIN (default
 /work/llama/bin), the real models of scripts/fetch_model.py, and, for `families`, vibrant
-built in release mode (target/release/vibrant). Only the Python standard library is used.
+built in release mode (target/release/vibrant), and, for `repacked`, cargo. Only the Python
+standard library is used.
 """
 import hashlib
 import json
@@ -647,8 +649,42 @@ def families(only=()) -> None:
                 print(f"  {c['mean_kld']:10.6f} {100 * c['same_top']:6.2f}%  {c['what']}")
 
 
+# --- re-packed real weights ----------------------------------------------------------------
+
+REPACKED = DATA / "repacked"
+REPACKED_ARGS = ["-f", "tests/data/perplexity.txt", "-c", "128"]
+
+
+def repacked() -> None:
+    """llama-perplexity on the files tests/repacked.rs re-packs from SmolLM2-135M, written by
+    its ignored test `write_repacked_files` (the re-packer is tests/common/repack.rs), and
+    on the source, for scale: llama.cpp's own difference between two files of the same math."""
+    source = models_dir() / "smollm2-135m.gguf"
+    made_by = "cargo test --release --test repacked -- --ignored --exact write_repacked_files"
+    subprocess.run(made_by.split(), cwd=REPO, check=True, capture_output=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    source_ppl = llama_perplexity(source, REPACKED_ARGS)
+    REPACKED.mkdir(exist_ok=True)
+    for name in ["phi3-smollm2", "mixtral-smollm2"]:
+        model = target / "tmp" / "repacked" / f"{name}.gguf"
+        ppl = llama_perplexity(model, REPACKED_ARGS)
+        write_json(REPACKED / f"{name}.json", {
+            "name": name,
+            "source": source.name,
+            "source_sha256": sha256_of(source),
+            "made_by": f"{made_by} (writes target/tmp/repacked/{name}.gguf)",
+            "sha256": sha256_of(model),
+            "produced_by": f"llama-perplexity -m {name}.gguf --no-repack -t 2 ARGS (llama.cpp "
+                           f"{LLAMA_COMMIT}), run from the repository root; see README.md",
+            "args": " ".join(REPACKED_ARGS),
+            "ppl": ppl,
+            "source_ppl": source_ppl,
+        })
+        print(f"{name}: PPL {ppl} (source {source_ppl})")
+
+
 STEPS = {"tokenizer": tokenizer, "greedy": greedy, "perplexity": perplexity,
-         "families": families}
+         "families": families, "repacked": repacked}
 
 
 def main() -> None:
