@@ -256,7 +256,7 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         self.adjust(logits);
         if self.config.temperature <= 0.0 {
-            return crate::backend::cpu::argmax(logits) as u32;
+            return crate::backend::argmax(logits) as u32;
         }
         let mut candidates: Vec<(u32, f32)> = logits
             .iter()

@@ -257,7 +257,9 @@ fn queued_argmaxes_keep_their_slots_and_embed_the_last_on_the_device() {
     let mut rng = rng(12);
     let w = Weights::random(&mut rng, GgmlType::Q4K, ROWS, widths(GgmlType::Q4K)[1]);
     let logits = [0, 1].map(|_| random_values(&mut rng, ROWS, 1.0));
-    let want_ids: Vec<u32> = [1, 0].map(|i| cpu::argmax(&logits[i]) as u32).to_vec();
+    let want_ids: Vec<u32> = [1, 0]
+        .map(|i| vibrant::backend::argmax(&logits[i]) as u32)
+        .to_vec();
     assert_ne!(want_ids[0], want_ids[1], "slots told apart");
     let (ids, got) = queued_argmaxes(&mut gpu, &w, &logits);
     assert_eq!(ids, want_ids, "GPU ids");

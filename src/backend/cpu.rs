@@ -8,11 +8,10 @@
 use super::weights::check_parts;
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, CacheLayer, CacheType, Dims,
-    ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope, RopeKind, Routing,
-    Scratch, WeightBytes, WeightRows, ARGMAX_SLOTS,
+    ExpertInput, HostTokens, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope,
+    RopeKind, Routing, Scratch, WeightBytes, WeightRows,
 };
 use crate::quant::{self, ActFormat, Activations, GgmlType};
-use crate::sampling::Sampler;
 use half::f16;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -162,10 +161,8 @@ pub struct CpuBackend {
     /// Reference mode: weights dequantized block by block, products in f64.
     exact: bool,
     /// The ids of [`Backend::queue_argmax`], and the last one queued.
-    argmax_slots: [u32; ARGMAX_SLOTS],
-    last_argmax: u32,
-    /// The sampler of [`Backend::start_sampling`].
-    sampler: Option<Sampler>,
+    /// Token picks: the CPU reads its logits where they are.
+    tokens: HostTokens,
     scratch: HashMap<Scratch, Rc<RefCell<Vec<f32>>>>,
 }
 
@@ -181,9 +178,7 @@ impl CpuBackend {
             pool,
             bytes_held: 0,
             exact: false,
-            argmax_slots: [0; ARGMAX_SLOTS],
-            last_argmax: 0,
-            sampler: None,
+            tokens: HostTokens::default(),
             scratch: HashMap::new(),
         })
     }
@@ -646,34 +641,8 @@ impl Backend for CpuBackend {
         self.bytes_held
     }
 
-    fn queue_argmax(&mut self, x: &CpuTensor, slot: usize) {
-        let id = argmax(&x.data.borrow()[..x.cols]) as u32;
-        self.argmax_slots[slot] = id;
-        self.last_argmax = id;
-    }
-
-    fn read_argmax(&mut self, slot: usize) -> Result<u32> {
-        Ok(self.argmax_slots[slot])
-    }
-
-    fn start_sampling(&mut self, sampler: &Sampler) -> Result<()> {
-        self.sampler = Some(sampler.clone());
-        Ok(())
-    }
-
-    fn queue_sample(&mut self, x: &CpuTensor, slot: usize) {
-        let sampler = self
-            .sampler
-            .as_mut()
-            .expect("start_sampling comes before queue_sample");
-        let id = sampler.sample(&mut x.data.borrow_mut()[..x.cols]);
-        sampler.accept(id);
-        self.argmax_slots[slot] = id;
-        self.last_argmax = id;
-    }
-
-    fn embed_argmax(&mut self, table: &CpuMatrix, out: &CpuTensor) {
-        self.embed(table, &[self.last_argmax], out);
+    fn host_tokens(&mut self) -> &mut HostTokens {
+        &mut self.tokens
     }
 }
 
@@ -854,16 +823,6 @@ pub fn softmax(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v /= sum);
 }
 
-/// Index of the first largest value; NaNs never win (an all-NaN row gives 0).
-pub fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if !v.is_nan() && (v > x[best] || x[best].is_nan()) {
-            best = i;
-        }
-    }
-    best
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod gpu;
 mod kv;
 mod ops;
+mod tokens;
 mod weights;
 
 pub use kv::{AttentionShape, CacheType, KvLayout, KvTypes, RopeKind, UnknownCacheType};
@@ -20,11 +21,12 @@ pub use ops::{
     Activation, AttentionOpts, Batch, CacheLayer, Dims, ExpertInput, Pointwise, QkNorm, RmsNorm,
     Rope, Routing, Scratch, Span,
 };
+pub use tokens::{argmax, HostTokens};
 pub use weights::{MatrixUse, WeightBytes, WeightRows};
 
 use crate::sampling::Sampler;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{0}")]
     Unsupported(String),
@@ -218,25 +220,46 @@ pub trait Backend {
         self.queue_argmax(x, 0);
         self.read_argmax(0)
     }
+    /// Where the provided token ops below keep their picks: a backend that picks tokens on
+    /// the host returns its [`HostTokens`]; one that overrides them all, an unused one.
+    fn host_tokens(&mut self) -> &mut HostTokens;
     /// Sends all recorded work to the device, ending with the argmax of row 0 of `x` (as
     /// [`Backend::argmax`] takes it), and returns without waiting: the id stays on the device
     /// for [`Backend::embed_argmax`] and is read later from `slot` (below [`ARGMAX_SLOTS`]), so
-    /// that the next token's step can be queued before this one's id reaches the host.
-    fn queue_argmax(&mut self, x: &Self::Tensor, slot: usize);
+    /// that the next token's step can be queued before this one's id reaches the host. By
+    /// default the host reads the row and picks at once.
+    fn queue_argmax(&mut self, x: &Self::Tensor, slot: usize) {
+        let id = self.read(x, 1).map(|row| argmax(&row[..x.cols()]) as u32);
+        self.host_tokens().put(slot, id);
+    }
     /// Prepares [`Backend::queue_sample`] to draw as `sampler` would from here on: its
     /// settings, its draws so far and its recent tokens (settings for which
-    /// `fits_device()` holds).
-    fn start_sampling(&mut self, sampler: &Sampler) -> Result<()>;
+    /// `fits_device()` holds, where the device samples).
+    fn start_sampling(&mut self, sampler: &Sampler) -> Result<()> {
+        self.host_tokens().start(sampler);
+        Ok(())
+    }
     /// [`Backend::queue_argmax`] with the token that the sampler of
-    /// [`Backend::start_sampling`] draws from row 0 of `x` (which it adjusts in place by its
-    /// bias and penalties); that sampler then counts the draw and remembers the token, as the
-    /// host's sampler does with [`Sampler::sample`] and [`Sampler::accept`].
-    fn queue_sample(&mut self, x: &Self::Tensor, slot: usize);
+    /// [`Backend::start_sampling`] draws from row 0 of `x` (adjusted by its bias and
+    /// penalties); that sampler then counts the draw and remembers the token, as the host's
+    /// sampler does with [`Sampler::sample`] and [`Sampler::accept`].
+    fn queue_sample(&mut self, x: &Self::Tensor, slot: usize) {
+        let id = self.read(x, 1).map(|mut row| {
+            let logits = &mut row[..x.cols()];
+            self.host_tokens().sample(logits)
+        });
+        self.host_tokens().put(slot, id);
+    }
     /// The id [`Backend::queue_argmax`] put in `slot`, waiting for it (bounded on GPUs).
-    fn read_argmax(&mut self, slot: usize) -> Result<u32>;
+    fn read_argmax(&mut self, slot: usize) -> Result<u32> {
+        self.host_tokens().get(slot)
+    }
     /// out[0] = row (the last queued argmax) of `table`: [`Backend::embed`] of a token the
     /// host has not seen yet.
-    fn embed_argmax(&mut self, table: &Self::Matrix, out: &Self::Tensor);
+    fn embed_argmax(&mut self, table: &Self::Matrix, out: &Self::Tensor) {
+        let last = self.host_tokens().last();
+        self.embed(table, &[last], out);
+    }
 
     /// Starts timing every kernel launch (where the device can); see [`Backend::take_profile`].
     fn start_profile(&mut self) -> Result<()> {

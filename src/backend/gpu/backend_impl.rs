@@ -9,6 +9,10 @@ impl Backend for WgpuBackend {
     type Vector = GpuVector;
     type KvCache = GpuKvCache;
 
+    fn host_tokens(&mut self) -> &mut HostTokens {
+        &mut self.host_tokens
+    }
+
     fn describe(&self) -> String {
         format!("{}; {}", self.gpu.describe(), self.tuning.describe())
     }

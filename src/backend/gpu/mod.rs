@@ -38,8 +38,8 @@ pub use kernels::Kernel;
 
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
-    Dims, ExpertInput, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, Result,
-    RmsNorm, Rope, RopeKind, Routing, Scratch, Span, WeightRows, ARGMAX_SLOTS,
+    Dims, ExpertInput, HostTokens, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm,
+    Result, RmsNorm, Rope, RopeKind, Routing, Scratch, Span, WeightRows, ARGMAX_SLOTS,
 };
 use crate::quant::GgmlType;
 use crate::sampling::Sampler;
@@ -241,6 +241,8 @@ pub struct WgpuBackend {
     acts_q8: Option<Arc<GpuBuf>>,
     /// The sampler of [`Backend::start_sampling`].
     sampler: Option<sampling::DeviceSampler>,
+    /// Unused: the device picks every token (the token ops are all overridden).
+    host_tokens: HostTokens,
     load_times: LoadTimes,
     /// A step's keys and values in f32 on their way into q8_0 caches (shaders/kv_store.wgsl).
     kv_staging: Option<[Arc<GpuBuf>; 2]>,
@@ -311,6 +313,7 @@ impl WgpuBackend {
             f16_rows: None,
             acts_q8: None,
             sampler: None,
+            host_tokens: HostTokens::default(),
             load_times: LoadTimes::default(),
             kv_staging: None,
             kv_types: KvTypes::default(),
