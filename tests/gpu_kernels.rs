@@ -2002,8 +2002,15 @@ fn the_gpu_refuses_by_name_what_its_kernels_lack() {
         batch: &batch,
     };
     gpu.attention(&q, at, &causal, &out);
+    // Another backend on the same device waits untouched by this one's refusal.
+    let mut other = common::gpu();
+    let t = other.load("t", 1, 4, &[1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(read(&mut other, &t, 1), [1.0, 2.0, 3.0, 4.0]);
     let e = gpu.sync().expect_err("refused").to_string();
     assert!(e.contains("one sequence") && e.contains("2 spans"), "{e}");
+    // The refused work never ran: every later wait says so.
+    let e = gpu.read(&out, 1).expect_err("still refused").to_string();
+    assert!(e.contains("one sequence"), "{e}");
 }
 
 /// `w`'s rows as the [`MatrixUse::Experts`] matrix of `n_expert` equal blocks, each expert's

@@ -439,7 +439,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// Records an error found while recording work; it is reported at the next check.
+    /// Records an error of the device's own (a submission past the timeout); it is reported
+    /// at the next check, to whichever backend on the device checks first.
     pub fn report(&self, error: BackendError) {
         let mut sink = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         sink.recorded.get_or_insert(error);

@@ -225,8 +225,10 @@ pub struct WgpuBackend {
     bytes_allocated: u64,
     /// What the recorded work is doing, for error messages.
     stage: String,
-    /// Set once recording hit an error: nothing more is recorded, the next wait reports it.
-    failed: bool,
+    /// This backend's first recording error: nothing more is recorded, and every wait after
+    /// it reports it. Kept here, not in the device's error sink, which the backends sharing
+    /// a device share: one backend's refusal is not another's error.
+    failed: Option<BackendError>,
     profiler: Option<profile::Profiler>,
     tuning: tuning::Tuning,
     partials: Option<Arc<GpuBuf>>,
@@ -303,7 +305,7 @@ impl WgpuBackend {
             next_id: 3,
             bytes_allocated: param_stride * PARAM_SLOTS + 4 * FIRST_TOKENS as u64 + 32,
             stage: "setup".into(),
-            failed: false,
+            failed: None,
             profiler: None,
             tuning,
             partials: None,

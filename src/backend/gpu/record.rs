@@ -37,8 +37,7 @@ impl WgpuBackend {
         match result {
             Ok(value) => Some(value),
             Err(e) => {
-                self.failed = true;
-                self.gpu.report(e);
+                self.failed.get_or_insert(e);
                 None
             }
         }
@@ -63,7 +62,7 @@ impl WgpuBackend {
             "{}: dispatched with another kernel's parameters",
             kernel.name()
         );
-        if self.failed {
+        if self.failed.is_some() {
             return;
         }
         let built = self.pipeline(kernel);
@@ -191,7 +190,16 @@ impl WgpuBackend {
     pub(super) fn flush_and_wait(&mut self) -> Result<()> {
         self.submit();
         let stage = self.stage.clone();
-        self.gpu.wait(&stage)
+        self.gpu.wait(&stage)?;
+        self.recording_error()
+    }
+
+    /// This backend's recording error, if recording failed.
+    fn recording_error(&self) -> Result<()> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Copies `size` bytes from the start of `src` to the host.
@@ -220,6 +228,7 @@ impl WgpuBackend {
         submission: Option<&wgpu::SubmissionIndex>,
         stage: &str,
     ) -> Result<Vec<u8>> {
+        self.recording_error()?;
         let slice = readback.slice(..size);
         let mapped = Arc::new(std::sync::Mutex::new(None));
         let sink = mapped.clone();
