@@ -303,24 +303,37 @@ fn qwen3moe_tiny_greedy_ids_match_llama_cpp() {
 /// A llama file's expert counts as `llama.expert_count` and `llama.expert_used_count` say
 /// (0 used: absent), written with the least a spec needs.
 fn expert_spec(path: &Path, n_expert: u32, n_used: u32) -> Result<Spec, String> {
+    use vibrant::gguf::Value;
+    minimal_spec(path, "llama", |w| {
+        w.set("llama.expert_count", Value::U32(n_expert));
+        if n_used > 0 {
+            w.set("llama.expert_used_count", Value::U32(n_used));
+        }
+    })
+}
+
+/// The spec of a one-layer `arch` file with the least a spec needs (32 wide, one head, a
+/// 4-token embedding), and what `more` adds to it.
+fn minimal_spec(
+    path: &Path,
+    arch: &str,
+    more: impl FnOnce(&mut vibrant::gguf::GgufWriter),
+) -> Result<Spec, String> {
     use vibrant::gguf::{GgufWriter, Value};
     use vibrant::quant::GgmlType;
     let mut w = GgufWriter::new();
-    w.set("general.architecture", Value::String("llama".into()))
-        .set("llama.block_count", Value::U32(1))
-        .set("llama.embedding_length", Value::U32(32))
-        .set("llama.feed_forward_length", Value::U32(64))
-        .set("llama.attention.head_count", Value::U32(1))
-        .set("llama.expert_count", Value::U32(n_expert));
-    if n_used > 0 {
-        w.set("llama.expert_used_count", Value::U32(n_used));
-    }
+    w.set("general.architecture", Value::String(arch.into()))
+        .set(format!("{arch}.block_count"), Value::U32(1))
+        .set(format!("{arch}.embedding_length"), Value::U32(32))
+        .set(format!("{arch}.feed_forward_length"), Value::U32(64))
+        .set(format!("{arch}.attention.head_count"), Value::U32(1));
     w.add_tensor(
         "token_embd.weight",
         &[32, 4],
         GgmlType::Q8_0,
         vec![0; 4 * 34],
     );
+    more(&mut w);
     w.write_file(path).unwrap();
     let file = GgufFile::open(path).unwrap();
     Spec::from_gguf(&file).map_err(|e| e.to_string())
@@ -399,29 +412,16 @@ fn phi3_longrope_tiny_matches_llama_cpp() {
 /// A Phi-3 file's longrope metadata, written with the least a spec needs and the given
 /// factor tensors.
 fn longrope_spec(path: &Path, tensors: &[&str]) -> Result<Spec, String> {
-    use vibrant::gguf::{GgufWriter, Value};
+    use vibrant::gguf::Value;
     use vibrant::quant::GgmlType;
-    let mut w = GgufWriter::new();
-    w.set("general.architecture", Value::String("phi3".into()))
-        .set("phi3.block_count", Value::U32(1))
-        .set("phi3.embedding_length", Value::U32(32))
-        .set("phi3.feed_forward_length", Value::U32(64))
-        .set("phi3.attention.head_count", Value::U32(1))
-        .set("phi3.context_length", Value::U32(4096))
-        .set("phi3.rope.scaling.original_context_length", Value::U32(32))
-        .set("phi3.rope.scaling.attn_factor", Value::F32(1.2));
-    w.add_tensor(
-        "token_embd.weight",
-        &[32, 4],
-        GgmlType::Q8_0,
-        vec![0; 4 * 34],
-    );
-    for name in tensors {
-        w.add_tensor(*name, &[16], GgmlType::F32, vec![0; 16 * 4]);
-    }
-    w.write_file(path).unwrap();
-    let file = GgufFile::open(path).unwrap();
-    Spec::from_gguf(&file).map_err(|e| e.to_string())
+    minimal_spec(path, "phi3", |w| {
+        w.set("phi3.context_length", Value::U32(4096))
+            .set("phi3.rope.scaling.original_context_length", Value::U32(32))
+            .set("phi3.rope.scaling.attn_factor", Value::F32(1.2));
+        for name in tensors {
+            w.add_tensor(*name, &[16], GgmlType::F32, vec![0; 16 * 4]);
+        }
+    })
 }
 
 /// Longrope takes the long factors past the original context and the short ones within it;
