@@ -54,7 +54,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let hd = p.head_dim;
     let kv_off = (h / (p.n_head / p.n_head_kv)) * hd;
     for (var d = li; d < hd; d += WG) {
-        q[d] = Q[t * p.q_width + h * hd + d];
+        q[d] = Q[q_row(t) + h * hd + d];
     }
     workgroupBarrier();
 
@@ -97,7 +97,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     for (var i = 0u; i < DPT; i++) {
         let d = li + i * WG;
         if (d < hd) {
-            O[t * p.q_width + h * hd + d] = acc[i] / running_sum;
+            O[q_row(t) + h * hd + d] = acc[i] / running_sum;
         }
     }
 }
@@ -152,7 +152,7 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         let t = q0 + i / hv;
         var v = vec4<f32>(0.0);
         if (t < p.n) {
-            let b = t * p.q_width + h * hd + 4u * (i % hv);
+            let b = q_row(t) + h * hd + 4u * (i % hv);
             v = vec4<f32>(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]) * p.scale;
         }
         fq[i] = v;
@@ -213,7 +213,7 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let t = q0 + row;
     if (t < p.n) {
         for (var c = 0u; c < hv / 4u; c++) {
-            let b = t * p.q_width + h * hd + 4u * (quarter + 4u * c);
+            let b = q_row(t) + h * hd + 4u * (quarter + 4u * c);
             let v = o[c] / l;
             O[b] = v.x;
             O[b + 1u] = v.y;
@@ -292,7 +292,7 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let start = max(c * CHUNK, first);
     let count = min((c + 1u) * CHUNK, n_keys) - start;
     for (var d = li; d < hd; d += DWG) {
-        q[d] = Q[t * p.q_width + h * hd + d] * p.scale;
+        q[d] = Q[q_row(t) + h * hd + d] * p.scale;
     }
     workgroupBarrier();
 
@@ -339,7 +339,7 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     }
     // The token's only chunk writes its output itself.
     if (first / CHUNK == (n_keys - 1u) / CHUNK) {
-        let base = t * p.q_width + h * hd + 8u * i;
+        let base = q_row(t) + h * hd + 8u * i;
         for (var e = 0u; e < 8u; e++) {
             O[base + e] = acc[e / 4u][e % 4u] / l;
         }
@@ -407,7 +407,7 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     for (var o = 1u; o < groups; o++) {
         acc += combine_sums[o * vecs + i];
     }
-    let out = t * p.q_width + h * hd + 4u * i;
+    let out = q_row(t) + h * hd + 4u * i;
     for (var e = 0u; e < 4u; e++) {
         O[out + e] = acc[e] / l;
     }

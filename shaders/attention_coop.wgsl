@@ -38,7 +38,7 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         let t = q0 + i / hd;
         var v = 0.0;
         if (t < p.n) {
-            v = Q[t * p.q_width + h * hd + i % hd] * p.scale;
+            v = Q[q_row(t) + h * hd + i % hd] * p.scale;
         }
         q_tile[i] = f16(v);
     }
@@ -46,9 +46,9 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     // Lane (row, half): row r = lane / 2 of the subgroup's 16, keys 32 * half.. of each step.
     let r = lane / 2u;
     let half = lane % 2u;
-    let q_row = q0 + sg * 16u + r;
-    let row_keys = p.pos + q_row + 1u;
-    let row_first = first_key(p.pos + q_row);
+    let row_q = q0 + sg * 16u + r;
+    let row_keys = p.pos + row_q + 1u;
+    let row_first = first_key(p.pos + row_q);
     // The last key any query of this tile sees, plus one.
     let n_keys = p.pos + min(q0 + BQ, p.n);
     var m = -3.4e38;
@@ -146,7 +146,7 @@ fn attention_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             let i = lane + 32u * e;
             let t = q0 + sg * 16u + i / 16u;
             if (b < blocks && t < p.n) {
-                O[t * p.q_width + h * hd + 16u * b + i % 16u] = o[b][e] / row_factor[sg * 16u + i / 16u];
+                O[q_row(t) + h * hd + 16u * b + i % 16u] = o[b][e] / row_factor[sg * 16u + i / 16u];
             }
         }
     }

@@ -17,6 +17,14 @@ struct Params {
     window: u32,
     // Scores become softcap · tanh(score / softcap) (Gemma 2); 0: left as they are.
     softcap: f32,
+    // The step's row of this sequence's first query: a step of several sequences attends a
+    // sequence (a span of rows, its own cache) at a time.
+    first_row: u32,
+}
+
+// Where the query (and output) of the sequence's token t begins in Q and O.
+fn q_row(t: u32) -> u32 {
+    return (p.first_row + t) * p.q_width;
 }
 
 // The first key that the query at position `q_pos` sees.

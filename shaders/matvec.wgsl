@@ -78,7 +78,7 @@ fn matvec_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (p.has_bias != 0u) {
         v += vec4<f32>(B[c], B[c + 1u], B[c + 2u], B[c + 3u]);
     }
-    let qkv_layout = QkvLayout(p.pos, p.head_dim, p.y_stride, p.kv_width, p.neox);
+    let qkv_layout = QkvLayout(p.pos, p.head_dim, p.y_stride, p.kv_width, p.neox, 0u);
     store_qkv(qkv_layout, wid.z, c, v);
 }
 

@@ -13,6 +13,9 @@ struct QkvLayout {
     q_width: u32,
     kv_width: u32,
     neox: u32,
+    // The step's row of this sequence's first token in q (a step of several sequences runs
+    // a sequence at a time; its staging rows start at 0).
+    first_row: u32,
 }
 
 // cos and sin of (position, frequency).
@@ -75,7 +78,7 @@ fn store_qkv(l: QkvLayout, t: u32, c: u32, v: vec4<f32>) {
         k_cache[(base + at_hi) / 2u] = pack2x16float(hi);
         return;
     }
-    let base = t * l.q_width + head;
+    let base = (l.first_row + t) * l.q_width + head;
     q_out[base + at_lo] = lo.x;
     q_out[base + at_lo + 1u] = lo.y;
     q_out[base + at_hi] = hi.x;

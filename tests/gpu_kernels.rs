@@ -17,7 +17,7 @@ use vibrant::backend::gpu::{GpuMatrix, GpuOptions, GpuTensor, WgpuBackend};
 use vibrant::backend::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
     Dims, ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, RmsNorm, Rope, RopeKind,
-    Routing, WeightBytes, WeightRows,
+    Routing, Span, WeightBytes, WeightRows,
 };
 use vibrant::quant::{GgmlType, ALL_TYPES};
 
@@ -1091,6 +1091,216 @@ fn q8_0_cache_attention_matches_the_cpu() {
 const Q8_0_CACHE_TOL: f64 = 2e-3;
 
 /// The q8_0 caches take 34 bytes per 32 values where f16 ones take 64.
+/// One step of several sequences: each span's rows at its own slot and positions, rows in
+/// span order.
+struct BatchStep {
+    spans: Vec<Span>,
+    x: Vec<f32>,
+    other_x: Vec<f32>,
+}
+
+/// Steps of `(slot, tokens)` spans, each sequence going on from where its last span ended.
+fn batch_steps(rng: &mut StdRng, width: usize, steps: &[&[(usize, usize)]]) -> Vec<BatchStep> {
+    let mut lengths = [0; 8];
+    steps
+        .iter()
+        .map(|spans| {
+            let spans: Vec<Span> = spans
+                .iter()
+                .map(|&(slot, len)| {
+                    let span = Span {
+                        slot,
+                        pos: lengths[slot],
+                        len,
+                    };
+                    lengths[slot] += len;
+                    span
+                })
+                .collect();
+            let rows: usize = spans.iter().map(|s| s.len).sum();
+            let [x, other_x] = [0, 1].map(|_| {
+                (0..rows * width)
+                    .map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 })
+                    .collect()
+            });
+            BatchStep { spans, x, other_x }
+        })
+        .collect()
+}
+
+/// Per step of several sequences: the rotated queries and the attention output, from the
+/// fused attention inputs or (`generic`) from the products of a plain matrix and the
+/// backend's RoPE op.
+fn run_batched_attention<B: Load>(
+    b: &mut B,
+    shape: &AttentionShape,
+    types: KvTypes,
+    projections: &Projections,
+    steps: &[BatchStep],
+    generic: bool,
+) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let (qw, kvw) = (shape.q_width(), shape.kv_width());
+    let width = qw + 2 * kvw;
+    let slots = 1 + steps
+        .iter()
+        .flat_map(|s| &s.spans)
+        .map(|s| s.slot)
+        .max()
+        .unwrap();
+    let n_ctx = steps
+        .iter()
+        .flat_map(|s| &s.spans)
+        .map(|s| s.pos + s.len)
+        .max()
+        .unwrap();
+    let table = b
+        .upload_vector("rope", &rope_table(n_ctx, shape.head_dim))
+        .expect("rope table");
+    let norm = b.upload_vector("norm", &projections.norm).expect("norm");
+    let usage = match generic {
+        true => MatrixUse::Plain,
+        false => MatrixUse::Qkv(*shape),
+    };
+    let qkv = b
+        .upload_matrix("qkv", width, projections.parts(shape), usage)
+        .expect("qkv");
+    let layout = KvLayout {
+        slots,
+        qk_norm: projections.qk_norm.is_some(),
+        ..kv_layout(shape, types, 2, n_ctx)
+    };
+    let cache = b.kv_cache(&layout).expect("cache");
+    let qk_norm = projections.qk_norm.as_ref().map(|[q, k]| {
+        let q = b.upload_vector("q norm", q).expect("q norm");
+        let k = b.upload_vector("k norm", k).expect("k norm");
+        (q, k)
+    });
+    let opts = AttentionOpts::causal(shape.head_dim);
+    steps
+        .iter()
+        .map(|s| {
+            let batch = Batch::new(s.spans.clone());
+            let n = batch.rows();
+            let q = b.load("q", n, qw, &vec![f32::NAN; n * qw]);
+            let rope = Rope {
+                cos_sin: &table,
+                qk_norm: qk_norm.as_ref().map(|(q, k)| QkNorm { q, k, eps: 1e-6 }),
+            };
+            let norm = RmsNorm {
+                weight: &norm,
+                eps: 0.0,
+            };
+            for (x, layer) in [(&s.other_x, 0), (&s.x, 1)] {
+                let x = b.load("x", n, width, x);
+                let at = CacheLayer {
+                    cache: &cache,
+                    layer,
+                    batch: &batch,
+                };
+                if generic {
+                    let normed = b.load("normed", n, width, &vec![f32::NAN; n * width]);
+                    let products = b.load("products", n, width, &vec![f32::NAN; n * width]);
+                    b.rms_norm(&x, norm, &normed, n);
+                    b.matmul(&normed, &qkv, &products, n);
+                    b.rope_store_kv(&products, &rope, &q, at);
+                } else {
+                    b.attention_inputs(&x, norm, &qkv, &rope, &q, at);
+                }
+            }
+            let out = b.load("attention out", n, qw, &vec![f32::NAN; n * qw]);
+            let at = CacheLayer {
+                cache: &cache,
+                layer: 1,
+                batch: &batch,
+            };
+            b.attention(&q, at, &opts, &out);
+            (read(b, &q, n), read(b, &out, n))
+        })
+        .collect()
+}
+
+/// Steps that hold rows of several sequences (a server's batches) against the CPU: each
+/// sequence in its own cache slot, spans out of slot order, prompts beside decoded tokens, a
+/// sequence past the decode kernel's first 128-key chunk, a prompt of several tiles beside
+/// three decoded rows; through the fused attention inputs (f16 and q8_0 caches, with and
+/// without QK-norm) and through the generic RoPE op. A row attending to another sequence's
+/// keys, or written into another's cache, moves its output by about its own size.
+#[test]
+fn steps_of_several_sequences_match_the_cpu() {
+    let mut rng = rng(31);
+    let schedule: [&[(usize, usize)]; 7] = [
+        &[(2, 40)],
+        &[(0, 70), (2, 1)],
+        &[(1, 3), (0, 1), (2, 1)],
+        &[(2, 1), (1, 1), (0, 1)],
+        &[(2, 100), (0, 2)],
+        &[(0, 1), (1, 1), (2, 1)],
+        &[(1, 130), (2, 3)],
+    ];
+    let q8 = KvTypes {
+        k: CacheType::Q8_0,
+        v: CacheType::Q8_0,
+    };
+    let cases = [
+        (64, RopeKind::Neox, KvTypes::default(), false, false),
+        (64, RopeKind::Normal, q8, false, false),
+        (128, RopeKind::Neox, KvTypes::default(), false, true),
+        (64, RopeKind::Neox, KvTypes::default(), true, false),
+    ];
+    let mut gpu = gpu();
+    for (head_dim, rope, types, qk_norm, generic) in cases {
+        let shape = AttentionShape {
+            n_head: 6,
+            n_head_kv: 2,
+            head_dim,
+            rope,
+        };
+        let (qw, kvw) = (shape.q_width(), shape.kv_width());
+        let weights = |rng: &mut StdRng| -> Vec<f32> {
+            random_values(rng, head_dim, 0.5)
+                .into_iter()
+                .map(|w| 1.0 + w)
+                .collect()
+        };
+        let projections = Projections {
+            qk_norm: qk_norm.then(|| [weights(&mut rng), weights(&mut rng)]),
+            ..Projections::random(&mut rng, &shape, GgmlType::F32, true)
+        };
+        let steps = batch_steps(&mut rng, qw + 2 * kvw, &schedule);
+        let (got, want) = (
+            run_batched_attention(&mut gpu, &shape, types, &projections, &steps, generic),
+            run_batched_attention(&mut cpu(), &shape, types, &projections, &steps, generic),
+        );
+        let bias_scale = projections.bias.as_deref().map_or(0.0, max_abs);
+        let (q_scale, v_scale) = match qk_norm {
+            true => (1.5, 2.0),
+            false => (
+                max_abs(&projections.norm[..qw]) + bias_scale,
+                max_abs(&projections.norm[qw + kvw..]) + bias_scale,
+            ),
+        };
+        for (s, ((gq, go), (cq, co))) in steps.iter().zip(got.iter().zip(&want)) {
+            let what = format!("head_dim {head_dim} {rope:?} {types:?} qk_norm {qk_norm} generic {generic}, spans {:?}", s.spans);
+            assert_close(
+                &format!("q, {what}"),
+                gq,
+                &to_f64(cq),
+                qw,
+                |_| q_scale,
+                1e-5,
+            );
+            let longest = s.spans.iter().map(|s| s.len).max().unwrap();
+            let tol = match qk_norm {
+                true if longest > 4 && gpu.uses_tensor_cores() => 5e-4,
+                true => 2e-4,
+                false => attention_tol(&gpu, types, longest),
+            };
+            let what = format!("attention, {what}");
+            assert_close(&what, go, &to_f64(co), qw, |_| v_scale, tol);
+        }
+    }
+}
+
 #[test]
 fn q8_0_caches_take_34_of_64_bytes_of_f16() {
     let shape = AttentionShape {
@@ -1961,56 +2171,48 @@ fn rope_store_of_products_in_head_order_matches_the_cpu() {
     }
 }
 
-/// What the GPU kernels do not take yet is refused by name: at load (the cache's layout) and,
-/// for a step of several sequences, at the next wait.
+/// A step with a sequence the cache has no slot for is refused by name at the next wait, and
+/// every wait after it says so (the refused work never ran); another backend on the same
+/// device is untouched by the refusal.
 #[test]
-fn the_gpu_refuses_by_name_what_its_kernels_lack() {
+fn a_step_past_the_caches_slots_is_refused_by_name() {
     let shape = AttentionShape {
         n_head: 2,
         n_head_kv: 1,
         head_dim: 64,
         rope: RopeKind::Neox,
     };
-    let base = kv_layout(&shape, KvTypes::default(), 2, 16);
+    let layout = KvLayout {
+        slots: 2,
+        ..kv_layout(&shape, KvTypes::default(), 2, 16)
+    };
     let causal = AttentionOpts::causal(64);
-    let cases = [(
-        KvLayout {
-            slots: 3,
-            ..base.clone()
-        },
-        "one sequence, not 3",
-    )];
-    for (layout, want) in cases {
-        let e = gpu().kv_cache(&layout).err().expect("refused").to_string();
-        assert!(e.contains(want), "{want:?} not in: {e}");
-        cpu().kv_cache(&layout).expect("the CPU takes it");
-    }
-
     let mut gpu = gpu();
-    let cache = gpu.kv_cache(&base).expect("cache");
+    let cache = gpu.kv_cache(&layout).expect("cache");
     let q = gpu.load("q", 2, shape.q_width(), &[0.0; 256]);
     let out = gpu.tensor("out", 2, shape.q_width()).expect("out");
-    let span = |pos| vibrant::backend::Span {
-        slot: 0,
-        pos,
+    let span = |slot| Span {
+        slot,
+        pos: 3,
         len: 1,
     };
-    let batch = Batch::new(vec![span(3), span(7)]);
+    let batch = Batch::new(vec![span(1), span(2)]);
     let at = CacheLayer {
         cache: &cache,
         layer: 0,
         batch: &batch,
     };
     gpu.attention(&q, at, &causal, &out);
-    // Another backend on the same device waits untouched by this one's refusal.
     let mut other = common::gpu();
     let t = other.load("t", 1, 4, &[1.0, 2.0, 3.0, 4.0]);
     assert_eq!(read(&mut other, &t, 1), [1.0, 2.0, 3.0, 4.0]);
     let e = gpu.sync().expect_err("refused").to_string();
-    assert!(e.contains("one sequence") && e.contains("2 spans"), "{e}");
-    // The refused work never ran: every later wait says so.
+    assert!(
+        e.contains("slot 2") && e.contains("holds 2 sequences"),
+        "{e}"
+    );
     let e = gpu.read(&out, 1).expect_err("still refused").to_string();
-    assert!(e.contains("one sequence"), "{e}");
+    assert!(e.contains("slot 2"), "{e}");
 }
 
 /// `w`'s rows as the [`MatrixUse::Experts`] matrix of `n_expert` equal blocks, each expert's

@@ -43,17 +43,6 @@ pub(super) struct KvDestinations {
     pub(super) staging: Option<[Arc<GpuBuf>; 2]>,
 }
 
-/// Refuses a cache the GPU kernels cannot serve, naming what they lack.
-pub(super) fn check_layout(layout: &KvLayout) -> Result<()> {
-    if layout.slots != 1 {
-        return Err(BackendError::Unsupported(format!(
-            "the GPU backend keeps the cache of one sequence, not {} (batches of sequences run on the CPU backend for now)",
-            layout.slots
-        )));
-    }
-    Ok(())
-}
-
 impl WgpuBackend {
     /// The prompt attention kernel for `shape` and caches of `types`, and its grid for `n`
     /// queries: tensor cores where the adapter has them and the caches are f16 (their loads
@@ -91,37 +80,107 @@ impl WgpuBackend {
         }
     }
 
-    /// The one span of a step: the GPU kernels run one sequence (cache slot 0) per step;
-    /// batches of several sequences are the server's, and are refused here until its
-    /// kernels land.
-    pub(super) fn one_span(&mut self, batch: &Batch) -> Option<Span> {
-        match batch.spans() {
-            [span] if span.slot == 0 => Some(*span),
-            [] => None,
-            spans => {
-                self.refuse(format!(
-                    "the GPU backend runs one sequence (cache slot 0) per step; this step has {} spans, the first in slot {}",
-                    spans.len(),
-                    spans[0].slot
-                ));
-                None
-            }
+    /// Attention of one sequence's rows of q against its own cache.
+    pub(super) fn attend_span(
+        &mut self,
+        q: &GpuTensor,
+        cache: &GpuKvCache,
+        layer: usize,
+        opts: &AttentionOpts,
+        out: &GpuTensor,
+        at: PlacedSpan,
+    ) {
+        let Span { slot, pos, len: n } = at.span;
+        let shape = &cache.shape;
+        let n_chunks = cache.n_ctx.div_ceil(ATTENTION_CHUNK);
+        let params = AttentionParams {
+            n_head: shape.n_head as u32,
+            n_head_kv: shape.n_head_kv as u32,
+            head_dim: shape.head_dim as u32,
+            pos: pos as u32,
+            kv_width: cache.kv_width as u32,
+            q_width: shape.q_width() as u32,
+            scale: opts.scale,
+            n_chunks: n_chunks as u32,
+            n: n as u32,
+            scales: cache.scales,
+            window: opts.window.map_or(0, |w| w as u32),
+            softcap: opts.softcap.unwrap_or(0.0),
+            first_row: at.first_row as u32,
+        };
+        let types = cache.types;
+        let buffers = [&q.buf, cache.keys(slot, layer), cache.values(slot, layer)];
+        if n > DECODE_ATTENTION_MAX_TOKENS {
+            let all = [buffers[0], buffers[1], buffers[2], &out.buf];
+            let cost = attention_cost(shape, types, pos, n);
+            let (kernel, groups) = self.prompt_attention(shape, types, n);
+            self.dispatch(kernel, &params, &all, groups, cost);
+            return;
+        }
+        let floats = DECODE_ATTENTION_MAX_TOKENS * shape.n_head * n_chunks * (shape.head_dim + 2);
+        let partials = self.attention_partials(4 * floats as u64);
+        let Some(partials) = self.recorded(partials) else {
+            return;
+        };
+        // Only chunks that hold keys for some query of this step are launched.
+        let used = (pos + n).div_ceil(ATTENTION_CHUNK) as u32;
+        let decode = [buffers[0], buffers[1], buffers[2], &out.buf, &partials];
+        let groups = (shape.n_head as u32, used, n as u32);
+        let cost = attention_cost(shape, types, pos, n);
+        self.dispatch(
+            Kernel::AttentionDecode(types),
+            &params,
+            &decode,
+            groups,
+            cost,
+        );
+        if used > 1 {
+            let groups = (shape.n_head as u32, n as u32, 1);
+            let cost =
+                Cost::bytes((n * shape.n_head * used as usize * (shape.head_dim + 2) * 4) as u64);
+            self.dispatch(
+                Kernel::AttentionCombine,
+                &params,
+                &[&out.buf, &partials],
+                groups,
+                cost,
+            );
         }
     }
 
-    /// Where a step of `n` rows writes layer `layer`'s keys and values: into the cache, or
-    /// for a q8_0 one into f32 staging rows that [`Self::quantize_staged`] then quantizes.
+    /// The spans of a step, each with the step's row where it begins: the cache's kernels run
+    /// one sequence at a time, each over its own rows and its own cache buffers. A span whose
+    /// slot the cache lacks is refused.
+    pub(super) fn placed_spans(&mut self, batch: &Batch, cache: &GpuKvCache) -> Vec<PlacedSpan> {
+        let mut placed = Vec::with_capacity(batch.spans().len());
+        let mut first_row = 0;
+        for &span in batch.spans() {
+            if span.slot >= cache.slots {
+                self.refuse(format!(
+                    "a step's sequence is in cache slot {}, but the cache holds {} sequences",
+                    span.slot, cache.slots
+                ));
+                return Vec::new();
+            }
+            placed.push(PlacedSpan { first_row, span });
+            first_row += span.len;
+        }
+        placed
+    }
+
+    /// Where a span's rows write layer `layer`'s keys and values: into its sequence's cache,
+    /// or for a q8_0 one into f32 staging rows that [`Self::quantize_staged`] then quantizes.
     pub(super) fn kv_destinations(
         &mut self,
         cache: &GpuKvCache,
         layer: usize,
-        n: usize,
+        span: Span,
     ) -> Option<KvDestinations> {
         let types = cache.types;
         let staging = match types == KvTypes::default() {
             true => None,
             false => {
-                let staging = self.kv_staging((n * cache.kv_width * 4) as u64);
+                let staging = self.kv_staging((span.len * cache.kv_width * 4) as u64);
                 Some(self.recorded(staging)?)
             }
         };
@@ -130,8 +189,8 @@ impl WgpuBackend {
             _ => cache.clone(),
         };
         Some(KvDestinations {
-            k: staged(types.k, 0, &cache.k[layer]),
-            v: staged(types.v, 1, &cache.v[layer]),
+            k: staged(types.k, 0, cache.keys(span.slot, layer)),
+            v: staged(types.v, 1, cache.values(span.slot, layer)),
             staging,
         })
     }
@@ -162,8 +221,9 @@ impl WgpuBackend {
         self.dispatch(Kernel::QkNorm, &params, &buffers, groups, cost);
     }
 
-    /// RoPE over the q and k of `products` (`[n, q | k | v]`, q and k heads in pair order
-    /// where `pairs`), q to `q`, k and v to their destinations.
+    /// RoPE over the q and k of a span's rows of `products` (`[rows, q | k | v]`, q and k
+    /// heads in pair order where `pairs`), q to its rows of `q`, k and v to their
+    /// destinations.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rope_and_store(
         &mut self,
@@ -172,19 +232,20 @@ impl WgpuBackend {
         q: &GpuTensor,
         dst: &KvDestinations,
         cache: &GpuKvCache,
-        span: Span,
+        at: PlacedSpan,
         pairs: bool,
     ) {
-        let (shape, n) = (&cache.shape, span.len);
+        let (shape, n) = (&cache.shape, at.span.len);
         let width = shape.q_width() + 2 * shape.kv_width();
         let params = RopeParams {
-            pos: span.pos as u32,
+            pos: at.span.pos as u32,
             head_dim: shape.head_dim as u32,
             q_width: shape.q_width() as u32,
             kv_width: shape.kv_width() as u32,
             neox: (shape.rope == RopeKind::Neox) as u32,
             n: n as u32,
             pairs: pairs as u32,
+            first_row: at.first_row as u32,
         };
         let quads = (width / 4) as u32;
         let buffers = [&products.buf, &cos_sin.buf, &q.buf, &dst.k, &dst.v];
@@ -194,8 +255,8 @@ impl WgpuBackend {
         self.dispatch(kernel, &params, &buffers, groups, cost);
     }
 
-    /// Quantizes the step's staged keys and values into q8_0 caches (nothing for f16 ones,
-    /// which the RoPE epilogue wrote itself).
+    /// Quantizes a span's staged keys and values into its q8_0 caches (nothing for f16
+    /// ones, which the RoPE epilogue wrote itself).
     pub(super) fn quantize_staged(
         &mut self,
         dst: &KvDestinations,
@@ -218,9 +279,28 @@ impl WgpuBackend {
         let (first, end) = (pos * blocks_per_row, (pos + n) * blocks_per_row);
         let words = end.div_ceil(2) - first / 2;
         let (gx, gy) = grid(words.div_ceil(64) as u64);
-        let buffers = [k_staged, v_staged, &cache.k[layer], &cache.v[layer]];
+        let (k, v) = (cache.keys(span.slot, layer), cache.values(span.slot, layer));
+        let buffers = [k_staged, v_staged, k, v];
         let cost = Cost::bytes((n * cache.kv_width * 2 * (4 + 1)) as u64);
         let kernel = Kernel::KvStore(cache.types);
         self.dispatch(kernel, &params, &buffers, (gx, gy, 2), cost);
+    }
+}
+
+/// A sequence's rows in a step: its span, and the step's row where they begin.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PlacedSpan {
+    pub(super) first_row: usize,
+    pub(super) span: Span,
+}
+
+impl GpuKvCache {
+    /// The key cache of sequence `slot`'s layer `layer`.
+    pub(super) fn keys(&self, slot: usize, layer: usize) -> &Arc<GpuBuf> {
+        &self.k[slot * self.n_layers + layer]
+    }
+
+    pub(super) fn values(&self, slot: usize, layer: usize) -> &Arc<GpuBuf> {
+        &self.v[slot * self.n_layers + layer]
     }
 }

@@ -55,7 +55,6 @@ impl Backend for WgpuBackend {
 
     /// One sequence (slot): a cache of several is refused by name.
     fn kv_cache(&mut self, layout: &KvLayout) -> Result<GpuKvCache> {
-        check_layout(layout)?;
         let (shape, types, n_ctx) = (&layout.shape, layout.types, layout.n_ctx);
         let n_layers = layout.layers.len();
         check_head_dim(shape)?;
@@ -75,11 +74,15 @@ impl Backend for WgpuBackend {
             CacheType::F16 => (rows * kv_width * 2 + 256) as u64,
             CacheType::Q8_0 => ty.bytes_for(rows * kv_width) as u64,
         };
-        let mut k = Vec::with_capacity(n_layers);
-        let mut v = Vec::with_capacity(n_layers);
-        for layer in 0..n_layers {
-            k.push(self.storage(&format!("layer {layer} key cache"), bytes(types.k))?);
-            v.push(self.storage(&format!("layer {layer} value cache"), bytes(types.v))?);
+        // A buffer per sequence and layer: the kernels address one sequence's rows from 0, so
+        // a step of several sequences binds each one's buffers in turn.
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for slot in 0..layout.slots {
+            for layer in 0..n_layers {
+                let name = |what| format!("sequence {slot} layer {layer} {what} cache");
+                k.push(self.storage(&name("key"), bytes(types.k))?);
+                v.push(self.storage(&name("value"), bytes(types.v))?);
+            }
         }
         // The cache comes last in a model's load: the kernels every answer's first steps
         // use are built now rather than in the first prompt's time, and whatever the driver
@@ -104,6 +107,8 @@ impl Backend for WgpuBackend {
         Ok(GpuKvCache {
             k,
             v,
+            n_layers,
+            slots: layout.slots,
             kv_width,
             n_ctx,
             shape: *shape,
@@ -201,17 +206,17 @@ impl Backend for WgpuBackend {
         q: &GpuTensor,
         at: CacheLayer<'_, GpuKvCache>,
     ) {
-        let Some(span) = self.one_span(at.batch) else {
-            return;
-        };
-        let Some(dst) = self.kv_destinations(at.cache, at.layer, span.len) else {
-            return;
-        };
+        let placed = self.placed_spans(at.batch, at.cache);
         if let Some(norm) = &rope.qk_norm {
-            self.qk_norm(qkv, norm, &at.cache.shape, span.len, false);
+            self.qk_norm(qkv, norm, &at.cache.shape, at.batch.rows(), false);
         }
-        self.rope_and_store(qkv, rope.cos_sin, q, &dst, at.cache, span, false);
-        self.quantize_staged(&dst, at.cache, at.layer, span);
+        for span in placed {
+            let Some(dst) = self.kv_destinations(at.cache, at.layer, span.span) else {
+                return;
+            };
+            self.rope_and_store(qkv, rope.cos_sin, q, &dst, at.cache, span, false);
+            self.quantize_staged(&dst, at.cache, at.layer, span.span);
+        }
     }
 
     fn attention(
@@ -221,63 +226,8 @@ impl Backend for WgpuBackend {
         opts: &AttentionOpts,
         out: &GpuTensor,
     ) {
-        let Some(Span { pos, len: n, .. }) = self.one_span(at.batch) else {
-            return;
-        };
-        let (cache, layer) = (at.cache, at.layer);
-        let shape = &cache.shape;
-        let n_chunks = cache.n_ctx.div_ceil(ATTENTION_CHUNK);
-        let params = AttentionParams {
-            n_head: shape.n_head as u32,
-            n_head_kv: shape.n_head_kv as u32,
-            head_dim: shape.head_dim as u32,
-            pos: pos as u32,
-            kv_width: cache.kv_width as u32,
-            q_width: shape.q_width() as u32,
-            scale: opts.scale,
-            n_chunks: n_chunks as u32,
-            n: n as u32,
-            scales: cache.scales,
-            window: opts.window.map_or(0, |w| w as u32),
-            softcap: opts.softcap.unwrap_or(0.0),
-        };
-        let types = cache.types;
-        let buffers = [&q.buf, &cache.k[layer], &cache.v[layer]];
-        if n > DECODE_ATTENTION_MAX_TOKENS {
-            let all = [buffers[0], buffers[1], buffers[2], &out.buf];
-            let cost = attention_cost(shape, types, pos, n);
-            let (kernel, groups) = self.prompt_attention(shape, types, n);
-            self.dispatch(kernel, &params, &all, groups, cost);
-            return;
-        }
-        let floats = DECODE_ATTENTION_MAX_TOKENS * shape.n_head * n_chunks * (shape.head_dim + 2);
-        let partials = self.attention_partials(4 * floats as u64);
-        let Some(partials) = self.recorded(partials) else {
-            return;
-        };
-        // Only chunks that hold keys for some query of this step are launched.
-        let used = (pos + n).div_ceil(ATTENTION_CHUNK) as u32;
-        let decode = [buffers[0], buffers[1], buffers[2], &out.buf, &partials];
-        let groups = (shape.n_head as u32, used, n as u32);
-        let cost = attention_cost(shape, types, pos, n);
-        self.dispatch(
-            Kernel::AttentionDecode(types),
-            &params,
-            &decode,
-            groups,
-            cost,
-        );
-        if used > 1 {
-            let groups = (shape.n_head as u32, n as u32, 1);
-            let cost =
-                Cost::bytes((n * shape.n_head * used as usize * (shape.head_dim + 2) * 4) as u64);
-            self.dispatch(
-                Kernel::AttentionCombine,
-                &params,
-                &[&out.buf, &partials],
-                groups,
-                cost,
-            );
+        for span in self.placed_spans(at.batch, at.cache) {
+            self.attend_span(q, at.cache, at.layer, opts, out, span);
         }
     }
 
@@ -382,29 +332,39 @@ impl Backend for WgpuBackend {
         q: &GpuTensor,
         at: CacheLayer<'_, GpuKvCache>,
     ) {
-        let Some(span) = self.one_span(at.batch) else {
+        let placed = self.placed_spans(at.batch, at.cache);
+        let Some(&first) = placed.first() else {
             return;
         };
-        let (cache, n) = (at.cache, span.len);
+        let (cache, n) = (at.cache, at.batch.rows());
         let tiled = n >= TILED_MIN_TOKENS;
         let fuse = self.fuses_norm(n, x.cols);
         let input = self.product_input(x, norm, fuse, n);
-        let Some(dst) = self.kv_destinations(cache, at.layer, n) else {
-            return;
-        };
         // A head's norm needs all its products, which the decode epilogue's workgroups do not
-        // share: with QK-norm, decoded rows go through the products and the RoPE kernel too.
-        if let Some(qk_norm) = &rope.qk_norm {
+        // share, and the epilogue writes one sequence's cache: with QK-norm, or rows of several
+        // sequences, the products go through the RoPE kernel, a sequence at a time.
+        if rope.qk_norm.is_some() || placed.len() > 1 {
             let products = self.scratch(Scratch::Products, n, qkv.rows);
             let how = Product {
                 norm: fuse.then_some((norm.weight, norm.eps)),
                 ..Product::default()
             };
             self.linear(&input, qkv, &products, n, how);
-            self.qk_norm(&products, qk_norm, &cache.shape, n, true);
-            self.rope_and_store(&products, rope.cos_sin, q, &dst, cache, span, true);
-            return self.quantize_staged(&dst, cache, at.layer, span);
+            if let Some(qk_norm) = &rope.qk_norm {
+                self.qk_norm(&products, qk_norm, &cache.shape, n, true);
+            }
+            for span in placed {
+                let Some(dst) = self.kv_destinations(cache, at.layer, span.span) else {
+                    return;
+                };
+                self.rope_and_store(&products, rope.cos_sin, q, &dst, cache, span, true);
+                self.quantize_staged(&dst, cache, at.layer, span.span);
+            }
+            return;
         }
+        let Some(dst) = self.kv_destinations(cache, at.layer, first.span) else {
+            return;
+        };
         // Prompts: the tiled products into a scratch row of [q | k | v] per token first.
         // Decoded rows go to q and the cache; `products` is not written.
         let products = match tiled {
@@ -417,7 +377,7 @@ impl Backend for WgpuBackend {
             k_cache: &dst.k,
             v_cache: &dst.v,
             types: cache.types,
-            pos: span.pos,
+            pos: first.span.pos,
             shape: &cache.shape,
         };
         let how = Product {
@@ -427,9 +387,9 @@ impl Backend for WgpuBackend {
         };
         self.linear(&input, qkv, &products, n, how);
         if tiled {
-            self.rope_and_store(&products, rope.cos_sin, q, &dst, cache, span, true);
+            self.rope_and_store(&products, rope.cos_sin, q, &dst, cache, first, true);
         }
-        self.quantize_staged(&dst, cache, at.layer, span);
+        self.quantize_staged(&dst, cache, at.layer, first.span);
     }
 
     fn matmul_add(&mut self, x: &GpuTensor, w: &GpuMatrix, acc: &GpuTensor, n: usize) {

@@ -52,9 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wgpu::util::DeviceExt;
 
-use attention::{
-    attention_cost, check_head_dim, check_layout, ATTENTION_CHUNK, DECODE_ATTENTION_MAX_TOKENS,
-};
+use attention::check_head_dim;
 use buffers::storage_buffer;
 use params::{
     AttentionParams, DequantParams, ElementParams, KernelParams, KvStoreParams, NormParams,
@@ -158,8 +156,11 @@ pub struct GpuVector {
 /// (shaders/kv_q8_0.wgsl), the 34 bytes per 32 values of ggml's blocks. One sequence (slot
 /// 0): the attention kernels read keys from row 0 on.
 pub struct GpuKvCache {
+    /// Keys and values of sequence s, layer l at `s * n_layers + l`.
     k: Vec<Arc<GpuBuf>>,
     v: Vec<Arc<GpuBuf>>,
+    n_layers: usize,
+    slots: usize,
     kv_width: usize,
     n_ctx: usize,
     shape: AttentionShape,

@@ -173,6 +173,8 @@ kernel_params! {
         /// 1: q and k heads in pair order, as the device's own `[q | k | v]` matrices leave
         /// them; 0: in the heads' own order.
         pairs: u32,
+        /// The step's row of the sequence's first token, in the products and in q.
+        first_row: u32,
     }
 }
 
@@ -213,6 +215,8 @@ kernel_params! {
         window: u32,
         /// Scores become softcap · tanh(score / softcap) (Gemma 2); 0: left as they are.
         softcap: f32,
+        /// The step's row of the sequence's first query, in q and the output.
+        first_row: u32,
     }
 }
 
