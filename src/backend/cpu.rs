@@ -8,8 +8,8 @@
 use super::weights::check_parts;
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, CacheLayer, CacheType, Dims,
-    ExpertInput, HostTokens, KvLayout, KvTypes, MatrixUse, Pointwise, Result, RmsNorm, Rope,
-    RopeKind, Routing, Scratch, WeightBytes, WeightRows,
+    ExpertInput, HostTokens, KvLayout, KvTypes, MatrixUse, Result, RmsNorm, Rope, RopeKind,
+    Scratch, WeightBytes, WeightRows,
 };
 use crate::quant::{self, ActFormat, Activations, GgmlType};
 use half::f16;
@@ -379,12 +379,6 @@ impl Backend for CpuBackend {
             .for_each(|(a, x)| *a += x);
     }
 
-    fn pointwise(&mut self, x: &CpuTensor, f: Pointwise, n: usize) {
-        let len = n * x.cols;
-        let mut x = x.data.borrow_mut();
-        x[..len].iter_mut().for_each(|v| *v = f.apply(*v));
-    }
-
     fn glu(&mut self, act: Activation, gate_up: &CpuTensor, out: &CpuTensor, n: usize) {
         let w = out.cols;
         assert_eq!(gate_up.cols, 2 * w, "glu: gate and up of {w} values each");
@@ -516,19 +510,6 @@ impl Backend for CpuBackend {
         self.rows_of(bytes, o, group * hd, task);
     }
 
-    fn moe_route(&mut self, logits: &CpuTensor, routing: Routing, routes: &CpuTensor, n: usize) {
-        assert_eq!(
-            routes.cols,
-            2 * routing.k,
-            "moe_route: ids and weights of k experts"
-        );
-        let l = logits.data.borrow();
-        let mut r = routes.data.borrow_mut();
-        for (l, r) in l.chunks(logits.cols).zip(r.chunks_mut(routes.cols)).take(n) {
-            routing.route(l, r);
-        }
-    }
-
     /// Row by row of the experts chosen: each expert's rows of `x` gathered, multiplied by
     /// its block of `w` at once (as a prompt's rows share a dense product), scattered back.
     fn matmul_id(
@@ -599,31 +580,6 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn moe_combine_add(&mut self, y: &CpuTensor, routes: &CpuTensor, acc: &CpuTensor, n: usize) {
-        let k = routes.cols / 2;
-        let d = acc.cols;
-        assert_eq!(
-            y.cols, d,
-            "moe_combine_add: experts' outputs of the residual's width"
-        );
-        let (y, r) = (y.data.borrow(), routes.data.borrow());
-        let mut a = acc.data.borrow_mut();
-        let mut mix = vec![0f32; d];
-        for (t, (a, route)) in a
-            .chunks_mut(d)
-            .zip(r.chunks(routes.cols))
-            .take(n)
-            .enumerate()
-        {
-            // The experts' sum first, then the residual add, as llama.cpp orders them.
-            mix.fill(0.0);
-            for (j, &weight) in route[k..].iter().enumerate() {
-                add_scaled(&mut mix, weight, &y[(t * k + j) * d..][..d]);
-            }
-            a.iter_mut().zip(&mix).for_each(|(a, m)| *a += m);
-        }
-    }
-
     fn copy_row(&mut self, src: &CpuTensor, row: usize, dst: &CpuTensor) {
         let s = src.data.borrow();
         dst.data.borrow_mut()[..src.cols].copy_from_slice(&s[row * src.cols..(row + 1) * src.cols]);
@@ -631,6 +587,10 @@ impl Backend for CpuBackend {
 
     fn read(&mut self, x: &CpuTensor, n: usize) -> Result<Vec<f32>> {
         Ok(x.data.borrow()[..n * x.cols].to_vec())
+    }
+
+    fn write(&mut self, x: &CpuTensor, rows: &[f32]) {
+        x.data.borrow_mut()[..rows.len()].copy_from_slice(rows);
     }
 
     fn sync(&mut self) -> Result<()> {

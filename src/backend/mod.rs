@@ -11,6 +11,7 @@
 
 pub mod cpu;
 pub mod gpu;
+mod host;
 mod kv;
 mod ops;
 mod tokens;
@@ -56,9 +57,6 @@ pub trait Backend {
     type Vector;
     type KvCache;
 
-    /// A one-line description of the device, for logs and `--verbose`.
-    fn describe(&self) -> String;
-
     /// A `[rows of all parts, cols]` matrix from the parts' rows in order, with their biases,
     /// for products that feed `usage`.
     fn upload_matrix(
@@ -92,8 +90,6 @@ pub trait Backend {
     fn matmul(&mut self, x: &Self::Tensor, w: &Self::Matrix, out: &Self::Tensor, n: usize);
     /// acc += x.
     fn add(&mut self, acc: &Self::Tensor, x: &Self::Tensor, n: usize);
-    /// x = f(x), element by element.
-    fn pointwise(&mut self, x: &Self::Tensor, f: Pointwise, n: usize);
     /// `out[t][i] = act(gate_up[t][i]) · gate_up[t][w + i]`, w = out's width: the gate and up
     /// products of one row side by side, as the product of a `[gate | up]` matrix writes them.
     fn glu(&mut self, act: Activation, gate_up: &Self::Tensor, out: &Self::Tensor, n: usize);
@@ -117,16 +113,6 @@ pub trait Backend {
         opts: &AttentionOpts,
         out: &Self::Tensor,
     );
-    /// Each row's experts from its router logits (`[n, n_expert]`): `routes[t]` = the ids of
-    /// the `routing.k` experts chosen, then their weights, as [`Routing::route`] computes them
-    /// (`routes` is `[n, 2k]`).
-    fn moe_route(
-        &mut self,
-        logits: &Self::Tensor,
-        routing: Routing,
-        routes: &Self::Tensor,
-        n: usize,
-    );
     /// Products with the experts each row chose (ggml's `mul_mat_id`): for choice j of row t,
     /// expert e = `routes[t][j]`, out[t·k + j] = x[`input`'s row] · w_eᵀ, where `w` is a
     /// [`MatrixUse::Experts`] matrix of which w_e is the e-th block of rows.
@@ -139,6 +125,56 @@ pub trait Backend {
         out: &Self::Tensor,
         n: usize,
     );
+    /// dst[0] = src[row].
+    fn copy_row(&mut self, src: &Self::Tensor, row: usize, dst: &Self::Tensor);
+    /// Rows `0..n` of a tensor, brought to the host.
+    fn read(&mut self, x: &Self::Tensor, n: usize) -> Result<Vec<f32>>;
+    /// The first rows of a tensor from the host: `rows` holds whole rows, one after the
+    /// other, and is written once all work recorded before it has read the tensor.
+    fn write(&mut self, x: &Self::Tensor, rows: &[f32]);
+    /// Waits until all recorded work has finished (bounded on GPUs).
+    fn sync(&mut self) -> Result<()>;
+    /// Device memory the backend holds, in bytes.
+    fn memory_used(&self) -> u64;
+
+    /// A one-line description of the device, for logs and `--verbose`.
+    fn describe(&self) -> String {
+        std::any::type_name::<Self>().to_string()
+    }
+
+    // The next three ops have bodies that do their work on the host, between a `read` and a
+    // `write`: right anywhere, slow on a device, which overrides them with kernels. Where the
+    // read fails, the op is left undone and the backend reports the failure again at its
+    // next wait, as it does for any failed recording.
+
+    /// x = f(x), element by element.
+    fn pointwise(&mut self, x: &Self::Tensor, f: Pointwise, n: usize) {
+        if let Ok(mut values) = self.read(x, n) {
+            values.iter_mut().for_each(|v| *v = f.apply(*v));
+            self.write(x, &values);
+        }
+    }
+
+    /// Each row's experts from its router logits (`[n, n_expert]`): `routes[t]` = the ids of
+    /// the `routing.k` experts chosen, then their weights, as [`Routing::route`] computes them
+    /// (`routes` is `[n, 2k]`).
+    fn moe_route(
+        &mut self,
+        logits: &Self::Tensor,
+        routing: Routing,
+        routes: &Self::Tensor,
+        n: usize,
+    ) {
+        assert_eq!(
+            routes.cols(),
+            2 * routing.k,
+            "moe_route: ids and weights of k experts"
+        );
+        if let Ok(logits) = self.read(logits, n) {
+            self.write(routes, &host::routes(routing, &logits, n));
+        }
+    }
+
     /// acc[t] += Σ_j weight[t][j] · y[t·k + j]: the chosen experts' outputs mixed by the
     /// weights of `routes` into the residual stream.
     fn moe_combine_add(
@@ -147,15 +183,14 @@ pub trait Backend {
         routes: &Self::Tensor,
         acc: &Self::Tensor,
         n: usize,
-    );
-    /// dst[0] = src[row].
-    fn copy_row(&mut self, src: &Self::Tensor, row: usize, dst: &Self::Tensor);
-    /// Rows `0..n` of a tensor, brought to the host.
-    fn read(&mut self, x: &Self::Tensor, n: usize) -> Result<Vec<f32>>;
-    /// Waits until all recorded work has finished (bounded on GPUs).
-    fn sync(&mut self) -> Result<()>;
-    /// Device memory the backend holds, in bytes.
-    fn memory_used(&self) -> u64;
+    ) {
+        let k = routes.cols() / 2;
+        let read = (self.read(y, n * k), self.read(routes, n), self.read(acc, n));
+        if let (Ok(y), Ok(routes), Ok(mut sums)) = read {
+            host::combine_experts_add(&y, &routes, &mut sums, k);
+            self.write(acc, &sums);
+        }
+    }
 
     /// out = rms_norm(x) · wᵀ (+ bias).
     fn norm_matmul(

@@ -251,6 +251,18 @@ impl Backend for WgpuBackend {
         self.combine_experts(y, routes, acc, n);
     }
 
+    fn write(&mut self, x: &GpuTensor, rows: &[f32]) {
+        assert!(
+            rows.len() <= x.rows * x.cols,
+            "write past the end of a tensor"
+        );
+        // Work recorded before the write reads the tensor as it was: it goes first.
+        self.submit();
+        self.gpu
+            .queue
+            .write_buffer(&x.buf.buffer, 0, bytemuck::cast_slice(rows));
+    }
+
     fn copy_row(&mut self, src: &GpuTensor, row: usize, dst: &GpuTensor) {
         let params = ElementParams {
             offset: (row * src.cols) as u32,

@@ -60,16 +60,4 @@ impl WgpuBackend {
             Cost::bytes(8 * x.cols as u64),
         );
     }
-
-    /// Uploads host data into a tensor's first rows (tests and tools).
-    pub fn write(&mut self, x: &GpuTensor, data: &[f32]) {
-        assert!(
-            data.len() <= x.rows * x.cols,
-            "write past the end of a tensor"
-        );
-        self.submit();
-        self.gpu
-            .queue
-            .write_buffer(&x.buf.buffer, 0, bytemuck::cast_slice(data));
-    }
 }
