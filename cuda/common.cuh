@@ -1,0 +1,135 @@
+// Shared by every kernel file: vibrant prepends it to each source before NVRTC compiles it, so
+// that no include path (and no CUDA toolkit headers) is needed at run time.
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// ggml's type ids of the weight types the kernels decode (src/quant).
+// -inf without math.h.
+#define NEG_INF __int_as_float(0xff800000)
+
+#define WT_F32 0
+#define WT_F16 1
+#define WT_Q4_0 2
+#define WT_Q8_0 8
+#define WT_Q4_K 12
+#define WT_Q5_K 13
+#define WT_Q6_K 14
+
+// Half conversions in PTX: cuda_fp16.h is not needed (nor shipped with NVRTC).
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Blocks are packed without padding (34-byte q8_0 blocks): their f16 fields are read by bytes.
+__device__ __forceinline__ float f16_at(const u8* p) {
+    return f16_to_f32((u16)p[0] | ((u16)p[1] << 8));
+}
+
+// The 6-bit scale and min of sub-block j of a q4_K/q5_K block (ggml's get_scale_min_k4).
+__device__ __forceinline__ void scale_min_k4(int j, const u8* q, float* sc, float* m) {
+    if (j < 4) {
+        *sc = (float)(q[j] & 63);
+        *m = (float)(q[j + 4] & 63);
+    } else {
+        *sc = (float)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (float)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+// Value i of a weight row of type ty, decoded from ggml's block layout as the file stores it.
+__device__ float weight_at(int ty, const u8* row, int i) {
+    switch (ty) {
+    case WT_F32:
+        return ((const float*)row)[i];
+    case WT_F16:
+        return f16_to_f32(((const u16*)row)[i]);
+    case WT_Q4_0: {
+        const u8* b = row + 18 * (i / 32);
+        int e = i % 32;
+        int q = e < 16 ? (b[2 + e] & 0xF) : (b[2 + e - 16] >> 4);
+        return f16_at(b) * (float)(q - 8);
+    }
+    case WT_Q8_0: {
+        const u8* b = row + 34 * (i / 32);
+        return f16_at(b) * (float)(i8)b[2 + i % 32];
+    }
+    case WT_Q4_K: {
+        const u8* b = row + 144 * (i / 256);
+        int e = i % 256, g = e / 64, w = e % 64, hi = w >= 32;
+        u8 q = b[16 + 32 * g + w % 32];
+        float sc, m;
+        scale_min_k4(2 * g + hi, b + 4, &sc, &m);
+        int nib = hi ? q >> 4 : q & 0xF;
+        return f16_at(b) * sc * (float)nib - f16_at(b + 2) * m;
+    }
+    case WT_Q5_K: {
+        const u8* b = row + 176 * (i / 256);
+        int e = i % 256, g = e / 64, w = e % 64, hi = w >= 32, l = w % 32;
+        u8 q = b[48 + 32 * g + l];
+        float sc, m;
+        scale_min_k4(2 * g + hi, b + 4, &sc, &m);
+        int v = (hi ? q >> 4 : q & 0xF) + (((b[16 + l] >> (2 * g + hi)) & 1) << 4);
+        return f16_at(b) * sc * (float)v - f16_at(b + 2) * m;
+    }
+    case WT_Q6_K: {
+        const u8* b = row + 210 * (i / 256);
+        int e = i % 256, n = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
+        const u8* ql = b + 64 * n;
+        const u8* qh = b + 128 + 32 * n;
+        const i8* sc = (const i8*)(b + 192) + 8 * n;
+        u8 low = (quarter & 1) ? ql[l + 32] : ql[l];
+        int nib = quarter >= 2 ? low >> 4 : low & 0xF;
+        int q = (nib | (((qh[l] >> (2 * quarter)) & 3) << 4)) - 32;
+        return f16_at(b + 208) * (float)sc[l / 16 + 2 * quarter] * (float)q;
+    }
+    default:
+        // Refused at upload: unreachable for an uploaded matrix.
+        return 0.0f;
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum of v over the block (blockDim.x a multiple of 32, at most 1024), given to every thread.
+// Every thread of the block must call it.
+__device__ float block_sum(float v) {
+    __shared__ float partial[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    float s = lane < warps ? partial[lane] : 0.0f;
+    return warp_sum(s);
+}
+
+__device__ float block_max(float v) {
+    __shared__ float partial[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    float s = lane < warps ? partial[lane] : NEG_INF;
+    return warp_max(s);
+}
