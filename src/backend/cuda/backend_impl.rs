@@ -13,7 +13,7 @@ use crate::backend::{
     HostTokens, KvLayout, MatrixUse, Pointwise, Result, RmsNorm, Rope, Routing, Scratch,
     WeightRows,
 };
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// Threads per block of the row kernels (matmul, norms, RoPE): four warps.
 const ROW_THREADS: u32 = 128;
@@ -68,7 +68,7 @@ impl CudaBackend {
 
     /// The device copy of `batch`'s cache rows (`[slot × n_ctx, position]` each), checked
     /// against the cache's slots and positions.
-    fn batch_rows(&mut self, batch: &Batch, cache: &CudaKvCache) -> Option<Arc<DeviceBuffer>> {
+    fn batch_rows(&mut self, batch: &Batch, cache: &CudaKvCache) -> Option<Rc<DeviceBuffer>> {
         if let Some(b) = &self.batch_rows {
             if b.batch == *batch && b.n_ctx == cache.n_ctx {
                 return Some(b.buf.clone());
@@ -87,7 +87,7 @@ impl CudaBackend {
         }
         match DeviceBuffer::from_host(&self.device, &rows, "a batch's cache rows") {
             Ok(buf) => {
-                let buf = Arc::new(buf);
+                let buf = Rc::new(buf);
                 self.batch_rows = Some(BatchRows {
                     batch: batch.clone(),
                     n_ctx: cache.n_ctx,
@@ -107,7 +107,7 @@ impl CudaBackend {
         buf.zero(what)?;
         self.bytes_held += buf.bytes as u64;
         Ok(CudaTensor {
-            buf: Arc::new(buf),
+            buf: Rc::new(buf),
             rows,
             cols,
         })

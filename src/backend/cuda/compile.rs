@@ -48,7 +48,8 @@ fn options(cc: (i32, i32)) -> Vec<String> {
 /// loads it), or NVRTC's log of what failed. The on-disk cache is skipped where `cache_key`
 /// (the driver's version, which the PTX must suit) is `None`.
 pub fn compile(name: &str, cc: (i32, i32), cache_key: Option<i32>) -> Result<Arc<Vec<u8>>> {
-    static MEMORY: OnceLock<Mutex<HashMap<(String, (i32, i32)), Arc<Vec<u8>>>>> = OnceLock::new();
+    type Compiled = HashMap<(String, (i32, i32)), Arc<Vec<u8>>>;
+    static MEMORY: OnceLock<Mutex<Compiled>> = OnceLock::new();
     let memory = MEMORY.get_or_init(Default::default);
     let key = (name.to_string(), cc);
     if let Some(ptx) = memory.lock().expect("kernel cache lock").get(&key) {

@@ -5,8 +5,8 @@
 
 use crate::backend::{BackendError, Result};
 use cudarc::driver::{result, sys};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How to open a CUDA device.
@@ -158,7 +158,7 @@ pub(crate) struct Device {
 }
 
 impl Device {
-    pub(crate) fn open(options: &CudaOptions) -> Result<Arc<Self>> {
+    pub(crate) fn open(options: &CudaOptions) -> Result<Rc<Self>> {
         let summary = list_devices()?
             .into_iter()
             .nth(options.ordinal)
@@ -184,7 +184,7 @@ impl Device {
             .map_err(err("creating a CUDA stream"))?;
         let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
             .map_err(err("creating a CUDA event"))?;
-        Ok(Arc::new(Self {
+        Ok(Rc::new(Self {
             summary,
             dev,
             stream,
@@ -273,11 +273,11 @@ impl Drop for Device {
 pub(crate) struct DeviceBuffer {
     pub(crate) ptr: sys::CUdeviceptr,
     pub(crate) bytes: usize,
-    device: Arc<Device>,
+    device: Rc<Device>,
 }
 
 impl DeviceBuffer {
-    pub(crate) fn new(device: &Arc<Device>, bytes: usize, what: &str) -> Result<Self> {
+    pub(crate) fn new(device: &Rc<Device>, bytes: usize, what: &str) -> Result<Self> {
         let ptr = device.alloc(bytes, what)?;
         Ok(Self {
             ptr,
@@ -288,7 +288,7 @@ impl DeviceBuffer {
 
     /// A buffer holding `data`. The copy is ordered on the stream, and the stream is idle
     /// first: a copy from pageable memory may wait for the stream, and must not wait unbounded.
-    pub(crate) fn from_host<T: Copy>(device: &Arc<Device>, data: &[T], what: &str) -> Result<Self> {
+    pub(crate) fn from_host<T: Copy>(device: &Rc<Device>, data: &[T], what: &str) -> Result<Self> {
         let buf = Self::new(device, std::mem::size_of_val(data), what)?;
         buf.write(data, what)?;
         Ok(buf)

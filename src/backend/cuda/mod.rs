@@ -24,7 +24,7 @@ use crate::quant::GgmlType;
 use device::{Device, DeviceBuffer};
 use kernels::Kernels;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// Weight types the kernels decode (cuda/common.cuh's weight_at); others are refused at upload.
 pub const SUPPORTED_TYPES: [GgmlType; 7] = [
@@ -44,7 +44,7 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// A `[rows, cols]` f32 tensor; scratch tensors share their buffer with the backend.
 #[derive(Clone)]
 pub struct CudaTensor {
-    buf: Arc<DeviceBuffer>,
+    buf: Rc<DeviceBuffer>,
     rows: usize,
     cols: usize,
 }
@@ -108,21 +108,21 @@ pub struct CudaKvCache {
 struct BatchRows {
     batch: Batch,
     n_ctx: usize,
-    buf: Arc<DeviceBuffer>,
+    buf: Rc<DeviceBuffer>,
 }
 
 pub struct CudaBackend {
-    device: Arc<Device>,
+    device: Rc<Device>,
     kernels: Kernels,
     /// The first error of recorded work: nothing more is launched, and every wait reports it.
     failed: Option<BackendError>,
     /// The last kernel launched, which a wait's error names.
     last_kernel: &'static str,
     bytes_held: u64,
-    scratch: HashMap<Scratch, Arc<DeviceBuffer>>,
+    scratch: HashMap<Scratch, Rc<DeviceBuffer>>,
     /// Stands in for a tensor that could not be allocated (the failure is recorded, so no
     /// kernel reads it).
-    placeholder: Arc<DeviceBuffer>,
+    placeholder: Rc<DeviceBuffer>,
     batch_rows: Option<BatchRows>,
     /// Token picks: read back and chosen on the host for now.
     tokens: HostTokens,
@@ -139,7 +139,7 @@ impl CudaBackend {
         }
         let device = Device::open(&options)?;
         let kernels = Kernels::load(&device, options.kernel_cache)?;
-        let placeholder = Arc::new(DeviceBuffer::new(&device, 16, "a placeholder tensor")?);
+        let placeholder = Rc::new(DeviceBuffer::new(&device, 16, "a placeholder tensor")?);
         Ok(Self {
             device,
             kernels,
