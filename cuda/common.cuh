@@ -14,10 +14,14 @@ typedef unsigned long long u64;
 #define WT_F32 0
 #define WT_F16 1
 #define WT_Q4_0 2
+#define WT_Q4_1 3
+#define WT_Q5_0 6
+#define WT_Q5_1 7
 #define WT_Q8_0 8
 #define WT_Q4_K 12
 #define WT_Q5_K 13
 #define WT_Q6_K 14
+#define WT_BF16 30
 
 // Half conversions in PTX: cuda_fp16.h is not needed (nor shipped with NVRTC).
 __device__ __forceinline__ float f16_to_f32(u16 h) {
@@ -48,6 +52,18 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* q, float* sc, floa
     }
 }
 
+// The 4-bit level of element e (0..32) of a legacy block's 16 bytes of nibbles: the low
+// nibbles hold elements 0..16, the high ones 16..32.
+__device__ __forceinline__ int nibble32(const u8* qs, int e) {
+    return e < 16 ? (qs[e] & 0xF) : (qs[e - 16] >> 4);
+}
+
+// The 5-bit level of element e of a q5_0/q5_1 block: bit e of the little-endian u32 qh is its
+// fifth bit.
+__device__ __forceinline__ int level5(const u8* qh, const u8* qs, int e) {
+    return nibble32(qs, e) | (((qh[e / 8] >> (e % 8)) & 1) << 4);
+}
+
 // Value i of a weight row of type ty, decoded from ggml's block layout as the file stores it.
 __device__ float weight_at(int ty, const u8* row, int i) {
     switch (ty) {
@@ -55,11 +71,23 @@ __device__ float weight_at(int ty, const u8* row, int i) {
         return ((const float*)row)[i];
     case WT_F16:
         return f16_to_f32(((const u16*)row)[i]);
+    case WT_BF16:
+        return __uint_as_float((u32)((const u16*)row)[i] << 16);
     case WT_Q4_0: {
         const u8* b = row + 18 * (i / 32);
-        int e = i % 32;
-        int q = e < 16 ? (b[2 + e] & 0xF) : (b[2 + e - 16] >> 4);
-        return f16_at(b) * (float)(q - 8);
+        return f16_at(b) * (float)(nibble32(b + 2, i % 32) - 8);
+    }
+    case WT_Q4_1: {
+        const u8* b = row + 20 * (i / 32);
+        return (float)nibble32(b + 4, i % 32) * f16_at(b) + f16_at(b + 2);
+    }
+    case WT_Q5_0: {
+        const u8* b = row + 22 * (i / 32);
+        return (float)(level5(b + 2, b + 6, i % 32) - 16) * f16_at(b);
+    }
+    case WT_Q5_1: {
+        const u8* b = row + 24 * (i / 32);
+        return (float)level5(b + 4, b + 8, i % 32) * f16_at(b) + f16_at(b + 2);
     }
     case WT_Q8_0: {
         const u8* b = row + 34 * (i / 32);

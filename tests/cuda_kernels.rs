@@ -139,7 +139,7 @@ fn matrices_of_parts_of_several_types_match_the_reference() {
 fn unsupported_weight_types_are_refused_by_tensor_and_type() {
     let mut b = cuda();
     let mut rng = rng(3);
-    let w = Weights::random(&mut rng, GgmlType::Q4_1, 4, 64);
+    let w = Weights::random(&mut rng, GgmlType::Q3K, 4, 256);
     let e = b
         .upload_matrix(
             "blk.0.ffn_down.weight",
@@ -152,7 +152,7 @@ fn unsupported_weight_types_are_refused_by_tensor_and_type() {
     let text = e.to_string();
     assert!(matches!(e, BackendError::Unsupported(_)), "{e:?}");
     assert!(
-        text.contains("blk.0.ffn_down.weight") && text.contains("Q4_1"),
+        text.contains("blk.0.ffn_down.weight") && text.contains("Q3_K"),
         "{text}"
     );
 }
