@@ -1,4 +1,5 @@
-// Attention of each row's query heads over the f16 keys and values of its own slot, at the
+// Attention of each row's query heads over the keys and values (kv.cuh's encodings) of its
+// own slot, at the
 // positions the window lets it see up to its own, with an online softmax over chunks of
 // ATT_THREADS keys (so that any context length fits in shared memory).
 //
@@ -7,9 +8,10 @@
 
 #define ATT_THREADS 128
 
-extern "C" __global__ void attention(const float* q, const u16* k_cache, const u16* v_cache,
-                                     float* out, const int* rows, int n_head, int n_head_kv,
-                                     int head_dim, float scale, float softcap, int window) {
+extern "C" __global__ void attention(const float* q, const u8* k_cache, const u8* v_cache,
+                                     int k_type, int v_type, float* out, const int* rows,
+                                     int n_head, int n_head_kv, int head_dim, float scale,
+                                     float softcap, int window) {
     __shared__ float qs[2 * ATT_THREADS];
     __shared__ float p[ATT_THREADS];
     int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
@@ -21,16 +23,18 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
     const float* qh = q + ((u64)t * n_head + h) * head_dim;
     for (int d = tid; d < head_dim; d += ATT_THREADS) qs[d] = qh[d];
     __syncthreads();
-    const u16* keys = k_cache + start * kv_width + (u64)kv_head * head_dim;
-    const u16* values = v_cache + start * kv_width + (u64)kv_head * head_dim;
+    // Row p of the slot's keys (values) starts row_k (row_v) bytes after the one before.
+    u64 row_k = kv_bytes(k_type, kv_width), row_v = kv_bytes(v_type, kv_width);
+    const u8* keys = k_cache + start * row_k + kv_bytes(k_type, (u64)kv_head * head_dim);
+    const u8* values = v_cache + start * row_v + kv_bytes(v_type, (u64)kv_head * head_dim);
     float m = NEG_INF, l = 0.0f, acc0 = 0.0f, acc1 = 0.0f;
     for (int k0 = first; k0 <= pos; k0 += ATT_THREADS) {
         int key = k0 + tid;
         float s = NEG_INF;
         if (key <= pos) {
-            const u16* kr = keys + (u64)key * kv_width;
+            const u8* kr = keys + (u64)key * row_k;
             float dot = 0.0f;
-            for (int d = 0; d < head_dim; d++) dot += qs[d] * f16_to_f32(kr[d]);
+            for (int d = 0; d < head_dim; d++) dot += qs[d] * kv_at(k_type, kr, d);
             s = scale * dot;
             if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
         }
@@ -45,9 +49,9 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
         int d0 = tid, d1 = tid + ATT_THREADS;
         float a0 = 0.0f, a1 = 0.0f;
         for (int j = 0; j < count; j++) {
-            const u16* vr = values + (u64)(k0 + j) * kv_width;
-            if (d0 < head_dim) a0 += p[j] * f16_to_f32(vr[d0]);
-            if (d1 < head_dim) a1 += p[j] * f16_to_f32(vr[d1]);
+            const u8* vr = values + (u64)(k0 + j) * row_v;
+            if (d0 < head_dim) a0 += p[j] * kv_at(v_type, vr, d0);
+            if (d1 < head_dim) a1 += p[j] * kv_at(v_type, vr, d1);
         }
         acc0 = acc0 * alpha + a0;
         acc1 = acc1 * alpha + a1;

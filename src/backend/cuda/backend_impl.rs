@@ -24,6 +24,11 @@ const MM_TOKENS: usize = 8;
 /// Threads per block of cuda/attention.cu (ATT_THREADS).
 const ATT_THREADS: u32 = 128;
 
+/// A cache type as cuda/kv.cuh names it: its ggml type id.
+fn cache_type(ty: CacheType) -> u64 {
+    ty.ggml_type().id() as u64
+}
+
 fn elements(len: usize) -> (u32, u32, u32) {
     (len.div_ceil(ELEMENT_THREADS as usize).max(1) as u32, 1, 1)
 }
@@ -266,14 +271,8 @@ impl Backend for CudaBackend {
 
     fn kv_cache(&mut self, layout: &KvLayout) -> Result<CudaKvCache> {
         let shape = layout.shape;
-        layout.types.check(&shape)?;
-        if layout.types.k != CacheType::F16 || layout.types.v != CacheType::F16 {
-            return Err(BackendError::Unsupported(format!(
-                "the CUDA backend keeps an f16 KV cache only (asked for {}): leave \
-                 --cache-type-k and --cache-type-v at f16",
-                layout.types
-            )));
-        }
+        let types = layout.types;
+        types.check(&shape)?;
         let hd = shape.head_dim;
         if hd > MAX_HEAD_DIM || !hd.is_multiple_of(2) {
             return Err(BackendError::Unsupported(format!(
@@ -288,10 +287,10 @@ impl Backend for CudaBackend {
             )));
         }
         let positions = layout.slots * layout.n_ctx;
-        let bytes = 2 * positions * shape.kv_width();
-        let mut layer = |l: usize, what: &str| -> Result<DeviceBuffer> {
+        let mut layer = |l: usize, what: &str, ty: CacheType| -> Result<DeviceBuffer> {
+            let bytes = positions * ty.bytes_for(shape.kv_width());
             let what = format!(
-                "KV cache layer {l} {what} ({} slots × {} positions)",
+                "KV cache layer {l} {what} ({} slots × {} positions, {ty})",
                 layout.slots, layout.n_ctx
             );
             let buf = DeviceBuffer::new(&self.device, bytes, &what)?;
@@ -303,8 +302,8 @@ impl Backend for CudaBackend {
         let mut k = Vec::with_capacity(n_layers);
         let mut v = Vec::with_capacity(n_layers);
         for l in 0..n_layers {
-            k.push(layer(l, "keys")?);
-            v.push(layer(l, "values")?);
+            k.push(layer(l, "keys", types.k)?);
+            v.push(layer(l, "values", types.v)?);
         }
         Ok(CudaKvCache {
             k,
@@ -312,6 +311,7 @@ impl Backend for CudaBackend {
             slots: layout.slots,
             n_ctx: layout.n_ctx,
             shape,
+            types,
         })
     }
 
@@ -531,6 +531,8 @@ impl Backend for CudaBackend {
                 q.buf.ptr,
                 cache.k[at.layer].ptr,
                 cache.v[at.layer].ptr,
+                cache_type(cache.types.k),
+                cache_type(cache.types.v),
                 rope.cos_sin.buf.ptr,
                 rows.ptr,
                 q_norm,
@@ -579,6 +581,8 @@ impl Backend for CudaBackend {
                 q.buf.ptr,
                 cache.k[at.layer].ptr,
                 cache.v[at.layer].ptr,
+                cache_type(cache.types.k),
+                cache_type(cache.types.v),
                 out.buf.ptr,
                 rows.ptr,
                 int(shape.n_head),

@@ -4,7 +4,7 @@
 //! that the crate builds without CUDA.
 //!
 //! Weights stay in device memory as the file encodes them (ggml's block layouts), decoded
-//! inside the kernels. The cache holds f16 keys and values, `slots × n_ctx` rows per layer,
+//! inside the kernels. The cache holds f16 or q8_0 keys and values, `slots × n_ctx` rows per layer,
 //! each row at its span's slot and position. All work goes on one stream; every wait polls an
 //! event against `--gpu-timeout`, and a failure is kept and reported at every wait after it.
 //!
@@ -19,7 +19,7 @@ mod kernels;
 
 pub use device::{list_devices, missing_libraries, CudaDeviceSummary, CudaOptions};
 
-use super::{AttentionShape, BackendError, Batch, Dims, HostTokens, Result, Scratch};
+use super::{AttentionShape, BackendError, Batch, Dims, HostTokens, KvTypes, Result, Scratch};
 use crate::quant::GgmlType;
 use device::{Device, DeviceBuffer};
 use kernels::Kernels;
@@ -97,14 +97,15 @@ pub struct CudaVector {
     len: usize,
 }
 
-/// Per layer, `[slots × n_ctx, kv_width]` f16 keys and values (slot s's position p at row
-/// s × n_ctx + p).
+/// Per layer, `[slots × n_ctx, kv_width]` keys and values encoded as `types` says (f16, or
+/// ggml's q8_0 blocks), row after row (slot s's position p at row s × n_ctx + p).
 pub struct CudaKvCache {
     k: Vec<DeviceBuffer>,
     v: Vec<DeviceBuffer>,
     slots: usize,
     n_ctx: usize,
     shape: AttentionShape,
+    types: KvTypes,
 }
 
 /// The cache rows of the last batch, on the device: `[slot × n_ctx, position]` per row, as the
