@@ -132,7 +132,7 @@ fn open_cuda(_: &DeviceArgs) -> Result<Device> {
 /// CUDA device, or CUDA that does not open, which is said too).
 #[cfg(feature = "cuda")]
 fn prefer_cuda(d: &DeviceArgs, choice: DeviceChoice) -> Result<Option<Device>> {
-    use vibrant::backend::cuda::{list_devices, missing_libraries, CudaBackend};
+    use vibrant::backend::cuda::{driver_present, list_devices, missing_libraries, CudaBackend};
     if d.gpu.backend.is_some() || d.gpu.adapter.is_some() {
         return Ok(None);
     }
@@ -140,7 +140,12 @@ fn prefer_cuda(d: &DeviceArgs, choice: DeviceChoice) -> Result<Option<Device>> {
         DeviceChoice::Auto => "--device auto",
         _ => "--device gpu",
     };
-    if missing_libraries().is_some() {
+    // No NVIDIA driver: the wgpu path, as in builds without CUDA. A driver without the rest
+    // of CUDA is worth a word.
+    if let Some(why) = missing_libraries() {
+        if driver_present() {
+            eprintln!("{flag}: CUDA is not usable ({why}); using wgpu");
+        }
         return Ok(None);
     }
     let first = match list_devices() {

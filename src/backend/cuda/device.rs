@@ -51,12 +51,18 @@ impl CudaDeviceSummary {
     }
 }
 
+/// Whether the CUDA driver library loads: where it does not, this machine has no NVIDIA
+/// driver at all (as opposed to a CUDA install missing a piece).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the library by its usual names.
+    unsafe { sys::is_culib_present() }
+}
+
 /// Why CUDA cannot be used here, or `None` where the driver and NVRTC libraries load: cudarc
 /// panics on the first call into a library it cannot find, so nothing else may call it before
 /// this says yes.
 pub fn missing_libraries() -> Option<String> {
-    // SAFETY: only tries to dlopen the libraries by their usual names.
-    let driver = unsafe { sys::is_culib_present() };
+    let driver = driver_present();
     let nvrtc = super::compile::nvrtc_present();
     match (driver, nvrtc) {
         (true, true) => None,

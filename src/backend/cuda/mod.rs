@@ -17,7 +17,7 @@ pub mod compile;
 pub mod device;
 mod kernels;
 
-pub use device::{list_devices, missing_libraries, CudaDeviceSummary, CudaOptions};
+pub use device::{driver_present, list_devices, missing_libraries, CudaDeviceSummary, CudaOptions};
 
 use super::{AttentionShape, BackendError, Batch, Dims, HostTokens, KvTypes, Result, Scratch};
 use crate::quant::GgmlType;
