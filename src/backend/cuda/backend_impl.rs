@@ -75,7 +75,7 @@ impl CudaBackend {
     /// against the cache's slots and positions.
     fn batch_rows(&mut self, batch: &Batch, cache: &CudaKvCache) -> Option<Rc<DeviceBuffer>> {
         if let Some(b) = &self.batch_rows {
-            if b.batch == *batch && b.n_ctx == cache.n_ctx {
+            if b.batch == *batch && (b.slots, b.n_ctx) == (cache.slots, cache.n_ctx) {
                 return Some(b.buf.clone());
             }
         }
@@ -95,6 +95,7 @@ impl CudaBackend {
                 let buf = Rc::new(buf);
                 self.batch_rows = Some(BatchRows {
                     batch: batch.clone(),
+                    slots: cache.slots,
                     n_ctx: cache.n_ctx,
                     buf: buf.clone(),
                 });

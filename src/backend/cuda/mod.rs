@@ -109,10 +109,11 @@ pub struct CudaKvCache {
 }
 
 /// The cache rows of the last batch, on the device: `[slot × n_ctx, position]` per row, as the
-/// RoPE and attention kernels read them; kept while the batch stays the same (every layer of
-/// a step).
+/// RoPE and attention kernels read them; kept while the batch and the cache's shape stay the
+/// same (every layer of a step), checked against `slots` and `n_ctx`.
 struct BatchRows {
     batch: Batch,
+    slots: usize,
     n_ctx: usize,
     buf: Rc<DeviceBuffer>,
 }
