@@ -62,6 +62,12 @@ pub fn compile(name: &str, cc: (i32, i32), cache_key: Option<i32>) -> Result<Arc
     if let Some(ptx) = memory.lock().expect("kernel cache lock").get(&key) {
         return Ok(ptx.clone());
     }
+    if !nvrtc_present() {
+        return Err(BackendError::Unsupported(
+            "NVRTC (libnvrtc.so.13) is not on the library path: CUDA kernels cannot be compiled"
+                .into(),
+        ));
+    }
     let source = full_source(name)
         .ok_or_else(|| BackendError::Unsupported(format!("no CUDA kernel file '{name}'")))?;
     let options = options(cc);
