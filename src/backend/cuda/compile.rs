@@ -43,11 +43,15 @@ pub fn full_source(name: &str) -> Option<String> {
 }
 
 /// The NVRTC options of every file: PTX for the virtual architecture of compute capability
-/// `major.minor`, which the driver compiles for the device itself.
+/// `major.minor`, which the driver compiles for the device itself. No fused multiply-adds: the
+/// kernels then round as the CPU reference does (RoPE's rotations bit for bit, so that a key
+/// never rounds to another f16 or q8_0 step in the cache than on the CPU); the kernels are
+/// bound by memory, not by arithmetic.
 fn options(cc: (i32, i32)) -> Vec<String> {
     vec![
         format!("--gpu-architecture=compute_{}{}", cc.0, cc.1),
         "--std=c++17".into(),
+        "--fmad=false".into(),
     ]
 }
 
