@@ -18,6 +18,8 @@ typedef unsigned long long u64;
 #define WT_Q5_0 6
 #define WT_Q5_1 7
 #define WT_Q8_0 8
+#define WT_Q2_K 10
+#define WT_Q3_K 11
 #define WT_Q4_K 12
 #define WT_Q5_K 13
 #define WT_Q6_K 14
@@ -93,6 +95,26 @@ __device__ float weight_at(int ty, const u8* row, int i) {
         const u8* b = row + 34 * (i / 32);
         return f16_at(b) * (float)(i8)b[2 + i % 32];
     }
+    case WT_Q2_K: {
+        // scales[16], qs[64], d, dmin: element 128h + 32s + l is bits 2s..2s+2 of qs[32h + l];
+        // group e / 16 has scale d · (sc & 15) and minimum dmin · (sc >> 4).
+        const u8* b = row + 84 * (i / 256);
+        int e = i % 256, h = e / 128, s = (e % 128) / 32, l = e % 32;
+        int q = (b[16 + 32 * h + l] >> (2 * s)) & 3;
+        u8 sc = b[e / 16];
+        return f16_at(b + 80) * (float)(sc & 0xF) * (float)q - f16_at(b + 82) * (float)(sc >> 4);
+    }
+    case WT_Q3_K: {
+        // hmask[32], qs[64], scales[12], d: low bits as in q2_K; the high bit of element e is
+        // bit e / 32 of hmask[e % 32], clear meaning -4; 16 six-bit scales, offset by 32.
+        const u8* b = row + 110 * (i / 256);
+        int e = i % 256, h = e / 128, s = (e % 128) / 32, l = e % 32, g = e / 16;
+        int q = ((b[32 + 32 * h + l] >> (2 * s)) & 3) - (((b[l] >> (e / 32)) & 1) ? 0 : 4);
+        const u8* sc = b + 96;
+        int low = g < 8 ? (sc[g] & 0xF) : (sc[g - 8] >> 4);
+        int high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+        return f16_at(b + 108) * (float)((low | (high << 4)) - 32) * (float)q;
+    }
     case WT_Q4_K: {
         const u8* b = row + 144 * (i / 256);
         int e = i % 256, g = e / 64, w = e % 64, hi = w >= 32;
@@ -123,7 +145,7 @@ __device__ float weight_at(int ty, const u8* row, int i) {
         return f16_at(b + 208) * (float)sc[l / 16 + 2 * quarter] * (float)q;
     }
     default:
-        // Refused at upload: unreachable for an uploaded matrix.
+        // Every ggml type vibrant reads is above (GgmlType in src/quant/types.rs).
         return 0.0f;
     }
 }

@@ -5,7 +5,7 @@
 use super::kernels::{int, ArgBits, Kernel};
 use super::{
     BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
-    DeviceBuffer, MAX_HEAD_DIM, SUPPORTED_TYPES,
+    DeviceBuffer, MAX_HEAD_DIM,
 };
 use crate::backend::weights::check_parts;
 use crate::backend::{
@@ -168,7 +168,8 @@ impl Backend for CudaBackend {
         )
     }
 
-    /// The parts stay as the file encodes them, in the order given, whatever they feed.
+    /// The parts stay as the file encodes them, in the order given, whatever they feed: the
+    /// kernels decode every ggml type vibrant reads (cuda/common.cuh's weight_at).
     fn upload_matrix(
         &mut self,
         name: &str,
@@ -177,16 +178,6 @@ impl Backend for CudaBackend {
         usage: MatrixUse,
     ) -> Result<CudaMatrix> {
         let (row_bytes, bias) = check_parts(name, cols, &parts)?;
-        if let Some(p) = parts
-            .iter()
-            .find(|p| !SUPPORTED_TYPES.contains(&p.ggml_type))
-        {
-            return Err(BackendError::Unsupported(format!(
-                "{name}: the CUDA backend has no kernels for {} weights (it takes {})",
-                p.ggml_type,
-                SUPPORTED_TYPES.map(|t| t.to_string()).join(", ")
-            )));
-        }
         let total: usize = parts.iter().map(|p| p.rows).sum();
         let experts = match usage {
             MatrixUse::Experts(n) if n == 0 || !total.is_multiple_of(n) || bias.is_some() => {

@@ -26,22 +26,6 @@ use kernels::Kernels;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Weight types the kernels decode (cuda/common.cuh's weight_at); others (Q2_K, Q3_K) are
-/// refused at upload.
-pub const SUPPORTED_TYPES: [GgmlType; 11] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
-
 /// Longest attention head the kernels take (MAX_HEAD_DIM in cuda/rope.cu, twice ATT_THREADS
 /// in cuda/attention.cu).
 pub const MAX_HEAD_DIM: usize = 256;
