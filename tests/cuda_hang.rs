@@ -33,6 +33,8 @@ fn planted_hang() {
         .sync()
         .expect_err("a kernel that never ends cannot finish");
     assert!(matches!(e, BackendError::Timeout { .. }), "{e:?}");
+    // The error names the kernel that was running.
+    assert!(e.to_string().contains("hang"), "{e}");
     assert!(started.elapsed() < TIMEOUT + Duration::from_secs(3));
     // Every wait after it fails at once with a timeout too.
     let again = b.sync().expect_err("still hung");

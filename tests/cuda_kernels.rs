@@ -16,8 +16,9 @@ use common::*;
 use rand::rngs::StdRng;
 use vibrant::backend::cuda::CudaBackend;
 use vibrant::backend::{
-    Activation, AttentionOpts, AttentionShape, Backend, Batch, CacheLayer, CacheType, ExpertInput,
-    KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, RmsNorm, Rope, RopeKind, Routing, Span,
+    Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
+    ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, RmsNorm, Rope, RopeKind, Routing,
+    Span,
 };
 use vibrant::quant::{GgmlType, ALL_TYPES};
 
@@ -634,6 +635,22 @@ fn q8_0_caches_match_the_cpu() {
             check_attention(&case, &steps, &what);
         }
     }
+}
+
+/// A tensor past the device's memory is an error naming it and its size, at once.
+#[test]
+fn out_of_memory_names_what_did_not_fit() {
+    let mut b = cuda();
+    let e = b
+        .tensor("huge", 1 << 20, 1 << 20)
+        .err()
+        .expect("4 TiB do not fit");
+    let text = e.to_string();
+    assert!(matches!(e, BackendError::OutOfMemory { .. }), "{e:?}");
+    assert!(
+        text.contains("huge") && text.contains("4398046511104"),
+        "{text}"
+    );
 }
 
 /// Token picks (read back and picked on the host): the first largest value, never a NaN,

@@ -42,7 +42,13 @@ impl CudaBackend {
     }
 
     /// Launches unless an earlier op failed; a refused launch becomes the failure.
-    fn launch(&mut self, kernel: Kernel, grid: (u32, u32, u32), block: u32, args: &[u64]) {
+    pub(super) fn launch(
+        &mut self,
+        kernel: Kernel,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[u64],
+    ) {
         if self.failed.is_some() {
             return;
         }

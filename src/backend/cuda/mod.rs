@@ -167,16 +167,10 @@ impl CudaBackend {
     pub fn plant_hang(&mut self) -> Result<()> {
         let flag = DeviceBuffer::new(&self.device, 4, "the planted hang's flag")?;
         flag.zero("the planted hang's flag")?;
-        self.kernels.launch(
-            &self.device,
-            kernels::Kernel::Hang,
-            (1, 1, 1),
-            1,
-            &[flag.ptr],
-        )?;
+        self.launch(kernels::Kernel::Hang, (1, 1, 1), 1, &[flag.ptr]);
         // The kernel reads the flag forever: its memory must never be freed.
         std::mem::forget(flag);
-        Ok(())
+        self.failed.clone().map_or(Ok(()), Err)
     }
 }
 
