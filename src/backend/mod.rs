@@ -10,6 +10,8 @@
 //! span's slot and position.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod gpu;
 mod host;
 mod kv;

@@ -40,7 +40,9 @@ pub struct DeviceArgs {
 #[derive(Args, Clone, Debug)]
 #[command(next_help_heading = "Device")]
 pub struct GpuArgs {
-    /// Restrict the GPU choice to one graphics API: vulkan, metal, dx12 or gl.
+    /// Restrict the GPU choice to one graphics API: vulkan, metal, dx12 or gl; or cuda, the
+    /// native NVIDIA backend of builds with `--features cuda` (which `--device gpu` prefers
+    /// where there is a CUDA device).
     #[arg(long)]
     pub backend: Option<String>,
     /// Pick a GPU by its index in `vibrant devices`.
@@ -170,6 +172,19 @@ impl GpuArgs {
             adapter: self.adapter,
             timeout: Duration::from_secs_f64(self.gpu_timeout),
             ..GpuOptions::default()
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl GpuArgs {
+    /// The CUDA backend's options: device `--adapter` of the CUDA list, `--gpu-timeout`.
+    pub fn cuda_options(&self) -> Result<vibrant::backend::cuda::CudaOptions> {
+        let gpu = self.options()?;
+        Ok(vibrant::backend::cuda::CudaOptions {
+            ordinal: self.adapter.unwrap_or(0),
+            timeout: gpu.timeout,
+            ..Default::default()
         })
     }
 }

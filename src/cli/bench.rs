@@ -252,6 +252,8 @@ impl Subject {
                 let info = &b.gpu().info;
                 (format!("{:?}", info.backend), info.name.clone(), 1)
             }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => ("CUDA".to_string(), b.summary().name.clone(), 1),
         };
         Self {
             filename: file.path().display().to_string(),
@@ -327,6 +329,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 args,
             )?,
             Device::Gpu(b) => run(
+                &file,
+                *b,
+                &options,
+                subject,
+                group,
+                profile,
+                &mut report,
+                args,
+            )?,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => run(
                 &file,
                 *b,
                 &options,

@@ -202,6 +202,15 @@ fn device_memory(args: &LoadArgs, file: &std::sync::Arc<GgufFile>, config: &Conf
                 m.kv_cache_bytes(),
             )
         }
+        #[cfg(feature = "cuda")]
+        super::Device::Cuda(b) => {
+            let m = Transformer::load(file, *b, &options)?;
+            (
+                m.backend.describe(),
+                m.backend.memory_used(),
+                m.kv_cache_bytes(),
+            )
+        }
     };
     let n_ctx = match options.n_ctx {
         0 => config.n_ctx_train,
@@ -250,6 +259,12 @@ pub fn models() -> Result<()> {
 }
 
 pub fn devices(api: Option<&str>) -> Result<()> {
+    if matches!(api, None | Some("cuda")) {
+        cuda_devices(api.is_some())?;
+    }
+    if api == Some("cuda") {
+        return Ok(());
+    }
     let adapters = vibrant::backend::gpu::list_adapters(api)?;
     if adapters.is_empty() {
         println!("no GPU adapter with compute support found (the CPU backend is always available)");
@@ -269,6 +284,41 @@ pub fn devices(api: Option<&str>) -> Result<()> {
             a.subgroup_sizes.0, a.subgroup_sizes.1
         );
         println!("    features:          {}", a.features.summary());
+    }
+    Ok(())
+}
+
+/// The CUDA devices, or why there are none (an error only where `--backend cuda` asked).
+#[cfg(feature = "cuda")]
+fn cuda_devices(asked: bool) -> Result<()> {
+    match vibrant::backend::cuda::list_devices() {
+        Ok(list) if list.is_empty() && asked => anyhow::bail!("no CUDA device found"),
+        Ok(list) => {
+            for d in list {
+                println!("[cuda {}] {} (CUDA)", d.ordinal, d.name);
+                println!(
+                    "    compute capability: {}.{}",
+                    d.compute_capability.0, d.compute_capability.1
+                );
+                println!("    memory:             {}", mib(d.memory));
+                println!("    driver:             {}", d.driver());
+            }
+            Ok(())
+        }
+        Err(e) if asked => Err(e.into()),
+        Err(e) => {
+            println!("no CUDA device usable: {e}");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_devices(asked: bool) -> Result<()> {
+    if asked {
+        anyhow::bail!(
+            "this vibrant was built without the CUDA backend: build it with --features cuda"
+        );
     }
     Ok(())
 }

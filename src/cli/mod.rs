@@ -74,12 +74,23 @@ enum Command {
 pub enum Device {
     Cpu(CpuBackend),
     Gpu(Box<WgpuBackend>),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<vibrant::backend::cuda::CudaBackend>),
 }
 
 /// Opens the device `--device` asks for; `auto` takes a hardware GPU when there is one.
 pub fn open_device(d: &DeviceArgs) -> Result<Device> {
     let cpu = || -> Result<Device> { Ok(Device::Cpu(CpuBackend::new(d.cpu.threads)?)) };
-    match d.choice()? {
+    let choice = d.choice()?;
+    if d.gpu.backend.as_deref() == Some("cuda") {
+        return open_cuda(d);
+    }
+    if choice != DeviceChoice::Cpu {
+        if let Some(device) = prefer_cuda(d, choice)? {
+            return Ok(device);
+        }
+    }
+    match choice {
         DeviceChoice::Cpu => cpu(),
         DeviceChoice::Gpu => Ok(Device::Gpu(Box::new(WgpuBackend::new(d.gpu.options()?)?))),
         DeviceChoice::Auto => {
@@ -102,6 +113,72 @@ pub fn open_device(d: &DeviceArgs) -> Result<Device> {
             }
         }
     }
+}
+
+/// `--backend cuda`: the CUDA backend on device `--adapter` (0 by default) of the CUDA list.
+#[cfg(feature = "cuda")]
+fn open_cuda(d: &DeviceArgs) -> Result<Device> {
+    let backend = vibrant::backend::cuda::CudaBackend::new(d.gpu.cuda_options()?)?;
+    Ok(Device::Cuda(Box::new(backend)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(_: &DeviceArgs) -> Result<Device> {
+    anyhow::bail!("this vibrant was built without the CUDA backend: build it with --features cuda")
+}
+
+/// `--device gpu` or `auto` without `--backend` or `--adapter`: the CUDA backend where this
+/// build has it and a CUDA device is there (said on stderr); `None` for the wgpu path (no
+/// CUDA device, or CUDA that does not open, which is said too).
+#[cfg(feature = "cuda")]
+fn prefer_cuda(d: &DeviceArgs, choice: DeviceChoice) -> Result<Option<Device>> {
+    use vibrant::backend::cuda::{driver_present, list_devices, missing_libraries, CudaBackend};
+    if d.gpu.backend.is_some() || d.gpu.adapter.is_some() {
+        return Ok(None);
+    }
+    let flag = match choice {
+        DeviceChoice::Auto => "--device auto",
+        _ => "--device gpu",
+    };
+    // No NVIDIA driver: the wgpu path, as in builds without CUDA. A driver without the rest
+    // of CUDA is worth a word.
+    if let Some(why) = missing_libraries() {
+        if driver_present() {
+            eprintln!("{flag}: CUDA is not usable ({why}); using wgpu");
+        }
+        return Ok(None);
+    }
+    let first = match list_devices() {
+        Ok(list) => list.into_iter().next(),
+        Err(e) => {
+            eprintln!("{flag}: CUDA devices cannot be listed ({e}); using wgpu");
+            None
+        }
+    };
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    match CudaBackend::new(d.gpu.cuda_options()?) {
+        Ok(backend) => {
+            eprintln!(
+                "{flag}: using CUDA on {} (--backend vulkan for the wgpu path)",
+                first.name
+            );
+            Ok(Some(Device::Cuda(Box::new(backend))))
+        }
+        Err(e) => {
+            eprintln!(
+                "{flag}: CUDA on {} did not open ({e}); using wgpu",
+                first.name
+            );
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn prefer_cuda(_: &DeviceArgs, _: DeviceChoice) -> Result<Option<Device>> {
+    Ok(None)
 }
 
 pub fn main() -> ExitCode {

@@ -89,6 +89,10 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
         (Device::Gpu(_), true) => bail!("--exact is the CPU's reference mode: use --device cpu"),
         (Device::Cpu(b), false) => run(Transformer::load(&file, b, &options)?, job, args, bos),
         (Device::Gpu(b), false) => run(Transformer::load(&file, *b, &options)?, job, args, bos),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda(_), true) => bail!("--exact is the CPU's reference mode: use --device cpu"),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda(b), false) => run(Transformer::load(&file, *b, &options)?, job, args, bos),
     }
 }
 

@@ -122,6 +122,12 @@ fn load(args: &LoadArgs, verbose: bool) -> Result<Loaded> {
             let report = model.backend.load_report();
             (Box::new(Session::new(model, tokenizer)), report)
         }
+        #[cfg(feature = "cuda")]
+        super::Device::Cuda(backend) => {
+            let model = Transformer::load(&file, *backend, &options)?;
+            let report = model.backend.load_report();
+            (Box::new(Session::new(model, tokenizer)), report)
+        }
     };
     if verbose {
         eprintln!(

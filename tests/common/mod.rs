@@ -5,6 +5,10 @@
 // The kernel tests, which use every other helper here, use neither of these.
 #[allow(dead_code)]
 pub mod repack;
+// The CUDA backend's tests only.
+#[cfg(feature = "cuda")]
+#[allow(dead_code)]
+pub mod cuda;
 #[allow(dead_code)]
 pub mod sha256;
 

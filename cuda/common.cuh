@@ -1,0 +1,185 @@
+// Shared by every kernel file: vibrant prepends it to each source before NVRTC compiles it, so
+// that no include path (and no CUDA toolkit headers) is needed at run time.
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// ggml's type ids of the weight types the kernels decode (src/quant).
+// -inf without math.h.
+#define NEG_INF __int_as_float(0xff800000)
+
+#define WT_F32 0
+#define WT_F16 1
+#define WT_Q4_0 2
+#define WT_Q4_1 3
+#define WT_Q5_0 6
+#define WT_Q5_1 7
+#define WT_Q8_0 8
+#define WT_Q2_K 10
+#define WT_Q3_K 11
+#define WT_Q4_K 12
+#define WT_Q5_K 13
+#define WT_Q6_K 14
+#define WT_BF16 30
+
+// Half conversions in PTX: cuda_fp16.h is not needed (nor shipped with NVRTC).
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Blocks are packed without padding (34-byte q8_0 blocks): their f16 fields are read by bytes.
+__device__ __forceinline__ float f16_at(const u8* p) {
+    return f16_to_f32((u16)p[0] | ((u16)p[1] << 8));
+}
+
+// The 6-bit scale and min of sub-block j of a q4_K/q5_K block (ggml's get_scale_min_k4).
+__device__ __forceinline__ void scale_min_k4(int j, const u8* q, float* sc, float* m) {
+    if (j < 4) {
+        *sc = (float)(q[j] & 63);
+        *m = (float)(q[j + 4] & 63);
+    } else {
+        *sc = (float)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (float)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+// The 4-bit level of element e (0..32) of a legacy block's 16 bytes of nibbles: the low
+// nibbles hold elements 0..16, the high ones 16..32.
+__device__ __forceinline__ int nibble32(const u8* qs, int e) {
+    return e < 16 ? (qs[e] & 0xF) : (qs[e - 16] >> 4);
+}
+
+// The 5-bit level of element e of a q5_0/q5_1 block: bit e of the little-endian u32 qh is its
+// fifth bit.
+__device__ __forceinline__ int level5(const u8* qh, const u8* qs, int e) {
+    return nibble32(qs, e) | (((qh[e / 8] >> (e % 8)) & 1) << 4);
+}
+
+// Value i of a weight row of type ty, decoded from ggml's block layout as the file stores it.
+__device__ float weight_at(int ty, const u8* row, int i) {
+    switch (ty) {
+    case WT_F32:
+        return ((const float*)row)[i];
+    case WT_F16:
+        return f16_to_f32(((const u16*)row)[i]);
+    case WT_BF16:
+        return __uint_as_float((u32)((const u16*)row)[i] << 16);
+    case WT_Q4_0: {
+        const u8* b = row + 18 * (i / 32);
+        return f16_at(b) * (float)(nibble32(b + 2, i % 32) - 8);
+    }
+    case WT_Q4_1: {
+        const u8* b = row + 20 * (i / 32);
+        return (float)nibble32(b + 4, i % 32) * f16_at(b) + f16_at(b + 2);
+    }
+    case WT_Q5_0: {
+        const u8* b = row + 22 * (i / 32);
+        return (float)(level5(b + 2, b + 6, i % 32) - 16) * f16_at(b);
+    }
+    case WT_Q5_1: {
+        const u8* b = row + 24 * (i / 32);
+        return (float)level5(b + 4, b + 8, i % 32) * f16_at(b) + f16_at(b + 2);
+    }
+    case WT_Q8_0: {
+        const u8* b = row + 34 * (i / 32);
+        return f16_at(b) * (float)(i8)b[2 + i % 32];
+    }
+    case WT_Q2_K: {
+        // scales[16], qs[64], d, dmin: element 128h + 32s + l is bits 2s..2s+2 of qs[32h + l];
+        // group e / 16 has scale d · (sc & 15) and minimum dmin · (sc >> 4).
+        const u8* b = row + 84 * (i / 256);
+        int e = i % 256, h = e / 128, s = (e % 128) / 32, l = e % 32;
+        int q = (b[16 + 32 * h + l] >> (2 * s)) & 3;
+        u8 sc = b[e / 16];
+        return f16_at(b + 80) * (float)(sc & 0xF) * (float)q - f16_at(b + 82) * (float)(sc >> 4);
+    }
+    case WT_Q3_K: {
+        // hmask[32], qs[64], scales[12], d: low bits as in q2_K; the high bit of element e is
+        // bit e / 32 of hmask[e % 32], clear meaning -4; 16 six-bit scales, offset by 32.
+        const u8* b = row + 110 * (i / 256);
+        int e = i % 256, h = e / 128, s = (e % 128) / 32, l = e % 32, g = e / 16;
+        int q = ((b[32 + 32 * h + l] >> (2 * s)) & 3) - (((b[l] >> (e / 32)) & 1) ? 0 : 4);
+        const u8* sc = b + 96;
+        int low = g < 8 ? (sc[g] & 0xF) : (sc[g - 8] >> 4);
+        int high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+        return f16_at(b + 108) * (float)((low | (high << 4)) - 32) * (float)q;
+    }
+    case WT_Q4_K: {
+        const u8* b = row + 144 * (i / 256);
+        int e = i % 256, g = e / 64, w = e % 64, hi = w >= 32;
+        u8 q = b[16 + 32 * g + w % 32];
+        float sc, m;
+        scale_min_k4(2 * g + hi, b + 4, &sc, &m);
+        int nib = hi ? q >> 4 : q & 0xF;
+        return f16_at(b) * sc * (float)nib - f16_at(b + 2) * m;
+    }
+    case WT_Q5_K: {
+        const u8* b = row + 176 * (i / 256);
+        int e = i % 256, g = e / 64, w = e % 64, hi = w >= 32, l = w % 32;
+        u8 q = b[48 + 32 * g + l];
+        float sc, m;
+        scale_min_k4(2 * g + hi, b + 4, &sc, &m);
+        int v = (hi ? q >> 4 : q & 0xF) + (((b[16 + l] >> (2 * g + hi)) & 1) << 4);
+        return f16_at(b) * sc * (float)v - f16_at(b + 2) * m;
+    }
+    case WT_Q6_K: {
+        const u8* b = row + 210 * (i / 256);
+        int e = i % 256, n = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
+        const u8* ql = b + 64 * n;
+        const u8* qh = b + 128 + 32 * n;
+        const i8* sc = (const i8*)(b + 192) + 8 * n;
+        u8 low = (quarter & 1) ? ql[l + 32] : ql[l];
+        int nib = quarter >= 2 ? low >> 4 : low & 0xF;
+        int q = (nib | (((qh[l] >> (2 * quarter)) & 3) << 4)) - 32;
+        return f16_at(b + 208) * (float)sc[l / 16 + 2 * quarter] * (float)q;
+    }
+    default:
+        // Every ggml type vibrant reads is above (GgmlType in src/quant/types.rs).
+        return 0.0f;
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum of v over the block (blockDim.x a multiple of 32, at most 1024), given to every thread.
+// Every thread of the block must call it.
+__device__ float block_sum(float v) {
+    __shared__ float partial[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    float s = lane < warps ? partial[lane] : 0.0f;
+    return warp_sum(s);
+}
+
+__device__ float block_max(float v) {
+    __shared__ float partial[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    float s = lane < warps ? partial[lane] : NEG_INF;
+    return warp_max(s);
+}

@@ -1,0 +1,757 @@
+//! The trait's ops on CUDA: each checks its shapes, then launches its kernel. Ops return at
+//! once; the first failure is kept and reported by every wait after it (nothing more is
+//! launched, since work after a refused op would compute from what it never wrote).
+
+use super::kernels::{int, ArgBits, Kernel};
+use super::{
+    BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
+    DeviceBuffer, MAX_HEAD_DIM,
+};
+use crate::backend::weights::check_parts;
+use crate::backend::{
+    Activation, AttentionOpts, Backend, BackendError, Batch, CacheLayer, CacheType, ExpertInput,
+    HostTokens, KvLayout, MatrixUse, Pointwise, Result, RmsNorm, Rope, Routing, Scratch,
+    WeightRows,
+};
+use std::rc::Rc;
+
+/// Threads per block of the row kernels (matmul, norms, RoPE): four warps.
+const ROW_THREADS: u32 = 128;
+/// Threads per block of the element-wise kernels.
+const ELEMENT_THREADS: u32 = 256;
+/// Tokens per block of cuda/matmul.cu (MM_TOKENS).
+const MM_TOKENS: usize = 8;
+/// Threads per block of cuda/attention.cu (ATT_THREADS).
+const ATT_THREADS: u32 = 128;
+
+/// A cache type as cuda/kv.cuh names it: its ggml type id.
+fn cache_type(ty: CacheType) -> u64 {
+    ty.ggml_type().id() as u64
+}
+
+fn elements(len: usize) -> (u32, u32, u32) {
+    (len.div_ceil(ELEMENT_THREADS as usize).max(1) as u32, 1, 1)
+}
+
+impl CudaBackend {
+    /// Records the first failure; later ones are its consequences.
+    fn fail(&mut self, e: BackendError) {
+        if self.failed.is_none() {
+            self.failed = Some(e);
+        }
+    }
+
+    /// Launches unless an earlier op failed; a refused launch becomes the failure.
+    pub(super) fn launch(
+        &mut self,
+        kernel: Kernel,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[u64],
+    ) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.last_kernel = kernel.place().1;
+        if let Err(e) = self.kernels.launch(&self.device, kernel, grid, block, args) {
+            self.fail(e);
+        }
+    }
+
+    /// Fails the op `what` unless `ok`.
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) -> bool {
+        if !ok {
+            self.fail(BackendError::Unsupported(what()));
+        }
+        ok && self.failed.is_none()
+    }
+
+    /// The failure so far, or the outcome of a bounded wait for the recorded work.
+    fn wait(&mut self, what: &str) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let stage = format!("{what} (the last kernel launched: {})", self.last_kernel);
+        self.device
+            .wait(&stage)
+            .inspect_err(|e| self.fail(e.clone()))
+    }
+
+    /// The device copy of `batch`'s cache rows (`[slot × n_ctx, position]` each), checked
+    /// against the cache's slots and positions.
+    fn batch_rows(&mut self, batch: &Batch, cache: &CudaKvCache) -> Option<Rc<DeviceBuffer>> {
+        if let Some(b) = &self.batch_rows {
+            if b.batch == *batch && (b.slots, b.n_ctx) == (cache.slots, cache.n_ctx) {
+                return Some(b.buf.clone());
+            }
+        }
+        let mut rows = Vec::with_capacity(2 * batch.rows());
+        for (slot, pos) in batch.positions() {
+            if slot >= cache.slots || pos >= cache.n_ctx {
+                self.fail(BackendError::Unsupported(format!(
+                    "slot {slot} position {pos} is outside a KV cache of {} slots of {} positions",
+                    cache.slots, cache.n_ctx
+                )));
+                return None;
+            }
+            rows.extend([(slot * cache.n_ctx) as i32, pos as i32]);
+        }
+        match DeviceBuffer::from_host(&self.device, &rows, "a batch's cache rows") {
+            Ok(buf) => {
+                let buf = Rc::new(buf);
+                self.batch_rows = Some(BatchRows {
+                    batch: batch.clone(),
+                    slots: cache.slots,
+                    n_ctx: cache.n_ctx,
+                    buf: buf.clone(),
+                });
+                Some(buf)
+            }
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
+    fn alloc_tensor(&mut self, what: &str, rows: usize, cols: usize) -> Result<CudaTensor> {
+        let buf = DeviceBuffer::new(&self.device, 4 * rows * cols, what)?;
+        buf.zero(what)?;
+        self.bytes_held += buf.bytes as u64;
+        Ok(CudaTensor {
+            buf: Rc::new(buf),
+            rows,
+            cols,
+        })
+    }
+
+    /// The products of `n` rows of `x` with a part's rows (`rows` of them, from row
+    /// `first` of the part), into `out`'s columns from `out_first`.
+    fn matmul_part(
+        &mut self,
+        part: &CudaPart,
+        x: &CudaTensor,
+        out: &CudaTensor,
+        bias: u64,
+        (n, cols, out_first): (usize, usize, usize),
+    ) {
+        let grid = (part.rows as u32, n.div_ceil(MM_TOKENS) as u32, 1);
+        self.launch(
+            Kernel::Matmul,
+            grid,
+            ROW_THREADS,
+            &[
+                part.buf.ptr,
+                part.ggml_type.id() as i32 as u64,
+                int(part.row_bytes),
+                x.buf.ptr,
+                out.buf.ptr,
+                bias,
+                int(cols),
+                int(n),
+                int(out.cols),
+                int(out_first),
+            ],
+        );
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Matrix = CudaMatrix;
+    type Vector = CudaVector;
+    type KvCache = CudaKvCache;
+
+    fn describe(&self) -> String {
+        let s = &self.device.summary;
+        format!(
+            "CUDA {} (compute {}.{}, {:.1} GiB, driver {})",
+            s.name,
+            s.compute_capability.0,
+            s.compute_capability.1,
+            s.memory as f64 / (1u64 << 30) as f64,
+            s.driver()
+        )
+    }
+
+    /// The parts stay as the file encodes them, in the order given, whatever they feed: the
+    /// kernels decode every ggml type vibrant reads (cuda/common.cuh's weight_at).
+    fn upload_matrix(
+        &mut self,
+        name: &str,
+        cols: usize,
+        parts: Vec<WeightRows>,
+        usage: MatrixUse,
+    ) -> Result<CudaMatrix> {
+        let (row_bytes, bias) = check_parts(name, cols, &parts)?;
+        let total: usize = parts.iter().map(|p| p.rows).sum();
+        let experts = match usage {
+            MatrixUse::Experts(n) if n == 0 || !total.is_multiple_of(n) || bias.is_some() => {
+                return Err(BackendError::Unsupported(format!(
+                    "{name}: {total} rows{} are not {n} experts' blocks of rows",
+                    if bias.is_some() { " with biases" } else { "" }
+                )))
+            }
+            MatrixUse::Experts(n) => n,
+            _ => 1,
+        };
+        let mut kept = Vec::with_capacity(parts.len());
+        let mut first = 0;
+        for (part, row_bytes) in parts.into_iter().zip(row_bytes) {
+            let what = format!("{name} (rows {first}.. of {}, {})", total, part.ggml_type);
+            let buf = DeviceBuffer::from_host(&self.device, part.data.bytes(), &what)?;
+            self.bytes_held += buf.bytes as u64;
+            kept.push(CudaPart {
+                ggml_type: part.ggml_type,
+                first,
+                rows: part.rows,
+                row_bytes,
+                buf,
+            });
+            first += part.rows;
+        }
+        let bias = match bias {
+            Some(b) => {
+                let buf = DeviceBuffer::from_host(&self.device, &b, &format!("{name}'s bias"))?;
+                self.bytes_held += buf.bytes as u64;
+                Some(buf)
+            }
+            None => None,
+        };
+        Ok(CudaMatrix {
+            name: name.to_string(),
+            rows: total,
+            cols,
+            parts: kept,
+            bias,
+            experts,
+        })
+    }
+
+    fn upload_vector(&mut self, name: &str, data: &[f32]) -> Result<CudaVector> {
+        let buf = DeviceBuffer::from_host(&self.device, data, name)?;
+        self.bytes_held += buf.bytes as u64;
+        Ok(CudaVector {
+            buf,
+            len: data.len(),
+        })
+    }
+
+    fn tensor(&mut self, name: &str, rows: usize, cols: usize) -> Result<CudaTensor> {
+        self.alloc_tensor(&format!("tensor {name} [{rows}, {cols}]"), rows, cols)
+    }
+
+    fn scratch(&mut self, which: Scratch, rows: usize, cols: usize) -> CudaTensor {
+        let bytes = 4 * rows * cols;
+        let held = self
+            .scratch
+            .get(&which)
+            .filter(|b| b.bytes >= bytes)
+            .cloned();
+        let buf = match held {
+            Some(buf) => buf,
+            None => {
+                let what = format!("scratch {which:?} [{rows}, {cols}]");
+                match self.alloc_tensor(&what, rows, cols) {
+                    Ok(t) => {
+                        self.scratch.insert(which, t.buf.clone());
+                        t.buf
+                    }
+                    Err(e) => {
+                        self.fail(e);
+                        self.placeholder.clone()
+                    }
+                }
+            }
+        };
+        CudaTensor { buf, rows, cols }
+    }
+
+    fn kv_cache(&mut self, layout: &KvLayout) -> Result<CudaKvCache> {
+        let shape = layout.shape;
+        let types = layout.types;
+        types.check(&shape)?;
+        let hd = shape.head_dim;
+        if hd > MAX_HEAD_DIM || !hd.is_multiple_of(2) {
+            return Err(BackendError::Unsupported(format!(
+                "the CUDA attention kernels take heads of an even number of values up to \
+                 {MAX_HEAD_DIM}; this model's have {hd}"
+            )));
+        }
+        if shape.n_head_kv == 0 || !shape.n_head.is_multiple_of(shape.n_head_kv) {
+            return Err(BackendError::Unsupported(format!(
+                "{} query heads do not share {} key/value heads evenly",
+                shape.n_head, shape.n_head_kv
+            )));
+        }
+        let positions = layout.slots * layout.n_ctx;
+        let mut layer = |l: usize, what: &str, ty: CacheType| -> Result<DeviceBuffer> {
+            let bytes = positions * ty.bytes_for(shape.kv_width());
+            let what = format!(
+                "KV cache layer {l} {what} ({} slots × {} positions, {ty})",
+                layout.slots, layout.n_ctx
+            );
+            let buf = DeviceBuffer::new(&self.device, bytes, &what)?;
+            buf.zero(&what)?;
+            self.bytes_held += bytes as u64;
+            Ok(buf)
+        };
+        let n_layers = layout.layers.len();
+        let mut k = Vec::with_capacity(n_layers);
+        let mut v = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            k.push(layer(l, "keys", types.k)?);
+            v.push(layer(l, "values", types.v)?);
+        }
+        Ok(CudaKvCache {
+            k,
+            v,
+            slots: layout.slots,
+            n_ctx: layout.n_ctx,
+            shape,
+            types,
+        })
+    }
+
+    fn embed(&mut self, table: &CudaMatrix, tokens: &[u32], out: &CudaTensor) {
+        if !self.check(out.cols == table.cols && tokens.len() <= out.rows, || {
+            format!(
+                "embed: {} tokens of {} rows of {} into a [{}, {}] tensor",
+                tokens.len(),
+                table.name,
+                table.cols,
+                out.rows,
+                out.cols
+            )
+        }) {
+            return;
+        }
+        for part in &table.parts {
+            // (row of the part, output row) of the tokens this part holds; ids past the
+            // table take its last row, as on the CPU.
+            let pairs: Vec<i32> = tokens
+                .iter()
+                .enumerate()
+                .map(|(t, &tok)| (t, (tok as usize).min(table.rows - 1)))
+                .filter(|&(_, r)| r >= part.first && r < part.first + part.rows)
+                .flat_map(|(t, r)| [(r - part.first) as i32, t as i32])
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let pairs = match DeviceBuffer::from_host(&self.device, &pairs, "embedded token ids") {
+                Ok(p) => p,
+                Err(e) => return self.fail(e),
+            };
+            self.launch(
+                Kernel::Embed,
+                ((pairs.bytes / 8) as u32, 1, 1),
+                ROW_THREADS,
+                &[
+                    part.buf.ptr,
+                    part.ggml_type.id() as i32 as u64,
+                    int(part.row_bytes),
+                    pairs.ptr,
+                    out.buf.ptr,
+                    int(out.cols),
+                ],
+            );
+        }
+    }
+
+    fn rms_norm(
+        &mut self,
+        x: &CudaTensor,
+        norm: RmsNorm<'_, CudaVector>,
+        out: &CudaTensor,
+        n: usize,
+    ) {
+        let ok = x.cols == out.cols && norm.weight.len == x.cols && n <= x.rows.min(out.rows);
+        if n == 0
+            || !self.check(ok, || {
+                format!(
+                    "rms_norm: {n} rows of [{}, {}] by a weight of {} into [{}, {}]",
+                    x.rows, x.cols, norm.weight.len, out.rows, out.cols
+                )
+            })
+        {
+            return;
+        }
+        self.launch(
+            Kernel::RmsNorm,
+            (n as u32, 1, 1),
+            ROW_THREADS,
+            &[
+                x.buf.ptr,
+                norm.weight.buf.ptr,
+                out.buf.ptr,
+                int(x.cols),
+                norm.eps.bits(),
+            ],
+        );
+    }
+
+    fn matmul(&mut self, x: &CudaTensor, w: &CudaMatrix, out: &CudaTensor, n: usize) {
+        let ok = x.cols == w.cols && out.cols == w.rows && n <= x.rows.min(out.rows);
+        if n == 0
+            || !self.check(ok, || {
+                format!(
+                    "matmul {}: {n} rows of [{}, {}] by [{}, {}] into [{}, {}]",
+                    w.name, x.rows, x.cols, w.rows, w.cols, out.rows, out.cols
+                )
+            })
+        {
+            return;
+        }
+        for part in &w.parts {
+            let bias = w.bias.as_ref().map_or(0, |b| b.ptr + 4 * part.first as u64);
+            self.matmul_part(part, x, out, bias, (n, w.cols, part.first));
+        }
+    }
+
+    fn add(&mut self, acc: &CudaTensor, x: &CudaTensor, n: usize) {
+        let len = n * acc.cols;
+        if len == 0
+            || !self.check(x.cols == acc.cols && n <= x.rows.min(acc.rows), || {
+                format!(
+                    "add: {n} rows of [{}, {}] to [{}, {}]",
+                    x.rows, x.cols, acc.rows, acc.cols
+                )
+            })
+        {
+            return;
+        }
+        let args = [acc.buf.ptr, x.buf.ptr, len as u64];
+        self.launch(Kernel::Add, elements(len), ELEMENT_THREADS, &args);
+    }
+
+    fn pointwise(&mut self, x: &CudaTensor, f: Pointwise, n: usize) {
+        let len = n * x.cols;
+        if len == 0 || !self.check(n <= x.rows, || format!("pointwise: {n} rows of {}", x.rows)) {
+            return;
+        }
+        let (kernel, value) = match f {
+            Pointwise::Scale(s) => (Kernel::Scale, s),
+            Pointwise::SoftCap(cap) => (Kernel::SoftCap, cap),
+        };
+        let args = [x.buf.ptr, value.bits(), len as u64];
+        self.launch(kernel, elements(len), ELEMENT_THREADS, &args);
+    }
+
+    fn glu(&mut self, act: Activation, gate_up: &CudaTensor, out: &CudaTensor, n: usize) {
+        let w = out.cols;
+        let len = n * w;
+        if len == 0
+            || !self.check(
+                gate_up.cols == 2 * w && n <= gate_up.rows.min(out.rows),
+                || {
+                    format!(
+                        "glu: gate and up of {w} values each from rows of {}",
+                        gate_up.cols
+                    )
+                },
+            )
+        {
+            return;
+        }
+        let code = match act {
+            Activation::Silu => 0i32,
+            Activation::GeluTanh => 1,
+        };
+        let args = [
+            code.bits(),
+            gate_up.buf.ptr,
+            out.buf.ptr,
+            int(w),
+            len as u64,
+        ];
+        self.launch(Kernel::Glu, elements(len), ELEMENT_THREADS, &args);
+    }
+
+    fn rope_store_kv(
+        &mut self,
+        qkv: &CudaTensor,
+        rope: &Rope<'_, CudaVector>,
+        q: &CudaTensor,
+        at: CacheLayer<'_, CudaKvCache>,
+    ) {
+        let cache = at.cache;
+        let shape = cache.shape;
+        let (qw, kvw, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+        let n = at.batch.rows();
+        let last_pos = at.batch.positions().map(|(_, p)| p).max().unwrap_or(0);
+        let norms_fit = rope
+            .qk_norm
+            .as_ref()
+            .is_none_or(|nm| nm.q.len == hd && nm.k.len == hd);
+        let ok = qkv.cols == qw + 2 * kvw
+            && q.cols == qw
+            && n <= qkv.rows.min(q.rows)
+            && at.layer < cache.k.len()
+            && (last_pos + 1) * hd <= rope.cos_sin.len
+            && norms_fit;
+        if n == 0
+            || !self.check(ok, || {
+                format!(
+                    "rope_store_kv layer {}: {n} rows of [q | k | v] ({} values, want {}) into \
+                     q of {} (want {qw}), positions up to {last_pos} of a RoPE table of {} \
+                     values, per-head norms {}",
+                    at.layer,
+                    qkv.cols,
+                    qw + 2 * kvw,
+                    q.cols,
+                    rope.cos_sin.len,
+                    if norms_fit {
+                        "fit"
+                    } else {
+                        "of the wrong size"
+                    }
+                )
+            })
+        {
+            return;
+        }
+        let Some(rows) = self.batch_rows(at.batch, cache) else {
+            return;
+        };
+        let (q_norm, k_norm, eps) = match &rope.qk_norm {
+            Some(nm) => (nm.q.buf.ptr, nm.k.buf.ptr, nm.eps),
+            None => (0, 0, 0.0),
+        };
+        let neox = matches!(shape.rope, crate::backend::RopeKind::Neox) as i32;
+        let grid = (n as u32, (shape.n_head + 2 * shape.n_head_kv) as u32, 1);
+        self.launch(
+            Kernel::RopeStoreKv,
+            grid,
+            ROW_THREADS,
+            &[
+                qkv.buf.ptr,
+                q.buf.ptr,
+                cache.k[at.layer].ptr,
+                cache.v[at.layer].ptr,
+                cache_type(cache.types.k),
+                cache_type(cache.types.v),
+                rope.cos_sin.buf.ptr,
+                rows.ptr,
+                q_norm,
+                k_norm,
+                eps.bits(),
+                int(shape.n_head),
+                int(shape.n_head_kv),
+                int(hd),
+                neox.bits(),
+            ],
+        );
+    }
+
+    fn attention(
+        &mut self,
+        q: &CudaTensor,
+        at: CacheLayer<'_, CudaKvCache>,
+        opts: &AttentionOpts,
+        out: &CudaTensor,
+    ) {
+        let cache = at.cache;
+        let shape = cache.shape;
+        let n = at.batch.rows();
+        let qw = shape.q_width();
+        let ok = q.cols == qw && out.cols == qw && n <= q.rows.min(out.rows);
+        let ok = ok && at.layer < cache.k.len();
+        if n == 0
+            || !self.check(ok, || {
+                format!(
+                    "attention layer {}: {n} rows of q [{}, {}] into [{}, {}] (heads of {qw})",
+                    at.layer, q.rows, q.cols, out.rows, out.cols
+                )
+            })
+        {
+            return;
+        }
+        let Some(rows) = self.batch_rows(at.batch, cache) else {
+            return;
+        };
+        let window = opts.window.map_or(0, |w| w.min(i32::MAX as usize)) as i32;
+        self.launch(
+            Kernel::Attention,
+            (n as u32, shape.n_head as u32, 1),
+            ATT_THREADS,
+            &[
+                q.buf.ptr,
+                cache.k[at.layer].ptr,
+                cache.v[at.layer].ptr,
+                cache_type(cache.types.k),
+                cache_type(cache.types.v),
+                out.buf.ptr,
+                rows.ptr,
+                int(shape.n_head),
+                int(shape.n_head_kv),
+                int(shape.head_dim),
+                opts.scale.bits(),
+                opts.softcap.unwrap_or(0.0).bits(),
+                window.bits(),
+            ],
+        );
+    }
+
+    fn moe_route(&mut self, logits: &CudaTensor, routing: Routing, routes: &CudaTensor, n: usize) {
+        let k = routing.k;
+        let ok = routes.cols == 2 * k && k <= logits.cols && n <= logits.rows.min(routes.rows);
+        if n == 0
+            || !self.check(ok, || {
+                format!(
+                    "moe_route: {k} of {} experts into routes of {} values",
+                    logits.cols, routes.cols
+                )
+            })
+        {
+            return;
+        }
+        const THREADS: u32 = 64;
+        self.launch(
+            Kernel::MoeRoute,
+            (n.div_ceil(THREADS as usize) as u32, 1, 1),
+            THREADS,
+            &[
+                logits.buf.ptr,
+                routes.buf.ptr,
+                int(logits.cols),
+                int(k),
+                (routing.normalize as i32).bits(),
+                int(n),
+            ],
+        );
+    }
+
+    fn matmul_id(
+        &mut self,
+        x: &CudaTensor,
+        w: &CudaMatrix,
+        routes: &CudaTensor,
+        input: ExpertInput,
+        out: &CudaTensor,
+        n: usize,
+    ) {
+        let k = routes.cols / 2;
+        let block = w.rows / w.experts;
+        let x_rows = match input {
+            ExpertInput::Token => n,
+            ExpertInput::Choice => n * k,
+        };
+        let ok = x.cols == w.cols
+            && out.cols == block
+            && x_rows <= x.rows
+            && n * k <= out.rows
+            && n <= routes.rows;
+        if n == 0
+            || !self.check(ok, || {
+                format!(
+                    "matmul_id {}: {n} rows of {k} choices, x [{}, {}], out [{}, {}], experts \
+                     of {block} rows of {}",
+                    w.name, x.rows, x.cols, out.rows, out.cols, w.cols
+                )
+            })
+        {
+            return;
+        }
+        let per_choice = matches!(input, ExpertInput::Choice) as i32;
+        for part in &w.parts {
+            self.launch(
+                Kernel::MatmulId,
+                (block as u32, (n * k) as u32, 1),
+                ROW_THREADS,
+                &[
+                    part.buf.ptr,
+                    part.ggml_type.id() as i32 as u64,
+                    int(part.row_bytes),
+                    x.buf.ptr,
+                    out.buf.ptr,
+                    routes.buf.ptr,
+                    int(w.cols),
+                    int(k),
+                    int(block),
+                    int(part.first),
+                    int(part.rows),
+                    per_choice.bits(),
+                ],
+            );
+        }
+    }
+
+    fn moe_combine_add(&mut self, y: &CudaTensor, routes: &CudaTensor, acc: &CudaTensor, n: usize) {
+        let k = routes.cols / 2;
+        let d = acc.cols;
+        let len = n * d;
+        let ok = y.cols == d && n * k <= y.rows && n <= routes.rows.min(acc.rows);
+        if len == 0
+            || !self.check(ok, || {
+                format!(
+                    "moe_combine_add: {n} rows of {k} experts' outputs of {} values into {d}",
+                    y.cols
+                )
+            })
+        {
+            return;
+        }
+        let args = [
+            y.buf.ptr,
+            routes.buf.ptr,
+            acc.buf.ptr,
+            int(k),
+            int(d),
+            len as u64,
+        ];
+        self.launch(Kernel::MoeCombineAdd, elements(len), ELEMENT_THREADS, &args);
+    }
+
+    fn copy_row(&mut self, src: &CudaTensor, row: usize, dst: &CudaTensor) {
+        let ok = row < src.rows && dst.cols == src.cols && dst.rows >= 1;
+        if !self.check(ok, || {
+            format!(
+                "copy_row: row {row} of [{}, {}] into [{}, {}]",
+                src.rows, src.cols, dst.rows, dst.cols
+            )
+        }) {
+            return;
+        }
+        let from = src.buf.ptr + 4 * (row * src.cols) as u64;
+        let args = [dst.buf.ptr, from, src.cols as u64];
+        self.launch(Kernel::Copy, elements(src.cols), ELEMENT_THREADS, &args);
+    }
+
+    fn read(&mut self, x: &CudaTensor, n: usize) -> Result<Vec<f32>> {
+        self.wait("reading a tensor")?;
+        if n > x.rows {
+            return Err(BackendError::Unsupported(format!(
+                "read: {n} rows of a tensor of {}",
+                x.rows
+            )));
+        }
+        let stage = format!("reading {n} rows of a tensor back");
+        x.buf
+            .read(n * x.cols, &stage)
+            .inspect_err(|e| self.fail(e.clone()))
+    }
+
+    fn write(&mut self, x: &CudaTensor, rows: &[f32]) {
+        let fits = rows.len() <= x.rows * x.cols;
+        if self.check(fits, || {
+            format!("write: {} values into [{}, {}]", rows.len(), x.rows, x.cols)
+        }) {
+            if let Err(e) = x.buf.write(rows, "a tensor's rows") {
+                self.fail(e);
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.wait("sync")
+    }
+
+    fn memory_used(&self) -> u64 {
+        self.bytes_held
+    }
+
+    fn host_tokens(&mut self) -> &mut HostTokens {
+        &mut self.tokens
+    }
+}

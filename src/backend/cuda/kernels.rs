@@ -1,0 +1,182 @@
+//! The kernel functions of the loaded modules, and launches: arguments travel as 8-byte slots
+//! (the driver copies each parameter's size from its slot, little-endian, so an int or a float
+//! sits in the low bytes).
+
+use super::compile;
+use super::device::{driver_error, Device};
+use crate::backend::{BackendError, Result};
+use cudarc::driver::{result, sys};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+
+/// Every kernel: its file in `cuda/` and its function name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    Matmul,
+    Embed,
+    RmsNorm,
+    Add,
+    Scale,
+    SoftCap,
+    Glu,
+    Copy,
+    RopeStoreKv,
+    Attention,
+    MoeRoute,
+    MatmulId,
+    MoeCombineAdd,
+    Hang,
+}
+
+impl Kernel {
+    const ALL: [Kernel; 14] = [
+        Kernel::Matmul,
+        Kernel::Embed,
+        Kernel::RmsNorm,
+        Kernel::Add,
+        Kernel::Scale,
+        Kernel::SoftCap,
+        Kernel::Glu,
+        Kernel::Copy,
+        Kernel::RopeStoreKv,
+        Kernel::Attention,
+        Kernel::MoeRoute,
+        Kernel::MatmulId,
+        Kernel::MoeCombineAdd,
+        Kernel::Hang,
+    ];
+
+    /// The source file and the function.
+    pub(crate) fn place(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Matmul => ("matmul", "matmul"),
+            Self::Embed => ("matmul", "embed"),
+            Self::RmsNorm => ("norm", "rms_norm"),
+            Self::Add => ("elementwise", "add"),
+            Self::Scale => ("elementwise", "scale"),
+            Self::SoftCap => ("elementwise", "softcap"),
+            Self::Glu => ("elementwise", "glu"),
+            Self::Copy => ("elementwise", "copy"),
+            Self::RopeStoreKv => ("rope", "rope_store_kv"),
+            Self::Attention => ("attention", "attention"),
+            Self::MoeRoute => ("moe", "moe_route"),
+            Self::MatmulId => ("moe", "matmul_id"),
+            Self::MoeCombineAdd => ("moe", "moe_combine_add"),
+            Self::Hang => ("hang", "hang"),
+        }
+    }
+}
+
+/// A launch argument's 8-byte slot.
+pub(crate) trait ArgBits {
+    fn bits(self) -> u64;
+}
+
+impl ArgBits for u64 {
+    fn bits(self) -> u64 {
+        self
+    }
+}
+
+impl ArgBits for i32 {
+    fn bits(self) -> u64 {
+        self as u32 as u64
+    }
+}
+
+impl ArgBits for f32 {
+    fn bits(self) -> u64 {
+        self.to_bits() as u64
+    }
+}
+
+/// An `int` argument from a size the caller has checked fits (shapes are far below 2³¹).
+pub(crate) fn int(n: usize) -> u64 {
+    i32::try_from(n)
+        .expect("a kernel's int argument below 2^31")
+        .bits()
+}
+
+pub(crate) struct Kernels {
+    modules: Vec<sys::CUmodule>,
+    functions: HashMap<Kernel, sys::CUfunction>,
+}
+
+impl Kernels {
+    /// Compiles (or finds on disk) and loads every kernel file for the device.
+    pub(crate) fn load(device: &Device, disk_cache: bool) -> Result<Self> {
+        let cc = device.summary.compute_capability;
+        let driver = disk_cache.then_some(device.summary.driver_version);
+        let mut kernels = Self {
+            modules: Vec::new(),
+            functions: HashMap::new(),
+        };
+        for (file, _) in compile::SOURCES {
+            let ptx = compile::compile(file, cc, driver)?;
+            // SAFETY: NUL-terminated PTX; the context is current (Device::open).
+            let module = unsafe { result::module::load_data(ptx.as_ptr() as *const c_void) }
+                .map_err(|e| driver_error(&format!("loading the kernels of cuda/{file}.cu"), e))?;
+            kernels.modules.push(module);
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.place().0 == file) {
+                let name = CString::new(kernel.place().1).expect("no NUL");
+                // SAFETY: a module just loaded.
+                let f = unsafe { result::module::get_function(module, name) }.map_err(|e| {
+                    driver_error(
+                        &format!("finding kernel {} in cuda/{file}.cu", kernel.place().1),
+                        e,
+                    )
+                })?;
+                kernels.functions.insert(kernel, f);
+            }
+        }
+        Ok(kernels)
+    }
+
+    /// Launches `kernel` on the device's stream; `args` in the order of its parameters.
+    pub(crate) fn launch(
+        &self,
+        device: &Device,
+        kernel: Kernel,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[u64],
+    ) -> Result<()> {
+        let name = kernel.place().1;
+        if grid.1 > 65535 || grid.2 > 65535 || grid.0 == 0 || grid.0 > i32::MAX as u32 {
+            return Err(BackendError::Unsupported(format!(
+                "kernel {name}: a grid of {grid:?} blocks is past CUDA's limits"
+            )));
+        }
+        let mut slots = args.to_vec();
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: the function's parameters are `args` in order, each at most 8 bytes and read
+        // from its slot during the call; pointers point into live device buffers, which are
+        // freed in stream order after the kernel.
+        unsafe {
+            result::launch_kernel(
+                self.functions[&kernel],
+                grid,
+                (block, 1, 1),
+                0,
+                device.stream,
+                &mut params,
+            )
+        }
+        .map_err(|e| driver_error(&format!("launching kernel {name}"), e))
+    }
+
+    /// Unloads the modules, unless the device hung (unloading behind a kernel that never ends
+    /// could block).
+    pub(crate) fn unload(&mut self, device: &Device) {
+        if device.is_hung() || device.wait("unloading the kernels").is_err() {
+            return;
+        }
+        for module in self.modules.drain(..) {
+            // SAFETY: loaded in load, unloaded once, after the stream drained.
+            let _ = unsafe { result::module::unload(module) };
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The CUDA backend (`--features cuda`): the transformer's ops as CUDA C kernels (the
+//! top-level `cuda/` folder, one file per op family), compiled at run time by NVRTC for the
+//! device and driven through cudarc's driver API with its libraries loaded at run time, so
+//! that the crate builds without CUDA.
+//!
+//! Weights stay in device memory as the file encodes them (ggml's block layouts), decoded
+//! inside the kernels. The cache holds f16 or q8_0 keys and values, `slots × n_ctx` rows per layer,
+//! each row at its span's slot and position. All work goes on one stream; every wait polls an
+//! event against `--gpu-timeout`, and a failure is kept and reported at every wait after it.
+//!
+//! Split by concern: [`device`] (libraries, context, stream, memory, bounded waits),
+//! `compile` (NVRTC and the on-disk kernel cache), `kernels` (modules and launches),
+//! `backend_impl` (the trait's ops).
+
+mod backend_impl;
+pub mod compile;
+pub mod device;
+mod kernels;
+
+pub use device::{driver_present, list_devices, missing_libraries, CudaDeviceSummary, CudaOptions};
+
+use super::{AttentionShape, BackendError, Batch, Dims, HostTokens, KvTypes, Result, Scratch};
+use crate::quant::GgmlType;
+use device::{Device, DeviceBuffer};
+use kernels::Kernels;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Longest attention head the kernels take (MAX_HEAD_DIM in cuda/rope.cu, twice ATT_THREADS
+/// in cuda/attention.cu).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// A `[rows, cols]` f32 tensor; scratch tensors share their buffer with the backend.
+#[derive(Clone)]
+pub struct CudaTensor {
+    buf: Rc<DeviceBuffer>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Dims for CudaTensor {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// Rows of one weight type, as the file stores them.
+struct CudaPart {
+    ggml_type: GgmlType,
+    /// The first row's index in the matrix.
+    first: usize,
+    rows: usize,
+    row_bytes: usize,
+    buf: DeviceBuffer,
+}
+
+pub struct CudaMatrix {
+    name: String,
+    rows: usize,
+    cols: usize,
+    parts: Vec<CudaPart>,
+    bias: Option<DeviceBuffer>,
+    /// Blocks of rows, one per expert ([`super::MatrixUse::Experts`]); 1 for other matrices.
+    experts: usize,
+}
+
+impl Dims for CudaMatrix {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+pub struct CudaVector {
+    buf: DeviceBuffer,
+    len: usize,
+}
+
+/// Per layer, `[slots × n_ctx, kv_width]` keys and values encoded as `types` says (f16, or
+/// ggml's q8_0 blocks), row after row (slot s's position p at row s × n_ctx + p).
+pub struct CudaKvCache {
+    k: Vec<DeviceBuffer>,
+    v: Vec<DeviceBuffer>,
+    slots: usize,
+    n_ctx: usize,
+    shape: AttentionShape,
+    types: KvTypes,
+}
+
+/// The cache rows of the last batch, on the device: `[slot × n_ctx, position]` per row, as the
+/// RoPE and attention kernels read them; kept while the batch and the cache's shape stay the
+/// same (every layer of a step), checked against `slots` and `n_ctx`.
+struct BatchRows {
+    batch: Batch,
+    slots: usize,
+    n_ctx: usize,
+    buf: Rc<DeviceBuffer>,
+}
+
+pub struct CudaBackend {
+    device: Rc<Device>,
+    kernels: Kernels,
+    /// The first error of recorded work: nothing more is launched, and every wait reports it.
+    failed: Option<BackendError>,
+    /// The last kernel launched, which a wait's error names.
+    last_kernel: &'static str,
+    bytes_held: u64,
+    scratch: HashMap<Scratch, Rc<DeviceBuffer>>,
+    /// Stands in for a tensor that could not be allocated (the failure is recorded, so no
+    /// kernel reads it).
+    placeholder: Rc<DeviceBuffer>,
+    batch_rows: Option<BatchRows>,
+    /// Token picks: read back and chosen on the host for now.
+    tokens: HostTokens,
+}
+
+impl CudaBackend {
+    /// Opens CUDA device `options.ordinal` and builds the kernels for it; a missing driver or
+    /// NVRTC library is an error saying which, never a panic.
+    pub fn new(options: CudaOptions) -> Result<Self> {
+        if let Some(why) = missing_libraries() {
+            return Err(BackendError::Unsupported(format!(
+                "CUDA is not usable: {why}"
+            )));
+        }
+        let device = Device::open(&options)?;
+        let kernels = Kernels::load(&device, options.kernel_cache)?;
+        let placeholder = Rc::new(DeviceBuffer::new(&device, 16, "a placeholder tensor")?);
+        Ok(Self {
+            device,
+            kernels,
+            failed: None,
+            last_kernel: "none yet",
+            bytes_held: 16,
+            scratch: HashMap::new(),
+            placeholder,
+            batch_rows: None,
+            tokens: HostTokens::default(),
+        })
+    }
+
+    pub fn summary(&self) -> &CudaDeviceSummary {
+        &self.device.summary
+    }
+
+    /// Writes host values into the first rows of `t` (tests load their inputs this way).
+    pub fn write(&mut self, t: &CudaTensor, data: &[f32]) -> Result<()> {
+        if data.len() > t.rows * t.cols {
+            return Err(BackendError::Unsupported(format!(
+                "{} values do not fit a [{}, {}] tensor",
+                data.len(),
+                t.rows,
+                t.cols
+            )));
+        }
+        t.buf.write(data, "a tensor's values")
+    }
+
+    /// Launches a kernel that never ends (a test's planted hang): the next wait must end in a
+    /// [`BackendError::Timeout`] within the timeout, and the process must still be able to exit.
+    #[doc(hidden)]
+    pub fn plant_hang(&mut self) -> Result<()> {
+        let flag = DeviceBuffer::new(&self.device, 4, "the planted hang's flag")?;
+        flag.zero("the planted hang's flag")?;
+        self.launch(kernels::Kernel::Hang, (1, 1, 1), 1, &[flag.ptr]);
+        // The kernel reads the flag forever: its memory must never be freed.
+        std::mem::forget(flag);
+        self.failed.clone().map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        self.kernels.unload(&self.device);
+    }
+}

@@ -1,0 +1,824 @@
+//! The CUDA backend's kernels against the CPU reference (and a float64 one for products), on
+//! random inputs of awkward shapes, as tests/gpu_kernels.rs checks the wgpu backend: every
+//! weight type, embeddings, norms, element-wise ops, RoPE with the cache write and
+//! attention over prefill and decode (per-head norms, windows, soft caps), batches of several
+//! sequences in their own cache slots, f16 and q8_0 caches, token picks, and the
+//! mixture-of-experts ops. They need
+//! a CUDA device: without one they fail.
+#![cfg(feature = "cuda")]
+
+// The wgpu helpers there are not used here.
+#[allow(dead_code)]
+mod common;
+
+use common::cuda::cuda;
+use common::*;
+use rand::rngs::StdRng;
+use vibrant::backend::cuda::CudaBackend;
+use vibrant::backend::{
+    Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
+    ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, RmsNorm, Rope, RopeKind, Routing,
+    Span,
+};
+use vibrant::quant::{GgmlType, ALL_TYPES};
+
+const ROWS: usize = 67;
+
+/// Two row widths per type, neither a multiple of 256 where the format allows (odd for the
+/// float types), one past the kernels' 128 threads' first pass.
+fn widths(ty: GgmlType) -> [usize; 2] {
+    match ty.block_size() {
+        1 => [37, 1003],
+        32 => [416, 736],
+        _ => [256, 768],
+    }
+}
+
+/// CUDA products multiply f32 weights (decoded as the host decodes them) by f32 activations:
+/// only the order of the f32 sums differs from the float64 reference, near 1e-7 of the scale
+/// |w_r|·|x_t| + |b_r|; one weight read from a wrong index moves a result by about 1/K of it.
+const MATMUL_TOL: f64 = 1e-5;
+
+fn matmul_reference(
+    w: &[f32],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    cols: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut want = Vec::new();
+    let mut scale = Vec::new();
+    for xt in x.chunks_exact(cols) {
+        let x_norm = norm(xt);
+        for (r, wr) in w.chunks_exact(cols).enumerate() {
+            let dot: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let b = bias.map_or(0.0, |b| b[r] as f64);
+            want.push(dot + b);
+            scale.push(norm(wr) * x_norm + b.abs());
+        }
+    }
+    (want, scale)
+}
+
+/// One matmul of `n` tokens into an output prefilled with NaN (an output never written fails).
+fn run_matmul<B: Load>(b: &mut B, w: &B::Matrix, x: &[f32], n: usize, rows: usize) -> Vec<f32> {
+    let xt = b.load("x", n, x.len() / n, x);
+    let out = b.load("matmul out", n, rows, &vec![f32::NAN; n * rows]);
+    b.matmul(&xt, w, &out, n);
+    read(b, &out, n)
+}
+
+/// matmul of `w` against the float64 reference for 1, 5 and 13 tokens (13: two of the
+/// kernel's groups of 8, the second partly empty), with and without a bias.
+fn check_matmul(b: &mut CudaBackend, rng: &mut StdRng, w: &Weights, what: &str) {
+    let (rows, cols) = (w.rows, w.cols);
+    let decoded = w.decoded();
+    let bias = random_values(rng, rows, 1.0);
+    let mats = [w.upload(b, "w"), w.upload_with_bias(b, "w", Some(&bias))];
+    for n in [1, 5, 13] {
+        let x = random_values(rng, n * cols, 1.0);
+        for with_bias in [false, true] {
+            let bs = with_bias.then_some(&bias[..]);
+            let label = format!("{what}: matmul {}, n={n}, bias={with_bias}", w.label());
+            let (want, scale) = matmul_reference(&decoded, &x, bs, cols);
+            let got = run_matmul(b, &mats[with_bias as usize], &x, n, rows);
+            assert_close(&label, &got, &want, rows, |i| scale[i], MATMUL_TOL);
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_a_float64_reference_for_every_type() {
+    let mut b = cuda();
+    let mut rng = rng(1);
+    for ty in ALL_TYPES {
+        for cols in widths(ty) {
+            let w = Weights::random(&mut rng, ty, ROWS, cols);
+            check_matmul(&mut b, &mut rng, &w, "random blocks");
+        }
+        let w = Weights::quantized(&mut rng, ty, ROWS, widths(ty)[1]);
+        check_matmul(&mut b, &mut rng, &w, "quantized");
+    }
+}
+
+/// A matrix of parts of different types (a fused tensor's rows, or q/k/v of their own types)
+/// gives each part's products in its columns, with its share of the bias.
+#[test]
+fn matrices_of_parts_of_several_types_match_the_reference() {
+    let mut b = cuda();
+    let mut rng = rng(2);
+    let cols = 512;
+    let parts = [
+        Weights::random(&mut rng, GgmlType::Q8_0, 40, cols),
+        Weights::random(&mut rng, GgmlType::Q4K, 9, cols),
+        Weights::random(&mut rng, GgmlType::F16, 33, cols),
+    ];
+    let rows: usize = parts.iter().map(|p| p.rows).sum();
+    let bias = random_values(&mut rng, rows, 1.0);
+    let mut first = 0;
+    let weight_rows = parts
+        .iter()
+        .map(|p| {
+            let r = p.rows_of(Some(&bias[first..first + p.rows]));
+            first += p.rows;
+            r
+        })
+        .collect();
+    let m = b
+        .upload_matrix("mixed", cols, weight_rows, MatrixUse::Plain)
+        .expect("mixed matrix");
+    let decoded: Vec<f32> = parts.iter().flat_map(|p| p.decoded()).collect();
+    for n in [1, 11] {
+        let x = random_values(&mut rng, n * cols, 1.0);
+        let (want, scale) = matmul_reference(&decoded, &x, Some(&bias), cols);
+        let got = run_matmul(&mut b, &m, &x, n, rows);
+        let what = format!("three parts, n={n}");
+        assert_close(&what, &got, &want, rows, |i| scale[i], MATMUL_TOL);
+    }
+}
+
+fn awkward_tokens(rows: usize) -> Vec<u32> {
+    let last = rows as u32 - 1;
+    vec![0, last, 3, 3, last + 5, 1]
+}
+
+fn embed_rows<B: Load>(b: &mut B, table: &B::Matrix, tokens: &[u32], cols: usize) -> Vec<f32> {
+    let n = tokens.len();
+    let out = b.load("embedded", n, cols, &vec![f32::NAN; n * cols]);
+    b.embed(table, tokens, &out);
+    read(b, &out, n)
+}
+
+/// Embedding rows decode as the host decodes them: the same f32 formula per value (a fused
+/// multiply-add may round differently, a few ulps of the largest value).
+#[test]
+fn embed_matches_the_cpu_for_every_type() {
+    let (mut b, mut c) = (cuda(), cpu());
+    let mut rng = rng(4);
+    for ty in ALL_TYPES {
+        let cols = widths(ty)[1];
+        let w = Weights::random(&mut rng, ty, ROWS, cols);
+        let tokens = awkward_tokens(ROWS);
+        let (gt, ct) = (w.upload(&mut b, "table"), w.upload(&mut c, "table"));
+        let got = embed_rows(&mut b, &gt, &tokens, cols);
+        let want = embed_rows(&mut c, &ct, &tokens, cols);
+        let scale = max_abs(&want);
+        let what = format!("embed {}", w.label());
+        assert_close(&what, &got, &to_f64(&want), cols, |_| scale, 1e-6);
+    }
+}
+
+fn rms_norm_rows<B: Load>(b: &mut B, x: &[f32], w: &[f32], n: usize, rows: usize) -> Vec<f32> {
+    let cols = w.len();
+    let xt = b.load("x", rows, cols, x);
+    let weight = b.upload_vector("norm weight", w).expect("weight");
+    let out = b.load("normed", rows, cols, &vec![f32::NAN; rows * cols]);
+    let norm = RmsNorm {
+        weight: &weight,
+        eps: 1e-6,
+    };
+    b.rms_norm(&xt, norm, &out, n);
+    read(b, &out, n)
+}
+
+#[test]
+fn rms_norm_matches_the_cpu() {
+    let mut rng = rng(5);
+    for cols in [37, 300, 600, 4099] {
+        for n in [1, 5] {
+            let x = random_values(&mut rng, 6 * cols, 2.0);
+            let w = random_values(&mut rng, cols, 1.0);
+            let got = rms_norm_rows(&mut cuda(), &x, &w, n, 6);
+            let want = rms_norm_rows(&mut cpu(), &x, &w, n, 6);
+            // Only the order of the f32 sum of squares differs.
+            let scale = max_abs(&want);
+            let what = format!("rms_norm [{n}x{cols}]");
+            assert_close(&what, &got, &to_f64(&want), cols, |_| scale, 1e-5);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Elementwise {
+    Add,
+    Glu(Activation),
+    CopyRow,
+    Pointwise(Pointwise),
+}
+
+/// An element-wise op over the first `n` of 6 rows (copy_row: row 3 into row 0), written into
+/// `a`; all 6 rows come back, so a row past `n` that changed fails the comparison.
+fn elementwise<B: Load>(
+    b: &mut B,
+    op: Elementwise,
+    [a, x, y]: &[Vec<f32>; 3],
+    n: usize,
+    cols: usize,
+) -> Vec<f32> {
+    let at = b.load("a", 6, cols, a);
+    let xt = b.load("x", 6, cols, x);
+    match op {
+        Elementwise::Add => b.add(&at, &xt, n),
+        Elementwise::Glu(act) => {
+            let gate_up: Vec<f32> = x
+                .chunks(cols)
+                .zip(y.chunks(cols))
+                .flat_map(|(g, u)| [g, u].concat())
+                .collect();
+            let gate_up = b.load("gate | up", 6, 2 * cols, &gate_up);
+            b.glu(act, &gate_up, &at, n)
+        }
+        Elementwise::CopyRow => b.copy_row(&xt, 3, &at),
+        Elementwise::Pointwise(f) => b.pointwise(&at, f, n),
+    }
+    read(b, &at, 6)
+}
+
+#[test]
+fn elementwise_ops_match_the_cpu() {
+    let mut rng = rng(6);
+    let cols = 100;
+    for spread in [4.0, 16.0] {
+        let inputs: [Vec<f32>; 3] =
+            std::array::from_fn(|_| random_values(&mut rng, 6 * cols, spread));
+        let ops = [
+            Elementwise::Add,
+            Elementwise::Glu(Activation::Silu),
+            Elementwise::Glu(Activation::GeluTanh),
+            Elementwise::CopyRow,
+            Elementwise::Pointwise(Pointwise::Scale(-1.7)),
+            Elementwise::Pointwise(Pointwise::SoftCap(3.0)),
+        ];
+        for op in ops {
+            let got = elementwise(&mut cuda(), op, &inputs, 5, cols);
+            let want = elementwise(&mut cpu(), op, &inputs, 5, cols);
+            // add, copy_row and scaling are exact; exp and tanh may differ by a few ulps.
+            let tol = match op {
+                Elementwise::Glu(_) | Elementwise::Pointwise(Pointwise::SoftCap(_)) => 1e-6,
+                _ => 0.0,
+            };
+            let scale = max_abs(&want);
+            let what = format!("{op:?}, values within ±{spread}");
+            assert_close(&what, &got, &to_f64(&want), cols, |_| scale, tol);
+        }
+    }
+}
+
+/// The `[n_ctx, head_dim / 2]` (cos, sin) table of RoPE with base 10000.
+fn rope_table(n_ctx: usize, head_dim: usize) -> Vec<f32> {
+    let mut table = Vec::with_capacity(n_ctx * head_dim);
+    for p in 0..n_ctx {
+        for f in 0..head_dim / 2 {
+            let theta = p as f64 * 10000f64.powf(-2.0 * f as f64 / head_dim as f64);
+            table.extend([theta.cos() as f32, theta.sin() as f32]);
+        }
+    }
+    table
+}
+
+/// How the attention tests run: the cache's slots and positions, the layers' options and
+/// whether heads are normalised (weights of `[head_dim]` for q and k).
+struct AttentionCase {
+    shape: AttentionShape,
+    opts: AttentionOpts,
+    slots: usize,
+    n_ctx: usize,
+    types: KvTypes,
+    qk_norm: Option<[Vec<f32>; 2]>,
+}
+
+/// Per step (a batch, and its `[rows, q | k | v]` products): the rotated queries and the
+/// attention output, stored and read in layer 1 of a two-layer cache (layer 0 gets other
+/// values, which must not leak).
+fn run_attention<B: Load>(
+    b: &mut B,
+    case: &AttentionCase,
+    steps: &[(Batch, Vec<f32>)],
+) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let shape = case.shape;
+    let (qw, kvw, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+    let width = qw + 2 * kvw;
+    let table = b
+        .upload_vector("rope", &rope_table(case.n_ctx, hd))
+        .expect("rope table");
+    let layout = KvLayout {
+        slots: case.slots,
+        n_ctx: case.n_ctx,
+        shape,
+        types: case.types,
+        layers: vec![case.opts; 2],
+        qk_norm: case.qk_norm.is_some(),
+    };
+    let cache = b.kv_cache(&layout).expect("cache");
+    let norms = case.qk_norm.as_ref().map(|[q, k]| {
+        let q = b.upload_vector("q norm", q).expect("q norm");
+        let k = b.upload_vector("k norm", k).expect("k norm");
+        (q, k)
+    });
+    steps
+        .iter()
+        .map(|(batch, qkv)| {
+            let n = batch.rows();
+            let rope = Rope {
+                cos_sin: &table,
+                qk_norm: norms.as_ref().map(|(q, k)| QkNorm { q, k, eps: 1e-6 }),
+            };
+            let q = b.load("q", n, qw, &vec![f32::NAN; n * qw]);
+            let other: Vec<f32> = qkv.iter().map(|v| -0.5 * v).collect();
+            for (values, layer) in [(&other, 0), (qkv, 1)] {
+                let x = b.load("qkv", n, width, values);
+                let at = CacheLayer {
+                    cache: &cache,
+                    layer,
+                    batch,
+                };
+                b.rope_store_kv(&x, &rope, &q, at);
+            }
+            let out = b.load("attention out", n, qw, &vec![f32::NAN; n * qw]);
+            let at = CacheLayer {
+                cache: &cache,
+                layer: 1,
+                batch,
+            };
+            b.attention(&q, at, &case.opts, &out);
+            (read(b, &q, n), read(b, &out, n))
+        })
+        .collect()
+}
+
+/// Random `[n, q | k | v]` rows: queries scaled by 3 (so that the softmax has favourites).
+fn random_qkv(rng: &mut StdRng, shape: &AttentionShape, n: usize) -> Vec<f32> {
+    let (qw, kvw) = (shape.q_width(), shape.kv_width());
+    (0..n)
+        .flat_map(|_| {
+            let mut row = random_values(rng, qw, 3.0);
+            row.extend(random_values(rng, 2 * kvw, 1.0));
+            row
+        })
+        .collect()
+}
+
+/// One sequence in slot 0: steps of `sizes` rows from position 0.
+fn one_sequence(
+    rng: &mut StdRng,
+    shape: &AttentionShape,
+    sizes: &[usize],
+) -> Vec<(Batch, Vec<f32>)> {
+    let mut pos = 0;
+    sizes
+        .iter()
+        .map(|&n| {
+            let step = (Batch::one(0, pos, n), random_qkv(rng, shape, n));
+            pos += n;
+            step
+        })
+        .collect()
+}
+
+/// CUDA against the CPU step by step: queries after RoPE (the same f32 rotation; a fused
+/// multiply-add may round by an ulp), and attention outputs (the softmax sums in another
+/// order, and a key an ulp apart may round to the neighbouring f16 in the cache: ~1e-5 of the
+/// values' scale; a key left out or another head read costs ~1e-2).
+fn check_attention(case: &AttentionCase, steps: &[(Batch, Vec<f32>)], what: &str) {
+    let got = run_attention(&mut cuda(), case, steps);
+    let want = run_attention(&mut cpu(), case, steps);
+    let qw = case.shape.q_width();
+    let q_scale = match &case.qk_norm {
+        Some(_) => 1.5,
+        None => 3.0,
+    };
+    let q_tol = if case.qk_norm.is_some() { 1e-5 } else { 2e-6 };
+    for ((batch, _), ((gq, go), (cq, co))) in steps.iter().zip(got.iter().zip(&want)) {
+        let what = format!("{what}, {:?}", batch.spans());
+        assert_close(
+            &format!("q, {what}"),
+            gq,
+            &to_f64(cq),
+            qw,
+            |_| q_scale,
+            q_tol,
+        );
+        let tol = match (case.types == KvTypes::default(), case.qk_norm.is_some()) {
+            (false, _) => 3e-3,
+            (true, true) => 2e-4,
+            (true, false) => 1e-4,
+        };
+        assert_close(
+            &format!("attention, {what}"),
+            go,
+            &to_f64(co),
+            qw,
+            |_| 1.0,
+            tol,
+        );
+    }
+}
+
+fn shape(head_dim: usize, rope: RopeKind) -> AttentionShape {
+    // Grouped-query attention: three query heads per key/value head.
+    AttentionShape {
+        n_head: 6,
+        n_head_kv: 2,
+        head_dim,
+        rope,
+    }
+}
+
+/// A prompt, one token, three, then a second prompt of 300 (queries over both prompts'
+/// keys, past the kernel's chunks of 128 keys); heads of 80 and 168 leave threads idle, 256 is
+/// the kernels' limit.
+#[test]
+fn rope_and_attention_match_the_cpu_over_prefill_and_decode() {
+    let mut rng = rng(7);
+    let cases = [
+        (64, RopeKind::Normal, 70),
+        (128, RopeKind::Neox, 126),
+        (80, RopeKind::Neox, 126),
+        (128, RopeKind::Neox, 1030),
+        (168, RopeKind::Normal, 70),
+        (256, RopeKind::Neox, 130),
+    ];
+    for (head_dim, rope, prefill) in cases {
+        let shape = shape(head_dim, rope);
+        let steps = one_sequence(&mut rng, &shape, &[prefill, 1, 3, 300]);
+        let case = AttentionCase {
+            shape,
+            opts: AttentionOpts::causal(head_dim),
+            slots: 1,
+            n_ctx: prefill + 304,
+            types: KvTypes::default(),
+            qk_norm: None,
+        };
+        check_attention(&case, &steps, &format!("head_dim {head_dim} {rope:?}"));
+    }
+}
+
+/// Per-head norms of queries and keys (Qwen3, Gemma 3) before RoPE.
+#[test]
+fn qk_norm_matches_the_cpu_over_prefill_and_decode() {
+    let mut rng = rng(8);
+    for (head_dim, rope) in [
+        (64, RopeKind::Neox),
+        (80, RopeKind::Neox),
+        (168, RopeKind::Normal),
+        (256, RopeKind::Neox),
+    ] {
+        let shape = shape(head_dim, rope);
+        // Uneven weights (0.5 to 1.5), so that a weight read at the wrong dimension shows.
+        let mut weights = || -> Vec<f32> {
+            random_values(&mut rng, head_dim, 0.5)
+                .into_iter()
+                .map(|w| 1.0 + w)
+                .collect()
+        };
+        let qk_norm = Some([weights(), weights()]);
+        let steps = one_sequence(&mut rng, &shape, &[70, 1, 3, 300]);
+        let case = AttentionCase {
+            shape,
+            opts: AttentionOpts::causal(head_dim),
+            slots: 1,
+            n_ctx: 374,
+            types: KvTypes::default(),
+            qk_norm,
+        };
+        check_attention(
+            &case,
+            &steps,
+            &format!("qk norm, head_dim {head_dim} {rope:?}"),
+        );
+    }
+}
+
+/// Sliding windows and soft-capped scores (Gemma's attention).
+#[test]
+fn windowed_and_soft_capped_attention_match_the_cpu() {
+    let mut rng = rng(9);
+    for head_dim in [64, 128, 168] {
+        let causal = AttentionOpts::causal(head_dim);
+        let options = [
+            AttentionOpts {
+                window: Some(50),
+                ..causal
+            },
+            AttentionOpts {
+                softcap: Some(2.0),
+                ..causal
+            },
+            AttentionOpts {
+                window: Some(200),
+                softcap: Some(5.0),
+                ..causal
+            },
+        ];
+        for opts in options {
+            let shape = shape(head_dim, RopeKind::Neox);
+            let steps = one_sequence(&mut rng, &shape, &[300, 1, 3, 300]);
+            let case = AttentionCase {
+                shape,
+                opts,
+                slots: 1,
+                n_ctx: 604,
+                types: KvTypes::default(),
+                qk_norm: None,
+            };
+            check_attention(&case, &steps, &format!("{opts:?} head_dim {head_dim}"));
+        }
+    }
+}
+
+/// Several sequences in one step, each in its own slot at its own position: two prompts
+/// prefilled alone (slots 2 and 0), then steps that decode both together with a third
+/// sequence's prompt (slot 1), in either order of spans.
+#[test]
+fn batches_of_sequences_in_their_own_slots_match_the_cpu() {
+    let mut rng = rng(10);
+    let shape = shape(64, RopeKind::Neox);
+    let span = |slot, pos, len| Span { slot, pos, len };
+    let batches = [
+        Batch::one(2, 0, 9),
+        Batch::one(0, 0, 5),
+        Batch::new(vec![span(2, 9, 1), span(0, 5, 2), span(1, 0, 7)]),
+        Batch::new(vec![span(1, 7, 1), span(2, 10, 1), span(0, 7, 1)]),
+        Batch::new(vec![span(0, 8, 140), span(2, 11, 3)]),
+    ];
+    let steps: Vec<(Batch, Vec<f32>)> = batches
+        .into_iter()
+        .map(|b| {
+            let qkv = random_qkv(&mut rng, &shape, b.rows());
+            (b, qkv)
+        })
+        .collect();
+    for window in [None, Some(6)] {
+        let case = AttentionCase {
+            shape,
+            opts: AttentionOpts {
+                window,
+                ..AttentionOpts::causal(64)
+            },
+            slots: 3,
+            n_ctx: 160,
+            types: KvTypes::default(),
+            qk_norm: None,
+        };
+        check_attention(&case, &steps, &format!("three slots, window {window:?}"));
+    }
+}
+
+/// A batch past the cache's slots or positions is an error at the next wait, never a write
+/// outside the cache.
+#[test]
+fn a_row_outside_the_cache_is_an_error_at_the_next_wait() {
+    let mut b = cuda();
+    let shape = shape(64, RopeKind::Neox);
+    let mut rng = rng(11);
+    let case = AttentionCase {
+        shape,
+        opts: AttentionOpts::causal(64),
+        slots: 2,
+        n_ctx: 8,
+        types: KvTypes::default(),
+        qk_norm: None,
+    };
+    let steps = [(Batch::one(2, 0, 1), random_qkv(&mut rng, &shape, 1))];
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_attention(&mut b, &case, &steps)
+    }));
+    let message = match outcome {
+        Err(p) => p.downcast_ref::<String>().cloned().unwrap_or_default(),
+        Ok(_) => panic!("a row in slot 2 of a cache of 2 slots was accepted"),
+    };
+    assert!(message.contains("slot 2"), "{message}");
+}
+
+/// q8_0 caches of keys, values or both (ggml's blocks, rounded as the CPU rounds them) over
+/// prefill and decode, with per-head norms and a window: a key rounded to the neighbouring
+/// quant where the rotation differs by an ulp moves the output by ~1e-3 of the values' scale
+/// (the CPU's q8_0 cache moves it by 1.5e-2 from an f16 one); a block read with another's
+/// scale moves it by tens of percent.
+#[test]
+fn q8_0_caches_match_the_cpu() {
+    let mut rng = rng(14);
+    let q8 = CacheType::Q8_0;
+    let cases = [
+        KvTypes {
+            k: q8,
+            v: CacheType::F16,
+        },
+        KvTypes {
+            k: CacheType::F16,
+            v: q8,
+        },
+        KvTypes { k: q8, v: q8 },
+    ];
+    for (types, head_dim) in cases.into_iter().zip([64, 128, 256]) {
+        let shape = shape(head_dim, RopeKind::Neox);
+        let steps = one_sequence(&mut rng, &shape, &[70, 1, 3, 300]);
+        for (qk_norm, window) in [(false, None), (true, Some(40))] {
+            let mut weights = || -> Vec<f32> {
+                random_values(&mut rng, head_dim, 0.5)
+                    .into_iter()
+                    .map(|w| 1.0 + w)
+                    .collect()
+            };
+            let case = AttentionCase {
+                shape,
+                opts: AttentionOpts {
+                    window,
+                    ..AttentionOpts::causal(head_dim)
+                },
+                slots: 1,
+                n_ctx: 374,
+                types,
+                qk_norm: qk_norm.then(|| [weights(), weights()]),
+            };
+            let what =
+                format!("{types}, head_dim {head_dim}, qk norm {qk_norm}, window {window:?}");
+            check_attention(&case, &steps, &what);
+        }
+    }
+}
+
+/// A tensor past the device's memory is an error naming it and its size, at once.
+#[test]
+fn out_of_memory_names_what_did_not_fit() {
+    let mut b = cuda();
+    let e = b
+        .tensor("huge", 1 << 20, 1 << 20)
+        .err()
+        .expect("4 TiB do not fit");
+    let text = e.to_string();
+    assert!(matches!(e, BackendError::OutOfMemory { .. }), "{e:?}");
+    assert!(
+        text.contains("huge") && text.contains("4398046511104"),
+        "{text}"
+    );
+}
+
+/// Token picks (read back and picked on the host): the first largest value, never a NaN,
+/// in the slot they were queued to.
+#[test]
+fn argmax_takes_the_first_largest_and_never_a_nan() {
+    let mut b = cuda();
+    let mut rng = rng(12);
+    let cols = 49153;
+    for case in 0..4 {
+        let mut x = random_values(&mut rng, cols, 10.0);
+        match case {
+            1 => x[cols - 1] = 100.0,
+            2 => {
+                x[7] = 50.0;
+                x[9000] = 50.0;
+            }
+            3 => {
+                x[3] = f32::NAN;
+                x[4] = 80.0;
+            }
+            _ => {}
+        }
+        let want = vibrant::backend::argmax(&x) as u32;
+        let t = b.load("logits", 1, cols, &x);
+        b.queue_argmax(&t, case % 2);
+        assert_eq!(
+            b.read_argmax(case % 2).expect("argmax"),
+            want,
+            "case {case}"
+        );
+        assert_eq!(b.argmax(&t).expect("argmax"), want, "case {case}");
+    }
+}
+
+fn host_routes(logits: &[f32], n_expert: usize, routing: Routing) -> Vec<f32> {
+    let mut routes = vec![0f32; logits.len() / n_expert * 2 * routing.k];
+    for (l, r) in logits
+        .chunks(n_expert)
+        .zip(routes.chunks_mut(2 * routing.k))
+    {
+        routing.route(l, r);
+    }
+    routes
+}
+
+/// Routing, the products with the chosen experts' rows (each choice's own input or its
+/// token's), and the weighted mix into the residual, against the CPU; experts of two parts
+/// of different types.
+#[test]
+fn mixture_of_experts_ops_match_the_cpu() {
+    let mut rng = rng(13);
+    let (n_expert, block, cols) = (8, 24, 256);
+    for (k, normalize, n) in [(2, true, 1), (3, false, 7), (8, true, 5)] {
+        let routing = Routing { k, normalize };
+        let logits = random_values(&mut rng, n * n_expert, 2.0);
+        let halves = [
+            Weights::random(&mut rng, GgmlType::Q4K, 4 * block, cols),
+            Weights::random(&mut rng, GgmlType::Q8_0, 4 * block, cols),
+        ];
+        let x = random_values(&mut rng, n * k * cols, 1.0);
+        let y = random_values(&mut rng, n * k * block, 1.0);
+        let acc = random_values(&mut rng, n * block, 1.0);
+        let on = |be: &mut dyn MoeOps| -> Vec<Vec<f32>> {
+            be.moe(
+                &logits,
+                routing,
+                n_expert,
+                &halves,
+                &x,
+                &y,
+                &acc,
+                (n, block, cols),
+            )
+        };
+        let got = on(&mut cuda());
+        let want = on(&mut cpu());
+        let what = format!("k {k} normalize {normalize} n {n}");
+        // Routes: the same ids; weights from the same f32 exp (an ulp apart at most).
+        let ids =
+            |r: &[f32]| -> Vec<f32> { r.chunks(2 * k).flat_map(|c| c[..k].to_vec()).collect() };
+        assert_eq!(ids(&got[0]), ids(&want[0]), "{what}: routes");
+        assert_close(
+            &format!("{what}: route weights"),
+            &got[0],
+            &to_f64(&want[0]),
+            2 * k,
+            |_| 1.0,
+            1e-6,
+        );
+        // The CPU's products quantize activations to 8 bits: its 5e-3 of the scale.
+        for (i, name) in [(1, "matmul_id per token"), (2, "matmul_id per choice")] {
+            let scale = max_abs(&want[i]);
+            assert_close(
+                &format!("{what}: {name}"),
+                &got[i],
+                &to_f64(&want[i]),
+                block,
+                |_| scale,
+                5e-3,
+            );
+        }
+        let scale = max_abs(&want[3]);
+        assert_close(
+            &format!("{what}: combine"),
+            &got[3],
+            &to_f64(&want[3]),
+            block,
+            |_| scale,
+            1e-6,
+        );
+        // The routes the host computes are the ones both backends use.
+        assert_eq!(
+            ids(&want[0]),
+            ids(&host_routes(&logits, n_expert, routing)),
+            "{what}"
+        );
+    }
+}
+
+/// The mixture-of-experts ops on one backend: routes, products per token and per choice,
+/// and the combined residual.
+trait MoeOps {
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
+        &mut self,
+        logits: &[f32],
+        routing: Routing,
+        n_expert: usize,
+        halves: &[Weights; 2],
+        x: &[f32],
+        y: &[f32],
+        acc: &[f32],
+        dims: (usize, usize, usize),
+    ) -> Vec<Vec<f32>>;
+}
+
+impl<B: Load> MoeOps for B {
+    fn moe(
+        &mut self,
+        logits: &[f32],
+        routing: Routing,
+        n_expert: usize,
+        halves: &[Weights; 2],
+        x: &[f32],
+        y: &[f32],
+        acc: &[f32],
+        (n, block, cols): (usize, usize, usize),
+    ) -> Vec<Vec<f32>> {
+        let k = routing.k;
+        let l = self.load("logits", n, n_expert, logits);
+        let routes = self.load("routes", n, 2 * k, &vec![f32::NAN; n * 2 * k]);
+        self.moe_route(&l, routing, &routes, n);
+        let parts = halves.iter().map(|h| h.rows_of(None)).collect();
+        let w = self
+            .upload_matrix("experts", cols, parts, MatrixUse::Experts(n_expert))
+            .expect("experts");
+        let xt = self.load("x", n * k, cols, x);
+        let mut out = vec![read(self, &routes, n)];
+        for input in [ExpertInput::Token, ExpertInput::Choice] {
+            let o = self.load("out", n * k, block, &vec![f32::NAN; n * k * block]);
+            self.matmul_id(&xt, &w, &routes, input, &o, n);
+            out.push(read(self, &o, n * k));
+        }
+        let yt = self.load("y", n * k, block, y);
+        let a = self.load("acc", n, block, acc);
+        self.moe_combine_add(&yt, &routes, &a, n);
+        out.push(read(self, &a, n));
+        out
+    }
+}
