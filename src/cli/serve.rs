@@ -1,10 +1,11 @@
 //! `serve`: load a model with one cache slot per parallel request and answer HTTP requests
 //! (OpenAI and Ollama APIs) until SIGTERM or Ctrl-C.
 
-use super::args::LoadArgs;
+use super::args::{DeviceChoice, LoadArgs};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
+use vibrant::backend::cpu::CpuBackend;
 use vibrant::chat::{ChatError, ChatTemplate};
 use vibrant::gguf::GgufFile;
 use vibrant::model::arch::Spec;
@@ -41,6 +42,10 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for running requests before cutting them.
     #[arg(long, default_value_t = 10.0)]
     pub shutdown_grace: f64,
+    /// On the CPU, the exact reference (weights dequantized, f64 products): each row is
+    /// computed alone, so an answer does not depend on what it was batched with; slow.
+    #[arg(long)]
+    pub exact: bool,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -59,6 +64,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     if !(args.shutdown_grace.is_finite() && args.shutdown_grace >= 0.0) {
         bail!("--shutdown-grace must be a number of seconds ≥ 0");
     }
+    if args.exact && args.load.device.choice()? != DeviceChoice::Cpu {
+        bail!("--exact is the CPU's reference mode: use --device cpu");
+    }
     let path = vibrant::catalog::resolve(&args.load.model.model)?;
     let file = Arc::new(GgufFile::open(&path)?);
     let info = model_info(&file, &path)?;
@@ -66,7 +74,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         n_seq: args.parallel,
         ..args.load.context.load_options()
     };
-    let load = loader(file, args.load.clone(), options, args.parallel);
+    let load = loader(file, args, options);
     let config = ServeConfig {
         host: args.host.clone(),
         port: args.port,
@@ -109,9 +117,14 @@ fn model_info(file: &GgufFile, path: &std::path::Path) -> Result<ModelInfo> {
 }
 
 /// Opens the device and loads the model on the model's thread.
-fn loader(file: Arc<GgufFile>, args: LoadArgs, options: LoadOptions, parallel: usize) -> LoadModel {
+fn loader(file: Arc<GgufFile>, args: &ServeArgs, options: LoadOptions) -> LoadModel {
+    let (device, exact, parallel) = (args.load.device.clone(), args.exact, args.parallel);
     Box::new(move || {
-        let model: Box<dyn StepModel> = match super::open_device(&args.device)? {
+        let model: Box<dyn StepModel> = match super::open_device(&device)? {
+            super::Device::Cpu(_) if exact => {
+                let cpu = CpuBackend::exact(device.cpu.threads)?;
+                Box::new(Transformer::load(&file, cpu, &options)?)
+            }
             super::Device::Cpu(backend) => Box::new(Transformer::load(&file, backend, &options)?),
             super::Device::Gpu(backend) => Box::new(
                 Transformer::load(&file, *backend, &options)
