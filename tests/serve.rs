@@ -322,3 +322,244 @@ fn sixteen_concurrent_greedy_requests_each_get_the_answer_they_get_alone() {
         "the concurrent requests were not batched"
     );
 }
+
+/// Reads a streamed answer until `n` events have come.
+fn read_events(stream: &mut TcpStream, n: usize) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(6).filter(|w| w == b"data: ").count() < n {
+        let got = stream.read(&mut buf).expect("reading the stream");
+        assert!(
+            got > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..got]);
+    }
+}
+
+fn long_stream() -> Vec<u8> {
+    let body =
+        json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400, "stream": true});
+    body.to_string().into_bytes()
+}
+
+#[test]
+fn a_client_that_goes_away_frees_its_slot() {
+    let server = Server::start(&["--parallel", "1"]);
+    let mut stream = server.send("POST", "/v1/completions", &long_stream(), &[]);
+    read_events(&mut stream, 3);
+    drop(stream);
+    let started = Instant::now();
+    let body = json!({"model": MODEL, "prompt": "Hello", "max_tokens": 3});
+    let reply = server.post("/v1/completions", &body);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["usage"]["completion_tokens"], 3);
+    // Had the first request gone on, it would have finished (400 tokens) before this one.
+    assert_eq!(server.metric("requests_cancelled_total"), 1.0);
+    assert_eq!(server.metric("requests_completed_total"), 1.0);
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+/// Checks an error answer: its status and an OpenAI error body with the code.
+fn assert_error(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    let error = &reply.json()["error"];
+    assert_eq!(error["code"], code, "{}", reply.body);
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(error.get("type").is_some() && error.get("param").is_some());
+}
+
+#[test]
+fn bad_input_gets_a_4xx_and_the_server_stays_healthy() {
+    let key = "Authorization: Bearer sesame";
+    let server = Server::start(&[
+        "--parallel",
+        "1",
+        "--queue",
+        "1",
+        "--api-key",
+        "sesame",
+        "--max-body",
+        "65536",
+    ]);
+    let post = |path: &str, body: &[u8]| server.request("POST", path, body, &[key]);
+    let chat = |body: Value| post("/v1/chat/completions", body.to_string().as_bytes());
+
+    assert_error(&server.get("/v1/models"), 401, "invalid_api_key");
+    let wrong = server.request("GET", "/v1/models", b"", &["Authorization: Bearer open"]);
+    assert_error(&wrong, 401, "invalid_api_key");
+    assert_eq!(server.get("/health").status, 200, "/health needs no key");
+    assert_eq!(server.request("GET", "/v1/models", b"", &[key]).status, 200);
+
+    assert_error(
+        &post("/v1/chat/completions", b"{\"messages\": ["),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &post("/v1/chat/completions", b"[1, 2]"),
+        400,
+        "invalid_request",
+    );
+    assert_error(&chat(json!({"temperature": 0})), 400, "invalid_request");
+    let user = json!([{"role": "user", "content": "Hi"}]);
+    assert_error(
+        &chat(json!({"messages": user, "temperature": "hot"})),
+        400,
+        "invalid_request",
+    );
+    assert_error(&chat(json!({"messages": "Hi"})), 400, "invalid_request");
+    assert_error(
+        &chat(json!({"messages": user, "max_tokens": -1})),
+        400,
+        "invalid_request",
+    );
+    let top_p = chat(json!({"messages": user, "top_p": 2}));
+    assert_error(&top_p, 400, "invalid_value");
+    assert_eq!(top_p.json()["error"]["param"], "top_p");
+    assert_error(
+        &chat(json!({"messages": user, "logit_bias": {"ten": 1}})),
+        400,
+        "invalid_logit_bias",
+    );
+    assert_error(
+        &chat(json!({"messages": [], "max_tokens": 1})),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &chat(json!({"model": "gpt-4", "messages": user})),
+        404,
+        "model_not_found",
+    );
+    let long = "the cat sat on the mat ".repeat(200);
+    let too_long = chat(json!({"messages": [{"role": "user", "content": long}]}));
+    assert_error(&too_long, 400, "context_length_exceeded");
+    let huge = json!({"prompt": "x".repeat(100_000)}).to_string();
+    assert_error(
+        &post("/v1/completions", huge.as_bytes()),
+        413,
+        "body_too_large",
+    );
+    assert_error(&post("/v1/nothing", b"{}"), 404, "not_found");
+    assert_error(
+        &post("/api/show", b"{\"model\": \"llama3\"}"),
+        404,
+        "model_not_found",
+    );
+
+    // One request runs, one waits in the queue of one: the next is turned away.
+    let mut running = server.send("POST", "/v1/completions", &long_stream(), &[key]);
+    read_events(&mut running, 1);
+    let waiting = server.send("POST", "/v1/completions", &long_stream(), &[key]);
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = post("/v1/completions", &long_stream());
+    assert_error(&busy, 503, "overloaded");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    drop((running, waiting));
+
+    assert_eq!(server.get("/health").status, 200);
+    // The slot and the queue free up as soon as the server sees the clients gone: a client
+    // told to retry is served.
+    let hello = json!({"prompt": "Hello", "max_tokens": 2}).to_string();
+    let mut reply = post("/v1/completions", hello.as_bytes());
+    for _ in 0..40 {
+        if reply.status != 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        reply = post("/v1/completions", hello.as_bytes());
+    }
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[test]
+fn ollama_routes_answer_in_ollamas_shapes() {
+    let server = Server::start(&["--parallel", "2"]);
+    let tags = server.get("/api/tags").json();
+    let model = &tags["models"][0];
+    assert_eq!(model["name"], MODEL);
+    assert!(model["size"].as_u64().unwrap() > 1 << 20);
+    assert_eq!(model["details"]["format"], "gguf");
+    assert_eq!(model["details"]["family"], "llama");
+    let show = server.post("/api/show", &json!({"model": MODEL})).json();
+    assert_eq!(show["details"]["family"], "llama");
+    assert_eq!(show["model_info"]["general.architecture"], "llama");
+
+    let messages = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    let options = json!({"temperature": 0, "num_predict": 8});
+    let whole = server.post(
+        "/api/chat",
+        &json!({"model": MODEL, "messages": messages, "stream": false, "options": options}),
+    );
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let whole = whole.json();
+    assert_eq!(whole["done"], true);
+    assert_eq!(whole["done_reason"], "length");
+    assert_eq!(whole["message"]["role"], "assistant");
+    assert_eq!(whole["eval_count"], 8);
+    assert_eq!(
+        whole["prompt_eval_count"],
+        chat_prompt_tokens(&[Message::user("What is the capital of France?")])
+    );
+    for key in [
+        "created_at",
+        "total_duration",
+        "eval_duration",
+        "prompt_eval_duration",
+    ] {
+        assert!(whole.get(key).is_some(), "{key} missing: {whole}");
+    }
+
+    // Streaming is the default: a JSON object per line, the last one done.
+    let streamed = server.post(
+        "/api/chat",
+        &json!({"model": MODEL, "messages": messages, "options": options}),
+    );
+    assert_eq!(
+        streamed.header("content-type"),
+        Some("application/x-ndjson")
+    );
+    let lines: Vec<Value> = streamed
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (last, pieces) = lines.split_last().unwrap();
+    assert_eq!(last["done"], true);
+    assert!(pieces.iter().all(|p| p["done"] == false));
+    let text: String = pieces
+        .iter()
+        .map(|p| p["message"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, whole["message"]["content"].as_str().unwrap());
+
+    let generate = json!({"model": MODEL, "prompt": "What is the capital of France?", "stream": false, "options": options});
+    let generated = server.post("/api/generate", &generate).json();
+    assert_eq!(
+        generated["response"], whole["message"]["content"],
+        "generate wraps the prompt in the template"
+    );
+    let unknown = server.post("/api/generate", &json!({"model": "llama3", "prompt": "Hi"}));
+    assert_eq!(unknown.status, 404);
+}
+
+/// The official `openai` Python package (`pip install openai`) against the server.
+#[test]
+fn the_official_openai_client_is_answered() {
+    let server = Server::start(&["--parallel", "2"]);
+    let status = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/serve_openai_check.py"
+        ))
+        .arg(format!("http://127.0.0.1:{}/v1", server.port))
+        .arg(MODEL)
+        .status()
+        .expect("running python3");
+    assert!(
+        status.success(),
+        "scripts/serve_openai_check.py failed (needs `pip install openai`)"
+    );
+}

@@ -201,6 +201,11 @@ impl<'t> Scheduler<'t> {
     /// Puts `job` in the free slot whose cache shares the longest prefix with its prompt,
     /// keeping that prefix.
     fn start(&mut self, model: &mut dyn StepModel, job: Job) {
+        if job.events.is_closed() {
+            // Its client went away while it waited.
+            Metrics::add(&self.metrics.cancelled, 1);
+            return;
+        }
         if job.prompt.is_empty() || job.prompt.len() > self.limits.n_ctx {
             let why = format!(
                 "a prompt of {} tokens does not fit a context of {}",
