@@ -563,3 +563,34 @@ fn the_official_openai_client_is_answered() {
         "scripts/serve_openai_check.py failed (needs `pip install openai`)"
     );
 }
+
+/// SIGTERM: the server stops taking connections, gives running requests the grace period,
+/// then cuts them and exits cleanly.
+#[cfg(unix)]
+#[test]
+fn sigterm_shuts_down_within_the_grace_period() {
+    let mut server = Server::start(&["--parallel", "1", "--shutdown-grace", "1"]);
+    let mut running = server.send("POST", "/v1/completions", &long_stream(), &[]);
+    read_events(&mut running, 2);
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still running 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    // The stream was cut, not left hanging.
+    let mut rest = Vec::new();
+    let _ = running.read_to_end(&mut rest);
+    assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err());
+}
