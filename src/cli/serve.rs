@@ -128,7 +128,7 @@ fn loader(file: Arc<GgufFile>, args: &ServeArgs, options: LoadOptions) -> LoadMo
             super::Device::Cpu(backend) => Box::new(Transformer::load(&file, backend, &options)?),
             super::Device::Gpu(backend) => Box::new(
                 Transformer::load(&file, *backend, &options)
-                    .with_context(|| format!("--parallel {parallel} on the GPU (--parallel 1 runs one request at a time there)"))?,
+                    .with_context(|| format!("--parallel {parallel} on the GPU (where --parallel 1 serves one request at a time)"))?,
             ),
         };
         Ok(model)

@@ -24,8 +24,8 @@ pub type LoadModel = Box<dyn FnOnce() -> Result<Box<dyn StepModel>, BoxError> + 
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("loading the model: {0}")]
-    Load(BoxError),
+    #[error("loading the model")]
+    Load(#[source] BoxError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
