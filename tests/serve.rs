@@ -594,3 +594,59 @@ fn sigterm_shuts_down_within_the_grace_period() {
     let _ = running.read_to_end(&mut rest);
     assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err());
 }
+
+#[test]
+fn logprobs_come_with_each_token_and_its_alternatives() {
+    let server = Server::start(&["--parallel", "1"]);
+    let mut body = chat_body("What is the capital of France?", 6, false);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(3);
+    let reply = server.post("/v1/chat/completions", &body);
+    let text = chat_text(&reply);
+    let content = reply.json()["choices"][0]["logprobs"]["content"].clone();
+    let entries = content.as_array().unwrap();
+    assert_eq!(entries.len(), 6);
+    let joined: String = entries
+        .iter()
+        .map(|e| e["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, text);
+    for e in entries {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the token taken is the most likely one.
+        assert_eq!(top[0]["token"], e["token"]);
+        assert_eq!(top[0]["logprob"], e["logprob"]);
+        let lp: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(lp[0] <= 0.0 && lp[0] >= lp[1] && lp[1] >= lp[2], "{lp:?}");
+    }
+    body["stream"] = json!(true);
+    let events = server.post("/v1/chat/completions", &body).events();
+    let streamed: Vec<Value> = events
+        .iter()
+        .filter_map(|e| {
+            e["choices"].get(0)?["logprobs"]["content"]
+                .as_array()
+                .cloned()
+        })
+        .flatten()
+        .collect();
+    assert_eq!(&streamed, entries);
+
+    let completion = json!({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 2});
+    let v = server.post("/v1/completions", &completion).json();
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 4);
+    assert_eq!(lp["text_offset"][0], 0);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+    let asked_without = chat_body("Hi", 2, false);
+    let mut bad = asked_without.clone();
+    bad["top_logprobs"] = json!(2);
+    assert_error(
+        &server.post("/v1/chat/completions", &bad),
+        400,
+        "invalid_value",
+    );
+    let plain = server.post("/v1/chat/completions", &asked_without).json();
+    assert!(plain["choices"][0]["logprobs"].is_null());
+}

@@ -2,7 +2,7 @@
 //! answers stream as server-sent events (OpenAI) or NDJSON (Ollama), or come whole.
 
 use super::metrics::Metrics;
-use super::scheduler::{Event, Finish, Job, Limits};
+use super::scheduler::{Event, Finish, Job, Limits, TokenLogprob};
 use super::wire::{self, ApiError, Settings};
 use super::{ModelInfo, ServeConfig};
 use crate::chat::Message;
@@ -271,13 +271,18 @@ fn submit(
     }
 }
 
-/// A whole answer: its text and how it ended.
-async fn collect(mut events: UnboundedReceiver<Event>) -> Result<(String, Finish), ApiError> {
-    let mut text = String::new();
+/// A whole answer: its text, its tokens' log-probabilities where asked, and how it ended.
+async fn collect(
+    mut events: UnboundedReceiver<Event>,
+) -> Result<(String, Vec<TokenLogprob>, Finish), ApiError> {
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
     while let Some(event) = events.recv().await {
         match event {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done(finish) => return Ok((text, finish)),
+            Event::Text(t, lp) => {
+                text.push_str(&t);
+                logprobs.extend(lp);
+            }
+            Event::Done(finish) => return Ok((text, logprobs, finish)),
             Event::Failed(why) => return Err(model_error(why)),
         }
     }
@@ -350,17 +355,92 @@ impl OpenAiKind {
         }
     }
 
-    fn choice(self, text: Option<&str>, finish: Option<&str>, stream: bool) -> Value {
+    fn choice(
+        self,
+        text: Option<&str>,
+        finish: Option<&str>,
+        stream: bool,
+        logprobs: Value,
+    ) -> Value {
         match (self, stream) {
-            (Self::Chat, false) => json!({"index": 0, "logprobs": null, "finish_reason": finish,
-                "message": {"role": "assistant", "content": text.unwrap_or("")}}),
+            (Self::Chat, false) => {
+                json!({"index": 0, "logprobs": logprobs, "finish_reason": finish,
+                "message": {"role": "assistant", "content": text.unwrap_or("")}})
+            }
             (Self::Chat, true) => {
                 let delta = text.map_or(json!({}), |t| json!({"content": t}));
-                json!({"index": 0, "logprobs": null, "finish_reason": finish, "delta": delta})
+                json!({"index": 0, "logprobs": logprobs, "finish_reason": finish, "delta": delta})
             }
-            (Self::Completion, _) => json!({"index": 0, "logprobs": null, "finish_reason": finish,
-                "text": text.unwrap_or("")}),
+            (Self::Completion, _) => {
+                json!({"index": 0, "logprobs": logprobs, "finish_reason": finish,
+                "text": text.unwrap_or("")})
+            }
         }
+    }
+}
+
+/// Writes tokens' log-probabilities as each OpenAI route does: chat's `content` list of
+/// entries, or completions' parallel lists with each token's offset in the answer.
+struct LogprobWriter {
+    kind: OpenAiKind,
+    info: Arc<ModelInfo>,
+    /// Whether the request asked: if not, `logprobs` is null.
+    asked: bool,
+    /// Bytes of answer text before the next token, for completions' `text_offset`.
+    offset: usize,
+}
+
+impl LogprobWriter {
+    fn token(&self, id: u32) -> (String, &[u8]) {
+        let bytes = self.info.tokenizer.piece(id);
+        (String::from_utf8_lossy(bytes).into_owned(), bytes)
+    }
+
+    fn json(&mut self, logprobs: &[TokenLogprob]) -> Value {
+        if !self.asked {
+            return Value::Null;
+        }
+        match self.kind {
+            OpenAiKind::Chat => {
+                let entry = |id: u32, logprob: f32| {
+                    let (token, bytes) = self.token(id);
+                    json!({"token": token, "logprob": logprob, "bytes": bytes})
+                };
+                let content: Vec<Value> = logprobs
+                    .iter()
+                    .map(|lp| {
+                        let mut e = entry(lp.token, lp.logprob);
+                        e["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+                        e
+                    })
+                    .collect();
+                json!({"content": content})
+            }
+            OpenAiKind::Completion => {
+                let mut out = json!({"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []});
+                for lp in logprobs {
+                    let (token, bytes) = self.token(lp.token);
+                    let top: serde_json::Map<String, Value> = lp
+                        .top
+                        .iter()
+                        .map(|&(t, l)| (self.token(t).0, json!(l)))
+                        .collect();
+                    let offset = self.offset;
+                    self.offset += bytes.len();
+                    push(&mut out["tokens"], json!(token));
+                    push(&mut out["token_logprobs"], json!(lp.logprob));
+                    push(&mut out["top_logprobs"], Value::Object(top));
+                    push(&mut out["text_offset"], json!(offset));
+                }
+                out
+            }
+        }
+    }
+}
+
+fn push(list: &mut Value, item: Value) {
+    if let Value::Array(items) = list {
+        items.push(item);
     }
 }
 
@@ -386,7 +466,11 @@ async fn chat_completions(
         Ok(OpenAiJob {
             kind: OpenAiKind::Chat,
             prompt: tokenize(s, &render_chat(s, &request.messages)?)?,
-            settings: params.settings(s.info.n_vocab, clock_seed())?,
+            settings: Settings {
+                logprobs: wire::parse::<wire::ChatLogprobs>(&value, "/v1/chat/completions")?
+                    .top()?,
+                ..params.settings(s.info.n_vocab, clock_seed())?
+            },
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
         })
@@ -414,7 +498,11 @@ async fn completions(State(s): State<AppState>, body: Result<Bytes, BytesRejecti
         Ok(OpenAiJob {
             kind: OpenAiKind::Completion,
             prompt: tokenize(s, &text)?,
-            settings: params.settings(s.info.n_vocab, clock_seed())?,
+            settings: Settings {
+                logprobs: wire::parse::<wire::CompletionLogprobs>(&value, "/v1/completions")?
+                    .top()?,
+                ..params.settings(s.info.n_vocab, clock_seed())?
+            },
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
         })
@@ -426,6 +514,12 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
     let job = match job {
         Ok(job) => job,
         Err(e) => return refuse(s, e),
+    };
+    let mut logprobs = LogprobWriter {
+        kind: job.kind,
+        info: s.info.clone(),
+        asked: job.settings.logprobs.is_some(),
+        offset: 0,
     };
     let events = match submit(s, job.prompt, job.settings) {
         Ok(events) => events,
@@ -446,10 +540,12 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
     );
     if !job.stream {
         return match collect(events).await {
-            Ok((text, finish)) => {
+            Ok((text, tokens, finish)) => {
+                let logprobs = logprobs.json(&tokens);
+                let choice = kind.choice(Some(&text), Some(finish.reason.name()), false, logprobs);
                 let body = json!({
                     "id": id, "object": kind.object(false), "created": created, "model": model,
-                    "choices": [kind.choice(Some(&text), Some(finish.reason.name()), false)],
+                    "choices": [choice],
                     "usage": usage(&finish),
                 });
                 json_response(StatusCode::OK, &body)
@@ -468,17 +564,13 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
     };
     let include_usage = job.include_usage;
     let frame = move |event: Event| match event {
-        Event::Text(t) => (
-            sse(&chunk(json!([kind.choice(Some(&t), None, true)]))),
-            false,
-        ),
+        Event::Text(t, tokens) => {
+            let choice = kind.choice(Some(&t), None, true, logprobs.json(&tokens));
+            (sse(&chunk(json!([choice]))), false)
+        }
         Event::Done(finish) => {
-            let mut out = sse(&chunk(json!([kind.choice(
-                None,
-                Some(finish.reason.name()),
-                true
-            )])))
-            .to_vec();
+            let choice = kind.choice(None, Some(finish.reason.name()), true, Value::Null);
+            let mut out = sse(&chunk(json!([choice]))).to_vec();
             if include_usage {
                 let mut last = chunk(json!([]));
                 last["usage"] = usage(&finish);
@@ -604,14 +696,14 @@ async fn answer_ollama(s: &Shared, job: Result<OllamaJob, ApiError>) -> Response
     let (model, chat) = (s.info.name.clone(), job.chat);
     if !job.stream {
         return match collect(events).await {
-            Ok((text, finish)) => {
+            Ok((text, _, finish)) => {
                 json_response(StatusCode::OK, &ollama_done(&model, chat, &text, &finish))
             }
             Err(e) => e.into_response(),
         };
     }
     let frame = move |event: Event| match event {
-        Event::Text(t) => (ndjson(&ollama_piece(&model, chat, &t, false)), false),
+        Event::Text(t, _) => (ndjson(&ollama_piece(&model, chat, &t, false)), false),
         Event::Done(finish) => (ndjson(&ollama_done(&model, chat, "", &finish)), true),
         Event::Failed(why) => (ndjson(&json!({"error": why})), true),
     };

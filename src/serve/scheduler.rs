@@ -61,7 +61,9 @@ pub struct Job {
 /// What the model thread sends back to a request's handler.
 #[derive(Debug)]
 pub enum Event {
-    Text(String),
+    /// Text of the answer, with the log-probabilities of the tokens it completes where they
+    /// were asked for (text held back for a possible stop string comes later, with its own).
+    Text(String, Vec<TokenLogprob>),
     Done(Finish),
     Failed(String),
 }
@@ -93,6 +95,41 @@ pub struct Finish {
     pub gen_time: Duration,
 }
 
+/// A token's log-probability under the model (before any sampling setting), with the most
+/// likely alternatives, most likely first.
+#[derive(Clone, Debug)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    fn new(logits: &[f32], token: u32, top: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let log_z = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        let by_logit = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        if top > 0 && top < ids.len() {
+            ids.select_nth_unstable_by(top - 1, by_logit);
+        }
+        ids.truncate(top);
+        ids.sort_by(by_logit);
+        Self {
+            token,
+            logprob: logits[token as usize] - log_z,
+            top: ids
+                .into_iter()
+                .map(|t| (t, logits[t as usize] - log_z))
+                .collect(),
+        }
+    }
+}
+
 /// A request holding a slot.
 struct Active<'t> {
     job: Job,
@@ -105,6 +142,8 @@ struct Active<'t> {
     next: Option<u32>,
     generated: usize,
     first_token: Option<Instant>,
+    /// Log-probabilities of tokens whose text was not sent yet.
+    logprobs: Vec<TokenLogprob>,
 }
 
 #[derive(Default)]
@@ -239,6 +278,7 @@ impl<'t> Scheduler<'t> {
             next: None,
             generated: 0,
             first_token: None,
+            logprobs: Vec::new(),
         });
     }
 
@@ -337,6 +377,9 @@ impl<'t> Scheduler<'t> {
         let (tokenizer, metrics) = (self.tokenizer, self.metrics);
         let s = &mut self.slots[slot];
         let a = s.active.as_mut().expect("picked slots are active");
+        // Of the model's distribution, so from the logits before sampling adjusts them.
+        let wanted = a.job.settings.logprobs;
+        let raw = wanted.map(|_| logits.to_vec());
         let token = a.sampler.sample(logits);
         if a.first_token.is_none() {
             a.first_token = Some(Instant::now());
@@ -348,9 +391,13 @@ impl<'t> Scheduler<'t> {
         a.generated += 1;
         Metrics::add(&metrics.generated_tokens, 1);
         a.sampler.accept(token);
+        if let (Some(top), Some(raw)) = (wanted, raw) {
+            a.logprobs.push(TokenLogprob::new(&raw, token, top));
+        }
         let (ready, hit) = a.stops.feed(&a.decoder.push(token));
         if !ready.is_empty() {
-            let _ = a.job.events.send(Event::Text(ready));
+            let logprobs = std::mem::take(&mut a.logprobs);
+            let _ = a.job.events.send(Event::Text(ready, logprobs));
         }
         if hit {
             return self.finish(slot, FinishReason::Stop, false);
@@ -370,12 +417,13 @@ impl<'t> Scheduler<'t> {
             .take()
             .expect("finished slots are active");
         let mut stops = a.stops;
+        let mut rest = String::new();
         if flush {
-            let (mut rest, _) = stops.feed(&a.decoder.finish());
+            rest = stops.feed(&a.decoder.finish()).0;
             rest.push_str(&stops.flush());
-            if !rest.is_empty() {
-                let _ = a.job.events.send(Event::Text(rest));
-            }
+        }
+        if !rest.is_empty() || !a.logprobs.is_empty() {
+            let _ = a.job.events.send(Event::Text(rest, a.logprobs));
         }
         let first = a.first_token.unwrap_or_else(Instant::now);
         let finish = Finish {
@@ -392,4 +440,22 @@ impl<'t> Scheduler<'t> {
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_the_log_softmax_with_the_likeliest_first() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let lp = TokenLogprob::new(&logits, 2, 3);
+        let log_z = logits.iter().map(|l| l.exp()).sum::<f32>().ln();
+        assert!((lp.logprob - (2.0 - log_z)).abs() < 1e-6);
+        // The tie between 1 and 3 keeps the lower id first.
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2]);
+        assert!((lp.top[0].1 - (3.0 - log_z)).abs() < 1e-6);
+        assert!(TokenLogprob::new(&logits, 0, 0).top.is_empty());
+    }
 }

@@ -169,6 +169,55 @@ pub struct OpenAiParams {
     pub n: Option<u32>,
 }
 
+/// Most alternatives a request may ask for at each token, as OpenAI allows.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// `logprobs` of `/v1/chat/completions`: whether to return them, and how many alternatives.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChatLogprobs {
+    #[serde(default)]
+    pub logprobs: bool,
+    pub top_logprobs: Option<usize>,
+}
+
+impl ChatLogprobs {
+    pub fn top(&self) -> Result<Option<usize>, ApiError> {
+        match (self.logprobs, self.top_logprobs) {
+            (_, Some(n)) if n > MAX_TOP_LOGPROBS => Err(ApiError::bad_request(
+                "invalid_value",
+                format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {n}"),
+            )
+            .with_param("top_logprobs")),
+            (false, Some(_)) => Err(ApiError::bad_request(
+                "invalid_value",
+                "top_logprobs needs logprobs: true",
+            )
+            .with_param("top_logprobs")),
+            (true, n) => Ok(Some(n.unwrap_or(0))),
+            (false, None) => Ok(None),
+        }
+    }
+}
+
+/// `logprobs` of `/v1/completions`: how many alternatives (up to 5) beside each token.
+#[derive(Debug, Default, Deserialize)]
+pub struct CompletionLogprobs {
+    pub logprobs: Option<usize>,
+}
+
+impl CompletionLogprobs {
+    pub fn top(&self) -> Result<Option<usize>, ApiError> {
+        match self.logprobs {
+            Some(n) if n > 5 => Err(ApiError::bad_request(
+                "invalid_value",
+                format!("logprobs must be at most 5, got {n}"),
+            )
+            .with_param("logprobs")),
+            n => Ok(n),
+        }
+    }
+}
+
 /// `options` of Ollama's requests.
 #[derive(Debug, Default, Deserialize)]
 pub struct OllamaOptions {
@@ -227,6 +276,8 @@ pub struct Settings {
     /// None: until the context is full.
     pub max_tokens: Option<usize>,
     pub stops: Vec<String>,
+    /// The log-probability of each token, with this many alternatives; None: not asked.
+    pub logprobs: Option<usize>,
 }
 
 impl OpenAiParams {
@@ -249,10 +300,17 @@ impl OpenAiParams {
         sampler.logit_bias = logit_bias(self.logit_bias.unwrap_or_default(), n_vocab)?;
         validate(&sampler)?;
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        if max_tokens == Some(0) {
+            return Err(
+                ApiError::bad_request("invalid_value", "max_tokens must be at least 1")
+                    .with_param("max_tokens"),
+            );
+        }
         Ok(Settings {
             sampler,
             max_tokens: max_tokens.map(|n| n as usize),
             stops: self.stop.map(Stop::into_vec).unwrap_or_default(),
+            logprobs: None,
         })
     }
 }
@@ -270,11 +328,18 @@ impl OllamaOptions {
         set(&mut sampler.repeat_penalty, self.repeat_penalty);
         set(&mut sampler.repeat_last_n, self.repeat_last_n);
         validate(&sampler)?;
+        if self.num_predict == Some(0) {
+            return Err(
+                ApiError::bad_request("invalid_value", "num_predict must not be 0")
+                    .with_param("num_predict"),
+            );
+        }
         Ok(Settings {
             sampler,
             // Ollama: -1 (or any negative) generates until the context is full.
             max_tokens: self.num_predict.and_then(|n| usize::try_from(n).ok()),
             stops: self.stop.unwrap_or_default(),
+            logprobs: None,
         })
     }
 }
