@@ -271,6 +271,26 @@ fn submit(
     }
 }
 
+/// Runs `f` (parsing, templating and tokenizing, work that grows with the body) on a thread
+/// of its own, not on the async workers.
+async fn prepare<T: Send + 'static>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    f: fn(&Shared, Result<Bytes, BytesRejection>) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&state.0, body))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::status(
+                500,
+                "server_error",
+                "internal_error",
+                e.to_string(),
+            ))
+        })
+}
+
 /// A whole answer: its text, its tokens' log-probabilities where asked, and how it ended.
 async fn collect(
     mut events: UnboundedReceiver<Event>,
@@ -457,8 +477,7 @@ async fn chat_completions(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let s = &s.0;
-    let job = (|| {
+    let job = prepare(&s, body, |s, body| {
         let value = body_json(s, body, "/v1/chat/completions")?;
         let request: wire::ChatRequest = wire::parse(&value, "/v1/chat/completions")?;
         check_model(s, request.model.as_deref())?;
@@ -474,13 +493,13 @@ async fn chat_completions(
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
         })
-    })();
-    answer_openai(s, job).await
+    })
+    .await;
+    answer_openai(&s.0, job).await
 }
 
 async fn completions(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let s = &s.0;
-    let job = (|| {
+    let job = prepare(&s, body, |s, body| {
         let value = body_json(s, body, "/v1/completions")?;
         let request: wire::CompletionRequest = wire::parse(&value, "/v1/completions")?;
         check_model(s, request.model.as_deref())?;
@@ -506,8 +525,9 @@ async fn completions(State(s): State<AppState>, body: Result<Bytes, BytesRejecti
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
         })
-    })();
-    answer_openai(s, job).await
+    })
+    .await;
+    answer_openai(&s.0, job).await
 }
 
 async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response {
@@ -614,8 +634,7 @@ struct OllamaJob {
 }
 
 async fn ollama_chat(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let s = &s.0;
-    let job = (|| {
+    let job = prepare(&s, body, |s, body| {
         let value = body_json(s, body, "/api/chat")?;
         let request: wire::OllamaChat = wire::parse(&value, "/api/chat")?;
         check_model(s, Some(&request.model))?;
@@ -625,16 +644,16 @@ async fn ollama_chat(State(s): State<AppState>, body: Result<Bytes, BytesRejecti
             settings: request.options.unwrap_or_default().settings(clock_seed())?,
             stream: request.stream.unwrap_or(true),
         })
-    })();
-    answer_ollama(s, job).await
+    })
+    .await;
+    answer_ollama(&s.0, job).await
 }
 
 async fn ollama_generate(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let s = &s.0;
-    let job = (|| {
+    let job = prepare(&s, body, |s, body| {
         let value = body_json(s, body, "/api/generate")?;
         let request: wire::OllamaGenerate = wire::parse(&value, "/api/generate")?;
         check_model(s, Some(&request.model))?;
@@ -655,8 +674,9 @@ async fn ollama_generate(
             settings: request.options.unwrap_or_default().settings(clock_seed())?,
             stream: request.stream.unwrap_or(true),
         })
-    })();
-    answer_ollama(s, job).await
+    })
+    .await;
+    answer_ollama(&s.0, job).await
 }
 
 /// Ollama's fields of an answer's piece: the text as `message` (chat) or `response`.
