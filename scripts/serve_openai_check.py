@@ -4,6 +4,7 @@ whole and streamed, greedy, checking that both ways give the same text and usage
 
     python3 scripts/serve_openai_check.py http://127.0.0.1:8080/v1 smollm2-135m
 """
+import json
 import sys
 
 try:
@@ -34,12 +35,21 @@ def main(base_url, model):
     assert "".join(p.choices[0].text for p in parts) == done.choices[0].text
     assert done.usage.completion_tokens == 6, done.usage
 
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    person = client.chat.completions.create(
+        model=model, temperature=0, max_tokens=60,
+        messages=[{"role": "user", "content": "Give the name and age of Ann, who is 30, as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
+    value = json.loads(person.choices[0].message.content)
+    assert isinstance(value["name"], str) and isinstance(value["age"], int), value
+
     try:
         client.chat.completions.create(model="no-such-model", messages=messages)
         raise AssertionError("an unknown model was answered")
     except openai.NotFoundError as e:
         assert e.body["code"] == "model_not_found", e.body
-    print("openai client: chat and completions, whole and streamed: ok")
+    print("openai client: chat and completions, whole and streamed, JSON schema output: ok")
 
 
 if __name__ == "__main__":

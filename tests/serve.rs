@@ -650,3 +650,63 @@ fn logprobs_come_with_each_token_and_its_alternatives() {
     let plain = server.post("/v1/chat/completions", &asked_without).json();
     assert!(plain["choices"][0]["logprobs"].is_null());
 }
+
+#[test]
+fn response_format_makes_the_answer_json_of_the_schema() {
+    let server = Server::start(&["--parallel", "2"]);
+    let question = "Give the name and age of a person named Ann who is 30 years old, as JSON.";
+    let schema = json!({
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": false,
+    });
+    let mut body = chat_body(question, 60, false);
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}});
+    let reply = server.post("/v1/chat/completions", &body);
+    let text = chat_text(&reply);
+    assert_eq!(reply.json()["choices"][0]["finish_reason"], "stop");
+    let person: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let keys: Vec<&String> = person.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["age", "name"], "{text}");
+    assert!(
+        person["name"].is_string() && person["age"].is_i64(),
+        "{text}"
+    );
+
+    body["stream"] = json!(true);
+    let streamed: String = server
+        .post("/v1/chat/completions", &body)
+        .events()
+        .iter()
+        .filter_map(|e| {
+            e["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(streamed, text);
+
+    let ollama = json!({"model": MODEL, "prompt": question, "stream": false, "format": schema,
+        "options": {"temperature": 0, "num_predict": 60}});
+    let generated = server.post("/api/generate", &ollama).json();
+    let person: Value = serde_json::from_str(generated["response"].as_str().unwrap()).unwrap();
+    assert!(
+        person["name"].is_string() && person["age"].is_i64(),
+        "{generated}"
+    );
+
+    body["response_format"] = json!({"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a+"}}});
+    assert_error(
+        &server.post("/v1/chat/completions", &body),
+        400,
+        "invalid_schema",
+    );
+    body["response_format"] = json!({"type": "yaml"});
+    assert_error(
+        &server.post("/v1/chat/completions", &body),
+        400,
+        "invalid_request",
+    );
+}

@@ -2,6 +2,7 @@
 //! check and tokenize requests, then queue them through a bounded channel to the model's own
 //! thread, whose [`scheduler`] batches the running requests into each forward step.
 
+mod grammar;
 mod metrics;
 mod routes;
 mod scheduler;

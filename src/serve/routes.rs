@@ -641,7 +641,10 @@ async fn ollama_chat(State(s): State<AppState>, body: Result<Bytes, BytesRejecti
         Ok(OllamaJob {
             chat: true,
             prompt: tokenize(s, &render_chat(s, &request.messages)?)?,
-            settings: request.options.unwrap_or_default().settings(clock_seed())?,
+            settings: Settings {
+                grammar: wire::ollama_format(request.format.as_ref())?,
+                ..request.options.unwrap_or_default().settings(clock_seed())?
+            },
             stream: request.stream.unwrap_or(true),
         })
     })
@@ -671,7 +674,10 @@ async fn ollama_generate(
         Ok(OllamaJob {
             chat: false,
             prompt: tokenize(s, &text)?,
-            settings: request.options.unwrap_or_default().settings(clock_seed())?,
+            settings: Settings {
+                grammar: wire::ollama_format(request.format.as_ref())?,
+                ..request.options.unwrap_or_default().settings(clock_seed())?
+            },
             stream: request.stream.unwrap_or(true),
         })
     })

@@ -2,6 +2,7 @@
 //! every step runs one token of every answer being written plus, in the rows left, a chunk of
 //! one prompt, so that reading a new prompt never stalls the streams already running.
 
+use super::grammar::Grammar;
 use super::metrics::Metrics;
 use super::wire::Settings;
 use crate::backend::Backend;
@@ -144,6 +145,8 @@ struct Active<'t> {
     first_token: Option<Instant>,
     /// Log-probabilities of tokens whose text was not sent yet.
     logprobs: Vec<TokenLogprob>,
+    /// The JSON the answer must be, where `response_format` asks for one.
+    grammar: Option<Grammar>,
 }
 
 #[derive(Default)]
@@ -155,6 +158,9 @@ struct Slot<'t> {
 
 pub struct Scheduler<'t> {
     tokenizer: &'t Tokenizer,
+    /// Each token's text, for grammars; None where it is a control token or not whole
+    /// UTF-8. Made when a request first needs it.
+    texts: Option<Vec<Option<String>>>,
     limits: Limits,
     metrics: &'t Metrics,
     slots: Vec<Slot<'t>>,
@@ -165,6 +171,7 @@ impl<'t> Scheduler<'t> {
         let slots = (0..limits.n_seq).map(|_| Slot::default()).collect();
         Self {
             tokenizer,
+            texts: None,
             limits,
             metrics,
             slots,
@@ -269,6 +276,7 @@ impl<'t> Scheduler<'t> {
         slot.cached.truncate(reuse);
         let mut sampler = Sampler::new(job.settings.sampler.clone());
         job.prompt.iter().for_each(|&t| sampler.accept(t));
+        let grammar = job.settings.grammar.clone().map(Grammar::new);
         slot.active = Some(Active {
             stops: StopStrings::new(job.settings.stops.clone()),
             job,
@@ -279,6 +287,7 @@ impl<'t> Scheduler<'t> {
             generated: 0,
             first_token: None,
             logprobs: Vec::new(),
+            grammar,
         });
     }
 
@@ -375,11 +384,26 @@ impl<'t> Scheduler<'t> {
     fn pick(&mut self, slot: usize, logits: &mut [f32]) {
         let n_ctx = self.limits.n_ctx;
         let (tokenizer, metrics) = (self.tokenizer, self.metrics);
+        if self.slots[slot]
+            .active
+            .as_ref()
+            .is_some_and(|a| a.grammar.is_some())
+            && self.texts.is_none()
+        {
+            self.texts = Some(token_texts(tokenizer));
+        }
+        let texts = self.texts.as_deref().unwrap_or_default();
         let s = &mut self.slots[slot];
         let a = s.active.as_mut().expect("picked slots are active");
         // Of the model's distribution, so from the logits before sampling adjusts them.
         let wanted = a.job.settings.logprobs;
         let raw = wanted.map(|_| logits.to_vec());
+        if let Some(grammar) = &a.grammar {
+            if !mask(grammar, texts, tokenizer, logits) {
+                // No token can go on: the grammar is at a dead end.
+                return self.finish(slot, FinishReason::Stop, true);
+            }
+        }
         let token = a.sampler.sample(logits);
         if a.first_token.is_none() {
             a.first_token = Some(Instant::now());
@@ -391,6 +415,9 @@ impl<'t> Scheduler<'t> {
         a.generated += 1;
         Metrics::add(&metrics.generated_tokens, 1);
         a.sampler.accept(token);
+        if let (Some(grammar), Some(Some(text))) = (&mut a.grammar, texts.get(token as usize)) {
+            grammar.feed_str(text);
+        }
         if let (Some(top), Some(raw)) = (wanted, raw) {
             a.logprobs.push(TokenLogprob::new(&raw, token, top));
         }
@@ -436,6 +463,43 @@ impl<'t> Scheduler<'t> {
         let _ = a.job.events.send(Event::Done(finish));
         Metrics::add(&self.metrics.completed, 1);
     }
+}
+
+/// Each token's text as a grammar reads it.
+fn token_texts(tokenizer: &Tokenizer) -> Vec<Option<String>> {
+    (0..tokenizer.vocab_size() as u32)
+        .map(|id| match tokenizer.is_control(id) {
+            true => None,
+            false => std::str::from_utf8(tokenizer.piece(id))
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
+        })
+        .collect()
+}
+
+/// Bans the tokens that would break the grammar (and the end of the turn before the value
+/// is whole); false when none is left.
+fn mask(
+    grammar: &Grammar,
+    texts: &[Option<String>],
+    tokenizer: &Tokenizer,
+    logits: &mut [f32],
+) -> bool {
+    let complete = grammar.complete();
+    let mut any = false;
+    for (id, logit) in logits.iter_mut().enumerate() {
+        let ok = match texts.get(id) {
+            _ if tokenizer.is_stop(id as u32) => complete,
+            Some(Some(text)) => grammar.clone().feed_str(text),
+            _ => false,
+        };
+        match ok {
+            true => any = true,
+            false => *logit = f32::NEG_INFINITY,
+        }
+    }
+    any
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {

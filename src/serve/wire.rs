@@ -1,10 +1,12 @@
 //! The JSON of the OpenAI and Ollama APIs: requests as serde reads them (a field of the wrong
 //! type is a 400 naming it), the generation settings they share, and error bodies.
 
+use super::grammar::Schema;
 use crate::sampling::{SamplerConfig, Setting};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// An error answered to a client: its HTTP status and an OpenAI-style body
 /// `{"error": {"message", "type", "param", "code"}}`.
@@ -167,6 +169,55 @@ pub struct OpenAiParams {
     pub repeat_penalty: Option<f32>,
     pub logit_bias: Option<HashMap<String, f32>>,
     pub n: Option<u32>,
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// `response_format`: free text, any JSON object, or a value of a JSON schema.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JsonSchemaFormat {
+    #[serde(default)]
+    pub schema: Option<Value>,
+}
+
+impl ResponseFormat {
+    fn schema(&self) -> Result<Option<Arc<Schema>>, ApiError> {
+        match self {
+            Self::Text => Ok(None),
+            Self::JsonObject => Ok(Some(Schema::any_object())),
+            Self::JsonSchema { json_schema } => match &json_schema.schema {
+                Some(schema) => compile(schema, "response_format").map(Some),
+                None => Ok(Some(Schema::any_object())),
+            },
+        }
+    }
+}
+
+fn compile(schema: &Value, param: &str) -> Result<Arc<Schema>, ApiError> {
+    Schema::compile(schema)
+        .map_err(|e| ApiError::bad_request("invalid_schema", e.to_string()).with_param(param))
+}
+
+/// Ollama's `format`: `"json"` for any JSON object, or a JSON schema.
+pub fn ollama_format(format: Option<&Value>) -> Result<Option<Arc<Schema>>, ApiError> {
+    match format {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(Schema::any_object())),
+        Some(schema @ Value::Object(_)) => compile(schema, "format").map(Some),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_value",
+            format!("format must be \"json\" or a JSON schema, not {other}"),
+        )
+        .with_param("format")),
+    }
 }
 
 /// Most alternatives a request may ask for at each token, as OpenAI allows.
@@ -239,6 +290,8 @@ pub struct OllamaOptions {
 pub struct OllamaChat {
     pub model: String,
     #[serde(default)]
+    pub format: Option<Value>,
+    #[serde(default)]
     pub messages: Vec<WireMessage>,
     #[serde(default)]
     pub stream: Option<bool>,
@@ -250,6 +303,8 @@ pub struct OllamaChat {
 #[derive(Debug, Deserialize)]
 pub struct OllamaGenerate {
     pub model: String,
+    #[serde(default)]
+    pub format: Option<Value>,
     #[serde(default)]
     pub prompt: String,
     #[serde(default)]
@@ -278,6 +333,8 @@ pub struct Settings {
     pub stops: Vec<String>,
     /// The log-probability of each token, with this many alternatives; None: not asked.
     pub logprobs: Option<usize>,
+    /// The schema the answer must be a JSON value of.
+    pub grammar: Option<Arc<Schema>>,
 }
 
 impl OpenAiParams {
@@ -306,11 +363,16 @@ impl OpenAiParams {
                     .with_param("max_tokens"),
             );
         }
+        let grammar = match &self.response_format {
+            Some(format) => format.schema()?,
+            None => None,
+        };
         Ok(Settings {
             sampler,
             max_tokens: max_tokens.map(|n| n as usize),
             stops: self.stop.map(Stop::into_vec).unwrap_or_default(),
             logprobs: None,
+            grammar,
         })
     }
 }
@@ -340,6 +402,7 @@ impl OllamaOptions {
             max_tokens: self.num_predict.and_then(|n| usize::try_from(n).ok()),
             stops: self.stop.unwrap_or_default(),
             logprobs: None,
+            grammar: None,
         })
     }
 }
