@@ -487,11 +487,20 @@ fn mask(
     logits: &mut [f32],
 ) -> bool {
     let complete = grammar.complete();
+    // Most tokens fail on their first character: try each character once.
+    let mut first_ok: std::collections::HashMap<char, bool> = Default::default();
+    let mut takes = |text: &str| {
+        let c = text.chars().next().expect("token texts are not empty");
+        let first = *first_ok
+            .entry(c)
+            .or_insert_with(|| grammar.clone().feed_str(&text[..c.len_utf8()]));
+        first && grammar.clone().feed_str(text)
+    };
     let mut any = false;
     for (id, logit) in logits.iter_mut().enumerate() {
         let ok = match texts.get(id) {
             _ if tokenizer.is_stop(id as u32) => complete,
-            Some(Some(text)) => grammar.clone().feed_str(text),
+            Some(Some(text)) => takes(text),
             _ => false,
         };
         match ok {
