@@ -27,6 +27,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Every model a test opens.
 python3 scripts/fetch_model.py all
+# tests/serve.rs drives `vibrant serve` with the official OpenAI client too.
+python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai \
+    || python3 -m pip install --quiet --break-system-packages openai
 # Mesa's drivers warn on every device open without it; nothing is drawn, so any directory does.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo fmt --check

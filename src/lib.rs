@@ -13,5 +13,6 @@ pub mod perplexity;
 pub mod quant;
 pub mod rng;
 pub mod sampling;
+pub mod serve;
 pub mod synth;
 pub mod tokenizer;

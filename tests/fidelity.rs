@@ -76,6 +76,7 @@ impl Model {
             n_ctx,
             n_batch,
             kv_types,
+            ..LoadOptions::default()
         };
         Transformer::load(&self.file, backend, &options).unwrap()
     }

@@ -211,6 +211,7 @@ impl ContextArgs {
             n_ctx: self.ctx_size,
             n_batch: self.batch_size,
             kv_types: self.cache.kv_types(),
+            ..LoadOptions::default()
         }
     }
 }

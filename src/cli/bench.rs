@@ -313,6 +313,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             n_ctx,
             n_batch: group[0].n_ubatch,
             kv_types: group[0].kv_types,
+            ..LoadOptions::default()
         };
         let device = super::open_device(&args.device)?;
         let subject = Subject::new(&file, &name, &device);

@@ -7,6 +7,7 @@ mod info;
 mod line_input;
 mod perplexity;
 mod run;
+mod serve;
 mod verify;
 
 use args::{DeviceArgs, DeviceChoice};
@@ -34,6 +35,8 @@ struct Cli {
 enum Command {
     /// Answer one prompt, streaming the answer.
     Ask(run::AskArgs),
+    /// Serve the model over HTTP: OpenAI's and Ollama's APIs, requests batched together.
+    Serve(serve::ServeArgs),
     /// Interactive multi-turn chat (/reset, /exit; Ctrl-C stops an answer).
     Chat(run::ChatArgs),
     /// Describe a model file.
@@ -197,6 +200,7 @@ fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Ask(args) => run::ask(&args),
         Command::Chat(args) => run::chat(&args),
+        Command::Serve(args) => serve::serve(&args),
         Command::Info(args) => info::info(&args),
         Command::Models => info::models(),
         Command::Devices { backend } => info::devices(backend.as_deref()),

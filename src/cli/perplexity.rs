@@ -78,6 +78,7 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
         n_ctx,
         n_batch: args.batch_size,
         kv_types: args.cache.kv_types(),
+        ..LoadOptions::default()
     };
     let device: &DeviceArgs = &args.device;
     match (super::open_device(device)?, args.exact) {

@@ -61,6 +61,7 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
         n_ctx: prompt.len() + args.steps + 1,
         n_batch: args.batch_size,
         kv_types: args.cache.kv_types(),
+        ..LoadOptions::default()
     };
     let gpu_backend = WgpuBackend::new(args.gpu.options()?)?;
     println!("GPU: {}", gpu_backend.describe());

@@ -26,6 +26,9 @@ pub enum ModelError {
     Backend(#[from] crate::backend::BackendError),
     #[error(transparent)]
     ContextFull(#[from] super::ContextFull),
+    /// A [`super::Transformer::step`] the cache or the activations cannot take.
+    #[error("step over several sequences: {0}")]
+    Step(String),
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

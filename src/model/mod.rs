@@ -5,11 +5,13 @@
 pub mod arch;
 mod config;
 mod forward;
+mod step;
 #[cfg(test)]
 mod tests;
 mod weights;
 
 pub use config::{Config, ModelError, Result};
+pub use step::SeqChunk;
 
 use crate::backend::{Backend, Batch, CacheLayer, KvLayout, KvTypes, ARGMAX_SLOTS};
 use crate::gguf::GgufFile;
@@ -32,6 +34,8 @@ pub struct LoadOptions {
     pub n_batch: usize,
     /// How the KV cache stores keys and values.
     pub kv_types: KvTypes,
+    /// Sequences the KV cache keeps apart ([`Transformer::step`]), each of `n_ctx` tokens.
+    pub n_seq: usize,
 }
 
 impl Default for LoadOptions {
@@ -40,6 +44,7 @@ impl Default for LoadOptions {
             n_ctx: 4096,
             n_batch: 256,
             kv_types: KvTypes::default(),
+            n_seq: 1,
         }
     }
 }
@@ -59,7 +64,11 @@ pub struct Transformer<B: Backend> {
     all_logits: Option<B::Tensor>,
     n_ctx: usize,
     n_batch: usize,
-    n_past: usize,
+    /// Tokens cached in each slot; the single-sequence API uses slot 0.
+    past: Vec<usize>,
+    /// `[n_seq, n_vocab]` logits of a step's one-token sequences; made on [`Self::step`]'s
+    /// first call.
+    step_logits: Option<B::Tensor>,
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -94,11 +103,12 @@ impl<B: Backend> Transformer<B> {
             });
         }
         let n_batch = options.n_batch.clamp(1, n_ctx);
+        let n_seq = options.n_seq.max(1);
         // The cache before the weights: a cache the heads do not fit is refused at once, and a
         // backend builds the kernels that write it as it uploads the projections.
         let held = backend.memory_used();
         let kv_types = options.kv_types;
-        let cache = backend.kv_cache(&kv_layout(&spec, n_ctx, kv_types))?;
+        let cache = backend.kv_cache(&kv_layout(&spec, n_seq, n_ctx, kv_types))?;
         let kv_bytes = backend.memory_used() - held;
         let weights = Loader { file, spec: &spec }.weights(&mut backend, n_ctx)?;
         let acts = Acts::new(&mut backend, &spec, n_batch)?;
@@ -114,7 +124,8 @@ impl<B: Backend> Transformer<B> {
             all_logits: None,
             n_ctx,
             n_batch,
-            n_past: 0,
+            past: vec![0; n_seq],
+            step_logits: None,
         })
     }
 
@@ -132,14 +143,34 @@ impl<B: Backend> Transformer<B> {
         self.kv_bytes
     }
 
-    /// Tokens already in the KV cache.
-    pub fn n_past(&self) -> usize {
-        self.n_past
+    /// Most tokens one forward step runs.
+    pub fn n_batch(&self) -> usize {
+        self.n_batch
     }
 
-    /// Forgets everything after the first `n` cached tokens.
+    /// Sequences the KV cache keeps apart.
+    pub fn n_seq(&self) -> usize {
+        self.past.len()
+    }
+
+    /// Tokens already in the KV cache (of slot 0).
+    pub fn n_past(&self) -> usize {
+        self.past[0]
+    }
+
+    /// Tokens already in cache slot `slot`.
+    pub fn n_past_of(&self, slot: usize) -> usize {
+        self.past[slot]
+    }
+
+    /// Forgets everything after the first `n` cached tokens (of slot 0).
     pub fn truncate(&mut self, n: usize) {
-        self.n_past = self.n_past.min(n);
+        self.truncate_slot(0, n);
+    }
+
+    /// Forgets everything after the first `n` tokens cached in slot `slot`.
+    pub fn truncate_slot(&mut self, slot: usize, n: usize) {
+        self.past[slot] = self.past[slot].min(n);
     }
 
     /// Starts greedy decoding from the logits of the last forward step; see [`Decoder`].
@@ -153,9 +184,14 @@ impl<B: Backend> Transformer<B> {
         Decoder::start(self, Pick::Sample)
     }
 
-    /// Checks that `n` more tokens fit in the context.
+    /// Checks that `n` more tokens fit in the context (of slot 0).
     pub fn check_room(&self, n: usize) -> std::result::Result<(), ContextFull> {
-        let needed = self.n_past + n;
+        self.check_room_of(0, n)
+    }
+
+    /// Checks that `n` more tokens fit in the context of slot `slot`.
+    pub fn check_room_of(&self, slot: usize, n: usize) -> std::result::Result<(), ContextFull> {
+        let needed = self.past[slot] + n;
         if needed > self.n_ctx {
             return Err(ContextFull {
                 needed,
@@ -201,7 +237,7 @@ impl<B: Backend> Transformer<B> {
         for chunk in tokens.chunks(rows) {
             let n = chunk.len();
             self.embed(chunk);
-            self.run_layers(n);
+            self.run_slot0(n);
             let out = self.all_logits.as_ref().expect("allocated above");
             let (b, s) = (&mut self.backend, &self.spec);
             let eps = s.config.rms_eps;
@@ -228,7 +264,7 @@ impl<B: Backend> Transformer<B> {
     /// One step over up to `n_batch` tokens at positions `n_past..`.
     fn forward_batch(&mut self, tokens: &[u32], want_logits: bool) {
         self.embed(tokens);
-        self.run_layers(tokens.len());
+        self.run_slot0(tokens.len());
         if want_logits {
             self.last_logits(tokens.len());
         }
@@ -246,19 +282,27 @@ impl<B: Backend> Transformer<B> {
         );
     }
 
-    /// The step of `n` tokens at positions `n_past..` whose embeddings are in `acts.x`.
-    fn run_layers(&mut self, n: usize) {
-        let batch = Batch::one(0, self.n_past, n);
+    /// The step of `n` tokens of slot 0 at its positions `n_past..`, whose embeddings are
+    /// in `acts.x`.
+    fn run_slot0(&mut self, n: usize) {
+        self.run_layers(&Batch::one(0, self.past[0], n));
+    }
+
+    /// The step of the batch's rows, whose embeddings are in `acts.x`; each span's tokens
+    /// join its slot's cache.
+    fn run_layers(&mut self, batch: &Batch) {
         let (b, w, eps) = (&mut self.backend, &self.weights, self.spec.config.rms_eps);
         for (l, layer) in w.layers.iter().enumerate() {
             let at = CacheLayer {
                 cache: &self.cache,
                 layer: l,
-                batch: &batch,
+                batch,
             };
             forward::layer(b, layer, &w.rope_tables, &self.acts, at, eps);
         }
-        self.n_past += n;
+        for span in batch.spans() {
+            self.past[span.slot] += span.len;
+        }
     }
 
     /// The logits of the last of the `n` tokens just run, into `acts.logits`.
@@ -275,10 +319,10 @@ impl<B: Backend> Transformer<B> {
     }
 }
 
-/// The KV cache a model of `spec` needs for one sequence of `n_ctx` tokens.
-fn kv_layout(spec: &Spec, n_ctx: usize, types: KvTypes) -> KvLayout {
+/// The KV cache a model of `spec` needs for `slots` sequences of `n_ctx` tokens each.
+fn kv_layout(spec: &Spec, slots: usize, n_ctx: usize, types: KvTypes) -> KvLayout {
     KvLayout {
-        slots: 1,
+        slots,
         n_ctx,
         shape: spec.config.attention,
         types,
@@ -348,7 +392,7 @@ impl<'a, B: Backend> Decoder<'a, B> {
             m.backend.embed_argmax(&m.weights.token_embd, &m.acts.x);
             let scale = m.spec.embedding_scale;
             forward::scale_embeddings(&mut m.backend, scale, &m.acts.x, 1);
-            m.run_layers(1);
+            m.run_slot0(1);
             m.last_logits(1);
             self.queue_pick(self.slot);
         }
@@ -364,7 +408,7 @@ impl<'a, B: Backend> Decoder<'a, B> {
 impl<B: Backend> Drop for Decoder<'_, B> {
     fn drop(&mut self) {
         if self.ran_ahead {
-            let n = self.model.n_past - 1;
+            let n = self.model.n_past() - 1;
             self.model.truncate(n);
         }
     }

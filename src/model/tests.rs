@@ -5,7 +5,7 @@
 //! the other layer.
 
 use super::arch::Spec;
-use super::{LoadOptions, Transformer};
+use super::{LoadOptions, SeqChunk, Transformer};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{GpuOptions, WgpuBackend};
 use crate::backend::{Activation, Backend};
@@ -313,4 +313,83 @@ fn the_gpu_forward_pass_of_the_options_it_takes_matches_the_math() {
         false => 2e-5,
     };
     check_forward(gpu, false, tol);
+}
+
+/// Sequences of different lengths and positions stepped together, each in its own slot,
+/// give the logits each gives alone, through prefill chunks beside decoding rows and a slot
+/// truncated and run again. The exact CPU computes each row alone: 1e-5.
+#[test]
+fn a_step_over_several_sequences_matches_each_sequence_alone() {
+    let (_, file) = tiny_model();
+    let load = |n_seq| {
+        let options = LoadOptions {
+            n_ctx: 16,
+            n_batch: 8,
+            n_seq,
+            ..LoadOptions::default()
+        };
+        let spec = spec_with_options(&file, true);
+        let cpu = CpuBackend::exact(1).expect("cpu");
+        Transformer::load_spec(&file, spec, cpu, &options).expect("load")
+    };
+    let seqs: [&[u32]; 3] = [
+        &[3, 17, 39, 0, 8, 8],
+        &[1, 2, 3, 4, 5, 6, 7],
+        &[30, 1, 9, 9, 12, 33, 2, 25, 11],
+    ];
+    let alone: Vec<Vec<f32>> = seqs
+        .iter()
+        .map(|s| load(1).forward_all_logits(s).expect("alone"))
+        .collect();
+    let mut model = load(3);
+    // (slot, first token, tokens) of each chunk, step by step.
+    let steps: [&[(usize, usize, usize)]; 4] = [
+        &[(0, 0, 3), (2, 0, 5)],
+        &[(2, 5, 1), (1, 0, 4), (0, 3, 1)],
+        &[(0, 4, 1), (1, 4, 1), (2, 6, 1)],
+        &[(1, 5, 2), (0, 5, 1), (2, 5, 4)],
+    ];
+    for (n, step) in steps.iter().enumerate() {
+        let chunks: Vec<SeqChunk> = step
+            .iter()
+            .map(|&(slot, from, len)| SeqChunk {
+                slot,
+                tokens: &seqs[slot][from..from + len],
+                want_logits: true,
+            })
+            .collect();
+        let logits = model.step(&chunks).expect("step");
+        for (&(slot, from, len), got) in step.iter().zip(&logits) {
+            let want = &alone[slot][(from + len - 1) * VOCAB..][..VOCAB];
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 1e-5, "step {n}, slot {slot}: off by {worst}");
+        }
+        if n == 2 {
+            // Slot 2 goes back to 5 tokens, so the last step runs its 6th and 7th again.
+            model.truncate_slot(2, 5);
+        }
+    }
+    assert_eq!(
+        (0..3).map(|s| model.n_past_of(s)).collect::<Vec<_>>(),
+        [6, 7, 9]
+    );
+    let too_long = [SeqChunk {
+        slot: 1,
+        tokens: &[1; 10],
+        want_logits: true,
+    }];
+    assert!(
+        model.step(&too_long).is_err(),
+        "10 tokens over a batch of 8"
+    );
+    let twice = [0, 0].map(|slot| SeqChunk {
+        slot,
+        tokens: &[1],
+        want_logits: false,
+    });
+    assert!(model.step(&twice).is_err(), "one slot twice in a step");
 }

@@ -1,0 +1,712 @@
+//! `vibrant serve` on SmolLM2 (CPU), driven over plain HTTP: the OpenAI and Ollama routes,
+//! usage counts against the tokenizer, concurrent greedy requests against each alone,
+//! cancellation, every bad input, and the official `openai` Python client.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vibrant::chat::{ChatTemplate, Message};
+use vibrant::gguf::GgufFile;
+use vibrant::tokenizer::Tokenizer;
+
+const MODEL: &str = "smollm2-135m";
+
+fn model_path() -> std::path::PathBuf {
+    let path = vibrant::catalog::models_dir().join(format!("{MODEL}.gguf"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `python3 scripts/fetch_model.py {MODEL}` first",
+        path.display()
+    );
+    path
+}
+
+/// A server on a port of its own, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let path = model_path();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vibrant"))
+            .args(["serve", "-m"])
+            .arg(&path)
+            .args(["--port", "0", "-c", "512", "-b", "64"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting vibrant serve");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        let port = loop {
+            line.clear();
+            let n = stderr
+                .read_line(&mut line)
+                .expect("reading the server's stderr");
+            assert!(n > 0, "the server exited before listening");
+            if let Some(addr) = line
+                .trim()
+                .strip_prefix("vibrant serve: listening on http://")
+            {
+                break addr.rsplit(':').next().unwrap().parse().expect("a port");
+            }
+        };
+        // Keep draining stderr so that the server never blocks on it.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Self { child, port }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting");
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        s
+    }
+
+    /// Sends a request and returns it open, for reading the answer as it streams.
+    fn send(&self, method: &str, path: &str, body: &[u8], headers: &[&str]) -> TcpStream {
+        let mut s = self.connect();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for h in headers {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        // A server may answer (413) before reading an oversized body, and close.
+        let _ = s.write_all(body);
+        s
+    }
+
+    fn request(&self, method: &str, path: &str, body: &[u8], headers: &[&str]) -> Reply {
+        let mut raw = Vec::new();
+        self.send(method, path, body, headers)
+            .read_to_end(&mut raw)
+            .expect("reading the answer");
+        Reply::parse(&raw)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Reply {
+        self.request("POST", path, body.to_string().as_bytes(), &[])
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, b"", &[])
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").body;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("vibrant_{name} ")))
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn parse(raw: &[u8]) -> Self {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete head");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut body = raw[split + 4..].to_vec();
+        if headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+        {
+            body = dechunk(&body);
+        }
+        Self {
+            status,
+            headers,
+            body: String::from_utf8(body).expect("UTF-8 body"),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// The JSON of each `data:` event, up to `[DONE]` (which must come last).
+    fn events(&self) -> Vec<Value> {
+        let data: Vec<&str> = self
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(data.last(), Some(&"[DONE]"), "{}", self.body);
+        data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..eol]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[eol + 2..eol + 2 + size]);
+        body = &body[eol + 4 + size..];
+    }
+}
+
+/// The prompt tokens the server should count for `messages`: the template's text, tokenized
+/// with BOS where the vocabulary wants one.
+fn chat_prompt_tokens(messages: &[Message]) -> usize {
+    let file = GgufFile::open(model_path()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let text = ChatTemplate::from_gguf(&file)
+        .unwrap()
+        .render(messages, true)
+        .unwrap();
+    let tokens = tokenizer.encode(&text, true).unwrap();
+    let bos = tokenizer.add_bos() && tokenizer.bos_id() != tokens.first().copied();
+    tokens.len() + usize::from(bos)
+}
+
+fn chat_body(question: &str, max_tokens: usize, stream: bool) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0, "max_tokens": max_tokens, "stream": stream,
+        "stream_options": {"include_usage": true},
+    })
+}
+
+fn chat_text(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn openai_routes_answer_whole_and_streamed_with_the_tokenizers_counts() {
+    let server = Server::start(&["--parallel", "2"]);
+    let question = "What is the capital of France?";
+    let whole = server.post("/v1/chat/completions", &chat_body(question, 12, false));
+    let answer = chat_text(&whole);
+    let v = whole.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], MODEL);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let prompt_tokens = chat_prompt_tokens(&[Message::user(question)]);
+    assert_eq!(v["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(v["usage"]["completion_tokens"], 12);
+    assert_eq!(v["usage"]["total_tokens"], prompt_tokens + 12);
+
+    let streamed = server.post("/v1/chat/completions", &chat_body(question, 12, true));
+    assert_eq!(streamed.header("content-type"), Some("text/event-stream"));
+    let events = streamed.events();
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"].get(0)?["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, answer, "streamed and whole greedy answers differ");
+    let finish = &events[events.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    assert_eq!(events.last().unwrap()["usage"], v["usage"]);
+
+    let prompt = "The capital of France is";
+    let completion = json!({"model": MODEL, "prompt": prompt, "temperature": 0, "max_tokens": 6});
+    let whole = server.post("/v1/completions", &completion);
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let v = whole.json();
+    assert_eq!(v["object"], "text_completion");
+    let file = GgufFile::open(model_path()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        tokenizer.encode(prompt, true).unwrap().len()
+    );
+    let mut streamed = completion.clone();
+    streamed["stream"] = json!(true);
+    let events = server.post("/v1/completions", &streamed).events();
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, v["choices"][0]["text"].as_str().unwrap());
+
+    let models = server.get("/v1/models").json();
+    assert_eq!(models["data"][0]["id"], MODEL);
+    let metrics = server.get("/metrics").body;
+    for name in [
+        "requests_total 4",
+        "queue_depth 0",
+        "time_to_first_token_seconds_count 4",
+    ] {
+        assert!(
+            metrics.contains(&format!("vibrant_{name}\n")),
+            "{name}: {metrics}"
+        );
+    }
+}
+
+/// In the CPU's exact mode, where rows do not round differently in larger batches (see
+/// tests/serve_model.rs), so that batching may change nothing.
+#[test]
+fn sixteen_concurrent_greedy_requests_each_get_the_answer_they_get_alone() {
+    let server = Server::start(&["--parallel", "4", "--exact"]);
+    let places = ["rivers", "forests", "deserts", "oceans"];
+    let questions: Vec<String> = (0..16)
+        .map(|i| format!("Name {} animals that live in {}.", i / 4 + 2, places[i % 4]))
+        .collect();
+    let ask =
+        |q: &String| chat_text(&server.post("/v1/chat/completions", &chat_body(q, 10, false)));
+    let alone: Vec<String> = questions.iter().map(ask).collect();
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = questions
+            .iter()
+            .map(|q| scope.spawn(move || ask(q)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (t, a)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(t, a, "question {i}: {}", questions[i]);
+    }
+    assert!(
+        server.metric("batch_rows_total") > server.metric("steps_total") * 2.0,
+        "the concurrent requests were not batched"
+    );
+}
+
+/// Reads a streamed answer until `n` events have come.
+fn read_events(stream: &mut TcpStream, n: usize) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(6).filter(|w| w == b"data: ").count() < n {
+        let got = stream.read(&mut buf).expect("reading the stream");
+        assert!(
+            got > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..got]);
+    }
+}
+
+fn long_stream() -> Vec<u8> {
+    let body =
+        json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400, "stream": true});
+    body.to_string().into_bytes()
+}
+
+#[test]
+fn a_client_that_goes_away_frees_its_slot() {
+    let server = Server::start(&["--parallel", "1"]);
+    let mut stream = server.send("POST", "/v1/completions", &long_stream(), &[]);
+    read_events(&mut stream, 3);
+    drop(stream);
+    let started = Instant::now();
+    let body = json!({"model": MODEL, "prompt": "Hello", "max_tokens": 3});
+    let reply = server.post("/v1/completions", &body);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["usage"]["completion_tokens"], 3);
+    // Had the first request gone on, it would have finished (400 tokens) before this one.
+    assert_eq!(server.metric("requests_cancelled_total"), 1.0);
+    assert_eq!(server.metric("requests_completed_total"), 1.0);
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+/// Checks an error answer: its status and an OpenAI error body with the code.
+fn assert_error(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    let error = &reply.json()["error"];
+    assert_eq!(error["code"], code, "{}", reply.body);
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(error.get("type").is_some() && error.get("param").is_some());
+}
+
+#[test]
+fn bad_input_gets_a_4xx_and_the_server_stays_healthy() {
+    let key = "Authorization: Bearer sesame";
+    let server = Server::start(&[
+        "--parallel",
+        "1",
+        "--queue",
+        "1",
+        "--api-key",
+        "sesame",
+        "--max-body",
+        "65536",
+    ]);
+    let post = |path: &str, body: &[u8]| server.request("POST", path, body, &[key]);
+    let chat = |body: Value| post("/v1/chat/completions", body.to_string().as_bytes());
+
+    assert_error(&server.get("/v1/models"), 401, "invalid_api_key");
+    let wrong = server.request("GET", "/v1/models", b"", &["Authorization: Bearer open"]);
+    assert_error(&wrong, 401, "invalid_api_key");
+    assert_eq!(server.get("/health").status, 200, "/health needs no key");
+    assert_eq!(server.request("GET", "/v1/models", b"", &[key]).status, 200);
+
+    assert_error(
+        &post("/v1/chat/completions", b"{\"messages\": ["),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &post("/v1/chat/completions", b"[1, 2]"),
+        400,
+        "invalid_request",
+    );
+    assert_error(&chat(json!({"temperature": 0})), 400, "invalid_request");
+    let user = json!([{"role": "user", "content": "Hi"}]);
+    assert_error(
+        &chat(json!({"messages": user, "temperature": "hot"})),
+        400,
+        "invalid_request",
+    );
+    assert_error(&chat(json!({"messages": "Hi"})), 400, "invalid_request");
+    assert_error(
+        &chat(json!({"messages": user, "max_tokens": -1})),
+        400,
+        "invalid_request",
+    );
+    let top_p = chat(json!({"messages": user, "top_p": 2}));
+    assert_error(&top_p, 400, "invalid_value");
+    assert_eq!(top_p.json()["error"]["param"], "top_p");
+    assert_error(
+        &chat(json!({"messages": user, "logit_bias": {"ten": 1}})),
+        400,
+        "invalid_logit_bias",
+    );
+    assert_error(
+        &chat(json!({"messages": [], "max_tokens": 1})),
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &chat(json!({"model": "gpt-4", "messages": user})),
+        404,
+        "model_not_found",
+    );
+    let long = "the cat sat on the mat ".repeat(200);
+    let too_long = chat(json!({"messages": [{"role": "user", "content": long}]}));
+    assert_error(&too_long, 400, "context_length_exceeded");
+    let huge = json!({"prompt": "x".repeat(100_000)}).to_string();
+    assert_error(
+        &post("/v1/completions", huge.as_bytes()),
+        413,
+        "body_too_large",
+    );
+    assert_error(&post("/v1/nothing", b"{}"), 404, "not_found");
+    assert_error(
+        &post("/api/show", b"{\"model\": \"llama3\"}"),
+        404,
+        "model_not_found",
+    );
+
+    // One request runs, one waits in the queue of one: the next is turned away.
+    let mut running = server.send("POST", "/v1/completions", &long_stream(), &[key]);
+    read_events(&mut running, 1);
+    let waiting = server.send("POST", "/v1/completions", &long_stream(), &[key]);
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = post("/v1/completions", &long_stream());
+    assert_error(&busy, 503, "overloaded");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    drop((running, waiting));
+
+    assert_eq!(server.get("/health").status, 200);
+    // The slot and the queue free up as soon as the server sees the clients gone: a client
+    // told to retry is served.
+    let hello = json!({"prompt": "Hello", "max_tokens": 2}).to_string();
+    let mut reply = post("/v1/completions", hello.as_bytes());
+    for _ in 0..40 {
+        if reply.status != 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        reply = post("/v1/completions", hello.as_bytes());
+    }
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[test]
+fn ollama_routes_answer_in_ollamas_shapes() {
+    let server = Server::start(&["--parallel", "2"]);
+    let tags = server.get("/api/tags").json();
+    let model = &tags["models"][0];
+    assert_eq!(model["name"], MODEL);
+    assert!(model["size"].as_u64().unwrap() > 1 << 20);
+    assert_eq!(model["details"]["format"], "gguf");
+    assert_eq!(model["details"]["family"], "llama");
+    let show = server.post("/api/show", &json!({"model": MODEL})).json();
+    assert_eq!(show["details"]["family"], "llama");
+    assert_eq!(show["model_info"]["general.architecture"], "llama");
+
+    let messages = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    let options = json!({"temperature": 0, "num_predict": 8});
+    let whole = server.post(
+        "/api/chat",
+        &json!({"model": MODEL, "messages": messages, "stream": false, "options": options}),
+    );
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let whole = whole.json();
+    assert_eq!(whole["done"], true);
+    assert_eq!(whole["done_reason"], "length");
+    assert_eq!(whole["message"]["role"], "assistant");
+    assert_eq!(whole["eval_count"], 8);
+    assert_eq!(
+        whole["prompt_eval_count"],
+        chat_prompt_tokens(&[Message::user("What is the capital of France?")])
+    );
+    for key in [
+        "created_at",
+        "total_duration",
+        "eval_duration",
+        "prompt_eval_duration",
+    ] {
+        assert!(whole.get(key).is_some(), "{key} missing: {whole}");
+    }
+
+    // Streaming is the default: a JSON object per line, the last one done.
+    let streamed = server.post(
+        "/api/chat",
+        &json!({"model": MODEL, "messages": messages, "options": options}),
+    );
+    assert_eq!(
+        streamed.header("content-type"),
+        Some("application/x-ndjson")
+    );
+    let lines: Vec<Value> = streamed
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (last, pieces) = lines.split_last().unwrap();
+    assert_eq!(last["done"], true);
+    assert!(pieces.iter().all(|p| p["done"] == false));
+    let text: String = pieces
+        .iter()
+        .map(|p| p["message"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, whole["message"]["content"].as_str().unwrap());
+
+    let generate = json!({"model": MODEL, "prompt": "What is the capital of France?", "stream": false, "options": options});
+    let generated = server.post("/api/generate", &generate).json();
+    assert_eq!(
+        generated["response"], whole["message"]["content"],
+        "generate wraps the prompt in the template"
+    );
+    let unknown = server.post("/api/generate", &json!({"model": "llama3", "prompt": "Hi"}));
+    assert_eq!(unknown.status, 404);
+}
+
+/// The official `openai` Python package (`pip install openai`) against the server.
+#[test]
+fn the_official_openai_client_is_answered() {
+    let server = Server::start(&["--parallel", "2"]);
+    let status = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/serve_openai_check.py"
+        ))
+        .arg(format!("http://127.0.0.1:{}/v1", server.port))
+        .arg(MODEL)
+        .status()
+        .expect("running python3");
+    assert!(
+        status.success(),
+        "scripts/serve_openai_check.py failed (needs `pip install openai`)"
+    );
+}
+
+/// SIGTERM: the server stops taking connections, gives running requests the grace period,
+/// then cuts them and exits cleanly.
+#[cfg(unix)]
+#[test]
+fn sigterm_shuts_down_within_the_grace_period() {
+    let mut server = Server::start(&["--parallel", "1", "--shutdown-grace", "1"]);
+    let mut running = server.send("POST", "/v1/completions", &long_stream(), &[]);
+    read_events(&mut running, 2);
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still running 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    // The stream was cut, not left hanging.
+    let mut rest = Vec::new();
+    let _ = running.read_to_end(&mut rest);
+    assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err());
+}
+
+#[test]
+fn logprobs_come_with_each_token_and_its_alternatives() {
+    let server = Server::start(&["--parallel", "1"]);
+    let mut body = chat_body("What is the capital of France?", 6, false);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(3);
+    let reply = server.post("/v1/chat/completions", &body);
+    let text = chat_text(&reply);
+    let content = reply.json()["choices"][0]["logprobs"]["content"].clone();
+    let entries = content.as_array().unwrap();
+    assert_eq!(entries.len(), 6);
+    let joined: String = entries
+        .iter()
+        .map(|e| e["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, text);
+    for e in entries {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the token taken is the most likely one.
+        assert_eq!(top[0]["token"], e["token"]);
+        assert_eq!(top[0]["logprob"], e["logprob"]);
+        let lp: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(lp[0] <= 0.0 && lp[0] >= lp[1] && lp[1] >= lp[2], "{lp:?}");
+    }
+    body["stream"] = json!(true);
+    let events = server.post("/v1/chat/completions", &body).events();
+    let streamed: Vec<Value> = events
+        .iter()
+        .filter_map(|e| {
+            e["choices"].get(0)?["logprobs"]["content"]
+                .as_array()
+                .cloned()
+        })
+        .flatten()
+        .collect();
+    assert_eq!(&streamed, entries);
+
+    let completion = json!({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 2});
+    let v = server.post("/v1/completions", &completion).json();
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 4);
+    assert_eq!(lp["text_offset"][0], 0);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+    let asked_without = chat_body("Hi", 2, false);
+    let mut bad = asked_without.clone();
+    bad["top_logprobs"] = json!(2);
+    assert_error(
+        &server.post("/v1/chat/completions", &bad),
+        400,
+        "invalid_value",
+    );
+    let plain = server.post("/v1/chat/completions", &asked_without).json();
+    assert!(plain["choices"][0]["logprobs"].is_null());
+}
+
+#[test]
+fn response_format_makes_the_answer_json_of_the_schema() {
+    let server = Server::start(&["--parallel", "2"]);
+    let question = "Give the name and age of a person named Ann who is 30 years old, as JSON.";
+    let schema = json!({
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": false,
+    });
+    let mut body = chat_body(question, 60, false);
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}});
+    let reply = server.post("/v1/chat/completions", &body);
+    let text = chat_text(&reply);
+    assert_eq!(reply.json()["choices"][0]["finish_reason"], "stop");
+    let person: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let keys: Vec<&String> = person.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["age", "name"], "{text}");
+    assert!(
+        person["name"].is_string() && person["age"].is_i64(),
+        "{text}"
+    );
+
+    body["stream"] = json!(true);
+    let streamed: String = server
+        .post("/v1/chat/completions", &body)
+        .events()
+        .iter()
+        .filter_map(|e| {
+            e["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(streamed, text);
+
+    let ollama = json!({"model": MODEL, "prompt": question, "stream": false, "format": schema,
+        "options": {"temperature": 0, "num_predict": 60}});
+    let generated = server.post("/api/generate", &ollama).json();
+    let person: Value = serde_json::from_str(generated["response"].as_str().unwrap()).unwrap();
+    assert!(
+        person["name"].is_string() && person["age"].is_i64(),
+        "{generated}"
+    );
+
+    body["response_format"] = json!({"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a+"}}});
+    assert_error(
+        &server.post("/v1/chat/completions", &body),
+        400,
+        "invalid_schema",
+    );
+    body["response_format"] = json!({"type": "yaml"});
+    assert_error(
+        &server.post("/v1/chat/completions", &body),
+        400,
+        "invalid_request",
+    );
+}
