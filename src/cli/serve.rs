@@ -2,7 +2,7 @@
 //! (OpenAI and Ollama APIs) until SIGTERM or Ctrl-C.
 
 use super::args::{DeviceChoice, LoadArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::sync::Arc;
 use std::time::Duration;
 use vibrant::backend::cpu::CpuBackend;
@@ -118,7 +118,7 @@ fn model_info(file: &GgufFile, path: &std::path::Path) -> Result<ModelInfo> {
 
 /// Opens the device and loads the model on the model's thread.
 fn loader(file: Arc<GgufFile>, args: &ServeArgs, options: LoadOptions) -> LoadModel {
-    let (device, exact, parallel) = (args.load.device.clone(), args.exact, args.parallel);
+    let (device, exact) = (args.load.device.clone(), args.exact);
     Box::new(move || {
         let model: Box<dyn StepModel> = match super::open_device(&device)? {
             super::Device::Cpu(_) if exact => {
@@ -126,10 +126,9 @@ fn loader(file: Arc<GgufFile>, args: &ServeArgs, options: LoadOptions) -> LoadMo
                 Box::new(Transformer::load(&file, cpu, &options)?)
             }
             super::Device::Cpu(backend) => Box::new(Transformer::load(&file, backend, &options)?),
-            super::Device::Gpu(backend) => Box::new(
-                Transformer::load(&file, *backend, &options)
-                    .with_context(|| format!("--parallel {parallel} on the GPU (where --parallel 1 serves one request at a time)"))?,
-            ),
+            super::Device::Gpu(backend) => Box::new(Transformer::load(&file, *backend, &options)?),
+            #[cfg(feature = "cuda")]
+            super::Device::Cuda(backend) => Box::new(Transformer::load(&file, *backend, &options)?),
         };
         Ok(model)
     })
