@@ -34,6 +34,14 @@ python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai 
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
+# The CUDA backend builds and lints here too, and its kernels compile with NVRTC (from the
+# package index; NVRTC needs no GPU or driver). Its other tests need an NVIDIA GPU: they ran
+# where BENCHMARKS.md says.
+cargo clippy --release --all-targets --features cuda -- -D warnings
+nvrtc=.whl/nvrtc
+[ -f $nvrtc/nvidia/cu13/lib/libnvrtc.so.13 ] \
+    || python3 -m pip install --quiet --target $nvrtc nvidia-cuda-nvrtc==13.0.88
+LD_LIBRARY_PATH=$PWD/$nvrtc/nvidia/cu13/lib cargo test --release --features cuda --test cuda_nvrtc
 cargo test --release
 # GL is the one API here without subgroups, f16 or cooperative matrices: the kernels' fallbacks
 # run there (62 s for the kernels and 181 s for the model's on a busy 2-core machine).
