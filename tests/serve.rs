@@ -710,3 +710,121 @@ fn response_format_makes_the_answer_json_of_the_schema() {
         "invalid_request",
     );
 }
+
+/// One request of the load test: its route and body, and where the answer's text is.
+fn load_request(kind: usize, prompt: &str) -> (&'static str, Value) {
+    let options = json!({"temperature": 0, "num_predict": 8});
+    match kind % 4 {
+        0 => (
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": 8, "temperature": 0}),
+        ),
+        1 => (
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "stream": true}),
+        ),
+        2 => (
+            "/api/generate",
+            json!({"model": MODEL, "prompt": prompt, "raw": true, "stream": false, "options": options}),
+        ),
+        _ => (
+            "/api/generate",
+            json!({"model": MODEL, "prompt": prompt, "raw": true, "options": options}),
+        ),
+    }
+}
+
+/// The answer's text, whichever of [`load_request`]'s shapes it came in.
+fn load_answer(kind: usize, reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    match kind % 4 {
+        0 => reply.json()["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        1 => reply
+            .events()
+            .iter()
+            .filter_map(|e| e["choices"][0]["text"].as_str().map(str::to_string))
+            .collect(),
+        2 => reply.json()["response"].as_str().unwrap().to_string(),
+        _ => {
+            let lines: Vec<Value> = reply
+                .body
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(lines.last().unwrap()["done"], true, "{}", reply.body);
+            lines
+                .iter()
+                .filter_map(|l| l["response"].as_str().map(str::to_string))
+                .collect()
+        }
+    }
+}
+
+/// Eight clients for 15 s against four slots, through both APIs, whole and streamed, some
+/// leaving mid-answer: every answer that is read is whole and the one its prompt gets alone
+/// (exact mode, greedy), none lost, and the server is idle and healthy after.
+#[test]
+fn a_bounded_load_loses_and_mixes_up_nothing() {
+    let server = Server::start(&["--parallel", "4", "--exact", "--queue", "64"]);
+    let prompts: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                "Story {i}: once upon a time, a {} named",
+                ["cat", "dog", "fox", "owl"][i % 4]
+            )
+        })
+        .collect();
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| load_answer(0, &server.post("/v1/completions", &load_request(0, p).1)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (server, prompts, alone) = (&server, &prompts, &alone);
+    let answered: usize = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|client| {
+                scope.spawn(move || {
+                    let mut n = 0;
+                    for round in 0.. {
+                        if Instant::now() > deadline {
+                            break;
+                        }
+                        let (kind, p) = (client + round, (client * 3 + round) % prompts.len());
+                        let (path, body) = load_request(kind, &prompts[p]);
+                        if round % 5 == 4 {
+                            // Leaves after the first piece.
+                            let mut s = server.send("POST", path, body.to_string().as_bytes(), &[]);
+                            let _ = s.read(&mut [0u8; 64]);
+                            continue;
+                        }
+                        let text = load_answer(kind, &server.post(path, &body));
+                        assert_eq!(
+                            text, alone[p],
+                            "client {client}, round {round}, prompt {p}, via {path}"
+                        );
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    assert!(answered >= 8, "only {answered} answers in 15 s");
+    let idle = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        server.metric("requests_active") == 0.0 && server.metric("queue_depth") == 0.0
+    });
+    assert!(idle, "requests still held after the load");
+    let done =
+        server.metric("requests_completed_total") + server.metric("requests_cancelled_total");
+    assert_eq!(
+        done,
+        server.metric("requests_total"),
+        "every request accepted ended"
+    );
+    assert_eq!(server.get("/health").status, 200);
+}

@@ -259,6 +259,7 @@ impl<'t> Scheduler<'t> {
                 self.limits.n_ctx
             );
             let _ = job.events.send(Event::Failed(why));
+            Metrics::add(&self.metrics.failed, 1);
             return;
         }
         let (index, common) = self
