@@ -285,6 +285,7 @@ fn openai_routes_answer_whole_and_streamed_with_the_tokenizers_counts() {
     let metrics = server.get("/metrics").body;
     for name in [
         "requests_total 4",
+        "model_up 1",
         "queue_depth 0",
         "time_to_first_token_seconds_count 4",
     ] {

@@ -84,6 +84,7 @@ pub fn serve(config: ServeConfig, info: ModelInfo, load: LoadModel) -> Result<()
                     Err(e) => return drop(ready_tx.send(Err(e))),
                 };
                 let limits = model.limits();
+                let _up = ModelUp::new(&metrics);
                 let _ = ready_tx.send(Ok(limits));
                 let mut scheduler = scheduler::Scheduler::new(&info.tokenizer, limits, &metrics);
                 scheduler.run(&mut *model, &jobs_rx, &stop);
@@ -103,6 +104,22 @@ pub fn serve(config: ServeConfig, info: ModelInfo, load: LoadModel) -> Result<()
     // Handlers cut off at the grace period may still hold their tasks: do not wait on them.
     runtime.shutdown_background();
     served
+}
+
+/// Marks the model's thread as serving while it lives, however it ends.
+struct ModelUp<'m>(&'m Metrics);
+
+impl<'m> ModelUp<'m> {
+    fn new(metrics: &'m Metrics) -> Self {
+        metrics.model_up.store(true, Ordering::Relaxed);
+        Self(metrics)
+    }
+}
+
+impl Drop for ModelUp<'_> {
+    fn drop(&mut self) {
+        self.0.model_up.store(false, Ordering::Relaxed);
+    }
 }
 
 async fn listen(config: ServeConfig, state: routes::AppState) -> Result<(), ServeError> {

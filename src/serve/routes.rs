@@ -126,8 +126,15 @@ async fn not_found(request: Request) -> ApiError {
     )
 }
 
-async fn health() -> Response {
-    json_response(StatusCode::OK, &json!({"status": "ok"}))
+/// 200 while the model's thread serves, else 503.
+async fn health(State(s): State<AppState>) -> Response {
+    match s.0.metrics.model_up.load(Ordering::Relaxed) {
+        true => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        false => {
+            let body = json!({"status": "error", "error": "the model's thread has stopped"});
+            json_response(StatusCode::SERVICE_UNAVAILABLE, &body)
+        }
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -178,8 +178,8 @@ impl<'t> Scheduler<'t> {
         }
     }
 
-    /// Serves jobs until `stop` is set (and the queue's senders are gone), answering the
-    /// requests still running then with an error.
+    /// Serves jobs until `stop` is set, or the queue closes while nothing runs; requests
+    /// still running at a stop are answered with an error.
     pub fn run(&mut self, model: &mut dyn StepModel, jobs: &Receiver<Job>, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
             self.drop_cancelled();
@@ -234,8 +234,8 @@ impl<'t> Scheduler<'t> {
             } else {
                 match jobs.try_recv() {
                     Ok(job) => job,
-                    Err(TryRecvError::Empty) => return true,
-                    Err(TryRecvError::Disconnected) => return true,
+                    // Closed or not, the running requests go on.
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return true,
                 }
             };
             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
