@@ -829,3 +829,23 @@ fn a_bounded_load_loses_and_mixes_up_nothing() {
     );
     assert_eq!(server.get("/health").status, 200);
 }
+
+/// The GPU path (lavapipe where there is no GPU), one request at a time: it keeps one
+/// sequence's cache for now.
+#[test]
+fn the_gpu_serves_whole_and_streamed_answers() {
+    let server = Server::start(&["--device", "gpu", "--parallel", "1"]);
+    let question = "What is the capital of France?";
+    let whole = server.post("/v1/chat/completions", &chat_body(question, 8, false));
+    let answer = chat_text(&whole);
+    assert!(!answer.is_empty());
+    let events = server
+        .post("/v1/chat/completions", &chat_body(question, 8, true))
+        .events();
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"].get(0)?["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, answer);
+    assert_eq!(events.last().unwrap()["usage"], whole.json()["usage"]);
+}
