@@ -109,7 +109,7 @@ async fn authorize(State(s): State<AppState>, request: Request, next: Next) -> R
     }
     Metrics::add(&s.0.metrics.invalid, 1);
     let message = "a valid API key is required: Authorization: Bearer <key>".to_string();
-    ApiError::status(401, "authentication_error", "invalid_api_key", message).into_response()
+    ApiError::new(401, "authentication_error", "invalid_api_key", message).into_response()
 }
 
 /// Compares without stopping at the first difference, so that timing tells nothing.
@@ -118,7 +118,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::status(
+    ApiError::new(
         404,
         "invalid_request_error",
         "not_found",
@@ -163,7 +163,7 @@ fn body_json(
             r.body_text(),
             s.config.max_body
         );
-        ApiError::status(status, "invalid_request_error", code, message)
+        ApiError::new(status, "invalid_request_error", code, message)
     })?;
     wire::json_body(&bytes, what)
 }
@@ -171,7 +171,7 @@ fn body_json(
 /// Checks that a request names the model served (or none, where the API allows).
 fn check_model(s: &Shared, model: Option<&str>) -> Result<(), ApiError> {
     match model {
-        Some(m) if m != s.info.name => Err(ApiError::status(
+        Some(m) if m != s.info.name => Err(ApiError::new(
             404,
             "invalid_request_error",
             "model_not_found",
@@ -266,7 +266,7 @@ fn submit(
                 TrySendError::Full(_) => "the server is busy: the queue is full, retry later",
                 TrySendError::Disconnected(_) => "the server is shutting down",
             };
-            Err(ApiError::status(
+            Err(ApiError::new(
                 503,
                 "server_error",
                 "overloaded",
@@ -287,7 +287,7 @@ async fn prepare<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&state.0, body))
         .await
         .unwrap_or_else(|e| {
-            Err(ApiError::status(
+            Err(ApiError::new(
                 500,
                 "server_error",
                 "internal_error",
@@ -315,7 +315,7 @@ async fn collect(
 }
 
 fn model_error(message: String) -> ApiError {
-    ApiError::status(500, "server_error", "model_error", message)
+    ApiError::new(500, "server_error", "model_error", message)
 }
 
 /// A streamed answer: each event becomes the bytes `frame` writes for it, until the end.
