@@ -27,6 +27,8 @@ fn model_path() -> std::path::PathBuf {
 struct Server {
     child: Child,
     port: u16,
+    /// What it wrote to stderr after it started listening.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -56,12 +58,23 @@ impl Server {
             }
         };
         // Keep draining stderr so that the server never blocks on it.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, port }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                kept.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Self { child, port, log }
     }
 
     fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting");
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap_or_else(|e| {
+            panic!(
+                "connecting: {e}; the server said: {}",
+                self.log.lock().unwrap()
+            )
+        });
         s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
         s
     }
@@ -89,7 +102,15 @@ impl Server {
         self.send(method, path, body, headers)
             .read_to_end(&mut raw)
             .expect("reading the answer");
-        Reply::parse(&raw)
+        let reply = Reply::parse(&raw);
+        if reply.status >= 500 && reply.status != 503 {
+            eprintln!(
+                "{method} {path}: {}; the server said: {}",
+                reply.status,
+                self.log.lock().unwrap()
+            );
+        }
+        reply
     }
 
     fn post(&self, path: &str, body: &Value) -> Reply {
@@ -339,9 +360,18 @@ fn read_events(stream: &mut TcpStream, n: usize) {
     }
 }
 
+/// A streamed completion of 400 tokens: the turn's end is banned, so that it cannot stop
+/// early.
 fn long_stream() -> Vec<u8> {
-    let body =
-        json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400, "stream": true});
+    let file = GgufFile::open(model_path()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let ban: serde_json::Map<String, Value> = tokenizer
+        .stop_tokens()
+        .iter()
+        .map(|id| (id.to_string(), json!(-100)))
+        .collect();
+    let body = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400,
+        "stream": true, "temperature": 0, "logit_bias": ban});
     body.to_string().into_bytes()
 }
 
