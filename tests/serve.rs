@@ -27,6 +27,8 @@ fn model_path() -> std::path::PathBuf {
 struct Server {
     child: Child,
     port: u16,
+    /// What it wrote to stderr after it started listening.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -56,12 +58,23 @@ impl Server {
             }
         };
         // Keep draining stderr so that the server never blocks on it.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, port }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                kept.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Self { child, port, log }
     }
 
     fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting");
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap_or_else(|e| {
+            panic!(
+                "connecting: {e}; the server said: {}",
+                self.log.lock().unwrap()
+            )
+        });
         s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
         s
     }
@@ -89,7 +102,15 @@ impl Server {
         self.send(method, path, body, headers)
             .read_to_end(&mut raw)
             .expect("reading the answer");
-        Reply::parse(&raw)
+        let reply = Reply::parse(&raw);
+        if reply.status >= 500 && reply.status != 503 {
+            eprintln!(
+                "{method} {path}: {}; the server said: {}",
+                reply.status,
+                self.log.lock().unwrap()
+            );
+        }
+        reply
     }
 
     fn post(&self, path: &str, body: &Value) -> Reply {
@@ -285,6 +306,7 @@ fn openai_routes_answer_whole_and_streamed_with_the_tokenizers_counts() {
     let metrics = server.get("/metrics").body;
     for name in [
         "requests_total 4",
+        "model_up 1",
         "queue_depth 0",
         "time_to_first_token_seconds_count 4",
     ] {
@@ -338,9 +360,18 @@ fn read_events(stream: &mut TcpStream, n: usize) {
     }
 }
 
+/// A streamed completion of 400 tokens: the turn's end is banned, so that it cannot stop
+/// early.
 fn long_stream() -> Vec<u8> {
-    let body =
-        json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400, "stream": true});
+    let file = GgufFile::open(model_path()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let ban: serde_json::Map<String, Value> = tokenizer
+        .stop_tokens()
+        .iter()
+        .map(|id| (id.to_string(), json!(-100)))
+        .collect();
+    let body = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400,
+        "stream": true, "temperature": 0, "logit_bias": ban});
     body.to_string().into_bytes()
 }
 
@@ -709,4 +740,142 @@ fn response_format_makes_the_answer_json_of_the_schema() {
         400,
         "invalid_request",
     );
+}
+
+/// One request of the load test: its route and body, and where the answer's text is.
+fn load_request(kind: usize, prompt: &str) -> (&'static str, Value) {
+    let options = json!({"temperature": 0, "num_predict": 8});
+    match kind % 4 {
+        0 => (
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": 8, "temperature": 0}),
+        ),
+        1 => (
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "stream": true}),
+        ),
+        2 => (
+            "/api/generate",
+            json!({"model": MODEL, "prompt": prompt, "raw": true, "stream": false, "options": options}),
+        ),
+        _ => (
+            "/api/generate",
+            json!({"model": MODEL, "prompt": prompt, "raw": true, "options": options}),
+        ),
+    }
+}
+
+/// The answer's text, whichever of [`load_request`]'s shapes it came in.
+fn load_answer(kind: usize, reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    match kind % 4 {
+        0 => reply.json()["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        1 => reply
+            .events()
+            .iter()
+            .filter_map(|e| e["choices"][0]["text"].as_str().map(str::to_string))
+            .collect(),
+        2 => reply.json()["response"].as_str().unwrap().to_string(),
+        _ => {
+            let lines: Vec<Value> = reply
+                .body
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(lines.last().unwrap()["done"], true, "{}", reply.body);
+            lines
+                .iter()
+                .filter_map(|l| l["response"].as_str().map(str::to_string))
+                .collect()
+        }
+    }
+}
+
+/// Eight clients for 15 s against four slots, through both APIs, whole and streamed, some
+/// leaving mid-answer: every answer that is read is whole and the one its prompt gets alone
+/// (exact mode, greedy), none lost, and the server is idle and healthy after.
+#[test]
+fn a_bounded_load_loses_and_mixes_up_nothing() {
+    let server = Server::start(&["--parallel", "4", "--exact", "--queue", "64"]);
+    let prompts: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                "Story {i}: once upon a time, a {} named",
+                ["cat", "dog", "fox", "owl"][i % 4]
+            )
+        })
+        .collect();
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| load_answer(0, &server.post("/v1/completions", &load_request(0, p).1)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (server, prompts, alone) = (&server, &prompts, &alone);
+    let answered: usize = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|client| {
+                scope.spawn(move || {
+                    let mut n = 0;
+                    for round in 0.. {
+                        if Instant::now() > deadline {
+                            break;
+                        }
+                        let (kind, p) = (client + round, (client * 3 + round) % prompts.len());
+                        let (path, body) = load_request(kind, &prompts[p]);
+                        if round % 5 == 4 {
+                            // Leaves after the first piece.
+                            let mut s = server.send("POST", path, body.to_string().as_bytes(), &[]);
+                            let _ = s.read(&mut [0u8; 64]);
+                            continue;
+                        }
+                        let text = load_answer(kind, &server.post(path, &body));
+                        assert_eq!(
+                            text, alone[p],
+                            "client {client}, round {round}, prompt {p}, via {path}"
+                        );
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    assert!(answered >= 8, "only {answered} answers in 15 s");
+    let idle = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        server.metric("requests_active") == 0.0 && server.metric("queue_depth") == 0.0
+    });
+    assert!(idle, "requests still held after the load");
+    let done =
+        server.metric("requests_completed_total") + server.metric("requests_cancelled_total");
+    assert_eq!(
+        done,
+        server.metric("requests_total"),
+        "every request accepted ended"
+    );
+    assert_eq!(server.get("/health").status, 200);
+}
+
+/// The GPU path (lavapipe where there is no GPU), one request at a time: it keeps one
+/// sequence's cache for now.
+#[test]
+fn the_gpu_serves_whole_and_streamed_answers() {
+    let server = Server::start(&["--device", "gpu", "--parallel", "1"]);
+    let question = "What is the capital of France?";
+    let whole = server.post("/v1/chat/completions", &chat_body(question, 8, false));
+    let answer = chat_text(&whole);
+    assert!(!answer.is_empty());
+    let events = server
+        .post("/v1/chat/completions", &chat_body(question, 8, true))
+        .events();
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"].get(0)?["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, answer);
+    assert_eq!(events.last().unwrap()["usage"], whole.json()["usage"]);
 }

@@ -1,11 +1,14 @@
 //! Counters for `GET /metrics`, in Prometheus' text format.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 #[derive(Default)]
 pub struct Metrics {
+    /// Whether the model's thread is serving: false before the model is loaded and after the
+    /// thread ended (a panic included).
+    pub model_up: AtomicBool,
     /// Requests accepted into the queue.
     pub requests: AtomicU64,
     /// Requests refused because the queue was full.
@@ -114,6 +117,11 @@ impl Metrics {
             metric(name, "counter", help, get(c).to_string());
         }
         let gauges = [
+            (
+                "model_up",
+                "1 while the model's thread serves.",
+                u8::from(self.model_up.load(Relaxed)).to_string(),
+            ),
             (
                 "queue_depth",
                 "Requests waiting for a slot.",

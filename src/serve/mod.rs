@@ -36,6 +36,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("the model thread stopped before the model was loaded")]
     ModelThread,
+    #[error("the model's thread stopped: {0}")]
+    ModelStopped(String),
 }
 
 /// How the server listens and what it admits.
@@ -74,19 +76,25 @@ pub fn serve(config: ServeConfig, info: ModelInfo, load: LoadModel) -> Result<()
     let stop = Arc::new(AtomicBool::new(false));
     let (jobs_tx, jobs_rx) = sync_channel(config.queue.max(1));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let ended = Arc::new(tokio::sync::Notify::new());
     let thread = {
         let (info, metrics, stop) = (info.clone(), metrics.clone(), stop.clone());
+        let ended = ended.clone();
         std::thread::Builder::new()
             .name("vibrant-model".into())
             .spawn(move || {
                 let mut model = match load() {
                     Ok(model) => model,
-                    Err(e) => return drop(ready_tx.send(Err(e))),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return None;
+                    }
                 };
                 let limits = model.limits();
+                let _up = ModelUp::new(&metrics, &ended);
                 let _ = ready_tx.send(Ok(limits));
                 let mut scheduler = scheduler::Scheduler::new(&info.tokenizer, limits, &metrics);
-                scheduler.run(&mut *model, &jobs_rx, &stop);
+                scheduler.run(&mut *model, &jobs_rx, &stop)
             })?
     };
     let limits = ready_rx
@@ -97,15 +105,45 @@ pub fn serve(config: ServeConfig, info: ModelInfo, load: LoadModel) -> Result<()
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let served = runtime.block_on(listen(config, state));
+    let served = runtime.block_on(listen(config, state, ended));
     stop.store(true, Ordering::Relaxed);
-    let _ = thread.join();
+    let joined = thread.join();
     // Handlers cut off at the grace period may still hold their tasks: do not wait on them.
     runtime.shutdown_background();
-    served
+    match joined {
+        Ok(None) => served,
+        Ok(Some(lost)) => Err(ServeError::ModelStopped(lost)),
+        Err(_) => Err(ServeError::ModelStopped("it panicked".into())),
+    }
 }
 
-async fn listen(config: ServeConfig, state: routes::AppState) -> Result<(), ServeError> {
+/// Marks the model's thread as serving while it lives, and tells the server when it ends,
+/// however it ends.
+struct ModelUp<'m> {
+    metrics: &'m Metrics,
+    ended: &'m tokio::sync::Notify,
+}
+
+impl<'m> ModelUp<'m> {
+    fn new(metrics: &'m Metrics, ended: &'m tokio::sync::Notify) -> Self {
+        metrics.model_up.store(true, Ordering::Relaxed);
+        Self { metrics, ended }
+    }
+}
+
+impl Drop for ModelUp<'_> {
+    fn drop(&mut self) {
+        self.metrics.model_up.store(false, Ordering::Relaxed);
+        self.ended.notify_one();
+    }
+}
+
+/// Serves until a signal, or until the model's thread ends (`ended`).
+async fn listen(
+    config: ServeConfig,
+    state: routes::AppState,
+    ended: Arc<tokio::sync::Notify>,
+) -> Result<(), ServeError> {
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -121,8 +159,11 @@ async fn listen(config: ServeConfig, state: routes::AppState) -> Result<(), Serv
     let server = {
         let signalled = signalled.clone();
         axum::serve(listener, routes::router(state)).with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            eprintln!("vibrant serve: shutting down, finishing running requests");
+            let why = tokio::select! {
+                why = shutdown_signal() => why,
+                _ = ended.notified() => "the model's thread ended",
+            };
+            eprintln!("vibrant serve: shutting down ({why}), finishing running requests");
             signalled.notify_one();
         })
     };
@@ -136,10 +177,12 @@ async fn listen(config: ServeConfig, state: routes::AppState) -> Result<(), Serv
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM, named. A signal that cannot be listened for never comes.
+async fn shutdown_signal() -> &'static str {
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let term = async {
@@ -151,7 +194,7 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        _ = ctrl_c => "SIGINT",
+        _ = term => "SIGTERM",
     }
 }

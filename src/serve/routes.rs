@@ -1,5 +1,9 @@
 //! The HTTP routes: each reads its body, checks it, and queues a job for the model thread;
-//! answers stream as server-sent events (OpenAI) or NDJSON (Ollama), or come whole.
+//! answers stream as server-sent events (OpenAI) or NDJSON (Ollama), or come whole. What
+//! both APIs share is here; each API's own shapes are in [`openai`] and [`ollama`].
+
+mod ollama;
+mod openai;
 
 use super::metrics::Metrics;
 use super::scheduler::{Event, Finish, Job, Limits, TokenLogprob};
@@ -14,6 +18,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use ollama::{ollama_chat, ollama_generate, ollama_show, ollama_tags};
+use openai::{chat_completions, completions, models};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -103,7 +109,7 @@ async fn authorize(State(s): State<AppState>, request: Request, next: Next) -> R
     }
     Metrics::add(&s.0.metrics.invalid, 1);
     let message = "a valid API key is required: Authorization: Bearer <key>".to_string();
-    ApiError::status(401, "authentication_error", "invalid_api_key", message).into_response()
+    ApiError::new(401, "authentication_error", "invalid_api_key", message).into_response()
 }
 
 /// Compares without stopping at the first difference, so that timing tells nothing.
@@ -112,7 +118,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::status(
+    ApiError::new(
         404,
         "invalid_request_error",
         "not_found",
@@ -120,8 +126,15 @@ async fn not_found(request: Request) -> ApiError {
     )
 }
 
-async fn health() -> Response {
-    json_response(StatusCode::OK, &json!({"status": "ok"}))
+/// 200 while the model's thread serves, else 503.
+async fn health(State(s): State<AppState>) -> Response {
+    match s.0.metrics.model_up.load(Ordering::Relaxed) {
+        true => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        false => {
+            let body = json!({"status": "error", "error": "the model's thread has stopped"});
+            json_response(StatusCode::SERVICE_UNAVAILABLE, &body)
+        }
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -131,14 +144,6 @@ async fn metrics(State(s): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     response
-}
-
-async fn models(State(s): State<AppState>) -> Response {
-    let created = unix(s.0.started).as_secs();
-    let body = json!({"object": "list", "data": [{
-        "id": s.0.info.name, "object": "model", "created": created, "owned_by": "vibrant",
-    }]});
-    json_response(StatusCode::OK, &body)
 }
 
 /// The body as a JSON object; an oversized or unreadable body is refused with its status.
@@ -158,7 +163,7 @@ fn body_json(
             r.body_text(),
             s.config.max_body
         );
-        ApiError::status(status, "invalid_request_error", code, message)
+        ApiError::new(status, "invalid_request_error", code, message)
     })?;
     wire::json_body(&bytes, what)
 }
@@ -166,7 +171,7 @@ fn body_json(
 /// Checks that a request names the model served (or none, where the API allows).
 fn check_model(s: &Shared, model: Option<&str>) -> Result<(), ApiError> {
     match model {
-        Some(m) if m != s.info.name => Err(ApiError::status(
+        Some(m) if m != s.info.name => Err(ApiError::new(
             404,
             "invalid_request_error",
             "model_not_found",
@@ -261,7 +266,7 @@ fn submit(
                 TrySendError::Full(_) => "the server is busy: the queue is full, retry later",
                 TrySendError::Disconnected(_) => "the server is shutting down",
             };
-            Err(ApiError::status(
+            Err(ApiError::new(
                 503,
                 "server_error",
                 "overloaded",
@@ -282,7 +287,7 @@ async fn prepare<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&state.0, body))
         .await
         .unwrap_or_else(|e| {
-            Err(ApiError::status(
+            Err(ApiError::new(
                 500,
                 "server_error",
                 "internal_error",
@@ -310,7 +315,7 @@ async fn collect(
 }
 
 fn model_error(message: String) -> ApiError {
-    ApiError::status(500, "server_error", "model_error", message)
+    ApiError::new(500, "server_error", "model_error", message)
 }
 
 /// A streamed answer: each event becomes the bytes `frame` writes for it, until the end.
@@ -359,255 +364,6 @@ fn ndjson(value: &Value) -> Bytes {
     Bytes::from(format!("{value}\n"))
 }
 
-/// Which OpenAI route an answer is for: they differ in object names and where text goes.
-#[derive(Clone, Copy)]
-enum OpenAiKind {
-    Chat,
-    Completion,
-}
-
-impl OpenAiKind {
-    fn object(self, stream: bool) -> &'static str {
-        match (self, stream) {
-            (Self::Chat, false) => "chat.completion",
-            (Self::Chat, true) => "chat.completion.chunk",
-            (Self::Completion, _) => "text_completion",
-        }
-    }
-
-    fn choice(
-        self,
-        text: Option<&str>,
-        finish: Option<&str>,
-        stream: bool,
-        logprobs: Value,
-    ) -> Value {
-        match (self, stream) {
-            (Self::Chat, false) => {
-                json!({"index": 0, "logprobs": logprobs, "finish_reason": finish,
-                "message": {"role": "assistant", "content": text.unwrap_or("")}})
-            }
-            (Self::Chat, true) => {
-                let delta = text.map_or(json!({}), |t| json!({"content": t}));
-                json!({"index": 0, "logprobs": logprobs, "finish_reason": finish, "delta": delta})
-            }
-            (Self::Completion, _) => {
-                json!({"index": 0, "logprobs": logprobs, "finish_reason": finish,
-                "text": text.unwrap_or("")})
-            }
-        }
-    }
-}
-
-/// Writes tokens' log-probabilities as each OpenAI route does: chat's `content` list of
-/// entries, or completions' parallel lists with each token's offset in the answer.
-struct LogprobWriter {
-    kind: OpenAiKind,
-    info: Arc<ModelInfo>,
-    /// Whether the request asked: if not, `logprobs` is null.
-    asked: bool,
-    /// Bytes of answer text before the next token, for completions' `text_offset`.
-    offset: usize,
-}
-
-impl LogprobWriter {
-    fn token(&self, id: u32) -> (String, &[u8]) {
-        let bytes = self.info.tokenizer.piece(id);
-        (String::from_utf8_lossy(bytes).into_owned(), bytes)
-    }
-
-    fn json(&mut self, logprobs: &[TokenLogprob]) -> Value {
-        if !self.asked {
-            return Value::Null;
-        }
-        match self.kind {
-            OpenAiKind::Chat => {
-                let entry = |id: u32, logprob: f32| {
-                    let (token, bytes) = self.token(id);
-                    json!({"token": token, "logprob": logprob, "bytes": bytes})
-                };
-                let content: Vec<Value> = logprobs
-                    .iter()
-                    .map(|lp| {
-                        let mut e = entry(lp.token, lp.logprob);
-                        e["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
-                        e
-                    })
-                    .collect();
-                json!({"content": content})
-            }
-            OpenAiKind::Completion => {
-                let mut out = json!({"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []});
-                for lp in logprobs {
-                    let (token, bytes) = self.token(lp.token);
-                    let top: serde_json::Map<String, Value> = lp
-                        .top
-                        .iter()
-                        .map(|&(t, l)| (self.token(t).0, json!(l)))
-                        .collect();
-                    let offset = self.offset;
-                    self.offset += bytes.len();
-                    push(&mut out["tokens"], json!(token));
-                    push(&mut out["token_logprobs"], json!(lp.logprob));
-                    push(&mut out["top_logprobs"], Value::Object(top));
-                    push(&mut out["text_offset"], json!(offset));
-                }
-                out
-            }
-        }
-    }
-}
-
-fn push(list: &mut Value, item: Value) {
-    if let Value::Array(items) = list {
-        items.push(item);
-    }
-}
-
-/// A request of either OpenAI route, checked and tokenized.
-struct OpenAiJob {
-    kind: OpenAiKind,
-    prompt: Vec<u32>,
-    settings: Settings,
-    stream: bool,
-    include_usage: bool,
-}
-
-async fn chat_completions(
-    State(s): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let job = prepare(&s, body, |s, body| {
-        let value = body_json(s, body, "/v1/chat/completions")?;
-        let request: wire::ChatRequest = wire::parse(&value, "/v1/chat/completions")?;
-        check_model(s, request.model.as_deref())?;
-        let params: wire::OpenAiParams = wire::parse(&value, "/v1/chat/completions")?;
-        Ok(OpenAiJob {
-            kind: OpenAiKind::Chat,
-            prompt: tokenize(s, &render_chat(s, &request.messages)?)?,
-            settings: Settings {
-                logprobs: wire::parse::<wire::ChatLogprobs>(&value, "/v1/chat/completions")?
-                    .top()?,
-                ..params.settings(s.info.n_vocab, clock_seed())?
-            },
-            stream: request.stream,
-            include_usage: request.stream_options.is_some_and(|o| o.include_usage),
-        })
-    })
-    .await;
-    answer_openai(&s.0, job).await
-}
-
-async fn completions(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let job = prepare(&s, body, |s, body| {
-        let value = body_json(s, body, "/v1/completions")?;
-        let request: wire::CompletionRequest = wire::parse(&value, "/v1/completions")?;
-        check_model(s, request.model.as_deref())?;
-        let text = match request.prompt {
-            wire::Prompt::One(p) => p,
-            wire::Prompt::Many(mut p) if p.len() == 1 => p.remove(0),
-            wire::Prompt::Many(_) => {
-                return Err(
-                    ApiError::bad_request("unsupported_value", "prompt: give one string")
-                        .with_param("prompt"),
-                )
-            }
-        };
-        let params: wire::OpenAiParams = wire::parse(&value, "/v1/completions")?;
-        Ok(OpenAiJob {
-            kind: OpenAiKind::Completion,
-            prompt: tokenize(s, &text)?,
-            settings: Settings {
-                logprobs: wire::parse::<wire::CompletionLogprobs>(&value, "/v1/completions")?
-                    .top()?,
-                ..params.settings(s.info.n_vocab, clock_seed())?
-            },
-            stream: request.stream,
-            include_usage: request.stream_options.is_some_and(|o| o.include_usage),
-        })
-    })
-    .await;
-    answer_openai(&s.0, job).await
-}
-
-async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response {
-    let job = match job {
-        Ok(job) => job,
-        Err(e) => return refuse(s, e),
-    };
-    let mut logprobs = LogprobWriter {
-        kind: job.kind,
-        info: s.info.clone(),
-        asked: job.settings.logprobs.is_some(),
-        offset: 0,
-    };
-    let events = match submit(s, job.prompt, job.settings) {
-        Ok(events) => events,
-        Err(e) => return busy(e),
-    };
-    let id = format!(
-        "{}-{}",
-        match job.kind {
-            OpenAiKind::Chat => "chatcmpl",
-            OpenAiKind::Completion => "cmpl",
-        },
-        s.next_id.fetch_add(1, Ordering::Relaxed)
-    );
-    let (kind, created, model) = (
-        job.kind,
-        unix(SystemTime::now()).as_secs(),
-        s.info.name.clone(),
-    );
-    if !job.stream {
-        return match collect(events).await {
-            Ok((text, tokens, finish)) => {
-                let logprobs = logprobs.json(&tokens);
-                let choice = kind.choice(Some(&text), Some(finish.reason.name()), false, logprobs);
-                let body = json!({
-                    "id": id, "object": kind.object(false), "created": created, "model": model,
-                    "choices": [choice],
-                    "usage": usage(&finish),
-                });
-                json_response(StatusCode::OK, &body)
-            }
-            Err(e) => e.into_response(),
-        };
-    }
-    let chunk = move |choices: Value| json!({"id": id, "object": kind.object(true), "created": created, "model": model, "choices": choices});
-    let first = match kind {
-        // The assistant's role comes first, as OpenAI streams it.
-        OpenAiKind::Chat => Some(sse(&chunk(
-            json!([{"index": 0, "logprobs": null, "finish_reason": null,
-            "delta": {"role": "assistant", "content": ""}}]),
-        ))),
-        OpenAiKind::Completion => None,
-    };
-    let include_usage = job.include_usage;
-    let frame = move |event: Event| match event {
-        Event::Text(t, tokens) => {
-            let choice = kind.choice(Some(&t), None, true, logprobs.json(&tokens));
-            (sse(&chunk(json!([choice]))), false)
-        }
-        Event::Done(finish) => {
-            let choice = kind.choice(None, Some(finish.reason.name()), true, Value::Null);
-            let mut out = sse(&chunk(json!([choice]))).to_vec();
-            if include_usage {
-                let mut last = chunk(json!([]));
-                last["usage"] = usage(&finish);
-                out.extend_from_slice(&sse(&last));
-            }
-            out.extend_from_slice(b"data: [DONE]\n\n");
-            (Bytes::from(out), true)
-        }
-        Event::Failed(why) => {
-            let mut out = sse(&model_error(why).body()).to_vec();
-            out.extend_from_slice(b"data: [DONE]\n\n");
-            (Bytes::from(out), true)
-        }
-    };
-    stream(events, first, frame, "text/event-stream")
-}
-
 /// A 4xx for a request that could not be queued, counted.
 fn refuse(s: &Shared, e: ApiError) -> Response {
     if (400..500).contains(&e.status) {
@@ -623,168 +379,6 @@ fn busy(e: ApiError) -> Response {
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
-}
-
-/// A request of either Ollama route, checked and tokenized.
-struct OllamaJob {
-    chat: bool,
-    prompt: Vec<u32>,
-    settings: Settings,
-    stream: bool,
-}
-
-async fn ollama_chat(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let job = prepare(&s, body, |s, body| {
-        let value = body_json(s, body, "/api/chat")?;
-        let request: wire::OllamaChat = wire::parse(&value, "/api/chat")?;
-        check_model(s, Some(&request.model))?;
-        Ok(OllamaJob {
-            chat: true,
-            prompt: tokenize(s, &render_chat(s, &request.messages)?)?,
-            settings: Settings {
-                grammar: wire::ollama_format(request.format.as_ref())?,
-                ..request.options.unwrap_or_default().settings(clock_seed())?
-            },
-            stream: request.stream.unwrap_or(true),
-        })
-    })
-    .await;
-    answer_ollama(&s.0, job).await
-}
-
-async fn ollama_generate(
-    State(s): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let job = prepare(&s, body, |s, body| {
-        let value = body_json(s, body, "/api/generate")?;
-        let request: wire::OllamaGenerate = wire::parse(&value, "/api/generate")?;
-        check_model(s, Some(&request.model))?;
-        let text = match (&s.info.template, request.raw) {
-            (Some(template), false) => {
-                let mut messages: Vec<Message> =
-                    request.system.iter().map(Message::system).collect();
-                messages.push(Message::user(&request.prompt));
-                template
-                    .render(&messages, true)
-                    .map_err(|e| ApiError::bad_request("invalid_prompt", e.to_string()))?
-            }
-            _ => request.prompt,
-        };
-        Ok(OllamaJob {
-            chat: false,
-            prompt: tokenize(s, &text)?,
-            settings: Settings {
-                grammar: wire::ollama_format(request.format.as_ref())?,
-                ..request.options.unwrap_or_default().settings(clock_seed())?
-            },
-            stream: request.stream.unwrap_or(true),
-        })
-    })
-    .await;
-    answer_ollama(&s.0, job).await
-}
-
-/// Ollama's fields of an answer's piece: the text as `message` (chat) or `response`.
-fn ollama_piece(model: &str, chat: bool, text: &str, done: bool) -> Value {
-    let created_at = wire::rfc3339(unix(SystemTime::now()));
-    let mut v = json!({"model": model, "created_at": created_at, "done": done});
-    match chat {
-        true => v["message"] = json!({"role": "assistant", "content": text}),
-        false => v["response"] = json!(text),
-    }
-    v
-}
-
-/// Ollama's closing fields: why it stopped, counts and nanosecond durations.
-fn ollama_done(model: &str, chat: bool, text: &str, f: &Finish) -> Value {
-    let mut v = ollama_piece(model, chat, text, true);
-    let ns = |d: std::time::Duration| d.as_nanos() as u64;
-    v["done_reason"] = json!(f.reason.name());
-    v["total_duration"] = json!(ns(f.prompt_time + f.gen_time));
-    v["load_duration"] = json!(0);
-    v["prompt_eval_count"] = json!(f.prompt_tokens);
-    v["prompt_eval_duration"] = json!(ns(f.prompt_time));
-    v["eval_count"] = json!(f.completion_tokens);
-    v["eval_duration"] = json!(ns(f.gen_time));
-    v
-}
-
-async fn answer_ollama(s: &Shared, job: Result<OllamaJob, ApiError>) -> Response {
-    let job = match job {
-        Ok(job) => job,
-        Err(e) => return refuse(s, e),
-    };
-    let events = match submit(s, job.prompt, job.settings) {
-        Ok(events) => events,
-        Err(e) => return busy(e),
-    };
-    let (model, chat) = (s.info.name.clone(), job.chat);
-    if !job.stream {
-        return match collect(events).await {
-            Ok((text, _, finish)) => {
-                json_response(StatusCode::OK, &ollama_done(&model, chat, &text, &finish))
-            }
-            Err(e) => e.into_response(),
-        };
-    }
-    let frame = move |event: Event| match event {
-        Event::Text(t, _) => (ndjson(&ollama_piece(&model, chat, &t, false)), false),
-        Event::Done(finish) => (ndjson(&ollama_done(&model, chat, "", &finish)), true),
-        Event::Failed(why) => (ndjson(&json!({"error": why})), true),
-    };
-    stream(events, None, frame, "application/x-ndjson")
-}
-
-/// Ollama's description of the model, as /api/tags and /api/show give it.
-fn ollama_details(info: &ModelInfo) -> Value {
-    json!({
-        "format": "gguf",
-        "family": info.architecture,
-        "families": [info.architecture],
-        "parameter_size": "",
-        "quantization_level": info.quantization,
-    })
-}
-
-async fn ollama_tags(State(s): State<AppState>) -> Response {
-    let info = &s.0.info;
-    let body = json!({"models": [{
-        "name": info.name,
-        "model": info.name,
-        "modified_at": wire::rfc3339(unix(s.0.started)),
-        "size": info.file_bytes,
-        "digest": "",
-        "details": ollama_details(info),
-    }]});
-    json_response(StatusCode::OK, &body)
-}
-
-async fn ollama_show(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let s = &s.0;
-    let shown = (|| {
-        let value = body_json(s, body, "/api/show")?;
-        let request: wire::OllamaShow = wire::parse(&value, "/api/show")?;
-        check_model(s, Some(&request.model))
-    })();
-    if let Err(e) = shown {
-        return refuse(s, e);
-    }
-    let info = &s.info;
-    let arch = &info.architecture;
-    let body = json!({
-        "modelfile": "",
-        "parameters": "",
-        "template": info.template.as_ref().map_or("", |t| t.name()),
-        "details": ollama_details(info),
-        "model_info": {
-            "general.architecture": arch,
-            format!("{arch}.context_length"): info.n_ctx_train,
-            "tokenizer.ggml.vocab_size": info.n_vocab,
-        },
-        "capabilities": if info.template.is_some() { json!(["completion", "chat"]) } else { json!(["completion"]) },
-    });
-    json_response(StatusCode::OK, &body)
 }
 
 fn clock_seed() -> u64 {

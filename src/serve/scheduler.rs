@@ -5,7 +5,7 @@
 use super::grammar::Grammar;
 use super::metrics::Metrics;
 use super::wire::Settings;
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::generate::{Sampler, StopStrings};
 use crate::model::{ModelError, SeqChunk, Transformer};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -164,6 +164,8 @@ pub struct Scheduler<'t> {
     limits: Limits,
     metrics: &'t Metrics,
     slots: Vec<Slot<'t>>,
+    /// Set when the device is lost: nothing more can run.
+    lost: Option<String>,
 }
 
 impl<'t> Scheduler<'t> {
@@ -175,13 +177,20 @@ impl<'t> Scheduler<'t> {
             limits,
             metrics,
             slots,
+            lost: None,
         }
     }
 
-    /// Serves jobs until `stop` is set (and the queue's senders are gone), answering the
-    /// requests still running then with an error.
-    pub fn run(&mut self, model: &mut dyn StepModel, jobs: &Receiver<Job>, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
+    /// Serves jobs until `stop` is set, the queue closes while nothing runs, or the device
+    /// is lost (whose error it returns); requests still running then are answered with an
+    /// error.
+    pub fn run(
+        &mut self,
+        model: &mut dyn StepModel,
+        jobs: &Receiver<Job>,
+        stop: &AtomicBool,
+    ) -> Option<String> {
+        while !stop.load(Ordering::Relaxed) && self.lost.is_none() {
             self.drop_cancelled();
             if !self.admit(model, jobs) {
                 break;
@@ -190,14 +199,16 @@ impl<'t> Scheduler<'t> {
                 self.step(model);
             }
         }
+        let why = self
+            .lost
+            .as_deref()
+            .unwrap_or("the server is shutting down");
         for slot in &mut self.slots {
             if let Some(a) = slot.active.take() {
-                let _ = a
-                    .job
-                    .events
-                    .send(Event::Failed("the server is shutting down".into()));
+                let _ = a.job.events.send(Event::Failed(why.to_string()));
             }
         }
+        self.lost.take()
     }
 
     fn active(&self) -> usize {
@@ -234,8 +245,8 @@ impl<'t> Scheduler<'t> {
             } else {
                 match jobs.try_recv() {
                     Ok(job) => job,
-                    Err(TryRecvError::Empty) => return true,
-                    Err(TryRecvError::Disconnected) => return true,
+                    // Closed or not, the running requests go on.
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return true,
                 }
             };
             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
@@ -258,6 +269,7 @@ impl<'t> Scheduler<'t> {
                 job.prompt.len(),
                 self.limits.n_ctx
             );
+            Metrics::add(&self.metrics.failed, 1);
             let _ = job.events.send(Event::Failed(why));
             return;
         }
@@ -368,14 +380,18 @@ impl<'t> Scheduler<'t> {
         ))
     }
 
-    /// A step failed: its requests fail, their slots' caches are forgotten, the rest go on.
+    /// A step failed: its requests fail, their slots' caches are forgotten, the rest go on
+    /// (unless the device is lost).
     fn fail(&mut self, chunks: &[SeqChunk], error: &ModelError) {
+        if let ModelError::Backend(BackendError::DeviceLost { .. }) = error {
+            self.lost = Some(error.to_string());
+        }
         for chunk in chunks {
             let slot = &mut self.slots[chunk.slot];
             slot.cached.clear();
             if let Some(a) = slot.active.take() {
-                let _ = a.job.events.send(Event::Failed(error.to_string()));
                 Metrics::add(&self.metrics.failed, 1);
+                let _ = a.job.events.send(Event::Failed(error.to_string()));
             }
         }
     }
@@ -460,8 +476,9 @@ impl<'t> Scheduler<'t> {
             prompt_time: first - a.job.arrived,
             gen_time: first.elapsed(),
         };
-        let _ = a.job.events.send(Event::Done(finish));
+        // Counted first: a client that reads /metrics after its answer sees it counted.
         Metrics::add(&self.metrics.completed, 1);
+        let _ = a.job.events.send(Event::Done(finish));
     }
 }
 
@@ -518,6 +535,134 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf::GgufFile;
+    use crate::sampling::SamplerConfig;
+    use crate::synth::{preset, write_model, Mix};
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    /// A model whose steps fail as `errors` says, popped one per step (None: the step runs),
+    /// and favour token 7 when they run.
+    struct Scripted {
+        errors: Vec<Option<BackendError>>,
+        n_vocab: usize,
+    }
+
+    impl StepModel for Scripted {
+        fn step(&mut self, chunks: &[SeqChunk]) -> Result<Vec<Vec<f32>>, ModelError> {
+            if let Some(Some(e)) = self.errors.pop() {
+                return Err(e.into());
+            }
+            let mut logits = vec![0.0; self.n_vocab];
+            logits[7] = 10.0;
+            Ok(chunks
+                .iter()
+                .filter(|c| c.want_logits)
+                .map(|_| logits.clone())
+                .collect())
+        }
+
+        fn truncate_slot(&mut self, _: usize, _: usize) {}
+
+        fn limits(&self) -> Limits {
+            Limits {
+                n_ctx: 64,
+                n_batch: 16,
+                n_seq: 2,
+            }
+        }
+    }
+
+    fn tokenizer() -> Tokenizer {
+        let path =
+            std::env::temp_dir().join(format!("vibrant-scheduler-{}.gguf", std::process::id()));
+        write_model(preset("llama-tiny").unwrap(), Mix::F16, 1, &path).unwrap();
+        let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        tokenizer
+    }
+
+    fn job(max_tokens: usize) -> (Job, UnboundedReceiver<Event>) {
+        let (events, receiver) = unbounded_channel();
+        let settings = Settings {
+            sampler: SamplerConfig::greedy(),
+            max_tokens: Some(max_tokens),
+            stops: Vec::new(),
+            logprobs: None,
+            grammar: None,
+        };
+        let job = Job {
+            prompt: vec![1, 2, 3],
+            settings,
+            events,
+            arrived: Instant::now(),
+        };
+        (job, receiver)
+    }
+
+    fn outcome(receiver: &mut UnboundedReceiver<Event>) -> Event {
+        std::iter::from_fn(|| receiver.try_recv().ok())
+            .find(|e| !matches!(e, Event::Text(..)))
+            .expect("the request ended")
+    }
+
+    #[test]
+    fn a_failed_step_fails_its_requests_and_a_lost_device_stops_the_scheduler() {
+        let tokenizer = tokenizer();
+        let metrics = Metrics::default();
+        let gpu_error = BackendError::Gpu {
+            stage: "a step".into(),
+            message: "out of bounds".into(),
+        };
+        let lost = BackendError::DeviceLost {
+            stage: "a step".into(),
+            reason: "unplugged".into(),
+        };
+        // Popped from the end: the first step fails, the next two run, the fourth finds
+        // the device lost.
+        let mut model = Scripted {
+            errors: vec![Some(lost), None, None, Some(gpu_error)],
+            n_vocab: tokenizer.vocab_size(),
+        };
+        let mut scheduler = Scheduler::new(&tokenizer, model.limits(), &metrics);
+        let (jobs_tx, jobs) = std::sync::mpsc::sync_channel(4);
+        let (first, mut first_events) = job(2);
+        jobs_tx.send(first).unwrap();
+        metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        scheduler.drop_cancelled();
+        assert!(scheduler.admit(&mut model, &jobs));
+        scheduler.step(&mut model);
+        assert!(
+            matches!(outcome(&mut first_events), Event::Failed(e) if e.contains("out of bounds"))
+        );
+        assert_eq!(scheduler.active(), 0, "the failed request's slot is free");
+
+        let (second, mut second_events) = job(2);
+        jobs_tx.send(second).unwrap();
+        metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        assert!(scheduler.admit(&mut model, &jobs));
+        scheduler.step(&mut model);
+        scheduler.step(&mut model);
+        match outcome(&mut second_events) {
+            Event::Done(finish) => assert_eq!(
+                (finish.completion_tokens, finish.reason),
+                (2, FinishReason::Length)
+            ),
+            other => panic!("{other:?}"),
+        }
+
+        let (third, mut third_events) = job(5);
+        jobs_tx.send(third).unwrap();
+        metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let stop = AtomicBool::new(false);
+        let why = scheduler.run(&mut model, &jobs, &stop);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("unplugged")),
+            "{why:?}"
+        );
+        assert!(matches!(outcome(&mut third_events), Event::Failed(e) if e.contains("unplugged")));
+        assert_eq!(metrics.failed.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.completed.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn logprobs_are_the_log_softmax_with_the_likeliest_first() {

@@ -36,7 +36,7 @@ impl ApiError {
         self
     }
 
-    pub fn status(status: u16, kind: &'static str, code: &'static str, message: String) -> Self {
+    pub fn new(status: u16, kind: &'static str, code: &'static str, message: String) -> Self {
         Self {
             status,
             kind,
