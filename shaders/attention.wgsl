@@ -226,9 +226,9 @@ fn attention_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 // Decoding: few queries, many keys. One workgroup per (query head, chunk of CHUNK keys,
 // token); a token with one chunk of keys gets its output, else a partial result (max, sum, weighted
 // values) that attention_combine merges. Partials: [token][head][chunk][2 + head_dim].
-// Keys and values are read 8 values a load (key8, value8; head_dim is a multiple of 8), teams of
-// threads reading whole rows, several loads issued before their first use, so that each
-// thread keeps many loads in flight: the work is small and latency, not bandwidth, bounds it.
+// Keys and values are read 8 values a load (key8, value8; head_dim is a multiple of 8), several
+// loads issued before their first use, so that each thread keeps many loads in flight: the
+// work is small and latency, not bandwidth, bounds it.
 
 const CHUNK: u32 = 128u;
 const DWG: u32 = 128u;
@@ -250,54 +250,22 @@ fn dot8(kv: array<vec4<f32>, 2>, d: u32) -> f32 {
         + q[d + 4u] * b.x + q[d + 5u] * b.y + q[d + 6u] * b.z + q[d + 7u] * b.w;
 }
 
-// Dot products of the chunk's keys with q, a team of KEY_TEAM (or 8, for heads of up to 64
-// values) threads per key: thread r of a team reads vectors r, r + team, ... of its key, so
-// that a team's loads are one contiguous row (a thread per key read rows a cache row apart,
-// each load its own memory transaction). Partial sums go to key_parts, [key][lane], rows
-// padded by one so that each thread summing its key's row reads its own bank.
-const KEY_TEAM: u32 = 16u;
-
-var<workgroup> key_parts: array<f32, CHUNK * (KEY_TEAM + 1u)>;
-
-// Lane r's share of the dot product of q with the key whose vectors start at `row`.
-fn key_part(row: u32, r: u32, team: u32) -> f32 {
+// Key `key`'s score: its row of head_dim / 8 vectors from `row`, four loads at a time.
+fn key_score(row: u32) -> f32 {
+    let vecs = p.head_dim / 8u;
     var dot = 0.0;
-    for (var v = r; v < p.head_dim / 8u; v += team) {
-        dot += dot8(key8(row + v), 8u * v);
+    var i = 0u;
+    for (; i + 4u <= vecs; i += 4u) {
+        let k0 = key8(row + i);
+        let k1 = key8(row + i + 1u);
+        let k2 = key8(row + i + 2u);
+        let k3 = key8(row + i + 3u);
+        dot += dot8(k0, 8u * i) + dot8(k1, 8u * i + 8u) + dot8(k2, 8u * i + 16u) + dot8(k3, 8u * i + 24u);
+    }
+    for (; i < vecs; i++) {
+        dot += dot8(key8(row + i), 8u * i);
     }
     return dot;
-}
-
-// Thread li's key's score, for the `count` keys from `start` (every thread must call it).
-fn chunk_score(li: u32, start: u32, count: u32, row_vecs: u32, head_vec: u32) -> f32 {
-    let team = select(KEY_TEAM, 8u, p.head_dim <= 64u);
-    let stride = team + 1u;
-    let r = li % team;
-    let keys_per_pass = DWG / team;
-    var k = li / team;
-    // Four keys at a time, so that each thread has several loads in flight.
-    for (; k + 3u * keys_per_pass < count; k += 4u * keys_per_pass) {
-        let d0 = key_part((start + k) * row_vecs + head_vec, r, team);
-        let d1 = key_part((start + k + keys_per_pass) * row_vecs + head_vec, r, team);
-        let d2 = key_part((start + k + 2u * keys_per_pass) * row_vecs + head_vec, r, team);
-        let d3 = key_part((start + k + 3u * keys_per_pass) * row_vecs + head_vec, r, team);
-        key_parts[k * stride + r] = d0;
-        key_parts[(k + keys_per_pass) * stride + r] = d1;
-        key_parts[(k + 2u * keys_per_pass) * stride + r] = d2;
-        key_parts[(k + 3u * keys_per_pass) * stride + r] = d3;
-    }
-    for (; k < count; k += keys_per_pass) {
-        key_parts[k * stride + r] = key_part((start + k) * row_vecs + head_vec, r, team);
-    }
-    workgroupBarrier();
-    if (li >= count) {
-        return -3.4e38;
-    }
-    var dot = 0.0;
-    for (var i = 0u; i < team; i++) {
-        dot += key_parts[li * stride + i];
-    }
-    return capped(dot);
 }
 
 fn add_weighted(acc: ptr<function, array<vec4<f32>, 2>>, weight: f32, v: array<vec4<f32>, 2>) {
@@ -328,8 +296,11 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     }
     workgroupBarrier();
 
-    // A score per thread, its key's; their maximum, the softmax weights and their sum.
-    let score = chunk_score(li, start, count, row_vecs, head_vec);
+    // One key per thread: scores, their maximum, the softmax weights and their sum.
+    var score = -3.4e38;
+    if (li < count) {
+        score = capped(key_score((start + li) * row_vecs + head_vec));
+    }
     let m = reduce_max(li, score, DWG);
     let weight = select(0.0, exp(score - m), li < count);
     chunk_weights[li] = weight;
