@@ -580,11 +580,6 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn copy_row(&mut self, src: &CpuTensor, row: usize, dst: &CpuTensor) {
-        let s = src.data.borrow();
-        dst.data.borrow_mut()[..src.cols].copy_from_slice(&s[row * src.cols..(row + 1) * src.cols]);
-    }
-
     fn read(&mut self, x: &CpuTensor, n: usize) -> Result<Vec<f32>> {
         Ok(x.data.borrow()[..n * x.cols].to_vec())
     }

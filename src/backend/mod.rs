@@ -127,8 +127,6 @@ pub trait Backend {
         out: &Self::Tensor,
         n: usize,
     );
-    /// dst[0] = src[row].
-    fn copy_row(&mut self, src: &Self::Tensor, row: usize, dst: &Self::Tensor);
     /// Rows `0..n` of a tensor, brought to the host.
     fn read(&mut self, x: &Self::Tensor, n: usize) -> Result<Vec<f32>>;
     /// The first rows of a tensor from the host: `rows` holds whole rows, one after the
@@ -144,7 +142,7 @@ pub trait Backend {
         std::any::type_name::<Self>().to_string()
     }
 
-    // The next three ops have bodies that do their work on the host, between a `read` and a
+    // The next four ops have bodies that do their work on the host, between a `read` and a
     // `write`: right anywhere, slow on a device, which overrides them with kernels. Where the
     // read fails, the op is left undone and the backend reports the failure again at its
     // next wait, as it does for any failed recording.
@@ -154,6 +152,13 @@ pub trait Backend {
         if let Ok(mut values) = self.read(x, n) {
             values.iter_mut().for_each(|v| *v = f.apply(*v));
             self.write(x, &values);
+        }
+    }
+
+    /// dst[0] = src[row].
+    fn copy_row(&mut self, src: &Self::Tensor, row: usize, dst: &Self::Tensor) {
+        if let Ok(rows) = self.read(src, row + 1) {
+            self.write(dst, &rows[row * src.cols()..]);
         }
     }
 
