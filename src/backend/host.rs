@@ -1,7 +1,17 @@
 //! Host bodies of the provided ops that a backend without kernels of its own for them runs
 //! between a `read` and a `write` (see [`super::Backend::moe_route`]).
 
-use super::Routing;
+use super::{Activation, Routing};
+
+/// `act(gate) · up` of each row of `gate_up` (`[n, 2w]`, the gate's `w` values then the up's).
+pub(super) fn glu(act: Activation, gate_up: &[f32], w: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(gate_up.len() / 2);
+    for row in gate_up.chunks(2 * w) {
+        let (gate, up) = row.split_at(w);
+        out.extend(gate.iter().zip(up).map(|(g, u)| act.apply(*g) * u));
+    }
+    out
+}
 
 /// Each of the `n` rows' routes (`[n, 2k]`) from its router logits (`[n, n_expert]`).
 pub(super) fn routes(routing: Routing, logits: &[f32], n: usize) -> Vec<f32> {

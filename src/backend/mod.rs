@@ -90,11 +90,6 @@ pub trait Backend {
     );
     /// out = x · wᵀ (+ w's bias). `w` is a [`MatrixUse::Plain`] matrix.
     fn matmul(&mut self, x: &Self::Tensor, w: &Self::Matrix, out: &Self::Tensor, n: usize);
-    /// acc += x.
-    fn add(&mut self, acc: &Self::Tensor, x: &Self::Tensor, n: usize);
-    /// `out[t][i] = act(gate_up[t][i]) · gate_up[t][w + i]`, w = out's width: the gate and up
-    /// products of one row side by side, as the product of a `[gate | up]` matrix writes them.
-    fn glu(&mut self, act: Activation, gate_up: &Self::Tensor, out: &Self::Tensor, n: usize);
     /// From `qkv`, each row's `[q | k | v]` products: q and k normalised per head where
     /// `rope` says, rotated by RoPE at the row's position; q to `q`, k and v into the row's
     /// slot and position of the cache.
@@ -142,10 +137,28 @@ pub trait Backend {
         std::any::type_name::<Self>().to_string()
     }
 
-    // The next four ops have bodies that do their work on the host, between a `read` and a
+    // The next six ops have bodies that do their work on the host, between a `read` and a
     // `write`: right anywhere, slow on a device, which overrides them with kernels. Where the
     // read fails, the op is left undone and the backend reports the failure again at its
     // next wait, as it does for any failed recording.
+
+    /// acc += x.
+    fn add(&mut self, acc: &Self::Tensor, x: &Self::Tensor, n: usize) {
+        if let (Ok(mut sums), Ok(x)) = (self.read(acc, n), self.read(x, n)) {
+            sums.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
+            self.write(acc, &sums);
+        }
+    }
+
+    /// `out[t][i] = act(gate_up[t][i]) · gate_up[t][w + i]`, w = out's width: the gate and up
+    /// products of one row side by side, as the product of a `[gate | up]` matrix writes them.
+    fn glu(&mut self, act: Activation, gate_up: &Self::Tensor, out: &Self::Tensor, n: usize) {
+        let w = out.cols();
+        assert_eq!(gate_up.cols(), 2 * w, "glu: gate and up of {w} values each");
+        if let Ok(gate_up) = self.read(gate_up, n) {
+            self.write(out, &host::glu(act, &gate_up, w));
+        }
+    }
 
     /// x = f(x), element by element.
     fn pointwise(&mut self, x: &Self::Tensor, f: Pointwise, n: usize) {

@@ -8,7 +8,10 @@ use super::arch::Spec;
 use super::{LoadOptions, SeqChunk, Transformer};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{GpuOptions, WgpuBackend};
-use crate::backend::{Activation, Backend};
+use crate::backend::{
+    Activation, AttentionOpts, Backend, CacheLayer, ExpertInput, HostTokens, KvLayout, MatrixUse,
+    Result as BackendResult, RmsNorm, Rope, Scratch, WeightRows,
+};
 use crate::gguf::{GgufFile, GgufWriter, Value};
 use crate::quant::GgmlType;
 use crate::rng::SplitMix64;
@@ -392,4 +395,126 @@ fn a_step_over_several_sequences_matches_each_sequence_alone() {
         want_logits: false,
     });
     assert!(model.step(&twice).is_err(), "one slot twice in a step");
+}
+
+/// The CPU's required ops alone: every provided op runs its default body, so the forward pass
+/// checks those bodies (host adds and GLUs, the fused forms composed of required ops, host
+/// token picks) against the math, as a new backend that implements only the required ops
+/// would run them.
+struct RequiredOpsOnly(CpuBackend);
+
+impl Backend for RequiredOpsOnly {
+    type Tensor = <CpuBackend as Backend>::Tensor;
+    type Matrix = <CpuBackend as Backend>::Matrix;
+    type Vector = <CpuBackend as Backend>::Vector;
+    type KvCache = <CpuBackend as Backend>::KvCache;
+
+    fn upload_matrix(
+        &mut self,
+        name: &str,
+        cols: usize,
+        parts: Vec<WeightRows>,
+        usage: MatrixUse,
+    ) -> BackendResult<Self::Matrix> {
+        self.0.upload_matrix(name, cols, parts, usage)
+    }
+    fn upload_vector(&mut self, name: &str, data: &[f32]) -> BackendResult<Self::Vector> {
+        self.0.upload_vector(name, data)
+    }
+    fn tensor(&mut self, name: &str, rows: usize, cols: usize) -> BackendResult<Self::Tensor> {
+        self.0.tensor(name, rows, cols)
+    }
+    fn scratch(&mut self, which: Scratch, rows: usize, cols: usize) -> Self::Tensor {
+        self.0.scratch(which, rows, cols)
+    }
+    fn kv_cache(&mut self, layout: &KvLayout) -> BackendResult<Self::KvCache> {
+        self.0.kv_cache(layout)
+    }
+    fn embed(&mut self, table: &Self::Matrix, tokens: &[u32], out: &Self::Tensor) {
+        self.0.embed(table, tokens, out)
+    }
+    fn rms_norm(
+        &mut self,
+        x: &Self::Tensor,
+        norm: RmsNorm<'_, Self::Vector>,
+        out: &Self::Tensor,
+        n: usize,
+    ) {
+        self.0.rms_norm(x, norm, out, n)
+    }
+    fn matmul(&mut self, x: &Self::Tensor, w: &Self::Matrix, out: &Self::Tensor, n: usize) {
+        self.0.matmul(x, w, out, n)
+    }
+    fn rope_store_kv(
+        &mut self,
+        qkv: &Self::Tensor,
+        rope: &Rope<'_, Self::Vector>,
+        q: &Self::Tensor,
+        at: CacheLayer<'_, Self::KvCache>,
+    ) {
+        self.0.rope_store_kv(qkv, rope, q, at)
+    }
+    fn attention(
+        &mut self,
+        q: &Self::Tensor,
+        at: CacheLayer<'_, Self::KvCache>,
+        opts: &AttentionOpts,
+        out: &Self::Tensor,
+    ) {
+        self.0.attention(q, at, opts, out)
+    }
+    fn matmul_id(
+        &mut self,
+        x: &Self::Tensor,
+        w: &Self::Matrix,
+        routes: &Self::Tensor,
+        input: ExpertInput,
+        out: &Self::Tensor,
+        n: usize,
+    ) {
+        self.0.matmul_id(x, w, routes, input, out, n)
+    }
+    fn read(&mut self, x: &Self::Tensor, n: usize) -> BackendResult<Vec<f32>> {
+        self.0.read(x, n)
+    }
+    fn write(&mut self, x: &Self::Tensor, rows: &[f32]) {
+        self.0.write(x, rows)
+    }
+    fn sync(&mut self) -> BackendResult<()> {
+        self.0.sync()
+    }
+    fn memory_used(&self) -> u64 {
+        self.0.memory_used()
+    }
+    fn host_tokens(&mut self) -> &mut HostTokens {
+        self.0.host_tokens()
+    }
+}
+
+/// Exact products, every provided op in its default body: the CPU's tolerance.
+#[test]
+fn the_default_bodies_of_the_provided_ops_match_the_math() {
+    let required_only = || RequiredOpsOnly(CpuBackend::exact(1).expect("cpu"));
+    check_forward(required_only, true, 2e-5);
+    let (_, file) = tiny_model();
+    let options = LoadOptions {
+        n_ctx: 16,
+        n_batch: 8,
+        ..LoadOptions::default()
+    };
+    let spec = spec_with_options(&file, true);
+    let mut model = Transformer::load_spec(&file, spec, required_only(), &options).expect("load");
+    let spec = spec_with_options(&file, true);
+    let mut cpu =
+        Transformer::load_spec(&file, spec, CpuBackend::exact(1).unwrap(), &options).expect("load");
+    let prompt = [3u32, 17, 39, 0];
+    fn greedy<B: Backend>(m: &mut Transformer<B>, prompt: &[u32]) -> Vec<u32> {
+        m.forward(prompt).expect("prompt");
+        let mut decoder = m.greedy();
+        (0..6)
+            .map(|_| decoder.next_token().expect("token"))
+            .collect()
+    }
+    let picks = greedy(&mut model, &prompt);
+    assert_eq!(picks, greedy(&mut cpu, &prompt), "host token picks");
 }
