@@ -1,6 +1,7 @@
 //! Continuous batching on the model's thread: up to `n_seq` requests hold a cache slot each;
-//! every step runs one token of every answer being written plus, in the rows left, a chunk of
-//! one prompt, so that reading a new prompt never stalls the streams already running.
+//! every step runs one token of every answer being written plus, in the rows left, chunks of
+//! the prompts waiting (oldest first), so that reading new prompts never stalls the streams
+//! already running.
 
 use super::grammar::Grammar;
 use super::metrics::Metrics;
@@ -303,8 +304,8 @@ impl<'t> Scheduler<'t> {
         });
     }
 
-    /// One forward step: a row for each answer being written, and a chunk of the prompt that
-    /// waited longest in the rows left.
+    /// One forward step: a row for each answer being written, and in the rows left, chunks of
+    /// the prompts that waited longest.
     fn step(&mut self, model: &mut dyn StepModel) {
         let decode: Vec<(usize, u32)> = self
             .slots
@@ -312,7 +313,7 @@ impl<'t> Scheduler<'t> {
             .enumerate()
             .filter_map(|(i, s)| Some((i, s.active.as_ref()?.next?)))
             .collect();
-        let prefill = self.prefill_chunk(self.limits.n_batch.saturating_sub(decode.len()));
+        let prefill = self.prefill_chunks(self.limits.n_batch.saturating_sub(decode.len()));
         let mut chunks: Vec<SeqChunk> = decode
             .iter()
             .map(|(slot, token)| SeqChunk {
@@ -321,13 +322,11 @@ impl<'t> Scheduler<'t> {
                 want_logits: true,
             })
             .collect();
-        if let Some((slot, tokens, want_logits)) = &prefill {
-            chunks.push(SeqChunk {
-                slot: *slot,
-                tokens,
-                want_logits: *want_logits,
-            });
-        }
+        chunks.extend(prefill.iter().map(|(slot, tokens, want_logits)| SeqChunk {
+            slot: *slot,
+            tokens,
+            want_logits: *want_logits,
+        }));
         if chunks.is_empty() {
             return;
         }
@@ -358,26 +357,32 @@ impl<'t> Scheduler<'t> {
         }
     }
 
-    /// The next chunk of the prompt that waited longest, of at most `room` tokens: its slot,
-    /// its tokens, and whether it ends the prompt.
-    fn prefill_chunk(&self, room: usize) -> Option<(usize, Vec<u32>, bool)> {
-        if room == 0 {
-            return None;
-        }
-        let (slot, a) = self
+    /// Chunks of the prompts still to be read, those that waited longest first, of at most
+    /// `room` tokens in all: each chunk's slot, its tokens, and whether it ends its prompt.
+    fn prefill_chunks(&self, mut room: usize) -> Vec<(usize, Vec<u32>, bool)> {
+        let mut waiting: Vec<(usize, &Active)> = self
             .slots
             .iter()
             .enumerate()
             .filter_map(|(i, s)| Some((i, s.active.as_ref()?)))
             .filter(|(_, a)| a.prompt_done < a.job.prompt.len())
-            .min_by_key(|(_, a)| a.job.arrived)?;
-        let prompt = &a.job.prompt;
-        let end = prompt.len().min(a.prompt_done + room);
-        Some((
-            slot,
-            prompt[a.prompt_done..end].to_vec(),
-            end == prompt.len(),
-        ))
+            .collect();
+        waiting.sort_by_key(|(_, a)| a.job.arrived);
+        let mut chunks = Vec::new();
+        for (slot, a) in waiting {
+            if room == 0 {
+                break;
+            }
+            let prompt = &a.job.prompt;
+            let end = prompt.len().min(a.prompt_done + room);
+            room -= end - a.prompt_done;
+            chunks.push((
+                slot,
+                prompt[a.prompt_done..end].to_vec(),
+                end == prompt.len(),
+            ));
+        }
+        chunks
     }
 
     /// A step failed: its requests fail, their slots' caches are forgotten, the rest go on
@@ -541,14 +546,17 @@ mod tests {
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
     /// A model whose steps fail as `errors` says, popped one per step (None: the step runs),
-    /// and favour token 7 when they run.
+    /// and favour token 7 when they run; it keeps each step's chunks as (slot, tokens).
     struct Scripted {
         errors: Vec<Option<BackendError>>,
         n_vocab: usize,
+        steps: Vec<Vec<(usize, usize)>>,
     }
 
     impl StepModel for Scripted {
         fn step(&mut self, chunks: &[SeqChunk]) -> Result<Vec<Vec<f32>>, ModelError> {
+            self.steps
+                .push(chunks.iter().map(|c| (c.slot, c.tokens.len())).collect());
             if let Some(Some(e)) = self.errors.pop() {
                 return Err(e.into());
             }
@@ -573,8 +581,11 @@ mod tests {
     }
 
     fn tokenizer() -> Tokenizer {
-        let path =
-            std::env::temp_dir().join(format!("vibrant-scheduler-{}.gguf", std::process::id()));
+        // One file per call: the tests run side by side.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("vibrant-scheduler-{}-{call}.gguf", std::process::id());
+        let path = std::env::temp_dir().join(name);
         write_model(preset("llama-tiny").unwrap(), Mix::F16, 1, &path).unwrap();
         let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
         let _ = std::fs::remove_file(&path);
@@ -622,6 +633,7 @@ mod tests {
         let mut model = Scripted {
             errors: vec![Some(lost), None, None, Some(gpu_error)],
             n_vocab: tokenizer.vocab_size(),
+            steps: Vec::new(),
         };
         let mut scheduler = Scheduler::new(&tokenizer, model.limits(), &metrics);
         let (jobs_tx, jobs) = std::sync::mpsc::sync_channel(4);
@@ -662,6 +674,33 @@ mod tests {
         assert!(matches!(outcome(&mut third_events), Event::Failed(e) if e.contains("unplugged")));
         assert_eq!(metrics.failed.load(Ordering::Relaxed), 2);
         assert_eq!(metrics.completed.load(Ordering::Relaxed), 1);
+    }
+
+    /// Two prompts that arrive together are read in one step, the older one first, as far as
+    /// the batch's 16 rows go; the next step decodes the first beside the rest of the second.
+    #[test]
+    fn prompts_waiting_together_share_a_step() {
+        let tokenizer = tokenizer();
+        let metrics = Metrics::default();
+        let mut model = Scripted {
+            errors: Vec::new(),
+            n_vocab: tokenizer.vocab_size(),
+            steps: Vec::new(),
+        };
+        let mut scheduler = Scheduler::new(&tokenizer, model.limits(), &metrics);
+        let (jobs_tx, jobs) = std::sync::mpsc::sync_channel(4);
+        let mut receivers = Vec::new();
+        for len in [10, 9] {
+            let (mut job, events) = job(2);
+            job.prompt = (1..=len).collect();
+            jobs_tx.send(job).unwrap();
+            metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+            receivers.push(events);
+        }
+        assert!(scheduler.admit(&mut model, &jobs));
+        scheduler.step(&mut model);
+        scheduler.step(&mut model);
+        assert_eq!(model.steps, [vec![(0, 10), (1, 6)], vec![(0, 1), (1, 3)]]);
     }
 
     #[test]

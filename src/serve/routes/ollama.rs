@@ -93,11 +93,11 @@ fn ollama_done(model: &str, chat: bool, text: &str, f: &Finish) -> Value {
 async fn answer_ollama(s: &Shared, job: Result<OllamaJob, ApiError>) -> Response {
     let job = match job {
         Ok(job) => job,
-        Err(e) => return refuse(s, e),
+        Err(e) => return ollama_error(s, e),
     };
     let events = match submit(s, job.prompt, job.settings) {
         Ok(events) => events,
-        Err(e) => return busy(e),
+        Err(e) => return ollama_error(s, e),
     };
     let (model, chat) = (s.info.name.clone(), job.chat);
     if !job.stream {
@@ -105,7 +105,7 @@ async fn answer_ollama(s: &Shared, job: Result<OllamaJob, ApiError>) -> Response
             Ok((text, _, finish)) => {
                 json_response(StatusCode::OK, &ollama_done(&model, chat, &text, &finish))
             }
-            Err(e) => e.into_response(),
+            Err(e) => ollama_error(s, e),
         };
     }
     let frame = move |event: Event| match event {
@@ -114,6 +114,19 @@ async fn answer_ollama(s: &Shared, job: Result<OllamaJob, ApiError>) -> Response
         Event::Failed(why) => (ndjson(&json!({"error": why})), true),
     };
     stream(events, None, frame, "application/x-ndjson")
+}
+
+/// A refusal in Ollama's shape, `{"error": "<message>"}`, with the status and headers the
+/// OpenAI routes give it.
+fn ollama_error(s: &Shared, e: ApiError) -> Response {
+    let body = Body::from(json!({ "error": e.message }).to_string());
+    let response = match e.status {
+        503 => busy(e),
+        _ => refuse(s, e),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, body)
 }
 
 /// Ollama's description of the model, as /api/tags and /api/show give it.
@@ -151,7 +164,7 @@ pub(super) async fn ollama_show(
         check_model(s, Some(&request.model))
     })();
     if let Err(e) = shown {
-        return refuse(s, e);
+        return ollama_error(s, e);
     }
     let info = &s.info;
     let arch = &info.architecture;
