@@ -849,3 +849,29 @@ fn every_family_runs_every_command() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--backend cuda` in a build without the CUDA backend says how to get it, from every command
+/// that runs a model (verify included, which compares the GPU `--device gpu` picks).
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_in_a_build_without_it_is_a_clear_error() {
+    let model = smollm2();
+    for command in [
+        &["ask", "-m", &model, "--backend", "cuda", "Hi"][..],
+        &["verify", "-m", &model, "--backend", "cuda"],
+        &[
+            "bench",
+            "-m",
+            &model,
+            "--backend",
+            "cuda",
+            "-p",
+            "8",
+            "-n",
+            "0",
+        ],
+    ] {
+        let out = vibrant(command, None);
+        assert_clean_error(&out, "built without the CUDA backend");
+    }
+}

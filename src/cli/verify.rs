@@ -1,11 +1,13 @@
-//! `verify`: runs a model on the GPU and on the CPU reference and compares them: first-step
-//! logits, then greedy tokens. The way to check a new GPU or driver computes what it should.
+//! `verify`: runs a model on the GPU (the one `--device gpu` takes: CUDA where the build has
+//! it and a device is there, else wgpu) and on the CPU reference and compares them:
+//! first-step logits, then greedy tokens. The way to check a new GPU or driver computes what
+//! it should.
 
-use super::args::{CacheArgs, CpuArgs, GpuArgs, ModelArgs};
+use super::args::{CacheArgs, CpuArgs, DeviceArgs, DeviceChoice, GpuArgs, ModelArgs};
+use super::{open_device, Device};
 use anyhow::{bail, Result};
 use std::sync::Arc;
 use vibrant::backend::cpu::CpuBackend;
-use vibrant::backend::gpu::WgpuBackend;
 use vibrant::backend::Backend;
 use vibrant::gguf::GgufFile;
 use vibrant::model::{LoadOptions, Transformer};
@@ -63,13 +65,33 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
         kv_types: args.cache.kv_types(),
         ..LoadOptions::default()
     };
-    let gpu_backend = WgpuBackend::new(args.gpu.options()?)?;
+    let device = DeviceArgs {
+        device: Some(DeviceChoice::Gpu),
+        gpu: args.gpu.clone(),
+        cpu: args.cpu.clone(),
+    };
+    match open_device(&device)? {
+        Device::Gpu(gpu) => compare(args, &file, &prompt, &options, *gpu),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(gpu) => compare(args, &file, &prompt, &options, *gpu),
+        Device::Cpu(_) => unreachable!("--device gpu opens a GPU or fails"),
+    }
+}
+
+/// The comparison itself, on whichever GPU backend was opened.
+fn compare<B: Backend>(
+    args: &VerifyArgs,
+    file: &Arc<GgufFile>,
+    prompt: &[u32],
+    options: &LoadOptions,
+    gpu_backend: B,
+) -> Result<()> {
     println!("GPU: {}", gpu_backend.describe());
-    let mut gpu = Transformer::load(&file, gpu_backend, &options)?;
-    let mut cpu = Transformer::load(&file, CpuBackend::exact(args.cpu.threads)?, &options)?;
+    let mut gpu = Transformer::load(file, gpu_backend, options)?;
+    let mut cpu = Transformer::load(file, CpuBackend::exact(args.cpu.threads)?, options)?;
     println!("CPU: {}", cpu.backend.describe());
-    gpu.forward(&prompt)?;
-    cpu.forward(&prompt)?;
+    gpu.forward(prompt)?;
+    cpu.forward(prompt)?;
     let (a, b) = (gpu.logits()?, cpu.logits()?);
     let diff: f64 = a
         .iter()
