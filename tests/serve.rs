@@ -464,6 +464,10 @@ fn bad_input_gets_a_4xx_and_the_server_stays_healthy() {
         404,
         "model_not_found",
     );
+    let weather = json!([{"type": "function", "function": {"name": "weather", "parameters": {}}}]);
+    let tools = chat(json!({"messages": user, "tools": weather}));
+    assert_error(&tools, 400, "unsupported_value");
+    assert_eq!(tools.json()["error"]["param"], "tools");
     let long = "the cat sat on the mat ".repeat(200);
     let too_long = chat(json!({"messages": [{"role": "user", "content": long}]}));
     assert_error(&too_long, 400, "context_length_exceeded");
@@ -479,6 +483,11 @@ fn bad_input_gets_a_4xx_and_the_server_stays_healthy() {
         ("/api/show", &b"{\"model\": \"llama3\"}"[..]),
         ("/api/chat", b"{\"model\": "),
         ("/api/generate", b"{\"model\": \"m\", \"prompt\": 5}"),
+        (
+            "/api/chat",
+            br#"{"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}],
+               "tools": [{"type": "function"}]}"#,
+        ),
     ] {
         let reply = post(path, body);
         assert!((400..500).contains(&reply.status), "{path}: {}", reply.body);

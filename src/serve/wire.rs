@@ -98,6 +98,21 @@ pub struct WireMessage {
     pub content: Option<Content>,
 }
 
+/// Tool calling is not offered: a request that gives tools the model may call (and does not
+/// forbid calling them with `tool_choice: "none"`) is refused, rather than answered by a
+/// model that never saw them. An empty list, as some clients always send, is no request.
+pub fn refuse_tools(tools: Option<&[Value]>, tool_choice: Option<&Value>) -> Result<(), ApiError> {
+    let offered = tools.is_some_and(|t| !t.is_empty());
+    if offered && tool_choice.and_then(Value::as_str) != Some("none") {
+        return Err(ApiError::bad_request(
+            "unsupported_value",
+            "tool calling is not supported by this server: send the request without `tools`",
+        )
+        .with_param("tools"));
+    }
+    Ok(())
+}
+
 /// `stop`: one string or several.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -127,6 +142,10 @@ pub struct ChatRequest {
     #[serde(default)]
     pub model: Option<String>,
     pub messages: Vec<WireMessage>,
+    #[serde(default)]
+    pub tools: Option<Vec<Value>>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
     #[serde(default)]
     pub stream: bool,
     #[serde(default)]
@@ -289,6 +308,8 @@ pub struct OllamaOptions {
 #[derive(Debug, Deserialize)]
 pub struct OllamaChat {
     pub model: String,
+    #[serde(default)]
+    pub tools: Option<Vec<Value>>,
     #[serde(default)]
     pub format: Option<Value>,
     #[serde(default)]

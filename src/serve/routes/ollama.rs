@@ -18,6 +18,7 @@ pub(super) async fn ollama_chat(
         let value = body_json(s, body, "/api/chat")?;
         let request: wire::OllamaChat = wire::parse(&value, "/api/chat")?;
         check_model(s, Some(&request.model))?;
+        wire::refuse_tools(request.tools.as_deref(), None)?;
         Ok(OllamaJob {
             chat: true,
             prompt: tokenize(s, &render_chat(s, &request.messages)?)?,

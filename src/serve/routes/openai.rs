@@ -133,6 +133,7 @@ pub(super) async fn chat_completions(
         let value = body_json(s, body, "/v1/chat/completions")?;
         let request: wire::ChatRequest = wire::parse(&value, "/v1/chat/completions")?;
         check_model(s, request.model.as_deref())?;
+        wire::refuse_tools(request.tools.as_deref(), request.tool_choice.as_ref())?;
         let params: wire::OpenAiParams = wire::parse(&value, "/v1/chat/completions")?;
         Ok(OpenAiJob {
             kind: OpenAiKind::Chat,
