@@ -12,27 +12,15 @@
 mod common;
 
 use common::cuda::cuda;
+use common::ops::*;
 use common::*;
 use rand::rngs::StdRng;
 use vibrant::backend::cuda::CudaBackend;
 use vibrant::backend::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
-    ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, RmsNorm, Rope, RopeKind, Routing,
-    Span,
+    ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, Rope, RopeKind, Routing, Span,
 };
 use vibrant::quant::{GgmlType, ALL_TYPES};
-
-const ROWS: usize = 67;
-
-/// Two row widths per type, neither a multiple of 256 where the format allows (odd for the
-/// float types), one past the kernels' 128 threads' first pass.
-fn widths(ty: GgmlType) -> [usize; 2] {
-    match ty.block_size() {
-        1 => [37, 1003],
-        32 => [416, 736],
-        _ => [256, 768],
-    }
-}
 
 /// CUDA products multiply f32 weights (decoded as the host decodes them) by f32 activations:
 /// only the order of the f32 sums differs from the float64 reference, near 1e-7 of the scale
@@ -57,14 +45,6 @@ fn matmul_reference(
         }
     }
     (want, scale)
-}
-
-/// One matmul of `n` tokens into an output prefilled with NaN (an output never written fails).
-fn run_matmul<B: Load>(b: &mut B, w: &B::Matrix, x: &[f32], n: usize, rows: usize) -> Vec<f32> {
-    let xt = b.load("x", n, x.len() / n, x);
-    let out = b.load("matmul out", n, rows, &vec![f32::NAN; n * rows]);
-    b.matmul(&xt, w, &out, n);
-    read(b, &out, n)
 }
 
 /// matmul of `w` against the float64 reference for 1, 5 and 13 tokens (13: two of the
@@ -141,13 +121,6 @@ fn awkward_tokens(rows: usize) -> Vec<u32> {
     vec![0, last, 3, 3, last + 5, 1]
 }
 
-fn embed_rows<B: Load>(b: &mut B, table: &B::Matrix, tokens: &[u32], cols: usize) -> Vec<f32> {
-    let n = tokens.len();
-    let out = b.load("embedded", n, cols, &vec![f32::NAN; n * cols]);
-    b.embed(table, tokens, &out);
-    read(b, &out, n)
-}
-
 /// Embedding rows decode as the host decodes them: the same f32 formula per value (a fused
 /// multiply-add may round differently, a few ulps of the largest value).
 #[test]
@@ -167,19 +140,6 @@ fn embed_matches_the_cpu_for_every_type() {
     }
 }
 
-fn rms_norm_rows<B: Load>(b: &mut B, x: &[f32], w: &[f32], n: usize, rows: usize) -> Vec<f32> {
-    let cols = w.len();
-    let xt = b.load("x", rows, cols, x);
-    let weight = b.upload_vector("norm weight", w).expect("weight");
-    let out = b.load("normed", rows, cols, &vec![f32::NAN; rows * cols]);
-    let norm = RmsNorm {
-        weight: &weight,
-        eps: 1e-6,
-    };
-    b.rms_norm(&xt, norm, &out, n);
-    read(b, &out, n)
-}
-
 #[test]
 fn rms_norm_matches_the_cpu() {
     let mut rng = rng(5);
@@ -195,42 +155,6 @@ fn rms_norm_matches_the_cpu() {
             assert_close(&what, &got, &to_f64(&want), cols, |_| scale, 1e-5);
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Elementwise {
-    Add,
-    Glu(Activation),
-    CopyRow,
-    Pointwise(Pointwise),
-}
-
-/// An element-wise op over the first `n` of 6 rows (copy_row: row 3 into row 0), written into
-/// `a`; all 6 rows come back, so a row past `n` that changed fails the comparison.
-fn elementwise<B: Load>(
-    b: &mut B,
-    op: Elementwise,
-    [a, x, y]: &[Vec<f32>; 3],
-    n: usize,
-    cols: usize,
-) -> Vec<f32> {
-    let at = b.load("a", 6, cols, a);
-    let xt = b.load("x", 6, cols, x);
-    match op {
-        Elementwise::Add => b.add(&at, &xt, n),
-        Elementwise::Glu(act) => {
-            let gate_up: Vec<f32> = x
-                .chunks(cols)
-                .zip(y.chunks(cols))
-                .flat_map(|(g, u)| [g, u].concat())
-                .collect();
-            let gate_up = b.load("gate | up", 6, 2 * cols, &gate_up);
-            b.glu(act, &gate_up, &at, n)
-        }
-        Elementwise::CopyRow => b.copy_row(&xt, 3, &at),
-        Elementwise::Pointwise(f) => b.pointwise(&at, f, n),
-    }
-    read(b, &at, 6)
 }
 
 #[test]
@@ -261,18 +185,6 @@ fn elementwise_ops_match_the_cpu() {
             assert_close(&what, &got, &to_f64(&want), cols, |_| scale, tol);
         }
     }
-}
-
-/// The `[n_ctx, head_dim / 2]` (cos, sin) table of RoPE with base 10000.
-fn rope_table(n_ctx: usize, head_dim: usize) -> Vec<f32> {
-    let mut table = Vec::with_capacity(n_ctx * head_dim);
-    for p in 0..n_ctx {
-        for f in 0..head_dim / 2 {
-            let theta = p as f64 * 10000f64.powf(-2.0 * f as f64 / head_dim as f64);
-            table.extend([theta.cos() as f32, theta.sin() as f32]);
-        }
-    }
-    table
 }
 
 /// How the attention tests run: the cache's slots and positions, the layers' options and
@@ -684,17 +596,6 @@ fn argmax_takes_the_first_largest_and_never_a_nan() {
         );
         assert_eq!(b.argmax(&t).expect("argmax"), want, "case {case}");
     }
-}
-
-fn host_routes(logits: &[f32], n_expert: usize, routing: Routing) -> Vec<f32> {
-    let mut routes = vec![0f32; logits.len() / n_expert * 2 * routing.k];
-    for (l, r) in logits
-        .chunks(n_expert)
-        .zip(routes.chunks_mut(2 * routing.k))
-    {
-        routing.route(l, r);
-    }
-    routes
 }
 
 /// Routing, the products with the chosen experts' rows (each choice's own input or its

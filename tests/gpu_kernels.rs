@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::ops::*;
 use common::*;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -20,19 +21,6 @@ use vibrant::backend::{
     Routing, Span, WeightBytes, WeightRows,
 };
 use vibrant::quant::{GgmlType, ALL_TYPES};
-
-/// Weight rows in most tests: odd, and not a multiple of any workgroup size.
-const ROWS: usize = 67;
-
-/// Two row widths per type: one within a single dequant workgroup's 512 elements and one past
-/// it; neither a multiple of 256 where the format allows (and odd for the float types).
-fn widths(ty: GgmlType) -> [usize; 2] {
-    match ty.block_size() {
-        1 => [37, 1003],
-        32 => [416, 736],
-        _ => [256, 768],
-    }
-}
 
 /// The GPU decodes each weight with the same f32 formula as the host decoder; only the
 /// rounding of one multiply-add may differ (fused or not), a few ulps of the row's largest
@@ -114,15 +102,6 @@ fn matmul_reference(
     (want, scale)
 }
 
-/// Runs one matmul of `n` tokens into an output prefilled with NaN, so that an output the
-/// kernel never writes fails the comparison.
-fn run_matmul<B: Load>(b: &mut B, w: &B::Matrix, x: &[f32], n: usize, rows: usize) -> Vec<f32> {
-    let xt = b.load("x", n, x.len() / n, x);
-    let out = b.load("matmul out", n, rows, &vec![f32::NAN; n * rows]);
-    b.matmul(&xt, w, &out, n);
-    read(b, &out, n)
-}
-
 fn upload_vector<B: Backend>(b: &mut B, values: &[f32]) -> B::Vector {
     b.upload_vector("vector", values).expect("vector")
 }
@@ -199,13 +178,6 @@ fn matmul_of_quantizer_output_matches_the_reference() {
 fn awkward_tokens(rows: usize) -> Vec<u32> {
     let last = rows as u32 - 1;
     vec![0, last, 17, 17, last + 5, 33]
-}
-
-fn embed_rows<B: Load>(b: &mut B, table: &B::Matrix, tokens: &[u32], cols: usize) -> Vec<f32> {
-    let n = tokens.len();
-    let out = b.load("embedded", n, cols, &vec![f32::NAN; n * cols]);
-    b.embed(table, tokens, &out);
-    read(b, &out, n)
 }
 
 /// |got - want| within DECODE_TOL of the largest value of each `cols`-wide row of `want`.
@@ -471,19 +443,6 @@ where
     (gpu_op(&mut gpu()), cpu_op(&mut cpu()))
 }
 
-fn rms_norm_rows<B: Load>(b: &mut B, x: &[f32], w: &[f32], n: usize, rows: usize) -> Vec<f32> {
-    let cols = w.len();
-    let xt = b.load("x", rows, cols, x);
-    let weight = b.upload_vector("norm weight", w).expect("weight");
-    let out = b.load("normed", rows, cols, &vec![f32::NAN; rows * cols]);
-    let norm = RmsNorm {
-        weight: &weight,
-        eps: 1e-6,
-    };
-    b.rms_norm(&xt, norm, &out, n);
-    read(b, &out, n)
-}
-
 #[test]
 fn rms_norm_matches_the_cpu() {
     let mut rng = rng(7);
@@ -502,43 +461,6 @@ fn rms_norm_matches_the_cpu() {
             assert_close(&what, &got, &to_f64(&want), cols, |_| scale, 1e-5);
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Elementwise {
-    Add,
-    Glu(Activation),
-    CopyRow,
-    Pointwise(Pointwise),
-}
-
-/// An elementwise op over the first `n` of 6 rows (copy_row: row 3 into row 0), written into
-/// `a`; all 6 rows come back, so a row past `n` that changed fails the comparison. The GLU's
-/// gate and up are x and y side by side.
-fn elementwise<B: Load>(
-    b: &mut B,
-    op: Elementwise,
-    [a, x, y]: &[Vec<f32>; 3],
-    n: usize,
-    cols: usize,
-) -> Vec<f32> {
-    let at = b.load("a", 6, cols, a);
-    let xt = b.load("x", 6, cols, x);
-    match op {
-        Elementwise::Add => b.add(&at, &xt, n),
-        Elementwise::Glu(act) => {
-            let gate_up: Vec<f32> = x
-                .chunks(cols)
-                .zip(y.chunks(cols))
-                .flat_map(|(g, u)| [g, u].concat())
-                .collect();
-            let gate_up = b.load("gate | up", 6, 2 * cols, &gate_up);
-            b.glu(act, &gate_up, &at, n)
-        }
-        Elementwise::CopyRow => b.copy_row(&xt, 3, &at),
-        Elementwise::Pointwise(f) => b.pointwise(&at, f, n),
-    }
-    read(b, &at, 6)
 }
 
 /// Element-wise ops against the CPU, over values within ±4 and within ±16 (where GELU's
@@ -585,18 +507,6 @@ fn check_elementwise_ops(inputs: &[Vec<f32>; 3], cols: usize) {
             tol,
         );
     }
-}
-
-/// The `[n_ctx, head_dim / 2]` (cos, sin) table of RoPE with base 10000.
-fn rope_table(n_ctx: usize, head_dim: usize) -> Vec<f32> {
-    let mut table = Vec::with_capacity(n_ctx * head_dim);
-    for p in 0..n_ctx {
-        for f in 0..head_dim / 2 {
-            let theta = p as f64 * 10000f64.powf(-2.0 * f as f64 / head_dim as f64);
-            table.extend([theta.cos() as f32, theta.sin() as f32]);
-        }
-    }
-    table
 }
 
 /// A cache of one sequence for `n_layers` layers of causal attention.
@@ -2226,18 +2136,6 @@ fn upload_experts<B: Backend>(b: &mut B, w: &Weights, n_expert: usize) -> B::Mat
         .collect();
     b.upload_matrix("experts", w.cols, parts, MatrixUse::Experts(n_expert))
         .unwrap_or_else(|e| panic!("{}: uploading experts: {e}", b.describe()))
-}
-
-/// Each row's routes as the host computes them ([`Routing::route`]).
-fn host_routes(logits: &[f32], n_expert: usize, routing: Routing) -> Vec<f32> {
-    let mut routes = vec![0f32; logits.len() / n_expert * 2 * routing.k];
-    for (l, r) in logits
-        .chunks(n_expert)
-        .zip(routes.chunks_mut(2 * routing.k))
-    {
-        routing.route(l, r);
-    }
-    routes
 }
 
 /// matmul_id of `n` rows on a backend, into an output prefilled with NaN (a row it never

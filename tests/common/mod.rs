@@ -11,6 +11,8 @@ pub mod repack;
 pub mod cuda;
 #[allow(dead_code)]
 pub mod sha256;
+// Used by the kernel tests of every backend.
+pub mod ops;
 
 use half::f16;
 use rand::rngs::StdRng;
