@@ -7,35 +7,12 @@
 #[allow(dead_code)]
 mod common;
 
-use std::sync::Arc;
+use common::models::*;
 use vibrant::backend::cpu::CpuBackend;
-use vibrant::backend::Backend;
-use vibrant::gguf::GgufFile;
-use vibrant::model::{LoadOptions, Transformer};
-use vibrant::tokenizer::Tokenizer;
+use vibrant::model::Transformer;
 
 const PROMPT: &str =
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
-
-fn options() -> LoadOptions {
-    LoadOptions {
-        n_ctx: 512,
-        n_batch: 64,
-        ..LoadOptions::default()
-    }
-}
-
-/// The prompt, then `steps` argmax tokens fed back one at a time.
-fn greedy<B: Backend>(model: &mut Transformer<B>, prompt: &[u32], steps: usize) -> Vec<u32> {
-    model.forward(prompt).unwrap();
-    let mut out = Vec::new();
-    for _ in 0..steps {
-        let next = model.argmax().unwrap();
-        out.push(next);
-        model.forward(&[next]).unwrap();
-    }
-    out
-}
 
 fn relative_error(a: &[f32], b: &[f32]) -> f64 {
     let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
@@ -48,18 +25,11 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 /// the cache: 1e-3 of the logits (an indexing bug gives errors of order 1).
 #[test]
 fn smollm2_greedy_decoding_on_cuda_matches_the_cpu() {
-    let name = "smollm2-135m";
-    let path = vibrant::catalog::models_dir().join(format!("{name}.gguf"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `python3 scripts/fetch_model.py {name}` first (or set VIBRANT_MODELS)",
-        path.display()
-    );
-    let file = Arc::new(GgufFile::open(&path).unwrap());
-    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let (file, tokenizer) = open("smollm2-135m");
     let tokens = tokenizer.encode(PROMPT, true).unwrap();
-    let mut cpu = Transformer::load(&file, CpuBackend::exact(0).unwrap(), &options()).unwrap();
-    let mut cuda = Transformer::load(&file, common::cuda::cuda(), &options()).unwrap();
+    let mut cpu =
+        Transformer::load(&file, CpuBackend::exact(0).unwrap(), &short_context()).unwrap();
+    let mut cuda = Transformer::load(&file, common::cuda::cuda(), &short_context()).unwrap();
     cpu.forward(&tokens).unwrap();
     cuda.forward(&tokens).unwrap();
     let error = relative_error(&cuda.logits().unwrap(), &cpu.logits().unwrap());

@@ -46,14 +46,7 @@ struct Model {
 
 impl Model {
     fn open(name: &str) -> Self {
-        let path = vibrant::catalog::models_dir().join(format!("{name}.gguf"));
-        assert!(
-            path.is_file(),
-            "{} is missing: run `python3 scripts/fetch_model.py {name}` first",
-            path.display()
-        );
-        let file = Arc::new(GgufFile::open(&path).unwrap());
-        let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+        let (file, tokenizer) = common::models::open(name);
         Self { file, tokenizer }
     }
 

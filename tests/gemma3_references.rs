@@ -24,13 +24,7 @@ const MODEL: &str = "gemma3-270m";
 const SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
 
 fn file() -> GgufFile {
-    let path = vibrant::catalog::models_dir().join(format!("{MODEL}.gguf"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `python3 scripts/fetch_model.py {MODEL}` first",
-        path.display()
-    );
-    GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"))
+    GgufFile::open(common::models::model_path(MODEL)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn tokenizer() -> Tokenizer {

@@ -9,26 +9,16 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use vibrant::backend::Backend;
 use vibrant::generate::{
     GenerateOptions, Generation, Picking, Sampler, SamplerConfig, Session, StopStrings,
 };
-use vibrant::gguf::GgufFile;
 use vibrant::model::{LoadOptions, Transformer};
-use vibrant::tokenizer::Tokenizer;
 
 const N_CTX: usize = 24;
 
 fn session<B: Backend>(backend: B) -> Session<B> {
-    let path = vibrant::catalog::models_dir().join("smollm2-135m.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `python3 scripts/fetch_model.py smollm2-135m` first",
-        path.display()
-    );
-    let file = Arc::new(GgufFile::open(&path).unwrap());
-    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let (file, tokenizer) = common::models::open("smollm2-135m");
     let options = LoadOptions {
         n_ctx: N_CTX,
         n_batch: 8,

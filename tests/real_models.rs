@@ -1,59 +1,24 @@
 //! End-to-end checks on the real models of `../shared/testdata/README.md`, fetched by
 //! `scripts/fetch_model.py` (CI fetches them first). A missing model fails the test.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+// The kernel tests' helpers there are not used here.
+#[allow(dead_code)]
+mod common;
+
+use common::models::*;
 use vibrant::backend::cpu::CpuBackend;
 use vibrant::backend::gpu::{GpuOptions, WgpuBackend};
-use vibrant::backend::Backend;
-use vibrant::gguf::GgufFile;
-use vibrant::model::{LoadOptions, Transformer};
+use vibrant::model::Transformer;
 use vibrant::quant::GgmlType;
-use vibrant::tokenizer::Tokenizer;
 
 const CHATML_FRANCE: &str =
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 
-fn model_path(name: &str) -> PathBuf {
-    let path = vibrant::catalog::models_dir().join(format!("{name}.gguf"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `python3 scripts/fetch_model.py {name}` first",
-        path.display()
-    );
-    path
-}
-
-fn open(name: &str) -> (Arc<GgufFile>, Tokenizer) {
-    let file = Arc::new(GgufFile::open(model_path(name)).unwrap());
-    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
-    (file, tokenizer)
-}
-
-fn options() -> LoadOptions {
-    LoadOptions {
-        n_ctx: 512,
-        n_batch: 64,
-        ..LoadOptions::default()
-    }
-}
-
-/// Greedy decoding by hand: the prompt, then `steps` argmax tokens fed back one at a time.
-fn greedy<B: Backend>(model: &mut Transformer<B>, prompt: &[u32], steps: usize) -> Vec<u32> {
-    model.forward(prompt).unwrap();
-    let mut out = Vec::new();
-    for _ in 0..steps {
-        let next = model.argmax().unwrap();
-        out.push(next);
-        model.forward(&[next]).unwrap();
-    }
-    out
-}
-
 fn cpu_greedy(name: &str, prompt: &str, steps: usize) -> Vec<u32> {
     let (file, tokenizer) = open(name);
     let tokens = tokenizer.encode(prompt, true).unwrap();
-    let mut model = Transformer::load(&file, CpuBackend::new(0).unwrap(), &options()).unwrap();
+    let mut model =
+        Transformer::load(&file, CpuBackend::new(0).unwrap(), &short_context()).unwrap();
     greedy(&mut model, &tokens, steps)
 }
 
@@ -87,8 +52,9 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 /// ties round; activations truncated instead of rounded give 9.7e-2.
 fn gpu_matches_cpu(name: &str, prompts: &[&str], steps: usize) {
     let (file, tokenizer) = open(name);
-    let mut cpu = Transformer::load(&file, CpuBackend::exact(0).unwrap(), &options()).unwrap();
-    let mut fast = Transformer::load(&file, CpuBackend::new(0).unwrap(), &options()).unwrap();
+    let mut cpu =
+        Transformer::load(&file, CpuBackend::exact(0).unwrap(), &short_context()).unwrap();
+    let mut fast = Transformer::load(&file, CpuBackend::new(0).unwrap(), &short_context()).unwrap();
     // Lavapipe on a busy 2-core machine can take minutes for a 1.5B prompt step.
     let gpu_options = GpuOptions {
         timeout: std::time::Duration::from_secs(900),
@@ -96,7 +62,7 @@ fn gpu_matches_cpu(name: &str, prompts: &[&str], steps: usize) {
     };
     let gpu_backend = WgpuBackend::new(gpu_options)
         .expect("no GPU adapter: install mesa-vulkan-drivers (lavapipe) to run GPU tests");
-    let mut gpu = Transformer::load(&file, gpu_backend, &options()).unwrap();
+    let mut gpu = Transformer::load(&file, gpu_backend, &short_context()).unwrap();
     for prompt in prompts {
         let text = format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n");
         let tokens = tokenizer.encode(&text, true).unwrap();
@@ -183,8 +149,9 @@ fn fast_cpu_matches_exact_cpu_on_a_long_prompt() {
     let text = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let tokens = tokenizer.encode(text, true).unwrap();
     assert!(tokens.len() > 32, "{} tokens", tokens.len());
-    let mut exact = Transformer::load(&file, CpuBackend::exact(0).unwrap(), &options()).unwrap();
-    let mut fast = Transformer::load(&file, CpuBackend::new(0).unwrap(), &options()).unwrap();
+    let mut exact =
+        Transformer::load(&file, CpuBackend::exact(0).unwrap(), &short_context()).unwrap();
+    let mut fast = Transformer::load(&file, CpuBackend::new(0).unwrap(), &short_context()).unwrap();
     exact.forward(&tokens).unwrap();
     fast.forward(&tokens).unwrap();
     let error = relative_error(&fast.logits().unwrap(), &exact.logits().unwrap());

@@ -30,15 +30,7 @@ const N_CTX: usize = 128;
 fn source() -> Arc<GgufFile> {
     static SOURCE: OnceLock<Arc<GgufFile>> = OnceLock::new();
     SOURCE
-        .get_or_init(|| {
-            let path = vibrant::catalog::models_dir().join("smollm2-135m.gguf");
-            assert!(
-                path.is_file(),
-                "{} is missing: run `python3 scripts/fetch_model.py smollm2-135m` first",
-                path.display()
-            );
-            Arc::new(GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}")))
-        })
+        .get_or_init(|| common::models::open("smollm2-135m").0)
         .clone()
 }
 

@@ -19,15 +19,7 @@ use vibrant::model::{LoadOptions, SeqChunk, Transformer};
 use vibrant::tokenizer::Tokenizer;
 
 fn open() -> (Arc<GgufFile>, Tokenizer) {
-    let path = vibrant::catalog::models_dir().join("smollm2-135m.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `python3 scripts/fetch_model.py smollm2-135m` first",
-        path.display()
-    );
-    let file = Arc::new(GgufFile::open(&path).unwrap());
-    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
-    (file, tokenizer)
+    common::models::open("smollm2-135m")
 }
 
 fn load<B: Backend>(file: &Arc<GgufFile>, backend: B, n_seq: usize) -> Transformer<B> {

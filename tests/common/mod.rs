@@ -11,6 +11,9 @@ pub mod repack;
 pub mod cuda;
 #[allow(dead_code)]
 pub mod sha256;
+// The tests of whole models.
+#[allow(dead_code)]
+pub mod models;
 // Used by the kernel tests of every backend.
 pub mod ops;
 
