@@ -5,7 +5,7 @@
 //! the trait's compositions of them. Any batch of sequences runs, each row at its own slot
 //! and position of the cache.
 
-use super::weights::check_parts;
+use super::weights::{check_parts, expert_count};
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, CacheLayer, CacheType, Dims,
     ExpertInput, HostTokens, KvLayout, KvTypes, MatrixUse, Result, RmsNorm, Rope, RopeKind,
@@ -261,16 +261,7 @@ impl Backend for CpuBackend {
         if let Some(bias) = &bias {
             self.bytes_held += 4 * bias.len() as u64;
         }
-        let experts = match usage {
-            MatrixUse::Experts(n) if n == 0 || !first.is_multiple_of(n) || bias.is_some() => {
-                return Err(BackendError::Unsupported(format!(
-                    "{name}: {first} rows{} are not {n} experts' blocks of rows",
-                    if bias.is_some() { " with biases" } else { "" }
-                )))
-            }
-            MatrixUse::Experts(n) => n,
-            _ => 1,
-        };
+        let experts = expert_count(name, first, usage, bias.is_some())?;
         Ok(CpuMatrix {
             name: name.to_string(),
             rows: first,

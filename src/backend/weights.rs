@@ -124,6 +124,26 @@ pub(crate) fn check_parts(
     Ok((row_bytes, has_bias.then_some(bias)))
 }
 
+/// The experts a matrix for `usage` holds (1 unless it is [`MatrixUse::Experts`]), refusing
+/// experts whose count does not divide the matrix's `rows`, or with biases.
+pub(crate) fn expert_count(
+    name: &str,
+    rows: usize,
+    usage: MatrixUse,
+    has_bias: bool,
+) -> Result<usize> {
+    match usage {
+        MatrixUse::Experts(n) if n == 0 || !rows.is_multiple_of(n) || has_bias => {
+            Err(BackendError::Unsupported(format!(
+                "{name}: {rows} rows{} are not {n} experts' blocks of rows",
+                if has_bias { " with biases" } else { "" }
+            )))
+        }
+        MatrixUse::Experts(n) => Ok(n),
+        _ => Ok(1),
+    }
+}
+
 /// What a matrix's products feed. A backend may keep the rows of a `GateUp` or `Qkv` matrix
 /// in an order of its own for a fused kernel; such a matrix then goes only to the op that
 /// takes it ([`super::Backend::norm_glu`], [`super::Backend::attention_inputs`]), which that
@@ -139,4 +159,26 @@ pub enum MatrixUse {
     /// This many experts' matrices, one block of equal rows each, in expert order, for
     /// [`super::Backend::matmul_id`] only.
     Experts(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expert_counts_must_divide_the_rows_and_come_without_biases() {
+        assert_eq!(
+            expert_count("w", 12, MatrixUse::Experts(4), false).unwrap(),
+            4
+        );
+        assert_eq!(expert_count("w", 7, MatrixUse::Plain, true).unwrap(), 1);
+        for (rows, n, bias) in [(12, 5, false), (12, 0, false), (12, 4, true)] {
+            let e = expert_count("blk.0.ffn_up_exps", rows, MatrixUse::Experts(n), bias);
+            let message = e.unwrap_err().to_string();
+            assert!(
+                message.starts_with("blk.0.ffn_up_exps: 12 rows") && message.contains("experts'"),
+                "{message}"
+            );
+        }
+    }
 }

@@ -7,7 +7,7 @@ use super::{
     BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
     DeviceBuffer, MAX_HEAD_DIM,
 };
-use crate::backend::weights::check_parts;
+use crate::backend::weights::{check_parts, expert_count};
 use crate::backend::{
     Activation, AttentionOpts, Backend, BackendError, Batch, CacheLayer, CacheType, ExpertInput,
     HostTokens, KvLayout, MatrixUse, Pointwise, Result, RmsNorm, Rope, Routing, Scratch,
@@ -185,16 +185,7 @@ impl Backend for CudaBackend {
     ) -> Result<CudaMatrix> {
         let (row_bytes, bias) = check_parts(name, cols, &parts)?;
         let total: usize = parts.iter().map(|p| p.rows).sum();
-        let experts = match usage {
-            MatrixUse::Experts(n) if n == 0 || !total.is_multiple_of(n) || bias.is_some() => {
-                return Err(BackendError::Unsupported(format!(
-                    "{name}: {total} rows{} are not {n} experts' blocks of rows",
-                    if bias.is_some() { " with biases" } else { "" }
-                )))
-            }
-            MatrixUse::Experts(n) => n,
-            _ => 1,
-        };
+        let experts = expert_count(name, total, usage, bias.is_some())?;
         let mut kept = Vec::with_capacity(parts.len());
         let mut first = 0;
         for (part, row_bytes) in parts.into_iter().zip(row_bytes) {
