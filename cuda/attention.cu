@@ -6,8 +6,6 @@
 // rows[2t] is the first cache row of row t's slot, rows[2t + 1] its position. One block of
 // ATT_THREADS threads per (row, query head); head_dim <= 2 × ATT_THREADS.
 
-#define ATT_THREADS 128
-
 extern "C" __global__ void attention(const float* q, const u8* k_cache, const u8* v_cache,
                                      int k_type, int v_type, float* out, const int* rows,
                                      int n_head, int n_head_kv, int head_dim, float scale,

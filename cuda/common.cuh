@@ -1,5 +1,7 @@
 // Shared by every kernel file: vibrant prepends it to each source before NVRTC compiles it, so
-// that no include path (and no CUDA toolkit headers) is needed at run time.
+// that no include path (and no CUDA toolkit headers) is needed at run time. The sizes the Rust
+// side launches with (MM_TOKENS, MV_WARPS, ATT_THREADS, MAX_HEAD_DIM) come as -D options from
+// src/backend/cuda/mod.rs's KERNEL_CONSTANTS.
 
 typedef unsigned char u8;
 typedef signed char i8;

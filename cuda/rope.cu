@@ -5,8 +5,6 @@
 // rows[2t] is the first cache row of row t's slot (slot × n_ctx), rows[2t + 1] its position.
 // One block per (row, head): n_head query heads, then n_head_kv key heads, then value heads.
 
-#define MAX_HEAD_DIM 256
-
 extern "C" __global__ void rope_store_kv(const float* qkv, float* q, u8* k_cache, u8* v_cache,
                                          int k_type, int v_type, const float* cos_sin,
                                          const int* rows, const float* q_norm,

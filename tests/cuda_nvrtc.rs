@@ -23,3 +23,19 @@ fn every_kernel_file_compiles_for_sm_90() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+#[test]
+fn every_kernel_the_backend_launches_is_an_entry_of_its_file() {
+    assert!(
+        compile::nvrtc_present(),
+        "libnvrtc.so.13 is not on the library path"
+    );
+    for (file, function) in vibrant::backend::cuda::entry_points() {
+        let ptx = compile::compile(file, (9, 0), None).expect("compiles");
+        let ptx = String::from_utf8_lossy(&ptx);
+        assert!(
+            ptx.contains(&format!(".entry {function}(")),
+            "cuda/{file}.cu has no kernel {function}"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 use super::kernels::{int, ArgBits, Kernel};
 use super::{
     BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
-    DeviceBuffer, MAX_HEAD_DIM,
+    DeviceBuffer, ATT_THREADS, MAX_HEAD_DIM, MM_TOKENS, MV_WARPS,
 };
 use crate::backend::weights::{check_parts, expert_count};
 use crate::backend::{
@@ -19,10 +19,6 @@ use std::rc::Rc;
 const ROW_THREADS: u32 = 128;
 /// Threads per block of the element-wise kernels.
 const ELEMENT_THREADS: u32 = 256;
-/// Tokens per block of cuda/matmul.cu (MM_TOKENS).
-const MM_TOKENS: usize = 8;
-/// Threads per block of cuda/attention.cu (ATT_THREADS).
-const ATT_THREADS: u32 = 128;
 
 /// A cache type as cuda/kv.cuh names it: its ggml type id.
 fn cache_type(ty: CacheType) -> u64 {
@@ -126,7 +122,8 @@ impl CudaBackend {
     }
 
     /// The products of `n` rows of `x` with a part's rows (`rows` of them, from row
-    /// `first` of the part), into `out`'s columns from `out_first`.
+    /// `first` of the part), into `out`'s columns from `out_first`. Block-quantized parts take
+    /// the warp-per-row kernel of their type; float rows (of any width) the generic one.
     fn matmul_part(
         &mut self,
         part: &CudaPart,
@@ -135,10 +132,28 @@ impl CudaBackend {
         bias: u64,
         (n, cols, out_first): (usize, usize, usize),
     ) {
-        let grid = (part.rows as u32, n.div_ceil(MM_TOKENS) as u32, 1);
+        let token_groups = n.div_ceil(MM_TOKENS) as u32;
+        if part.ggml_type.block_size() > 1 {
+            let grid = (part.rows.div_ceil(MV_WARPS) as u32, token_groups, 1);
+            let args = [
+                part.buf.ptr,
+                int(part.row_bytes),
+                x.buf.ptr,
+                out.buf.ptr,
+                bias,
+                int(part.rows),
+                int(cols),
+                int(n),
+                int(out.cols),
+                int(out_first),
+            ];
+            let threads = 32 * MV_WARPS as u32;
+            self.launch(Kernel::MatmulChunks(part.ggml_type), grid, threads, &args);
+            return;
+        }
         self.launch(
             Kernel::Matmul,
-            grid,
+            (part.rows as u32, token_groups, 1),
             ROW_THREADS,
             &[
                 part.buf.ptr,
@@ -565,7 +580,7 @@ impl Backend for CudaBackend {
         self.launch(
             Kernel::Attention,
             (n as u32, shape.n_head as u32, 1),
-            ATT_THREADS,
+            ATT_THREADS as u32,
             &[
                 q.buf.ptr,
                 cache.k[at.layer].ptr,

@@ -3,6 +3,7 @@
 //! architecture, and kept on disk under the user's cache directory, keyed by a hash of the
 //! source, the options, the architecture and the driver: the driver JIT-compiles PTX at load.
 
+use super::KERNEL_CONSTANTS;
 use crate::backend::{BackendError, Result};
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 use std::collections::HashMap;
@@ -48,11 +49,17 @@ pub fn full_source(name: &str) -> Option<String> {
 /// never rounds to another f16 or q8_0 step in the cache than on the CPU); the kernels are
 /// bound by memory, not by arithmetic.
 fn options(cc: (i32, i32)) -> Vec<String> {
-    vec![
+    let constants = KERNEL_CONSTANTS
+        .iter()
+        .map(|(name, v)| format!("-D{name}={v}"));
+    [
         format!("--gpu-architecture=compute_{}{}", cc.0, cc.1),
         "--std=c++17".into(),
         "--fmad=false".into(),
     ]
+    .into_iter()
+    .chain(constants)
+    .collect()
 }
 
 /// The PTX of kernel file `name` for compute capability `cc`, NUL-terminated (as the driver

@@ -5,6 +5,7 @@
 use super::compile;
 use super::device::{driver_error, Device};
 use crate::backend::{BackendError, Result};
+use crate::quant::{GgmlType, ALL_TYPES};
 use cudarc::driver::{result, sys};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -13,6 +14,8 @@ use std::ffi::{c_void, CString};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
     Matmul,
+    /// cuda/matmul.cu's warp-per-row products of one block-quantized type.
+    MatmulChunks(GgmlType),
     Embed,
     RmsNorm,
     Add,
@@ -29,7 +32,7 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    const ALL: [Kernel; 14] = [
+    const FIXED: [Kernel; 14] = [
         Kernel::Matmul,
         Kernel::Embed,
         Kernel::RmsNorm,
@@ -46,10 +49,18 @@ impl Kernel {
         Kernel::Hang,
     ];
 
+    pub(crate) fn all() -> impl Iterator<Item = Kernel> {
+        let chunked = ALL_TYPES.into_iter().filter(|t| t.block_size() > 1);
+        Self::FIXED
+            .into_iter()
+            .chain(chunked.map(Kernel::MatmulChunks))
+    }
+
     /// The source file and the function.
     pub(crate) fn place(self) -> (&'static str, &'static str) {
         match self {
             Self::Matmul => ("matmul", "matmul"),
+            Self::MatmulChunks(ty) => ("matmul", chunked_matmul_name(ty)),
             Self::Embed => ("matmul", "embed"),
             Self::RmsNorm => ("norm", "rms_norm"),
             Self::Add => ("elementwise", "add"),
@@ -64,6 +75,23 @@ impl Kernel {
             Self::MoeCombineAdd => ("moe", "moe_combine_add"),
             Self::Hang => ("hang", "hang"),
         }
+    }
+}
+
+/// The function of cuda/matmul.cu's MATMUL_CHUNKS for a block-quantized type.
+fn chunked_matmul_name(ty: GgmlType) -> &'static str {
+    match ty {
+        GgmlType::Q4_0 => "matmul_q4_0",
+        GgmlType::Q4_1 => "matmul_q4_1",
+        GgmlType::Q5_0 => "matmul_q5_0",
+        GgmlType::Q5_1 => "matmul_q5_1",
+        GgmlType::Q8_0 => "matmul_q8_0",
+        GgmlType::Q2K => "matmul_q2_k",
+        GgmlType::Q3K => "matmul_q3_k",
+        GgmlType::Q4K => "matmul_q4_k",
+        GgmlType::Q5K => "matmul_q5_k",
+        GgmlType::Q6K => "matmul_q6_k",
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => "matmul",
     }
 }
 
@@ -117,7 +145,7 @@ impl Kernels {
             let module = unsafe { result::module::load_data(ptx.as_ptr() as *const c_void) }
                 .map_err(|e| driver_error(&format!("loading the kernels of cuda/{file}.cu"), e))?;
             kernels.modules.push(module);
-            for kernel in Kernel::ALL.into_iter().filter(|k| k.place().0 == file) {
+            for kernel in Kernel::all().filter(|k| k.place().0 == file) {
                 let name = CString::new(kernel.place().1).expect("no NUL");
                 // SAFETY: a module just loaded.
                 let f = unsafe { result::module::get_function(module, name) }.map_err(|e| {

@@ -26,9 +26,28 @@ use kernels::Kernels;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Longest attention head the kernels take (MAX_HEAD_DIM in cuda/rope.cu, twice ATT_THREADS
-/// in cuda/attention.cu).
+/// Longest attention head the kernels take (twice ATT_THREADS).
 pub const MAX_HEAD_DIM: usize = 256;
+/// Threads per block of cuda/attention.cu.
+const ATT_THREADS: usize = 128;
+/// Tokens per block of cuda/matmul.cu's products.
+const MM_TOKENS: usize = 8;
+/// Weight rows per block of cuda/matmul.cu's chunked products, a warp each.
+const MV_WARPS: usize = 4;
+
+/// The constants the kernels are compiled with (as `-D` options): Rust is their one source.
+pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 4] = [
+    ("MAX_HEAD_DIM", MAX_HEAD_DIM),
+    ("ATT_THREADS", ATT_THREADS),
+    ("MM_TOKENS", MM_TOKENS),
+    ("MV_WARPS", MV_WARPS),
+];
+
+/// Every kernel the backend launches, as (file in `cuda/`, function): each must be an entry
+/// of its file's PTX (tests/cuda_nvrtc.rs).
+pub fn entry_points() -> Vec<(&'static str, &'static str)> {
+    kernels::Kernel::all().map(|k| k.place()).collect()
+}
 
 /// A `[rows, cols]` f32 tensor; scratch tensors share their buffer with the backend.
 #[derive(Clone)]
