@@ -7,17 +7,21 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use vibrant::chat::{ChatTemplate, Message};
+use vibrant::chat::{ChatTemplate, Message, RenderOptions};
 use vibrant::gguf::GgufFile;
 use vibrant::tokenizer::Tokenizer;
 
 const MODEL: &str = "smollm2-135m";
 
 fn model_path() -> std::path::PathBuf {
-    let path = vibrant::catalog::models_dir().join(format!("{MODEL}.gguf"));
+    named_model_path(MODEL)
+}
+
+fn named_model_path(name: &str) -> std::path::PathBuf {
+    let path = vibrant::catalog::models_dir().join(format!("{name}.gguf"));
     assert!(
         path.is_file(),
-        "{} is missing: run `python3 scripts/fetch_model.py {MODEL}` first",
+        "{} is missing: run `python3 scripts/fetch_model.py {name}` first",
         path.display()
     );
     path
@@ -33,7 +37,11 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
-        let path = model_path();
+        Self::start_model(MODEL, extra)
+    }
+
+    fn start_model(model: &str, extra: &[&str]) -> Self {
+        let path = named_model_path(model);
         let mut child = Command::new(env!("CARGO_BIN_EXE_vibrant"))
             .args(["serve", "-m"])
             .arg(&path)
@@ -598,6 +606,146 @@ fn ollama_routes_answer_in_ollamas_shapes() {
         .unwrap_or_default()
         .to_string();
     assert!(message.contains("llama3"), "{}", unknown.body);
+}
+
+const TOOL_MODEL: &str = "qwen2.5-coder-0.5b";
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "description": "The city"}}, "required": ["city"]}}}])
+}
+
+fn tool_request(question: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": TOOL_MODEL, "messages": [{"role": "user", "content": question}],
+        "tools": weather_tools(), "temperature": 0, "max_tokens": 60,
+    });
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+/// The one call of a whole answer: its function's name and its arguments, parsed.
+fn only_call(reply: &Reply) -> (String, Value) {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let choice = &reply.json()["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{}", reply.body);
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{}", reply.body);
+    assert_eq!(calls[0]["type"], "function");
+    let function = &calls[0]["function"];
+    let arguments = serde_json::from_str(function["arguments"].as_str().unwrap()).unwrap();
+    (function["name"].as_str().unwrap().to_string(), arguments)
+}
+
+/// Tools on Qwen2.5-Coder-0.5B (greedy): the template shows them to the model, its call comes
+/// back as `tool_calls` (whole and streamed, OpenAI and Ollama), a required call is held to
+/// the tools, and a conversation carrying a call and its result reaches the template whole.
+#[test]
+fn tool_calls_come_back_in_openai_and_ollama_shapes() {
+    let server = Server::start_model(TOOL_MODEL, &["--parallel", "2"]);
+    let question = "What is the weather like in Paris today?";
+    let whole = server.post("/v1/chat/completions", &tool_request(question, json!({})));
+    let paris = json!({"city": "Paris"});
+    assert_eq!(
+        only_call(&whole),
+        ("get_weather".to_string(), paris.clone())
+    );
+    assert!(whole.json()["choices"][0]["message"]["content"].is_null());
+
+    let streamed = server.post(
+        "/v1/chat/completions",
+        &tool_request(question, json!({"stream": true})),
+    );
+    let events = streamed.events();
+    let content: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "", "{}", streamed.body);
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(deltas.len(), 1, "{}", streamed.body);
+    assert_eq!(deltas[0][0]["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(deltas[0][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, paris);
+    let last = &events[events.len() - 1]["choices"][0];
+    assert_eq!(last["finish_reason"], "tool_calls");
+
+    let required = tool_request("Say hello.", json!({"tool_choice": "required"}));
+    let (name, arguments) = only_call(&server.post("/v1/chat/completions", &required));
+    assert_eq!(name, "get_weather");
+    assert!(arguments.is_object(), "{arguments}");
+    let named = json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}});
+    let (_, arguments) =
+        only_call(&server.post("/v1/chat/completions", &tool_request("Say hello.", named)));
+    assert!(arguments["city"].is_string(), "{arguments}");
+    let unknown = json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}});
+    let refused = server.post("/v1/chat/completions", &tool_request(question, unknown));
+    assert_error(&refused, 400, "invalid_value");
+
+    let call = json!({"id": "call_1", "type": "function",
+        "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
+    let mut round = tool_request(question, json!({"max_tokens": 8}));
+    round["messages"] = json!([
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C and sunny"},
+    ]);
+    let answer = server.post("/v1/chat/completions", &round);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let template_call = json!({"id": "call_1", "type": "function",
+        "function": {"name": "get_weather", "arguments": {"city": "Paris"}}});
+    let messages = [
+        Message::user(question),
+        Message::assistant("").with("tool_calls", json!([template_call])),
+        Message::new("tool", "22 C and sunny").with("tool_call_id", json!("call_1")),
+    ];
+    let file = GgufFile::open(named_model_path(TOOL_MODEL)).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let options = RenderOptions::new(true).set("tools", &weather_tools());
+    let text = ChatTemplate::from_gguf(&file)
+        .unwrap()
+        .render_with(&messages, &options)
+        .unwrap();
+    assert!(text.contains("<tool_response>\n22 C and sunny"), "{text}");
+    assert_eq!(
+        answer.json()["usage"]["prompt_tokens"],
+        tokenizer.encode(&text, true).unwrap().len()
+    );
+
+    let ollama = json!({"model": TOOL_MODEL, "stream": false, "options": {"temperature": 0},
+        "messages": [{"role": "user", "content": question}], "tools": weather_tools()});
+    let reply = server.post("/api/chat", &ollama);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let calls = &reply.json()["message"]["tool_calls"];
+    assert_eq!(calls[0]["function"]["arguments"], paris, "{}", reply.body);
+    let mut streaming = ollama.clone();
+    streaming["stream"] = json!(true);
+    let lines = server.post("/api/chat", &streaming).body;
+    let with_calls: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["message"].get("tool_calls").is_some())
+        .collect();
+    assert_eq!(with_calls.len(), 1, "{lines}");
+    assert_eq!(
+        with_calls[0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    let show = server
+        .post("/api/show", &json!({"model": TOOL_MODEL}))
+        .json();
+    assert!(show["capabilities"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("tools")));
 }
 
 /// The official `openai` Python package (`pip install openai`) against the server.

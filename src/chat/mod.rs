@@ -29,6 +29,9 @@ pub struct Message {
     /// `system`, `user`, `assistant` (or whatever other role a template knows).
     pub role: String,
     pub content: String,
+    /// Further keys templates read from a message, in order: an assistant turn's
+    /// `tool_calls`, a tool result's `tool_call_id` or `name`.
+    pub fields: Vec<(String, serde_json::Value)>,
 }
 
 impl Message {
@@ -36,7 +39,14 @@ impl Message {
         Self {
             role: role.into(),
             content: content.into(),
+            fields: Vec::new(),
         }
+    }
+
+    /// The message with key `name` set to `value` as well.
+    pub fn with(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        self.fields.push((name.into(), value));
+        self
     }
 
     pub fn system(content: impl Into<String>) -> Self {
@@ -130,6 +140,12 @@ impl RenderOptions {
         self.vars.push((name.into(), value));
         Ok(self)
     }
+
+    /// Sets the template variable `name` to `value`.
+    pub fn set(mut self, name: &str, value: &serde_json::Value) -> Self {
+        self.vars.push((name.into(), Value::from_serialize(value)));
+        self
+    }
 }
 
 /// A compiled chat template with the special tokens it is rendered with.
@@ -139,6 +155,7 @@ pub struct ChatTemplate {
     bos_token: String,
     eos_token: String,
     builtin: Option<BuiltinFormat>,
+    source: String,
 }
 
 impl fmt::Debug for ChatTemplate {
@@ -200,6 +217,7 @@ impl ChatTemplate {
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
             builtin: None,
+            source: source.to_string(),
         })
     }
 
@@ -211,6 +229,11 @@ impl ChatTemplate {
     /// The built-in format in use when the file had no template of its own.
     pub fn builtin_format(&self) -> Option<BuiltinFormat> {
         self.builtin
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Whether this is one of vibrant's built-in formats rather than the file's template.
@@ -254,10 +277,18 @@ impl ChatTemplate {
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| {
-                Value::from_iter([
-                    ("role", Value::from(m.role.as_str())),
-                    ("content", Value::from(m.content.as_str())),
-                ])
+                let fields = m
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), Value::from_serialize(v)));
+                Value::from_iter(
+                    [
+                        ("role", Value::from(m.role.as_str())),
+                        ("content", Value::from(m.content.as_str())),
+                    ]
+                    .into_iter()
+                    .chain(fields),
+                )
             })
             .collect();
         let mut vars: Vec<(String, Value)> = vec![

@@ -6,6 +6,7 @@ mod grammar;
 mod metrics;
 mod routes;
 mod scheduler;
+mod tools;
 mod wire;
 
 pub use scheduler::{Limits, StepModel};

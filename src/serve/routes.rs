@@ -7,9 +7,10 @@ mod openai;
 
 use super::metrics::Metrics;
 use super::scheduler::{Event, Finish, Job, Limits, TokenLogprob};
+use super::tools::{self, CallReader, ToolCall, ToolUse};
 use super::wire::{self, ApiError, Settings};
 use super::{ModelInfo, ServeConfig};
-use crate::chat::Message;
+use crate::chat::{ChatTemplate, Message, RenderOptions};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -185,17 +186,38 @@ fn check_model(s: &Shared, model: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-/// Messages → prompt text through the model's chat template.
-fn render_chat(s: &Shared, messages: &[wire::WireMessage]) -> Result<String, ApiError> {
-    let Some(template) = &s.info.template else {
-        return Err(ApiError::bad_request(
+/// The model's chat template, which the chat routes need.
+fn chat_template(s: &Shared) -> Result<&ChatTemplate, ApiError> {
+    s.info.template.as_ref().ok_or_else(|| {
+        ApiError::bad_request(
             "no_chat_template",
             format!(
                 "model '{}' has no chat template: use /v1/completions",
                 s.info.name
             ),
-        ));
-    };
+        )
+    })
+}
+
+/// The tools a chat request offers, for this model's template.
+fn tool_use(
+    s: &Shared,
+    tools: Option<&[Value]>,
+    tool_choice: Option<&Value>,
+) -> Result<Option<ToolUse>, ApiError> {
+    match tools.is_some_and(|t| !t.is_empty()) {
+        true => ToolUse::new(tools, tool_choice, chat_template(s)?.source()),
+        false => Ok(None),
+    }
+}
+
+/// Messages (and tools) → prompt text through the model's chat template.
+fn render_chat(
+    s: &Shared,
+    messages: &[wire::WireMessage],
+    tools: Option<&ToolUse>,
+) -> Result<String, ApiError> {
+    let template = chat_template(s)?;
     if messages.is_empty() {
         return Err(
             ApiError::bad_request("invalid_request", "messages is empty").with_param("messages"),
@@ -205,12 +227,44 @@ fn render_chat(s: &Shared, messages: &[wire::WireMessage]) -> Result<String, Api
         .iter()
         .map(|m| {
             let content = m.content.as_ref().map(|c| c.text()).transpose()?;
-            Ok(Message::new(&m.role, content.unwrap_or_default()))
+            let mut message = Message::new(&m.role, content.unwrap_or_default());
+            if let Some(calls) = &m.tool_calls {
+                message = message.with("tool_calls", tools::template_calls(calls));
+            }
+            if let Some(id) = &m.tool_call_id {
+                message = message.with("tool_call_id", json!(id));
+            }
+            if let Some(name) = &m.name {
+                message = message.with("name", json!(name));
+            }
+            Ok(message)
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    template.render(&messages, true).map_err(|e| {
+    let mut options = RenderOptions::new(true);
+    if let Some(t) = tools {
+        options = options.set("tools", &t.tools);
+    }
+    let prompt = template.render_with(&messages, &options).map_err(|e| {
         ApiError::bad_request("invalid_messages", e.to_string()).with_param("messages")
-    })
+    })?;
+    Ok(prompt + tools.map_or("", |t| t.prompt_suffix))
+}
+
+/// A required tool call holds the answer to the call's JSON, which leaves no room for a
+/// `response_format` of the request's own.
+fn tool_grammar(settings: &mut Settings, tools: Option<&ToolUse>) -> Result<(), ApiError> {
+    let Some(grammar) = tools.and_then(|t| t.grammar.clone()) else {
+        return Ok(());
+    };
+    if settings.grammar.is_some() {
+        return Err(ApiError::bad_request(
+            "unsupported_value",
+            "a required tool call cannot be combined with a JSON response format",
+        )
+        .with_param("response_format"));
+    }
+    settings.grammar = Some(grammar);
+    Ok(())
 }
 
 /// Prompt text → tokens (BOS first where the vocabulary wants one), within one slot's context.
@@ -312,6 +366,28 @@ async fn collect(
         }
     }
     Err(model_error("the model thread stopped".into()))
+}
+
+/// The answer's content and calls, where the request offered tools.
+fn read_calls(reader: Option<CallReader>, text: String) -> (String, Vec<ToolCall>) {
+    let Some(mut reader) = reader else {
+        return (text, Vec::new());
+    };
+    let mut content = reader.push(&text);
+    let (rest, calls) = reader.finish();
+    content.push_str(&rest);
+    match calls.is_empty() {
+        true => (content, calls),
+        false => (content.trim().to_string(), calls),
+    }
+}
+
+/// "tool_calls" where the answer made calls, else why the generation stopped.
+fn finish_reason(finish: &Finish, calls: &[ToolCall]) -> &'static str {
+    match calls.is_empty() {
+        true => finish.reason.name(),
+        false => "tool_calls",
+    }
 }
 
 fn model_error(message: String) -> ApiError {

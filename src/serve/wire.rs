@@ -96,21 +96,14 @@ pub struct WireMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
-}
-
-/// Tool calling is not offered: a request that gives tools the model may call (and does not
-/// forbid calling them with `tool_choice: "none"`) is refused, rather than answered by a
-/// model that never saw them. An empty list, as some clients always send, is no request.
-pub fn refuse_tools(tools: Option<&[Value]>, tool_choice: Option<&Value>) -> Result<(), ApiError> {
-    let offered = tools.is_some_and(|t| !t.is_empty());
-    if offered && tool_choice.and_then(Value::as_str) != Some("none") {
-        return Err(ApiError::bad_request(
-            "unsupported_value",
-            "tool calling is not supported by this server: send the request without `tools`",
-        )
-        .with_param("tools"));
-    }
-    Ok(())
+    /// An assistant turn's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
+    /// A tool result's call (OpenAI) and function (`name`, or Ollama's `tool_name`).
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default, alias = "tool_name")]
+    pub name: Option<String>,
 }
 
 /// `stop`: one string or several.

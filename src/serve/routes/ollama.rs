@@ -8,6 +8,8 @@ struct OllamaJob {
     prompt: Vec<u32>,
     settings: Settings,
     stream: bool,
+    /// Where the request offered tools: the reader of the calls in the answer.
+    calls: Option<CallReader>,
 }
 
 pub(super) async fn ollama_chat(
@@ -18,15 +20,16 @@ pub(super) async fn ollama_chat(
         let value = body_json(s, body, "/api/chat")?;
         let request: wire::OllamaChat = wire::parse(&value, "/api/chat")?;
         check_model(s, Some(&request.model))?;
-        wire::refuse_tools(request.tools.as_deref(), None)?;
+        let tools = tool_use(s, request.tools.as_deref(), None)?;
         Ok(OllamaJob {
             chat: true,
-            prompt: tokenize(s, &render_chat(s, &request.messages)?)?,
+            prompt: tokenize(s, &render_chat(s, &request.messages, tools.as_ref())?)?,
             settings: Settings {
                 grammar: wire::ollama_format(request.format.as_ref())?,
                 ..request.options.unwrap_or_default().settings(clock_seed())?
             },
             stream: request.stream.unwrap_or(true),
+            calls: tools.map(|t| t.reader()),
         })
     })
     .await;
@@ -60,6 +63,7 @@ pub(super) async fn ollama_generate(
                 ..request.options.unwrap_or_default().settings(clock_seed())?
             },
             stream: request.stream.unwrap_or(true),
+            calls: None,
         })
     })
     .await;
@@ -100,21 +104,50 @@ async fn answer_ollama(s: &Shared, job: Result<OllamaJob, ApiError>) -> Response
         Ok(events) => events,
         Err(e) => return ollama_error(s, e),
     };
-    let (model, chat) = (s.info.name.clone(), job.chat);
+    let (model, chat, mut calls) = (s.info.name.clone(), job.chat, job.calls);
     if !job.stream {
         return match collect(events).await {
             Ok((text, _, finish)) => {
-                json_response(StatusCode::OK, &ollama_done(&model, chat, &text, &finish))
+                let (text, made) = read_calls(calls, text);
+                let mut done = ollama_done(&model, chat, &text, &finish);
+                add_ollama_calls(&mut done, &made);
+                json_response(StatusCode::OK, &done)
             }
             Err(e) => ollama_error(s, e),
         };
     }
     let frame = move |event: Event| match event {
-        Event::Text(t, _) => (ndjson(&ollama_piece(&model, chat, &t, false)), false),
-        Event::Done(finish) => (ndjson(&ollama_done(&model, chat, "", &finish)), true),
+        Event::Text(t, _) => {
+            let t = match &mut calls {
+                Some(reader) => reader.push(&t),
+                None => t,
+            };
+            match t.is_empty() {
+                true => (Bytes::new(), false),
+                false => (ndjson(&ollama_piece(&model, chat, &t, false)), false),
+            }
+        }
+        Event::Done(finish) => {
+            let mut out = Vec::new();
+            let (rest, made) = calls.take().map_or((String::new(), vec![]), |r| r.finish());
+            if !rest.is_empty() || !made.is_empty() {
+                let mut piece = ollama_piece(&model, chat, &rest, false);
+                add_ollama_calls(&mut piece, &made);
+                out.extend_from_slice(&ndjson(&piece));
+            }
+            out.extend_from_slice(&ndjson(&ollama_done(&model, chat, "", &finish)));
+            (Bytes::from(out), true)
+        }
         Event::Failed(why) => (ndjson(&json!({"error": why})), true),
     };
     stream(events, None, frame, "application/x-ndjson")
+}
+
+/// A chat answer's calls in Ollama's shape, on its `message`.
+fn add_ollama_calls(piece: &mut Value, calls: &[ToolCall]) {
+    if !calls.is_empty() {
+        piece["message"]["tool_calls"] = calls.iter().map(ToolCall::ollama).collect();
+    }
 }
 
 /// A refusal in Ollama's shape, `{"error": "<message>"}`, with the status and headers the
@@ -154,6 +187,19 @@ pub(super) async fn ollama_tags(State(s): State<AppState>) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
+/// Ollama's `capabilities`: chat where there is a template, tools where it calls them so
+/// that vibrant can read the calls.
+fn capabilities(info: &ModelInfo) -> Value {
+    let mut caps = vec!["completion"];
+    if let Some(template) = &info.template {
+        caps.push("chat");
+        if tools::reads_calls(template.source()) {
+            caps.push("tools");
+        }
+    }
+    json!(caps)
+}
+
 pub(super) async fn ollama_show(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -179,7 +225,7 @@ pub(super) async fn ollama_show(
             format!("{arch}.context_length"): info.n_ctx_train,
             "tokenizer.ggml.vocab_size": info.n_vocab,
         },
-        "capabilities": if info.template.is_some() { json!(["completion", "chat"]) } else { json!(["completion"]) },
+        "capabilities": capabilities(info),
     });
     json_response(StatusCode::OK, &body)
 }

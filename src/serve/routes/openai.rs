@@ -123,6 +123,8 @@ struct OpenAiJob {
     settings: Settings,
     stream: bool,
     include_usage: bool,
+    /// Where the request offered tools: the reader of the calls in the answer.
+    calls: Option<CallReader>,
 }
 
 pub(super) async fn chat_completions(
@@ -133,18 +135,20 @@ pub(super) async fn chat_completions(
         let value = body_json(s, body, "/v1/chat/completions")?;
         let request: wire::ChatRequest = wire::parse(&value, "/v1/chat/completions")?;
         check_model(s, request.model.as_deref())?;
-        wire::refuse_tools(request.tools.as_deref(), request.tool_choice.as_ref())?;
+        let tools = tool_use(s, request.tools.as_deref(), request.tool_choice.as_ref())?;
         let params: wire::OpenAiParams = wire::parse(&value, "/v1/chat/completions")?;
+        let mut settings = Settings {
+            logprobs: wire::parse::<wire::ChatLogprobs>(&value, "/v1/chat/completions")?.top()?,
+            ..params.settings(s.info.n_vocab, clock_seed())?
+        };
+        tool_grammar(&mut settings, tools.as_ref())?;
         Ok(OpenAiJob {
             kind: OpenAiKind::Chat,
-            prompt: tokenize(s, &render_chat(s, &request.messages)?)?,
-            settings: Settings {
-                logprobs: wire::parse::<wire::ChatLogprobs>(&value, "/v1/chat/completions")?
-                    .top()?,
-                ..params.settings(s.info.n_vocab, clock_seed())?
-            },
+            prompt: tokenize(s, &render_chat(s, &request.messages, tools.as_ref())?)?,
+            settings,
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
+            calls: tools.map(|t| t.reader()),
         })
     })
     .await;
@@ -180,10 +184,21 @@ pub(super) async fn completions(
             },
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
+            calls: None,
         })
     })
     .await;
     answer_openai(&s.0, job).await
+}
+
+/// OpenAI's `tool_calls` of an answer, with ids unique to it.
+fn openai_calls(id: &str, calls: &[ToolCall]) -> Vec<Value> {
+    let call = |(i, c): (usize, &ToolCall)| {
+        let mut v = c.openai(&format!("call_{id}_{i}"));
+        v["index"] = json!(i);
+        v
+    };
+    calls.iter().enumerate().map(call).collect()
 }
 
 async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response {
@@ -214,11 +229,21 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
         unix(SystemTime::now()).as_secs(),
         s.info.name.clone(),
     );
+    let mut calls = job.calls;
     if !job.stream {
         return match collect(events).await {
             Ok((text, tokens, finish)) => {
                 let logprobs = logprobs.json(&tokens);
-                let choice = kind.choice(Some(&text), Some(finish.reason.name()), false, logprobs);
+                let (text, made) = read_calls(calls, text);
+                let reason = finish_reason(&finish, &made);
+                let mut choice = kind.choice(Some(&text), Some(reason), false, logprobs);
+                if !made.is_empty() {
+                    let message = &mut choice["message"];
+                    message["tool_calls"] = json!(openai_calls(&id, &made));
+                    if text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                }
                 let body = json!({
                     "id": id, "object": kind.object(false), "created": created, "model": model,
                     "choices": [choice],
@@ -229,6 +254,7 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
             Err(e) => e.into_response(),
         };
     }
+    let call_ids = id.clone();
     let chunk = move |choices: Value| json!({"id": id, "object": kind.object(true), "created": created, "model": model, "choices": choices});
     let first = match kind {
         // The assistant's role comes first, as OpenAI streams it.
@@ -241,12 +267,33 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
     let include_usage = job.include_usage;
     let frame = move |event: Event| match event {
         Event::Text(t, tokens) => {
-            let choice = kind.choice(Some(&t), None, true, logprobs.json(&tokens));
+            let t = match &mut calls {
+                Some(reader) => reader.push(&t),
+                None => t,
+            };
+            let logprobs = logprobs.json(&tokens);
+            if t.is_empty() && logprobs.is_null() {
+                return (Bytes::new(), false);
+            }
+            let choice = kind.choice(Some(&t), None, true, logprobs);
             (sse(&chunk(json!([choice]))), false)
         }
         Event::Done(finish) => {
-            let choice = kind.choice(None, Some(finish.reason.name()), true, Value::Null);
-            let mut out = sse(&chunk(json!([choice]))).to_vec();
+            let mut out = Vec::new();
+            let (rest, made) = calls.take().map_or((String::new(), vec![]), |r| r.finish());
+            if !rest.is_empty() {
+                let choice = kind.choice(Some(&rest), None, true, Value::Null);
+                out.extend_from_slice(&sse(&chunk(json!([choice]))));
+            }
+            if !made.is_empty() {
+                let delta = json!({"tool_calls": openai_calls(&call_ids, &made)});
+                let choice =
+                    json!({"index": 0, "logprobs": null, "finish_reason": null, "delta": delta});
+                out.extend_from_slice(&sse(&chunk(json!([choice]))));
+            }
+            let reason = finish_reason(&finish, &made);
+            let choice = kind.choice(None, Some(reason), true, Value::Null);
+            out.extend_from_slice(&sse(&chunk(json!([choice]))));
             if include_usage {
                 let mut last = chunk(json!([]));
                 last["usage"] = usage(&finish);

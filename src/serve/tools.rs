@@ -1,0 +1,409 @@
+//! Tool calling: the request's `tools` go to the chat template, and the answer's calls come
+//! back out of the text. vibrant reads the format of the Hermes/Qwen templates (Qwen2.5,
+//! Qwen3, Hermes 2/3): each call is `<tool_call>{"name": …, "arguments": {…}}</tool_call>`;
+//! an answer that is nothing but such an object, naming one of the tools, is a call too (small
+//! models often leave out the tags).
+//! `tool_choice: "required"` (or a named function) opens the call in the prompt and holds the
+//! answer to a JSON object of the tools' names (and that function's parameters) with the
+//! grammar of `response_format`.
+
+use super::grammar::Schema;
+use super::wire::ApiError;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+const OPEN: &str = "<tool_call>";
+const CLOSE: &str = "</tool_call>";
+
+/// One call the model made: the function's name and its arguments, a JSON object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: Value,
+}
+
+impl ToolCall {
+    /// OpenAI's shape: `arguments` as JSON text, with an id per call of the answer.
+    pub fn openai(&self, id: &str) -> Value {
+        json!({"id": id, "type": "function",
+               "function": {"name": self.name, "arguments": self.arguments.to_string()}})
+    }
+
+    /// Ollama's shape: `arguments` as an object.
+    pub fn ollama(&self) -> Value {
+        json!({"function": {"name": self.name, "arguments": self.arguments}})
+    }
+}
+
+/// What a request's tools ask of the generation.
+#[derive(Clone, Debug)]
+pub struct ToolUse {
+    /// The tools as the template is given them.
+    pub tools: Value,
+    names: Vec<String>,
+    /// Text appended to the prompt: the opening of a call the model must make.
+    pub prompt_suffix: &'static str,
+    /// The JSON the answer is held to, where a call is required.
+    pub grammar: Option<Arc<Schema>>,
+}
+
+impl ToolUse {
+    /// The request's `tools` and `tool_choice` for a template of Jinja source `template`;
+    /// None where no tools are offered or `tool_choice` is "none". A template that shows the
+    /// model no tools, or calls them in another format, is a 400: the model would never see
+    /// the tools, or its calls would come back as text.
+    pub fn new(
+        tools: Option<&[Value]>,
+        tool_choice: Option<&Value>,
+        template: &str,
+    ) -> Result<Option<Self>, ApiError> {
+        let tools = match tools {
+            Some(t) if !t.is_empty() => t,
+            _ => return Ok(None),
+        };
+        let names = tool_names(tools)?;
+        let forced = match tool_choice {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s == "auto" => None,
+            Some(Value::String(s)) if s == "none" => return Ok(None),
+            Some(Value::String(s)) if s == "required" => Some(None),
+            Some(choice @ Value::Object(_)) => Some(Some(chosen(choice, &names)?)),
+            Some(other) => {
+                return Err(invalid(
+                    "tool_choice",
+                    format!("tool_choice must be \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": …}}}}, not {other}"),
+                ))
+            }
+        };
+        if !reads_calls(template) {
+            return Err(ApiError::bad_request(
+                "unsupported_value",
+                "this model's chat template has no tool-call format vibrant reads (<tool_call> \
+                 of Qwen and Hermes): send the request without `tools`",
+            )
+            .with_param("tools"));
+        }
+        let grammar = forced.map(|name| call_schema(tools, &names, name));
+        Ok(Some(Self {
+            tools: Value::Array(tools.to_vec()),
+            names,
+            prompt_suffix: if grammar.is_some() {
+                "<tool_call>\n"
+            } else {
+                ""
+            },
+            grammar,
+        }))
+    }
+
+    /// A reader of the answer's text as it comes (after the opening the prompt ends with).
+    pub fn reader(&self) -> CallReader {
+        CallReader {
+            text: self.prompt_suffix.to_string(),
+            sent: 0,
+            names: self.names.clone(),
+        }
+    }
+}
+
+/// Whether a template of Jinja source `template` shows the model tools and has it call them
+/// in the format vibrant reads.
+pub fn reads_calls(template: &str) -> bool {
+    template.contains("tools") && template.contains(OPEN)
+}
+
+fn invalid(param: &str, message: String) -> ApiError {
+    ApiError::bad_request("invalid_value", message).with_param(param)
+}
+
+/// Each tool's function name, as `{"type": "function", "function": {"name": …}}` gives it.
+fn tool_names(tools: &[Value]) -> Result<Vec<String>, ApiError> {
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            let name = tool.pointer("/function/name").and_then(Value::as_str);
+            match (tool.get("type").and_then(Value::as_str), name) {
+                (Some("function"), Some(name)) => Ok(name.to_string()),
+                _ => Err(invalid(
+                    "tools",
+                    format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"),
+                )),
+            }
+        })
+        .collect()
+}
+
+/// The function a `tool_choice` object names, which must be among the tools.
+fn chosen(choice: &Value, names: &[String]) -> Result<String, ApiError> {
+    let name = choice.pointer("/function/name").and_then(Value::as_str);
+    match name {
+        Some(n) if names.iter().any(|t| t == n) => Ok(n.to_string()),
+        Some(n) => Err(invalid(
+            "tool_choice",
+            format!("tool_choice names '{n}', which is not among the tools"),
+        )),
+        None => Err(invalid(
+            "tool_choice",
+            "tool_choice must name a function: {\"type\": \"function\", \"function\": {\"name\": …}}"
+                .into(),
+        )),
+    }
+}
+
+/// `{"name": one of the tools, "arguments": {…}}`: the named function's parameters where
+/// one is chosen and the grammar takes its schema, else any object.
+fn call_schema(tools: &[Value], names: &[String], chosen: Option<String>) -> Arc<Schema> {
+    let any_object = json!({"type": "object"});
+    let (allowed, arguments) = match chosen {
+        Some(name) => {
+            let parameters = tools
+                .iter()
+                .find(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(&name))
+                .and_then(|t| t.pointer("/function/parameters"))
+                .filter(|p| Schema::compile(p).is_ok())
+                .cloned()
+                .unwrap_or(any_object);
+            (vec![name], parameters)
+        }
+        None => (names.to_vec(), any_object),
+    };
+    let schema = json!({
+        "type": "object",
+        "properties": {"name": {"enum": allowed}, "arguments": arguments},
+        "required": ["name", "arguments"],
+        "additionalProperties": false,
+    });
+    Schema::compile(&schema).expect("a schema of names and an object compiles")
+}
+
+/// The answer's text, read as it comes: text before a call streams on at once, all but an
+/// end that may open one; from the first `<tool_call>` on, the rest waits for the end, as
+/// does an answer that begins as a JSON object (it may be a call without tags).
+pub struct CallReader {
+    text: String,
+    /// Bytes of `text` already given out as content.
+    sent: usize,
+    /// The tools' names, which an untagged call must use.
+    names: Vec<String>,
+}
+
+impl CallReader {
+    /// The content that can go out now, given the next piece of the answer.
+    pub fn push(&mut self, piece: &str) -> String {
+        self.text.push_str(piece);
+        let pending = &self.text[self.sent..];
+        let start = self.text.trim_start();
+        if self.sent == 0 && (start.is_empty() || start.starts_with('{')) {
+            return String::new();
+        }
+        let end = match pending.find(OPEN) {
+            Some(at) => at,
+            None => pending.len() - partial_open(pending),
+        };
+        let out = pending[..end].to_string();
+        self.sent += end;
+        out
+    }
+
+    /// The content not yet given out and the calls, once the answer has ended. A call whose
+    /// JSON does not parse stays in the content, so that nothing the model wrote is lost.
+    pub fn finish(self) -> (String, Vec<ToolCall>) {
+        let rest = &self.text[self.sent..];
+        let (content, calls) = split_calls(rest);
+        if calls.is_empty() && self.sent == 0 {
+            let untagged = parse_call(rest).filter(|c| self.names.contains(&c.name));
+            if let Some(call) = untagged {
+                return (String::new(), vec![call]);
+            }
+        }
+        (content, calls)
+    }
+}
+
+/// Bytes at the end of `text` that begin `<tool_call>`.
+fn partial_open(text: &str) -> usize {
+    (1..OPEN.len())
+        .rev()
+        .find(|&n| text.ends_with(&OPEN[..n]))
+        .unwrap_or(0)
+}
+
+/// Content and calls of a whole text; a call's closing tag may be missing at the very end.
+pub fn split_calls(text: &str) -> (String, Vec<ToolCall>) {
+    let (mut content, mut calls) = (String::new(), Vec::new());
+    let mut rest = text;
+    while let Some(at) = rest.find(OPEN) {
+        content.push_str(&rest[..at]);
+        let body_start = &rest[at + OPEN.len()..];
+        let (body, after) = match body_start.find(CLOSE) {
+            Some(end) => (&body_start[..end], &body_start[end + CLOSE.len()..]),
+            None => (body_start, ""),
+        };
+        match parse_call(body) {
+            Some(call) => calls.push(call),
+            None => content.push_str(&rest[at..rest.len() - after.len()]),
+        }
+        rest = after;
+    }
+    content.push_str(rest);
+    let content = match calls.is_empty() {
+        true => content,
+        false => content.trim().to_string(),
+    };
+    (content, calls)
+}
+
+fn parse_call(body: &str) -> Option<ToolCall> {
+    let value: Map<String, Value> = serde_json::from_str(body.trim()).ok()?;
+    let name = value.get("name")?.as_str()?.to_string();
+    let arguments = match value.get("arguments").or_else(|| value.get("parameters")) {
+        Some(Value::Object(a)) => Value::Object(a.clone()),
+        // Some models write the arguments as JSON text.
+        Some(Value::String(s)) => serde_json::from_str::<Map<String, Value>>(s)
+            .ok()
+            .map(Value::Object)?,
+        None => json!({}),
+        Some(_) => return None,
+    };
+    Some(ToolCall { name, arguments })
+}
+
+/// An assistant turn's `tool_calls` as templates read them: OpenAI's `arguments` text
+/// becomes the object it encodes (templates print it with `tojson`).
+pub fn template_calls(calls: &[Value]) -> Value {
+    let calls = calls.iter().map(|call| {
+        let mut call = call.clone();
+        if let Some(args) = call.pointer_mut("/function/arguments") {
+            if let Some(parsed) = args.as_str().and_then(|s| serde_json::from_str(s).ok()) {
+                *args = parsed;
+            }
+        }
+        call
+    });
+    Value::Array(calls.collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HERMES: &str = "{% if tools %}{{ tools | tojson }} <tool_call>{% endif %}";
+
+    fn weather() -> Vec<Value> {
+        vec![
+            json!({"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}}),
+        ]
+    }
+
+    #[test]
+    fn calls_come_out_of_the_text_and_the_rest_stays_content() {
+        let text = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": 1}\"}\n</tool_call>";
+        let (content, calls) = split_calls(text);
+        assert_eq!(content, "Let me look.");
+        assert_eq!(
+            calls,
+            [
+                ToolCall {
+                    name: "get_weather".into(),
+                    arguments: json!({"city": "Paris"})
+                },
+                ToolCall {
+                    name: "f".into(),
+                    arguments: json!({"x": 1})
+                },
+            ]
+        );
+        assert_eq!(
+            calls[0].openai("call_1")["function"]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
+    }
+
+    #[test]
+    fn a_call_that_does_not_parse_is_kept_as_text() {
+        let text = "a <tool_call>{\"name\": oops}</tool_call> b";
+        assert_eq!(split_calls(text), (text.to_string(), vec![]));
+        let unclosed = "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}";
+        assert_eq!(split_calls(unclosed).1.len(), 1);
+    }
+
+    #[test]
+    fn the_reader_holds_back_only_what_may_open_a_call() {
+        let tools = ToolUse::new(Some(&weather()), None, HERMES)
+            .unwrap()
+            .unwrap();
+        let mut reader = tools.reader();
+        assert_eq!(reader.push(" "), "");
+        assert_eq!(reader.push("Hello <tool"), " Hello ");
+        assert_eq!(reader.push("box>"), "<toolbox>");
+        assert_eq!(reader.push(" and <tool_"), " and ");
+        assert_eq!(reader.push("call>{\"name\": \"get_weather\", "), "");
+        assert_eq!(
+            reader.push("\"arguments\": {\"city\": \"Oslo\"}}</tool_call>"),
+            ""
+        );
+        let (content, calls) = reader.finish();
+        assert_eq!(content, "");
+        assert_eq!(calls[0].arguments, json!({"city": "Oslo"}));
+    }
+
+    #[test]
+    fn an_answer_that_is_only_a_call_of_a_tool_is_a_call() {
+        let tools = ToolUse::new(Some(&weather()), None, HERMES)
+            .unwrap()
+            .unwrap();
+        let mut reader = tools.reader();
+        assert_eq!(reader.push("{\"name\": \"get_weather\", "), "");
+        assert_eq!(reader.push("\"arguments\": {\"city\": \"Lima\"}}"), "");
+        let (content, calls) = reader.finish();
+        assert_eq!(
+            (content.as_str(), calls[0].name.as_str()),
+            ("", "get_weather")
+        );
+        let mut other = tools.reader();
+        let json = "{\"name\": \"Ann\", \"age\": 3}";
+        assert_eq!(other.push(json), "");
+        assert_eq!(other.finish(), (json.to_string(), vec![]));
+    }
+
+    #[test]
+    fn a_required_call_opens_in_the_prompt_and_is_held_to_the_tools() {
+        let tools = weather();
+        let forced = ToolUse::new(Some(&tools), Some(&json!("required")), HERMES)
+            .unwrap()
+            .unwrap();
+        assert_eq!(forced.prompt_suffix, "<tool_call>\n");
+        assert!(forced.grammar.is_some());
+        let mut reader = forced.reader();
+        reader.push("{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}");
+        assert_eq!(reader.finish().1[0].name, "get_weather");
+        let named = json!({"type": "function", "function": {"name": "get_weather"}});
+        assert!(ToolUse::new(Some(&tools), Some(&named), HERMES).is_ok());
+    }
+
+    #[test]
+    fn bad_tools_or_choices_and_templates_without_tools_are_400s() {
+        let tools = weather();
+        let none = ToolUse::new(Some(&tools), Some(&json!("none")), HERMES);
+        assert!(none.unwrap().is_none());
+        assert!(ToolUse::new(Some(&[]), None, "").unwrap().is_none());
+        let unknown = json!({"type": "function", "function": {"name": "nope"}});
+        let err = ToolUse::new(Some(&tools), Some(&unknown), HERMES).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("tool_choice"));
+        let err = ToolUse::new(Some(&[json!({"type": "web"})]), None, HERMES).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("tools"));
+        let err = ToolUse::new(Some(&tools), None, "{{ messages }}").unwrap_err();
+        assert_eq!((err.status, err.param.as_deref()), (400, Some("tools")));
+    }
+
+    #[test]
+    fn an_assistant_turns_argument_text_reaches_the_template_as_an_object() {
+        let calls = [json!({"id": "c", "type": "function",
+            "function": {"name": "f", "arguments": "{\"x\": [1, 2]}"}})];
+        let out = template_calls(&calls);
+        assert_eq!(out[0]["function"]["arguments"], json!({"x": [1, 2]}));
+    }
+}
