@@ -608,6 +608,57 @@ fn ollama_routes_answer_in_ollamas_shapes() {
     assert!(message.contains("llama3"), "{}", unknown.body);
 }
 
+/// `n` answers to one request: each a choice of its own, sampled with the seed plus its index
+/// (so each is the answer a request of one with that seed gets), whole and streamed, with the
+/// prompt counted once in the usage.
+#[test]
+fn n_answers_come_as_choices_each_seeded_apart() {
+    let server = Server::start(&["--parallel", "4", "--exact"]);
+    let body = |n: u32, seed: u64, stream: bool| {
+        json!({"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 8,
+               "temperature": 1.0, "seed": seed, "n": n, "stream": stream,
+               "stream_options": {"include_usage": true}})
+    };
+    let whole = server.post("/v1/chat/completions", &body(3, 7, false));
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let whole = whole.json();
+    let texts: Vec<String> = (0..3)
+        .map(|i| {
+            let choice = &whole["choices"][i];
+            assert_eq!(choice["index"], i);
+            choice["message"]["content"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for (i, text) in texts.iter().enumerate() {
+        let alone = server.post("/v1/chat/completions", &body(1, 7 + i as u64, false));
+        assert_eq!(&chat_text(&alone), text, "choice {i}");
+        assert_eq!(
+            whole["usage"]["prompt_tokens"],
+            alone.json()["usage"]["prompt_tokens"]
+        );
+    }
+    assert_ne!(texts[0], texts[1], "the choices were sampled with one seed");
+    assert_eq!(whole["usage"]["completion_tokens"], 24);
+
+    let streamed = server.post("/v1/chat/completions", &body(3, 7, true));
+    let mut pieces = vec![String::new(); 3];
+    let mut finished = 0;
+    let events = streamed.events();
+    for event in &events {
+        for choice in event["choices"].as_array().unwrap() {
+            let i = choice["index"].as_u64().unwrap() as usize;
+            pieces[i].push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+            finished += usize::from(!choice["finish_reason"].is_null());
+        }
+    }
+    assert_eq!((pieces, finished), (texts, 3));
+    assert_eq!(events.last().unwrap()["usage"]["completion_tokens"], 24);
+    for n in [0, 17] {
+        let refused = server.post("/v1/chat/completions", &body(n, 7, false));
+        assert_error(&refused, 400, "invalid_value");
+    }
+}
+
 const TOOL_MODEL: &str = "qwen2.5-coder-0.5b";
 
 fn weather_tools() -> Value {
@@ -871,8 +922,9 @@ fn response_format_makes_the_answer_json_of_the_schema() {
     let text = chat_text(&reply);
     assert_eq!(reply.json()["choices"][0]["finish_reason"], "stop");
     let person: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    // The grammar writes the properties in the schema's order, as llama.cpp's does.
     let keys: Vec<&String> = person.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["age", "name"], "{text}");
+    assert_eq!(keys, ["name", "age"], "{text}");
     assert!(
         person["name"].is_string() && person["age"].is_i64(),
         "{text}"

@@ -293,6 +293,47 @@ fn tokenize(s: &Shared, text: &str) -> Result<Vec<u32>, ApiError> {
     Ok(tokens)
 }
 
+/// Queues `n` answers to one prompt, choice i sampled with the seed plus i; if the queue
+/// cannot take them all, none is kept (the receivers dropped cancel those queued).
+fn submit_choices(
+    s: &Shared,
+    prompt: &[u32],
+    settings: &Settings,
+    n: usize,
+) -> Result<Vec<UnboundedReceiver<Event>>, ApiError> {
+    (0..n)
+        .map(|i| {
+            let mut settings = settings.clone();
+            settings.sampler.seed = settings.sampler.seed.wrapping_add(i as u64);
+            submit(s, prompt.to_vec(), settings)
+        })
+        .collect()
+}
+
+/// The events of several answers as one stream of (answer, event); each answer's events end
+/// at its last, and all end as soon as the stream's reader goes (a client that went away).
+fn merge(answers: Vec<UnboundedReceiver<Event>>) -> UnboundedReceiver<(usize, Event)> {
+    let (merged, receiver) = unbounded_channel();
+    for (index, mut events) in answers.into_iter().enumerate() {
+        let merged = merged.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    event = events.recv() => event,
+                    () = merged.closed() => return,
+                };
+                let event =
+                    event.unwrap_or_else(|| Event::Failed("the model thread stopped".into()));
+                let last = !matches!(event, Event::Text(..));
+                if merged.send((index, event)).is_err() || last {
+                    return;
+                }
+            }
+        });
+    }
+    receiver
+}
+
 /// Queues the job; a full queue is a 503 with Retry-After.
 fn submit(
     s: &Shared,
@@ -394,20 +435,21 @@ fn model_error(message: String) -> ApiError {
     ApiError::new(500, "server_error", "model_error", message)
 }
 
-/// A streamed answer: each event becomes the bytes `frame` writes for it, until the end.
+/// A streamed answer: each event of each choice ([`merge`]) becomes the bytes `frame` writes
+/// for it, until the end.
 fn stream(
-    events: UnboundedReceiver<Event>,
+    events: UnboundedReceiver<(usize, Event)>,
     first: Option<Bytes>,
-    frame: impl FnMut(Event) -> (Bytes, bool) + Send + 'static,
+    frame: impl FnMut((usize, Event)) -> (Bytes, bool) + Send + 'static,
     content_type: &'static str,
 ) -> Response {
     let head = futures_util::stream::iter(first.map(Ok::<_, std::convert::Infallible>));
     let body = futures_util::stream::unfold(Some((events, frame)), |state| async move {
         let (mut events, mut frame) = state?;
-        let event = events
-            .recv()
-            .await
-            .unwrap_or_else(|| Event::Failed("the model thread stopped".into()));
+        let event = events.recv().await.unwrap_or_else(|| {
+            let lost = Event::Failed("the model thread stopped".into());
+            (0, lost)
+        });
         let (bytes, last) = frame(event);
         let next = (!last).then_some((events, frame));
         Some((Ok(bytes), next))
@@ -422,14 +464,6 @@ fn stream(
 
 fn unix(t: SystemTime) -> std::time::Duration {
     t.duration_since(UNIX_EPOCH).unwrap_or_default()
-}
-
-fn usage(f: &Finish) -> Value {
-    json!({
-        "prompt_tokens": f.prompt_tokens,
-        "completion_tokens": f.completion_tokens,
-        "total_tokens": f.prompt_tokens + f.completion_tokens,
-    })
 }
 
 fn sse(value: &Value) -> Bytes {

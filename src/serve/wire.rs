@@ -232,6 +232,9 @@ pub fn ollama_format(format: Option<&Value>) -> Result<Option<Arc<Schema>>, ApiE
     }
 }
 
+/// Most answers one request may ask for (`n`): each takes a slot.
+pub const MAX_CHOICES: u32 = 16;
+
 /// Most alternatives a request may ask for at each token, as OpenAI allows.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
@@ -352,13 +355,20 @@ pub struct Settings {
 }
 
 impl OpenAiParams {
-    pub fn settings(self, n_vocab: usize, seed: u64) -> Result<Settings, ApiError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(
-                ApiError::bad_request("unsupported_value", "only n = 1 is supported")
-                    .with_param("n"),
-            );
+    /// How many answers (`n`) the request asks for.
+    pub fn choices(&self) -> Result<usize, ApiError> {
+        match self.n {
+            None => Ok(1),
+            Some(n @ 1..=MAX_CHOICES) => Ok(n as usize),
+            Some(n) => Err(ApiError::bad_request(
+                "invalid_value",
+                format!("n must be from 1 to {MAX_CHOICES}, got {n}"),
+            )
+            .with_param("n")),
         }
+    }
+
+    pub fn settings(self, n_vocab: usize, seed: u64) -> Result<Settings, ApiError> {
         let mut sampler = base_sampler(seed);
         set(&mut sampler.temperature, self.temperature);
         set(&mut sampler.top_p, self.top_p);

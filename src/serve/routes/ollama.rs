@@ -116,7 +116,7 @@ async fn answer_ollama(s: &Shared, job: Result<OllamaJob, ApiError>) -> Response
             Err(e) => ollama_error(s, e),
         };
     }
-    let frame = move |event: Event| match event {
+    let frame = move |(_, event): (usize, Event)| match event {
         Event::Text(t, _) => {
             let t = match &mut calls {
                 Some(reader) => reader.push(&t),
@@ -140,7 +140,7 @@ async fn answer_ollama(s: &Shared, job: Result<OllamaJob, ApiError>) -> Response
         }
         Event::Failed(why) => (ndjson(&json!({"error": why})), true),
     };
-    stream(events, None, frame, "application/x-ndjson")
+    stream(merge(vec![events]), None, frame, "application/x-ndjson")
 }
 
 /// A chat answer's calls in Ollama's shape, on its `message`.

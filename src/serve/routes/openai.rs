@@ -29,6 +29,7 @@ impl OpenAiKind {
 
     fn choice(
         self,
+        index: usize,
         text: Option<&str>,
         finish: Option<&str>,
         stream: bool,
@@ -36,15 +37,15 @@ impl OpenAiKind {
     ) -> Value {
         match (self, stream) {
             (Self::Chat, false) => {
-                json!({"index": 0, "logprobs": logprobs, "finish_reason": finish,
+                json!({"index": index, "logprobs": logprobs, "finish_reason": finish,
                 "message": {"role": "assistant", "content": text.unwrap_or("")}})
             }
             (Self::Chat, true) => {
                 let delta = text.map_or(json!({}), |t| json!({"content": t}));
-                json!({"index": 0, "logprobs": logprobs, "finish_reason": finish, "delta": delta})
+                json!({"index": index, "logprobs": logprobs, "finish_reason": finish, "delta": delta})
             }
             (Self::Completion, _) => {
-                json!({"index": 0, "logprobs": logprobs, "finish_reason": finish,
+                json!({"index": index, "logprobs": logprobs, "finish_reason": finish,
                 "text": text.unwrap_or("")})
             }
         }
@@ -123,8 +124,10 @@ struct OpenAiJob {
     settings: Settings,
     stream: bool,
     include_usage: bool,
-    /// Where the request offered tools: the reader of the calls in the answer.
-    calls: Option<CallReader>,
+    /// The tools the request offered, whose calls each choice's answer is read for.
+    tools: Option<ToolUse>,
+    /// Answers to write (`n`), each in a slot of its own.
+    n: usize,
 }
 
 pub(super) async fn chat_completions(
@@ -137,6 +140,7 @@ pub(super) async fn chat_completions(
         check_model(s, request.model.as_deref())?;
         let tools = tool_use(s, request.tools.as_deref(), request.tool_choice.as_ref())?;
         let params: wire::OpenAiParams = wire::parse(&value, "/v1/chat/completions")?;
+        let n = params.choices()?;
         let mut settings = Settings {
             logprobs: wire::parse::<wire::ChatLogprobs>(&value, "/v1/chat/completions")?.top()?,
             ..params.settings(s.info.n_vocab, clock_seed())?
@@ -148,7 +152,8 @@ pub(super) async fn chat_completions(
             settings,
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
-            calls: tools.map(|t| t.reader()),
+            tools,
+            n,
         })
     })
     .await;
@@ -174,6 +179,7 @@ pub(super) async fn completions(
             }
         };
         let params: wire::OpenAiParams = wire::parse(&value, "/v1/completions")?;
+        let n = params.choices()?;
         Ok(OpenAiJob {
             kind: OpenAiKind::Completion,
             prompt: tokenize(s, &text)?,
@@ -184,7 +190,8 @@ pub(super) async fn completions(
             },
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
-            calls: None,
+            tools: None,
+            n,
         })
     })
     .await;
@@ -201,19 +208,52 @@ fn openai_calls(id: &str, calls: &[ToolCall]) -> Vec<Value> {
     calls.iter().enumerate().map(call).collect()
 }
 
+/// The usage of all of a request's choices: the prompt once, every choice's tokens.
+#[derive(Default)]
+struct Usage {
+    prompt: usize,
+    completion: usize,
+}
+
+impl Usage {
+    fn add(&mut self, f: &Finish) {
+        self.prompt = f.prompt_tokens;
+        self.completion += f.completion_tokens;
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+        })
+    }
+}
+
+/// What each choice of an answer keeps while it is written.
+struct ChoiceState {
+    logprobs: LogprobWriter,
+    calls: Option<CallReader>,
+}
+
 async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response {
     let job = match job {
         Ok(job) => job,
         Err(e) => return refuse(s, e),
     };
-    let mut logprobs = LogprobWriter {
-        kind: job.kind,
-        info: s.info.clone(),
-        asked: job.settings.logprobs.is_some(),
-        offset: 0,
-    };
-    let events = match submit(s, job.prompt, job.settings) {
-        Ok(events) => events,
+    let states: Vec<ChoiceState> = (0..job.n)
+        .map(|_| ChoiceState {
+            logprobs: LogprobWriter {
+                kind: job.kind,
+                info: s.info.clone(),
+                asked: job.settings.logprobs.is_some(),
+                offset: 0,
+            },
+            calls: job.tools.as_ref().map(ToolUse::reader),
+        })
+        .collect();
+    let answers = match submit_choices(s, &job.prompt, &job.settings, job.n) {
+        Ok(answers) => answers,
         Err(e) => return busy(e),
     };
     let id = format!(
@@ -229,74 +269,93 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
         unix(SystemTime::now()).as_secs(),
         s.info.name.clone(),
     );
-    let mut calls = job.calls;
     if !job.stream {
-        return match collect(events).await {
-            Ok((text, tokens, finish)) => {
-                let logprobs = logprobs.json(&tokens);
-                let (text, made) = read_calls(calls, text);
-                let reason = finish_reason(&finish, &made);
-                let mut choice = kind.choice(Some(&text), Some(reason), false, logprobs);
-                if !made.is_empty() {
-                    let message = &mut choice["message"];
-                    message["tool_calls"] = json!(openai_calls(&id, &made));
-                    if text.is_empty() {
-                        message["content"] = Value::Null;
-                    }
+        let collected = futures_util::future::join_all(answers.into_iter().map(collect)).await;
+        let mut usage = Usage::default();
+        let mut choices = Vec::with_capacity(collected.len());
+        for (index, (answer, state)) in collected.into_iter().zip(states).enumerate() {
+            let (text, tokens, finish) = match answer {
+                Ok(answer) => answer,
+                Err(e) => return e.into_response(),
+            };
+            let mut logprobs = state.logprobs;
+            let logprobs = logprobs.json(&tokens);
+            let (text, made) = read_calls(state.calls, text);
+            let reason = finish_reason(&finish, &made);
+            let mut choice = kind.choice(index, Some(&text), Some(reason), false, logprobs);
+            if !made.is_empty() {
+                let message = &mut choice["message"];
+                message["tool_calls"] = json!(openai_calls(&format!("{id}_{index}"), &made));
+                if text.is_empty() {
+                    message["content"] = Value::Null;
                 }
-                let body = json!({
-                    "id": id, "object": kind.object(false), "created": created, "model": model,
-                    "choices": [choice],
-                    "usage": usage(&finish),
-                });
-                json_response(StatusCode::OK, &body)
             }
-            Err(e) => e.into_response(),
-        };
+            usage.add(&finish);
+            choices.push(choice);
+        }
+        let body = json!({
+            "id": id, "object": kind.object(false), "created": created, "model": model,
+            "choices": choices, "usage": usage.json(),
+        });
+        return json_response(StatusCode::OK, &body);
     }
     let call_ids = id.clone();
     let chunk = move |choices: Value| json!({"id": id, "object": kind.object(true), "created": created, "model": model, "choices": choices});
     let first = match kind {
         // The assistant's role comes first, as OpenAI streams it.
-        OpenAiKind::Chat => Some(sse(&chunk(
-            json!([{"index": 0, "logprobs": null, "finish_reason": null,
-            "delta": {"role": "assistant", "content": ""}}]),
-        ))),
+        OpenAiKind::Chat => Some(Bytes::from(
+            (0..job.n)
+                .flat_map(|index| {
+                    sse(&chunk(
+                        json!([{"index": index, "logprobs": null, "finish_reason": null,
+                        "delta": {"role": "assistant", "content": ""}}]),
+                    ))
+                })
+                .collect::<Vec<u8>>(),
+        )),
         OpenAiKind::Completion => None,
     };
-    let include_usage = job.include_usage;
-    let frame = move |event: Event| match event {
+    let (include_usage, mut states, mut usage, mut running) =
+        (job.include_usage, states, Usage::default(), job.n);
+    let frame = move |(index, event): (usize, Event)| match event {
         Event::Text(t, tokens) => {
-            let t = match &mut calls {
+            let state = &mut states[index];
+            let t = match &mut state.calls {
                 Some(reader) => reader.push(&t),
                 None => t,
             };
-            let logprobs = logprobs.json(&tokens);
+            let logprobs = state.logprobs.json(&tokens);
             if t.is_empty() && logprobs.is_null() {
                 return (Bytes::new(), false);
             }
-            let choice = kind.choice(Some(&t), None, true, logprobs);
+            let choice = kind.choice(index, Some(&t), None, true, logprobs);
             (sse(&chunk(json!([choice]))), false)
         }
         Event::Done(finish) => {
             let mut out = Vec::new();
-            let (rest, made) = calls.take().map_or((String::new(), vec![]), |r| r.finish());
+            let calls = states[index].calls.take();
+            let (rest, made) = calls.map_or((String::new(), vec![]), |r| r.finish());
             if !rest.is_empty() {
-                let choice = kind.choice(Some(&rest), None, true, Value::Null);
+                let choice = kind.choice(index, Some(&rest), None, true, Value::Null);
                 out.extend_from_slice(&sse(&chunk(json!([choice]))));
             }
             if !made.is_empty() {
-                let delta = json!({"tool_calls": openai_calls(&call_ids, &made)});
-                let choice =
-                    json!({"index": 0, "logprobs": null, "finish_reason": null, "delta": delta});
+                let calls = openai_calls(&format!("{call_ids}_{index}"), &made);
+                let choice = json!({"index": index, "logprobs": null, "finish_reason": null,
+                    "delta": {"tool_calls": calls}});
                 out.extend_from_slice(&sse(&chunk(json!([choice]))));
             }
             let reason = finish_reason(&finish, &made);
-            let choice = kind.choice(None, Some(reason), true, Value::Null);
+            let choice = kind.choice(index, None, Some(reason), true, Value::Null);
             out.extend_from_slice(&sse(&chunk(json!([choice]))));
+            usage.add(&finish);
+            running -= 1;
+            if running > 0 {
+                return (Bytes::from(out), false);
+            }
             if include_usage {
                 let mut last = chunk(json!([]));
-                last["usage"] = usage(&finish);
+                last["usage"] = usage.json();
                 out.extend_from_slice(&sse(&last));
             }
             out.extend_from_slice(b"data: [DONE]\n\n");
@@ -308,5 +367,5 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
             (Bytes::from(out), true)
         }
     };
-    stream(events, first, frame, "text/event-stream")
+    stream(merge(answers), first, frame, "text/event-stream")
 }
