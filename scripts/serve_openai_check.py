@@ -3,6 +3,7 @@
 whole and streamed, greedy, checking that both ways give the same text and usage counts.
 
     python3 scripts/serve_openai_check.py http://127.0.0.1:8080/v1 smollm2-135m
+    python3 scripts/serve_openai_check.py http://127.0.0.1:8080/v1 qwen2.5-coder-0.5b --tools
 """
 import json
 import sys
@@ -52,5 +53,31 @@ def main(base_url, model):
     print("openai client: chat and completions, whole and streamed, JSON schema output: ok")
 
 
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def tools(base_url, model):
+    """A model whose template calls tools: the client reads the calls, whole and streamed."""
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+    messages = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+    for choice in [None, "required"]:
+        extra = {"tool_choice": choice} if choice else {}
+        whole = client.chat.completions.create(model=model, messages=messages, tools=WEATHER,
+                                               temperature=0, max_tokens=60, **extra)
+        call = whole.choices[0].message.tool_calls[0]
+        assert whole.choices[0].finish_reason == "tool_calls", whole
+        assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"], call
+        chunks = list(client.chat.completions.create(model=model, messages=messages, tools=WEATHER,
+                                                     temperature=0, max_tokens=60, stream=True, **extra))
+        streamed = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
+        assert streamed[0].function.arguments == call.function.arguments, (streamed, call)
+    print("openai client: tool calls, whole and streamed, auto and required: ok")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[3:] == ["--tools"]:
+        tools(sys.argv[1], sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2])

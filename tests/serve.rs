@@ -797,25 +797,32 @@ fn tool_calls_come_back_in_openai_and_ollama_shapes() {
         .as_array()
         .unwrap()
         .contains(&json!("tools")));
+    run_openai_check(&server, TOOL_MODEL, &["--tools"]);
 }
 
-/// The official `openai` Python package (`pip install openai`) against the server.
-#[test]
-fn the_official_openai_client_is_answered() {
-    let server = Server::start(&["--parallel", "2"]);
+/// scripts/serve_openai_check.py: the official `openai` Python package against the server.
+fn run_openai_check(server: &Server, model: &str, extra: &[&str]) {
     let status = Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/serve_openai_check.py"
         ))
         .arg(format!("http://127.0.0.1:{}/v1", server.port))
-        .arg(MODEL)
+        .arg(model)
+        .args(extra)
         .status()
         .expect("running python3");
     assert!(
         status.success(),
         "scripts/serve_openai_check.py failed (needs `pip install openai`)"
     );
+}
+
+/// The official `openai` Python package (`pip install openai`) against the server.
+#[test]
+fn the_official_openai_client_is_answered() {
+    let server = Server::start(&["--parallel", "2"]);
+    run_openai_check(&server, MODEL, &[]);
 }
 
 /// SIGTERM: the server stops taking connections, gives running requests the grace period,
