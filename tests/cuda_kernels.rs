@@ -549,6 +549,51 @@ fn q8_0_caches_match_the_cpu() {
     }
 }
 
+/// Decoding over long caches, where too few (row, head) blocks fill the GPU and each one's
+/// keys are shared among blocks (attention_split, then attention_merge): three sequences of
+/// 1,100, 300 and 20 keys decoding together (the short one's shares of a handful of keys),
+/// then two rows of one, with f16 and q8_0 caches, with and without a window of 280.
+#[test]
+fn split_attention_over_long_caches_matches_the_cpu() {
+    let mut rng = rng(15);
+    let span = |slot, pos, len| Span { slot, pos, len };
+    let q8 = CacheType::Q8_0;
+    for (types, window) in [
+        (KvTypes::default(), None),
+        (KvTypes { k: q8, v: q8 }, None),
+        (KvTypes::default(), Some(280)),
+    ] {
+        let shape = shape(128, RopeKind::Neox);
+        let batches = [
+            Batch::one(0, 0, 1100),
+            Batch::one(1, 0, 300),
+            Batch::one(2, 0, 20),
+            Batch::new(vec![span(0, 1100, 1), span(1, 300, 1), span(2, 20, 1)]),
+            Batch::one(0, 1101, 2),
+        ];
+        let steps: Vec<(Batch, Vec<f32>)> = batches
+            .into_iter()
+            .map(|b| {
+                let qkv = random_qkv(&mut rng, &shape, b.rows());
+                (b, qkv)
+            })
+            .collect();
+        let case = AttentionCase {
+            shape,
+            opts: AttentionOpts {
+                window,
+                softcap: window.map(|_| 5.0),
+                ..AttentionOpts::causal(128)
+            },
+            slots: 3,
+            n_ctx: 1200,
+            types,
+            qk_norm: None,
+        };
+        check_attention(&case, &steps, &format!("split, {types}, window {window:?}"));
+    }
+}
+
 /// A tensor past the device's memory is an error naming it and its size, at once.
 #[test]
 fn out_of_memory_names_what_did_not_fit() {

@@ -5,7 +5,8 @@
 use super::kernels::{int, ArgBits, Kernel};
 use super::{
     BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
-    DeviceBuffer, ATT_THREADS, MAX_HEAD_DIM, MM_TOKENS, MV_WARPS,
+    DeviceBuffer, ATT_THREADS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES, MM_TOKENS, MV_WARPS,
+    SPLIT_BELOW_BLOCKS,
 };
 use crate::backend::weights::{check_parts, expert_count};
 use crate::backend::{
@@ -23,6 +24,21 @@ const ELEMENT_THREADS: u32 = 256;
 /// A cache type as cuda/kv.cuh names it: its ggml type id.
 fn cache_type(ty: CacheType) -> u64 {
     ty.ggml_type().id() as u64
+}
+
+/// Shares of each (row, head)'s keys for `blocks` of them: one where they fill the GPU or the
+/// longest row sees few keys, else enough that each share has about KEYS_PER_SHARE keys.
+fn attention_shares(batch: &Batch, window: Option<usize>, blocks: usize) -> usize {
+    if blocks >= SPLIT_BELOW_BLOCKS {
+        return 1;
+    }
+    let visible = |pos: usize| window.map_or(pos + 1, |w| w.min(pos + 1));
+    let longest = batch
+        .positions()
+        .map(|(_, p)| visible(p))
+        .max()
+        .unwrap_or(0);
+    longest.div_ceil(KEYS_PER_SHARE).clamp(1, MAX_SHARES)
 }
 
 fn elements(len: usize) -> (u32, u32, u32) {
@@ -101,6 +117,27 @@ impl CudaBackend {
                     n_ctx: cache.n_ctx,
                     buf: buf.clone(),
                 });
+                Some(buf)
+            }
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
+    /// The buffer of split attention's shares, for the most (row, head) blocks it is used
+    /// below, of MAX_SHARES shares each.
+    fn shares_buffer(&mut self, head_dim: usize) -> Option<Rc<DeviceBuffer>> {
+        if let Some(b) = &self.attention_shares {
+            return Some(b.clone());
+        }
+        let bytes = 4 * SPLIT_BELOW_BLOCKS * MAX_SHARES * (MAX_HEAD_DIM.max(head_dim) + 2);
+        match DeviceBuffer::new(&self.device, bytes, "split attention's shares") {
+            Ok(buf) => {
+                self.bytes_held += buf.bytes as u64;
+                let buf = Rc::new(buf);
+                self.attention_shares = Some(buf.clone());
                 Some(buf)
             }
             Err(e) => {
@@ -577,25 +614,52 @@ impl Backend for CudaBackend {
             return;
         };
         let window = opts.window.map_or(0, |w| w.min(i32::MAX as usize)) as i32;
+        let args = [
+            q.buf.ptr,
+            cache.k[at.layer].ptr,
+            cache.v[at.layer].ptr,
+            cache_type(cache.types.k),
+            cache_type(cache.types.v),
+            out.buf.ptr,
+            rows.ptr,
+            int(shape.n_head),
+            int(shape.n_head_kv),
+            int(shape.head_dim),
+            opts.scale.bits(),
+            opts.softcap.unwrap_or(0.0).bits(),
+            window.bits(),
+        ];
+        let grid = (n as u32, shape.n_head as u32, 1);
+        let shares = attention_shares(at.batch, opts.window, n * shape.n_head);
+        if shares == 1 {
+            self.launch(Kernel::Attention, grid, ATT_THREADS as u32, &args);
+            return;
+        }
+        let Some(part) = self.shares_buffer(shape.head_dim) else {
+            return;
+        };
+        let mut split_args = args.to_vec();
+        split_args[5] = part.ptr;
+        split_args.push(int(shares));
+        let split_grid = (grid.0, grid.1, shares as u32);
         self.launch(
-            Kernel::Attention,
-            (n as u32, shape.n_head as u32, 1),
+            Kernel::AttentionSplit,
+            split_grid,
             ATT_THREADS as u32,
-            &[
-                q.buf.ptr,
-                cache.k[at.layer].ptr,
-                cache.v[at.layer].ptr,
-                cache_type(cache.types.k),
-                cache_type(cache.types.v),
-                out.buf.ptr,
-                rows.ptr,
-                int(shape.n_head),
-                int(shape.n_head_kv),
-                int(shape.head_dim),
-                opts.scale.bits(),
-                opts.softcap.unwrap_or(0.0).bits(),
-                window.bits(),
-            ],
+            &split_args,
+        );
+        let merge_args = [
+            part.ptr,
+            out.buf.ptr,
+            int(shape.n_head),
+            int(shape.head_dim),
+            int(shares),
+        ];
+        self.launch(
+            Kernel::AttentionMerge,
+            grid,
+            ATT_THREADS as u32,
+            &merge_args,
         );
     }
 

@@ -25,6 +25,8 @@ pub(crate) enum Kernel {
     Copy,
     RopeStoreKv,
     Attention,
+    AttentionSplit,
+    AttentionMerge,
     MoeRoute,
     MatmulId,
     MoeCombineAdd,
@@ -32,7 +34,7 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    const FIXED: [Kernel; 14] = [
+    const FIXED: [Kernel; 16] = [
         Kernel::Matmul,
         Kernel::Embed,
         Kernel::RmsNorm,
@@ -43,6 +45,8 @@ impl Kernel {
         Kernel::Copy,
         Kernel::RopeStoreKv,
         Kernel::Attention,
+        Kernel::AttentionSplit,
+        Kernel::AttentionMerge,
         Kernel::MoeRoute,
         Kernel::MatmulId,
         Kernel::MoeCombineAdd,
@@ -70,6 +74,8 @@ impl Kernel {
             Self::Copy => ("elementwise", "copy"),
             Self::RopeStoreKv => ("rope", "rope_store_kv"),
             Self::Attention => ("attention", "attention"),
+            Self::AttentionSplit => ("attention", "attention_split"),
+            Self::AttentionMerge => ("attention", "attention_merge"),
             Self::MoeRoute => ("moe", "moe_route"),
             Self::MatmulId => ("moe", "matmul_id"),
             Self::MoeCombineAdd => ("moe", "moe_combine_add"),

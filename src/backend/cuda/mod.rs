@@ -34,6 +34,11 @@ const ATT_THREADS: usize = 128;
 const MM_TOKENS: usize = 8;
 /// Weight rows per block of cuda/matmul.cu's chunked products, a warp each.
 const MV_WARPS: usize = 4;
+/// Split attention: below this many (row, head) blocks the GPU is not full, and each block's
+/// keys are shared among up to MAX_SHARES blocks of at least KEYS_PER_SHARE keys each.
+const SPLIT_BELOW_BLOCKS: usize = 256;
+const MAX_SHARES: usize = 32;
+const KEYS_PER_SHARE: usize = 256;
 
 /// The constants the kernels are compiled with (as `-D` options): Rust is their one source.
 pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 4] = [
@@ -134,6 +139,8 @@ pub struct CudaBackend {
     /// kernel reads it).
     placeholder: Rc<DeviceBuffer>,
     batch_rows: Option<BatchRows>,
+    /// The shares of split attention (cuda/attention.cu's attention_split), made at first use.
+    attention_shares: Option<Rc<DeviceBuffer>>,
     /// Token picks: read back and chosen on the host for now.
     tokens: HostTokens,
 }
@@ -159,6 +166,7 @@ impl CudaBackend {
             scratch: HashMap::new(),
             placeholder,
             batch_rows: None,
+            attention_shares: None,
             tokens: HostTokens::default(),
         })
     }
