@@ -825,3 +825,35 @@ impl Backend for CudaBackend {
         &mut self.tokens
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Span;
+
+    #[test]
+    fn attention_is_split_only_where_few_blocks_see_many_keys() {
+        let decode = Batch::one(0, 4095, 1);
+        assert_eq!(attention_shares(&decode, None, 16), 16);
+        assert_eq!(attention_shares(&Batch::one(0, 100, 1), None, 16), 1);
+        assert_eq!(
+            attention_shares(&Batch::one(0, 100_000, 1), None, 16),
+            MAX_SHARES
+        );
+        assert_eq!(attention_shares(&decode, Some(512), 16), 2);
+        assert_eq!(attention_shares(&decode, None, SPLIT_BELOW_BLOCKS), 1);
+        let mixed = Batch::new(vec![
+            Span {
+                slot: 0,
+                pos: 10,
+                len: 1,
+            },
+            Span {
+                slot: 1,
+                pos: 1000,
+                len: 1,
+            },
+        ]);
+        assert_eq!(attention_shares(&mixed, None, 32), 4);
+    }
+}
