@@ -457,3 +457,31 @@ fn tools_and_documents_are_undefined_unless_given() {
         "False True <s></s>"
     );
 }
+
+/// `vibrant serve` reads tool calls from the templates that ask for JSON ones: in
+/// `<tool_call>` tags (Qwen, Hermes, Granite) or bare (Llama 3.1–3.3); not the XML-like calls
+/// of Qwen3-Coder and GLM, whose tools are refused rather than misread.
+#[test]
+fn serve_reads_tool_calls_of_the_json_formats_only() {
+    let reads = |file: &str| {
+        let path = templates_dir().join(file);
+        vibrant::serve::template_calls_tools(&std::fs::read_to_string(path).unwrap())
+    };
+    for file in [
+        "Qwen-Qwen2.5-7B-Instruct.jinja",
+        "Qwen-Qwen3-0.6B.jinja",
+        "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja",
+        "ibm-granite-granite-4.0.jinja",
+        "meta-llama-Llama-3.1-8B-Instruct.jinja",
+        "meta-llama-Llama-3.3-70B-Instruct.jinja",
+    ] {
+        assert!(reads(file), "{file}");
+    }
+    for file in [
+        "Qwen3-Coder.jinja",
+        "GLM-4.6.jinja",
+        "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+    ] {
+        assert!(!reads(file), "{file}");
+    }
+}

@@ -10,6 +10,7 @@ mod tools;
 mod wire;
 
 pub use scheduler::{Limits, StepModel};
+pub use tools::reads_calls as template_calls_tools;
 
 use crate::chat::ChatTemplate;
 use crate::tokenizer::Tokenizer;

@@ -1,7 +1,8 @@
 //! Tool calling: the request's `tools` go to the chat template, and the answer's calls come
-//! back out of the text. vibrant reads the format of the Hermes/Qwen templates (Qwen2.5,
-//! Qwen3, Hermes 2/3): each call is `<tool_call>{"name": …, "arguments": {…}}</tool_call>`;
-//! an answer that is nothing but such an object, naming one of the tools, is a call too (small
+//! back out of the text. vibrant reads two formats: the Hermes/Qwen templates' (Qwen2.5,
+//! Qwen3, Hermes 2/3), where each call is `<tool_call>{"name": …, "arguments": {…}}</tool_call>`,
+//! and Llama 3.1–3.3's, where the answer is a bare `{"name": …, "parameters": {…}}`. An answer
+//! that is nothing but such an object, naming one of the tools, is a call in either (small
 //! models often leave out the tags).
 //! `tool_choice: "required"` (or a named function) opens the call in the prompt and holds the
 //! answer to a JSON object of the tools' names (and that function's parameters) with the
@@ -32,6 +33,51 @@ impl ToolCall {
     /// Ollama's shape: `arguments` as an object.
     pub fn ollama(&self) -> Value {
         json!({"function": {"name": self.name, "arguments": self.arguments}})
+    }
+}
+
+/// How a template has the model call a tool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallFormat {
+    /// `<tool_call>{"name": …, "arguments": {…}}</tool_call>` (Qwen, Hermes).
+    Tagged,
+    /// A bare `{"name": …, "parameters": {…}}` (Llama 3.1–3.3).
+    Bare,
+}
+
+impl CallFormat {
+    /// The format of a template of Jinja source `template`, if it shows the model tools in one
+    /// vibrant reads. Tags around JSON, not around XML-like calls (`<function=…>` of Qwen3-Coder
+    /// and Nemotron, `<arg_key>` of GLM) or a name first (GLM, Ling).
+    fn of(template: &str) -> Option<Self> {
+        if !template.contains("tools") {
+            return None;
+        }
+        let has = |marks: &[&str]| marks.iter().any(|m| template.contains(m));
+        let json_named = has(&["{\"name\"", "{\\\"name\\\"", "\"arguments\": <args"]);
+        let xml = has(&["<function=", "<arg_key>", "<parameter="]);
+        if template.contains(OPEN) && json_named && !xml {
+            return Some(Self::Tagged);
+        }
+        template
+            .contains("\"parameters\": dictionary")
+            .then_some(Self::Bare)
+    }
+
+    /// The key of a call's arguments.
+    fn arguments(self) -> &'static str {
+        match self {
+            Self::Tagged => "arguments",
+            Self::Bare => "parameters",
+        }
+    }
+
+    /// What opens a call the model must make, at the end of the prompt.
+    fn opening(self) -> &'static str {
+        match self {
+            Self::Tagged => "<tool_call>\n",
+            Self::Bare => "",
+        }
     }
 }
 
@@ -75,20 +121,20 @@ impl ToolUse {
                 ))
             }
         };
-        if !reads_calls(template) {
+        let Some(format) = CallFormat::of(template) else {
             return Err(ApiError::bad_request(
                 "unsupported_value",
                 "this model's chat template has no tool-call format vibrant reads (<tool_call> \
-                 of Qwen and Hermes): send the request without `tools`",
+                 of Qwen and Hermes, or Llama 3.1's JSON): send the request without `tools`",
             )
             .with_param("tools"));
-        }
-        let grammar = forced.map(|name| call_schema(tools, &names, name));
+        };
+        let grammar = forced.map(|name| call_schema(tools, &names, name, format));
         Ok(Some(Self {
             tools: Value::Array(tools.to_vec()),
             names,
             prompt_suffix: if grammar.is_some() {
-                "<tool_call>\n"
+                format.opening()
             } else {
                 ""
             },
@@ -109,7 +155,7 @@ impl ToolUse {
 /// Whether a template of Jinja source `template` shows the model tools and has it call them
 /// in the format vibrant reads.
 pub fn reads_calls(template: &str) -> bool {
-    template.contains("tools") && template.contains(OPEN)
+    CallFormat::of(template).is_some()
 }
 
 fn invalid(param: &str, message: String) -> ApiError {
@@ -151,9 +197,14 @@ fn chosen(choice: &Value, names: &[String]) -> Result<String, ApiError> {
     }
 }
 
-/// `{"name": one of the tools, "arguments": {…}}`: the named function's parameters where
-/// one is chosen and the grammar takes its schema, else any object.
-fn call_schema(tools: &[Value], names: &[String], chosen: Option<String>) -> Arc<Schema> {
+/// `{"name": one of the tools, "arguments" (or "parameters"): {…}}`: the named function's
+/// parameters where one is chosen and the grammar takes its schema, else any object.
+fn call_schema(
+    tools: &[Value],
+    names: &[String],
+    chosen: Option<String>,
+    format: CallFormat,
+) -> Arc<Schema> {
     let any_object = json!({"type": "object"});
     let (allowed, arguments) = match chosen {
         Some(name) => {
@@ -168,10 +219,11 @@ fn call_schema(tools: &[Value], names: &[String], chosen: Option<String>) -> Arc
         }
         None => (names.to_vec(), any_object),
     };
+    let key = format.arguments();
     let schema = json!({
         "type": "object",
-        "properties": {"name": {"enum": allowed}, "arguments": arguments},
-        "required": ["name", "arguments"],
+        "properties": {"name": {"enum": allowed}, key: arguments},
+        "required": ["name", key],
         "additionalProperties": false,
     });
     Schema::compile(&schema).expect("a schema of names and an object compiles")
@@ -288,7 +340,8 @@ pub fn template_calls(calls: &[Value]) -> Value {
 mod tests {
     use super::*;
 
-    const HERMES: &str = "{% if tools %}{{ tools | tojson }} <tool_call>{% endif %}";
+    /// Qwen2.5's line asking for calls, as its template has it.
+    const HERMES: &str = "{% if tools %}{{ tools | tojson }}{{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}{% endif %}";
 
     fn weather() -> Vec<Value> {
         vec![
@@ -382,6 +435,26 @@ mod tests {
         assert_eq!(reader.finish().1[0].name, "get_weather");
         let named = json!({"type": "function", "function": {"name": "get_weather"}});
         assert!(ToolUse::new(Some(&tools), Some(&named), HERMES).is_ok());
+    }
+
+    /// Llama 3.1's line asking for calls, as its template has it.
+    const LLAMA: &str = "{% if tools %}{{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}{% endif %}";
+
+    #[test]
+    fn llama_calls_are_bare_objects_with_parameters() {
+        let tools = weather();
+        let auto = ToolUse::new(Some(&tools), None, LLAMA).unwrap().unwrap();
+        let mut reader = auto.reader();
+        reader.push("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}");
+        assert_eq!(reader.finish().1[0].arguments, json!({"city": "Oslo"}));
+        let forced = ToolUse::new(Some(&tools), Some(&json!("required")), LLAMA)
+            .unwrap()
+            .unwrap();
+        assert_eq!(forced.prompt_suffix, "");
+        assert_eq!(CallFormat::of(LLAMA), Some(CallFormat::Bare));
+        assert_eq!(CallFormat::of(HERMES), Some(CallFormat::Tagged));
+        let xml = "{% if tools %}<tool_call>\n<function=name>\n<parameter=x>{% endif %}";
+        assert_eq!(CallFormat::of(xml), None);
     }
 
     #[test]
