@@ -657,6 +657,36 @@ fn n_answers_come_as_choices_each_seeded_apart() {
         let refused = server.post("/v1/chat/completions", &body(n, 7, false));
         assert_error(&refused, 400, "invalid_value");
     }
+
+    // Several prompts: choice i is answer i % n to prompt i / n, each prompt counted once.
+    let prompts = ["The capital of France is", "Once upon a time"];
+    let completion = |prompt: Value, n: u32| {
+        let body =
+            json!({"prompt": prompt, "max_tokens": 6, "temperature": 1.0, "seed": 3, "n": n});
+        let reply = server.post("/v1/completions", &body);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()
+    };
+    let both = completion(json!(prompts), 2);
+    let mut prompt_tokens = 0;
+    for (p, prompt) in prompts.iter().enumerate() {
+        let alone = completion(json!(prompt), 2);
+        for j in 0..2 {
+            assert_eq!(both["choices"][2 * p + j]["index"], 2 * p + j);
+            assert_eq!(
+                both["choices"][2 * p + j]["text"],
+                alone["choices"][j]["text"]
+            );
+        }
+        prompt_tokens += alone["usage"]["prompt_tokens"].as_u64().unwrap();
+    }
+    assert_eq!(both["usage"]["prompt_tokens"], prompt_tokens);
+    let too_many = json!({"prompt": prompts, "n": 9});
+    assert_error(
+        &server.post("/v1/completions", &too_many),
+        400,
+        "invalid_value",
+    );
 }
 
 const TOOL_MODEL: &str = "qwen2.5-coder-0.5b";

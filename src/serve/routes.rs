@@ -293,19 +293,20 @@ fn tokenize(s: &Shared, text: &str) -> Result<Vec<u32>, ApiError> {
     Ok(tokens)
 }
 
-/// Queues `n` answers to one prompt, choice i sampled with the seed plus i; if the queue
+/// Queues `n` answers to each prompt, answer j sampled with the seed plus j; if the queue
 /// cannot take them all, none is kept (the receivers dropped cancel those queued).
 fn submit_choices(
     s: &Shared,
-    prompt: &[u32],
+    prompts: &[Vec<u32>],
     settings: &Settings,
     n: usize,
 ) -> Result<Vec<UnboundedReceiver<Event>>, ApiError> {
-    (0..n)
-        .map(|i| {
+    let answers = prompts.iter().flat_map(|p| (0..n).map(move |j| (p, j)));
+    answers
+        .map(|(prompt, j)| {
             let mut settings = settings.clone();
-            settings.sampler.seed = settings.sampler.seed.wrapping_add(i as u64);
-            submit(s, prompt.to_vec(), settings)
+            settings.sampler.seed = settings.sampler.seed.wrapping_add(j as u64);
+            submit(s, prompt.clone(), settings)
         })
         .collect()
 }

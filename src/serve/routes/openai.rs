@@ -120,7 +120,8 @@ fn push(list: &mut Value, item: Value) {
 /// A request of either OpenAI route, checked and tokenized.
 struct OpenAiJob {
     kind: OpenAiKind,
-    prompt: Vec<u32>,
+    /// The prompts, each answered `n` times: choice i is answer i % n to prompt i / n.
+    prompts: Vec<Vec<u32>>,
     settings: Settings,
     stream: bool,
     include_usage: bool,
@@ -148,7 +149,10 @@ pub(super) async fn chat_completions(
         tool_grammar(&mut settings, tools.as_ref())?;
         Ok(OpenAiJob {
             kind: OpenAiKind::Chat,
-            prompt: tokenize(s, &render_chat(s, &request.messages, tools.as_ref())?)?,
+            prompts: vec![tokenize(
+                s,
+                &render_chat(s, &request.messages, tools.as_ref())?,
+            )?],
             settings,
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
@@ -168,21 +172,29 @@ pub(super) async fn completions(
         let value = body_json(s, body, "/v1/completions")?;
         let request: wire::CompletionRequest = wire::parse(&value, "/v1/completions")?;
         check_model(s, request.model.as_deref())?;
-        let text = match request.prompt {
-            wire::Prompt::One(p) => p,
-            wire::Prompt::Many(mut p) if p.len() == 1 => p.remove(0),
-            wire::Prompt::Many(_) => {
-                return Err(
-                    ApiError::bad_request("unsupported_value", "prompt: give one string")
-                        .with_param("prompt"),
-                )
-            }
+        let texts = match request.prompt {
+            wire::Prompt::One(p) => vec![p],
+            wire::Prompt::Many(p) => p,
         };
         let params: wire::OpenAiParams = wire::parse(&value, "/v1/completions")?;
         let n = params.choices()?;
+        if texts.is_empty() || texts.len() * n > wire::MAX_CHOICES as usize {
+            return Err(ApiError::bad_request(
+                "invalid_value",
+                format!(
+                    "prompt: give 1 to {} prompts, n answers each ({} here)",
+                    wire::MAX_CHOICES,
+                    texts.len() * n
+                ),
+            )
+            .with_param("prompt"));
+        }
         Ok(OpenAiJob {
             kind: OpenAiKind::Completion,
-            prompt: tokenize(s, &text)?,
+            prompts: texts
+                .iter()
+                .map(|t| tokenize(s, t))
+                .collect::<Result<_, _>>()?,
             settings: Settings {
                 logprobs: wire::parse::<wire::CompletionLogprobs>(&value, "/v1/completions")?
                     .top()?,
@@ -208,7 +220,7 @@ fn openai_calls(id: &str, calls: &[ToolCall]) -> Vec<Value> {
     calls.iter().enumerate().map(call).collect()
 }
 
-/// The usage of all of a request's choices: the prompt once, every choice's tokens.
+/// The usage of all of a request's choices: each prompt once, every choice's tokens.
 #[derive(Default)]
 struct Usage {
     prompt: usize,
@@ -216,8 +228,11 @@ struct Usage {
 }
 
 impl Usage {
-    fn add(&mut self, f: &Finish) {
-        self.prompt = f.prompt_tokens;
+    /// Adds choice `index` of a request of `n` answers per prompt.
+    fn add(&mut self, f: &Finish, index: usize, n: usize) {
+        if index % n == 0 {
+            self.prompt += f.prompt_tokens;
+        }
         self.completion += f.completion_tokens;
     }
 
@@ -241,7 +256,8 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
         Ok(job) => job,
         Err(e) => return refuse(s, e),
     };
-    let states: Vec<ChoiceState> = (0..job.n)
+    let (n, choices) = (job.n, job.prompts.len() * job.n);
+    let states: Vec<ChoiceState> = (0..choices)
         .map(|_| ChoiceState {
             logprobs: LogprobWriter {
                 kind: job.kind,
@@ -252,7 +268,7 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
             calls: job.tools.as_ref().map(ToolUse::reader),
         })
         .collect();
-    let answers = match submit_choices(s, &job.prompt, &job.settings, job.n) {
+    let answers = match submit_choices(s, &job.prompts, &job.settings, n) {
         Ok(answers) => answers,
         Err(e) => return busy(e),
     };
@@ -272,7 +288,7 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
     if !job.stream {
         let collected = futures_util::future::join_all(answers.into_iter().map(collect)).await;
         let mut usage = Usage::default();
-        let mut choices = Vec::with_capacity(collected.len());
+        let mut written = Vec::with_capacity(collected.len());
         for (index, (answer, state)) in collected.into_iter().zip(states).enumerate() {
             let (text, tokens, finish) = match answer {
                 Ok(answer) => answer,
@@ -290,12 +306,12 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
                     message["content"] = Value::Null;
                 }
             }
-            usage.add(&finish);
-            choices.push(choice);
+            usage.add(&finish, index, n);
+            written.push(choice);
         }
         let body = json!({
             "id": id, "object": kind.object(false), "created": created, "model": model,
-            "choices": choices, "usage": usage.json(),
+            "choices": written, "usage": usage.json(),
         });
         return json_response(StatusCode::OK, &body);
     }
@@ -304,7 +320,7 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
     let first = match kind {
         // The assistant's role comes first, as OpenAI streams it.
         OpenAiKind::Chat => Some(Bytes::from(
-            (0..job.n)
+            (0..choices)
                 .flat_map(|index| {
                     sse(&chunk(
                         json!([{"index": index, "logprobs": null, "finish_reason": null,
@@ -316,7 +332,7 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
         OpenAiKind::Completion => None,
     };
     let (include_usage, mut states, mut usage, mut running) =
-        (job.include_usage, states, Usage::default(), job.n);
+        (job.include_usage, states, Usage::default(), choices);
     let frame = move |(index, event): (usize, Event)| match event {
         Event::Text(t, tokens) => {
             let state = &mut states[index];
@@ -348,7 +364,7 @@ async fn answer_openai(s: &Shared, job: Result<OpenAiJob, ApiError>) -> Response
             let reason = finish_reason(&finish, &made);
             let choice = kind.choice(index, None, Some(reason), true, Value::Null);
             out.extend_from_slice(&sse(&chunk(json!([choice]))));
-            usage.add(&finish);
+            usage.add(&finish, index, n);
             running -= 1;
             if running > 0 {
                 return (Bytes::from(out), false);
