@@ -230,7 +230,7 @@ struct Usage {
 impl Usage {
     /// Adds choice `index` of a request of `n` answers per prompt.
     fn add(&mut self, f: &Finish, index: usize, n: usize) {
-        if index % n == 0 {
+        if index.is_multiple_of(n) {
             self.prompt += f.prompt_tokens;
         }
         self.completion += f.completion_tokens;
