@@ -269,6 +269,21 @@ fn random_qkv(rng: &mut StdRng, shape: &AttentionShape, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Each batch with random `[q | k | v]` rows of its own.
+fn with_random_qkv<const N: usize>(
+    rng: &mut StdRng,
+    shape: &AttentionShape,
+    batches: [Batch; N],
+) -> Vec<(Batch, Vec<f32>)> {
+    batches
+        .into_iter()
+        .map(|b| {
+            let qkv = random_qkv(rng, shape, b.rows());
+            (b, qkv)
+        })
+        .collect()
+}
+
 /// One sequence in slot 0: steps of `sizes` rows from position 0.
 fn one_sequence(
     rng: &mut StdRng,
@@ -452,13 +467,7 @@ fn batches_of_sequences_in_their_own_slots_match_the_cpu() {
         Batch::new(vec![span(1, 7, 1), span(2, 10, 1), span(0, 7, 1)]),
         Batch::new(vec![span(0, 8, 140), span(2, 11, 3)]),
     ];
-    let steps: Vec<(Batch, Vec<f32>)> = batches
-        .into_iter()
-        .map(|b| {
-            let qkv = random_qkv(&mut rng, &shape, b.rows());
-            (b, qkv)
-        })
-        .collect();
+    let steps = with_random_qkv(&mut rng, &shape, batches);
     for window in [None, Some(6)] {
         let case = AttentionCase {
             shape,
@@ -571,13 +580,7 @@ fn split_attention_over_long_caches_matches_the_cpu() {
             Batch::new(vec![span(0, 1100, 1), span(1, 300, 1), span(2, 20, 1)]),
             Batch::one(0, 1101, 2),
         ];
-        let steps: Vec<(Batch, Vec<f32>)> = batches
-            .into_iter()
-            .map(|b| {
-                let qkv = random_qkv(&mut rng, &shape, b.rows());
-                (b, qkv)
-            })
-            .collect();
+        let steps = with_random_qkv(&mut rng, &shape, batches);
         let case = AttentionCase {
             shape,
             opts: AttentionOpts {

@@ -2,6 +2,10 @@
 //! usage counts against the tokenizer, concurrent greedy requests against each alone,
 //! cancellation, every bad input, and the official `openai` Python client.
 
+// Only the model helpers of common are used here.
+#[allow(dead_code)]
+mod common;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -14,17 +18,7 @@ use vibrant::tokenizer::Tokenizer;
 const MODEL: &str = "smollm2-135m";
 
 fn model_path() -> std::path::PathBuf {
-    named_model_path(MODEL)
-}
-
-fn named_model_path(name: &str) -> std::path::PathBuf {
-    let path = vibrant::catalog::models_dir().join(format!("{name}.gguf"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `python3 scripts/fetch_model.py {name}` first",
-        path.display()
-    );
-    path
+    common::models::model_path(MODEL)
 }
 
 /// A server on a port of its own, killed when dropped.
@@ -41,7 +35,7 @@ impl Server {
     }
 
     fn start_model(model: &str, extra: &[&str]) -> Self {
-        let path = named_model_path(model);
+        let path = common::models::model_path(model);
         let mut child = Command::new(env!("CARGO_BIN_EXE_vibrant"))
             .args(["serve", "-m"])
             .arg(&path)
@@ -788,7 +782,7 @@ fn tool_calls_come_back_in_openai_and_ollama_shapes() {
         Message::assistant("").with("tool_calls", json!([template_call])),
         Message::new("tool", "22 C and sunny").with("tool_call_id", json!("call_1")),
     ];
-    let file = GgufFile::open(named_model_path(TOOL_MODEL)).unwrap();
+    let file = GgufFile::open(common::models::model_path(TOOL_MODEL)).unwrap();
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();
     let options = RenderOptions::new(true).set("tools", &weather_tools());
     let text = ChatTemplate::from_gguf(&file)
