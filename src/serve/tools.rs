@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
+/// How small models often wrap an untagged call.
+const FENCE: &str = "```json";
 
 /// One call the model made: the function's name and its arguments, a JSON object.
 #[derive(Clone, Debug, PartialEq)]
@@ -231,7 +233,8 @@ fn call_schema(
 
 /// The answer's text, read as it comes: text before a call streams on at once, all but an
 /// end that may open one; from the first `<tool_call>` on, the rest waits for the end, as
-/// does an answer that begins as a JSON object (it may be a call without tags).
+/// does an answer that begins as a JSON object, bare or in a ```` ```json ```` fence (it may be a
+/// call without tags).
 pub struct CallReader {
     text: String,
     /// Bytes of `text` already given out as content.
@@ -245,8 +248,7 @@ impl CallReader {
     pub fn push(&mut self, piece: &str) -> String {
         self.text.push_str(piece);
         let pending = &self.text[self.sent..];
-        let start = self.text.trim_start();
-        if self.sent == 0 && (start.is_empty() || start.starts_with('{')) {
+        if self.sent == 0 && may_open_untagged_call(self.text.trim_start()) {
             return String::new();
         }
         let end = match pending.find(OPEN) {
@@ -264,13 +266,43 @@ impl CallReader {
         let rest = &self.text[self.sent..];
         let (content, calls) = split_calls(rest);
         if calls.is_empty() && self.sent == 0 {
-            let untagged = parse_call(rest).filter(|c| self.names.contains(&c.name));
+            let untagged = parse_call(without_fence(rest)).filter(|c| self.names.contains(&c.name));
             if let Some(call) = untagged {
                 return (String::new(), vec![call]);
             }
         }
         (content, calls)
     }
+}
+
+/// Whether an answer that begins with `start` may still turn out to be a call without tags:
+/// a JSON object, bare or fenced as ```` ```json ```` (or a fence with no language).
+fn may_open_untagged_call(start: &str) -> bool {
+    if start.is_empty() || start.starts_with('{') || FENCE.starts_with(start) {
+        return true;
+    }
+    let Some(after) = start.strip_prefix("```") else {
+        return false;
+    };
+    let after = after.strip_prefix("json").unwrap_or(after);
+    match after.chars().next() {
+        None => true,
+        Some(c) if c.is_whitespace() => {
+            let body = after.trim_start();
+            body.is_empty() || body.starts_with('{')
+        }
+        _ => false,
+    }
+}
+
+/// The text inside a code fence around the whole of `text`, or `text` itself.
+fn without_fence(text: &str) -> &str {
+    let text = text.trim();
+    let Some(inner) = text.strip_prefix("```") else {
+        return text;
+    };
+    let inner = inner.strip_prefix("json").unwrap_or(inner);
+    inner.strip_suffix("```").unwrap_or(inner)
 }
 
 /// Bytes at the end of `text` that begin `<tool_call>`.
@@ -420,6 +452,34 @@ mod tests {
         let json = "{\"name\": \"Ann\", \"age\": 3}";
         assert_eq!(other.push(json), "");
         assert_eq!(other.finish(), (json.to_string(), vec![]));
+    }
+
+    #[test]
+    fn a_call_in_a_json_fence_is_a_call_and_other_fences_stream_as_content() {
+        let tools = ToolUse::new(Some(&weather()), None, HERMES)
+            .unwrap()
+            .unwrap();
+        let mut fenced = tools.reader();
+        for piece in [
+            "``",
+            "`json\n{\"name\": \"get_weather\", ",
+            "\"arguments\": {}}\n```",
+        ] {
+            assert_eq!(fenced.push(piece), "");
+        }
+        let (content, calls) = fenced.finish();
+        assert_eq!((content.as_str(), calls.len()), ("", 1));
+        assert_eq!(calls[0].name, "get_weather");
+
+        let mut code = tools.reader();
+        assert_eq!(code.push("```"), "");
+        assert_eq!(code.push("python\nprint(1)"), "```python\nprint(1)");
+        let mut prose = tools.reader();
+        assert_eq!(prose.push("```json\n[1, 2]"), "```json\n[1, 2]");
+        let mut other = tools.reader();
+        let fenced_object = "```json\n{\"name\": \"Ann\"}\n```";
+        assert_eq!(other.push(fenced_object), "");
+        assert_eq!(other.finish(), (fenced_object.to_string(), vec![]));
     }
 
     #[test]
