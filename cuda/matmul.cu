@@ -221,3 +221,117 @@ MATMUL_CHUNKS(matmul_q3_k, WT_Q3_K)
 MATMUL_CHUNKS(matmul_q4_k, WT_Q4_K)
 MATMUL_CHUNKS(matmul_q5_k, WT_Q5_K)
 MATMUL_CHUNKS(matmul_q6_k, WT_Q6_K)
+
+// Prompt-sized products on tensor cores (compute capability 8.0 and up): out[t][out_first + r]
+// = x[t] · w[r] (+ bias[r]) as in matmul_chunks, over tiles of MMA_TOKENS tokens by MMA_ROWS
+// weight rows. Each step of 64 columns, the block rounds its tokens' activations to f16 and
+// decodes its rows' two chunks of weights (decode_chunk, a thread per chunk) to f16 in shared
+// memory; then each warp multiplies its 32 tokens by 32 rows with mma.sync m16n8k16, summing
+// in f32. Both operands round to f16 (2^-11 relative): what llama.cpp's cuBLAS path does.
+#define MMA_K 64
+// Shared rows padded by 8 halves, so that the 8 rows a fragment load touches fall in
+// different banks.
+#define MMA_PITCH (MMA_K + 8)
+#define MMA_THREADS (2 * MMA_ROWS)
+
+__device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ void mma_16x8x16(float* c, const u32* a, const u32* b) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+template <int TY>
+__device__ void matmul_mma(const u8* w, int row_bytes, const float* x, float* out,
+                           const float* bias, int rows, int cols, int n, int out_stride,
+                           int out_first) {
+    __shared__ __align__(16) u16 xs[MMA_TOKENS][MMA_PITCH];
+    __shared__ __align__(16) u16 ws[MMA_ROWS][MMA_PITCH];
+    int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    int g = lane / 4, tig = lane % 4;
+    int t0 = blockIdx.y * MMA_TOKENS, r0 = blockIdx.x * MMA_ROWS;
+    // Warps tile the block as (MMA_TOKENS / 32) × (MMA_ROWS / 32).
+    int wt = 32 * (warp % (MMA_TOKENS / 32)), wr = 32 * (warp / (MMA_TOKENS / 32));
+    float acc[2][4][4];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            for (int k = 0; k < 4; k++) acc[i][j][k] = 0.0f;
+    int chunks = cols / 32;
+    for (int k0 = 0; k0 < cols; k0 += MMA_K) {
+        for (int i = tid; i < MMA_TOKENS * MMA_K / 4; i += MMA_THREADS) {
+            int t = i / (MMA_K / 4), k = 4 * (i % (MMA_K / 4));
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (t0 + t < n && k0 + k < cols) v = *(const float4*)(x + (u64)(t0 + t) * cols + k0 + k);
+            *(uint2*)&xs[t][k] = make_uint2(pack_f16x2(v.x, v.y), pack_f16x2(v.z, v.w));
+        }
+        {
+            int r = tid / 2, half = tid % 2, c = k0 / 32 + half;
+            float v[32];
+            if (r0 + r < rows && c < chunks) {
+                decode_chunk<TY>(w + (u64)(r0 + r) * row_bytes, c, v);
+            } else {
+                for (int l = 0; l < 32; l++) v[l] = 0.0f;
+            }
+            uint4* dst = (uint4*)&ws[r][32 * half];
+            for (int q = 0; q < 4; q++)
+                dst[q] = make_uint4(pack_f16x2(v[8 * q], v[8 * q + 1]),
+                                    pack_f16x2(v[8 * q + 2], v[8 * q + 3]),
+                                    pack_f16x2(v[8 * q + 4], v[8 * q + 5]),
+                                    pack_f16x2(v[8 * q + 6], v[8 * q + 7]));
+        }
+        __syncthreads();
+        for (int kk = 0; kk < MMA_K; kk += 16) {
+            u32 a[2][4], b[4][2];
+            for (int i = 0; i < 2; i++) {
+                int m = wt + 16 * i + g;
+                a[i][0] = *(const u32*)&xs[m][kk + 2 * tig];
+                a[i][1] = *(const u32*)&xs[m + 8][kk + 2 * tig];
+                a[i][2] = *(const u32*)&xs[m][kk + 8 + 2 * tig];
+                a[i][3] = *(const u32*)&xs[m + 8][kk + 8 + 2 * tig];
+            }
+            for (int j = 0; j < 4; j++) {
+                int r = wr + 8 * j + g;
+                b[j][0] = *(const u32*)&ws[r][kk + 2 * tig];
+                b[j][1] = *(const u32*)&ws[r][kk + 8 + 2 * tig];
+            }
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 4; j++) mma_16x8x16(acc[i][j], a[i], b[j]);
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            for (int k = 0; k < 4; k++) {
+                int t = t0 + wt + 16 * i + g + 8 * (k / 2);
+                int r = r0 + wr + 8 * j + 2 * tig + k % 2;
+                if (t < n && r < rows)
+                    out[(u64)t * out_stride + out_first + r] = acc[i][j][k] + (bias ? bias[r] : 0.0f);
+            }
+}
+
+#define MATMUL_MMA(name, TY)                                                                     \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS)                                    \
+        name(const u8* w, int row_bytes, const float* x, float* out, const float* bias,          \
+             int rows, int cols, int n, int out_stride, int out_first) {                         \
+        matmul_mma<TY>(w, row_bytes, x, out, bias, rows, cols, n, out_stride, out_first);        \
+    }
+
+MATMUL_MMA(matmul_mma_q4_0, WT_Q4_0)
+MATMUL_MMA(matmul_mma_q4_1, WT_Q4_1)
+MATMUL_MMA(matmul_mma_q5_0, WT_Q5_0)
+MATMUL_MMA(matmul_mma_q5_1, WT_Q5_1)
+MATMUL_MMA(matmul_mma_q8_0, WT_Q8_0)
+MATMUL_MMA(matmul_mma_q2_k, WT_Q2_K)
+MATMUL_MMA(matmul_mma_q3_k, WT_Q3_K)
+MATMUL_MMA(matmul_mma_q4_k, WT_Q4_K)
+MATMUL_MMA(matmul_mma_q5_k, WT_Q5_K)
+MATMUL_MMA(matmul_mma_q6_k, WT_Q6_K)

@@ -5,8 +5,8 @@
 use super::kernels::{int, ArgBits, Kernel};
 use super::{
     BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
-    DeviceBuffer, ATT_THREADS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES, MM_TOKENS, MV_WARPS,
-    SPLIT_BELOW_BLOCKS,
+    DeviceBuffer, ATT_THREADS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES, MMA_ROWS, MMA_TOKENS,
+    MM_TOKENS, MV_WARPS, SPLIT_BELOW_BLOCKS,
 };
 use crate::backend::weights::{check_parts, expert_count};
 use crate::backend::{
@@ -160,7 +160,8 @@ impl CudaBackend {
 
     /// The products of `n` rows of `x` with a part's rows (`rows` of them, from row
     /// `first` of the part), into `out`'s columns from `out_first`. Block-quantized parts take
-    /// the warp-per-row kernel of their type; float rows (of any width) the generic one.
+    /// the tensor-core kernel of their type for prompts, else the warp-per-row one; float rows
+    /// (of any width) the generic one.
     fn matmul_part(
         &mut self,
         part: &CudaPart,
@@ -171,7 +172,6 @@ impl CudaBackend {
     ) {
         let token_groups = n.div_ceil(MM_TOKENS) as u32;
         if part.ggml_type.block_size() > 1 {
-            let grid = (part.rows.div_ceil(MV_WARPS) as u32, token_groups, 1);
             let args = [
                 part.buf.ptr,
                 int(part.row_bytes),
@@ -184,8 +184,19 @@ impl CudaBackend {
                 int(out.cols),
                 int(out_first),
             ];
-            let threads = 32 * MV_WARPS as u32;
-            self.launch(Kernel::MatmulChunks(part.ggml_type), grid, threads, &args);
+            if self.uses_tensor_cores(n) {
+                let grid = (
+                    part.rows.div_ceil(MMA_ROWS) as u32,
+                    n.div_ceil(MMA_TOKENS) as u32,
+                    1,
+                );
+                let threads = 2 * MMA_ROWS as u32;
+                self.launch(Kernel::MatmulMma(part.ggml_type), grid, threads, &args);
+            } else {
+                let grid = (part.rows.div_ceil(MV_WARPS) as u32, token_groups, 1);
+                let threads = 32 * MV_WARPS as u32;
+                self.launch(Kernel::MatmulChunks(part.ggml_type), grid, threads, &args);
+            }
             return;
         }
         self.launch(

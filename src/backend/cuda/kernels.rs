@@ -16,6 +16,8 @@ pub(crate) enum Kernel {
     Matmul,
     /// cuda/matmul.cu's warp-per-row products of one block-quantized type.
     MatmulChunks(GgmlType),
+    /// cuda/matmul.cu's tensor-core products of one block-quantized type (prompts).
+    MatmulMma(GgmlType),
     Embed,
     RmsNorm,
     Add,
@@ -54,17 +56,19 @@ impl Kernel {
     ];
 
     pub(crate) fn all() -> impl Iterator<Item = Kernel> {
-        let chunked = ALL_TYPES.into_iter().filter(|t| t.block_size() > 1);
+        let blocked = || ALL_TYPES.into_iter().filter(|t| t.block_size() > 1);
         Self::FIXED
             .into_iter()
-            .chain(chunked.map(Kernel::MatmulChunks))
+            .chain(blocked().map(Kernel::MatmulChunks))
+            .chain(blocked().map(Kernel::MatmulMma))
     }
 
     /// The source file and the function.
     pub(crate) fn place(self) -> (&'static str, &'static str) {
         match self {
             Self::Matmul => ("matmul", "matmul"),
-            Self::MatmulChunks(ty) => ("matmul", chunked_matmul_name(ty)),
+            Self::MatmulChunks(ty) => ("matmul", blocked_matmul_name(ty, false)),
+            Self::MatmulMma(ty) => ("matmul", blocked_matmul_name(ty, true)),
             Self::Embed => ("matmul", "embed"),
             Self::RmsNorm => ("norm", "rms_norm"),
             Self::Add => ("elementwise", "add"),
@@ -84,20 +88,26 @@ impl Kernel {
     }
 }
 
-/// The function of cuda/matmul.cu's MATMUL_CHUNKS for a block-quantized type.
-fn chunked_matmul_name(ty: GgmlType) -> &'static str {
-    match ty {
-        GgmlType::Q4_0 => "matmul_q4_0",
-        GgmlType::Q4_1 => "matmul_q4_1",
-        GgmlType::Q5_0 => "matmul_q5_0",
-        GgmlType::Q5_1 => "matmul_q5_1",
-        GgmlType::Q8_0 => "matmul_q8_0",
-        GgmlType::Q2K => "matmul_q2_k",
-        GgmlType::Q3K => "matmul_q3_k",
-        GgmlType::Q4K => "matmul_q4_k",
-        GgmlType::Q5K => "matmul_q5_k",
-        GgmlType::Q6K => "matmul_q6_k",
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => "matmul",
+/// The function of cuda/matmul.cu's MATMUL_CHUNKS (or, with `mma`, MATMUL_MMA) for a
+/// block-quantized type.
+fn blocked_matmul_name(ty: GgmlType, mma: bool) -> &'static str {
+    let (chunks, mma_name) = match ty {
+        GgmlType::Q4_0 => ("matmul_q4_0", "matmul_mma_q4_0"),
+        GgmlType::Q4_1 => ("matmul_q4_1", "matmul_mma_q4_1"),
+        GgmlType::Q5_0 => ("matmul_q5_0", "matmul_mma_q5_0"),
+        GgmlType::Q5_1 => ("matmul_q5_1", "matmul_mma_q5_1"),
+        GgmlType::Q8_0 => ("matmul_q8_0", "matmul_mma_q8_0"),
+        GgmlType::Q2K => ("matmul_q2_k", "matmul_mma_q2_k"),
+        GgmlType::Q3K => ("matmul_q3_k", "matmul_mma_q3_k"),
+        GgmlType::Q4K => ("matmul_q4_k", "matmul_mma_q4_k"),
+        GgmlType::Q5K => ("matmul_q5_k", "matmul_mma_q5_k"),
+        GgmlType::Q6K => ("matmul_q6_k", "matmul_mma_q6_k"),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ("matmul", "matmul"),
+    };
+    if mma {
+        mma_name
+    } else {
+        chunks
     }
 }
 

@@ -34,6 +34,14 @@ const ATT_THREADS: usize = 128;
 const MM_TOKENS: usize = 8;
 /// Weight rows per block of cuda/matmul.cu's chunked products, a warp each.
 const MV_WARPS: usize = 4;
+/// Tokens and weight rows per block of cuda/matmul.cu's tensor-core products: eight warps of
+/// 32 tokens by 32 rows (the kernel's warp tiling needs MMA_TOKENS = 64).
+const MMA_TOKENS: usize = 64;
+const MMA_ROWS: usize = 128;
+/// Products of this many tokens or more take the tensor cores (on compute capability 8.0 and
+/// up), fewer the warp-per-row kernel, which reads each weight once per MM_TOKENS tokens.
+const MMA_MIN_TOKENS: usize = 32;
+const _: () = assert!(MMA_TOKENS == 64 && MMA_ROWS % 32 == 0);
 /// Split attention: below this many (row, head) blocks the GPU is not full, and each block's
 /// keys are shared among up to MAX_SHARES blocks of at least KEYS_PER_SHARE keys each.
 const SPLIT_BELOW_BLOCKS: usize = 256;
@@ -41,11 +49,13 @@ const MAX_SHARES: usize = 32;
 const KEYS_PER_SHARE: usize = 256;
 
 /// The constants the kernels are compiled with (as `-D` options): Rust is their one source.
-pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 4] = [
+pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 6] = [
     ("MAX_HEAD_DIM", MAX_HEAD_DIM),
     ("ATT_THREADS", ATT_THREADS),
     ("MM_TOKENS", MM_TOKENS),
     ("MV_WARPS", MV_WARPS),
+    ("MMA_TOKENS", MMA_TOKENS),
+    ("MMA_ROWS", MMA_ROWS),
 ];
 
 /// Every kernel the backend launches, as (file in `cuda/`, function): each must be an entry
@@ -173,6 +183,12 @@ impl CudaBackend {
 
     pub fn summary(&self) -> &CudaDeviceSummary {
         &self.device.summary
+    }
+
+    /// Whether products of `n` tokens with block-quantized weights take the tensor cores
+    /// (which round both operands to f16).
+    pub fn uses_tensor_cores(&self, n: usize) -> bool {
+        n >= MMA_MIN_TOKENS && self.device.summary.compute_capability.0 >= 8
     }
 
     /// Writes host values into the first rows of `t` (tests load their inputs this way).
