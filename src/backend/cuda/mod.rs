@@ -41,7 +41,7 @@ const MMA_ROWS: usize = 128;
 /// Products of this many tokens or more take the tensor cores (on compute capability 8.0 and
 /// up), fewer the warp-per-row kernel, which reads each weight once per MM_TOKENS tokens.
 const MMA_MIN_TOKENS: usize = 32;
-const _: () = assert!(MMA_TOKENS == 64 && MMA_ROWS % 32 == 0);
+const _: () = assert!(MMA_TOKENS == 64 && MMA_ROWS.is_multiple_of(32));
 /// Split attention: below this many (row, head) blocks the GPU is not full, and each block's
 /// keys are shared among up to MAX_SHARES blocks of at least KEYS_PER_SHARE keys each.
 const SPLIT_BELOW_BLOCKS: usize = 256;
