@@ -21,6 +21,7 @@ use vibrant::backend::{
     ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, Rope, RopeKind, Routing, Span,
 };
 use vibrant::quant::{GgmlType, ALL_TYPES};
+use vibrant::sampling::{Sampler, SamplerConfig};
 
 /// CUDA products multiply f32 weights (decoded as the host decodes them) by f32 activations:
 /// only the order of the f32 sums differs from the float64 reference, near 1e-7 of the scale
@@ -632,8 +633,8 @@ fn out_of_memory_names_what_did_not_fit() {
     );
 }
 
-/// Token picks (read back and picked on the host): the first largest value, never a NaN,
-/// in the slot they were queued to.
+/// Token picks (argmax on the device): the first largest value, never a NaN, in the slot
+/// they were queued to.
 #[test]
 fn argmax_takes_the_first_largest_and_never_a_nan() {
     let mut b = cuda();
@@ -662,6 +663,64 @@ fn argmax_takes_the_first_largest_and_never_a_nan() {
             "case {case}"
         );
         assert_eq!(b.argmax(&t).expect("argmax"), want, "case {case}");
+    }
+}
+
+/// What pipelined decoding relies on (as tests/gpu_kernels.rs checks it on wgpu): each id
+/// waits in its slot while the next is computed, and the next token's embedding is looked up
+/// on the device from the last id queued, argmax or a sampler's draw.
+#[test]
+fn queued_picks_keep_their_slots_and_embed_the_last_on_the_device() {
+    let (mut b, mut cpu) = (cuda(), cpu());
+    let mut rng = rng(13);
+    let w = Weights::random(&mut rng, GgmlType::Q4K, ROWS, widths(GgmlType::Q4K)[1]);
+    let logits = [0, 1].map(|_| random_values(&mut rng, ROWS, 1.0));
+    let want_ids: Vec<u32> = [1, 0]
+        .map(|i| vibrant::backend::argmax(&logits[i]) as u32)
+        .to_vec();
+    assert_ne!(want_ids[0], want_ids[1], "slots told apart");
+    let (ids, got) = queued_argmaxes(&mut b, &w, &logits);
+    assert_eq!(ids, want_ids, "CUDA ids");
+    let (ids, want) = queued_argmaxes(&mut cpu, &w, &logits);
+    assert_eq!(ids, want_ids, "CPU ids");
+    assert_close(
+        "embedded argmax",
+        &got,
+        &to_f64(&want),
+        w.cols,
+        |_| 1.0,
+        1e-6,
+    );
+
+    // Draws of a seeded sampler, each embedded from where the draw was put.
+    let config = SamplerConfig {
+        seed: 77,
+        temperature: 1.5,
+        ..SamplerConfig::default()
+    };
+    let mut host = Sampler::new(config.clone());
+    b.start_sampling(&Sampler::new(config)).expect("sampling");
+    let table = w.upload(&mut b, "table");
+    let out = b.load("embedded", 1, w.cols, &vec![f32::NAN; w.cols]);
+    let cpu_table = w.upload(&mut cpu, "table");
+    for step in 0..6 {
+        let x = b.load("logits", 1, ROWS, &logits[step % 2]);
+        b.queue_sample(&x, step % 2);
+        b.embed_argmax(&table, &out);
+        let got = b.read_argmax(step % 2).expect("draw");
+        let want = host.sample(&mut logits[step % 2].clone());
+        host.accept(want);
+        assert_eq!(got, want, "draw {step}");
+        let row = embed_rows(&mut cpu, &cpu_table, &[want], w.cols);
+        let what = format!("embedded draw {step}");
+        assert_close(
+            &what,
+            &read(&mut b, &out, 1),
+            &to_f64(&row),
+            w.cols,
+            |_| 1.0,
+            1e-6,
+        );
     }
 }
 

@@ -203,24 +203,6 @@ fn embed_matches_the_cpu_for_every_type() {
     }
 }
 
-/// Two argmaxes queued into their slots, the last one embedded on the device: the ids read
-/// back (the later slot first) and the embedded row.
-fn queued_argmaxes<B: Load>(
-    b: &mut B,
-    w: &Weights,
-    logits: &[Vec<f32>; 2],
-) -> (Vec<u32>, Vec<f32>) {
-    let table = w.upload(b, "table");
-    for (slot, x) in logits.iter().enumerate() {
-        let t = b.load("logits", 1, x.len(), x);
-        b.queue_argmax(&t, slot);
-    }
-    let out = b.load("embedded", 1, w.cols, &vec![f32::NAN; w.cols]);
-    b.embed_argmax(&table, &out);
-    let ids = [1, 0].map(|slot| b.read_argmax(slot).expect("argmax"));
-    (ids.to_vec(), read(b, &out, 1))
-}
-
 /// What pipelined greedy decoding relies on: each queued id waits in its slot while the next
 /// is computed, and the next token's embedding is looked up from the last id on the device.
 #[test]

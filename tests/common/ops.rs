@@ -2,7 +2,7 @@
 //! tests/cuda_kernels.rs): each loads host data through [`Load`], runs one op and reads the
 //! result back, so that one function gives the device's and the CPU reference's answers.
 
-use super::{read, Load};
+use super::{read, Load, Weights};
 use vibrant::backend::{Activation, Pointwise, RmsNorm, Routing};
 use vibrant::quant::GgmlType;
 
@@ -107,4 +107,22 @@ pub fn host_routes(logits: &[f32], n_expert: usize, routing: Routing) -> Vec<f32
         routing.route(l, r);
     }
     routes
+}
+
+/// Two argmaxes queued into their slots, the last one embedded on the device: the ids read
+/// back (the later slot first) and the embedded row.
+pub fn queued_argmaxes<B: Load>(
+    b: &mut B,
+    w: &Weights,
+    logits: &[Vec<f32>; 2],
+) -> (Vec<u32>, Vec<f32>) {
+    let table = w.upload(b, "table");
+    for (slot, x) in logits.iter().enumerate() {
+        let t = b.load("logits", 1, x.len(), x);
+        b.queue_argmax(&t, slot);
+    }
+    let out = b.load("embedded", 1, w.cols, &vec![f32::NAN; w.cols]);
+    b.embed_argmax(&table, &out);
+    let ids = [1, 0].map(|slot| b.read_argmax(slot).expect("argmax"));
+    (ids.to_vec(), read(b, &out, 1))
 }

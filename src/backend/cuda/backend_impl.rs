@@ -5,8 +5,8 @@
 use super::kernels::{int, ArgBits, Kernel};
 use super::{
     BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
-    DeviceBuffer, ATT_THREADS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES, MMA_ROWS, MMA_TOKENS,
-    MM_TOKENS, MV_WARPS, SPLIT_BELOW_BLOCKS,
+    DeviceBuffer, ATT_THREADS, FILL_SLOTS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES, MMA_ROWS,
+    MMA_TOKENS, MM_TOKENS, MV_WARPS, PICK_THREADS, SPLIT_BELOW_BLOCKS,
 };
 use crate::backend::weights::{check_parts, expert_count};
 use crate::backend::{
@@ -89,6 +89,47 @@ impl CudaBackend {
             .inspect_err(|e| self.fail(e.clone()))
     }
 
+    /// Queues the copy of pick slot `slot` to the host.
+    fn send_pick(&mut self, slot: usize) {
+        if self.failed.is_none() {
+            if let Err(e) = self.picks.send(slot) {
+                self.fail(e);
+            }
+        }
+    }
+
+    /// Writes up to 2 × FILL_SLOTS ints at `dst` in stream order, from a kernel's arguments:
+    /// no host copy, so the host never waits for the stream.
+    fn fill_ints(&mut self, dst: u64, values: &[i32]) {
+        debug_assert!(values.len() <= 2 * FILL_SLOTS);
+        let mut args = vec![dst, int(values.len())];
+        args.extend((0..FILL_SLOTS).map(|i| {
+            let at = |j: usize| values.get(j).map_or(0, |&v| v as u32 as u64);
+            at(2 * i) | (at(2 * i + 1) << 32)
+        }));
+        self.launch(Kernel::FillInts, (1, 1, 1), 2 * FILL_SLOTS as u32, &args);
+    }
+
+    /// A new device array of `values` for the kernels queued next.
+    fn device_ints(&mut self, values: &[i32], what: &str) -> Option<DeviceBuffer> {
+        match DeviceBuffer::new(&self.device, 4 * values.len(), what) {
+            Ok(buf) => {
+                // A decode step's arrays are short; longer ones (prompts') are copied after a
+                // bounded wait for the stream to drain (see DeviceBuffer::write).
+                if values.len() <= 2 * FILL_SLOTS {
+                    self.fill_ints(buf.ptr, values);
+                } else if let Err(e) = buf.write(values, what) {
+                    self.fail(e);
+                }
+                Some(buf)
+            }
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
     /// The device copy of `batch`'s cache rows (`[slot × n_ctx, position]` each), checked
     /// against the cache's slots and positions.
     fn batch_rows(&mut self, batch: &Batch, cache: &CudaKvCache) -> Option<Rc<DeviceBuffer>> {
@@ -108,22 +149,14 @@ impl CudaBackend {
             }
             rows.extend([(slot * cache.n_ctx) as i32, pos as i32]);
         }
-        match DeviceBuffer::from_host(&self.device, &rows, "a batch's cache rows") {
-            Ok(buf) => {
-                let buf = Rc::new(buf);
-                self.batch_rows = Some(BatchRows {
-                    batch: batch.clone(),
-                    slots: cache.slots,
-                    n_ctx: cache.n_ctx,
-                    buf: buf.clone(),
-                });
-                Some(buf)
-            }
-            Err(e) => {
-                self.fail(e);
-                None
-            }
-        }
+        let buf = Rc::new(self.device_ints(&rows, "a batch's cache rows")?);
+        self.batch_rows = Some(BatchRows {
+            batch: batch.clone(),
+            slots: cache.slots,
+            n_ctx: cache.n_ctx,
+            buf: buf.clone(),
+        });
+        Some(buf)
     }
 
     /// The buffer of split attention's shares, for the most (row, head) blocks it is used
@@ -393,9 +426,8 @@ impl Backend for CudaBackend {
             if pairs.is_empty() {
                 continue;
             }
-            let pairs = match DeviceBuffer::from_host(&self.device, &pairs, "embedded token ids") {
-                Ok(p) => p,
-                Err(e) => return self.fail(e),
+            let Some(pairs) = self.device_ints(&pairs, "embedded token ids") else {
+                return;
             };
             self.launch(
                 Kernel::Embed,
@@ -834,6 +866,62 @@ impl Backend for CudaBackend {
 
     fn host_tokens(&mut self) -> &mut HostTokens {
         &mut self.tokens
+    }
+
+    fn queue_argmax(&mut self, x: &CudaTensor, slot: usize) {
+        let args = [x.buf.ptr, int(x.cols), self.picks.slot_ptr(slot)];
+        self.launch(Kernel::Argmax, (1, 1, 1), PICK_THREADS as u32, &args);
+        self.send_pick(slot);
+    }
+
+    /// Draws on the host (from the logits read back), then puts the draw where an argmax
+    /// would have put it.
+    fn queue_sample(&mut self, x: &CudaTensor, slot: usize) {
+        let drawn = self.read(x, 1).map(|mut row| {
+            let logits = &mut row[..x.cols];
+            self.tokens.sample(logits)
+        });
+        match drawn {
+            Ok(id) => {
+                self.fill_ints(self.picks.slot_ptr(slot), &[id as i32, 0]);
+                self.send_pick(slot);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn read_argmax(&mut self, slot: usize) -> Result<u32> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.picks.read(slot).inspect_err(|e| self.fail(e.clone()))
+    }
+
+    fn embed_argmax(&mut self, table: &CudaMatrix, out: &CudaTensor) {
+        let ok = out.cols == table.cols && out.rows >= 1;
+        if !self.check(ok, || {
+            format!(
+                "embed_argmax: rows of {} ({} wide) into a [{}, {}] tensor",
+                table.name, table.cols, out.rows, out.cols
+            )
+        }) {
+            return;
+        }
+        let picked = self.picks.slot_ptr(self.picks.last);
+        for part in &table.parts {
+            let args = [
+                part.buf.ptr,
+                part.ggml_type.id() as i32 as u64,
+                int(part.row_bytes),
+                picked,
+                int(part.first),
+                int(part.rows),
+                int(table.rows - 1),
+                out.buf.ptr,
+                int(out.cols),
+            ];
+            self.launch(Kernel::EmbedPicked, (1, 1, 1), ROW_THREADS, &args);
+        }
     }
 }
 

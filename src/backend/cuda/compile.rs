@@ -16,13 +16,14 @@ const COMMON: &str = include_str!("../../../cuda/common.cuh");
 const KV: &str = include_str!("../../../cuda/kv.cuh");
 
 /// Every kernel file: its name and its source (without the headers of [`full_source`]).
-pub const SOURCES: [(&str, &str); 7] = [
+pub const SOURCES: [(&str, &str); 8] = [
     ("matmul", include_str!("../../../cuda/matmul.cu")),
     ("norm", include_str!("../../../cuda/norm.cu")),
     ("elementwise", include_str!("../../../cuda/elementwise.cu")),
     ("rope", include_str!("../../../cuda/rope.cu")),
     ("attention", include_str!("../../../cuda/attention.cu")),
     ("moe", include_str!("../../../cuda/moe.cu")),
+    ("tokens", include_str!("../../../cuda/tokens.cu")),
     ("hang", include_str!("../../../cuda/hang.cu")),
 ];
 

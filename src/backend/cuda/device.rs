@@ -203,21 +203,40 @@ impl Device {
     /// Waits until the stream's work so far has finished, for at most the timeout. A wait that
     /// runs out marks the device hung: every later wait fails at once with the same error.
     pub(crate) fn wait(&self, stage: &str) -> Result<()> {
+        if !self.is_hung() {
+            self.record(self.event, stage)?;
+        }
+        self.wait_for(self.event, stage)
+    }
+
+    /// Marks the stream's work so far with `event`.
+    pub(crate) fn record(&self, event: sys::CUevent, stage: &str) -> Result<()> {
+        // SAFETY: an event of this context and the device's stream, both live.
+        unsafe { result::event::record(event, self.stream) }.map_err(|e| driver_error(stage, e))
+    }
+
+    /// A new event for [`Device::record`] and [`Device::wait_for`], destroyed by the caller
+    /// (unless the device hung).
+    pub(crate) fn new_event(&self, stage: &str) -> Result<sys::CUevent> {
+        result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| driver_error(stage, e))
+    }
+
+    /// Waits until the work before `event`'s last record has finished, bounded as
+    /// [`Device::wait`] is.
+    pub(crate) fn wait_for(&self, event: sys::CUevent, stage: &str) -> Result<()> {
         let timeout = |seconds| BackendError::Timeout {
             stage: stage.to_string(),
             seconds,
         };
-        if self.hung.load(Ordering::Relaxed) {
+        if self.is_hung() {
             return Err(timeout(self.timeout.as_secs_f64()));
         }
-        // SAFETY: the event and stream live as long as self.
-        unsafe { result::event::record(self.event, self.stream) }
-            .map_err(|e| driver_error(stage, e))?;
         let started = Instant::now();
         let mut pause = Duration::from_micros(20);
         loop {
-            // SAFETY: as above.
-            match unsafe { result::event::query(self.event) } {
+            // SAFETY: the caller's event, live.
+            match unsafe { result::event::query(event) } {
                 Ok(()) => return Ok(()),
                 Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_READY => {}
                 Err(e) => return Err(driver_error(stage, e)),

@@ -32,11 +32,14 @@ pub(crate) enum Kernel {
     MoeRoute,
     MatmulId,
     MoeCombineAdd,
+    Argmax,
+    EmbedPicked,
+    FillInts,
     Hang,
 }
 
 impl Kernel {
-    const FIXED: [Kernel; 16] = [
+    const FIXED: [Kernel; 19] = [
         Kernel::Matmul,
         Kernel::Embed,
         Kernel::RmsNorm,
@@ -52,6 +55,9 @@ impl Kernel {
         Kernel::MoeRoute,
         Kernel::MatmulId,
         Kernel::MoeCombineAdd,
+        Kernel::Argmax,
+        Kernel::EmbedPicked,
+        Kernel::FillInts,
         Kernel::Hang,
     ];
 
@@ -83,6 +89,9 @@ impl Kernel {
             Self::MoeRoute => ("moe", "moe_route"),
             Self::MatmulId => ("moe", "matmul_id"),
             Self::MoeCombineAdd => ("moe", "moe_combine_add"),
+            Self::Argmax => ("tokens", "argmax"),
+            Self::EmbedPicked => ("tokens", "embed_picked"),
+            Self::FillInts => ("tokens", "fill_ints"),
             Self::Hang => ("hang", "hang"),
         }
     }

@@ -16,6 +16,7 @@ mod backend_impl;
 pub mod compile;
 pub mod device;
 mod kernels;
+mod picks;
 
 pub use device::{driver_present, list_devices, missing_libraries, CudaDeviceSummary, CudaOptions};
 
@@ -41,6 +42,11 @@ const MMA_ROWS: usize = 128;
 /// Products of this many tokens or more take the tensor cores (on compute capability 8.0 and
 /// up), fewer the warp-per-row kernel, which reads each weight once per MM_TOKENS tokens.
 const MMA_MIN_TOKENS: usize = 32;
+/// Threads of cuda/tokens.cu's argmax (one block).
+const PICK_THREADS: usize = 1024;
+/// The u64 arguments of cuda/tokens.cu's fill_ints: arrays of up to twice as many ints are
+/// written from kernel arguments rather than copied from the host.
+const FILL_SLOTS: usize = 16;
 const _: () = assert!(MMA_TOKENS == 64 && MMA_ROWS.is_multiple_of(32));
 /// Split attention: below this many (row, head) blocks the GPU is not full, and each block's
 /// keys are shared among up to MAX_SHARES blocks of at least KEYS_PER_SHARE keys each.
@@ -49,13 +55,15 @@ const MAX_SHARES: usize = 32;
 const KEYS_PER_SHARE: usize = 256;
 
 /// The constants the kernels are compiled with (as `-D` options): Rust is their one source.
-pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 6] = [
+pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 8] = [
     ("MAX_HEAD_DIM", MAX_HEAD_DIM),
     ("ATT_THREADS", ATT_THREADS),
     ("MM_TOKENS", MM_TOKENS),
     ("MV_WARPS", MV_WARPS),
     ("MMA_TOKENS", MMA_TOKENS),
     ("MMA_ROWS", MMA_ROWS),
+    ("PICK_THREADS", PICK_THREADS),
+    ("FILL_SLOTS", FILL_SLOTS),
 ];
 
 /// Every kernel the backend launches, as (file in `cuda/`, function): each must be an entry
@@ -151,7 +159,9 @@ pub struct CudaBackend {
     batch_rows: Option<BatchRows>,
     /// The shares of split attention (cuda/attention.cu's attention_split), made at first use.
     attention_shares: Option<Rc<DeviceBuffer>>,
-    /// Token picks: read back and chosen on the host for now.
+    /// Argmax picks, kept on the device for the next step's embedding.
+    picks: picks::DevicePicks,
+    /// Sampled picks: drawn on the host from the logits, then written into `picks`.
     tokens: HostTokens,
 }
 
@@ -167,16 +177,18 @@ impl CudaBackend {
         let device = Device::open(&options)?;
         let kernels = Kernels::load(&device, options.kernel_cache)?;
         let placeholder = Rc::new(DeviceBuffer::new(&device, 16, "a placeholder tensor")?);
+        let picks = picks::DevicePicks::new(&device)?;
         Ok(Self {
             device,
             kernels,
             failed: None,
             last_kernel: "none yet",
-            bytes_held: 16,
+            bytes_held: 16 + 8 * crate::backend::ARGMAX_SLOTS as u64,
             scratch: HashMap::new(),
             placeholder,
             batch_rows: None,
             attention_shares: None,
+            picks,
             tokens: HostTokens::default(),
         })
     }
