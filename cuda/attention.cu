@@ -1,16 +1,31 @@
 // Attention of each row's query heads over the keys and values (kv.cuh's encodings) of its
 // own slot, at the positions the window lets it see up to its own, with an online softmax
-// over chunks of ATT_THREADS keys (so that any context length fits in shared memory).
+// (so that any context length fits).
 //
 // rows[2t] is the first cache row of row t's slot, rows[2t + 1] its position. One block of
-// ATT_THREADS threads per (row, query head); head_dim <= 2 × ATT_THREADS. Where there are too
-// few (row, head) pairs to fill the GPU (decoding), attention_split gives each block a share
-// of the keys and attention_merge combines the shares.
+// ATT_THREADS threads per (row, query head); head_dim <= MAX_HEAD_DIM. Each warp takes every
+// ATT_WARPS-th key: its lanes read the key's row together (two values each per 64 of
+// head_dim, so a row is one coalesced read), sum the dot across the warp, and keep the
+// online softmax of their keys and their lanes' output values; the block then merges its
+// warps. Where there are too few (row, head) pairs to fill the GPU (decoding),
+// attention_split gives each block a share of the keys and attention_merge combines them.
 
-// The online softmax of one (row, head) over keys lo..hi: its maximum, its sum and this
-// thread's two output accumulators (dimensions tid and tid + ATT_THREADS).
+#define ATT_WARPS (ATT_THREADS / 32)
+// Pairs of head values per lane.
+#define ATT_PAIRS (MAX_HEAD_DIM / 64)
+
+// Values d and d + 1 of the head starting at `head` (d even).
+__device__ __forceinline__ float2 kv_pair(int ty, const u8* head, int d) {
+    if (ty == WT_Q8_0) return make_float2(kv_at(ty, head, d), kv_at(ty, head, d + 1));
+    u32 w = *(const u32*)(head + 2 * d);
+    return make_float2(f16_to_f32((u16)(w & 0xFFFFu)), f16_to_f32((u16)(w >> 16)));
+}
+
+// The online softmax of one (row, head) over some of its keys: the maximum score, the sum of
+// exp(score - m), and the weighted values (acc[d] for d < head_dim, in shared memory once
+// merged).
 struct Partial {
-    float m, l, acc0, acc1;
+    float m, l;
 };
 
 // What a block of (row t, head h) reads: its query in shared memory, its keys and values.
@@ -42,39 +57,68 @@ __device__ Head head_of(const float* q, const u8* k_cache, const u8* v_cache, in
     return hd;
 }
 
-__device__ Partial attend(const Head& hd, const float* qs, float* p, int k_type, int v_type,
-                          int head_dim, float scale, float softcap, int lo, int hi) {
-    int tid = threadIdx.x;
-    Partial r = {NEG_INF, 0.0f, 0.0f, 0.0f};
-    for (int k0 = lo; k0 <= hi; k0 += ATT_THREADS) {
-        int key = k0 + tid;
-        float s = NEG_INF;
-        if (key <= hi) {
-            const u8* kr = hd.keys + (u64)key * hd.row_k;
-            float dot = 0.0f;
-            for (int d = 0; d < head_dim; d++) dot += qs[d] * kv_at(k_type, kr, d);
-            s = scale * dot;
-            if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+// The block's online softmax over keys lo..hi (each warp every ATT_WARPS-th key), merged
+// across warps: m and l returned to every thread, the weighted values in acc[0..head_dim).
+__device__ Partial attend(const Head& hd, const float* qs, int k_type, int v_type, int head_dim,
+                          float scale, float softcap, int lo, int hi, float* acc) {
+    __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
+    __shared__ float warp_acc[ATT_WARPS][MAX_HEAD_DIM];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    float q[2 * ATT_PAIRS], a[2 * ATT_PAIRS];
+    for (int i = 0; i < ATT_PAIRS; i++) {
+        int d = 2 * lane + 64 * i;
+        q[2 * i] = d < head_dim ? qs[d] : 0.0f;
+        q[2 * i + 1] = d < head_dim ? qs[d + 1] : 0.0f;
+        a[2 * i] = a[2 * i + 1] = 0.0f;
+    }
+    float m = NEG_INF, l = 0.0f;
+    for (int key = lo + warp; key <= hi; key += ATT_WARPS) {
+        const u8* kr = hd.keys + (u64)key * hd.row_k;
+        float dot = 0.0f;
+        for (int i = 0; i < ATT_PAIRS; i++) {
+            int d = 2 * lane + 64 * i;
+            if (d < head_dim) {
+                float2 k = kv_pair(k_type, kr, d);
+                dot += q[2 * i] * k.x + q[2 * i + 1] * k.y;
+            }
         }
-        // Key k0 is always visible: the chunk's maximum is finite.
-        float m_new = fmaxf(r.m, block_max(s));
-        float alpha = expf(r.m - m_new);
-        float pj = key <= hi ? expf(s - m_new) : 0.0f;
-        p[tid] = pj;
-        r.l = r.l * alpha + block_sum(pj);
-        __syncthreads();
-        int count = min(ATT_THREADS, hi + 1 - k0);
-        int d0 = tid, d1 = tid + ATT_THREADS;
-        float a0 = 0.0f, a1 = 0.0f;
-        for (int j = 0; j < count; j++) {
-            const u8* vr = hd.values + (u64)(k0 + j) * hd.row_v;
-            if (d0 < head_dim) a0 += p[j] * kv_at(v_type, vr, d0);
-            if (d1 < head_dim) a1 += p[j] * kv_at(v_type, vr, d1);
+        float s = scale * warp_sum(dot);
+        if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+        float m_new = fmaxf(m, s);
+        float alpha = expf(m - m_new), p = expf(s - m_new);
+        l = l * alpha + p;
+        const u8* vr = hd.values + (u64)key * hd.row_v;
+        for (int i = 0; i < ATT_PAIRS; i++) {
+            int d = 2 * lane + 64 * i;
+            if (d < head_dim) {
+                float2 v = kv_pair(v_type, vr, d);
+                a[2 * i] = a[2 * i] * alpha + p * v.x;
+                a[2 * i + 1] = a[2 * i + 1] * alpha + p * v.y;
+            }
         }
-        r.acc0 = r.acc0 * alpha + a0;
-        r.acc1 = r.acc1 * alpha + a1;
-        r.m = m_new;
-        __syncthreads();
+        m = m_new;
+    }
+    if (lane == 0) {
+        warp_m[warp] = m;
+        warp_l[warp] = l;
+    }
+    for (int i = 0; i < ATT_PAIRS; i++) {
+        int d = 2 * lane + 64 * i;
+        if (d < head_dim) {
+            warp_acc[warp][d] = a[2 * i];
+            warp_acc[warp][d + 1] = a[2 * i + 1];
+        }
+    }
+    __syncthreads();
+    Partial r = {NEG_INF, 0.0f};
+    for (int w = 0; w < ATT_WARPS; w++) r.m = fmaxf(r.m, warp_m[w]);
+    for (int w = 0; w < ATT_WARPS; w++)
+        if (warp_m[w] != NEG_INF) r.l += warp_l[w] * expf(warp_m[w] - r.m);
+    for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS) {
+        float sum = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (warp_m[w] != NEG_INF) sum += warp_acc[w][d] * expf(warp_m[w] - r.m);
+        acc[d] = sum;
     }
     return r;
 }
@@ -83,15 +127,13 @@ extern "C" __global__ void attention(const float* q, const u8* k_cache, const u8
                                      int k_type, int v_type, float* out, const int* rows,
                                      int n_head, int n_head_kv, int head_dim, float scale,
                                      float softcap, int window) {
-    __shared__ float qs[2 * ATT_THREADS];
-    __shared__ float p[ATT_THREADS];
+    __shared__ float qs[MAX_HEAD_DIM];
+    __shared__ float acc[MAX_HEAD_DIM];
     Head hd = head_of(q, k_cache, v_cache, k_type, v_type, rows, n_head, n_head_kv, head_dim,
                       window, qs);
-    Partial r = attend(hd, qs, p, k_type, v_type, head_dim, scale, softcap, hd.first, hd.pos);
-    int tid = threadIdx.x;
+    Partial r = attend(hd, qs, k_type, v_type, head_dim, scale, softcap, hd.first, hd.pos, acc);
     float* o = out + ((u64)blockIdx.x * n_head + blockIdx.y) * head_dim;
-    if (tid < head_dim) o[tid] = r.acc0 / r.l;
-    if (tid + ATT_THREADS < head_dim) o[tid + ATT_THREADS] = r.acc1 / r.l;
+    for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS) o[d] = acc[d] / r.l;
 }
 
 // Share blockIdx.z of `splits` of the visible keys of each (row, head), into `part`: per
@@ -101,24 +143,22 @@ extern "C" __global__ void attention_split(const float* q, const u8* k_cache, co
                                            int k_type, int v_type, float* part, const int* rows,
                                            int n_head, int n_head_kv, int head_dim, float scale,
                                            float softcap, int window, int splits) {
-    __shared__ float qs[2 * ATT_THREADS];
-    __shared__ float p[ATT_THREADS];
+    __shared__ float qs[MAX_HEAD_DIM];
+    __shared__ float acc[MAX_HEAD_DIM];
     Head hd = head_of(q, k_cache, v_cache, k_type, v_type, rows, n_head, n_head_kv, head_dim,
                       window, qs);
     int share = (hd.pos + 1 - hd.first + splits - 1) / splits;
     int lo = hd.first + blockIdx.z * share;
     int hi = min(hd.pos, lo + share - 1);
-    Partial r = {NEG_INF, 0.0f, 0.0f, 0.0f};
-    if (lo <= hi) r = attend(hd, qs, p, k_type, v_type, head_dim, scale, softcap, lo, hi);
-    int tid = threadIdx.x;
+    // An empty share (lo > hi) has maximum -inf, which the merge skips.
+    Partial r = attend(hd, qs, k_type, v_type, head_dim, scale, softcap, lo, hi, acc);
     float* o = part + (((u64)blockIdx.x * n_head + blockIdx.y) * splits + blockIdx.z) *
                           (head_dim + 2);
-    if (tid == 0) {
+    if (threadIdx.x == 0) {
         o[0] = r.m;
         o[1] = r.l;
     }
-    if (tid < head_dim) o[2 + tid] = r.acc0;
-    if (tid + ATT_THREADS < head_dim) o[2 + tid + ATT_THREADS] = r.acc1;
+    for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS) o[2 + d] = acc[d];
 }
 
 // out of (row blockIdx.x, head blockIdx.y) from its `splits` shares in `part`.

@@ -27,7 +27,8 @@ use kernels::Kernels;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Longest attention head the kernels take (twice ATT_THREADS).
+/// Longest attention head the kernels take (a multiple of 64: each lane of a warp holds two
+/// values per 64).
 pub const MAX_HEAD_DIM: usize = 256;
 /// Threads per block of cuda/attention.cu.
 const ATT_THREADS: usize = 128;
@@ -47,7 +48,8 @@ const PICK_THREADS: usize = 1024;
 /// The u64 arguments of cuda/tokens.cu's fill_ints: arrays of up to twice as many ints are
 /// written from kernel arguments rather than copied from the host.
 const FILL_SLOTS: usize = 16;
-const _: () = assert!(MMA_TOKENS == 64 && MMA_ROWS.is_multiple_of(32));
+const _: () =
+    assert!(MMA_TOKENS == 64 && MMA_ROWS.is_multiple_of(32) && MAX_HEAD_DIM.is_multiple_of(64));
 /// Split attention: below this many (row, head) blocks the GPU is not full, and each block's
 /// keys are shared among up to MAX_SHARES blocks of at least KEYS_PER_SHARE keys each.
 const SPLIT_BELOW_BLOCKS: usize = 256;
