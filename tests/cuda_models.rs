@@ -9,6 +9,8 @@ mod common;
 
 use common::models::*;
 use vibrant::backend::cpu::CpuBackend;
+use vibrant::backend::cuda::CudaOptions;
+use vibrant::backend::Backend;
 use vibrant::model::Transformer;
 
 const PROMPT: &str =
@@ -43,4 +45,42 @@ fn smollm2_greedy_decoding_on_cuda_matches_the_cpu() {
     let want = greedy(&mut cpu, &tokens, 32);
     let got = greedy(&mut cuda, &tokens, 32);
     assert_eq!(got, want, "CUDA's greedy tokens against the CPU's");
+}
+
+/// `steps` tokens of pipelined greedy decoding (each picked on the device, the next step
+/// queued before the id is read) after `prompt`.
+fn decoded<B: Backend>(model: &mut Transformer<B>, prompt: &[u32], steps: usize) -> Vec<u32> {
+    model.forward(prompt).unwrap();
+    let mut decoder = model.greedy();
+    (0..steps).map(|_| decoder.next_token().unwrap()).collect()
+}
+
+/// Pipelined decoding on CUDA, with each step launched kernel by kernel and as a replayed
+/// graph: the same kernels on the same data give the same tokens, over 300 steps (past 256
+/// keys, where decode attention splits the cache in two and the graph is rebuilt), and the
+/// first 32 are the CPU's.
+#[test]
+fn pipelined_decoding_with_and_without_graphs_matches() {
+    let (file, tokenizer) = open("smollm2-135m");
+    let tokens = tokenizer.encode(PROMPT, true).unwrap();
+    let mut cpu =
+        Transformer::load(&file, CpuBackend::exact(0).unwrap(), &short_context()).unwrap();
+    let want = greedy(&mut cpu, &tokens, 32);
+    let runs = [false, true].map(|graphs| {
+        let backend = common::cuda::cuda_with(CudaOptions {
+            graphs,
+            ..CudaOptions::default()
+        });
+        let mut cuda = Transformer::load(&file, backend, &short_context()).unwrap();
+        decoded(&mut cuda, &tokens, 300)
+    });
+    assert_eq!(
+        runs[0][..32],
+        want[..],
+        "CUDA's pipelined tokens against the CPU's"
+    );
+    assert_eq!(
+        runs[1], runs[0],
+        "tokens with graphs against kernel by kernel"
+    );
 }

@@ -4,7 +4,7 @@
 
 use super::kernels::{int, ArgBits, Kernel};
 use super::{
-    BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
+    graph, BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
     DeviceBuffer, ATT_THREADS, FILL_SLOTS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES, MMA_ROWS,
     MMA_TOKENS, MM_TOKENS, MV_WARPS, PICK_THREADS, SPLIT_BELOW_BLOCKS,
 };
@@ -89,8 +89,42 @@ impl CudaBackend {
             .inspect_err(|e| self.fail(e.clone()))
     }
 
-    /// Queues the copy of pick slot `slot` to the host.
+    /// Queues the step recorded since [`Backend::embed_argmax`] as a graph: the last step's,
+    /// with the arguments that changed set in place, where it has the same kernels on the same
+    /// grids; else a new one.
+    fn launch_step_graph(&mut self) {
+        let Some(launches) = self.device.take_recording() else {
+            return;
+        };
+        if self.failed.is_some() {
+            return;
+        }
+        let reused = match &mut self.step_graph {
+            Some(g) if g.fits(&launches) => Some(g.update(launches.clone())),
+            _ => None,
+        };
+        let queued = match reused {
+            Some(updated) => updated,
+            None => graph::StepGraph::build(launches).map(|g| {
+                self.step_graph = Some(g);
+            }),
+        };
+        let launched = queued.and_then(|()| {
+            let g = self
+                .step_graph
+                .as_ref()
+                .expect("a step graph was just made");
+            g.launch(self.device.stream)
+        });
+        if let Err(e) = launched {
+            self.fail(e);
+        }
+    }
+
+    /// Queues the copy of pick slot `slot` to the host (after the step's graph, if one was
+    /// recorded).
     fn send_pick(&mut self, slot: usize) {
+        self.launch_step_graph();
         if self.failed.is_none() {
             if let Err(e) = self.picks.send(slot) {
                 self.fail(e);
@@ -149,7 +183,13 @@ impl CudaBackend {
             }
             rows.extend([(slot * cache.n_ctx) as i32, pos as i32]);
         }
-        let buf = Rc::new(self.device_ints(&rows, "a batch's cache rows")?);
+        let buf = if rows.len() <= 2 * FILL_SLOTS {
+            let buf = self.small_batch_rows.clone();
+            self.fill_ints(buf.ptr, &rows);
+            buf
+        } else {
+            Rc::new(self.device_ints(&rows, "a batch's cache rows")?)
+        };
         self.batch_rows = Some(BatchRows {
             batch: batch.clone(),
             slots: cache.slots,
@@ -906,6 +946,9 @@ impl Backend for CudaBackend {
             )
         }) {
             return;
+        }
+        if self.graphs && self.failed.is_none() {
+            self.device.start_recording();
         }
         let picked = self.picks.slot_ptr(self.picks.last);
         for part in &table.parts {

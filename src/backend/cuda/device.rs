@@ -3,8 +3,10 @@
 //! memory, and bounded waits: every wait polls an event against a deadline, so that a kernel
 //! that never ends is a [`BackendError::Timeout`], never a hang.
 
+use super::graph::Launch;
 use crate::backend::{BackendError, Result};
 use cudarc::driver::{result, sys};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +20,9 @@ pub struct CudaOptions {
     pub timeout: Duration,
     /// Keep compiled kernels on disk between runs (under the user's cache directory).
     pub kernel_cache: bool,
+    /// Run each greedy or sampled decode step as one CUDA graph (graph.rs); by default as
+    /// `VIBRANT_CUDA_GRAPHS=1` asks.
+    pub graphs: bool,
 }
 
 impl Default for CudaOptions {
@@ -26,6 +31,7 @@ impl Default for CudaOptions {
             ordinal: 0,
             timeout: Duration::from_secs(60),
             kernel_cache: true,
+            graphs: std::env::var("VIBRANT_CUDA_GRAPHS").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -161,6 +167,12 @@ pub(crate) struct Device {
     pub(crate) timeout: Duration,
     /// A wait timed out: work may still be running, and nothing may block on it again.
     pub(crate) hung: AtomicBool,
+    /// Launches recorded for a step's graph instead of launched (see graph.rs); any other use
+    /// of the stream launches them first, so that stream order always holds.
+    recording: RefCell<Option<Vec<Launch>>>,
+    /// The failure of launching recorded kernels where no error could be returned (a free),
+    /// for the next wait.
+    late_error: RefCell<Option<BackendError>>,
 }
 
 impl Device {
@@ -197,7 +209,38 @@ impl Device {
             event,
             timeout: options.timeout,
             hung: AtomicBool::new(false),
+            recording: RefCell::new(None),
+            late_error: RefCell::new(None),
         }))
+    }
+
+    /// Launches `l` on the stream, or records it while a step is being recorded.
+    pub(crate) fn launch(&self, l: Launch) -> Result<()> {
+        if let Some(recorded) = self.recording.borrow_mut().as_mut() {
+            recorded.push(l);
+            return Ok(());
+        }
+        l.launch(self.stream)
+    }
+
+    /// Records launches from here on (see [`Device::take_recording`]).
+    pub(crate) fn start_recording(&self) {
+        self.recording.borrow_mut().get_or_insert_with(Vec::new);
+    }
+
+    /// The launches recorded since [`Device::start_recording`], which the caller must now
+    /// queue; `None` where nothing is being recorded (or the recording was flushed).
+    pub(crate) fn take_recording(&self) -> Option<Vec<Launch>> {
+        self.recording.borrow_mut().take()
+    }
+
+    /// Launches what was recorded, one kernel at a time, and stops recording: the stream
+    /// is about to be used otherwise.
+    pub(crate) fn flush(&self) -> Result<()> {
+        match self.take_recording() {
+            Some(recorded) => recorded.iter().try_for_each(|l| l.launch(self.stream)),
+            None => Ok(()),
+        }
     }
 
     /// Waits until the stream's work so far has finished, for at most the timeout. A wait that
@@ -211,6 +254,10 @@ impl Device {
 
     /// Marks the stream's work so far with `event`.
     pub(crate) fn record(&self, event: sys::CUevent, stage: &str) -> Result<()> {
+        self.flush()?;
+        if let Some(e) = self.late_error.borrow_mut().take() {
+            return Err(e);
+        }
         // SAFETY: an event of this context and the device's stream, both live.
         unsafe { result::event::record(event, self.stream) }.map_err(|e| driver_error(stage, e))
     }
@@ -262,6 +309,7 @@ impl Device {
 
     /// `bytes` of device memory for `what`, in stream order.
     pub(crate) fn alloc(&self, bytes: usize, what: &str) -> Result<sys::CUdeviceptr> {
+        self.flush()?;
         // SAFETY: a stream of this context; a zero-byte allocation is made one byte so that
         // every buffer has an address of its own.
         unsafe { result::malloc_async(self.stream, bytes.max(1)) }.map_err(|e| match e.0 {
@@ -275,6 +323,9 @@ impl Device {
 
     /// Frees in stream order; leaks once hung (the memory goes with the process).
     pub(crate) fn free(&self, ptr: sys::CUdeviceptr) {
+        if let Err(e) = self.flush() {
+            self.late_error.borrow_mut().get_or_insert(e);
+        }
         if !self.is_hung() {
             // SAFETY: allocated by alloc on this stream, freed once (DeviceBuffer's drop).
             // An error here has nowhere to go: the next wait reports a broken context.
@@ -345,6 +396,7 @@ impl DeviceBuffer {
 
     /// Zeroes the buffer, in stream order.
     pub(crate) fn zero(&self, what: &str) -> Result<()> {
+        self.device.flush()?;
         // SAFETY: the whole buffer, on its stream.
         unsafe { result::memset_d8_async(self.ptr, 0, self.bytes, self.device.stream) }
             .map_err(|e| driver_error(&format!("zeroing {what}"), e))

@@ -1,9 +1,10 @@
 //! The kernel functions of the loaded modules, and launches: arguments travel as 8-byte slots
 //! (the driver copies each parameter's size from its slot, little-endian, so an int or a float
-//! sits in the low bytes).
+//! sits in the low bytes), launched at once or recorded for a step's graph (graph.rs).
 
 use super::compile;
 use super::device::{driver_error, Device};
+use super::graph::Launch;
 use crate::backend::{BackendError, Result};
 use crate::quant::{GgmlType, ALL_TYPES};
 use cudarc::driver::{result, sys};
@@ -200,25 +201,13 @@ impl Kernels {
                 "kernel {name}: a grid of {grid:?} blocks is past CUDA's limits"
             )));
         }
-        let mut slots = args.to_vec();
-        let mut params: Vec<*mut c_void> = slots
-            .iter_mut()
-            .map(|s| s as *mut u64 as *mut c_void)
-            .collect();
-        // SAFETY: the function's parameters are `args` in order, each at most 8 bytes and read
-        // from its slot during the call; pointers point into live device buffers, which are
-        // freed in stream order after the kernel.
-        unsafe {
-            result::launch_kernel(
-                self.functions[&kernel],
-                grid,
-                (block, 1, 1),
-                0,
-                device.stream,
-                &mut params,
-            )
-        }
-        .map_err(|e| driver_error(&format!("launching kernel {name}"), e))
+        device.launch(Launch {
+            func: self.functions[&kernel],
+            name,
+            grid,
+            block,
+            args: args.to_vec(),
+        })
     }
 
     /// Unloads the modules, unless the device hung (unloading behind a kernel that never ends

@@ -10,11 +10,13 @@
 //!
 //! Split by concern: [`device`] (libraries, context, stream, memory, bounded waits),
 //! `compile` (NVRTC and the on-disk kernel cache), `kernels` (modules and launches),
-//! `backend_impl` (the trait's ops).
+//! `backend_impl` (the trait's ops), `picks` (token picks kept on the device), `graph` (a decode
+//! step as one CUDA graph).
 
 mod backend_impl;
 pub mod compile;
 pub mod device;
+mod graph;
 mod kernels;
 mod picks;
 
@@ -163,6 +165,12 @@ pub struct CudaBackend {
     attention_shares: Option<Rc<DeviceBuffer>>,
     /// Argmax picks, kept on the device for the next step's embedding.
     picks: picks::DevicePicks,
+    /// Whether decode steps run as graphs, and the graph of the last one.
+    graphs: bool,
+    step_graph: Option<graph::StepGraph>,
+    /// The cache rows of batches of up to FILL_SLOTS rows, in one buffer (so that a step's
+    /// graph finds them at the same address every step).
+    small_batch_rows: Rc<DeviceBuffer>,
     /// Sampled picks: drawn on the host from the logits, then written into `picks`.
     tokens: HostTokens,
 }
@@ -180,17 +188,25 @@ impl CudaBackend {
         let kernels = Kernels::load(&device, options.kernel_cache)?;
         let placeholder = Rc::new(DeviceBuffer::new(&device, 16, "a placeholder tensor")?);
         let picks = picks::DevicePicks::new(&device)?;
+        let small_batch_rows = Rc::new(DeviceBuffer::new(
+            &device,
+            8 * FILL_SLOTS,
+            "the cache rows of small batches",
+        )?);
         Ok(Self {
             device,
             kernels,
             failed: None,
             last_kernel: "none yet",
-            bytes_held: 16 + 8 * crate::backend::ARGMAX_SLOTS as u64,
+            bytes_held: 16 + 8 * (crate::backend::ARGMAX_SLOTS + FILL_SLOTS) as u64,
             scratch: HashMap::new(),
             placeholder,
             batch_rows: None,
             attention_shares: None,
             picks,
+            graphs: options.graphs,
+            step_graph: None,
+            small_batch_rows,
             tokens: HostTokens::default(),
         })
     }

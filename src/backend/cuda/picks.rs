@@ -51,6 +51,7 @@ impl DevicePicks {
     /// Queues the copy of slot `slot`'s id to the host, after the work recorded so far.
     pub(super) fn send(&mut self, slot: usize) -> Result<()> {
         let stage = "copying a token pick to the host";
+        self.device.flush()?;
         // SAFETY: pinned memory of ARGMAX_SLOTS ints, live until drop; `slot` is below
         // ARGMAX_SLOTS (the slice index checks it). The copy is truly asynchronous, and the
         // host reads the int only after the event behind it has completed.
