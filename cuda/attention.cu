@@ -180,3 +180,151 @@ extern "C" __global__ void attention_merge(const float* part, float* out, int n_
         o[d] = acc / l;
     }
 }
+
+// Prompt attention on tensor cores (compute capability 8.0 and up), FlashAttention-2 style,
+// for a batch that is one span of a sequence: rows t < n at positions p0 + t of the slot whose
+// first cache row is `start`. A block of four warps takes FA_ROWS query rows of one head, a
+// warp 16 of them, and walks the keys they see in tiles of FA_KEYS: each tile's keys (and its
+// values, transposed) go to shared memory as f16, the warp's scores come from mma.sync
+// m16n8k16 with its queries (f16, held in registers), pass through the online softmax in
+// registers, and their weights (rounded to f16) multiply the values on tensor cores as well.
+// head_dim a multiple of 16, at most FA_MAX_HD; FA_ROWS = 64 (four warps of 16 rows).
+#define FA_KEYS 64
+#define FA_PITCH_K (FA_MAX_HD + 8)
+#define FA_PITCH_V (FA_KEYS + 8)
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_flash(const float* q, const u8* k_cache, const u8* v_cache, int k_type, int v_type,
+                    float* out, int start, int p0, int n, int n_head, int n_head_kv,
+                    int head_dim, float scale, float softcap, int window) {
+    __shared__ __align__(16) u16 ks[FA_KEYS][FA_PITCH_K];
+    __shared__ __align__(16) u16 vt[FA_MAX_HD][FA_PITCH_V];
+    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, tig = lane % 4;
+    int h = blockIdx.y, kv_head = h / (n_head / n_head_kv);
+    int t0 = blockIdx.x * FA_ROWS, wt = t0 + 16 * warp;
+    int kv_width = n_head_kv * head_dim;
+    u64 row_k = kv_bytes(k_type, kv_width), row_v = kv_bytes(v_type, kv_width);
+    const u8* keys = k_cache + (u64)start * row_k + kv_bytes(k_type, (u64)kv_head * head_dim);
+    const u8* values = v_cache + (u64)start * row_v + kv_bytes(v_type, (u64)kv_head * head_dim);
+    int steps = head_dim / 16, pairs = head_dim / 2;
+
+    // This lane's rows: wt + g and wt + g + 8.
+    int rows[2] = {wt + g, wt + g + 8};
+    u32 qa[FA_MAX_HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < FA_MAX_HD / 16; kk++) {
+        for (int i = 0; i < 4; i++) {
+            int r = rows[i % 2], d = 16 * kk + 2 * tig + 8 * (i / 2);
+            const float* qr = q + ((u64)r * n_head + h) * head_dim;
+            bool in = kk < steps && r < n;
+            qa[kk][i] = in ? pack_f16x2(qr[d], qr[d + 1]) : 0u;
+        }
+    }
+    float o[FA_MAX_HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < FA_MAX_HD / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    int pos[2], first[2];
+    for (int i = 0; i < 2; i++) {
+        pos[i] = p0 + rows[i];
+        first[i] = window > 0 ? max(0, pos[i] + 1 - window) : 0;
+    }
+    int last_row = min(t0 + FA_ROWS, n) - 1;
+    int lo = window > 0 ? max(0, p0 + t0 + 1 - window) : 0, hi = p0 + last_row;
+
+    for (int k0 = lo; k0 <= hi; k0 += FA_KEYS) {
+        __syncthreads();
+        for (int i = tid; i < FA_KEYS * pairs; i += 128) {
+            int key = i / pairs, d = 2 * (i % pairs);
+            float2 k = make_float2(0.0f, 0.0f), v = make_float2(0.0f, 0.0f);
+            if (k0 + key <= hi) {
+                k = kv_pair(k_type, keys + (u64)(k0 + key) * row_k, d);
+                v = kv_pair(v_type, values + (u64)(k0 + key) * row_v, d);
+            }
+            *(u32*)&ks[key][d] = pack_f16x2(k.x, k.y);
+            vt[d][key] = f32_to_f16(v.x);
+            vt[d + 1][key] = f32_to_f16(v.y);
+        }
+        __syncthreads();
+        if (wt >= n) continue;
+        float s[FA_KEYS / 8][4];
+#pragma unroll
+        for (int j = 0; j < FA_KEYS / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < FA_MAX_HD / 16; kk++) {
+            if (kk >= steps) break;
+#pragma unroll
+            for (int j = 0; j < FA_KEYS / 8; j++) {
+                u32 b[2] = {*(const u32*)&ks[8 * j + g][16 * kk + 2 * tig],
+                            *(const u32*)&ks[8 * j + g][16 * kk + 8 + 2 * tig]};
+                mma_16x8x16(s[j], qa[kk], b);
+            }
+        }
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < FA_KEYS / 8; j++)
+            for (int e = 0; e < 4; e++) {
+                int key = k0 + 8 * j + 2 * tig + (e % 2), i = e / 2;
+                float v = scale * s[j][e];
+                if (softcap > 0.0f) v = softcap * tanhf(v / softcap);
+                if (key > pos[i] || key < first[i] || rows[i] >= n) v = NEG_INF;
+                s[j][e] = v;
+                mx[i] = fmaxf(mx[i], v);
+            }
+        float alpha[2], base[2];
+        for (int i = 0; i < 2; i++) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            float m_new = fmaxf(m[i], mx[i]);
+            // A row that has seen no key yet keeps a base of 0: exp(-inf - 0) = 0, no NaN.
+            base[i] = m_new == NEG_INF ? 0.0f : m_new;
+            alpha[i] = expf(m[i] - base[i]);
+            m[i] = m_new;
+        }
+        float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < FA_KEYS / 8; j++)
+            for (int e = 0; e < 4; e++) {
+                float p = expf(s[j][e] - base[e / 2]);
+                s[j][e] = p;
+                sum[e / 2] += p;
+            }
+        for (int i = 0; i < 2; i++) {
+            sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
+            sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
+            l[i] = l[i] * alpha[i] + sum[i];
+        }
+#pragma unroll
+        for (int j = 0; j < FA_MAX_HD / 8; j++) {
+            o[j][0] *= alpha[0];
+            o[j][1] *= alpha[0];
+            o[j][2] *= alpha[1];
+            o[j][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int kk = 0; kk < FA_KEYS / 16; kk++) {
+            u32 pa[4] = {pack_f16x2(s[2 * kk][0], s[2 * kk][1]),
+                         pack_f16x2(s[2 * kk][2], s[2 * kk][3]),
+                         pack_f16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                         pack_f16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int j = 0; j < FA_MAX_HD / 8; j++) {
+                if (8 * j >= head_dim) break;
+                u32 b[2] = {*(const u32*)&vt[8 * j + g][16 * kk + 2 * tig],
+                            *(const u32*)&vt[8 * j + g][16 * kk + 8 + 2 * tig]};
+                mma_16x8x16(o[j], pa, b);
+            }
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        if (rows[i] >= n) continue;
+        float* orow = out + ((u64)rows[i] * n_head + h) * head_dim;
+#pragma unroll
+        for (int j = 0; j < FA_MAX_HD / 8; j++) {
+            int d = 8 * j + 2 * tig;
+            if (d >= head_dim) break;
+            orow[d] = o[j][2 * i] / l[i];
+            orow[d + 1] = o[j][2 * i + 1] / l[i];
+        }
+    }
+}

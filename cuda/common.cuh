@@ -185,3 +185,23 @@ __device__ float block_max(float v) {
     float s = lane < warps ? partial[lane] : NEG_INF;
     return warp_max(s);
 }
+
+// Two floats as an f16x2 word: `lo` in the low half, as mma.sync reads a pair of elements.
+__device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// c += a · b on tensor cores (compute capability 8.0 and up; the host launches the kernels
+// that use it only there): a 16×16 f16 tile of A in row order (4 words a lane), a 16×8 one of
+// B in column order (2 words), c 16×8 in f32 (4 a lane), in mma.sync's fragment layouts.
+__device__ __forceinline__ void mma_16x8x16(float* c, const u32* a, const u32* b) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}

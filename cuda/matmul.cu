@@ -234,22 +234,6 @@ MATMUL_CHUNKS(matmul_q6_k, WT_Q6_K)
 #define MMA_PITCH (MMA_K + 8)
 #define MMA_THREADS (2 * MMA_ROWS)
 
-__device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-__device__ __forceinline__ void mma_16x8x16(float* c, const u32* a, const u32* b) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
-
 template <int TY>
 __device__ void matmul_mma(const u8* w, int row_bytes, const float* x, float* out,
                            const float* bias, int rows, int cols, int n, int out_stride,
@@ -262,8 +246,11 @@ __device__ void matmul_mma(const u8* w, int row_bytes, const float* x, float* ou
     // Warps tile the block as (MMA_TOKENS / 32) × (MMA_ROWS / 32).
     int wt = 32 * (warp % (MMA_TOKENS / 32)), wr = 32 * (warp / (MMA_TOKENS / 32));
     float acc[2][4][4];
+#pragma unroll
     for (int i = 0; i < 2; i++)
+#pragma unroll
         for (int j = 0; j < 4; j++)
+#pragma unroll
             for (int k = 0; k < 4; k++) acc[i][j][k] = 0.0f;
     int chunks = cols / 32;
     for (int k0 = 0; k0 < cols; k0 += MMA_K) {
@@ -275,13 +262,15 @@ __device__ void matmul_mma(const u8* w, int row_bytes, const float* x, float* ou
         }
         {
             int r = tid / 2, half = tid % 2, c = k0 / 32 + half;
+            // Rows and chunks past the matrix decode a valid one and store zeros (a decode
+            // under a branch would put v in local memory).
             float v[32];
-            if (r0 + r < rows && c < chunks) {
-                decode_chunk<TY>(w + (u64)(r0 + r) * row_bytes, c, v);
-            } else {
-                for (int l = 0; l < 32; l++) v[l] = 0.0f;
-            }
+            decode_chunk<TY>(w + (u64)min(r0 + r, rows - 1) * row_bytes, min(c, chunks - 1), v);
+            bool keep = r0 + r < rows && c < chunks;
+#pragma unroll
+            for (int l = 0; l < 32; l++) v[l] = keep ? v[l] : 0.0f;
             uint4* dst = (uint4*)&ws[r][32 * half];
+#pragma unroll
             for (int q = 0; q < 4; q++)
                 dst[q] = make_uint4(pack_f16x2(v[8 * q], v[8 * q + 1]),
                                     pack_f16x2(v[8 * q + 2], v[8 * q + 3]),
@@ -291,6 +280,7 @@ __device__ void matmul_mma(const u8* w, int row_bytes, const float* x, float* ou
         __syncthreads();
         for (int kk = 0; kk < MMA_K; kk += 16) {
             u32 a[2][4], b[4][2];
+#pragma unroll
             for (int i = 0; i < 2; i++) {
                 int m = wt + 16 * i + g;
                 a[i][0] = *(const u32*)&xs[m][kk + 2 * tig];
@@ -298,18 +288,24 @@ __device__ void matmul_mma(const u8* w, int row_bytes, const float* x, float* ou
                 a[i][2] = *(const u32*)&xs[m][kk + 8 + 2 * tig];
                 a[i][3] = *(const u32*)&xs[m + 8][kk + 8 + 2 * tig];
             }
+#pragma unroll
             for (int j = 0; j < 4; j++) {
                 int r = wr + 8 * j + g;
                 b[j][0] = *(const u32*)&ws[r][kk + 2 * tig];
                 b[j][1] = *(const u32*)&ws[r][kk + 8 + 2 * tig];
             }
+#pragma unroll
             for (int i = 0; i < 2; i++)
+#pragma unroll
                 for (int j = 0; j < 4; j++) mma_16x8x16(acc[i][j], a[i], b[j]);
         }
         __syncthreads();
     }
+#pragma unroll
     for (int i = 0; i < 2; i++)
+#pragma unroll
         for (int j = 0; j < 4; j++)
+#pragma unroll
             for (int k = 0; k < 4; k++) {
                 int t = t0 + wt + 16 * i + g + 8 * (k / 2);
                 int r = r0 + wr + 8 * j + 2 * tig + k % 2;

@@ -5,8 +5,8 @@
 use super::kernels::{int, ArgBits, Kernel};
 use super::{
     graph, BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
-    DeviceBuffer, ATT_THREADS, FILL_SLOTS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES, MMA_ROWS,
-    MMA_TOKENS, MM_TOKENS, MV_WARPS, PICK_THREADS, SPLIT_BELOW_BLOCKS,
+    DeviceBuffer, ATT_THREADS, FA_ROWS, FILL_SLOTS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES,
+    MMA_ROWS, MMA_TOKENS, MM_TOKENS, MV_WARPS, PICK_THREADS, SPLIT_BELOW_BLOCKS,
 };
 use crate::backend::weights::{check_parts, expert_count};
 use crate::backend::{
@@ -697,6 +697,29 @@ impl Backend for CudaBackend {
             return;
         };
         let window = opts.window.map_or(0, |w| w.min(i32::MAX as usize)) as i32;
+        if self.uses_flash_attention(at.batch, shape.head_dim) {
+            let span = at.batch.spans()[0];
+            let args = [
+                q.buf.ptr,
+                cache.k[at.layer].ptr,
+                cache.v[at.layer].ptr,
+                cache_type(cache.types.k),
+                cache_type(cache.types.v),
+                out.buf.ptr,
+                int(span.slot * cache.n_ctx),
+                int(span.pos),
+                int(n),
+                int(shape.n_head),
+                int(shape.n_head_kv),
+                int(shape.head_dim),
+                opts.scale.bits(),
+                opts.softcap.unwrap_or(0.0).bits(),
+                window.bits(),
+            ];
+            let grid = (n.div_ceil(FA_ROWS) as u32, shape.n_head as u32, 1);
+            self.launch(Kernel::AttentionFlash, grid, 128, &args);
+            return;
+        }
         let args = [
             q.buf.ptr,
             cache.k[at.layer].ptr,

@@ -30,6 +30,7 @@ pub(crate) enum Kernel {
     Attention,
     AttentionSplit,
     AttentionMerge,
+    AttentionFlash,
     MoeRoute,
     MatmulId,
     MoeCombineAdd,
@@ -40,7 +41,7 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    const FIXED: [Kernel; 19] = [
+    const FIXED: [Kernel; 20] = [
         Kernel::Matmul,
         Kernel::Embed,
         Kernel::RmsNorm,
@@ -53,6 +54,7 @@ impl Kernel {
         Kernel::Attention,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
+        Kernel::AttentionFlash,
         Kernel::MoeRoute,
         Kernel::MatmulId,
         Kernel::MoeCombineAdd,
@@ -87,6 +89,7 @@ impl Kernel {
             Self::Attention => ("attention", "attention"),
             Self::AttentionSplit => ("attention", "attention_split"),
             Self::AttentionMerge => ("attention", "attention_merge"),
+            Self::AttentionFlash => ("attention", "attention_flash"),
             Self::MoeRoute => ("moe", "moe_route"),
             Self::MatmulId => ("moe", "matmul_id"),
             Self::MoeCombineAdd => ("moe", "moe_combine_add"),

@@ -45,13 +45,22 @@ const MMA_ROWS: usize = 128;
 /// Products of this many tokens or more take the tensor cores (on compute capability 8.0 and
 /// up), fewer the warp-per-row kernel, which reads each weight once per MM_TOKENS tokens.
 const MMA_MIN_TOKENS: usize = 32;
+/// cuda/attention.cu's prompt attention on tensor cores: query rows per block (four warps of
+/// 16), the longest head it takes (heads a multiple of 16), and the fewest rows it is used for.
+const FA_ROWS: usize = 64;
+const FA_MAX_HD: usize = 128;
+const FA_MIN_ROWS: usize = 16;
 /// Threads of cuda/tokens.cu's argmax (one block).
 const PICK_THREADS: usize = 1024;
 /// The u64 arguments of cuda/tokens.cu's fill_ints: arrays of up to twice as many ints are
 /// written from kernel arguments rather than copied from the host.
 const FILL_SLOTS: usize = 16;
-const _: () =
-    assert!(MMA_TOKENS == 64 && MMA_ROWS.is_multiple_of(32) && MAX_HEAD_DIM.is_multiple_of(64));
+const _: () = assert!(
+    MMA_TOKENS == 64
+        && MMA_ROWS.is_multiple_of(32)
+        && MAX_HEAD_DIM.is_multiple_of(64)
+        && FA_ROWS == 64
+);
 /// Split attention: below this many (row, head) blocks the GPU is not full, and each block's
 /// keys are shared among up to MAX_SHARES blocks of at least KEYS_PER_SHARE keys each.
 const SPLIT_BELOW_BLOCKS: usize = 256;
@@ -59,7 +68,7 @@ const MAX_SHARES: usize = 32;
 const KEYS_PER_SHARE: usize = 256;
 
 /// The constants the kernels are compiled with (as `-D` options): Rust is their one source.
-pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 8] = [
+pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 10] = [
     ("MAX_HEAD_DIM", MAX_HEAD_DIM),
     ("ATT_THREADS", ATT_THREADS),
     ("MM_TOKENS", MM_TOKENS),
@@ -68,6 +77,8 @@ pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 8] = [
     ("MMA_ROWS", MMA_ROWS),
     ("PICK_THREADS", PICK_THREADS),
     ("FILL_SLOTS", FILL_SLOTS),
+    ("FA_ROWS", FA_ROWS),
+    ("FA_MAX_HD", FA_MAX_HD),
 ];
 
 /// Every kernel the backend launches, as (file in `cuda/`, function): each must be an entry
@@ -219,6 +230,16 @@ impl CudaBackend {
     /// (which round both operands to f16).
     pub fn uses_tensor_cores(&self, n: usize) -> bool {
         n >= MMA_MIN_TOKENS && self.device.summary.compute_capability.0 >= 8
+    }
+
+    /// Whether attention over `batch` with heads of `head_dim` takes the tensor cores (which
+    /// round the queries and the softmax weights to f16): a prompt of one sequence.
+    pub fn uses_flash_attention(&self, batch: &Batch, head_dim: usize) -> bool {
+        batch.spans().len() == 1
+            && batch.rows() >= FA_MIN_ROWS
+            && head_dim.is_multiple_of(16)
+            && head_dim <= FA_MAX_HD
+            && self.device.summary.compute_capability.0 >= 8
     }
 
     /// Writes host values into the first rows of `t` (tests load their inputs this way).
