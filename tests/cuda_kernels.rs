@@ -675,6 +675,38 @@ fn argmax_takes_the_first_largest_and_never_a_nan() {
     }
 }
 
+/// `bench --profile`: every launch timed, in order, with what a product moves and computes.
+#[test]
+fn a_profile_times_each_launch() {
+    let mut b = cuda();
+    let mut rng = rng(14);
+    let w = Weights::random(&mut rng, GgmlType::Q4K, ROWS, 512);
+    let m = w.upload(&mut b, "w");
+    let x = random_values(&mut rng, 2 * 512, 1.0);
+    b.start_profile().expect("profile");
+    let got = run_matmul(&mut b, &m, &x, 2, ROWS);
+    let timings = b.take_profile().expect("timings");
+    let (want, scale) = matmul_reference(&w.decoded(), &x, None, 512);
+    assert_close(
+        "profiled matmul",
+        &got,
+        &want,
+        ROWS,
+        |i| scale[i],
+        MATMUL_TOL,
+    );
+    let product = timings
+        .iter()
+        .find(|t| t.kernel == "matmul_q4_k")
+        .unwrap_or_else(|| panic!("no matmul_q4_k in {timings:?}"));
+    assert!(
+        product.seconds > 0.0 && product.seconds < 1.0,
+        "{product:?}"
+    );
+    assert_eq!(product.flops, 2 * 2 * ROWS as u64 * 512);
+    assert!(b.take_profile().expect("no profile").is_empty());
+}
+
 /// What pipelined decoding relies on (as tests/gpu_kernels.rs checks it on wgpu): each id
 /// waits in its slot while the next is computed, and the next token's embedding is looked up
 /// on the device from the last id queued, argmax or a sampler's draw.

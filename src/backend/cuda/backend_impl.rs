@@ -11,8 +11,8 @@ use super::{
 use crate::backend::weights::{check_parts, expert_count};
 use crate::backend::{
     Activation, AttentionOpts, Backend, BackendError, Batch, CacheLayer, CacheType, ExpertInput,
-    HostTokens, KvLayout, MatrixUse, Pointwise, Result, RmsNorm, Rope, Routing, Scratch,
-    WeightRows,
+    HostTokens, KernelTiming, KvLayout, MatrixUse, Pointwise, Result, RmsNorm, Rope, Routing,
+    Scratch, WeightRows,
 };
 use std::rc::Rc;
 
@@ -53,7 +53,8 @@ impl CudaBackend {
         }
     }
 
-    /// Launches unless an earlier op failed; a refused launch becomes the failure.
+    /// Launches unless an earlier op failed; a refused launch becomes the failure. Timed
+    /// where a profile is being taken, with the cost set by [`Self::costs`].
     pub(super) fn launch(
         &mut self,
         kernel: Kernel,
@@ -61,13 +62,26 @@ impl CudaBackend {
         block: u32,
         args: &[u64],
     ) {
+        let (bytes, flops) = std::mem::take(&mut self.cost);
         if self.failed.is_some() {
             return;
         }
         self.last_kernel = kernel.place().1;
-        if let Err(e) = self.kernels.launch(&self.device, kernel, grid, block, args) {
+        let timed = match self.profile.as_mut() {
+            Some(p) => p.before(self.last_kernel, bytes, flops),
+            None => Ok(()),
+        };
+        let launched = timed
+            .and_then(|()| self.kernels.launch(&self.device, kernel, grid, block, args))
+            .and_then(|()| self.profile.as_mut().map_or(Ok(()), |p| p.after()));
+        if let Err(e) = launched {
             self.fail(e);
         }
+    }
+
+    /// What the next launch moves and computes, for the profile.
+    fn costs(&mut self, bytes: usize, flops: usize) {
+        self.cost = (bytes as u64, flops as u64);
     }
 
     /// Fails the op `what` unless `ok`.
@@ -244,6 +258,10 @@ impl CudaBackend {
         (n, cols, out_first): (usize, usize, usize),
     ) {
         let token_groups = n.div_ceil(MM_TOKENS) as u32;
+        self.costs(
+            part.rows * part.row_bytes + 4 * n * (cols + part.rows),
+            2 * n * part.rows * cols,
+        );
         if part.ggml_type.block_size() > 1 {
             let args = [
                 part.buf.ptr,
@@ -929,6 +947,19 @@ impl Backend for CudaBackend {
 
     fn host_tokens(&mut self) -> &mut HostTokens {
         &mut self.tokens
+    }
+
+    fn start_profile(&mut self) -> Result<()> {
+        self.wait("starting a profile")?;
+        self.profile = Some(super::profile::Profile::new(&self.device));
+        Ok(())
+    }
+
+    fn take_profile(&mut self) -> Result<Vec<KernelTiming>> {
+        match self.profile.take() {
+            Some(p) => p.take().inspect_err(|e| self.fail(e.clone())),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn queue_argmax(&mut self, x: &CudaTensor, slot: usize) {

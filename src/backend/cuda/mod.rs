@@ -19,6 +19,7 @@ pub mod device;
 mod graph;
 mod kernels;
 mod picks;
+mod profile;
 
 pub use device::{driver_present, list_devices, missing_libraries, CudaDeviceSummary, CudaOptions};
 
@@ -176,6 +177,10 @@ pub struct CudaBackend {
     attention_shares: Option<Rc<DeviceBuffer>>,
     /// Argmax picks, kept on the device for the next step's embedding.
     picks: picks::DevicePicks,
+    /// Kernel timing, while `bench --profile` asks for it; and what the next launch moves and
+    /// computes (bytes, flops), for its line in the profile.
+    profile: Option<profile::Profile>,
+    cost: (u64, u64),
     /// Whether decode steps run as graphs, and the graph of the last one.
     graphs: bool,
     step_graph: Option<graph::StepGraph>,
@@ -215,6 +220,8 @@ impl CudaBackend {
             batch_rows: None,
             attention_shares: None,
             picks,
+            profile: None,
+            cost: (0, 0),
             graphs: options.graphs,
             step_graph: None,
             small_batch_rows,
