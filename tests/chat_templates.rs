@@ -458,11 +458,13 @@ fn tools_and_documents_are_undefined_unless_given() {
     );
 }
 
-/// `vibrant serve` reads tool calls from the templates that ask for JSON ones: in
-/// `<tool_call>` tags (Qwen, Hermes, Granite) or bare (Llama 3.1–3.3); not the XML-like calls
-/// of Qwen3-Coder and GLM, whose tools are refused rather than misread.
+/// `vibrant serve` reads tool calls from the templates that ask for JSON ones, in
+/// `<tool_call>` tags (Qwen, Hermes, Granite) or bare (Llama 3.1–3.3), and for XML-like ones
+/// of `<function=…>` and `<parameter=…>` tags (Qwen3-Coder, Qwen3.5, Nemotron 3, Step 3.5); not
+/// GLM's `<arg_key>` calls or Mistral's `[TOOL_CALLS]`, whose tools are refused rather than
+/// misread.
 #[test]
-fn serve_reads_tool_calls_of_the_json_formats_only() {
+fn serve_reads_tool_calls_of_the_formats_it_knows() {
     let reads = |file: &str| {
         let path = templates_dir().join(file);
         vibrant::serve::template_calls_tools(&std::fs::read_to_string(path).unwrap())
@@ -474,14 +476,14 @@ fn serve_reads_tool_calls_of_the_json_formats_only() {
         "ibm-granite-granite-4.0.jinja",
         "meta-llama-Llama-3.1-8B-Instruct.jinja",
         "meta-llama-Llama-3.3-70B-Instruct.jinja",
+        "Qwen3-Coder.jinja",
+        "Qwen3.5-4B.jinja",
+        "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.jinja",
+        "StepFun3.5-Flash.jinja",
     ] {
         assert!(reads(file), "{file}");
     }
-    for file in [
-        "Qwen3-Coder.jinja",
-        "GLM-4.6.jinja",
-        "Mistral-Small-3.2-24B-Instruct-2506.jinja",
-    ] {
+    for file in ["GLM-4.6.jinja", "Mistral-Small-3.2-24B-Instruct-2506.jinja"] {
         assert!(!reads(file), "{file}");
     }
 }

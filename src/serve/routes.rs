@@ -247,7 +247,7 @@ fn render_chat(
     let prompt = template.render_with(&messages, &options).map_err(|e| {
         ApiError::bad_request("invalid_messages", e.to_string()).with_param("messages")
     })?;
-    Ok(prompt + tools.map_or("", |t| t.prompt_suffix))
+    Ok(prompt + tools.map_or("", |t| &t.prompt_suffix))
 }
 
 /// A required tool call holds the answer to the call's JSON, which leaves no room for a

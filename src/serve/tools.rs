@@ -1,12 +1,14 @@
 //! Tool calling: the request's `tools` go to the chat template, and the answer's calls come
-//! back out of the text. vibrant reads two formats: the Hermes/Qwen templates' (Qwen2.5,
-//! Qwen3, Hermes 2/3), where each call is `<tool_call>{"name": …, "arguments": {…}}</tool_call>`,
-//! and Llama 3.1–3.3's, where the answer is a bare `{"name": …, "parameters": {…}}`. An answer
-//! that is nothing but such an object, naming one of the tools, is a call in either (small
-//! models often leave out the tags).
-//! `tool_choice: "required"` (or a named function) opens the call in the prompt and holds the
-//! answer to a JSON object of the tools' names (and that function's parameters) with the
-//! grammar of `response_format`.
+//! back out of the text. vibrant reads three formats: the Hermes/Qwen templates' (Qwen2.5,
+//! Qwen3, Hermes 2/3), where each call is `<tool_call>{"name": …, "arguments": {…}}</tool_call>`;
+//! the XML-like one of Qwen3-Coder, Qwen3.5, Nemotron 3 and Step 3.5 (`<tool_call>` around
+//! `<function=name>` and a `<parameter=key>` per argument); and Llama 3.1–3.3's, where the
+//! answer is a bare `{"name": …, "parameters": {…}}`. An answer that is nothing but a JSON
+//! call, naming one of the tools, is a call in any of them (small models often leave out the
+//! tags).
+//! `tool_choice: "required"` (or a named function) opens the call in the prompt; for the JSON
+//! formats the grammar of `response_format` then holds the answer to an object of the tools'
+//! names (and that function's parameters).
 
 use super::grammar::Schema;
 use super::wire::ApiError;
@@ -45,18 +47,25 @@ enum CallFormat {
     Tagged,
     /// A bare `{"name": …, "parameters": {…}}` (Llama 3.1–3.3).
     Bare,
+    /// `<tool_call>\n<function=…>\n<parameter=…>\nvalue\n</parameter>…</function>\n</tool_call>`
+    /// (Qwen3-Coder, Qwen3.5, Nemotron 3, Step 3.5).
+    Xml,
 }
 
 impl CallFormat {
     /// The format of a template of Jinja source `template`, if it shows the model tools in one
-    /// vibrant reads. Tags around JSON, not around XML-like calls (`<function=…>` of Qwen3-Coder
-    /// and Nemotron, `<arg_key>` of GLM) or a name first (GLM, Ling).
+    /// vibrant reads: not GLM's `<arg_key>` calls, nor those that put the name first (GLM,
+    /// Ling).
     fn of(template: &str) -> Option<Self> {
         if !template.contains("tools") {
             return None;
         }
         let has = |marks: &[&str]| marks.iter().any(|m| template.contains(m));
         let json_named = has(&["{\"name\"", "{\\\"name\\\"", "\"arguments\": <args"]);
+        let function_tags = has(&["<function="]) && has(&["<parameter="]);
+        if template.contains(OPEN) && function_tags && !has(&["<arg_key>"]) {
+            return Some(Self::Xml);
+        }
         let xml = has(&["<function=", "<arg_key>", "<parameter="]);
         if template.contains(OPEN) && json_named && !xml {
             return Some(Self::Tagged);
@@ -66,19 +75,22 @@ impl CallFormat {
             .then_some(Self::Bare)
     }
 
-    /// The key of a call's arguments.
+    /// The key of a call's arguments in the JSON formats.
     fn arguments(self) -> &'static str {
         match self {
-            Self::Tagged => "arguments",
+            Self::Tagged | Self::Xml => "arguments",
             Self::Bare => "parameters",
         }
     }
 
-    /// What opens a call the model must make, at the end of the prompt.
-    fn opening(self) -> &'static str {
-        match self {
-            Self::Tagged => "<tool_call>\n",
-            Self::Bare => "",
+    /// What opens a call the model must make (of function `name`, where one is chosen), at
+    /// the end of the prompt.
+    fn opening(self, name: Option<&str>) -> String {
+        match (self, name) {
+            (Self::Tagged, _) => "<tool_call>\n".into(),
+            (Self::Bare, _) => String::new(),
+            (Self::Xml, None) => "<tool_call>\n<function=".into(),
+            (Self::Xml, Some(name)) => format!("<tool_call>\n<function={name}>\n"),
         }
     }
 }
@@ -90,9 +102,12 @@ pub struct ToolUse {
     pub tools: Value,
     names: Vec<String>,
     /// Text appended to the prompt: the opening of a call the model must make.
-    pub prompt_suffix: &'static str,
-    /// The JSON the answer is held to, where a call is required.
+    pub prompt_suffix: String,
+    /// The JSON the answer is held to, where a call is required (in a JSON format).
     pub grammar: Option<Arc<Schema>>,
+    /// (function, parameter) of the parameters whose schema type is "string": the values an
+    /// XML-like call gives as text stay text.
+    string_params: Vec<(String, String)>,
 }
 
 impl ToolUse {
@@ -131,25 +146,30 @@ impl ToolUse {
             )
             .with_param("tools"));
         };
-        let grammar = forced.map(|name| call_schema(tools, &names, name, format));
+        let prompt_suffix = match &forced {
+            Some(name) => format.opening(name.as_deref()),
+            None => String::new(),
+        };
+        let grammar = match format {
+            CallFormat::Xml => None,
+            _ => forced.map(|name| call_schema(tools, &names, name, format)),
+        };
         Ok(Some(Self {
             tools: Value::Array(tools.to_vec()),
             names,
-            prompt_suffix: if grammar.is_some() {
-                format.opening()
-            } else {
-                ""
-            },
+            prompt_suffix,
             grammar,
+            string_params: string_params(tools),
         }))
     }
 
     /// A reader of the answer's text as it comes (after the opening the prompt ends with).
     pub fn reader(&self) -> CallReader {
         CallReader {
-            text: self.prompt_suffix.to_string(),
+            text: self.prompt_suffix.clone(),
             sent: 0,
             names: self.names.clone(),
+            string_params: self.string_params.clone(),
         }
     }
 }
@@ -180,6 +200,23 @@ fn tool_names(tools: &[Value]) -> Result<Vec<String>, ApiError> {
             }
         })
         .collect()
+}
+
+/// (function, parameter) of each parameter whose schema type is "string".
+fn string_params(tools: &[Value]) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for tool in tools {
+        let Some(name) = tool.pointer("/function/name").and_then(Value::as_str) else {
+            continue;
+        };
+        let properties = tool.pointer("/function/parameters/properties");
+        for (key, schema) in properties.and_then(Value::as_object).into_iter().flatten() {
+            if schema.get("type").and_then(Value::as_str) == Some("string") {
+                pairs.push((name.to_string(), key.clone()));
+            }
+        }
+    }
+    pairs
 }
 
 /// The function a `tool_choice` object names, which must be among the tools.
@@ -241,6 +278,8 @@ pub struct CallReader {
     sent: usize,
     /// The tools' names, which an untagged call must use.
     names: Vec<String>,
+    /// See [`ToolUse`].
+    string_params: Vec<(String, String)>,
 }
 
 impl CallReader {
@@ -264,9 +303,10 @@ impl CallReader {
     /// JSON does not parse stays in the content, so that nothing the model wrote is lost.
     pub fn finish(self) -> (String, Vec<ToolCall>) {
         let rest = &self.text[self.sent..];
-        let (content, calls) = split_calls(rest);
+        let (content, calls) = split_calls(rest, &self.string_params);
         if calls.is_empty() && self.sent == 0 {
-            let untagged = parse_call(without_fence(rest)).filter(|c| self.names.contains(&c.name));
+            let untagged = parse_call(without_fence(rest), &self.string_params)
+                .filter(|c| self.names.contains(&c.name));
             if let Some(call) = untagged {
                 return (String::new(), vec![call]);
             }
@@ -314,7 +354,7 @@ fn partial_open(text: &str) -> usize {
 }
 
 /// Content and calls of a whole text; a call's closing tag may be missing at the very end.
-pub fn split_calls(text: &str) -> (String, Vec<ToolCall>) {
+fn split_calls(text: &str, string_params: &[(String, String)]) -> (String, Vec<ToolCall>) {
     let (mut content, mut calls) = (String::new(), Vec::new());
     let mut rest = text;
     while let Some(at) = rest.find(OPEN) {
@@ -324,7 +364,7 @@ pub fn split_calls(text: &str) -> (String, Vec<ToolCall>) {
             Some(end) => (&body_start[..end], &body_start[end + CLOSE.len()..]),
             None => (body_start, ""),
         };
-        match parse_call(body) {
+        match parse_call(body, string_params) {
             Some(call) => calls.push(call),
             None => content.push_str(&rest[at..rest.len() - after.len()]),
         }
@@ -338,8 +378,17 @@ pub fn split_calls(text: &str) -> (String, Vec<ToolCall>) {
     (content, calls)
 }
 
-fn parse_call(body: &str) -> Option<ToolCall> {
-    let value: Map<String, Value> = serde_json::from_str(body.trim()).ok()?;
+/// A call of either kind: a JSON object, or XML-like `<function=…>` tags.
+fn parse_call(body: &str, string_params: &[(String, String)]) -> Option<ToolCall> {
+    let body = body.trim();
+    match body.strip_prefix("<function=") {
+        Some(rest) => parse_xml_call(rest, string_params),
+        None => parse_json_call(body),
+    }
+}
+
+fn parse_json_call(body: &str) -> Option<ToolCall> {
+    let value: Map<String, Value> = serde_json::from_str(body).ok()?;
     let name = value.get("name")?.as_str()?.to_string();
     let arguments = match value.get("arguments").or_else(|| value.get("parameters")) {
         Some(Value::Object(a)) => Value::Object(a.clone()),
@@ -351,6 +400,45 @@ fn parse_call(body: &str) -> Option<ToolCall> {
         Some(_) => return None,
     };
     Some(ToolCall { name, arguments })
+}
+
+/// `name>` then `<parameter=key>\nvalue\n</parameter>` per argument, up to `</function>`
+/// (which may be missing at the very end). A value is JSON where it parses as such, unless
+/// its schema says "string"; else its text.
+fn parse_xml_call(rest: &str, string_params: &[(String, String)]) -> Option<ToolCall> {
+    let (name, mut inner) = rest.split_once('>')?;
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    if let Some(end) = inner.find("</function>") {
+        inner = &inner[..end];
+    }
+    let mut arguments = Map::new();
+    while let Some(at) = inner.find("<parameter=") {
+        let (key, after) = inner[at + "<parameter=".len()..].split_once('>')?;
+        let (raw, next) = match after.find("</parameter>") {
+            Some(end) => (&after[..end], &after[end + "</parameter>".len()..]),
+            None => match after.find("<parameter=") {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            },
+        };
+        let text = raw.strip_prefix('\n').unwrap_or(raw);
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let key = key.trim();
+        let is_string = string_params.iter().any(|(f, p)| f == name && p == key);
+        let value = match serde_json::from_str::<Value>(text) {
+            Ok(v) if !is_string => v,
+            _ => Value::String(text.to_string()),
+        };
+        arguments.insert(key.to_string(), value);
+        inner = next;
+    }
+    Some(ToolCall {
+        name: name.to_string(),
+        arguments: Value::Object(arguments),
+    })
 }
 
 /// An assistant turn's `tool_calls` as templates read them: OpenAI's `arguments` text
@@ -386,7 +474,7 @@ mod tests {
     #[test]
     fn calls_come_out_of_the_text_and_the_rest_stays_content() {
         let text = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": 1}\"}\n</tool_call>";
-        let (content, calls) = split_calls(text);
+        let (content, calls) = split_calls(text, &[]);
         assert_eq!(content, "Let me look.");
         assert_eq!(
             calls,
@@ -410,9 +498,9 @@ mod tests {
     #[test]
     fn a_call_that_does_not_parse_is_kept_as_text() {
         let text = "a <tool_call>{\"name\": oops}</tool_call> b";
-        assert_eq!(split_calls(text), (text.to_string(), vec![]));
+        assert_eq!(split_calls(text, &[]), (text.to_string(), vec![]));
         let unclosed = "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}";
-        assert_eq!(split_calls(unclosed).1.len(), 1);
+        assert_eq!(split_calls(unclosed, &[]).1.len(), 1);
     }
 
     #[test]
@@ -498,6 +586,66 @@ mod tests {
     }
 
     /// Llama 3.1's line asking for calls, as its template has it.
+    const QWEN3_CODER: &str = "{% if tools %}<tools>{{ tools | tojson }}</tools>{{- '\\n\\n<tool_call>\\n<function=example_function_name>\\n<parameter=example_parameter_1>\\nvalue_1\\n</parameter>\\n</function>\\n</tool_call>' }}{% endif %}";
+
+    fn two_tools() -> Vec<Value> {
+        let mut tools = weather();
+        tools.push(json!({"type": "function", "function": {"name": "add",
+            "parameters": {"type": "object", "properties": {
+                "a": {"type": "number"}, "b": {"type": "number"}, "note": {"type": "string"}}}}}));
+        tools
+    }
+
+    #[test]
+    fn xml_calls_give_json_values_unless_the_schema_says_string() {
+        let tools = two_tools();
+        let auto = ToolUse::new(Some(&tools), None, QWEN3_CODER)
+            .unwrap()
+            .unwrap();
+        let mut reader = auto.reader();
+        let text = "Let me add.\n<tool_call>\n<function=add>\n<parameter=a>\n2\n</parameter>\n\
+                    <parameter=b>\n3.5\n</parameter>\n<parameter=note>\n42\n</parameter>\n\
+                    </function>\n</tool_call>\n<tool_call>\n<function=get_weather>\n\
+                    <parameter=city>\nSan José\nde Costa Rica\n</parameter>\n</function>\n</tool_call>";
+        assert_eq!(reader.push(text), "Let me add.\n");
+        let (content, calls) = reader.finish();
+        assert_eq!(content, "");
+        assert_eq!(calls[0].name, "add");
+        assert_eq!(calls[0].arguments, json!({"a": 2, "b": 3.5, "note": "42"}));
+        assert_eq!(
+            calls[1].arguments,
+            json!({"city": "San José\nde Costa Rica"})
+        );
+        let mut broken = auto.reader();
+        broken.push("<tool_call>\n<function=>\n</function>\n</tool_call>");
+        assert_eq!(broken.finish().1, vec![]);
+    }
+
+    #[test]
+    fn a_required_xml_call_opens_in_the_prompt_without_a_grammar() {
+        let tools = two_tools();
+        let required = ToolUse::new(Some(&tools), Some(&json!("required")), QWEN3_CODER)
+            .unwrap()
+            .unwrap();
+        assert_eq!(required.prompt_suffix, "<tool_call>\n<function=");
+        assert!(required.grammar.is_none());
+        let mut reader = required.reader();
+        reader.push("get_weather>\n<parameter=city>\nLima\n</parameter>\n</function>");
+        assert_eq!(reader.finish().1[0].arguments, json!({"city": "Lima"}));
+        let named = json!({"type": "function", "function": {"name": "add"}});
+        let chosen = ToolUse::new(Some(&tools), Some(&named), QWEN3_CODER)
+            .unwrap()
+            .unwrap();
+        assert_eq!(chosen.prompt_suffix, "<tool_call>\n<function=add>\n");
+        let mut reader = chosen.reader();
+        reader.push("<parameter=a>\n1\n</parameter>\n</function>\n</tool_call>");
+        let (_, calls) = reader.finish();
+        assert_eq!(
+            (calls[0].name.as_str(), &calls[0].arguments),
+            ("add", &json!({"a": 1}))
+        );
+    }
+
     const LLAMA: &str = "{% if tools %}{{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}{% endif %}";
 
     #[test]
@@ -514,7 +662,9 @@ mod tests {
         assert_eq!(CallFormat::of(LLAMA), Some(CallFormat::Bare));
         assert_eq!(CallFormat::of(HERMES), Some(CallFormat::Tagged));
         let xml = "{% if tools %}<tool_call>\n<function=name>\n<parameter=x>{% endif %}";
-        assert_eq!(CallFormat::of(xml), None);
+        assert_eq!(CallFormat::of(xml), Some(CallFormat::Xml));
+        let glm = "{% if tools %}<tool_call>{{ name }}\n<arg_key>x</arg_key>{% endif %}";
+        assert_eq!(CallFormat::of(glm), None);
     }
 
     #[test]
