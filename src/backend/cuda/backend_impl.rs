@@ -162,11 +162,20 @@ impl CudaBackend {
     fn device_ints(&mut self, values: &[i32], what: &str) -> Option<DeviceBuffer> {
         match DeviceBuffer::new(&self.device, 4 * values.len(), what) {
             Ok(buf) => {
-                // A decode step's arrays are short; longer ones (prompts') are copied after a
-                // bounded wait for the stream to drain (see DeviceBuffer::write).
+                // A decode step's arrays are short: written by a kernel (which a step's graph
+                // can hold). Longer ones go through pinned memory, and only arrays past its
+                // slots (long prompts') are copied after a bounded wait for the stream to drain
+                // (see DeviceBuffer::write).
                 if values.len() <= 2 * FILL_SLOTS {
                     self.fill_ints(buf.ptr, values);
-                } else if let Err(e) = buf.write(values, what) {
+                    return Some(buf);
+                }
+                let copied = match self.staging.copy(buf.ptr, values, what) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => buf.write(values, what),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = copied {
                     self.fail(e);
                 }
                 Some(buf)

@@ -20,6 +20,7 @@ mod graph;
 mod kernels;
 mod picks;
 mod profile;
+mod staging;
 
 pub use device::{driver_present, list_devices, missing_libraries, CudaDeviceSummary, CudaOptions};
 
@@ -177,6 +178,8 @@ pub struct CudaBackend {
     attention_shares: Option<Rc<DeviceBuffer>>,
     /// Argmax picks, kept on the device for the next step's embedding.
     picks: picks::DevicePicks,
+    /// Pinned host memory for the copies of step-sized arrays.
+    staging: staging::Staging,
     /// Kernel timing, while `bench --profile` asks for it; and what the next launch moves and
     /// computes (bytes, flops), for its line in the profile.
     profile: Option<profile::Profile>,
@@ -204,6 +207,7 @@ impl CudaBackend {
         let kernels = Kernels::load(&device, options.kernel_cache)?;
         let placeholder = Rc::new(DeviceBuffer::new(&device, 16, "a placeholder tensor")?);
         let picks = picks::DevicePicks::new(&device)?;
+        let staging = staging::Staging::new(&device)?;
         let small_batch_rows = Rc::new(DeviceBuffer::new(
             &device,
             8 * FILL_SLOTS,
@@ -220,6 +224,7 @@ impl CudaBackend {
             batch_rows: None,
             attention_shares: None,
             picks,
+            staging,
             profile: None,
             cost: (0, 0),
             graphs: options.graphs,
