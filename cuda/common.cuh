@@ -27,17 +27,31 @@ typedef unsigned long long u64;
 #define WT_Q6_K 14
 #define WT_BF16 30
 
-// Half conversions in PTX: cuda_fp16.h is not needed (nor shipped with NVRTC).
+// Half conversions in PTX: cuda_fp16.h is not needed (nor shipped with NVRTC). Compiled for
+// the host (tests/cuda_decode_host.rs), the compiler's _Float16 does them instead.
 __device__ __forceinline__ float f16_to_f32(u16 h) {
+#ifdef __CUDA_ARCH__
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#else
+    _Float16 v;
+    __builtin_memcpy(&v, &h, 2);
+    return (float)v;
+#endif
 }
 
 __device__ __forceinline__ u16 f32_to_f16(float f) {
+#ifdef __CUDA_ARCH__
     u16 h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
+#else
+    _Float16 v = (_Float16)f;
+    u16 h;
+    __builtin_memcpy(&h, &v, 2);
+    return h;
+#endif
 }
 
 // Blocks are packed without padding (34-byte q8_0 blocks): their f16 fields are read by bytes.
@@ -188,9 +202,13 @@ __device__ float block_max(float v) {
 
 // Two floats as an f16x2 word: `lo` in the low half, as mma.sync reads a pair of elements.
 __device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
+#ifdef __CUDA_ARCH__
     u32 r;
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+#else
+    return (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16);
+#endif
 }
 
 // c += a · b on tensor cores (compute capability 8.0 and up; the host launches the kernels

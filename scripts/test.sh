@@ -19,6 +19,8 @@ if ! ldconfig -p | grep -q libEGL.so.1 || ! ldconfig -p | grep -q libEGL_mesa.so
     || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; then
     missing+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
 fi
+# tests/cuda_decode_host.rs compiles the CUDA kernels' weight decoders for the host.
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     as_root apt-get update -qq

@@ -1,5 +1,6 @@
 //! The kernels' CUDA C (one file per op family in the top-level `cuda/` folder, each with
-//! `cuda/common.cuh` prepended, and `cuda/kv.cuh` for the cache's), compiled at run time by NVRTC to PTX for the device's
+//! `cuda/common.cuh` prepended, and `cuda/kv.cuh` for the cache's, `cuda/decode.cuh` for the
+//! products), compiled at run time by NVRTC to PTX for the device's
 //! architecture, and kept on disk under the user's cache directory, keyed by a hash of the
 //! source, the options, the architecture and the driver: the driver JIT-compiles PTX at load.
 
@@ -14,6 +15,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 const COMMON: &str = include_str!("../../../cuda/common.cuh");
 /// The KV cache's encodings, for the files that write or read the cache.
 const KV: &str = include_str!("../../../cuda/kv.cuh");
+/// The weight blocks' decoding 32 at a time, for the products.
+const DECODE: &str = include_str!("../../../cuda/decode.cuh");
 
 /// Every kernel file: its name and its source (without the headers of [`full_source`]).
 pub const SOURCES: [(&str, &str); 8] = [
@@ -36,12 +39,12 @@ pub fn nvrtc_present() -> bool {
 /// A file's full source as NVRTC compiles it.
 pub fn full_source(name: &str) -> Option<String> {
     let (_, body) = SOURCES.iter().find(|(n, _)| *n == name)?;
-    let kv = if matches!(name, "rope" | "attention") {
-        KV
-    } else {
-        ""
+    let header = match name {
+        "rope" | "attention" => KV,
+        "matmul" => DECODE,
+        _ => "",
     };
-    Some(format!("{COMMON}\n{kv}\n{body}"))
+    Some(format!("{COMMON}\n{header}\n{body}"))
 }
 
 /// The NVRTC options of every file: PTX for the virtual architecture of compute capability
