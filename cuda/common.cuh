@@ -28,16 +28,34 @@ typedef unsigned long long u64;
 #define WT_BF16 30
 
 // Half conversions in PTX: cuda_fp16.h is not needed (nor shipped with NVRTC). Compiled for
-// the host (tests/cuda_decode_host.rs), the compiler's _Float16 does them instead.
+// the host (tests/cuda_decode_host.rs), they convert the bits by hand (IEEE binary16, round
+// to nearest even), so any C++17 compiler builds them.
 __device__ __forceinline__ float f16_to_f32(u16 h) {
 #ifdef __CUDA_ARCH__
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 #else
-    _Float16 v;
-    __builtin_memcpy(&v, &h, 2);
-    return (float)v;
+    u32 sign = (u32)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    u32 bits;
+    if (exp == 0x1F) {
+        bits = sign | 0x7F800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {
+        // Subnormal: normalise the mantissa.
+        int e = 113;
+        while (!(man & 0x400)) {
+            man <<= 1;
+            e--;
+        }
+        bits = sign | ((u32)e << 23) | ((man & 0x3FF) << 13);
+    }
+    float f;
+    __builtin_memcpy(&f, &bits, 4);
+    return f;
 #endif
 }
 
@@ -47,10 +65,23 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 #else
-    _Float16 v = (_Float16)f;
-    u16 h;
-    __builtin_memcpy(&h, &v, 2);
-    return h;
+    u32 x;
+    __builtin_memcpy(&x, &f, 4);
+    u32 sign = (x >> 16) & 0x8000, exp = (x >> 23) & 0xFF, man = x & 0x7FFFFF;
+    if (exp == 0xFF) return (u16)(sign | 0x7C00 | (man ? 0x200 : 0));
+    int e = (int)exp - 127 + 15;
+    if (e >= 0x1F) return (u16)(sign | 0x7C00);
+    if (e <= 0) {
+        if (e < -10) return (u16)sign;
+        man |= 0x800000;
+        int shift = 14 - e;
+        u32 half = man >> shift, rest = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rest > mid || (rest == mid && (half & 1))) half++;
+        return (u16)(sign | half);
+    }
+    u32 half = ((u32)e << 10) | (man >> 13), rest = man & 0x1FFF;
+    if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) half++;
+    return (u16)(sign | half);
 #endif
 }
 

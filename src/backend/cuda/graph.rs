@@ -13,7 +13,7 @@ use std::ffi::c_void;
 
 /// A kernel launch: its function and the values of its parameters, each in an 8-byte slot
 /// (the driver copies each parameter's size from its slot, little-endian).
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub(crate) struct Launch {
     pub(crate) func: sys::CUfunction,
     pub(crate) name: &'static str,
