@@ -20,7 +20,7 @@ pub struct CudaOptions {
     pub timeout: Duration,
     /// Keep compiled kernels on disk between runs (under the user's cache directory).
     pub kernel_cache: bool,
-    /// Run each greedy or sampled decode step as one CUDA graph (graph.rs); by default as
+    /// Run each greedy decode step as one CUDA graph (graph.rs); by default as
     /// `VIBRANT_CUDA_GRAPHS=1` asks.
     pub graphs: bool,
 }
@@ -200,8 +200,7 @@ impl Device {
         // on it, nor it on them.
         let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
             .map_err(err("creating a CUDA stream"))?;
-        let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
-            .map_err(err("creating a CUDA event"))?;
+        let event = Self::new_event("creating a CUDA event")?;
         Ok(Rc::new(Self {
             summary,
             dev,
@@ -263,8 +262,8 @@ impl Device {
     }
 
     /// A new event for [`Device::record`] and [`Device::wait_for`], destroyed by the caller
-    /// (unless the device hung).
-    pub(crate) fn new_event(&self, stage: &str) -> Result<sys::CUevent> {
+    /// (unless the device hung); the context must be current.
+    pub(crate) fn new_event(stage: &str) -> Result<sys::CUevent> {
         result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
             .map_err(|e| driver_error(stage, e))
     }

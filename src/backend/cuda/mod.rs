@@ -11,7 +11,8 @@
 //! Split by concern: [`device`] (libraries, context, stream, memory, bounded waits),
 //! `compile` (NVRTC and the on-disk kernel cache), `kernels` (modules and launches),
 //! `backend_impl` (the trait's ops), `picks` (token picks kept on the device), `graph` (a decode
-//! step as one CUDA graph).
+//! step as one CUDA graph), `staging` (copies of small host arrays that never wait), `pinned`
+//! (the pinned host memory of both), `profile` (kernel timing).
 
 mod backend_impl;
 pub mod compile;
@@ -19,6 +20,7 @@ pub mod device;
 mod graph;
 mod kernels;
 mod picks;
+mod pinned;
 mod profile;
 mod staging;
 
@@ -213,12 +215,16 @@ impl CudaBackend {
             8 * FILL_SLOTS,
             "the cache rows of small batches",
         )?);
+        let bytes_held = [&placeholder, &picks.ids, &small_batch_rows]
+            .map(|b| b.bytes as u64)
+            .iter()
+            .sum();
         Ok(Self {
             device,
             kernels,
             failed: None,
             last_kernel: "none yet",
-            bytes_held: 16 + 8 * (crate::backend::ARGMAX_SLOTS + FILL_SLOTS) as u64,
+            bytes_held,
             scratch: HashMap::new(),
             placeholder,
             batch_rows: None,

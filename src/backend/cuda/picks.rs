@@ -4,17 +4,16 @@
 //! and never for the steps queued after it.
 
 use super::device::{driver_error, Device, DeviceBuffer};
+use super::pinned::PinnedSlots;
 use crate::backend::{Result, ARGMAX_SLOTS};
-use cudarc::driver::{result, sys};
+use cudarc::driver::result;
 use std::rc::Rc;
 
 pub(super) struct DevicePicks {
     /// `[id, 0]` per slot: the (row, output row) pair the embedding of a pick reads.
     pub(super) ids: DeviceBuffer,
     /// Each slot's id, copied to the host.
-    host: *mut i32,
-    /// Recorded after each slot's copy to the host.
-    events: [sys::CUevent; ARGMAX_SLOTS],
+    host: PinnedSlots,
     /// The slot of the pick queued last.
     pub(super) last: usize,
     device: Rc<Device>,
@@ -24,20 +23,9 @@ impl DevicePicks {
     pub(super) fn new(device: &Rc<Device>) -> Result<Self> {
         let ids = DeviceBuffer::new(device, 8 * ARGMAX_SLOTS, "the token picks")?;
         ids.zero("the token picks")?;
-        let stage = "allocating the token picks' host copy";
-        // SAFETY: a context is current (Device::open); freed in drop.
-        let host = unsafe { result::malloc_host(4 * ARGMAX_SLOTS, 0) }
-            .map_err(|e| driver_error(stage, e))? as *mut i32;
-        // SAFETY: just allocated, ARGMAX_SLOTS ints.
-        unsafe { std::ptr::write_bytes(host, 0, ARGMAX_SLOTS) };
-        let mut events = [std::ptr::null_mut(); ARGMAX_SLOTS];
-        for e in &mut events {
-            *e = device.new_event("creating a token pick's event")?;
-        }
         Ok(Self {
             ids,
-            host,
-            events,
+            host: PinnedSlots::new(device, ARGMAX_SLOTS, 4, "the token picks")?,
             last: 0,
             device: device.clone(),
         })
@@ -52,44 +40,20 @@ impl DevicePicks {
     pub(super) fn send(&mut self, slot: usize) -> Result<()> {
         let stage = "copying a token pick to the host";
         self.device.flush()?;
-        // SAFETY: pinned memory of ARGMAX_SLOTS ints, live until drop; `slot` is below
-        // ARGMAX_SLOTS (the slice index checks it). The copy is truly asynchronous, and the
-        // host reads the int only after the event behind it has completed.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.host, ARGMAX_SLOTS) };
-        unsafe {
-            result::memcpy_dtoh_async(
-                &mut dst[slot..slot + 1],
-                self.slot_ptr(slot),
-                self.device.stream,
-            )
-        }
-        .map_err(|e| driver_error(stage, e))?;
-        self.device.record(self.events[slot], stage)?;
+        let src = self.slot_ptr(slot);
+        let dst = self.host.slot::<i32>(slot, 1);
+        // SAFETY: pinned memory, so the copy is truly asynchronous; the host reads the int only
+        // after the event recorded behind it has completed.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.device.stream) }
+            .map_err(|e| driver_error(stage, e))?;
+        self.host.record(slot, stage)?;
         self.last = slot;
         Ok(())
     }
 
     /// Slot `slot`'s id, once its copy has arrived (a bounded wait).
-    pub(super) fn read(&self, slot: usize) -> Result<u32> {
-        self.device
-            .wait_for(self.events[slot], "reading a token pick")?;
-        // SAFETY: in bounds (checked by the index of `events` above); the copy has completed.
-        Ok(unsafe { std::ptr::read_volatile(self.host.add(slot)) } as u32)
-    }
-}
-
-impl Drop for DevicePicks {
-    fn drop(&mut self) {
-        // A copy may still be on its way behind a kernel that never ends: leave it all.
-        if self.device.is_hung() || self.device.wait("releasing the token picks").is_err() {
-            return;
-        }
-        // SAFETY: made in new, released once, after the stream drained.
-        unsafe {
-            for e in self.events {
-                let _ = result::event::destroy(e);
-            }
-            let _ = result::free_host(self.host as *mut std::ffi::c_void);
-        }
+    pub(super) fn read(&mut self, slot: usize) -> Result<u32> {
+        self.host.wait(slot, "reading a token pick")?;
+        Ok(self.host.slot::<i32>(slot, 1)[0] as u32)
     }
 }
