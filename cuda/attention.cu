@@ -190,10 +190,11 @@ extern "C" __global__ void attention_merge(const float* part, float* out, int n_
 // registers, and their weights (rounded to f16) multiply the values on tensor cores as well.
 // head_dim a multiple of 16, at most FA_MAX_HD; FA_ROWS = 64 (four warps of 16 rows).
 #define FA_KEYS 64
+#define FA_THREADS (2 * FA_ROWS)
 #define FA_PITCH_K (FA_MAX_HD + 8)
 #define FA_PITCH_V (FA_KEYS + 8)
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
     attention_flash(const float* q, const u8* k_cache, const u8* v_cache, int k_type, int v_type,
                     float* out, int start, int p0, int n, int n_head, int n_head_kv,
                     int head_dim, float scale, float softcap, int window) {
@@ -234,7 +235,7 @@ extern "C" __global__ void __launch_bounds__(128)
 
     for (int k0 = lo; k0 <= hi; k0 += FA_KEYS) {
         __syncthreads();
-        for (int i = tid; i < FA_KEYS * pairs; i += 128) {
+        for (int i = tid; i < FA_KEYS * pairs; i += FA_THREADS) {
             int key = i / pairs, d = 2 * (i % pairs);
             float2 k = make_float2(0.0f, 0.0f), v = make_float2(0.0f, 0.0f);
             if (k0 + key <= hi) {

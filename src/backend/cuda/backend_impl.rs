@@ -724,18 +724,18 @@ impl Backend for CudaBackend {
             return;
         };
         let window = opts.window.map_or(0, |w| w.min(i32::MAX as usize)) as i32;
-        if self.uses_flash_attention(at.batch, shape.head_dim) {
-            let span = at.batch.spans()[0];
-            let args = [
+        // Every attention kernel takes the query, caches and output, then where its rows' keys
+        // are, then the heads and how scores are made.
+        let args = |keys: &[u64]| {
+            let tensors = [
                 q.buf.ptr,
                 cache.k[at.layer].ptr,
                 cache.v[at.layer].ptr,
                 cache_type(cache.types.k),
                 cache_type(cache.types.v),
                 out.buf.ptr,
-                int(span.slot * cache.n_ctx),
-                int(span.pos),
-                int(n),
+            ];
+            let heads = [
                 int(shape.n_head),
                 int(shape.n_head_kv),
                 int(shape.head_dim),
@@ -743,25 +743,17 @@ impl Backend for CudaBackend {
                 opts.softcap.unwrap_or(0.0).bits(),
                 window.bits(),
             ];
+            [&tensors[..], keys, &heads[..]].concat()
+        };
+        if self.uses_flash_attention(at.batch, shape.head_dim) {
+            let span = at.batch.spans()[0];
+            let args = args(&[int(span.slot * cache.n_ctx), int(span.pos), int(n)]);
             let grid = (n.div_ceil(FA_ROWS) as u32, shape.n_head as u32, 1);
-            self.launch(Kernel::AttentionFlash, grid, 128, &args);
+            // Four warps of 16 rows.
+            self.launch(Kernel::AttentionFlash, grid, 2 * FA_ROWS as u32, &args);
             return;
         }
-        let args = [
-            q.buf.ptr,
-            cache.k[at.layer].ptr,
-            cache.v[at.layer].ptr,
-            cache_type(cache.types.k),
-            cache_type(cache.types.v),
-            out.buf.ptr,
-            rows.ptr,
-            int(shape.n_head),
-            int(shape.n_head_kv),
-            int(shape.head_dim),
-            opts.scale.bits(),
-            opts.softcap.unwrap_or(0.0).bits(),
-            window.bits(),
-        ];
+        let args = args(&[rows.ptr]);
         let grid = (n as u32, shape.n_head as u32, 1);
         let shares = attention_shares(at.batch, opts.window, n * shape.n_head);
         if shares == 1 {
@@ -771,7 +763,7 @@ impl Backend for CudaBackend {
         let Some(part) = self.shares_buffer(shape.head_dim) else {
             return;
         };
-        let mut split_args = args.to_vec();
+        let mut split_args = args;
         split_args[5] = part.ptr;
         split_args.push(int(shares));
         let split_grid = (grid.0, grid.1, shares as u32);
