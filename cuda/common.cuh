@@ -90,15 +90,20 @@ __device__ __forceinline__ float f16_at(const u8* p) {
     return f16_to_f32((u16)p[0] | ((u16)p[1] << 8));
 }
 
-// The 6-bit scale and min of sub-block j of a q4_K/q5_K block (ggml's get_scale_min_k4).
-__device__ __forceinline__ void scale_min_k4(int j, const u8* q, float* sc, float* m) {
+// The scale and minimum of sub-block j of the q4_K/q5_K block at b: d and dmin (its first
+// two f16s) times the sub-block's 6-bit scale and min (ggml's get_scale_min_k4).
+__device__ __forceinline__ void k4_scale_min(const u8* b, int j, float* scale, float* min) {
+    const u8* q = b + 4;
+    float sc, m;
     if (j < 4) {
-        *sc = (float)(q[j] & 63);
-        *m = (float)(q[j + 4] & 63);
+        sc = (float)(q[j] & 63);
+        m = (float)(q[j + 4] & 63);
     } else {
-        *sc = (float)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        *m = (float)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+        sc = (float)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        m = (float)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
     }
+    *scale = f16_at(b) * sc;
+    *min = f16_at(b + 2) * m;
 }
 
 // The 4-bit level of element e (0..32) of a legacy block's 16 bytes of nibbles: the low
@@ -166,19 +171,19 @@ __device__ float weight_at(int ty, const u8* row, int i) {
         const u8* b = row + 144 * (i / 256);
         int e = i % 256, g = e / 64, w = e % 64, hi = w >= 32;
         u8 q = b[16 + 32 * g + w % 32];
-        float sc, m;
-        scale_min_k4(2 * g + hi, b + 4, &sc, &m);
+        float scale, min;
+        k4_scale_min(b, 2 * g + hi, &scale, &min);
         int nib = hi ? q >> 4 : q & 0xF;
-        return f16_at(b) * sc * (float)nib - f16_at(b + 2) * m;
+        return scale * (float)nib - min;
     }
     case WT_Q5_K: {
         const u8* b = row + 176 * (i / 256);
         int e = i % 256, g = e / 64, w = e % 64, hi = w >= 32, l = w % 32;
         u8 q = b[48 + 32 * g + l];
-        float sc, m;
-        scale_min_k4(2 * g + hi, b + 4, &sc, &m);
+        float scale, min;
+        k4_scale_min(b, 2 * g + hi, &scale, &min);
         int v = (hi ? q >> 4 : q & 0xF) + (((b[16 + l] >> (2 * g + hi)) & 1) << 4);
-        return f16_at(b) * sc * (float)v - f16_at(b + 2) * m;
+        return scale * (float)v - min;
     }
     case WT_Q6_K: {
         const u8* b = row + 210 * (i / 256);

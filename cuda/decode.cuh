@@ -94,9 +94,8 @@ template <> __device__ __forceinline__ void decode_chunk<WT_Q3_K>(const u8* row,
 template <> __device__ __forceinline__ void decode_chunk<WT_Q4_K>(const u8* row, int c, float* w) {
     const u8* b = row + 144 * (c / 8);
     int j = c % 8, shift = 4 * (j % 2);
-    float sc, m;
-    scale_min_k4(j, b + 4, &sc, &m);
-    float scale = f16_at(b) * sc, min = f16_at(b + 2) * m;
+    float scale, min;
+    k4_scale_min(b, j, &scale, &min);
     const u32* qs = (const u32*)(b + 16 + 32 * (j / 2));
     for (int k = 0; k < 8; k++) {
         u32 q = qs[k] >> shift;
@@ -107,9 +106,8 @@ template <> __device__ __forceinline__ void decode_chunk<WT_Q4_K>(const u8* row,
 template <> __device__ __forceinline__ void decode_chunk<WT_Q5_K>(const u8* row, int c, float* w) {
     const u8* b = row + 176 * (c / 8);
     int j = c % 8, shift = 4 * (j % 2);
-    float sc, m;
-    scale_min_k4(j, b + 4, &sc, &m);
-    float scale = f16_at(b) * sc, min = f16_at(b + 2) * m;
+    float scale, min;
+    k4_scale_min(b, j, &scale, &min);
     const u32* qs = (const u32*)(b + 48 + 32 * (j / 2));
     const u32* qh = (const u32*)(b + 16);
     for (int k = 0; k < 8; k++) {

@@ -79,16 +79,6 @@ __device__ void matmul_chunks(const u8* w, int row_bytes, const float* x, float*
         matmul_chunks<TY>(w, row_bytes, x, out, bias, rows, cols, n, out_stride, out_first);     \
     }
 
-MATMUL_CHUNKS(matmul_q4_0, WT_Q4_0)
-MATMUL_CHUNKS(matmul_q4_1, WT_Q4_1)
-MATMUL_CHUNKS(matmul_q5_0, WT_Q5_0)
-MATMUL_CHUNKS(matmul_q5_1, WT_Q5_1)
-MATMUL_CHUNKS(matmul_q8_0, WT_Q8_0)
-MATMUL_CHUNKS(matmul_q2_k, WT_Q2_K)
-MATMUL_CHUNKS(matmul_q3_k, WT_Q3_K)
-MATMUL_CHUNKS(matmul_q4_k, WT_Q4_K)
-MATMUL_CHUNKS(matmul_q5_k, WT_Q5_K)
-MATMUL_CHUNKS(matmul_q6_k, WT_Q6_K)
 
 // Prompt-sized products on tensor cores (compute capability 8.0 and up): out[t][out_first + r]
 // = x[t] · w[r] (+ bias[r]) as in matmul_chunks, over tiles of MMA_TOKENS tokens by MMA_ROWS
@@ -189,13 +179,16 @@ __device__ void matmul_mma(const u8* w, int row_bytes, const float* x, float* ou
         matmul_mma<TY>(w, row_bytes, x, out, bias, rows, cols, n, out_stride, out_first);        \
     }
 
-MATMUL_MMA(matmul_mma_q4_0, WT_Q4_0)
-MATMUL_MMA(matmul_mma_q4_1, WT_Q4_1)
-MATMUL_MMA(matmul_mma_q5_0, WT_Q5_0)
-MATMUL_MMA(matmul_mma_q5_1, WT_Q5_1)
-MATMUL_MMA(matmul_mma_q8_0, WT_Q8_0)
-MATMUL_MMA(matmul_mma_q2_k, WT_Q2_K)
-MATMUL_MMA(matmul_mma_q3_k, WT_Q3_K)
-MATMUL_MMA(matmul_mma_q4_k, WT_Q4_K)
-MATMUL_MMA(matmul_mma_q5_k, WT_Q5_K)
-MATMUL_MMA(matmul_mma_q6_k, WT_Q6_K)
+// Both products of each block-quantized type: matmul_q4_0 and matmul_mma_q4_0, and so on.
+#define BLOCK_MATMULS(q, TY) MATMUL_CHUNKS(matmul_##q, TY) MATMUL_MMA(matmul_mma_##q, TY)
+
+BLOCK_MATMULS(q4_0, WT_Q4_0)
+BLOCK_MATMULS(q4_1, WT_Q4_1)
+BLOCK_MATMULS(q5_0, WT_Q5_0)
+BLOCK_MATMULS(q5_1, WT_Q5_1)
+BLOCK_MATMULS(q8_0, WT_Q8_0)
+BLOCK_MATMULS(q2_k, WT_Q2_K)
+BLOCK_MATMULS(q3_k, WT_Q3_K)
+BLOCK_MATMULS(q4_k, WT_Q4_K)
+BLOCK_MATMULS(q5_k, WT_Q5_K)
+BLOCK_MATMULS(q6_k, WT_Q6_K)
