@@ -726,16 +726,7 @@ fn a_profile_times_each_launch() {
 fn queued_picks_keep_their_slots_and_embed_the_last_on_the_device() {
     let (mut b, mut cpu) = (cuda(), cpu());
     let mut rng = rng(13);
-    let w = Weights::random(&mut rng, GgmlType::Q4K, ROWS, widths(GgmlType::Q4K)[1]);
-    let logits = [0, 1].map(|_| random_values(&mut rng, ROWS, 1.0));
-    let want_ids: Vec<u32> = [1, 0]
-        .map(|i| vibrant::backend::argmax(&logits[i]) as u32)
-        .to_vec();
-    assert_ne!(want_ids[0], want_ids[1], "slots told apart");
-    let (ids, got) = queued_argmaxes(&mut b, &w, &logits);
-    assert_eq!(ids, want_ids, "CUDA ids");
-    let (ids, want) = queued_argmaxes(&mut cpu, &w, &logits);
-    assert_eq!(ids, want_ids, "CPU ids");
+    let (w, _, got, want) = queued_argmaxes_beside_the_cpu(&mut b, &mut rng);
     assert_close(
         "embedded argmax",
         &got,
@@ -744,6 +735,7 @@ fn queued_picks_keep_their_slots_and_embed_the_last_on_the_device() {
         |_| 1.0,
         1e-6,
     );
+    let logits = [0, 1].map(|_| random_values(&mut rng, ROWS, 1.0));
 
     // Draws of a seeded sampler, each embedded from where the draw was put.
     let config = SamplerConfig {

@@ -207,21 +207,11 @@ fn embed_matches_the_cpu_for_every_type() {
 /// is computed, and the next token's embedding is looked up from the last id on the device.
 #[test]
 fn queued_argmaxes_keep_their_slots_and_embed_the_last_on_the_device() {
-    let (mut gpu, mut cpu) = (gpu(), cpu());
-    let mut rng = rng(12);
-    let w = Weights::random(&mut rng, GgmlType::Q4K, ROWS, widths(GgmlType::Q4K)[1]);
-    let logits = [0, 1].map(|_| random_values(&mut rng, ROWS, 1.0));
-    let want_ids: Vec<u32> = [1, 0]
-        .map(|i| vibrant::backend::argmax(&logits[i]) as u32)
-        .to_vec();
-    assert_ne!(want_ids[0], want_ids[1], "slots told apart");
-    let (ids, got) = queued_argmaxes(&mut gpu, &w, &logits);
-    assert_eq!(ids, want_ids, "GPU ids");
-    let (ids, want) = queued_argmaxes(&mut cpu, &w, &logits);
-    assert_eq!(ids, want_ids, "CPU ids");
+    let (w, ids, got, want) = queued_argmaxes_beside_the_cpu(&mut gpu(), &mut rng(12));
     assert_decoded("embedded argmax", &got, &want, w.cols);
+    let mut cpu = cpu();
     let table = w.upload(&mut cpu, "table");
-    assert_eq!(want, embed_rows(&mut cpu, &table, &want_ids[..1], w.cols));
+    assert_eq!(want, embed_rows(&mut cpu, &table, &ids[..1], w.cols));
 }
 
 fn gpu_dequantize(gpu: &mut WgpuBackend, m: &GpuMatrix) -> Vec<f32> {

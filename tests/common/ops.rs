@@ -2,7 +2,8 @@
 //! tests/cuda_kernels.rs): each loads host data through [`Load`], runs one op and reads the
 //! result back, so that one function gives the device's and the CPU reference's answers.
 
-use super::{read, Load, Weights};
+use super::{cpu, random_values, read, Load, Weights};
+use rand::rngs::StdRng;
 use vibrant::backend::{Activation, Pointwise, RmsNorm, Routing};
 use vibrant::quant::GgmlType;
 
@@ -111,7 +112,7 @@ pub fn host_routes(logits: &[f32], n_expert: usize, routing: Routing) -> Vec<f32
 
 /// Two argmaxes queued into their slots, the last one embedded on the device: the ids read
 /// back (the later slot first) and the embedded row.
-pub fn queued_argmaxes<B: Load>(
+fn queued_argmaxes<B: Load>(
     b: &mut B,
     w: &Weights,
     logits: &[Vec<f32>; 2],
@@ -125,4 +126,25 @@ pub fn queued_argmaxes<B: Load>(
     b.embed_argmax(&table, &out);
     let ids = [1, 0].map(|slot| b.read_argmax(slot).expect("argmax"));
     (ids.to_vec(), read(b, &out, 1))
+}
+
+/// What pipelined decoding relies on, on `b` and on the CPU: two argmaxes over random logits
+/// (told apart) queued into their slots, each id read back from its own slot (checked here),
+/// and the last one embedded on the device. Gives the q4_K table, the ids (the later slot's
+/// first) and the device's and the CPU's embedded rows.
+pub fn queued_argmaxes_beside_the_cpu<B: Load>(
+    b: &mut B,
+    rng: &mut StdRng,
+) -> (Weights, Vec<u32>, Vec<f32>, Vec<f32>) {
+    let w = Weights::random(rng, GgmlType::Q4K, ROWS, widths(GgmlType::Q4K)[1]);
+    let logits = [0, 1].map(|_| random_values(rng, ROWS, 1.0));
+    let want_ids: Vec<u32> = [1, 0]
+        .map(|i| vibrant::backend::argmax(&logits[i]) as u32)
+        .to_vec();
+    assert_ne!(want_ids[0], want_ids[1], "slots told apart");
+    let (ids, got) = queued_argmaxes(b, &w, &logits);
+    assert_eq!(ids, want_ids, "device ids");
+    let (ids, want) = queued_argmaxes(&mut cpu(), &w, &logits);
+    assert_eq!(ids, want_ids, "CPU ids");
+    (w, want_ids, got, want)
 }
