@@ -585,7 +585,7 @@ mod tests {
         assert!(ToolUse::new(Some(&tools), Some(&named), HERMES).is_ok());
     }
 
-    /// Llama 3.1's line asking for calls, as its template has it.
+    /// Qwen3-Coder's example of a call, as its template has it.
     const QWEN3_CODER: &str = "{% if tools %}<tools>{{ tools | tojson }}</tools>{{- '\\n\\n<tool_call>\\n<function=example_function_name>\\n<parameter=example_parameter_1>\\nvalue_1\\n</parameter>\\n</function>\\n</tool_call>' }}{% endif %}";
 
     fn two_tools() -> Vec<Value> {
@@ -646,6 +646,7 @@ mod tests {
         );
     }
 
+    /// Llama 3.1's line asking for calls, as its template has it.
     const LLAMA: &str = "{% if tools %}{{- 'Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.' }}{% endif %}";
 
     #[test]
