@@ -113,13 +113,9 @@ impl CudaBackend {
         if self.failed.is_some() {
             return;
         }
-        let reused = match &mut self.step_graph {
-            Some(g) if g.fits(&launches) => Some(g.update(launches.clone())),
-            _ => None,
-        };
-        let queued = match reused {
-            Some(updated) => updated,
-            None => graph::StepGraph::build(launches).map(|g| {
+        let queued = match &mut self.step_graph {
+            Some(g) if g.fits(&launches) => g.update(launches),
+            _ => graph::StepGraph::build(launches).map(|g| {
                 self.step_graph = Some(g);
             }),
         };
