@@ -237,7 +237,7 @@ impl Device {
     /// is about to be used otherwise.
     pub(crate) fn flush(&self) -> Result<()> {
         match self.take_recording() {
-            Some(recorded) => recorded.iter().try_for_each(|l| l.launch(self.stream)),
+            Some(recorded) => recorded.into_iter().try_for_each(|l| l.launch(self.stream)),
             None => Ok(()),
         }
     }

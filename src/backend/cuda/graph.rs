@@ -13,7 +13,6 @@ use std::ffi::c_void;
 
 /// A kernel launch: its function and the values of its parameters, each in an 8-byte slot
 /// (the driver copies each parameter's size from its slot, little-endian).
-#[derive(Clone)]
 pub(crate) struct Launch {
     pub(crate) func: sys::CUfunction,
     pub(crate) name: &'static str,
@@ -24,9 +23,8 @@ pub(crate) struct Launch {
 
 impl Launch {
     /// Launches now on `stream`.
-    pub(crate) fn launch(&self, stream: sys::CUstream) -> Result<()> {
-        let mut slots = self.args.clone();
-        let mut params = pointers(&mut slots);
+    pub(crate) fn launch(mut self, stream: sys::CUstream) -> Result<()> {
+        let mut params = pointers(&mut self.args);
         // SAFETY: the function's parameters are `args` in order, each at most 8 bytes and read
         // from its slot during the call; pointers point into live device buffers, which are
         // freed in stream order after the kernel.
