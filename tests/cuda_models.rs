@@ -22,6 +22,14 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
     (diff / norm).sqrt()
 }
 
+/// CUDA with f32 activations in every product, as the exact CPU mode computes them.
+fn cuda_f32() -> vibrant::backend::cuda::CudaBackend {
+    common::cuda::cuda_with(CudaOptions {
+        int8_activations: false,
+        ..CudaOptions::default()
+    })
+}
+
 /// Against the exact CPU mode (f32 activations, an f16 cache, as CUDA computes) only the
 /// order of sums differs, amplified over the layers where a value rounds to another f16 in
 /// the cache: 1e-3 of the logits (an indexing bug gives errors of order 1).
@@ -31,7 +39,7 @@ fn smollm2_greedy_decoding_on_cuda_matches_the_cpu() {
     let tokens = tokenizer.encode(PROMPT, true).unwrap();
     let mut cpu =
         Transformer::load(&file, CpuBackend::exact(0).unwrap(), &short_context()).unwrap();
-    let mut cuda = Transformer::load(&file, common::cuda::cuda(), &short_context()).unwrap();
+    let mut cuda = Transformer::load(&file, cuda_f32(), &short_context()).unwrap();
     cpu.forward(&tokens).unwrap();
     cuda.forward(&tokens).unwrap();
     let error = relative_error(&cuda.logits().unwrap(), &cpu.logits().unwrap());
@@ -69,6 +77,7 @@ fn pipelined_decoding_with_and_without_graphs_matches() {
     let runs = [false, true].map(|graphs| {
         let backend = common::cuda::cuda_with(CudaOptions {
             graphs,
+            int8_activations: false,
             ..CudaOptions::default()
         });
         let mut cuda = Transformer::load(&file, backend, &short_context()).unwrap();
@@ -82,5 +91,37 @@ fn pipelined_decoding_with_and_without_graphs_matches() {
     assert_eq!(
         runs[1], runs[0],
         "tokens with graphs against kernel by kernel"
+    );
+}
+
+/// Decode steps with 8-bit activations (the default) stay near the exact CPU's logits, fed the
+/// same tokens: rounding each activation to 1/254 of its block's largest moves SmolLM2's
+/// logits by a few percent at most (an indexing bug moves them by order 1), and the greedy
+/// pick agrees at nearly every step.
+#[test]
+fn decoding_with_8_bit_activations_stays_near_the_exact_logits() {
+    let (file, tokenizer) = open("smollm2-135m");
+    let tokens = tokenizer.encode(PROMPT, true).unwrap();
+    let mut cpu =
+        Transformer::load(&file, CpuBackend::exact(0).unwrap(), &short_context()).unwrap();
+    let mut cuda = Transformer::load(&file, common::cuda::cuda(), &short_context()).unwrap();
+    cpu.forward(&tokens).unwrap();
+    cuda.forward(&tokens).unwrap();
+    let (mut worst, mut agreed) = (0.0f64, 0);
+    let steps = 16;
+    for _ in 0..steps {
+        let want = cpu.logits().unwrap();
+        let got = cuda.logits().unwrap();
+        worst = worst.max(relative_error(&got, &want));
+        let next = cpu.argmax().unwrap();
+        agreed += usize::from(cuda.argmax().unwrap() == next);
+        cpu.forward(&[next]).unwrap();
+        cuda.forward(&[next]).unwrap();
+    }
+    eprintln!("8-bit activations: worst logit error {worst:.2e}, {agreed}/{steps} picks agree");
+    assert!(worst < 5e-2, "logits differ by {worst:.2e} of their norm");
+    assert!(
+        agreed >= steps - 2,
+        "only {agreed} of {steps} greedy picks agree"
     );
 }

@@ -2,7 +2,7 @@
 //! once; the first failure is kept and reported by every wait after it (nothing more is
 //! launched, since work after a refused op would compute from what it never wrote).
 
-use super::kernels::{int, ArgBits, Kernel};
+use super::kernels::{has_q8_products, int, ArgBits, Kernel};
 use super::{
     graph, BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
     DeviceBuffer, ATT_THREADS, FA_ROWS, FILL_SLOTS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES,
@@ -20,6 +20,18 @@ use std::rc::Rc;
 const ROW_THREADS: u32 = 128;
 /// Threads per block of the element-wise kernels.
 const ELEMENT_THREADS: u32 = 256;
+/// Warps per block of cuda/matmul_q8.cu's quantize_acts (a warp per block of 32).
+const QUANTIZE_WARPS: usize = 8;
+/// Warps that keep an H100's memory busy in a decode product: about 64 per multiprocessor.
+const Q8_WARPS: usize = 8192;
+
+/// Activations quantized by quantize_acts: the device addresses of their bytes and of their
+/// blocks' (scale, scale · sum).
+#[derive(Clone, Copy)]
+struct QuantizedActs {
+    bytes: u64,
+    scales: u64,
+}
 
 /// A cache type as cuda/kv.cuh names it: its ggml type id.
 fn cache_type(ty: CacheType) -> u64 {
@@ -39,6 +51,17 @@ fn attention_shares(batch: &Batch, window: Option<usize>, blocks: usize) -> usiz
         .max()
         .unwrap_or(0);
     longest.div_ceil(KEYS_PER_SHARE).clamp(1, MAX_SHARES)
+}
+
+/// Warps per weight row of cuda/matmul_q8.cu's products: the fewest (a power of two up to
+/// MV_WARPS) that give the product Q8_WARPS warps in all, since a short matrix with a warp per
+/// row has too few loads in flight to keep the memory busy.
+fn q8_row_warps(rows: usize) -> usize {
+    let mut warps = 1;
+    while warps < MV_WARPS && rows * warps < Q8_WARPS {
+        warps *= 2;
+    }
+    warps
 }
 
 fn elements(len: usize) -> (u32, u32, u32) {
@@ -248,6 +271,80 @@ impl CudaBackend {
             rows,
             cols,
         })
+    }
+
+    /// `n` rows of `x` quantized to 8 bits for cuda/matmul_q8.cu's products (its bytes, then
+    /// each block of 32's scale and sum), where decode products take 8-bit activations.
+    fn quantized_acts(&mut self, x: &CudaTensor, n: usize) -> Option<QuantizedActs> {
+        let len = n * x.cols;
+        if !self.int8_activations || n > MM_TOKENS || !x.cols.is_multiple_of(32) {
+            return None;
+        }
+        let bytes = len + 8 * (len / 32);
+        if self.acts_q8.as_ref().is_none_or(|b| b.bytes < bytes) {
+            let capacity = MM_TOKENS * x.cols;
+            let capacity = capacity + 8 * (capacity / 32);
+            match DeviceBuffer::new(&self.device, capacity, "8-bit activations") {
+                Ok(buf) => {
+                    self.bytes_held += buf.bytes as u64;
+                    self.acts_q8 = Some(Rc::new(buf));
+                }
+                Err(e) => {
+                    self.fail(e);
+                    return None;
+                }
+            }
+        }
+        let buf = self.acts_q8.as_ref()?;
+        let acts = QuantizedActs {
+            bytes: buf.ptr,
+            scales: buf.ptr + len as u64,
+        };
+        self.costs(4 * len + bytes, 0);
+        let blocks = len / 32;
+        // A warp per block of 32.
+        let grid = (blocks.div_ceil(QUANTIZE_WARPS) as u32, 1, 1);
+        let args = [x.buf.ptr, acts.bytes, acts.scales, int(blocks)];
+        self.launch(
+            Kernel::QuantizeActs,
+            grid,
+            32 * QUANTIZE_WARPS as u32,
+            &args,
+        );
+        Some(acts)
+    }
+
+    /// The products of 8-bit activations with a part's rows, as matmul_part's.
+    fn matmul_part_q8(
+        &mut self,
+        part: &CudaPart,
+        acts: QuantizedActs,
+        out: &CudaTensor,
+        bias: u64,
+        (n, cols, out_first): (usize, usize, usize),
+    ) {
+        self.costs(
+            part.rows * part.row_bytes + n * (cols + cols / 4) + 4 * n * part.rows,
+            2 * n * part.rows * cols,
+        );
+        let row_warps = q8_row_warps(part.rows);
+        let args = [
+            part.buf.ptr,
+            int(part.row_bytes),
+            acts.bytes,
+            acts.scales,
+            out.buf.ptr,
+            bias,
+            int(part.rows),
+            int(cols),
+            int(n),
+            int(out.cols),
+            int(out_first),
+            int(row_warps),
+        ];
+        let grid = (part.rows.div_ceil(MV_WARPS / row_warps) as u32, 1, 1);
+        let threads = 32 * MV_WARPS as u32;
+        self.launch(Kernel::MatmulQ8(part.ggml_type), grid, threads, &args);
     }
 
     /// The products of `n` rows of `x` with a part's rows (`rows` of them, from row
@@ -526,10 +623,13 @@ impl Backend for CudaBackend {
         {
             return;
         }
+        // A thread for every one or two values: one row (decoding) is a single block, and
+        // its latency is what a step waits for.
+        let threads = (x.cols.div_ceil(64) * 32).clamp(32, 1024) as u32;
         self.launch(
             Kernel::RmsNorm,
             (n as u32, 1, 1),
-            ROW_THREADS,
+            threads,
             &[
                 x.buf.ptr,
                 norm.weight.buf.ptr,
@@ -552,9 +652,21 @@ impl Backend for CudaBackend {
         {
             return;
         }
+        let acts = w
+            .parts
+            .iter()
+            .any(|p| has_q8_products(p.ggml_type))
+            .then(|| self.quantized_acts(x, n))
+            .flatten();
         for part in &w.parts {
             let bias = w.bias.as_ref().map_or(0, |b| b.ptr + 4 * part.first as u64);
-            self.matmul_part(part, x, out, bias, (n, w.cols, part.first));
+            let shape = (n, w.cols, part.first);
+            match acts {
+                Some(acts) if has_q8_products(part.ggml_type) => {
+                    self.matmul_part_q8(part, acts, out, bias, shape)
+                }
+                _ => self.matmul_part(part, x, out, bias, shape),
+            }
         }
     }
 
@@ -1025,15 +1137,28 @@ mod tests {
     use crate::backend::Span;
 
     #[test]
+    fn short_matrices_spread_their_rows_over_several_warps() {
+        assert_eq!(q8_row_warps(256), MV_WARPS);
+        assert_eq!(q8_row_warps(Q8_WARPS / 4), MV_WARPS);
+        assert_eq!(q8_row_warps(Q8_WARPS / 2), 2.min(MV_WARPS));
+        assert_eq!(q8_row_warps(Q8_WARPS), 1);
+        assert_eq!(q8_row_warps(151_936), 1);
+    }
+
+    #[test]
     fn attention_is_split_only_where_few_blocks_see_many_keys() {
         let decode = Batch::one(0, 4095, 1);
-        assert_eq!(attention_shares(&decode, None, 16), 16);
-        assert_eq!(attention_shares(&Batch::one(0, 100, 1), None, 16), 1);
+        assert_eq!(attention_shares(&decode, None, 16), 4096 / KEYS_PER_SHARE);
+        let short = Batch::one(0, KEYS_PER_SHARE - 1, 1);
+        assert_eq!(attention_shares(&short, None, 16), 1);
         assert_eq!(
             attention_shares(&Batch::one(0, 100_000, 1), None, 16),
             MAX_SHARES
         );
-        assert_eq!(attention_shares(&decode, Some(512), 16), 2);
+        assert_eq!(
+            attention_shares(&decode, Some(512), 16),
+            512 / KEYS_PER_SHARE
+        );
         assert_eq!(attention_shares(&decode, None, SPLIT_BELOW_BLOCKS), 1);
         let mixed = Batch::new(vec![
             Span {
@@ -1047,6 +1172,9 @@ mod tests {
                 len: 1,
             },
         ]);
-        assert_eq!(attention_shares(&mixed, None, 32), 4);
+        assert_eq!(
+            attention_shares(&mixed, None, 32),
+            1001_usize.div_ceil(KEYS_PER_SHARE)
+        );
     }
 }

@@ -19,8 +19,9 @@ const KV: &str = include_str!("../../../cuda/kv.cuh");
 const DECODE: &str = include_str!("../../../cuda/decode.cuh");
 
 /// Every kernel file: its name and its source (without the headers of [`full_source`]).
-pub const SOURCES: [(&str, &str); 8] = [
+pub const SOURCES: [(&str, &str); 9] = [
     ("matmul", include_str!("../../../cuda/matmul.cu")),
+    ("matmul_q8", include_str!("../../../cuda/matmul_q8.cu")),
     ("norm", include_str!("../../../cuda/norm.cu")),
     ("elementwise", include_str!("../../../cuda/elementwise.cu")),
     ("rope", include_str!("../../../cuda/rope.cu")),

@@ -23,6 +23,9 @@ pub struct CudaOptions {
     /// Run each greedy decode step as one CUDA graph (graph.rs); by default as
     /// `VIBRANT_CUDA_GRAPHS=1` asks.
     pub graphs: bool,
+    /// Decode products round their activations to 8 bits (cuda/matmul_q8.cu), as llama.cpp's
+    /// do; off (`VIBRANT_INT8=0`), they keep f32 activations.
+    pub int8_activations: bool,
 }
 
 impl Default for CudaOptions {
@@ -32,6 +35,7 @@ impl Default for CudaOptions {
             timeout: Duration::from_secs(60),
             kernel_cache: true,
             graphs: std::env::var("VIBRANT_CUDA_GRAPHS").is_ok_and(|v| v == "1"),
+            int8_activations: std::env::var("VIBRANT_INT8").map_or(true, |v| v != "0"),
         }
     }
 }

@@ -19,6 +19,10 @@ pub(crate) enum Kernel {
     MatmulChunks(GgmlType),
     /// cuda/matmul.cu's tensor-core products of one block-quantized type (prompts).
     MatmulMma(GgmlType),
+    /// cuda/matmul_q8.cu's products with 8-bit activations (decode), for the types of
+    /// `has_q8_products`, and the activations' quantization they read.
+    MatmulQ8(GgmlType),
+    QuantizeActs,
     Embed,
     RmsNorm,
     Add,
@@ -41,8 +45,9 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    const FIXED: [Kernel; 20] = [
+    const FIXED: [Kernel; 21] = [
         Kernel::Matmul,
+        Kernel::QuantizeActs,
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::Add,
@@ -70,6 +75,12 @@ impl Kernel {
             .into_iter()
             .chain(blocked().map(Kernel::MatmulChunks))
             .chain(blocked().map(Kernel::MatmulMma))
+            .chain(
+                ALL_TYPES
+                    .into_iter()
+                    .filter(|t| has_q8_products(*t))
+                    .map(Kernel::MatmulQ8),
+            )
     }
 
     /// The source file and the function.
@@ -78,6 +89,9 @@ impl Kernel {
             Self::Matmul => ("matmul", "matmul"),
             Self::MatmulChunks(ty) => ("matmul", blocked_matmul_name(ty, false)),
             Self::MatmulMma(ty) => ("matmul", blocked_matmul_name(ty, true)),
+            // Only the types of has_q8_products are launched; any other fails to load by name.
+            Self::MatmulQ8(ty) => ("matmul_q8", q8_matmul_name(ty).unwrap_or("no_q8_products")),
+            Self::QuantizeActs => ("matmul_q8", "quantize_acts"),
             Self::Embed => ("matmul", "embed"),
             Self::RmsNorm => ("norm", "rms_norm"),
             Self::Add => ("elementwise", "add"),
@@ -122,6 +136,26 @@ fn blocked_matmul_name(ty: GgmlType, mma: bool) -> &'static str {
     } else {
         chunks
     }
+}
+
+/// Whether cuda/matmul_q8.cu has products with 8-bit activations for a weight type.
+pub(crate) fn has_q8_products(ty: GgmlType) -> bool {
+    q8_matmul_name(ty).is_some()
+}
+
+/// The function of cuda/matmul_q8.cu's MATMUL_Q8 for a weight type, where it has one.
+fn q8_matmul_name(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::Q4_0 => "matmul_q8_q4_0",
+        GgmlType::Q4_1 => "matmul_q8_q4_1",
+        GgmlType::Q5_0 => "matmul_q8_q5_0",
+        GgmlType::Q5_1 => "matmul_q8_q5_1",
+        GgmlType::Q8_0 => "matmul_q8_q8_0",
+        GgmlType::Q4K => "matmul_q8_q4_k",
+        GgmlType::Q5K => "matmul_q8_q5_k",
+        GgmlType::Q6K => "matmul_q8_q6_k",
+        _ => return None,
+    })
 }
 
 /// A launch argument's 8-byte slot.

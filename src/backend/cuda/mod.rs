@@ -64,12 +64,13 @@ const _: () = assert!(
         && MMA_ROWS.is_multiple_of(32)
         && MAX_HEAD_DIM.is_multiple_of(64)
         && FA_ROWS == 64
+        && MV_WARPS.is_power_of_two()
 );
 /// Split attention: below this many (row, head) blocks the GPU is not full, and each block's
 /// keys are shared among up to MAX_SHARES blocks of at least KEYS_PER_SHARE keys each.
 const SPLIT_BELOW_BLOCKS: usize = 256;
-const MAX_SHARES: usize = 32;
-const KEYS_PER_SHARE: usize = 256;
+const MAX_SHARES: usize = 64;
+const KEYS_PER_SHARE: usize = 64;
 
 /// The constants the kernels are compiled with (as `-D` options): Rust is their one source.
 pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 10] = [
@@ -176,6 +177,10 @@ pub struct CudaBackend {
     /// kernel reads it).
     placeholder: Rc<DeviceBuffer>,
     batch_rows: Option<BatchRows>,
+    /// Whether decode products take 8-bit activations, and the buffer they are quantized
+    /// into (grown to the widest product seen).
+    int8_activations: bool,
+    acts_q8: Option<Rc<DeviceBuffer>>,
     /// The shares of split attention (cuda/attention.cu's attention_split), made at first use.
     attention_shares: Option<Rc<DeviceBuffer>>,
     /// Argmax picks, kept on the device for the next step's embedding.
@@ -228,6 +233,8 @@ impl CudaBackend {
             scratch: HashMap::new(),
             placeholder,
             batch_rows: None,
+            int8_activations: options.int8_activations,
+            acts_q8: None,
             attention_shares: None,
             picks,
             staging,
@@ -242,6 +249,12 @@ impl CudaBackend {
 
     pub fn summary(&self) -> &CudaDeviceSummary {
         &self.device.summary
+    }
+
+    /// Whether products of `n` tokens with weights of type `ty` round the activations to 8
+    /// bits (cuda/matmul_q8.cu).
+    pub fn uses_int8_activations(&self, ty: GgmlType, n: usize) -> bool {
+        self.int8_activations && n <= MM_TOKENS && kernels::has_q8_products(ty)
     }
 
     /// Whether products of `n` tokens with block-quantized weights take the tensor cores
