@@ -6,19 +6,39 @@
 // (BENCHMARKS.md). A lane's unit is a few bytes of one weight block, so that neighbouring
 // lanes read neighbouring weights and activations.
 
-// The activations of `blocks` blocks of 32 (all tokens' rows, back to back): q the bytes,
-// ds[b] = (d, d · Σ q) of block b. A warp per block.
-extern "C" __global__ void quantize_acts(const float* x, i8* q, float2* ds, int blocks) {
-    int b = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (b >= blocks) return;
-    float v = x[(u64)b * 32 + lane];
+// Block b of 32 activations, v in each lane of a warp: its bytes q[32b..] and (d, d · Σ q).
+__device__ __forceinline__ void quantize_block(float v, i8* q, float2* ds, u64 b) {
+    int lane = threadIdx.x % 32;
     float amax = warp_max(fabsf(v));
     float d = amax / 127.0f;
     int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
-    q[(u64)b * 32 + lane] = (i8)qi;
+    q[32 * b + lane] = (i8)qi;
     int sum = qi;
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
     if (lane == 0) ds[b] = make_float2(d, d * (float)sum);
+}
+
+// The activations of `blocks` blocks of 32 (all tokens' rows, back to back): q the bytes,
+// ds[b] = (d, d · Σ q) of block b. A warp per block.
+extern "C" __global__ void quantize_acts(const float* x, i8* q, float2* ds, int blocks) {
+    int b = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (b >= blocks) return;
+    quantize_block(x[(u64)b * 32 + threadIdx.x % 32], q, ds, b);
+}
+
+// quantize_acts of rms_norm(x) (norm.cu's), for the products that follow a norm: one block per
+// row of `cols` (a multiple of 32).
+extern "C" __global__ void rms_norm_quantize(const float* x, const float* weight, i8* q,
+                                             float2* ds, int cols, float eps) {
+    const float* xr = x + (u64)blockIdx.x * cols;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+    float scale = 1.0f / sqrtf(block_sum(ss) / (float)cols + eps);
+    int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    for (int b = threadIdx.x / 32; b < cols / 32; b += warps) {
+        int i = 32 * b + lane;
+        quantize_block(xr[i] * scale * weight[i], q, ds, (u64)blockIdx.x * (cols / 32) + b);
+    }
 }
 
 // The activations a unit multiplies: token t's bytes and block scales.
@@ -229,11 +249,12 @@ __device__ __forceinline__ void q8_unit<WT_Q6_K>(const u8* row, int u, const Act
 // out[t][out_first + r] = x[t] · w[r] (+ bias[r]) for the part's `rows` rows r and the
 // n ≤ MM_TOKENS tokens whose activations quantize_acts wrote to (q, ds). Each row takes
 // `row_warps` warps of the block (1, 2 or MV_WARPS): short matrices spread over more warps,
-// so that enough loads are in flight to keep the memory busy.
+// so that enough loads are in flight to keep the memory busy. With `accumulate` the products
+// are added to out (a residual connection) instead of written.
 template <int TY>
 __device__ void matmul_q8(const u8* w, int row_bytes, const i8* q, const float2* ds, float* out,
                           const float* bias, int rows, int cols, int n, int out_stride,
-                          int out_first, int row_warps) {
+                          int out_first, int row_warps, int accumulate) {
     __shared__ float partial[MV_WARPS][MM_TOKENS];
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     int r = blockIdx.x * (MV_WARPS / row_warps) + warp / row_warps, share = warp % row_warps;
@@ -253,7 +274,8 @@ __device__ void matmul_q8(const u8* w, int row_bytes, const i8* q, const float2*
     if (r < rows && share == 0 && lane < n) {
         float s = bias ? bias[r] : 0.0f;
         for (int p = 0; p < row_warps; p++) s += partial[warp + p][lane];
-        out[(u64)lane * out_stride + out_first + r] = s;
+        float* o = out + (u64)lane * out_stride + out_first + r;
+        *o = accumulate ? *o + s : s;
     }
 }
 
@@ -261,9 +283,9 @@ __device__ void matmul_q8(const u8* w, int row_bytes, const i8* q, const float2*
     extern "C" __global__ void __launch_bounds__(32 * MV_WARPS)                                  \
         name(const u8* w, int row_bytes, const i8* q, const float2* ds, float* out,              \
              const float* bias, int rows, int cols, int n, int out_stride, int out_first,        \
-             int row_warps) {                                                                    \
+             int row_warps, int accumulate) {                                                    \
         matmul_q8<TY>(w, row_bytes, q, ds, out, bias, rows, cols, n, out_stride, out_first,      \
-                      row_warps);                                                                \
+                      row_warps, accumulate);                                                    \
     }
 
 MATMUL_Q8(matmul_q8_q4_0, WT_Q4_0)

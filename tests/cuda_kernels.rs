@@ -18,7 +18,8 @@ use rand::rngs::StdRng;
 use vibrant::backend::cuda::CudaBackend;
 use vibrant::backend::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
-    ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, Rope, RopeKind, Routing, Span,
+    ExpertInput, KvLayout, KvTypes, MatrixUse, Pointwise, QkNorm, RmsNorm, Rope, RopeKind, Routing,
+    Span,
 };
 use vibrant::quant::{GgmlType, ALL_TYPES};
 use vibrant::sampling::{Sampler, SamplerConfig};
@@ -898,5 +899,109 @@ impl<B: Load> MoeOps for B {
         self.moe_combine_add(&yt, &routes, &a, n);
         out.push(read(self, &a, n));
         out
+    }
+}
+
+/// rms_norm(x) · wᵀ in float64, for the fused products.
+fn normed_rows(x: &[f32], norm_w: &[f32]) -> Vec<f32> {
+    let cols = norm_w.len();
+    x.chunks_exact(cols)
+        .flat_map(|row| {
+            let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / cols as f64;
+            let s = 1.0 / (ms + 1e-6).sqrt();
+            row.iter()
+                .zip(norm_w)
+                .map(move |(v, w)| (*v as f64 * s * *w as f64) as f32)
+        })
+        .collect()
+}
+
+/// The fused forms decoding takes: the norm quantized by the kernel that computes it
+/// (`norm_matmul`, `norm_glu`'s and `attention_inputs`' products) and the residual added by the
+/// product (`matmul_add`), for every type with 8-bit products and one without, at 1 and 3
+/// tokens (8-bit) and 9 (f32 activations), against float64 references.
+#[test]
+fn fused_norm_and_residual_products_match_the_reference() {
+    let mut b = cuda();
+    let mut rng = rng(23);
+    for ty in [
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q2K,
+    ] {
+        let cols = widths(ty)[1];
+        let w = Weights::random(&mut rng, ty, ROWS, cols);
+        let decoded = w.decoded();
+        let m = w.upload(&mut b, "w");
+        let norm_w = random_values(&mut rng, cols, 1.0);
+        let g_norm = b.upload_vector("norm", &norm_w).expect("norm weight");
+        for n in [1, 3, 9] {
+            let tol = matmul_tol(&b, ty, n);
+            let x = random_values(&mut rng, n * cols, 2.0);
+            let (want, scale) = matmul_reference(&decoded, &normed_rows(&x, &norm_w), None, cols);
+            let xt = b.load("x", n, cols, &x);
+            let out = b.load("out", n, ROWS, &vec![f32::NAN; n * ROWS]);
+            let norm = RmsNorm {
+                weight: &g_norm,
+                eps: 1e-6,
+            };
+            b.norm_matmul(&xt, norm, &m, &out, n);
+            let what = format!("norm_matmul {} n={n}", w.label());
+            assert_close(
+                &what,
+                &read(&mut b, &out, n),
+                &want,
+                ROWS,
+                |i| scale[i],
+                tol,
+            );
+
+            let acc0 = random_values(&mut rng, n * ROWS, 1.0);
+            let (prod, scale) = matmul_reference(&decoded, &x, None, cols);
+            let want: Vec<f64> = prod.iter().zip(&acc0).map(|(p, a)| p + *a as f64).collect();
+            let acc = b.load("acc", n, ROWS, &acc0);
+            b.matmul_add(&xt, &m, &acc, n);
+            let what = format!("matmul_add {} n={n}", w.label());
+            let scale = |i: usize| scale[i] + acc0[i].abs() as f64;
+            assert_close(&what, &read(&mut b, &acc, n), &want, ROWS, scale, tol);
+        }
+    }
+}
+
+/// Decode products of model-sized matrices, whose rows take one, two or four warps each
+/// (short matrices spread a row over several), and the largest widths of real models.
+#[test]
+fn decode_products_of_model_shapes_match_the_reference() {
+    let mut b = cuda();
+    let mut rng = rng(37);
+    for (ty, rows, cols) in [
+        (GgmlType::Q4K, 256, 2048),
+        (GgmlType::Q4K, 4100, 512),
+        (GgmlType::Q6K, 9000, 256),
+        (GgmlType::Q5_0, 600, 4864),
+        (GgmlType::Q6K, 300, 14336),
+    ] {
+        let w = Weights::random(&mut rng, ty, rows, cols);
+        let m = w.upload(&mut b, "w");
+        for n in [1, 2] {
+            let x = random_values(&mut rng, n * cols, 1.0);
+            let (want, scale) = matmul_reference(&w.decoded(), &x, None, cols);
+            let got = run_matmul(&mut b, &m, &x, n, rows);
+            let what = format!("{} [{rows}, {cols}] n={n}", w.label());
+            assert_close(
+                &what,
+                &got,
+                &want,
+                rows,
+                |i| scale[i],
+                matmul_tol(&b, ty, n),
+            );
+        }
     }
 }

@@ -64,6 +64,12 @@ fn q8_row_warps(rows: usize) -> usize {
     warps
 }
 
+/// Threads of a norm's block: one for every one or two values, since one row (decoding) is a
+/// single block, and its latency is what a step waits for.
+fn norm_threads(cols: usize) -> u32 {
+    (cols.div_ceil(64) * 32).clamp(32, 1024) as u32
+}
+
 fn elements(len: usize) -> (u32, u32, u32) {
     (len.div_ceil(ELEMENT_THREADS as usize).max(1) as u32, 1, 1)
 }
@@ -273,17 +279,99 @@ impl CudaBackend {
         })
     }
 
-    /// `n` rows of `x` quantized to 8 bits for cuda/matmul_q8.cu's products (its bytes, then
-    /// each block of 32's scale and sum), where decode products take 8-bit activations.
-    fn quantized_acts(&mut self, x: &CudaTensor, n: usize) -> Option<QuantizedActs> {
-        let len = n * x.cols;
-        if !self.int8_activations || n > MM_TOKENS || !x.cols.is_multiple_of(32) {
-            return None;
+    /// Whether `n` rows of `x` times `w` into `out` is a product of fitting shapes (else the
+    /// failure is recorded), and not empty.
+    fn product_fits(&mut self, x: &CudaTensor, w: &CudaMatrix, out: &CudaTensor, n: usize) -> bool {
+        let ok = x.cols == w.cols && out.cols == w.rows && n <= x.rows.min(out.rows);
+        n > 0
+            && self.check(ok, || {
+                format!(
+                    "matmul {}: {n} rows of [{}, {}] by [{}, {}] into [{}, {}]",
+                    w.name, x.rows, x.cols, w.rows, w.cols, out.rows, out.cols
+                )
+            })
+    }
+
+    /// Whether every part of `w` takes 8-bit activations for `n` tokens (cuda/matmul_q8.cu).
+    fn int8_products(&self, w: &CudaMatrix, n: usize) -> bool {
+        self.int8_activations
+            && n <= MM_TOKENS
+            && w.cols.is_multiple_of(32)
+            && w.parts.iter().all(|p| has_q8_products(p.ggml_type))
+    }
+
+    /// out = rms_norm(x) · wᵀ (+ bias): with 8-bit products, the norm's output is quantized
+    /// by the same kernel.
+    fn normed_products(
+        &mut self,
+        x: &CudaTensor,
+        norm: RmsNorm<'_, CudaVector>,
+        w: &CudaMatrix,
+        out: &CudaTensor,
+        n: usize,
+    ) {
+        if !self.int8_products(w, n) {
+            let normed = self.scratch(Scratch::Normed, n, x.cols);
+            self.rms_norm(x, norm, &normed, n);
+            self.matmul(&normed, w, out, n);
+            return;
         }
-        let bytes = len + 8 * (len / 32);
-        if self.acts_q8.as_ref().is_none_or(|b| b.bytes < bytes) {
-            let capacity = MM_TOKENS * x.cols;
-            let capacity = capacity + 8 * (capacity / 32);
+        let ok = norm.weight.len == x.cols;
+        if !self.product_fits(x, w, out, n)
+            || !self.check(ok, || {
+                format!(
+                    "rms_norm before {}: a weight of {} for rows of {}",
+                    w.name, norm.weight.len, x.cols
+                )
+            })
+        {
+            return;
+        }
+        let Some(acts) = self.acts_buffer(n, x.cols) else {
+            return;
+        };
+        self.costs(4 * n * x.cols, 0);
+        let args = [
+            x.buf.ptr,
+            norm.weight.buf.ptr,
+            acts.bytes,
+            acts.scales,
+            int(x.cols),
+            norm.eps.bits(),
+        ];
+        let threads = norm_threads(x.cols);
+        self.launch(Kernel::RmsNormQuantize, (n as u32, 1, 1), threads, &args);
+        self.q8_products(acts, w, out, n, false);
+    }
+
+    /// The products of 8-bit activations with every part of `w`, written into `out` or, with
+    /// `accumulate`, added to it.
+    fn q8_products(
+        &mut self,
+        acts: QuantizedActs,
+        w: &CudaMatrix,
+        out: &CudaTensor,
+        n: usize,
+        accumulate: bool,
+    ) {
+        for part in &w.parts {
+            let bias = w.bias.as_ref().map_or(0, |b| b.ptr + 4 * part.first as u64);
+            let shape = (n, w.cols, part.first);
+            self.matmul_part_q8(part, acts, out, bias, shape, accumulate);
+        }
+    }
+
+    /// The device buffer for `n` rows of `cols` activations quantized to 8 bits (grown to MM_TOKENS rows
+    /// of the widest product seen): their bytes, then each block of 32's scale and sum.
+    fn acts_buffer(&mut self, n: usize, cols: usize) -> Option<QuantizedActs> {
+        let bytes_of = |len: usize| len + 8 * (len / 32);
+        let len = n * cols;
+        if self
+            .acts_q8
+            .as_ref()
+            .is_none_or(|b| b.bytes < bytes_of(len))
+        {
+            let capacity = bytes_of(MM_TOKENS.max(n) * cols);
             match DeviceBuffer::new(&self.device, capacity, "8-bit activations") {
                 Ok(buf) => {
                     self.bytes_held += buf.bytes as u64;
@@ -296,11 +384,17 @@ impl CudaBackend {
             }
         }
         let buf = self.acts_q8.as_ref()?;
-        let acts = QuantizedActs {
+        Some(QuantizedActs {
             bytes: buf.ptr,
             scales: buf.ptr + len as u64,
-        };
-        self.costs(4 * len + bytes, 0);
+        })
+    }
+
+    /// `n` rows of `x` quantized to 8 bits for cuda/matmul_q8.cu's products.
+    fn quantized_acts(&mut self, x: &CudaTensor, n: usize) -> Option<QuantizedActs> {
+        let len = n * x.cols;
+        let acts = self.acts_buffer(n, x.cols)?;
+        self.costs(4 * len, 0);
         let blocks = len / 32;
         // A warp per block of 32.
         let grid = (blocks.div_ceil(QUANTIZE_WARPS) as u32, 1, 1);
@@ -322,6 +416,7 @@ impl CudaBackend {
         out: &CudaTensor,
         bias: u64,
         (n, cols, out_first): (usize, usize, usize),
+        accumulate: bool,
     ) {
         self.costs(
             part.rows * part.row_bytes + n * (cols + cols / 4) + 4 * n * part.rows,
@@ -341,6 +436,7 @@ impl CudaBackend {
             int(out.cols),
             int(out_first),
             int(row_warps),
+            int(accumulate as usize),
         ];
         let grid = (part.rows.div_ceil(MV_WARPS / row_warps) as u32, 1, 1);
         let threads = 32 * MV_WARPS as u32;
@@ -623,13 +719,10 @@ impl Backend for CudaBackend {
         {
             return;
         }
-        // A thread for every one or two values: one row (decoding) is a single block, and
-        // its latency is what a step waits for.
-        let threads = (x.cols.div_ceil(64) * 32).clamp(32, 1024) as u32;
         self.launch(
             Kernel::RmsNorm,
             (n as u32, 1, 1),
-            threads,
+            norm_threads(x.cols),
             &[
                 x.buf.ptr,
                 norm.weight.buf.ptr,
@@ -641,31 +734,71 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&mut self, x: &CudaTensor, w: &CudaMatrix, out: &CudaTensor, n: usize) {
-        let ok = x.cols == w.cols && out.cols == w.rows && n <= x.rows.min(out.rows);
-        if n == 0
-            || !self.check(ok, || {
-                format!(
-                    "matmul {}: {n} rows of [{}, {}] by [{}, {}] into [{}, {}]",
-                    w.name, x.rows, x.cols, w.rows, w.cols, out.rows, out.cols
-                )
-            })
-        {
+        if !self.product_fits(x, w, out, n) {
             return;
         }
-        let acts = w
-            .parts
-            .iter()
-            .any(|p| has_q8_products(p.ggml_type))
-            .then(|| self.quantized_acts(x, n))
-            .flatten();
+        if self.int8_products(w, n) {
+            if let Some(acts) = self.quantized_acts(x, n) {
+                self.q8_products(acts, w, out, n, false);
+            }
+            return;
+        }
         for part in &w.parts {
             let bias = w.bias.as_ref().map_or(0, |b| b.ptr + 4 * part.first as u64);
-            let shape = (n, w.cols, part.first);
-            match acts {
-                Some(acts) if has_q8_products(part.ggml_type) => {
-                    self.matmul_part_q8(part, acts, out, bias, shape)
-                }
-                _ => self.matmul_part(part, x, out, bias, shape),
+            self.matmul_part(part, x, out, bias, (n, w.cols, part.first));
+        }
+    }
+
+    fn norm_matmul(
+        &mut self,
+        x: &CudaTensor,
+        norm: RmsNorm<'_, CudaVector>,
+        w: &CudaMatrix,
+        out: &CudaTensor,
+        n: usize,
+    ) {
+        self.normed_products(x, norm, w, out, n);
+    }
+
+    fn norm_glu(
+        &mut self,
+        x: &CudaTensor,
+        norm: RmsNorm<'_, CudaVector>,
+        gate_up: &CudaMatrix,
+        act: Activation,
+        out: &CudaTensor,
+        n: usize,
+    ) {
+        let products = self.scratch(Scratch::Products, n, gate_up.rows);
+        self.normed_products(x, norm, gate_up, &products, n);
+        self.glu(act, &products, out, n);
+    }
+
+    fn attention_inputs(
+        &mut self,
+        x: &CudaTensor,
+        norm: RmsNorm<'_, CudaVector>,
+        qkv: &CudaMatrix,
+        rope: &Rope<'_, CudaVector>,
+        q: &CudaTensor,
+        at: CacheLayer<'_, CudaKvCache>,
+    ) {
+        let n = at.batch.rows();
+        let products = self.scratch(Scratch::Products, n, qkv.rows);
+        self.normed_products(x, norm, qkv, &products, n);
+        self.rope_store_kv(&products, rope, q, at);
+    }
+
+    fn matmul_add(&mut self, x: &CudaTensor, w: &CudaMatrix, acc: &CudaTensor, n: usize) {
+        if !self.int8_products(w, n) {
+            let products = self.scratch(Scratch::Products, n, w.rows);
+            self.matmul(x, w, &products, n);
+            self.add(acc, &products, n);
+            return;
+        }
+        if self.product_fits(x, w, acc, n) {
+            if let Some(acts) = self.quantized_acts(x, n) {
+                self.q8_products(acts, w, acc, n, true);
             }
         }
     }

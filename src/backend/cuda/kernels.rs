@@ -23,6 +23,7 @@ pub(crate) enum Kernel {
     /// `has_q8_products`, and the activations' quantization they read.
     MatmulQ8(GgmlType),
     QuantizeActs,
+    RmsNormQuantize,
     Embed,
     RmsNorm,
     Add,
@@ -45,9 +46,10 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    const FIXED: [Kernel; 21] = [
+    const FIXED: [Kernel; 22] = [
         Kernel::Matmul,
         Kernel::QuantizeActs,
+        Kernel::RmsNormQuantize,
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::Add,
@@ -92,6 +94,7 @@ impl Kernel {
             // Only the types of has_q8_products are launched; any other fails to load by name.
             Self::MatmulQ8(ty) => ("matmul_q8", q8_matmul_name(ty).unwrap_or("no_q8_products")),
             Self::QuantizeActs => ("matmul_q8", "quantize_acts"),
+            Self::RmsNormQuantize => ("matmul_q8", "rms_norm_quantize"),
             Self::Embed => ("matmul", "embed"),
             Self::RmsNorm => ("norm", "rms_norm"),
             Self::Add => ("elementwise", "add"),
