@@ -30,9 +30,10 @@ fn cuda_f32() -> vibrant::backend::cuda::CudaBackend {
     })
 }
 
-/// Against the exact CPU mode (f32 activations, an f16 cache, as CUDA computes) only the
-/// order of sums differs, amplified over the layers where a value rounds to another f16 in
-/// the cache: 1e-3 of the logits (an indexing bug gives errors of order 1).
+/// Against the exact CPU mode (f32 activations, an f16 cache, as CUDA computes) the order of
+/// sums differs, and the prompt's attention on tensor cores rounds queries and softmax weights
+/// to f16 (2^-11), amplified over the layers: 1.5e-3 of the logits on an H100, under 3e-3 (an
+/// indexing bug gives errors of order 1).
 #[test]
 fn smollm2_greedy_decoding_on_cuda_matches_the_cpu() {
     let (file, tokenizer) = open("smollm2-135m");
@@ -45,7 +46,7 @@ fn smollm2_greedy_decoding_on_cuda_matches_the_cpu() {
     let error = relative_error(&cuda.logits().unwrap(), &cpu.logits().unwrap());
     eprintln!("CUDA vs exact CPU logits after the prompt: {error:.2e}");
     assert!(
-        error < 1e-3,
+        error < 3e-3,
         "CUDA and exact CPU logits differ by {error:.2e}"
     );
     cpu.truncate(0);
@@ -94,34 +95,55 @@ fn pipelined_decoding_with_and_without_graphs_matches() {
     );
 }
 
-/// Decode steps with 8-bit activations (the default) stay near the exact CPU's logits, fed the
-/// same tokens: rounding each activation to 1/254 of its block's largest moves SmolLM2's
-/// logits by a few percent at most (an indexing bug moves them by order 1), and the greedy
-/// pick agrees at nearly every step.
+/// Decode steps with 8-bit activations (the default) err from the exact CPU's logits, fed the
+/// same tokens, as the CPU's own 8-bit path does: rounding each activation to 1/254 of its
+/// block's largest moves SmolLM2's logits by up to about 1e-1 on either (its activations have
+/// outliers), no more than twice the CPU's worst here (an indexing bug moves them by order
+/// 1), and the greedy pick agrees at nearly every step.
 #[test]
-fn decoding_with_8_bit_activations_stays_near_the_exact_logits() {
+fn decoding_with_8_bit_activations_errs_as_the_cpus_8_bit_path() {
     let (file, tokenizer) = open("smollm2-135m");
     let tokens = tokenizer.encode(PROMPT, true).unwrap();
-    let mut cpu =
-        Transformer::load(&file, CpuBackend::exact(0).unwrap(), &short_context()).unwrap();
-    let mut cuda = Transformer::load(&file, common::cuda::cuda(), &short_context()).unwrap();
-    cpu.forward(&tokens).unwrap();
+    let context = short_context();
+    let mut exact = Transformer::load(&file, CpuBackend::exact(0).unwrap(), &context).unwrap();
+    let mut fast = Transformer::load(&file, CpuBackend::new(0).unwrap(), &context).unwrap();
+    let mut cuda = Transformer::load(&file, common::cuda::cuda(), &context).unwrap();
+    exact.forward(&tokens).unwrap();
+    fast.forward(&tokens).unwrap();
     cuda.forward(&tokens).unwrap();
-    let (mut worst, mut agreed) = (0.0f64, 0);
+    let (mut worst_cuda, mut worst_cpu, mut agreed) = (0.0f64, 0.0f64, 0);
     let steps = 16;
     for _ in 0..steps {
-        let want = cpu.logits().unwrap();
-        let got = cuda.logits().unwrap();
-        worst = worst.max(relative_error(&got, &want));
-        let next = cpu.argmax().unwrap();
+        let want = exact.logits().unwrap();
+        worst_cuda = worst_cuda.max(relative_error(&cuda.logits().unwrap(), &want));
+        worst_cpu = worst_cpu.max(relative_error(&fast.logits().unwrap(), &want));
+        let next = exact.argmax().unwrap();
         agreed += usize::from(cuda.argmax().unwrap() == next);
-        cpu.forward(&[next]).unwrap();
-        cuda.forward(&[next]).unwrap();
+        for model in [&mut exact as &mut dyn Step, &mut fast, &mut cuda] {
+            model.step(next);
+        }
     }
-    eprintln!("8-bit activations: worst logit error {worst:.2e}, {agreed}/{steps} picks agree");
-    assert!(worst < 5e-2, "logits differ by {worst:.2e} of their norm");
+    eprintln!(
+        "8-bit activations: worst logit error {worst_cuda:.2e} (the CPU's 8-bit path: \
+         {worst_cpu:.2e}), {agreed}/{steps} picks agree"
+    );
+    assert!(
+        worst_cuda < 2.0 * worst_cpu,
+        "CUDA's logits differ by {worst_cuda:.2e}, the CPU's 8-bit path's by {worst_cpu:.2e}"
+    );
     assert!(
         agreed >= steps - 2,
         "only {agreed} of {steps} greedy picks agree"
     );
+}
+
+/// One token fed to a model, whatever its backend.
+trait Step {
+    fn step(&mut self, token: u32);
+}
+
+impl<B: Backend> Step for Transformer<B> {
+    fn step(&mut self, token: u32) {
+        self.forward(&[token]).unwrap();
+    }
 }

@@ -20,8 +20,8 @@ pub struct CudaOptions {
     pub timeout: Duration,
     /// Keep compiled kernels on disk between runs (under the user's cache directory).
     pub kernel_cache: bool,
-    /// Run each greedy decode step as one CUDA graph (graph.rs); by default as
-    /// `VIBRANT_CUDA_GRAPHS=1` asks.
+    /// Run each greedy decode step as one CUDA graph (graph.rs); on unless
+    /// `VIBRANT_CUDA_GRAPHS=0`.
     pub graphs: bool,
     /// Decode products round their activations to 8 bits (cuda/matmul_q8.cu), as llama.cpp's
     /// do; off (`VIBRANT_INT8=0`), they keep f32 activations.
@@ -34,7 +34,7 @@ impl Default for CudaOptions {
             ordinal: 0,
             timeout: Duration::from_secs(60),
             kernel_cache: true,
-            graphs: std::env::var("VIBRANT_CUDA_GRAPHS").is_ok_and(|v| v == "1"),
+            graphs: std::env::var("VIBRANT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             int8_activations: std::env::var("VIBRANT_INT8").map_or(true, |v| v != "0"),
         }
     }
