@@ -247,35 +247,42 @@ __device__ __forceinline__ void q8_unit<WT_Q6_K>(const u8* row, int u, const Act
 }
 
 // out[t][out_first + r] = x[t] · w[r] (+ bias[r]) for the part's `rows` rows r and the
-// n ≤ MM_TOKENS tokens whose activations quantize_acts wrote to (q, ds). Each row takes
-// `row_warps` warps of the block (1, 2 or MV_WARPS): short matrices spread over more warps,
-// so that enough loads are in flight to keep the memory busy. With `accumulate` the products
-// are added to out (a residual connection) instead of written.
+// n ≤ MM_TOKENS tokens whose activations quantize_acts wrote to (q, ds). Each Q8_ROWS rows
+// take `row_warps` warps of the block (1, 2 or MV_WARPS): a warp's rows share its loads of the
+// activations, and short matrices spread over more warps, so that enough loads are in flight
+// to keep the memory busy. With `accumulate` the products are added to out (a residual
+// connection) instead of written.
 template <int TY>
 __device__ void matmul_q8(const u8* w, int row_bytes, const i8* q, const float2* ds, float* out,
                           const float* bias, int rows, int cols, int n, int out_stride,
                           int out_first, int row_warps, int accumulate) {
-    __shared__ float partial[MV_WARPS][MM_TOKENS];
+    __shared__ float partial[MV_WARPS][Q8_ROWS][MM_TOKENS];
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    int r = blockIdx.x * (MV_WARPS / row_warps) + warp / row_warps, share = warp % row_warps;
+    int r0 = (blockIdx.x * (MV_WARPS / row_warps) + warp / row_warps) * Q8_ROWS;
+    int share = warp % row_warps;
     Acts a = {q, ds, cols};
-    float acc[MM_TOKENS];
-    for (int t = 0; t < MM_TOKENS; t++) acc[t] = 0.0f;
-    if (r < rows) {
-        const u8* row = w + (u64)r * row_bytes;
-        int units = q8_units<TY>(cols);
-        for (int u = lane + 32 * share; u < units; u += 32 * row_warps) q8_unit<TY>(row, u, a, n, acc);
-    }
-    for (int t = 0; t < MM_TOKENS; t++) {
-        float s = warp_sum(acc[t]);
-        if (lane == 0) partial[warp][t] = s;
-    }
+    float acc[Q8_ROWS][MM_TOKENS];
+    for (int k = 0; k < Q8_ROWS; k++)
+        for (int t = 0; t < MM_TOKENS; t++) acc[k][t] = 0.0f;
+    int units = q8_units<TY>(cols);
+    for (int u = lane + 32 * share; u < units; u += 32 * row_warps)
+        for (int k = 0; k < Q8_ROWS; k++)
+            if (r0 + k < rows) q8_unit<TY>(w + (u64)(r0 + k) * row_bytes, u, a, n, acc[k]);
+    for (int k = 0; k < Q8_ROWS; k++)
+        for (int t = 0; t < MM_TOKENS; t++) {
+            float s = warp_sum(acc[k][t]);
+            if (lane == 0) partial[warp][k][t] = s;
+        }
     __syncthreads();
-    if (r < rows && share == 0 && lane < n) {
-        float s = bias ? bias[r] : 0.0f;
-        for (int p = 0; p < row_warps; p++) s += partial[warp + p][lane];
-        float* o = out + (u64)lane * out_stride + out_first + r;
-        *o = accumulate ? *o + s : s;
+    if (share != 0) return;
+    for (int k = 0; k < Q8_ROWS; k++) {
+        int r = r0 + k;
+        if (r < rows && lane < n) {
+            float s = bias ? bias[r] : 0.0f;
+            for (int p = 0; p < row_warps; p++) s += partial[warp + p][k][lane];
+            float* o = out + (u64)lane * out_stride + out_first + r;
+            *o = accumulate ? *o + s : s;
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use super::kernels::{has_q8_products, int, ArgBits, Kernel};
 use super::{
     graph, BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
     DeviceBuffer, ATT_THREADS, FA_ROWS, FILL_SLOTS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES,
-    MMA_ROWS, MMA_TOKENS, MM_TOKENS, MV_WARPS, PICK_THREADS, SPLIT_BELOW_BLOCKS,
+    MMA_ROWS, MMA_TOKENS, MM_TOKENS, MV_WARPS, PICK_THREADS, Q8_ROWS, SPLIT_BELOW_BLOCKS,
 };
 use crate::backend::weights::{check_parts, expert_count};
 use crate::backend::{
@@ -22,8 +22,10 @@ const ROW_THREADS: u32 = 128;
 const ELEMENT_THREADS: u32 = 256;
 /// Warps per block of cuda/matmul_q8.cu's quantize_acts (a warp per block of 32).
 const QUANTIZE_WARPS: usize = 8;
-/// Warps that keep an H100's memory busy in a decode product: about 64 per multiprocessor.
-const Q8_WARPS: usize = 8192;
+/// Warps in all that a decode product spreads its rows over: about 32 per multiprocessor of
+/// an H100. Measured there (BENCHMARKS.md, eighth session): 4096 beat 1 (a warp per row),
+/// 8192, 16384 and 32768 at 0.5B, 3B and 8B.
+const Q8_WARPS: usize = 4096;
 
 /// Activations quantized by quantize_acts: the device addresses of their bytes and of their
 /// blocks' (scale, scale · sum).
@@ -53,12 +55,12 @@ fn attention_shares(batch: &Batch, window: Option<usize>, blocks: usize) -> usiz
     longest.div_ceil(KEYS_PER_SHARE).clamp(1, MAX_SHARES)
 }
 
-/// Warps per weight row of cuda/matmul_q8.cu's products: the fewest (a power of two up to
-/// MV_WARPS) that give the product Q8_WARPS warps in all, since a short matrix with a warp per
-/// row has too few loads in flight to keep the memory busy.
+/// Warps per Q8_ROWS weight rows of cuda/matmul_q8.cu's products: the fewest (a power of two
+/// up to MV_WARPS) that give the product Q8_WARPS warps in all, since a short matrix with a
+/// warp per row or two has too few loads in flight to keep the memory busy.
 fn q8_row_warps(rows: usize) -> usize {
     let mut warps = 1;
-    while warps < MV_WARPS && rows * warps < Q8_WARPS {
+    while warps < MV_WARPS && rows.div_ceil(Q8_ROWS) * warps < Q8_WARPS {
         warps *= 2;
     }
     warps
@@ -438,7 +440,11 @@ impl CudaBackend {
             int(row_warps),
             int(accumulate as usize),
         ];
-        let grid = (part.rows.div_ceil(MV_WARPS / row_warps) as u32, 1, 1);
+        let grid = (
+            part.rows.div_ceil(Q8_ROWS * MV_WARPS / row_warps) as u32,
+            1,
+            1,
+        );
         let threads = 32 * MV_WARPS as u32;
         self.launch(Kernel::MatmulQ8(part.ggml_type), grid, threads, &args);
     }
@@ -1272,9 +1278,9 @@ mod tests {
     #[test]
     fn short_matrices_spread_their_rows_over_several_warps() {
         assert_eq!(q8_row_warps(256), MV_WARPS);
-        assert_eq!(q8_row_warps(Q8_WARPS / 4), MV_WARPS);
-        assert_eq!(q8_row_warps(Q8_WARPS / 2), 2.min(MV_WARPS));
-        assert_eq!(q8_row_warps(Q8_WARPS), 1);
+        assert_eq!(q8_row_warps(Q8_ROWS * Q8_WARPS / 4), MV_WARPS);
+        assert_eq!(q8_row_warps(Q8_ROWS * Q8_WARPS / 2), 2.min(MV_WARPS));
+        assert_eq!(q8_row_warps(Q8_ROWS * Q8_WARPS), 1);
         assert_eq!(q8_row_warps(151_936), 1);
     }
 

@@ -40,8 +40,12 @@ pub const MAX_HEAD_DIM: usize = 256;
 const ATT_THREADS: usize = 128;
 /// Tokens per block of cuda/matmul.cu's products.
 const MM_TOKENS: usize = 8;
-/// Weight rows per block of cuda/matmul.cu's chunked products, a warp each.
+/// Weight rows per block of cuda/matmul.cu's chunked products, a warp each; and warps per
+/// block of cuda/matmul_q8.cu's 8-bit products, whose warps take Q8_ROWS rows each (on an
+/// H100, 2 and 4 rows a warp, sharing its loads of the activations, decoded 8% and 40%
+/// slower than 1; blocks of 2 and 8 warps slower than 4).
 const MV_WARPS: usize = 4;
+const Q8_ROWS: usize = 1;
 /// Tokens and weight rows per block of cuda/matmul.cu's tensor-core products: eight warps of
 /// 32 tokens by 32 rows (the kernel's warp tiling needs MMA_TOKENS = 64).
 const MMA_TOKENS: usize = 64;
@@ -73,11 +77,12 @@ const MAX_SHARES: usize = 64;
 const KEYS_PER_SHARE: usize = 64;
 
 /// The constants the kernels are compiled with (as `-D` options): Rust is their one source.
-pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 10] = [
+pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 11] = [
     ("MAX_HEAD_DIM", MAX_HEAD_DIM),
     ("ATT_THREADS", ATT_THREADS),
     ("MM_TOKENS", MM_TOKENS),
     ("MV_WARPS", MV_WARPS),
+    ("Q8_ROWS", Q8_ROWS),
     ("MMA_TOKENS", MMA_TOKENS),
     ("MMA_ROWS", MMA_ROWS),
     ("PICK_THREADS", PICK_THREADS),
