@@ -11,6 +11,8 @@
 // attention_split gives each block a share of the keys and attention_merge combines them.
 
 #define ATT_WARPS (ATT_THREADS / 32)
+// Consecutive keys a warp reads at once.
+#define ATT_KEYS 4
 // Pairs of head values per lane.
 #define ATT_PAIRS (MAX_HEAD_DIM / 64)
 
@@ -57,7 +59,7 @@ __device__ Head head_of(const float* q, const u8* k_cache, const u8* v_cache, in
     return hd;
 }
 
-// The block's online softmax over keys lo..hi (each warp every ATT_WARPS-th key), merged
+// The block's online softmax over keys lo..hi (each warp runs of ATT_KEYS keys), merged
 // across warps: m and l returned to every thread, the weighted values in acc[0..head_dim).
 __device__ Partial attend(const Head& hd, const float* qs, int k_type, int v_type, int head_dim,
                           float scale, float softcap, int lo, int hi, float* acc) {
@@ -72,28 +74,48 @@ __device__ Partial attend(const Head& hd, const float* qs, int k_type, int v_typ
         a[2 * i] = a[2 * i + 1] = 0.0f;
     }
     float m = NEG_INF, l = 0.0f;
-    for (int key = lo + warp; key <= hi; key += ATT_WARPS) {
-        const u8* kr = hd.keys + (u64)key * hd.row_k;
-        float dot = 0.0f;
-        for (int i = 0; i < ATT_PAIRS; i++) {
-            int d = 2 * lane + 64 * i;
-            if (d < head_dim) {
-                float2 k = kv_pair(k_type, kr, d);
-                dot += q[2 * i] * k.x + q[2 * i + 1] * k.y;
+    // Each warp takes runs of ATT_KEYS consecutive keys, their loads issued together, so that
+    // a key's wait for memory overlaps the others' (one key at a time, a decode step over a
+    // long cache waited on each key's load in turn).
+    for (int key0 = lo + ATT_KEYS * warp; key0 <= hi; key0 += ATT_KEYS * ATT_WARPS) {
+        float dots[ATT_KEYS];
+#pragma unroll
+        for (int j = 0; j < ATT_KEYS; j++) {
+            const u8* kr = hd.keys + (u64)min(key0 + j, hi) * hd.row_k;
+            float dot = 0.0f;
+            for (int i = 0; i < ATT_PAIRS; i++) {
+                int d = 2 * lane + 64 * i;
+                if (d < head_dim) {
+                    float2 k = kv_pair(k_type, kr, d);
+                    dot += q[2 * i] * k.x + q[2 * i + 1] * k.y;
+                }
             }
+            dots[j] = dot;
         }
-        float s = scale * warp_sum(dot);
-        if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
-        float m_new = fmaxf(m, s);
-        float alpha = expf(m - m_new), p = expf(s - m_new);
-        l = l * alpha + p;
-        const u8* vr = hd.values + (u64)key * hd.row_v;
-        for (int i = 0; i < ATT_PAIRS; i++) {
-            int d = 2 * lane + 64 * i;
-            if (d < head_dim) {
-                float2 v = kv_pair(v_type, vr, d);
-                a[2 * i] = a[2 * i] * alpha + p * v.x;
-                a[2 * i + 1] = a[2 * i + 1] * alpha + p * v.y;
+        float s[ATT_KEYS], m_new = m;
+#pragma unroll
+        for (int j = 0; j < ATT_KEYS; j++) {
+            s[j] = scale * warp_sum(dots[j]);
+            if (softcap > 0.0f) s[j] = softcap * tanhf(s[j] / softcap);
+            // Past hi (the run's end) a key weighs nothing.
+            if (key0 + j > hi) s[j] = NEG_INF;
+            m_new = fmaxf(m_new, s[j]);
+        }
+        float alpha = expf(m - m_new);
+        l *= alpha;
+        for (int i = 0; i < 2 * ATT_PAIRS; i++) a[i] *= alpha;
+#pragma unroll
+        for (int j = 0; j < ATT_KEYS; j++) {
+            float p = expf(s[j] - m_new);
+            l += p;
+            const u8* vr = hd.values + (u64)min(key0 + j, hi) * hd.row_v;
+            for (int i = 0; i < ATT_PAIRS; i++) {
+                int d = 2 * lane + 64 * i;
+                if (d < head_dim) {
+                    float2 v = kv_pair(v_type, vr, d);
+                    a[2 * i] += p * v.x;
+                    a[2 * i + 1] += p * v.y;
+                }
             }
         }
         m = m_new;
