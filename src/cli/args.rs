@@ -41,8 +41,8 @@ pub struct DeviceArgs {
 #[command(next_help_heading = "Device")]
 pub struct GpuArgs {
     /// Restrict the GPU choice to one graphics API: vulkan, metal, dx12 or gl; or cuda, the
-    /// native NVIDIA backend of builds with `--features cuda` (which `--device gpu` prefers
-    /// where there is a CUDA device).
+    /// native NVIDIA backend of builds with `--features cuda` (which `--device gpu` takes where
+    /// wgpu finds no Vulkan, Metal or DX12 GPU).
     #[arg(long)]
     pub backend: Option<String>,
     /// Pick a GPU by its index in `vibrant devices`.

@@ -88,8 +88,8 @@ pub fn open_device(d: &DeviceArgs) -> Result<Device> {
     if d.gpu.backend.as_deref() == Some("cuda") {
         return open_cuda(d);
     }
-    if choice != DeviceChoice::Cpu {
-        if let Some(device) = prefer_cuda(d, choice)? {
+    if cfg!(feature = "cuda") && choice != DeviceChoice::Cpu && !has_fast_wgpu_adapter(d)? {
+        if let Some(device) = cuda_instead(d, choice)? {
             return Ok(device);
         }
     }
@@ -130,15 +130,26 @@ fn open_cuda(_: &DeviceArgs) -> Result<Device> {
     anyhow::bail!("this vibrant was built without the CUDA backend: build it with --features cuda")
 }
 
-/// `--device gpu` or `auto` without `--backend` or `--adapter`: the CUDA backend where this
-/// build has it and a CUDA device is there (said on stderr); `None` for the wgpu path (no
-/// CUDA device, or CUDA that does not open, which is said too).
-#[cfg(feature = "cuda")]
-fn prefer_cuda(d: &DeviceArgs, choice: DeviceChoice) -> Result<Option<Device>> {
-    use vibrant::backend::cuda::{driver_present, list_devices, missing_libraries, CudaBackend};
+/// Whether wgpu finds a hardware GPU through Vulkan, Metal or DX12 (not GL, not a CPU
+/// driver), or `--backend` or `--adapter` chose wgpu's: the path `--device gpu` and `auto`
+/// take first. On an H100 the wgpu path (Vulkan) decodes and reads prompts faster than the
+/// CUDA backend still (BENCHMARKS.md, eighth session), which runs where wgpu finds no such GPU.
+fn has_fast_wgpu_adapter(d: &DeviceArgs) -> Result<bool> {
     if d.gpu.backend.is_some() || d.gpu.adapter.is_some() {
-        return Ok(None);
+        return Ok(true);
     }
+    let adapters = vibrant::backend::gpu::list_adapters(None)?;
+    Ok(adapters
+        .iter()
+        .any(|a| a.device_type != "Cpu" && !a.api.eq_ignore_ascii_case("gl")))
+}
+
+/// `--device gpu` or `auto` where wgpu has no fast path: the CUDA backend where this build
+/// has it and a CUDA device is there (said on stderr); `None` for wgpu's own choice (no CUDA
+/// device, or CUDA that does not open, which is said too).
+#[cfg(feature = "cuda")]
+fn cuda_instead(d: &DeviceArgs, choice: DeviceChoice) -> Result<Option<Device>> {
+    use vibrant::backend::cuda::{driver_present, list_devices, missing_libraries, CudaBackend};
     let flag = match choice {
         DeviceChoice::Auto => "--device auto",
         _ => "--device gpu",
@@ -164,7 +175,7 @@ fn prefer_cuda(d: &DeviceArgs, choice: DeviceChoice) -> Result<Option<Device>> {
     match CudaBackend::new(d.gpu.cuda_options()?) {
         Ok(backend) => {
             eprintln!(
-                "{flag}: using CUDA on {} (--backend vulkan for the wgpu path)",
+                "{flag}: using CUDA on {} (wgpu finds no Vulkan, Metal or DX12 GPU)",
                 first.name
             );
             Ok(Some(Device::Cuda(Box::new(backend))))
@@ -180,7 +191,7 @@ fn prefer_cuda(d: &DeviceArgs, choice: DeviceChoice) -> Result<Option<Device>> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn prefer_cuda(_: &DeviceArgs, _: DeviceChoice) -> Result<Option<Device>> {
+fn cuda_instead(_: &DeviceArgs, _: DeviceChoice) -> Result<Option<Device>> {
     Ok(None)
 }
 
