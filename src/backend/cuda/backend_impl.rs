@@ -66,6 +66,28 @@ fn q8_row_warps(rows: usize) -> usize {
     warps
 }
 
+/// The arguments of cuda/matmul.cu's and cuda/matmul_q8.cu's products of a part: its rows,
+/// the activations (`inputs`), then where the products go and their shape.
+fn part_args(
+    part: &CudaPart,
+    inputs: &[u64],
+    out: &CudaTensor,
+    bias: u64,
+    (n, cols, out_first): (usize, usize, usize),
+) -> Vec<u64> {
+    let rows = [part.buf.ptr, int(part.row_bytes)];
+    let shape = [
+        out.buf.ptr,
+        bias,
+        int(part.rows),
+        int(cols),
+        int(n),
+        int(out.cols),
+        int(out_first),
+    ];
+    [&rows[..], inputs, &shape[..]].concat()
+}
+
 /// Threads of a norm's block: one for every one or two values, since one row (decoding) is a
 /// single block, and its latency is what a step waits for.
 fn norm_threads(cols: usize) -> u32 {
@@ -425,21 +447,14 @@ impl CudaBackend {
             2 * n * part.rows * cols,
         );
         let row_warps = q8_row_warps(part.rows);
-        let args = [
-            part.buf.ptr,
-            int(part.row_bytes),
-            acts.bytes,
-            acts.scales,
-            out.buf.ptr,
+        let mut args = part_args(
+            part,
+            &[acts.bytes, acts.scales],
+            out,
             bias,
-            int(part.rows),
-            int(cols),
-            int(n),
-            int(out.cols),
-            int(out_first),
-            int(row_warps),
-            int(accumulate as usize),
-        ];
+            (n, cols, out_first),
+        );
+        args.extend([int(row_warps), int(accumulate as usize)]);
         let grid = (
             part.rows.div_ceil(Q8_ROWS * MV_WARPS / row_warps) as u32,
             1,
@@ -467,18 +482,7 @@ impl CudaBackend {
             2 * n * part.rows * cols,
         );
         if part.ggml_type.block_size() > 1 {
-            let args = [
-                part.buf.ptr,
-                int(part.row_bytes),
-                x.buf.ptr,
-                out.buf.ptr,
-                bias,
-                int(part.rows),
-                int(cols),
-                int(n),
-                int(out.cols),
-                int(out_first),
-            ];
+            let args = part_args(part, &[x.buf.ptr], out, bias, (n, cols, out_first));
             if self.uses_tensor_cores(n) {
                 let grid = (
                     part.rows.div_ceil(MMA_ROWS) as u32,
