@@ -88,9 +88,14 @@ pub fn open_device(d: &DeviceArgs) -> Result<Device> {
     if d.gpu.backend.as_deref() == Some("cuda") {
         return open_cuda(d);
     }
-    if cfg!(feature = "cuda") && choice != DeviceChoice::Cpu && !has_fast_wgpu_adapter(d)? {
-        if let Some(device) = cuda_instead(d, choice)? {
-            return Ok(device);
+    let explicit = d.gpu.backend.is_some() || d.gpu.adapter.is_some();
+    if cfg!(feature = "cuda") && choice != DeviceChoice::Cpu && !explicit {
+        if !has_fast_wgpu_adapter()? {
+            if let Some(device) = cuda_instead(d, choice)? {
+                return Ok(device);
+            }
+        } else {
+            say_cuda_is_there(choice);
         }
     }
     match choice {
@@ -131,13 +136,9 @@ fn open_cuda(_: &DeviceArgs) -> Result<Device> {
 }
 
 /// Whether wgpu finds a hardware GPU through Vulkan, Metal or DX12 (not GL, not a CPU
-/// driver), or `--backend` or `--adapter` chose wgpu's: the path `--device gpu` and `auto`
-/// take first. On an H100 the wgpu path (Vulkan) decodes and reads prompts faster than the
+/// driver): the path `--device gpu` and `auto` take first. On an H100 the wgpu path (Vulkan) decodes and reads prompts faster than the
 /// CUDA backend still (BENCHMARKS.md, eighth session), which runs where wgpu finds no such GPU.
-fn has_fast_wgpu_adapter(d: &DeviceArgs) -> Result<bool> {
-    if d.gpu.backend.is_some() || d.gpu.adapter.is_some() {
-        return Ok(true);
-    }
+fn has_fast_wgpu_adapter() -> Result<bool> {
     let adapters = vibrant::backend::gpu::list_adapters(None)?;
     Ok(adapters
         .iter()
@@ -189,6 +190,30 @@ fn cuda_instead(d: &DeviceArgs, choice: DeviceChoice) -> Result<Option<Device>> 
         }
     }
 }
+
+/// `--device gpu` or `auto` taking wgpu where a CUDA device is there too: said on stderr, with
+/// how to pick CUDA.
+#[cfg(feature = "cuda")]
+fn say_cuda_is_there(choice: DeviceChoice) {
+    use vibrant::backend::cuda::{list_devices, missing_libraries};
+    if missing_libraries().is_some() {
+        return;
+    }
+    if let Some(first) = list_devices().ok().and_then(|l| l.into_iter().next()) {
+        let flag = match choice {
+            DeviceChoice::Auto => "--device auto",
+            _ => "--device gpu",
+        };
+        eprintln!(
+            "{flag}: using wgpu, faster than the CUDA backend on {} for now (--backend cuda \
+             picks it)",
+            first.name
+        );
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn say_cuda_is_there(_: DeviceChoice) {}
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_instead(_: &DeviceArgs, _: DeviceChoice) -> Result<Option<Device>> {
