@@ -221,6 +221,33 @@ fn llama_3_1_indents_tools_as_python_json() {
     assert!(prompt.contains(expected), "{prompt}");
 }
 
+/// Mistral's templates show the tools and past calls in the tokens its calls are read by.
+#[test]
+fn mistral_templates_show_tools_and_past_calls() {
+    let call = serde_json::json!([{"id": "abcDEF123", "type": "function",
+        "function": {"name": "get_weather", "arguments": {"days": 2}}}]);
+    let messages = vec![
+        Message::user("Weather in Paris, in 2 days?"),
+        Message::assistant("").with("tool_calls", call),
+        Message::new("tool", "sunny")
+            .with("tool_call_id", serde_json::json!("abcDEF123"))
+            .with("name", serde_json::json!("get_weather")),
+        Message::assistant("Sunny."),
+        Message::user("And in 3?"),
+    ];
+    for file in [
+        "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+        "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+        "unsloth-mistral-Devstral-Small-2507.jinja",
+    ] {
+        let options = RenderOptions::new(true).set_json("tools", TOOLS).unwrap();
+        let prompt = template(file).render_with(&messages, &options).unwrap();
+        for mark in ["[AVAILABLE_TOOLS]", "[TOOL_CALLS]", "get_weather", "sunny"] {
+            assert!(prompt.contains(mark), "{file}: no {mark} in {prompt}");
+        }
+    }
+}
+
 #[test]
 fn qwen3_takes_extra_variables() {
     let qwen3 = template("Qwen-Qwen3-0.6B.jinja");
@@ -459,10 +486,10 @@ fn tools_and_documents_are_undefined_unless_given() {
 }
 
 /// `vibrant serve` reads tool calls from the templates that ask for JSON ones, in
-/// `<tool_call>` tags (Qwen, Hermes, Granite) or bare (Llama 3.1–3.3), and for XML-like ones
-/// of `<function=…>` and `<parameter=…>` tags (Qwen3-Coder, Qwen3.5, Nemotron 3, Step 3.5); not
-/// GLM's `<arg_key>` calls or Mistral's `[TOOL_CALLS]`, whose tools are refused rather than
-/// misread.
+/// `<tool_call>` tags (Qwen, Hermes, Granite) or bare (Llama 3.1–3.3), for XML-like ones of
+/// `<function=…>` and `<parameter=…>` tags (Qwen3-Coder, Qwen3.5, Nemotron 3, Step 3.5), and
+/// for Mistral's after `[TOOL_CALLS]`; not GLM's `<arg_key>` calls, whose tools are refused
+/// rather than misread.
 #[test]
 fn serve_reads_tool_calls_of_the_formats_it_knows() {
     let reads = |file: &str| {
@@ -480,10 +507,12 @@ fn serve_reads_tool_calls_of_the_formats_it_knows() {
         "Qwen3.5-4B.jinja",
         "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.jinja",
         "StepFun3.5-Flash.jinja",
+        "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+        "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+        "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
+        "unsloth-mistral-Devstral-Small-2507.jinja",
     ] {
         assert!(reads(file), "{file}");
     }
-    for file in ["GLM-4.6.jinja", "Mistral-Small-3.2-24B-Instruct-2506.jinja"] {
-        assert!(!reads(file), "{file}");
-    }
+    assert!(!reads("GLM-4.6.jinja"));
 }

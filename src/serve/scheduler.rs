@@ -9,7 +9,7 @@ use super::wire::Settings;
 use crate::backend::{Backend, BackendError};
 use crate::generate::{Sampler, StopStrings};
 use crate::model::{ModelError, SeqChunk, Transformer};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::{DecodeOptions, StreamDecoder, Tokenizer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
@@ -290,11 +290,15 @@ impl<'t> Scheduler<'t> {
         let mut sampler = Sampler::new(job.settings.sampler.clone());
         job.prompt.iter().for_each(|&t| sampler.accept(t));
         let grammar = job.settings.grammar.clone().map(Grammar::new);
+        let decode_options = DecodeOptions {
+            show_special: job.settings.show_special,
+            ..DecodeOptions::default()
+        };
         slot.active = Some(Active {
             stops: StopStrings::new(job.settings.stops.clone()),
             job,
             sampler,
-            decoder: self.tokenizer.stream_decoder(),
+            decoder: StreamDecoder::new(self.tokenizer, decode_options),
             prompt_done: reuse,
             next: None,
             generated: 0,
@@ -600,6 +604,7 @@ mod tests {
             stops: Vec::new(),
             logprobs: None,
             grammar: None,
+            show_special: false,
         };
         let job = Job {
             prompt: vec![1, 2, 3],

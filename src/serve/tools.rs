@@ -2,8 +2,10 @@
 //! back out of the text. vibrant reads three formats: the Hermes/Qwen templates' (Qwen2.5,
 //! Qwen3, Hermes 2/3), where each call is `<tool_call>{"name": …, "arguments": {…}}</tool_call>`;
 //! the XML-like one of Qwen3-Coder, Qwen3.5, Nemotron 3 and Step 3.5 (`<tool_call>` around
-//! `<function=name>` and a `<parameter=key>` per argument); and Llama 3.1–3.3's, where the
-//! answer is a bare `{"name": …, "parameters": {…}}`. An answer that is nothing but a JSON
+//! `<function=name>` and a `<parameter=key>` per argument); Llama 3.1–3.3's, where the
+//! answer is a bare `{"name": …, "parameters": {…}}`; and Mistral's, after its `[TOOL_CALLS]`
+//! token: a JSON list of calls (Nemo) or `name[ARGS]{…}` per call (Small 3.2, Devstral,
+//! Ministral 3). An answer that is nothing but a JSON
 //! call, naming one of the tools, is a call in any of them (small models often leave out the
 //! tags).
 //! `tool_choice: "required"` (or a named function) opens the call in the prompt; for the JSON
@@ -17,6 +19,10 @@ use std::sync::Arc;
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
+/// Mistral's control tokens around a call, which its answers must show as text.
+const MISTRAL_OPEN: &str = "[TOOL_CALLS]";
+const MISTRAL_ARGS: &str = "[ARGS]";
+const MISTRAL_CALL_ID: &str = "[CALL_ID]";
 /// How small models often wrap an untagged call.
 const FENCE: &str = "```json";
 
@@ -50,6 +56,9 @@ enum CallFormat {
     /// `<tool_call>\n<function=…>\n<parameter=…>\nvalue\n</parameter>…</function>\n</tool_call>`
     /// (Qwen3-Coder, Qwen3.5, Nemotron 3, Step 3.5).
     Xml,
+    /// `[TOOL_CALLS][{"name": …, "arguments": {…}}, …]` (Mistral Nemo) or
+    /// `[TOOL_CALLS]name[ARGS]{…}` per call (Mistral Small 3.2, Devstral, Ministral 3).
+    Mistral,
 }
 
 impl CallFormat {
@@ -61,6 +70,9 @@ impl CallFormat {
             return None;
         }
         let has = |marks: &[&str]| marks.iter().any(|m| template.contains(m));
+        if has(&[MISTRAL_OPEN]) && has(&["[AVAILABLE_TOOLS]"]) {
+            return Some(Self::Mistral);
+        }
         let json_named = has(&["{\"name\"", "{\\\"name\\\"", "\"arguments\": <args"]);
         let function_tags = has(&["<function="]) && has(&["<parameter="]);
         if template.contains(OPEN) && function_tags && !has(&["<arg_key>"]) {
@@ -78,7 +90,7 @@ impl CallFormat {
     /// The key of a call's arguments in the JSON formats.
     fn arguments(self) -> &'static str {
         match self {
-            Self::Tagged | Self::Xml => "arguments",
+            Self::Tagged | Self::Xml | Self::Mistral => "arguments",
             Self::Bare => "parameters",
         }
     }
@@ -91,6 +103,15 @@ impl CallFormat {
             (Self::Bare, _) => String::new(),
             (Self::Xml, None) => "<tool_call>\n<function=".into(),
             (Self::Xml, Some(name)) => format!("<tool_call>\n<function={name}>\n"),
+            (Self::Mistral, _) => MISTRAL_OPEN.into(),
+        }
+    }
+
+    /// What opens a call in the answer's text (Bare's calls have no tag: never found).
+    fn open(self) -> &'static str {
+        match self {
+            Self::Mistral => MISTRAL_OPEN,
+            _ => OPEN,
         }
     }
 }
@@ -108,6 +129,7 @@ pub struct ToolUse {
     /// (function, parameter) of the parameters whose schema type is "string": the values an
     /// XML-like call gives as text stay text.
     string_params: Vec<(String, String)>,
+    format: CallFormat,
 }
 
 impl ToolUse {
@@ -142,7 +164,8 @@ impl ToolUse {
             return Err(ApiError::bad_request(
                 "unsupported_value",
                 "this model's chat template has no tool-call format vibrant reads (<tool_call> \
-                 of Qwen and Hermes, or Llama 3.1's JSON): send the request without `tools`",
+                 of Qwen, Hermes and Qwen3-Coder, Llama 3.1's JSON, Mistral's [TOOL_CALLS]): \
+                 send the request without `tools`",
             )
             .with_param("tools"));
         };
@@ -151,7 +174,7 @@ impl ToolUse {
             None => String::new(),
         };
         let grammar = match format {
-            CallFormat::Xml => None,
+            CallFormat::Xml | CallFormat::Mistral => None,
             _ => forced.map(|name| call_schema(tools, &names, name, format)),
         };
         Ok(Some(Self {
@@ -160,7 +183,14 @@ impl ToolUse {
             prompt_suffix,
             grammar,
             string_params: string_params(tools),
+            format,
         }))
+    }
+
+    /// Whether the answer's control tokens must come out as text: Mistral's calls are made of
+    /// them.
+    pub fn shows_control_tokens(&self) -> bool {
+        self.format == CallFormat::Mistral
     }
 
     /// A reader of the answer's text as it comes (after the opening the prompt ends with).
@@ -170,6 +200,7 @@ impl ToolUse {
             sent: 0,
             names: self.names.clone(),
             string_params: self.string_params.clone(),
+            format: self.format,
         }
     }
 }
@@ -280,6 +311,7 @@ pub struct CallReader {
     names: Vec<String>,
     /// See [`ToolUse`].
     string_params: Vec<(String, String)>,
+    format: CallFormat,
 }
 
 impl CallReader {
@@ -290,9 +322,10 @@ impl CallReader {
         if self.sent == 0 && may_open_untagged_call(self.text.trim_start()) {
             return String::new();
         }
-        let end = match pending.find(OPEN) {
+        let open = self.format.open();
+        let end = match pending.find(open) {
             Some(at) => at,
-            None => pending.len() - partial_open(pending),
+            None => pending.len() - partial_open(pending, open),
         };
         let out = pending[..end].to_string();
         self.sent += end;
@@ -303,7 +336,10 @@ impl CallReader {
     /// JSON does not parse stays in the content, so that nothing the model wrote is lost.
     pub fn finish(self) -> (String, Vec<ToolCall>) {
         let rest = &self.text[self.sent..];
-        let (content, calls) = split_calls(rest, &self.string_params);
+        let (content, calls) = match self.format {
+            CallFormat::Mistral => split_mistral_calls(rest),
+            _ => split_calls(rest, &self.string_params),
+        };
         if calls.is_empty() && self.sent == 0 {
             let untagged = parse_call(without_fence(rest), &self.string_params)
                 .filter(|c| self.names.contains(&c.name));
@@ -345,12 +381,53 @@ fn without_fence(text: &str) -> &str {
     inner.strip_suffix("```").unwrap_or(inner)
 }
 
-/// Bytes at the end of `text` that begin `<tool_call>`.
-fn partial_open(text: &str) -> usize {
-    (1..OPEN.len())
+/// Bytes at the end of `text` that begin `open`.
+fn partial_open(text: &str, open: &str) -> usize {
+    (1..open.len())
         .rev()
-        .find(|&n| text.ends_with(&OPEN[..n]))
+        .find(|&n| text.ends_with(&open[..n]))
         .unwrap_or(0)
+}
+
+/// Content and calls of a Mistral answer: what comes before the first `[TOOL_CALLS]` is
+/// content, each `[TOOL_CALLS]` after it a JSON list of calls or `name[ARGS]{…}` (with a
+/// `[CALL_ID]id` the model may put before `[ARGS]`). Nothing parses: all stays content.
+fn split_mistral_calls(text: &str) -> (String, Vec<ToolCall>) {
+    let Some(at) = text.find(MISTRAL_OPEN) else {
+        return (text.to_string(), Vec::new());
+    };
+    let mut calls = Vec::new();
+    for part in text[at..].split(MISTRAL_OPEN).skip(1) {
+        let part = part.trim();
+        let parsed = match part.starts_with('[') {
+            true => parse_mistral_list(part),
+            false => parse_mistral_named(part).map(|c| vec![c]),
+        };
+        match parsed {
+            Some(mut more) => calls.append(&mut more),
+            None => return (text.to_string(), Vec::new()),
+        }
+    }
+    (text[..at].trim().to_string(), calls)
+}
+
+/// `[{"name": …, "arguments": {…}}, …]`.
+fn parse_mistral_list(text: &str) -> Option<Vec<ToolCall>> {
+    let list: Vec<Value> = serde_json::from_str(text).ok()?;
+    list.iter()
+        .map(|call| parse_json_call(&call.to_string()))
+        .collect()
+}
+
+/// `name[ARGS]{…}`, or `name[CALL_ID]id[ARGS]{…}`.
+fn parse_mistral_named(text: &str) -> Option<ToolCall> {
+    let (head, arguments) = text.split_once(MISTRAL_ARGS)?;
+    let name = head.split(MISTRAL_CALL_ID).next()?.trim();
+    let arguments: Map<String, Value> = serde_json::from_str(arguments.trim()).ok()?;
+    (!name.is_empty()).then(|| ToolCall {
+        name: name.to_string(),
+        arguments: Value::Object(arguments),
+    })
 }
 
 /// Content and calls of a whole text; a call's closing tag may be missing at the very end.
@@ -493,6 +570,72 @@ mod tests {
             calls[0].openai("call_1")["function"]["arguments"],
             "{\"city\":\"Paris\"}"
         );
+    }
+
+    /// Enough of a Mistral template to be read as one: tools shown in `[AVAILABLE_TOOLS]`,
+    /// calls made after `[TOOL_CALLS]`.
+    const MISTRAL: &str = "{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}{{ '[TOOL_CALLS]' }}";
+
+    #[test]
+    fn mistral_calls_come_as_a_list_or_by_name() {
+        let call = |name: &str, arguments: Value| ToolCall {
+            name: name.into(),
+            arguments,
+        };
+        let nemo = "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}, \"id\": \"abcDEF123\"}, {\"name\": \"f\", \"arguments\": {}}]";
+        assert_eq!(
+            split_mistral_calls(nemo),
+            (
+                String::new(),
+                vec![
+                    call("get_weather", json!({"city": "Paris"})),
+                    call("f", json!({}))
+                ]
+            )
+        );
+        let small = "Checking.[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Oslo\"}[TOOL_CALLS]f[CALL_ID]x1y2z3[ARGS]{\"n\": 2}";
+        assert_eq!(
+            split_mistral_calls(small),
+            (
+                "Checking.".to_string(),
+                vec![
+                    call("get_weather", json!({"city": "Oslo"})),
+                    call("f", json!({"n": 2}))
+                ]
+            )
+        );
+        for broken in [
+            "[TOOL_CALLS]f[ARGS]{\"n\": ",
+            "[TOOL_CALLS][{\"name\": 1}]",
+            "[TOOL_CALLS]f",
+        ] {
+            assert_eq!(split_mistral_calls(broken), (broken.to_string(), vec![]));
+        }
+    }
+
+    #[test]
+    fn a_mistral_reader_holds_back_from_tool_calls_on() {
+        let tools = ToolUse::new(Some(&weather()), None, MISTRAL)
+            .unwrap()
+            .unwrap();
+        assert!(tools.shows_control_tokens() && tools.prompt_suffix.is_empty());
+        let mut reader = tools.reader();
+        assert_eq!(reader.push("Sure [TOOL"), "Sure ");
+        assert_eq!(reader.push("_CALLS]get_weather[ARGS]"), "");
+        assert_eq!(reader.push("{\"city\": \"Rome\"}"), "");
+        // "Sure " went out as it came: nothing of the content is left.
+        let (content, calls) = reader.finish();
+        assert_eq!(content, "");
+        assert_eq!(calls[0].arguments, json!({"city": "Rome"}));
+        let required = json!("required");
+        let forced = ToolUse::new(Some(&weather()), Some(&required), MISTRAL)
+            .unwrap()
+            .unwrap();
+        assert_eq!(forced.prompt_suffix, "[TOOL_CALLS]");
+        assert!(forced.grammar.is_none());
+        let mut reader = forced.reader();
+        assert_eq!(reader.push("get_weather[ARGS]{\"city\": \"Bern\"}"), "");
+        assert_eq!(reader.finish().1[0].name, "get_weather");
     }
 
     #[test]

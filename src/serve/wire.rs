@@ -352,6 +352,8 @@ pub struct Settings {
     pub logprobs: Option<usize>,
     /// The schema the answer must be a JSON value of.
     pub grammar: Option<Arc<Schema>>,
+    /// Control tokens come out as their text (Mistral's tool calls are made of them).
+    pub show_special: bool,
 }
 
 impl OpenAiParams {
@@ -397,6 +399,7 @@ impl OpenAiParams {
             stops: self.stop.map(Stop::into_vec).unwrap_or_default(),
             logprobs: None,
             grammar,
+            show_special: false,
         })
     }
 }
@@ -427,6 +430,7 @@ impl OllamaOptions {
             stops: self.stop.unwrap_or_default(),
             logprobs: None,
             grammar: None,
+            show_special: false,
         })
     }
 }

@@ -26,6 +26,7 @@ pub(super) async fn ollama_chat(
             prompt: tokenize(s, &render_chat(s, &request.messages, tools.as_ref())?)?,
             settings: Settings {
                 grammar: wire::ollama_format(request.format.as_ref())?,
+                show_special: tools.as_ref().is_some_and(ToolUse::shows_control_tokens),
                 ..request.options.unwrap_or_default().settings(clock_seed())?
             },
             stream: request.stream.unwrap_or(true),

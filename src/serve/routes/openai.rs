@@ -147,6 +147,7 @@ pub(super) async fn chat_completions(
             ..params.settings(s.info.n_vocab, clock_seed())?
         };
         tool_grammar(&mut settings, tools.as_ref())?;
+        settings.show_special = tools.as_ref().is_some_and(ToolUse::shows_control_tokens);
         Ok(OpenAiJob {
             kind: OpenAiKind::Chat,
             prompts: vec![tokenize(
