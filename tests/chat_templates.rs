@@ -221,9 +221,10 @@ fn llama_3_1_indents_tools_as_python_json() {
     assert!(prompt.contains(expected), "{prompt}");
 }
 
-/// Mistral's templates show the tools and past calls in the tokens its calls are read by.
+/// Mistral's and GLM's templates show the tools, and past calls in the form their calls are
+/// read in.
 #[test]
-fn mistral_templates_show_tools_and_past_calls() {
+fn mistral_and_glm_templates_show_tools_and_past_calls() {
     let call = serde_json::json!([{"id": "abcDEF123", "type": "function",
         "function": {"name": "get_weather", "arguments": {"days": 2}}}]);
     let messages = vec![
@@ -235,14 +236,17 @@ fn mistral_templates_show_tools_and_past_calls() {
         Message::assistant("Sunny."),
         Message::user("And in 3?"),
     ];
-    for file in [
-        "Mistral-Small-3.2-24B-Instruct-2506.jinja",
-        "mistralai-Mistral-Nemo-Instruct-2407.jinja",
-        "unsloth-mistral-Devstral-Small-2507.jinja",
-    ] {
+    let cases = [
+        ("Mistral-Small-3.2-24B-Instruct-2506.jinja", "[TOOL_CALLS]"),
+        ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "[TOOL_CALLS]"),
+        ("unsloth-mistral-Devstral-Small-2507.jinja", "[TOOL_CALLS]"),
+        ("GLM-4.6.jinja", "<arg_key>days</arg_key>"),
+        ("GLM-4.7-Flash.jinja", "<arg_key>days</arg_key>"),
+    ];
+    for (file, call) in cases {
         let options = RenderOptions::new(true).set_json("tools", TOOLS).unwrap();
         let prompt = template(file).render_with(&messages, &options).unwrap();
-        for mark in ["[AVAILABLE_TOOLS]", "[TOOL_CALLS]", "get_weather", "sunny"] {
+        for mark in [call, "get_weather", "sunny"] {
             assert!(prompt.contains(mark), "{file}: no {mark} in {prompt}");
         }
     }
@@ -487,9 +491,10 @@ fn tools_and_documents_are_undefined_unless_given() {
 
 /// `vibrant serve` reads tool calls from the templates that ask for JSON ones, in
 /// `<tool_call>` tags (Qwen, Hermes, Granite) or bare (Llama 3.1–3.3), for XML-like ones of
-/// `<function=…>` and `<parameter=…>` tags (Qwen3-Coder, Qwen3.5, Nemotron 3, Step 3.5), and
-/// for Mistral's after `[TOOL_CALLS]`; not GLM's `<arg_key>` calls, whose tools are refused
-/// rather than misread.
+/// `<function=…>` and `<parameter=…>` tags (Qwen3-Coder, Qwen3.5, Nemotron 3, Step 3.5), for
+/// a name and `<arg_key>`/`<arg_value>` pairs (GLM 4.6–4.7, Ling 3, Laguna, Spark 2.5), and for
+/// Mistral's after `[TOOL_CALLS]`; not the others' (Hunyuan 3's), whose tools are refused
+/// rather than misread, nor a template without tools.
 #[test]
 fn serve_reads_tool_calls_of_the_formats_it_knows() {
     let reads = |file: &str| {
@@ -511,8 +516,15 @@ fn serve_reads_tool_calls_of_the_formats_it_knows() {
         "mistralai-Mistral-Nemo-Instruct-2407.jinja",
         "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
         "unsloth-mistral-Devstral-Small-2507.jinja",
+        "GLM-4.6.jinja",
+        "GLM-4.7-Flash.jinja",
+        "inclusionai-ling-3.0-flash.jinja",
+        "poolside-Laguna-XS.2.jinja",
+        "Spark2.5.jinja",
     ] {
         assert!(reads(file), "{file}");
     }
-    assert!(!reads("GLM-4.6.jinja"));
+    for file in ["tencent-Hy3.jinja", "google-gemma-2-2b-it.jinja"] {
+        assert!(!reads(file), "{file}");
+    }
 }

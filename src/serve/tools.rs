@@ -2,7 +2,9 @@
 //! back out of the text. vibrant reads three formats: the Hermes/Qwen templates' (Qwen2.5,
 //! Qwen3, Hermes 2/3), where each call is `<tool_call>{"name": …, "arguments": {…}}</tool_call>`;
 //! the XML-like one of Qwen3-Coder, Qwen3.5, Nemotron 3 and Step 3.5 (`<tool_call>` around
-//! `<function=name>` and a `<parameter=key>` per argument); Llama 3.1–3.3's, where the
+//! `<function=name>` and a `<parameter=key>` per argument); the key-value one of GLM 4.6–4.7,
+//! Ling 3, Laguna and Spark 2.5 (`<tool_call>name` then `<arg_key>k</arg_key><arg_value>v
+//! </arg_value>` per argument); Llama 3.1–3.3's, where the
 //! answer is a bare `{"name": …, "parameters": {…}}`; and Mistral's, after its `[TOOL_CALLS]`
 //! token: a JSON list of calls (Nemo) or `name[ARGS]{…}` per call (Small 3.2, Devstral,
 //! Ministral 3). An answer that is nothing but a JSON
@@ -56,6 +58,9 @@ enum CallFormat {
     /// `<tool_call>\n<function=…>\n<parameter=…>\nvalue\n</parameter>…</function>\n</tool_call>`
     /// (Qwen3-Coder, Qwen3.5, Nemotron 3, Step 3.5).
     Xml,
+    /// `<tool_call>name<arg_key>k</arg_key><arg_value>v</arg_value>…</tool_call>` (GLM 4.6–4.7,
+    /// Ling 3, Laguna, Spark 2.5).
+    KeyValue,
     /// `[TOOL_CALLS][{"name": …, "arguments": {…}}, …]` (Mistral Nemo) or
     /// `[TOOL_CALLS]name[ARGS]{…}` per call (Mistral Small 3.2, Devstral, Ministral 3).
     Mistral,
@@ -63,8 +68,7 @@ enum CallFormat {
 
 impl CallFormat {
     /// The format of a template of Jinja source `template`, if it shows the model tools in one
-    /// vibrant reads: not GLM's `<arg_key>` calls, nor those that put the name first (GLM,
-    /// Ling).
+    /// vibrant reads.
     fn of(template: &str) -> Option<Self> {
         if !template.contains("tools") {
             return None;
@@ -78,6 +82,9 @@ impl CallFormat {
         if template.contains(OPEN) && function_tags && !has(&["<arg_key>"]) {
             return Some(Self::Xml);
         }
+        if template.contains(OPEN) && has(&["<arg_key>"]) && has(&["<arg_value>"]) {
+            return Some(Self::KeyValue);
+        }
         let xml = has(&["<function=", "<arg_key>", "<parameter="]);
         if template.contains(OPEN) && json_named && !xml {
             return Some(Self::Tagged);
@@ -90,7 +97,7 @@ impl CallFormat {
     /// The key of a call's arguments in the JSON formats.
     fn arguments(self) -> &'static str {
         match self {
-            Self::Tagged | Self::Xml | Self::Mistral => "arguments",
+            Self::Tagged | Self::Xml | Self::KeyValue | Self::Mistral => "arguments",
             Self::Bare => "parameters",
         }
     }
@@ -103,6 +110,8 @@ impl CallFormat {
             (Self::Bare, _) => String::new(),
             (Self::Xml, None) => "<tool_call>\n<function=".into(),
             (Self::Xml, Some(name)) => format!("<tool_call>\n<function={name}>\n"),
+            (Self::KeyValue, None) => OPEN.into(),
+            (Self::KeyValue, Some(name)) => format!("{OPEN}{name}"),
             (Self::Mistral, _) => MISTRAL_OPEN.into(),
         }
     }
@@ -164,8 +173,8 @@ impl ToolUse {
             return Err(ApiError::bad_request(
                 "unsupported_value",
                 "this model's chat template has no tool-call format vibrant reads (<tool_call> \
-                 of Qwen, Hermes and Qwen3-Coder, Llama 3.1's JSON, Mistral's [TOOL_CALLS]): \
-                 send the request without `tools`",
+                 of Qwen, Hermes, Qwen3-Coder and GLM, Llama 3.1's JSON, Mistral's \
+                 [TOOL_CALLS]): send the request without `tools`",
             )
             .with_param("tools"));
         };
@@ -174,7 +183,7 @@ impl ToolUse {
             None => String::new(),
         };
         let grammar = match format {
-            CallFormat::Xml | CallFormat::Mistral => None,
+            CallFormat::Xml | CallFormat::KeyValue | CallFormat::Mistral => None,
             _ => forced.map(|name| call_schema(tools, &names, name, format)),
         };
         Ok(Some(Self {
@@ -455,13 +464,63 @@ fn split_calls(text: &str, string_params: &[(String, String)]) -> (String, Vec<T
     (content, calls)
 }
 
-/// A call of either kind: a JSON object, or XML-like `<function=…>` tags.
+/// A call of any kind in `<tool_call>` tags: a JSON object, XML-like `<function=…>` tags, or a
+/// name and `<arg_key>`/`<arg_value>` pairs.
 fn parse_call(body: &str, string_params: &[(String, String)]) -> Option<ToolCall> {
     let body = body.trim();
-    match body.strip_prefix("<function=") {
-        Some(rest) => parse_xml_call(rest, string_params),
-        None => parse_json_call(body),
+    if let Some(rest) = body.strip_prefix("<function=") {
+        return parse_xml_call(rest, string_params);
     }
+    match body.starts_with('{') {
+        true => parse_json_call(body),
+        false => parse_key_value_call(body, string_params),
+    }
+}
+
+/// An argument's value as text gives it: JSON where it parses as such, unless the function's
+/// schema says the parameter is a "string"; else the text.
+fn argument_value(
+    function: &str,
+    key: &str,
+    text: &str,
+    string_params: &[(String, String)],
+) -> Value {
+    let is_string = string_params.iter().any(|(f, p)| f == function && p == key);
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) if !is_string => v,
+        _ => Value::String(text.to_string()),
+    }
+}
+
+/// `name` then `<arg_key>k</arg_key><arg_value>v</arg_value>` per argument (whitespace
+/// between them is GLM 4.6's); a name alone is a call without arguments.
+fn parse_key_value_call(body: &str, string_params: &[(String, String)]) -> Option<ToolCall> {
+    let (name, mut rest) = body
+        .split_once("<arg_key>")
+        .map_or((body, ""), |(n, r)| (n, r));
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) || name.contains('<') {
+        return None;
+    }
+    let mut arguments = Map::new();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("</arg_key>")?;
+        let after = after.trim_start().strip_prefix("<arg_value>")?;
+        let (text, next) = after.split_once("</arg_value>").unwrap_or((after, ""));
+        let key = key.trim();
+        arguments.insert(
+            key.to_string(),
+            argument_value(name, key, text, string_params),
+        );
+        rest = match next.trim_start() {
+            "" => "",
+            more => more.strip_prefix("<arg_key>")?,
+        };
+    }
+    Some(ToolCall {
+        name: name.to_string(),
+        arguments: Value::Object(arguments),
+    })
 }
 
 fn parse_json_call(body: &str) -> Option<ToolCall> {
@@ -504,12 +563,10 @@ fn parse_xml_call(rest: &str, string_params: &[(String, String)]) -> Option<Tool
         let text = raw.strip_prefix('\n').unwrap_or(raw);
         let text = text.strip_suffix('\n').unwrap_or(text);
         let key = key.trim();
-        let is_string = string_params.iter().any(|(f, p)| f == name && p == key);
-        let value = match serde_json::from_str::<Value>(text) {
-            Ok(v) if !is_string => v,
-            _ => Value::String(text.to_string()),
-        };
-        arguments.insert(key.to_string(), value);
+        arguments.insert(
+            key.to_string(),
+            argument_value(name, key, text, string_params),
+        );
         inner = next;
     }
     Some(ToolCall {
@@ -636,6 +693,31 @@ mod tests {
         let mut reader = forced.reader();
         assert_eq!(reader.push("get_weather[ARGS]{\"city\": \"Bern\"}"), "");
         assert_eq!(reader.finish().1[0].name, "get_weather");
+    }
+
+    #[test]
+    fn key_value_calls_come_out_with_json_or_text_values() {
+        let strings = [("get_weather".to_string(), "city".to_string())];
+        let glm_4_6 = "Looking.\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>42</arg_value>\n<arg_key>days</arg_key>\n<arg_value>[1, 2]</arg_value>\n</tool_call>";
+        let glm_4_7 = "<tool_call>get_weather<arg_key>city</arg_key><arg_value>42</arg_value><arg_key>days</arg_key><arg_value>[1, 2]</arg_value></tool_call><tool_call>now</tool_call>";
+        let want = ToolCall {
+            name: "get_weather".into(),
+            arguments: json!({"city": "42", "days": [1, 2]}),
+        };
+        let (content, calls) = split_calls(glm_4_6, &strings);
+        assert_eq!((content.as_str(), calls), ("Looking.", vec![want.clone()]));
+        let (_, calls) = split_calls(glm_4_7, &strings);
+        let now = ToolCall {
+            name: "now".into(),
+            arguments: json!({}),
+        };
+        assert_eq!(calls, vec![want, now]);
+        for broken in [
+            "<tool_call>f<arg_key>x</arg_key>oops</tool_call>",
+            "<tool_call>two words</tool_call>",
+        ] {
+            assert_eq!(split_calls(broken, &[]), (broken.to_string(), vec![]));
+        }
     }
 
     #[test]
