@@ -26,4 +26,4 @@ llama() {
     [ -x /tmp/llama-bench ] || { xz -dc .anchors/llama-bench-cuda.xz > /tmp/llama-bench && chmod +x /tmp/llama-bench; }
     timeout "${TL:-120}" /tmp/llama-bench -ngl 99 -fa 1 "$@" 2>&1 | grep -E '^\|'
 }
-vib() { timeout "${TL:-120}" $V --device gpu bench "$@" 2>&1 | grep -vE '^\s*$'; }
+vib() { timeout "${TL:-120}" $V bench --backend cuda "$@" 2>&1 | grep -vE '^\s*$'; }
