@@ -7,6 +7,6 @@ source scripts/device/prep.sh
 cat /tmp/m/part-aa .devm/part-ab > /tmp/m/smollm2-135m.gguf && sha256sum /tmp/m/smollm2-135m.gguf
 export VIBRANT_MODELS=/tmp/m
 left "cuda_models"; timeout 200 /tmp/b/cuda_models --test-threads 1 --nocapture 2>&1 | grep -E "^test |test result|panicked|error|CUDA|8-bit|tokens" | tail -20
-left "ask"; timeout 60 $V --backend cuda ask -m smollm2-135m --temp 0 -n 32 "What is the capital of France?" 2>&1 | tail -4
-left "bench smollm2"; timeout 60 $V --backend cuda bench -m smollm2-135m -p 512 -n 128 -r 3 2>&1 | tail -3
+left "ask"; timeout 60 $V ask --backend cuda -m smollm2-135m --temp 0 -n 32 "What is the capital of France?" 2>&1 | tail -4
+left "bench smollm2"; timeout 60 $V bench --backend cuda -m smollm2-135m -p 512 -n 128 -r 3 2>&1 | tail -3
 left "end"
