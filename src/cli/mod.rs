@@ -136,8 +136,9 @@ fn open_cuda(_: &DeviceArgs) -> Result<Device> {
 }
 
 /// Whether wgpu finds a hardware GPU through Vulkan, Metal or DX12 (not GL, not a CPU
-/// driver): the path `--device gpu` and `auto` take first. On an H100 the wgpu path (Vulkan) decodes and reads prompts faster than the
-/// CUDA backend still (BENCHMARKS.md, eighth session), which runs where wgpu finds no such GPU.
+/// driver): the path `--device gpu` and `auto` take first. On an H100 the wgpu path (Vulkan)
+/// decodes and reads prompts faster than the CUDA backend still (BENCHMARKS.md, eighth
+/// session), which runs where wgpu finds no such GPU.
 fn has_fast_wgpu_adapter() -> Result<bool> {
     let adapters = vibrant::backend::gpu::list_adapters(None)?;
     Ok(adapters
@@ -151,10 +152,7 @@ fn has_fast_wgpu_adapter() -> Result<bool> {
 #[cfg(feature = "cuda")]
 fn cuda_instead(d: &DeviceArgs, choice: DeviceChoice) -> Result<Option<Device>> {
     use vibrant::backend::cuda::{driver_present, list_devices, missing_libraries, CudaBackend};
-    let flag = match choice {
-        DeviceChoice::Auto => "--device auto",
-        _ => "--device gpu",
-    };
+    let flag = device_flag(choice);
     // No NVIDIA driver: the wgpu path, as in builds without CUDA. A driver without the rest
     // of CUDA is worth a word.
     if let Some(why) = missing_libraries() {
@@ -200,10 +198,7 @@ fn say_cuda_is_there(choice: DeviceChoice) {
         return;
     }
     if let Some(first) = list_devices().ok().and_then(|l| l.into_iter().next()) {
-        let flag = match choice {
-            DeviceChoice::Auto => "--device auto",
-            _ => "--device gpu",
-        };
+        let flag = device_flag(choice);
         eprintln!(
             "{flag}: using wgpu, faster than the CUDA backend on {} for now (--backend cuda \
              picks it)",
@@ -214,6 +209,15 @@ fn say_cuda_is_there(choice: DeviceChoice) {
 
 #[cfg(not(feature = "cuda"))]
 fn say_cuda_is_there(_: DeviceChoice) {}
+
+/// How the user asked for a GPU, for what stderr says of the choice.
+#[cfg(feature = "cuda")]
+fn device_flag(choice: DeviceChoice) -> &'static str {
+    match choice {
+        DeviceChoice::Auto => "--device auto",
+        _ => "--device gpu",
+    }
+}
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_instead(_: &DeviceArgs, _: DeviceChoice) -> Result<Option<Device>> {

@@ -422,10 +422,8 @@ fn split_mistral_calls(text: &str) -> (String, Vec<ToolCall>) {
 
 /// `[{"name": …, "arguments": {…}}, …]`.
 fn parse_mistral_list(text: &str) -> Option<Vec<ToolCall>> {
-    let list: Vec<Value> = serde_json::from_str(text).ok()?;
-    list.iter()
-        .map(|call| parse_json_call(&call.to_string()))
-        .collect()
+    let list: Vec<Map<String, Value>> = serde_json::from_str(text).ok()?;
+    list.iter().map(call_of_object).collect()
 }
 
 /// `name[ARGS]{…}`, or `name[CALL_ID]id[ARGS]{…}`.
@@ -495,9 +493,7 @@ fn argument_value(
 /// `name` then `<arg_key>k</arg_key><arg_value>v</arg_value>` per argument (whitespace
 /// between them is GLM 4.6's); a name alone is a call without arguments.
 fn parse_key_value_call(body: &str, string_params: &[(String, String)]) -> Option<ToolCall> {
-    let (name, mut rest) = body
-        .split_once("<arg_key>")
-        .map_or((body, ""), |(n, r)| (n, r));
+    let (name, mut rest) = body.split_once("<arg_key>").unwrap_or((body, ""));
     let name = name.trim();
     if name.is_empty() || name.contains(char::is_whitespace) || name.contains('<') {
         return None;
@@ -524,7 +520,11 @@ fn parse_key_value_call(body: &str, string_params: &[(String, String)]) -> Optio
 }
 
 fn parse_json_call(body: &str) -> Option<ToolCall> {
-    let value: Map<String, Value> = serde_json::from_str(body).ok()?;
+    call_of_object(&serde_json::from_str(body).ok()?)
+}
+
+/// `{"name": …, "arguments" (or "parameters"): {…}}`, the arguments an object or its JSON text.
+fn call_of_object(value: &Map<String, Value>) -> Option<ToolCall> {
     let name = value.get("name")?.as_str()?.to_string();
     let arguments = match value.get("arguments").or_else(|| value.get("parameters")) {
         Some(Value::Object(a)) => Value::Object(a.clone()),

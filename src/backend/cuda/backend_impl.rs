@@ -385,8 +385,9 @@ impl CudaBackend {
         }
     }
 
-    /// The device buffer for `n` rows of `cols` activations quantized to 8 bits (grown to MM_TOKENS rows
-    /// of the widest product seen): their bytes, then each block of 32's scale and sum.
+    /// The device buffer for `n` rows of `cols` activations quantized to 8 bits (grown to
+    /// MM_TOKENS rows of the widest product seen): their bytes, then each block of 32's scale
+    /// and sum.
     fn acts_buffer(&mut self, n: usize, cols: usize) -> Option<QuantizedActs> {
         let bytes_of = |len: usize| len + 8 * (len / 32);
         let len = n * cols;
