@@ -145,17 +145,28 @@ __device__ Partial attend(const Head& hd, const float* qs, int k_type, int v_typ
     return r;
 }
 
+// The output of (row, head) from `at` in out, and where q8 is given (head_dim a multiple of
+// 32), rounded to 8 bits in q8 and ds for the product after (the block's threads a multiple of
+// 32, so that a warp takes whole blocks of 32).
+__device__ __forceinline__ void write_head(float* out, i8* q8, float2* ds, int head_dim,
+                                           int n_head, int d, float v) {
+    u64 at = ((u64)blockIdx.x * n_head + blockIdx.y) * head_dim + d;
+    out[at] = v;
+    if (q8) quantize_block(v, q8, ds, at / 32);
+}
+
 extern "C" __global__ void attention(const float* q, const u8* k_cache, const u8* v_cache,
                                      int k_type, int v_type, float* out, const int* rows,
                                      int n_head, int n_head_kv, int head_dim, float scale,
-                                     float softcap, int window) {
+                                     float softcap, int window, i8* q8, float2* ds) {
+    wait_for_prior_grids();
     __shared__ float qs[MAX_HEAD_DIM];
     __shared__ float acc[MAX_HEAD_DIM];
     Head hd = head_of(q, k_cache, v_cache, k_type, v_type, rows, n_head, n_head_kv, head_dim,
                       window, qs);
     Partial r = attend(hd, qs, k_type, v_type, head_dim, scale, softcap, hd.first, hd.pos, acc);
-    float* o = out + ((u64)blockIdx.x * n_head + blockIdx.y) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS) o[d] = acc[d] / r.l;
+    for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS)
+        write_head(out, q8, ds, head_dim, n_head, d, acc[d] / r.l);
 }
 
 // Share blockIdx.z of `splits` of the visible keys of each (row, head), into `part`: per
@@ -165,6 +176,7 @@ extern "C" __global__ void attention_split(const float* q, const u8* k_cache, co
                                            int k_type, int v_type, float* part, const int* rows,
                                            int n_head, int n_head_kv, int head_dim, float scale,
                                            float softcap, int window, int splits) {
+    wait_for_prior_grids();
     __shared__ float qs[MAX_HEAD_DIM];
     __shared__ float acc[MAX_HEAD_DIM];
     Head hd = head_of(q, k_cache, v_cache, k_type, v_type, rows, n_head, n_head_kv, head_dim,
@@ -183,13 +195,14 @@ extern "C" __global__ void attention_split(const float* q, const u8* k_cache, co
     for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS) o[2 + d] = acc[d];
 }
 
-// out of (row blockIdx.x, head blockIdx.y) from its `splits` shares in `part`.
+// out of (row blockIdx.x, head blockIdx.y) from its `splits` shares in `part` (and its 8-bit
+// form, as attention's).
 extern "C" __global__ void attention_merge(const float* part, float* out, int n_head,
-                                           int head_dim, int splits) {
+                                           int head_dim, int splits, i8* q8, float2* ds) {
+    wait_for_prior_grids();
     const float* parts = part + ((u64)blockIdx.x * n_head + blockIdx.y) * splits * (head_dim + 2);
     float m = NEG_INF;
     for (int s = 0; s < splits; s++) m = fmaxf(m, parts[s * (head_dim + 2)]);
-    float* o = out + ((u64)blockIdx.x * n_head + blockIdx.y) * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float l = 0.0f, acc = 0.0f;
         for (int s = 0; s < splits; s++) {
@@ -199,7 +212,7 @@ extern "C" __global__ void attention_merge(const float* part, float* out, int n_
             l += ps[1] * w;
             acc += ps[2 + d] * w;
         }
-        o[d] = acc / l;
+        write_head(out, q8, ds, head_dim, n_head, d, acc / l);
     }
 }
 
@@ -220,6 +233,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
     attention_flash(const float* q, const u8* k_cache, const u8* v_cache, int k_type, int v_type,
                     float* out, int start, int p0, int n, int n_head, int n_head_kv,
                     int head_dim, float scale, float softcap, int window) {
+    wait_for_prior_grids();
     __shared__ __align__(16) u16 ks[FA_KEYS][FA_PITCH_K];
     __shared__ __align__(16) u16 vt[FA_MAX_HD][FA_PITCH_V];
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, tig = lane % 4;

@@ -202,6 +202,18 @@ __device__ float weight_at(int ty, const u8* row, int i) {
     }
 }
 
+// Every kernel calls this first, before it touches memory that an earlier kernel writes or
+// reads. Kernels launch as programmatic dependents of the one before them (Hopper and later;
+// graph.rs), so that a launch overlaps the tail of the kernel before: this lets the next
+// kernel launch once all of this one's blocks have started, then waits until every earlier
+// grid has finished and its writes are visible. Elsewhere it does nothing.
+__device__ __forceinline__ void wait_for_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -234,6 +246,19 @@ __device__ float block_max(float v) {
     __syncthreads();
     float s = lane < warps ? partial[lane] : NEG_INF;
     return warp_max(s);
+}
+
+// Block b of 32 activations rounded to 8 bits for cuda/matmul_q8.cu's products (llama.cpp's
+// q8_1), v in each lane of a warp: its bytes q[32b..] and (d, d · Σ q).
+__device__ __forceinline__ void quantize_block(float v, i8* q, float2* ds, u64 b) {
+    int lane = threadIdx.x % 32;
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.0f;
+    int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
+    q[32 * b + lane] = (i8)qi;
+    int sum = qi;
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) ds[b] = make_float2(d, d * (float)sum);
 }
 
 // Two floats as an f16x2 word: `lo` in the low half, as mma.sync reads a pair of elements.

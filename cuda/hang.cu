@@ -3,6 +3,7 @@
 // is not optimised away).
 
 extern "C" __global__ void hang(volatile int* flag) {
+    wait_for_prior_grids();
     while (*flag == 0) {
     }
 }

@@ -7,6 +7,7 @@
 extern "C" __global__ void matmul(const u8* w, int ty, int row_bytes, const float* x,
                                   float* out, const float* bias, int cols, int n,
                                   int out_stride, int out_first) {
+    wait_for_prior_grids();
     int r = blockIdx.x, t0 = blockIdx.y * MM_TOKENS;
     int nt = min(MM_TOKENS, n - t0);
     const u8* row = w + (u64)r * row_bytes;
@@ -28,6 +29,7 @@ extern "C" __global__ void matmul(const u8* w, int ty, int row_bytes, const floa
 // out[p[2b + 1]] = row p[2b] of the part, decoded: the embedding rows of `count` tokens.
 extern "C" __global__ void embed(const u8* w, int ty, int row_bytes, const int* pairs,
                                  float* out, int cols) {
+    wait_for_prior_grids();
     const u8* row = w + (u64)pairs[2 * blockIdx.x] * row_bytes;
     float* o = out + (u64)pairs[2 * blockIdx.x + 1] * cols;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = weight_at(ty, row, i);
@@ -76,6 +78,7 @@ __device__ void matmul_chunks(const u8* w, int row_bytes, const float* x, float*
     extern "C" __global__ void __launch_bounds__(32 * MV_WARPS)                                  \
         name(const u8* w, int row_bytes, const float* x, float* out, const float* bias,          \
              int rows, int cols, int n, int out_stride, int out_first) {                         \
+        wait_for_prior_grids();                                                                  \
         matmul_chunks<TY>(w, row_bytes, x, out, bias, rows, cols, n, out_stride, out_first);     \
     }
 
@@ -176,6 +179,7 @@ __device__ void matmul_mma(const u8* w, int row_bytes, const float* x, float* ou
     extern "C" __global__ void __launch_bounds__(MMA_THREADS)                                    \
         name(const u8* w, int row_bytes, const float* x, float* out, const float* bias,          \
              int rows, int cols, int n, int out_stride, int out_first) {                         \
+        wait_for_prior_grids();                                                                  \
         matmul_mma<TY>(w, row_bytes, x, out, bias, rows, cols, n, out_stride, out_first);        \
     }
 

@@ -6,21 +6,10 @@
 // (BENCHMARKS.md). A lane's unit is a few bytes of one weight block, so that neighbouring
 // lanes read neighbouring weights and activations.
 
-// Block b of 32 activations, v in each lane of a warp: its bytes q[32b..] and (d, d · Σ q).
-__device__ __forceinline__ void quantize_block(float v, i8* q, float2* ds, u64 b) {
-    int lane = threadIdx.x % 32;
-    float amax = warp_max(fabsf(v));
-    float d = amax / 127.0f;
-    int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
-    q[32 * b + lane] = (i8)qi;
-    int sum = qi;
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (lane == 0) ds[b] = make_float2(d, d * (float)sum);
-}
-
 // The activations of `blocks` blocks of 32 (all tokens' rows, back to back): q the bytes,
 // ds[b] = (d, d · Σ q) of block b. A warp per block.
 extern "C" __global__ void quantize_acts(const float* x, i8* q, float2* ds, int blocks) {
+    wait_for_prior_grids();
     int b = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (b >= blocks) return;
     quantize_block(x[(u64)b * 32 + threadIdx.x % 32], q, ds, b);
@@ -30,6 +19,7 @@ extern "C" __global__ void quantize_acts(const float* x, i8* q, float2* ds, int 
 // row of `cols` (a multiple of 32).
 extern "C" __global__ void rms_norm_quantize(const float* x, const float* weight, i8* q,
                                              float2* ds, int cols, float eps) {
+    wait_for_prior_grids();
     const float* xr = x + (u64)blockIdx.x * cols;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
@@ -291,6 +281,7 @@ __device__ void matmul_q8(const u8* w, int row_bytes, const i8* q, const float2*
         name(const u8* w, int row_bytes, const i8* q, const float2* ds, float* out,              \
              const float* bias, int rows, int cols, int n, int out_stride, int out_first,        \
              int row_warps, int accumulate) {                                                    \
+        wait_for_prior_grids();                                                                  \
         matmul_q8<TY>(w, row_bytes, q, ds, out, bias, rows, cols, n, out_stride, out_first,      \
                       row_warps, accumulate);                                                    \
     }

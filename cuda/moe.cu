@@ -5,6 +5,7 @@
 // their weights, renormalised where asked. A thread per row: n_expert is small.
 extern "C" __global__ void moe_route(const float* logits, float* routes, int n_expert, int k,
                                      int normalize, int n) {
+    wait_for_prior_grids();
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n) return;
     const float* l = logits + (u64)t * n_expert;
@@ -48,6 +49,7 @@ extern "C" __global__ void moe_route(const float* logits, float* routes, int n_e
 extern "C" __global__ void matmul_id(const u8* w, int ty, int row_bytes, const float* x,
                                      float* out, const float* routes, int cols, int k,
                                      int block, int part_first, int part_rows, int per_choice) {
+    wait_for_prior_grids();
     int r = blockIdx.x, c = blockIdx.y;
     int t = c / k, j = c % k;
     int e = (int)routes[(u64)t * 2 * k + j];
@@ -65,6 +67,7 @@ extern "C" __global__ void matmul_id(const u8* w, int ty, int row_bytes, const f
 // add, as llama.cpp orders them.
 extern "C" __global__ void moe_combine_add(const float* y, const float* routes, float* acc,
                                            int k, int d, u64 len) {
+    wait_for_prior_grids();
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= len) return;
     u64 t = i / d, c = i % d;

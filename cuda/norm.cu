@@ -2,6 +2,7 @@
 
 extern "C" __global__ void rms_norm(const float* x, const float* weight, float* out, int cols,
                                     float eps) {
+    wait_for_prior_grids();
     const float* xr = x + (u64)blockIdx.x * cols;
     float* o = out + (u64)blockIdx.x * cols;
     float ss = 0.0f;

@@ -10,6 +10,7 @@ extern "C" __global__ void rope_store_kv(const float* qkv, float* q, u8* k_cache
                                          const int* rows, const float* q_norm,
                                          const float* k_norm, float eps, int n_head,
                                          int n_head_kv, int head_dim, int neox) {
+    wait_for_prior_grids();
     __shared__ float head[MAX_HEAD_DIM];
     __shared__ float rotated[MAX_HEAD_DIM];
     int t = blockIdx.x, h = blockIdx.y;

@@ -25,6 +25,7 @@ __device__ __forceinline__ void warp_best(float* v, int* idx) {
 // embed_picked reads. One block of PICK_THREADS.
 extern "C" __global__ void __launch_bounds__(PICK_THREADS) argmax(const float* x, int len,
                                                                   int* picked) {
+    wait_for_prior_grids();
     __shared__ float best_v[PICK_THREADS / 32];
     __shared__ int best_i[PICK_THREADS / 32];
     float v = __int_as_float(0x7fc00000);
@@ -58,6 +59,7 @@ extern "C" __global__ void __launch_bounds__(PICK_THREADS) argmax(const float* x
 extern "C" __global__ void embed_picked(const u8* w, int ty, int row_bytes, const int* picked,
                                         int first, int rows, int last_row, float* out,
                                         int cols) {
+    wait_for_prior_grids();
     int tok = min(picked[0], last_row);
     if (tok < first || tok >= first + rows) return;
     const u8* row = w + (u64)(tok - first) * row_bytes;
@@ -68,6 +70,7 @@ extern "C" __global__ void embed_picked(const u8* w, int ty, int row_bytes, cons
 extern "C" __global__ void fill_ints(int* dst, int n, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4,
                                      u64 a5, u64 a6, u64 a7, u64 a8, u64 a9, u64 a10, u64 a11,
                                      u64 a12, u64 a13, u64 a14, u64 a15) {
+    wait_for_prior_grids();
     u64 v[FILL_SLOTS] = {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15};
     int i = threadIdx.x;
     if (i < n) dst[i] = (int)(u32)(v[i / 2] >> (32 * (i % 2)));

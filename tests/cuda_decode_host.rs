@@ -35,6 +35,9 @@ struct Dim3 { unsigned x, y, z; };
 static Dim3 threadIdx, blockDim;
 static float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 static float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+struct float2 { float x, y; };
+static float2 make_float2(float x, float y) { return {x, y}; }
+static int __float2int_rn(float f) { return (int)nearbyintf(f); }
 #include "common.cuh"
 #include "decode.cuh"
 

@@ -974,6 +974,139 @@ fn fused_norm_and_residual_products_match_the_reference() {
     }
 }
 
+/// acc += the product of `down` with `x` in float64, and its scale per value, for a product
+/// that follows the kernel writing `x` (its rows `x_got` as read back).
+fn residual_reference(down: &Weights, x_got: &[f32], acc0: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let (prod, scale) = matmul_reference(&down.decoded(), x_got, None, down.cols);
+    let want = prod.iter().zip(acc0).map(|(p, a)| p + *a as f64).collect();
+    let scale = scale
+        .iter()
+        .zip(acc0)
+        .map(|(s, a)| s + a.abs() as f64)
+        .collect();
+    (want, scale)
+}
+
+/// That a profiled kernel and the product after it launched no quantization of the kernel's
+/// output, and that the product took 8-bit activations where decoding does.
+fn check_no_second_quantization(
+    what: &str,
+    timings: &[vibrant::backend::KernelTiming],
+    int8_product: bool,
+) {
+    let launched = |name: &str| timings.iter().any(|t| t.kernel == name);
+    assert!(!launched("quantize_acts"), "{what}: {timings:?}");
+    assert_eq!(
+        launched("matmul_q8_q4_k"),
+        int8_product,
+        "{what}: {timings:?}"
+    );
+}
+
+/// The GLU and decode attention (whole and split over shares of the keys) round their outputs
+/// to 8 bits as they write them, and the residual product after them reads those instead of
+/// quantizing again: it must match a float64 product of the outputs as read back, with no
+/// quantize_acts launched in between.
+#[test]
+fn outputs_rounded_to_8_bits_by_their_kernel_feed_the_next_product() {
+    let mut b = cuda();
+    let mut rng = rng(41);
+    let width = 512;
+    let down = Weights::random(&mut rng, GgmlType::Q4K, ROWS, width);
+    let m = down.upload(&mut b, "down");
+    let fused = b.uses_int8_activations(GgmlType::Q4K, 1);
+    for n in [1, 3] {
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let gate_up = b.load(
+                "gate_up",
+                n,
+                2 * width,
+                &random_values(&mut rng, n * 2 * width, 2.0),
+            );
+            let hidden = b.load("hidden", n, width, &vec![f32::NAN; n * width]);
+            let acc0 = random_values(&mut rng, n * ROWS, 1.0);
+            let acc = b.load("acc", n, ROWS, &acc0);
+            b.start_profile().expect("profile");
+            b.glu(act, &gate_up, &hidden, n);
+            b.matmul_add(&hidden, &m, &acc, n);
+            let timings = b.take_profile().expect("timings");
+            let (want, scale) = residual_reference(&down, &read(&mut b, &hidden, n), &acc0);
+            let what = format!("glu {act:?} then matmul_add, n={n}");
+            assert_close(
+                &what,
+                &read(&mut b, &acc, n),
+                &want,
+                ROWS,
+                |i| scale[i],
+                INT8_TOL,
+            );
+            check_no_second_quantization(&what, &timings, fused);
+        }
+    }
+
+    // Six heads of 128: the output is as wide as the product's rows (768 values).
+    let shape = shape(128, RopeKind::Neox);
+    let qw = shape.q_width();
+    let o = Weights::random(&mut rng, GgmlType::Q4K, ROWS, qw);
+    let m = o.upload(&mut b, "o");
+    for prefill in [40, 1030] {
+        let steps = one_sequence(&mut rng, &shape, &[prefill, 1, 2]);
+        let case = AttentionCase {
+            shape,
+            opts: AttentionOpts::causal(128),
+            slots: 1,
+            n_ctx: prefill + 3,
+            types: KvTypes::default(),
+            qk_norm: None,
+        };
+        let table = b
+            .upload_vector("rope", &rope_table(case.n_ctx, 128))
+            .expect("rope table");
+        let layout = KvLayout {
+            slots: 1,
+            n_ctx: case.n_ctx,
+            shape,
+            types: case.types,
+            layers: vec![case.opts; 1],
+            qk_norm: false,
+        };
+        let cache = b.kv_cache(&layout).expect("cache");
+        for (batch, qkv) in &steps {
+            let n = batch.rows();
+            let at = CacheLayer {
+                cache: &cache,
+                layer: 0,
+                batch,
+            };
+            let rope = Rope {
+                cos_sin: &table,
+                qk_norm: None,
+            };
+            let x = b.load("qkv", n, qw + 2 * shape.kv_width(), qkv);
+            let q = b.load("q", n, qw, &vec![f32::NAN; n * qw]);
+            let out = b.load("attention out", n, qw, &vec![f32::NAN; n * qw]);
+            let acc0 = random_values(&mut rng, n * ROWS, 1.0);
+            let acc = b.load("acc", n, ROWS, &acc0);
+            b.rope_store_kv(&x, &rope, &q, at);
+            b.start_profile().expect("profile");
+            b.attention(&q, at, &case.opts, &out);
+            b.matmul_add(&out, &m, &acc, n);
+            let timings = b.take_profile().expect("timings");
+            let (want, scale) = residual_reference(&o, &read(&mut b, &out, n), &acc0);
+            let what = format!("attention then matmul_add, {:?}", batch.spans());
+            assert_close(
+                &what,
+                &read(&mut b, &acc, n),
+                &want,
+                ROWS,
+                |i| scale[i],
+                INT8_TOL,
+            );
+            check_no_second_quantization(&what, &timings, fused && n <= 2);
+        }
+    }
+}
+
 /// Decode products of model-sized matrices, whose rows take one, two or four warps each
 /// (short matrices spread a row over several), and the largest widths of real models.
 #[test]

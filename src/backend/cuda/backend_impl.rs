@@ -116,6 +116,7 @@ impl CudaBackend {
         args: &[u64],
     ) {
         let (bytes, flops) = std::mem::take(&mut self.cost);
+        self.acts_q8_of = None;
         if self.failed.is_some() {
             return;
         }
@@ -168,7 +169,7 @@ impl CudaBackend {
         }
         let queued = match &mut self.step_graph {
             Some(g) if g.fits(&launches) => g.update(launches),
-            _ => graph::StepGraph::build(launches).map(|g| {
+            _ => graph::StepGraph::build(launches, self.device.programmatic).map(|g| {
                 self.step_graph = Some(g);
             }),
         };
@@ -415,10 +416,33 @@ impl CudaBackend {
         })
     }
 
-    /// `n` rows of `x` quantized to 8 bits for cuda/matmul_q8.cu's products.
+    /// Where a kernel writing `n` rows of `out` also rounds them to 8 bits for the product
+    /// after it ([`Self::wrote_acts_q8`] then): the activations buffer, else null pointers.
+    /// Only decode-sized rows of whole blocks of 32 are.
+    fn fused_acts_q8(&mut self, out: &CudaTensor, n: usize, fits: bool) -> [u64; 2] {
+        let wanted = self.int8_activations && n <= MM_TOKENS && fits;
+        match wanted.then(|| self.acts_buffer(n, out.cols)).flatten() {
+            Some(acts) => [acts.bytes, acts.scales],
+            None => [0, 0],
+        }
+    }
+
+    /// Records that the kernel just launched rounded `n` rows of `out` to 8 bits (its
+    /// [`Self::fused_acts_q8`] were not null).
+    fn wrote_acts_q8(&mut self, out: &CudaTensor, n: usize, acts: [u64; 2]) {
+        if acts[0] != 0 && self.failed.is_none() {
+            self.acts_q8_of = Some((out.buf.ptr, n, out.cols));
+        }
+    }
+
+    /// `n` rows of `x` quantized to 8 bits for cuda/matmul_q8.cu's products (unless the kernel
+    /// that wrote them just did).
     fn quantized_acts(&mut self, x: &CudaTensor, n: usize) -> Option<QuantizedActs> {
         let len = n * x.cols;
         let acts = self.acts_buffer(n, x.cols)?;
+        if self.acts_q8_of == Some((x.buf.ptr, n, x.cols)) {
+            return Some(acts);
+        }
         self.costs(4 * len, 0);
         let blocks = len / 32;
         // A warp per block of 32.
@@ -537,8 +561,9 @@ impl Backend for CudaBackend {
         )
     }
 
-    /// The parts stay as the file encodes them, in the order given, whatever they feed: the
-    /// kernels decode every ggml type vibrant reads (cuda/common.cuh's weight_at).
+    /// The parts stay as the file encodes them, in the order given, whatever they feed (the
+    /// kernels decode every ggml type vibrant reads: cuda/common.cuh's weight_at); consecutive
+    /// parts of one type are one buffer.
     fn upload_matrix(
         &mut self,
         name: &str,
@@ -551,18 +576,30 @@ impl Backend for CudaBackend {
         let experts = expert_count(name, total, usage, bias.is_some())?;
         let mut kept = Vec::with_capacity(parts.len());
         let mut first = 0;
-        for (part, row_bytes) in parts.into_iter().zip(row_bytes) {
-            let what = format!("{name} (rows {first}.. of {}, {})", total, part.ggml_type);
-            let buf = DeviceBuffer::from_host(&self.device, part.data.bytes(), &what)?;
+        let mut index = 0;
+        // Consecutive parts of one type (gate and up, often q and k) share a buffer, so that
+        // one launch covers them.
+        for run in parts.chunk_by(|a, b| a.ggml_type == b.ggml_type) {
+            let (ggml_type, row_bytes) = (run[0].ggml_type, row_bytes[index]);
+            index += run.len();
+            let rows: usize = run.iter().map(|p| p.rows).sum();
+            let what = format!("{name} (rows {first}.. of {total}, {ggml_type})");
+            let buf = match run {
+                [one] => DeviceBuffer::from_host(&self.device, one.data.bytes(), &what)?,
+                _ => {
+                    let bytes: Vec<u8> = run.iter().flat_map(|p| p.data.bytes()).copied().collect();
+                    DeviceBuffer::from_host(&self.device, &bytes, &what)?
+                }
+            };
             self.bytes_held += buf.bytes as u64;
             kept.push(CudaPart {
-                ggml_type: part.ggml_type,
+                ggml_type,
                 first,
-                rows: part.rows,
+                rows,
                 row_bytes,
                 buf,
             });
-            first += part.rows;
+            first += rows;
         }
         let bias = match bias {
             Some(b) => {
@@ -863,14 +900,18 @@ impl Backend for CudaBackend {
             Activation::Silu => 0i32,
             Activation::GeluTanh => 1,
         };
+        let acts = self.fused_acts_q8(out, n, w.is_multiple_of(32));
         let args = [
             code.bits(),
             gate_up.buf.ptr,
             out.buf.ptr,
+            acts[0],
+            acts[1],
             int(w),
             len as u64,
         ];
         self.launch(Kernel::Glu, elements(len), ELEMENT_THREADS, &args);
+        self.wrote_acts_q8(out, n, acts);
     }
 
     fn rope_store_kv(
@@ -1005,11 +1046,18 @@ impl Backend for CudaBackend {
             self.launch(Kernel::AttentionFlash, grid, 2 * FA_ROWS as u32, &args);
             return;
         }
+        let acts = self.fused_acts_q8(out, n, shape.head_dim.is_multiple_of(32));
         let args = args(&[rows.ptr]);
         let grid = (n as u32, shape.n_head as u32, 1);
         let shares = attention_shares(at.batch, opts.window, n * shape.n_head);
         if shares == 1 {
-            self.launch(Kernel::Attention, grid, ATT_THREADS as u32, &args);
+            self.launch(
+                Kernel::Attention,
+                grid,
+                ATT_THREADS as u32,
+                &[&args[..], &acts].concat(),
+            );
+            self.wrote_acts_q8(out, n, acts);
             return;
         }
         let Some(part) = self.shares_buffer(shape.head_dim) else {
@@ -1031,6 +1079,8 @@ impl Backend for CudaBackend {
             int(shape.n_head),
             int(shape.head_dim),
             int(shares),
+            acts[0],
+            acts[1],
         ];
         self.launch(
             Kernel::AttentionMerge,
@@ -1038,6 +1088,7 @@ impl Backend for CudaBackend {
             ATT_THREADS as u32,
             &merge_args,
         );
+        self.wrote_acts_q8(out, n, acts);
     }
 
     fn moe_route(&mut self, logits: &CudaTensor, routing: Routing, routes: &CudaTensor, n: usize) {
@@ -1180,6 +1231,7 @@ impl Backend for CudaBackend {
     }
 
     fn write(&mut self, x: &CudaTensor, rows: &[f32]) {
+        self.acts_q8_of = None;
         let fits = rows.len() <= x.rows * x.cols;
         if self.check(fits, || {
             format!("write: {} values into [{}, {}]", rows.len(), x.rows, x.cols)

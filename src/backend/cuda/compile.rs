@@ -188,3 +188,49 @@ fn nvrtc_compile(name: &str, source: &str, options: &[String]) -> Result<Vec<u8>
     // NVRTC's PTX ends with its NUL, which the driver's loader needs.
     Ok(outcome?.into_iter().map(|c| c as u8).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SOURCES;
+
+    /// The statement each kernel of `source` begins with: what follows the first `{` after
+    /// each `__global__` (macro line continuations skipped).
+    fn first_statements(source: &str) -> Vec<String> {
+        source
+            .match_indices("__global__")
+            .map(|(at, _)| {
+                let body = &source[at..];
+                let open = body.find('{').expect("a kernel has a body");
+                body[open + 1..]
+                    .trim_start_matches(|c: char| c.is_whitespace() || c == '\\')
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// A kernel that touched memory before waiting could read what the kernel before it has
+    /// not written yet, since kernels launch as programmatic dependents (graph.rs).
+    #[test]
+    fn every_kernel_first_waits_for_the_kernels_before_it() {
+        let mut kernels = 0;
+        for (file, source) in SOURCES {
+            for statement in first_statements(source) {
+                kernels += 1;
+                assert_eq!(
+                    statement, "wait_for_prior_grids()",
+                    "a kernel of cuda/{file}.cu begins with `{statement}`"
+                );
+            }
+        }
+        assert!(kernels >= 25, "only {kernels} kernels found");
+    }
+
+    #[test]
+    fn a_kernel_that_reads_before_waiting_is_caught() {
+        let source = "extern \"C\" __global__ void k(float* x) {\n    x[0] = 1.0f;\n}";
+        assert_eq!(first_statements(source), ["x[0] = 1.0f"]);
+    }
+}

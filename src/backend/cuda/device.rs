@@ -26,6 +26,10 @@ pub struct CudaOptions {
     /// Decode products round their activations to 8 bits (cuda/matmul_q8.cu), as llama.cpp's
     /// do; off (`VIBRANT_INT8=0`), they keep f32 activations.
     pub int8_activations: bool,
+    /// Launch each kernel as a programmatic dependent of the one before (compute capability
+    /// 9.0 and up), so that its launch overlaps the earlier kernel's last blocks; on unless
+    /// `VIBRANT_PDL=0`.
+    pub programmatic_launches: bool,
 }
 
 impl Default for CudaOptions {
@@ -36,6 +40,7 @@ impl Default for CudaOptions {
             kernel_cache: true,
             graphs: std::env::var("VIBRANT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             int8_activations: std::env::var("VIBRANT_INT8").map_or(true, |v| v != "0"),
+            programmatic_launches: std::env::var("VIBRANT_PDL").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -171,6 +176,9 @@ pub(crate) struct Device {
     pub(crate) timeout: Duration,
     /// A wait timed out: work may still be running, and nothing may block on it again.
     pub(crate) hung: AtomicBool,
+    /// Kernels launch as programmatic dependents of the kernel before them (see
+    /// [`CudaOptions::programmatic_launches`]; cuda/common.cuh's wait_for_prior_grids).
+    pub(crate) programmatic: bool,
     /// Launches recorded for a step's graph instead of launched (see graph.rs); any other use
     /// of the stream launches them first, so that stream order always holds.
     recording: RefCell<Option<Vec<Launch>>>,
@@ -205,6 +213,7 @@ impl Device {
         let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
             .map_err(err("creating a CUDA stream"))?;
         let event = Self::new_event("creating a CUDA event")?;
+        let programmatic = options.programmatic_launches && summary.compute_capability.0 >= 9;
         Ok(Rc::new(Self {
             summary,
             dev,
@@ -212,6 +221,7 @@ impl Device {
             event,
             timeout: options.timeout,
             hung: AtomicBool::new(false),
+            programmatic,
             recording: RefCell::new(None),
             late_error: RefCell::new(None),
         }))
@@ -223,7 +233,7 @@ impl Device {
             recorded.push(l);
             return Ok(());
         }
-        l.launch(self.stream)
+        l.launch(self.stream, self.programmatic)
     }
 
     /// Records launches from here on (see [`Device::take_recording`]).
@@ -241,7 +251,9 @@ impl Device {
     /// is about to be used otherwise.
     pub(crate) fn flush(&self) -> Result<()> {
         match self.take_recording() {
-            Some(recorded) => recorded.into_iter().try_for_each(|l| l.launch(self.stream)),
+            Some(recorded) => recorded
+                .into_iter()
+                .try_for_each(|l| l.launch(self.stream, self.programmatic)),
             None => Ok(()),
         }
     }

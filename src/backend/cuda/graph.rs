@@ -22,23 +22,35 @@ pub(crate) struct Launch {
 }
 
 impl Launch {
-    /// Launches now on `stream`.
-    pub(crate) fn launch(mut self, stream: sys::CUstream) -> Result<()> {
+    /// Launches now on `stream`; with `programmatic`, as a programmatic dependent of the
+    /// stream's kernel before it (cuda/common.cuh's wait_for_prior_grids).
+    pub(crate) fn launch(mut self, stream: sys::CUstream, programmatic: bool) -> Result<()> {
         let mut params = pointers(&mut self.args);
+        let mut attr = programmatic_attribute();
+        let config = sys::CUlaunchConfig {
+            gridDimX: self.grid.0,
+            gridDimY: self.grid.1,
+            gridDimZ: self.grid.2,
+            blockDimX: self.block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: stream,
+            attrs: &mut attr,
+            numAttrs: programmatic as u32,
+        };
         // SAFETY: the function's parameters are `args` in order, each at most 8 bytes and read
         // from its slot during the call; pointers point into live device buffers, which are
-        // freed in stream order after the kernel.
-        unsafe {
-            cudarc::driver::result::launch_kernel(
+        // freed in stream order after the kernel; the attribute outlives the call.
+        let r = unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
                 self.func,
-                self.grid,
-                (self.block, 1, 1),
-                0,
-                stream,
-                &mut params,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
             )
-        }
-        .map_err(|e| driver_error(&format!("launching kernel {}", self.name), e))
+        };
+        check(&format!("launching kernel {}", self.name), r)
     }
 
     /// Whether `other` launches the same function on the same grid (arguments aside).
@@ -73,6 +85,29 @@ fn pointers(slots: &mut [u64]) -> Vec<*mut c_void> {
         .collect()
 }
 
+/// The launch attribute that lets a kernel start before the stream's kernel before it ends.
+fn programmatic_attribute() -> sys::CUlaunchAttribute {
+    // SAFETY: a plain C union of integers; all zeros is a valid value.
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.programmaticStreamSerializationAllowed = 1;
+    sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value,
+    }
+}
+
+/// A graph edge from a kernel node to the next that lets the next start once every block of
+/// the first has started (it waits for the first's end in wait_for_prior_grids).
+fn programmatic_edge() -> sys::CUgraphEdgeData {
+    sys::CUgraphEdgeData {
+        from_port: sys::CU_GRAPH_KERNEL_NODE_PORT_LAUNCH_ORDER as u8,
+        to_port: 0,
+        type_: sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC as u8,
+        reserved: [0; 5],
+    }
+}
+
 fn check(what: &str, r: sys::CUresult) -> Result<()> {
     r.result().map_err(|e| driver_error(what, e))
 }
@@ -86,7 +121,9 @@ pub(crate) struct StepGraph {
 }
 
 impl StepGraph {
-    pub(crate) fn build(launches: Vec<Launch>) -> Result<Self> {
+    /// The graph of `launches` in a chain; with `programmatic`, each kernel a programmatic
+    /// dependent of the one before.
+    pub(crate) fn build(launches: Vec<Launch>, programmatic: bool) -> Result<Self> {
         let mut graph = std::ptr::null_mut();
         // SAFETY: writes one handle; the context is current.
         check("creating a step's graph", unsafe {
@@ -102,22 +139,36 @@ impl StepGraph {
             let mut slots = l.args.clone();
             let mut params = pointers(&mut slots);
             let node_params = l.node_params(&mut params);
-            let deps = built.nodes.last().copied();
             let mut node = std::ptr::null_mut();
-            // SAFETY: a live graph; the dependency (if any) is a node of it; the parameters
-            // point into `slots`, which the call copies.
+            // SAFETY: a live graph; the parameters point into `slots`, which the call copies.
             check(
                 &format!("adding kernel {} to a step's graph", l.name),
                 unsafe {
                     sys::cuGraphAddKernelNode_v2(
                         &mut node,
                         graph,
-                        deps.as_ref().map_or(std::ptr::null(), |d| d as *const _),
-                        deps.is_some() as usize,
+                        std::ptr::null(),
+                        0,
                         &node_params,
                     )
                 },
             )?;
+            if let Some(&before) = built.nodes.last() {
+                let edge = programmatic.then(programmatic_edge);
+                // SAFETY: two nodes of this graph; the edge data (if any) outlives the call.
+                check(
+                    &format!("chaining kernel {} in a step's graph", l.name),
+                    unsafe {
+                        sys::cuGraphAddDependencies_v2(
+                            graph,
+                            &before,
+                            &node,
+                            edge.as_ref().map_or(std::ptr::null(), |e| e as *const _),
+                            1,
+                        )
+                    },
+                )?;
+            }
             built.nodes.push(node);
         }
         // SAFETY: a complete graph; writes one handle.

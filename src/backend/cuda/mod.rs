@@ -186,6 +186,10 @@ pub struct CudaBackend {
     /// into (grown to the widest product seen).
     int8_activations: bool,
     acts_q8: Option<Rc<DeviceBuffer>>,
+    /// The tensor whose rows the last launch also wrote into `acts_q8` rounded to 8 bits (the
+    /// GLU's and attention's outputs, for the product after them), so that the product need
+    /// not quantize them again: its buffer, rows and columns. Any other launch clears it.
+    acts_q8_of: Option<(u64, usize, usize)>,
     /// The shares of split attention (cuda/attention.cu's attention_split), made at first use.
     attention_shares: Option<Rc<DeviceBuffer>>,
     /// Argmax picks, kept on the device for the next step's embedding.
@@ -240,6 +244,7 @@ impl CudaBackend {
             batch_rows: None,
             int8_activations: options.int8_activations,
             acts_q8: None,
+            acts_q8_of: None,
             attention_shares: None,
             picks,
             staging,
