@@ -120,7 +120,8 @@ fn matmul_matches_a_float64_reference_for_every_type() {
 }
 
 /// A matrix of parts of different types (a fused tensor's rows, or q/k/v of their own types)
-/// gives each part's products in its columns, with its share of the bias.
+/// gives each part's products in its columns, with its share of the bias; consecutive parts of
+/// one type (q and k, gate and up) share a buffer and a launch.
 #[test]
 fn matrices_of_parts_of_several_types_match_the_reference() {
     let mut b = cuda();
@@ -129,7 +130,10 @@ fn matrices_of_parts_of_several_types_match_the_reference() {
     let parts = [
         Weights::random(&mut rng, GgmlType::Q8_0, 40, cols),
         Weights::random(&mut rng, GgmlType::Q4K, 9, cols),
+        Weights::random(&mut rng, GgmlType::Q4K, 21, cols),
         Weights::random(&mut rng, GgmlType::F16, 33, cols),
+        Weights::random(&mut rng, GgmlType::F16, 2, cols),
+        Weights::random(&mut rng, GgmlType::Q4K, 5, cols),
     ];
     let rows: usize = parts.iter().map(|p| p.rows).sum();
     let bias = random_values(&mut rng, rows, 1.0);
@@ -150,7 +154,7 @@ fn matrices_of_parts_of_several_types_match_the_reference() {
         let x = random_values(&mut rng, n * cols, 1.0);
         let (want, scale) = matmul_reference(&decoded, &x, Some(&bias), cols);
         let got = run_matmul(&mut b, &m, &x, n, rows);
-        let what = format!("three parts, n={n}");
+        let what = format!("six parts of three types, n={n}");
         let tol = matmul_tol(&b, GgmlType::Q8_0, n);
         assert_close(&what, &got, &want, rows, |i| scale[i], tol);
     }
