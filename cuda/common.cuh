@@ -203,13 +203,12 @@ __device__ float weight_at(int ty, const u8* row, int i) {
 }
 
 // Every kernel calls this first, before it touches memory that an earlier kernel writes or
-// reads. Kernels launch as programmatic dependents of the one before them (Hopper and later;
-// graph.rs), so that a launch overlaps the tail of the kernel before: this lets the next
-// kernel launch once all of this one's blocks have started, then waits until every earlier
-// grid has finished and its writes are visible. Elsewhere it does nothing.
+// reads. In a decode step's graph, kernels are programmatic dependents of the one before them
+// (Hopper and later; graph.rs): a kernel may start once all of the earlier one's blocks have,
+// so that its launch overlaps their end, and this waits until every earlier grid has finished
+// and its writes are visible. Elsewhere it does nothing.
 __device__ __forceinline__ void wait_for_prior_grids() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }

@@ -276,11 +276,27 @@ __device__ void matmul_q8(const u8* w, int row_bytes, const i8* q, const float2*
     }
 }
 
+// Asks L2 for the weight rows matmul_q8's warp takes (its share of Q8_ROWS rows from r0),
+// before the kernel waits for the one before it: weights are never written, so their loads
+// may overlap that kernel's end.
+__device__ __forceinline__ void prefetch_rows(const u8* w, int row_bytes, int rows,
+                                              int row_warps) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int r0 = (blockIdx.x * (MV_WARPS / row_warps) + warp / row_warps) * Q8_ROWS;
+    int share = warp % row_warps;
+    for (int k = 0; k < Q8_ROWS && r0 + k < rows; k++) {
+        const u8* row = w + (u64)(r0 + k) * row_bytes;
+        for (int at = 128 * (lane + 32 * share); at < row_bytes; at += 128 * 32 * row_warps)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(row + at));
+    }
+}
+
 #define MATMUL_Q8(name, TY)                                                                      \
     extern "C" __global__ void __launch_bounds__(32 * MV_WARPS)                                  \
         name(const u8* w, int row_bytes, const i8* q, const float2* ds, float* out,              \
              const float* bias, int rows, int cols, int n, int out_stride, int out_first,        \
              int row_warps, int accumulate) {                                                    \
+        prefetch_rows(w, row_bytes, rows, row_warps);                                            \
         wait_for_prior_grids();                                                                  \
         matmul_q8<TY>(w, row_bytes, q, ds, out, bias, rows, cols, n, out_stride, out_first,      \
                       row_warps, accumulate);                                                    \

@@ -22,35 +22,23 @@ pub(crate) struct Launch {
 }
 
 impl Launch {
-    /// Launches now on `stream`; with `programmatic`, as a programmatic dependent of the
-    /// stream's kernel before it (cuda/common.cuh's wait_for_prior_grids).
-    pub(crate) fn launch(mut self, stream: sys::CUstream, programmatic: bool) -> Result<()> {
+    /// Launches now on `stream`.
+    pub(crate) fn launch(mut self, stream: sys::CUstream) -> Result<()> {
         let mut params = pointers(&mut self.args);
-        let mut attr = programmatic_attribute();
-        let config = sys::CUlaunchConfig {
-            gridDimX: self.grid.0,
-            gridDimY: self.grid.1,
-            gridDimZ: self.grid.2,
-            blockDimX: self.block,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: 0,
-            hStream: stream,
-            attrs: &mut attr,
-            numAttrs: programmatic as u32,
-        };
         // SAFETY: the function's parameters are `args` in order, each at most 8 bytes and read
         // from its slot during the call; pointers point into live device buffers, which are
-        // freed in stream order after the kernel; the attribute outlives the call.
-        let r = unsafe {
-            sys::cuLaunchKernelEx(
-                &config,
+        // freed in stream order after the kernel.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
                 self.func,
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
+                self.grid,
+                (self.block, 1, 1),
+                0,
+                stream,
+                &mut params,
             )
-        };
-        check(&format!("launching kernel {}", self.name), r)
+        }
+        .map_err(|e| driver_error(&format!("launching kernel {}", self.name), e))
     }
 
     /// Whether `other` launches the same function on the same grid (arguments aside).
@@ -83,18 +71,6 @@ fn pointers(slots: &mut [u64]) -> Vec<*mut c_void> {
         .iter_mut()
         .map(|s| s as *mut u64 as *mut c_void)
         .collect()
-}
-
-/// The launch attribute that lets a kernel start before the stream's kernel before it ends.
-fn programmatic_attribute() -> sys::CUlaunchAttribute {
-    // SAFETY: a plain C union of integers; all zeros is a valid value.
-    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-    value.programmaticStreamSerializationAllowed = 1;
-    sys::CUlaunchAttribute {
-        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-        pad: [0; 4],
-        value,
-    }
 }
 
 /// A graph edge from a kernel node to the next that lets the next start once every block of
