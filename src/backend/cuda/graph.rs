@@ -2,7 +2,9 @@
 //! and its own pick are recorded instead of launched ([`Device::start_recording`]), then
 //! launched as a graph built once and replayed, with the arguments that changed since the
 //! last step (positions, pick slots) set in place. Launching ~250 small kernels one by one
-//! leaves gaps between them on the device; a graph launch queues them all at once.
+//! leaves gaps between them on the device; a graph launch queues them all at once. On Hopper
+//! and later each kernel is also a programmatic dependent of the one before, so that its
+//! launch overlaps that kernel's last blocks (cuda/common.cuh's wait_for_prior_grids).
 //!
 //! [`Device::start_recording`]: super::device::Device::start_recording
 
