@@ -242,60 +242,91 @@ struct AttentionCase {
     qk_norm: Option<[Vec<f32>; 2]>,
 }
 
+/// A case's RoPE table, per-head norms and a two-layer cache: each step's keys and values are
+/// stored in layer 1 (layer 0 gets other values, which must not leak).
+struct AttentionRig<B: Backend> {
+    shape: AttentionShape,
+    table: B::Vector,
+    norms: Option<(B::Vector, B::Vector)>,
+    cache: B::KvCache,
+}
+
+impl<B: Load> AttentionRig<B> {
+    fn new(b: &mut B, case: &AttentionCase) -> Self {
+        let table = b
+            .upload_vector("rope", &rope_table(case.n_ctx, case.shape.head_dim))
+            .expect("rope table");
+        let layout = KvLayout {
+            slots: case.slots,
+            n_ctx: case.n_ctx,
+            shape: case.shape,
+            types: case.types,
+            layers: vec![case.opts; 2],
+            qk_norm: case.qk_norm.is_some(),
+        };
+        let cache = b.kv_cache(&layout).expect("cache");
+        let norms = case.qk_norm.as_ref().map(|[q, k]| {
+            let q = b.upload_vector("q norm", q).expect("q norm");
+            let k = b.upload_vector("k norm", k).expect("k norm");
+            (q, k)
+        });
+        Self {
+            shape: case.shape,
+            table,
+            norms,
+            cache,
+        }
+    }
+
+    /// Where attention reads a step's keys and values.
+    fn layer<'a>(&'a self, batch: &'a Batch) -> CacheLayer<'a, B::KvCache> {
+        CacheLayer {
+            cache: &self.cache,
+            layer: 1,
+            batch,
+        }
+    }
+
+    /// Stores a step's keys and values from its `[rows, q | k | v]` products; its rotated
+    /// queries.
+    fn rotate_and_store(&self, b: &mut B, batch: &Batch, qkv: &[f32]) -> B::Tensor {
+        let (qw, kvw) = (self.shape.q_width(), self.shape.kv_width());
+        let n = batch.rows();
+        let rope = Rope {
+            cos_sin: &self.table,
+            qk_norm: self.norms.as_ref().map(|(q, k)| QkNorm { q, k, eps: 1e-6 }),
+        };
+        let q = b.load("q", n, qw, &vec![f32::NAN; n * qw]);
+        let other: Vec<f32> = qkv.iter().map(|v| -0.5 * v).collect();
+        for (values, layer) in [(&other[..], 0), (qkv, 1)] {
+            let x = b.load("qkv", n, qw + 2 * kvw, values);
+            let at = CacheLayer {
+                cache: &self.cache,
+                layer,
+                batch,
+            };
+            b.rope_store_kv(&x, &rope, &q, at);
+        }
+        q
+    }
+}
+
 /// Per step (a batch, and its `[rows, q | k | v]` products): the rotated queries and the
-/// attention output, stored and read in layer 1 of a two-layer cache (layer 0 gets other
-/// values, which must not leak).
+/// attention output, read from layer 1 of [`AttentionRig`]'s cache.
 fn run_attention<B: Load>(
     b: &mut B,
     case: &AttentionCase,
     steps: &[(Batch, Vec<f32>)],
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
-    let shape = case.shape;
-    let (qw, kvw, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
-    let width = qw + 2 * kvw;
-    let table = b
-        .upload_vector("rope", &rope_table(case.n_ctx, hd))
-        .expect("rope table");
-    let layout = KvLayout {
-        slots: case.slots,
-        n_ctx: case.n_ctx,
-        shape,
-        types: case.types,
-        layers: vec![case.opts; 2],
-        qk_norm: case.qk_norm.is_some(),
-    };
-    let cache = b.kv_cache(&layout).expect("cache");
-    let norms = case.qk_norm.as_ref().map(|[q, k]| {
-        let q = b.upload_vector("q norm", q).expect("q norm");
-        let k = b.upload_vector("k norm", k).expect("k norm");
-        (q, k)
-    });
+    let rig = AttentionRig::new(b, case);
+    let qw = case.shape.q_width();
     steps
         .iter()
         .map(|(batch, qkv)| {
             let n = batch.rows();
-            let rope = Rope {
-                cos_sin: &table,
-                qk_norm: norms.as_ref().map(|(q, k)| QkNorm { q, k, eps: 1e-6 }),
-            };
-            let q = b.load("q", n, qw, &vec![f32::NAN; n * qw]);
-            let other: Vec<f32> = qkv.iter().map(|v| -0.5 * v).collect();
-            for (values, layer) in [(&other, 0), (qkv, 1)] {
-                let x = b.load("qkv", n, width, values);
-                let at = CacheLayer {
-                    cache: &cache,
-                    layer,
-                    batch,
-                };
-                b.rope_store_kv(&x, &rope, &q, at);
-            }
+            let q = rig.rotate_and_store(b, batch, qkv);
             let out = b.load("attention out", n, qw, &vec![f32::NAN; n * qw]);
-            let at = CacheLayer {
-                cache: &cache,
-                layer: 1,
-                batch,
-            };
-            b.attention(&q, at, &case.opts, &out);
+            b.attention(&q, rig.layer(batch), &case.opts, &out);
             (read(b, &q, n), read(b, &out, n))
         })
         .collect()
@@ -920,6 +951,18 @@ fn normed_rows(x: &[f32], norm_w: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// A product's float64 reference and scale (from `matmul_reference`) with a residual `acc0`
+/// added: what `matmul_add` into `acc0` must give, and the scale of each value.
+fn plus_residual((prod, scale): (Vec<f64>, Vec<f64>), acc0: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let want = prod.iter().zip(acc0).map(|(p, a)| p + *a as f64).collect();
+    let scale = scale
+        .iter()
+        .zip(acc0)
+        .map(|(s, a)| s + a.abs() as f64)
+        .collect();
+    (want, scale)
+}
+
 /// The fused forms decoding takes: the norm quantized by the kernel that computes it
 /// (`norm_matmul`, `norm_glu`'s and `attention_inputs`' products) and the residual added by the
 /// product (`matmul_add`), for every type with 8-bit products and one without, at 1 and 3
@@ -967,44 +1010,49 @@ fn fused_norm_and_residual_products_match_the_reference() {
             );
 
             let acc0 = random_values(&mut rng, n * ROWS, 1.0);
-            let (prod, scale) = matmul_reference(&decoded, &x, None, cols);
-            let want: Vec<f64> = prod.iter().zip(&acc0).map(|(p, a)| p + *a as f64).collect();
+            let (want, scale) = plus_residual(matmul_reference(&decoded, &x, None, cols), &acc0);
             let acc = b.load("acc", n, ROWS, &acc0);
             b.matmul_add(&xt, &m, &acc, n);
             let what = format!("matmul_add {} n={n}", w.label());
-            let scale = |i: usize| scale[i] + acc0[i].abs() as f64;
-            assert_close(&what, &read(&mut b, &acc, n), &want, ROWS, scale, tol);
+            assert_close(
+                &what,
+                &read(&mut b, &acc, n),
+                &want,
+                ROWS,
+                |i| scale[i],
+                tol,
+            );
         }
     }
 }
 
-/// acc += the product of `down` with `x` in float64, and its scale per value, for a product
-/// that follows the kernel writing `x` (its rows `x_got` as read back).
-fn residual_reference(down: &Weights, x_got: &[f32], acc0: &[f32]) -> (Vec<f64>, Vec<f64>) {
-    let (prod, scale) = matmul_reference(&down.decoded(), x_got, None, down.cols);
-    let want = prod.iter().zip(acc0).map(|(p, a)| p + *a as f64).collect();
-    let scale = scale
-        .iter()
-        .zip(acc0)
-        .map(|(s, a)| s + a.abs() as f64)
-        .collect();
-    (want, scale)
-}
-
-/// That a profiled kernel and the product after it launched no quantization of the kernel's
-/// output, and that the product took 8-bit activations where decoding does.
-fn check_no_second_quantization(
+/// Runs `op`, which writes `n` rows of `x`, then acc += x · wᵀ (from `w`'s weights `m`), under
+/// a profile; checks the sum against a float64 product of `x` as read back, that no
+/// quantization of `x` was launched in between, and that the product took 8-bit activations
+/// where decoding does.
+fn check_product_after(
+    b: &mut CudaBackend,
+    rng: &mut StdRng,
     what: &str,
-    timings: &[vibrant::backend::KernelTiming],
-    int8_product: bool,
+    (w, m): (&Weights, &vibrant::backend::cuda::CudaMatrix),
+    x: &vibrant::backend::cuda::CudaTensor,
+    n: usize,
+    op: impl FnOnce(&mut CudaBackend),
 ) {
+    let int8_product = b.uses_int8_activations(w.ty, n);
+    let acc0 = random_values(rng, n * ROWS, 1.0);
+    let acc = b.load("acc", n, ROWS, &acc0);
+    b.start_profile().expect("profile");
+    op(b);
+    b.matmul_add(x, m, &acc, n);
+    let timings = b.take_profile().expect("timings");
+    let product = matmul_reference(&w.decoded(), &read(b, x, n), None, w.cols);
+    let (want, scale) = plus_residual(product, &acc0);
+    assert_close(what, &read(b, &acc, n), &want, ROWS, |i| scale[i], INT8_TOL);
     let launched = |name: &str| timings.iter().any(|t| t.kernel == name);
     assert!(!launched("quantize_acts"), "{what}: {timings:?}");
-    assert_eq!(
-        launched("matmul_q8_q4_k"),
-        int8_product,
-        "{what}: {timings:?}"
-    );
+    let product = format!("matmul_q8_{}", w.ty.to_string().to_lowercase());
+    assert_eq!(launched(&product), int8_product, "{what}: {timings:?}");
 }
 
 /// The GLU and decode attention (whole and split over shares of the keys) round their outputs
@@ -1018,7 +1066,6 @@ fn outputs_rounded_to_8_bits_by_their_kernel_feed_the_next_product() {
     let width = 512;
     let down = Weights::random(&mut rng, GgmlType::Q4K, ROWS, width);
     let m = down.upload(&mut b, "down");
-    let fused = b.uses_int8_activations(GgmlType::Q4K, 1);
     for n in [1, 3] {
         for act in [Activation::Silu, Activation::GeluTanh] {
             let gate_up = b.load(
@@ -1028,23 +1075,9 @@ fn outputs_rounded_to_8_bits_by_their_kernel_feed_the_next_product() {
                 &random_values(&mut rng, n * 2 * width, 2.0),
             );
             let hidden = b.load("hidden", n, width, &vec![f32::NAN; n * width]);
-            let acc0 = random_values(&mut rng, n * ROWS, 1.0);
-            let acc = b.load("acc", n, ROWS, &acc0);
-            b.start_profile().expect("profile");
-            b.glu(act, &gate_up, &hidden, n);
-            b.matmul_add(&hidden, &m, &acc, n);
-            let timings = b.take_profile().expect("timings");
-            let (want, scale) = residual_reference(&down, &read(&mut b, &hidden, n), &acc0);
             let what = format!("glu {act:?} then matmul_add, n={n}");
-            assert_close(
-                &what,
-                &read(&mut b, &acc, n),
-                &want,
-                ROWS,
-                |i| scale[i],
-                INT8_TOL,
-            );
-            check_no_second_quantization(&what, &timings, fused);
+            let glu = |b: &mut CudaBackend| b.glu(act, &gate_up, &hidden, n);
+            check_product_after(&mut b, &mut rng, &what, (&down, &m), &hidden, n, glu);
         }
     }
 
@@ -1063,50 +1096,14 @@ fn outputs_rounded_to_8_bits_by_their_kernel_feed_the_next_product() {
             types: KvTypes::default(),
             qk_norm: None,
         };
-        let table = b
-            .upload_vector("rope", &rope_table(case.n_ctx, 128))
-            .expect("rope table");
-        let layout = KvLayout {
-            slots: 1,
-            n_ctx: case.n_ctx,
-            shape,
-            types: case.types,
-            layers: vec![case.opts; 1],
-            qk_norm: false,
-        };
-        let cache = b.kv_cache(&layout).expect("cache");
+        let rig = AttentionRig::new(&mut b, &case);
         for (batch, qkv) in &steps {
             let n = batch.rows();
-            let at = CacheLayer {
-                cache: &cache,
-                layer: 0,
-                batch,
-            };
-            let rope = Rope {
-                cos_sin: &table,
-                qk_norm: None,
-            };
-            let x = b.load("qkv", n, qw + 2 * shape.kv_width(), qkv);
-            let q = b.load("q", n, qw, &vec![f32::NAN; n * qw]);
+            let q = rig.rotate_and_store(&mut b, batch, qkv);
             let out = b.load("attention out", n, qw, &vec![f32::NAN; n * qw]);
-            let acc0 = random_values(&mut rng, n * ROWS, 1.0);
-            let acc = b.load("acc", n, ROWS, &acc0);
-            b.rope_store_kv(&x, &rope, &q, at);
-            b.start_profile().expect("profile");
-            b.attention(&q, at, &case.opts, &out);
-            b.matmul_add(&out, &m, &acc, n);
-            let timings = b.take_profile().expect("timings");
-            let (want, scale) = residual_reference(&o, &read(&mut b, &out, n), &acc0);
             let what = format!("attention then matmul_add, {:?}", batch.spans());
-            assert_close(
-                &what,
-                &read(&mut b, &acc, n),
-                &want,
-                ROWS,
-                |i| scale[i],
-                INT8_TOL,
-            );
-            check_no_second_quantization(&what, &timings, fused && n <= 2);
+            let attend = |b: &mut CudaBackend| b.attention(&q, rig.layer(batch), &case.opts, &out);
+            check_product_after(&mut b, &mut rng, &what, (&o, &m), &out, n, attend);
         }
     }
 }
