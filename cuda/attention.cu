@@ -195,23 +195,204 @@ extern "C" __global__ void attention_split(const float* q, const u8* k_cache, co
     for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS) o[2 + d] = acc[d];
 }
 
-// out of (row blockIdx.x, head blockIdx.y) from its `splits` shares in `part` (and its 8-bit
-// form, as attention's).
+// Decode attention of a whole group of query heads (the n_head / n_head_kv <= ATT_GROUP heads
+// that read one key/value head) in one block, so that the group's keys and values are read
+// once rather than once per query head: share blockIdx.z of `splits` of the visible keys of
+// (row blockIdx.x, key/value head blockIdx.y), written into `part` as attention_split writes
+// each of the group's heads. f16 caches; head_dim a multiple of 4, at most ATT_GROUP_HEAD_DIM.
+//
+// Each of the block's GQ_WARPS warps takes runs of GQ_KEYS keys, the run's loads issued
+// together: decoding over a long cache is bound by the loads in flight. A lane holds values
+// 4 lane .. 4 lane + 3 of each head's query and output. Its partial dots of a key with the
+// group's queries are summed over the warp by halves (group_sum), which leaves the score of
+// head (lane / 4) % ATT_GROUP with the lane; those lanes run that head's online softmax and
+// pass its rescale and weights to the warp through shared memory.
+#define GQ_THREADS (32 * GQ_WARPS)
+
+// The sum over the warp of each of the ATT_GROUP (8) values in d, the one of head
+// (lane / 4) % 8 returned: lanes 16 apart swap four heads' partials, 8 apart two, 4 apart one,
+// then plain sums (9 shuffles rather than 8 sums of 5).
+__device__ __forceinline__ float group_sum(float* d, int lane) {
+    const unsigned all = 0xffffffffu;
+    bool hi4 = lane & 16, hi2 = lane & 8, hi1 = lane & 4;
+#pragma unroll
+    for (int g = 0; g < 4; g++) {
+        float send = hi4 ? d[g] : d[g + 4];
+        d[g] = (hi4 ? d[g + 4] : d[g]) + __shfl_xor_sync(all, send, 16);
+    }
+#pragma unroll
+    for (int g = 0; g < 2; g++) {
+        float send = hi2 ? d[g] : d[g + 2];
+        d[g] = (hi2 ? d[g + 2] : d[g]) + __shfl_xor_sync(all, send, 8);
+    }
+    float v = (hi1 ? d[1] : d[0]) + __shfl_xor_sync(all, hi1 ? d[0] : d[1], 4);
+    v += __shfl_xor_sync(all, v, 2);
+    return v + __shfl_xor_sync(all, v, 1);
+}
+
+// Four f16 values (8 bytes) as floats.
+__device__ __forceinline__ float4 f16x4(uint2 w) {
+    return make_float4(f16_to_f32((u16)(w.x & 0xFFFFu)), f16_to_f32((u16)(w.x >> 16)),
+                       f16_to_f32((u16)(w.y & 0xFFFFu)), f16_to_f32((u16)(w.y >> 16)));
+}
+
+__device__ __forceinline__ float dot4(float4 a, float4 b) {
+    return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+__device__ __forceinline__ void add_scaled(float4& acc, float p, float4 v) {
+    acc.x += p * v.x;
+    acc.y += p * v.y;
+    acc.z += p * v.z;
+    acc.w += p * v.w;
+}
+
+extern "C" __global__ void __launch_bounds__(GQ_THREADS, 2)
+    attention_grouped(const float* q, const u8* k_cache, const u8* v_cache, int k_type,
+                      int v_type, float* part, const int* rows, int n_head, int n_head_kv,
+                      int head_dim, float scale, float softcap, int window, int splits) {
+    wait_for_prior_grids();
+    static_assert(ATT_GROUP == 8, "group_sum halves eight heads");
+    static_assert(ATT_GROUP_HEAD_DIM == 128, "a lane holds four values of a head");
+    // Per warp: each head's rescale (row 0) and its run's weights (rows 1..GQ_KEYS).
+    __shared__ float weights[GQ_WARPS][GQ_KEYS + 1][ATT_GROUP];
+    __shared__ float warp_m[GQ_WARPS][ATT_GROUP], warp_l[GQ_WARPS][ATT_GROUP];
+    __shared__ __align__(16) float warp_acc[GQ_WARPS][ATT_GROUP][ATT_GROUP_HEAD_DIM];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, d = 4 * lane;
+    int t = blockIdx.x, kv_head = blockIdx.y, group = n_head / n_head_kv;
+    int pos = rows[2 * t + 1];
+    int first = window > 0 ? max(0, pos + 1 - window) : 0;
+    int share = (pos + 1 - first + splits - 1) / splits;
+    int lo = first + blockIdx.z * share, hi = min(pos, lo + share - 1);
+    // Rows of f16 values: a key's (value's) head is row_words u16s after the one before.
+    u64 row_words = (u64)n_head_kv * head_dim, start = (u64)rows[2 * t];
+    const u16* keys = (const u16*)k_cache + start * row_words + (u64)kv_head * head_dim + d;
+    const u16* values = (const u16*)v_cache + start * row_words + (u64)kv_head * head_dim + d;
+    bool lane_in = d < head_dim;
+
+    float4 qv[ATT_GROUP], acc[ATT_GROUP];
+    const float* qg = q + ((u64)t * n_head + (u64)kv_head * group) * head_dim + d;
+#pragma unroll
+    for (int g = 0; g < ATT_GROUP; g++) {
+        bool in = g < group && lane_in;
+        qv[g] = in ? make_float4(qg[g * head_dim], qg[g * head_dim + 1], qg[g * head_dim + 2],
+                                 qg[g * head_dim + 3])
+                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        acc[g] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    // The online softmax of head (lane / 4) % ATT_GROUP.
+    int h = (lane / 4) % ATT_GROUP;
+    float m = NEG_INF, l = 0.0f;
+    for (int key0 = lo + GQ_KEYS * warp; key0 <= hi; key0 += GQ_KEYS * GQ_WARPS) {
+        uint2 kw[GQ_KEYS], vw[GQ_KEYS];
+#pragma unroll
+        for (int j = 0; j < GQ_KEYS; j++) {
+            u64 at = (u64)min(key0 + j, hi) * row_words;
+            kw[j] = lane_in ? *(const uint2*)(keys + at) : make_uint2(0u, 0u);
+            vw[j] = lane_in ? *(const uint2*)(values + at) : make_uint2(0u, 0u);
+        }
+        float s[GQ_KEYS], m_new = m;
+#pragma unroll
+        for (int j = 0; j < GQ_KEYS; j++) {
+            float4 k = f16x4(kw[j]);
+            float dots[ATT_GROUP];
+#pragma unroll
+            for (int g = 0; g < ATT_GROUP; g++) dots[g] = dot4(qv[g], k);
+            s[j] = scale * group_sum(dots, lane);
+            if (softcap > 0.0f) s[j] = softcap * tanhf(s[j] / softcap);
+            // Past hi (the run's end) a key weighs nothing.
+            if (key0 + j > hi) s[j] = NEG_INF;
+            m_new = fmaxf(m_new, s[j]);
+        }
+        // The run's first key is visible, so m_new is finite.
+        float alpha = expf(m - m_new);
+        l *= alpha;
+        if (lane % 4 == 0) weights[warp][0][h] = alpha;
+#pragma unroll
+        for (int j = 0; j < GQ_KEYS; j++) {
+            float p = expf(s[j] - m_new);
+            l += p;
+            if (lane % 4 == 0) weights[warp][1 + j][h] = p;
+        }
+        m = m_new;
+        __syncwarp();
+#pragma unroll
+        for (int g = 0; g < ATT_GROUP; g++) {
+            float a = weights[warp][0][g];
+            acc[g] = make_float4(acc[g].x * a, acc[g].y * a, acc[g].z * a, acc[g].w * a);
+        }
+#pragma unroll
+        for (int j = 0; j < GQ_KEYS; j++) {
+            float4 v = f16x4(vw[j]);
+#pragma unroll
+            for (int g = 0; g < ATT_GROUP; g++) add_scaled(acc[g], weights[warp][1 + j][g], v);
+        }
+        __syncwarp();
+    }
+    if (lane % 4 == 0) {
+        warp_m[warp][h] = m;
+        warp_l[warp][h] = l;
+    }
+#pragma unroll
+    for (int g = 0; g < ATT_GROUP; g++)
+        if (lane_in) *(float4*)&warp_acc[warp][g][d] = acc[g];
+    __syncthreads();
+    // Thread by thread, (head, value) pairs of the group merged over the warps.
+    for (int e = threadIdx.x; e < group * head_dim; e += GQ_THREADS) {
+        int g = e / head_dim, dd = e % head_dim;
+        float mg = NEG_INF, lg = 0.0f, sum = 0.0f;
+        for (int w = 0; w < GQ_WARPS; w++) mg = fmaxf(mg, warp_m[w][g]);
+        for (int w = 0; w < GQ_WARPS; w++)
+            if (warp_m[w][g] != NEG_INF) {
+                float f = expf(warp_m[w][g] - mg);
+                lg += warp_l[w][g] * f;
+                sum += warp_acc[w][g][dd] * f;
+            }
+        u64 hq = (u64)kv_head * group + g;
+        float* o = part + (((u64)t * n_head + hq) * splits + blockIdx.z) * (head_dim + 2);
+        if (dd == 0) {
+            o[0] = mg;
+            o[1] = lg;
+        }
+        o[2 + dd] = sum;
+    }
+}
+
+// out of (row blockIdx.x, head blockIdx.y) from its `splits` (at most MAX_SHARES) shares in
+// `part` (and its 8-bit form, as attention's). The shares' weights go to shared memory once;
+// each warp then sums every ATT_WARPS-th share's values, its loads in flight together, and the
+// warps' sums are added.
 extern "C" __global__ void attention_merge(const float* part, float* out, int n_head,
                                            int head_dim, int splits, i8* q8, float2* ds) {
     wait_for_prior_grids();
-    const float* parts = part + ((u64)blockIdx.x * n_head + blockIdx.y) * splits * (head_dim + 2);
+    __shared__ float w[MAX_SHARES];
+    __shared__ float sums[ATT_WARPS][MAX_HEAD_DIM];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    u64 stride = head_dim + 2;
+    const float* parts = part + ((u64)blockIdx.x * n_head + blockIdx.y) * splits * stride;
     float m = NEG_INF;
-    for (int s = 0; s < splits; s++) m = fmaxf(m, parts[s * (head_dim + 2)]);
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float l = 0.0f, acc = 0.0f;
-        for (int s = 0; s < splits; s++) {
-            const float* ps = parts + s * (head_dim + 2);
-            if (ps[0] == NEG_INF) continue;
-            float w = expf(ps[0] - m);
-            l += ps[1] * w;
-            acc += ps[2 + d] * w;
-        }
+    for (int s = threadIdx.x; s < splits; s += ATT_THREADS) m = fmaxf(m, parts[s * stride]);
+    m = block_max(m);
+    // An empty share has maximum -inf and weighs nothing.
+    float l = 0.0f;
+    for (int s = threadIdx.x; s < splits; s += ATT_THREADS) {
+        float ms = parts[s * stride];
+        w[s] = ms == NEG_INF ? 0.0f : expf(ms - m);
+        l += w[s] * parts[s * stride + 1];
+    }
+    l = block_sum(l);
+    for (int d0 = 0; d0 < head_dim; d0 += 32) {
+        int d = d0 + lane;
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int s = warp; s < splits; s += ATT_WARPS)
+            if (d < head_dim) acc += w[s] * parts[s * stride + 2 + d];
+        sums[warp][d] = acc;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < head_dim; d += ATT_THREADS) {
+        float acc = 0.0f;
+        for (int k = 0; k < ATT_WARPS; k++) acc += sums[k][d];
         write_head(out, q8, ds, head_dim, n_head, d, acc / l);
     }
 }

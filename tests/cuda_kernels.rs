@@ -643,20 +643,39 @@ fn q8_0_caches_match_the_cpu() {
 }
 
 /// Decoding over long caches, where too few (row, head) blocks fill the GPU and each one's
-/// keys are shared among blocks (attention_split, then attention_merge): three sequences of
-/// 1,100, 300 and 20 keys decoding together (the short one's shares of a handful of keys),
-/// then two rows of one, with f16 and q8_0 caches, with and without a window of 280.
+/// keys are shared among blocks (then merged): three sequences of 1,100, 300 and 20 keys
+/// decoding together (the short one's shares of a handful of keys), then two rows of one,
+/// with f16 and q8_0 caches, with and without a window of 280. With f16 caches, groups of up
+/// to eight query heads per key/value head and heads of up to 128 take a block per group
+/// (attention_grouped: groups of 3, 7 and 8, heads of 128, 96 and 64); the rest a block per
+/// query head (attention_split: q8_0 caches, a group of 9, a head of 256).
 #[test]
 fn split_attention_over_long_caches_matches_the_cpu() {
     let mut rng = rng(15);
     let span = |slot, pos, len| Span { slot, pos, len };
     let q8 = CacheType::Q8_0;
-    for (types, window) in [
+    let shapes = [
+        (6, 2, 128),
+        (14, 2, 96),
+        (8, 1, 64),
+        (9, 1, 64),
+        (4, 2, 256),
+    ];
+    let kinds = [
         (KvTypes::default(), None),
         (KvTypes { k: q8, v: q8 }, None),
         (KvTypes::default(), Some(280)),
-    ] {
-        let shape = shape(128, RopeKind::Neox);
+    ];
+    for ((n_head, n_head_kv, head_dim), (types, window)) in shapes
+        .into_iter()
+        .flat_map(|s| kinds.into_iter().map(move |k| (s, k)))
+    {
+        let shape = AttentionShape {
+            n_head,
+            n_head_kv,
+            head_dim,
+            rope: RopeKind::Neox,
+        };
         let batches = [
             Batch::one(0, 0, 1100),
             Batch::one(1, 0, 300),
@@ -670,14 +689,16 @@ fn split_attention_over_long_caches_matches_the_cpu() {
             opts: AttentionOpts {
                 window,
                 softcap: window.map(|_| 5.0),
-                ..AttentionOpts::causal(128)
+                ..AttentionOpts::causal(head_dim)
             },
             slots: 3,
             n_ctx: 1200,
             types,
             qk_norm: None,
         };
-        check_attention(&case, &steps, &format!("split, {types}, window {window:?}"));
+        let what =
+            format!("split, {n_head}/{n_head_kv} heads of {head_dim}, {types}, window {window:?}");
+        check_attention(&case, &steps, &what);
     }
 }
 

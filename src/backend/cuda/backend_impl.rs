@@ -5,14 +5,15 @@
 use super::kernels::{has_q8_products, int, ArgBits, Kernel};
 use super::{
     graph, BatchRows, CudaBackend, CudaKvCache, CudaMatrix, CudaPart, CudaTensor, CudaVector,
-    DeviceBuffer, ATT_THREADS, FA_ROWS, FILL_SLOTS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES,
-    MMA_ROWS, MMA_TOKENS, MM_TOKENS, MV_WARPS, PICK_THREADS, Q8_ROWS, SPLIT_BELOW_BLOCKS,
+    DeviceBuffer, ATT_GROUP, ATT_GROUP_HEAD_DIM, ATT_THREADS, FA_ROWS, FILL_SLOTS, GQ_FILL_WARPS,
+    GQ_KEYS_PER_WARP, GQ_WARPS, KEYS_PER_SHARE, MAX_HEAD_DIM, MAX_SHARES, MMA_ROWS, MMA_TOKENS,
+    MM_TOKENS, MV_WARPS, PICK_THREADS, Q8_ROWS, SHARE_SLOTS, SPLIT_BELOW_BLOCKS,
 };
 use crate::backend::weights::{check_parts, expert_count};
 use crate::backend::{
-    Activation, AttentionOpts, Backend, BackendError, Batch, CacheLayer, CacheType, ExpertInput,
-    HostTokens, KernelTiming, KvLayout, MatrixUse, Pointwise, Result, RmsNorm, Rope, Routing,
-    Scratch, WeightRows,
+    Activation, AttentionOpts, AttentionShape, Backend, BackendError, Batch, CacheLayer, CacheType,
+    ExpertInput, HostTokens, KernelTiming, KvLayout, KvTypes, MatrixUse, Pointwise, Result,
+    RmsNorm, Rope, Routing, Scratch, WeightRows,
 };
 use std::rc::Rc;
 
@@ -40,19 +41,42 @@ fn cache_type(ty: CacheType) -> u64 {
     ty.ggml_type().id() as u64
 }
 
+/// The most keys any row of the batch sees.
+fn longest_visible(batch: &Batch, window: Option<usize>) -> usize {
+    let visible = |pos: usize| window.map_or(pos + 1, |w| w.min(pos + 1));
+    batch
+        .positions()
+        .map(|(_, p)| visible(p))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Shares of each (row, head)'s keys for `blocks` of them: one where they fill the GPU or the
 /// longest row sees few keys, else enough that each share has about KEYS_PER_SHARE keys.
 fn attention_shares(batch: &Batch, window: Option<usize>, blocks: usize) -> usize {
     if blocks >= SPLIT_BELOW_BLOCKS {
         return 1;
     }
-    let visible = |pos: usize| window.map_or(pos + 1, |w| w.min(pos + 1));
-    let longest = batch
-        .positions()
-        .map(|(_, p)| visible(p))
-        .max()
-        .unwrap_or(0);
-    longest.div_ceil(KEYS_PER_SHARE).clamp(1, MAX_SHARES)
+    longest_visible(batch, window)
+        .div_ceil(KEYS_PER_SHARE)
+        .clamp(1, MAX_SHARES)
+}
+
+/// Shares of each (row, key/value head)'s keys for attention_grouped's `blocks` of them: as
+/// many as give the GPU about GQ_FILL_WARPS warps, each with GQ_KEYS_PER_WARP keys or more.
+fn grouped_shares(batch: &Batch, window: Option<usize>, blocks: usize) -> usize {
+    let by_keys = longest_visible(batch, window).div_ceil(GQ_WARPS * GQ_KEYS_PER_WARP);
+    let to_fill = GQ_FILL_WARPS / (blocks * GQ_WARPS);
+    by_keys.min(to_fill).clamp(1, MAX_SHARES)
+}
+
+/// Whether decode attention takes every query head of a key/value head in one block
+/// (attention_grouped), reading its keys and values once for all of them.
+fn decodes_groups(shape: &AttentionShape, types: KvTypes) -> bool {
+    shape.n_head / shape.n_head_kv <= ATT_GROUP
+        && shape.head_dim <= ATT_GROUP_HEAD_DIM
+        && shape.head_dim.is_multiple_of(4)
+        && types == KvTypes::default()
 }
 
 /// Warps per Q8_ROWS weight rows of cuda/matmul_q8.cu's products: the fewest (a power of two
@@ -272,13 +296,12 @@ impl CudaBackend {
         Some(buf)
     }
 
-    /// The buffer of split attention's shares, for the most (row, head) blocks it is used
-    /// below, of MAX_SHARES shares each.
+    /// The buffer of split attention's shares: SHARE_SLOTS (row, head, share) outputs.
     fn shares_buffer(&mut self, head_dim: usize) -> Option<Rc<DeviceBuffer>> {
         if let Some(b) = &self.attention_shares {
             return Some(b.clone());
         }
-        let bytes = 4 * SPLIT_BELOW_BLOCKS * MAX_SHARES * (MAX_HEAD_DIM.max(head_dim) + 2);
+        let bytes = 4 * SHARE_SLOTS * (MAX_HEAD_DIM.max(head_dim) + 2);
         match DeviceBuffer::new(&self.device, bytes, "split attention's shares") {
             Ok(buf) => {
                 self.bytes_held += buf.bytes as u64;
@@ -1049,7 +1072,12 @@ impl Backend for CudaBackend {
         let acts = self.fused_acts_q8(out, n, shape.head_dim.is_multiple_of(32));
         let args = args(&[rows.ptr]);
         let grid = (n as u32, shape.n_head as u32, 1);
-        let shares = attention_shares(at.batch, opts.window, n * shape.n_head);
+        let grouped = decodes_groups(&shape, cache.types);
+        let shares = match grouped {
+            true => grouped_shares(at.batch, opts.window, n * shape.n_head_kv),
+            false => attention_shares(at.batch, opts.window, n * shape.n_head),
+        };
+        let shares = shares.min(SHARE_SLOTS / (n * shape.n_head)).max(1);
         if shares == 1 {
             self.launch(
                 Kernel::Attention,
@@ -1066,13 +1094,12 @@ impl Backend for CudaBackend {
         let mut split_args = args;
         split_args[5] = part.ptr;
         split_args.push(int(shares));
-        let split_grid = (grid.0, grid.1, shares as u32);
-        self.launch(
-            Kernel::AttentionSplit,
-            split_grid,
-            ATT_THREADS as u32,
-            &split_args,
-        );
+        let (kernel, heads, threads) = match grouped {
+            true => (Kernel::AttentionGrouped, shape.n_head_kv, 32 * GQ_WARPS),
+            false => (Kernel::AttentionSplit, shape.n_head, ATT_THREADS),
+        };
+        let split_grid = (grid.0, heads as u32, shares as u32);
+        self.launch(kernel, split_grid, threads as u32, &split_args);
         let merge_args = [
             part.ptr,
             out.buf.ptr,
@@ -1339,6 +1366,31 @@ mod tests {
         assert_eq!(q8_row_warps(Q8_ROWS * Q8_WARPS / 2), 2.min(MV_WARPS));
         assert_eq!(q8_row_warps(Q8_ROWS * Q8_WARPS), 1);
         assert_eq!(q8_row_warps(151_936), 1);
+    }
+
+    #[test]
+    fn grouped_attention_fills_the_gpu_with_warps_of_enough_keys() {
+        let decode = Batch::one(0, 16383, 1);
+        let most = GQ_FILL_WARPS / (2 * GQ_WARPS);
+        assert_eq!(grouped_shares(&decode, None, 2), most.min(MAX_SHARES));
+        let keys_per_share = GQ_WARPS * GQ_KEYS_PER_WARP;
+        let short = Batch::one(0, 3 * keys_per_share - 1, 1);
+        assert_eq!(grouped_shares(&short, None, 2), 3);
+        assert_eq!(grouped_shares(&short, Some(keys_per_share), 2), 1);
+        assert_eq!(grouped_shares(&decode, None, GQ_FILL_WARPS), 1);
+        let shape = |n_head, head_dim| AttentionShape {
+            n_head,
+            n_head_kv: 2,
+            head_dim,
+            rope: crate::backend::RopeKind::Neox,
+        };
+        let f16 = KvTypes::default();
+        assert!(decodes_groups(&shape(16, 128), f16));
+        assert!(!decodes_groups(&shape(18, 128), f16));
+        assert!(!decodes_groups(&shape(16, 256), f16));
+        assert!(!decodes_groups(&shape(16, 126), f16));
+        let q8 = crate::backend::CacheType::Q8_0;
+        assert!(!decodes_groups(&shape(16, 128), KvTypes { k: q8, v: q8 }));
     }
 
     #[test]

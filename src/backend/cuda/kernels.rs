@@ -34,6 +34,7 @@ pub(crate) enum Kernel {
     RopeStoreKv,
     Attention,
     AttentionSplit,
+    AttentionGrouped,
     AttentionMerge,
     AttentionFlash,
     MoeRoute,
@@ -46,7 +47,7 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    const FIXED: [Kernel; 22] = [
+    const FIXED: [Kernel; 23] = [
         Kernel::Matmul,
         Kernel::QuantizeActs,
         Kernel::RmsNormQuantize,
@@ -60,6 +61,7 @@ impl Kernel {
         Kernel::RopeStoreKv,
         Kernel::Attention,
         Kernel::AttentionSplit,
+        Kernel::AttentionGrouped,
         Kernel::AttentionMerge,
         Kernel::AttentionFlash,
         Kernel::MoeRoute,
@@ -105,6 +107,7 @@ impl Kernel {
             Self::RopeStoreKv => ("rope", "rope_store_kv"),
             Self::Attention => ("attention", "attention"),
             Self::AttentionSplit => ("attention", "attention_split"),
+            Self::AttentionGrouped => ("attention", "attention_grouped"),
             Self::AttentionMerge => ("attention", "attention_merge"),
             Self::AttentionFlash => ("attention", "attention_flash"),
             Self::MoeRoute => ("moe", "moe_route"),

@@ -69,17 +69,37 @@ const _: () = assert!(
         && MAX_HEAD_DIM.is_multiple_of(64)
         && FA_ROWS == 64
         && MV_WARPS.is_power_of_two()
+        && ATT_GROUP == 8
+        && ATT_GROUP_HEAD_DIM == 128
+        && SHARE_SLOTS >= MAX_SHARES
 );
 /// Split attention: below this many (row, head) blocks the GPU is not full, and each block's
-/// keys are shared among up to MAX_SHARES blocks of at least KEYS_PER_SHARE keys each.
+/// keys are shared among up to MAX_SHARES blocks of at least KEYS_PER_SHARE keys each, whose
+/// outputs (SHARE_SLOTS of them at most) are then merged.
 const SPLIT_BELOW_BLOCKS: usize = 256;
-const MAX_SHARES: usize = 64;
+const MAX_SHARES: usize = 128;
 const KEYS_PER_SHARE: usize = 64;
+const SHARE_SLOTS: usize = 16384;
+/// cuda/attention.cu's attention_grouped, which decodes every query head of a key/value head
+/// in one block of GQ_WARPS warps, each taking runs of GQ_KEYS keys: the most query heads a
+/// key/value head may have, and the longest head. Its shares are of GQ_KEYS_PER_WARP keys a
+/// warp at least, and as many as give the GPU about GQ_FILL_WARPS warps.
+const ATT_GROUP: usize = 8;
+const ATT_GROUP_HEAD_DIM: usize = 128;
+const GQ_WARPS: usize = 8;
+const GQ_KEYS: usize = 8;
+const GQ_KEYS_PER_WARP: usize = 8;
+const GQ_FILL_WARPS: usize = 2048;
 
 /// The constants the kernels are compiled with (as `-D` options): Rust is their one source.
-pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 11] = [
+pub(crate) const KERNEL_CONSTANTS: [(&str, usize); 16] = [
     ("MAX_HEAD_DIM", MAX_HEAD_DIM),
     ("ATT_THREADS", ATT_THREADS),
+    ("ATT_GROUP", ATT_GROUP),
+    ("ATT_GROUP_HEAD_DIM", ATT_GROUP_HEAD_DIM),
+    ("GQ_WARPS", GQ_WARPS),
+    ("GQ_KEYS", GQ_KEYS),
+    ("MAX_SHARES", MAX_SHARES),
     ("MM_TOKENS", MM_TOKENS),
     ("MV_WARPS", MV_WARPS),
     ("Q8_ROWS", Q8_ROWS),
