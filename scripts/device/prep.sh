@@ -2,6 +2,18 @@
 # tool runs them in the checkout's root, with $OUT for files to bring back): logs to
 # $OUT/log.txt, unpacks the loaders (.gl, Debian's libvulkan1 and libEGL debs) and the bundle
 # that scripts/device/bundle.sh made (.devk/b.tar.xz), and defines the helpers below.
+#
+# The ignored folders it reads are made here, once per checkout (list them in
+# .git/info/exclude):
+#   .gl:       o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+#              mkdir -p .gl /tmp/amd64/partial && apt-get $o update && (cd .gl && apt-get $o
+#              download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+#   .anchors:  cp ../shared/anchors/llama-bench-cuda.xz .anchors/ (only for llama's calls:
+#              it is 42 of the 64 MiB a call may carry)
+#   .devm:     python3 scripts/fetch_model.py smollm2-135m, then split -b 50M of its file
+#              into .devm/part- (models-1.sh and models-2.sh carry one piece each)
+#   .devk:     scripts/device/bundle.sh, after cargo build --release --features cuda --bin
+#              vibrant --tests
 exec > >(tee -a "$OUT/log.txt") 2>&1
 T0=$(date +%s)
 left() { echo "[t=$(( $(date +%s) - T0 ))s] $*"; }
