@@ -3,8 +3,8 @@
 // then a warp per weight row (several for short matrices) takes dot products of weight bytes
 // with activation bytes four at a time (__dp4a), scaling each block's integer sum once.
 // Decoding every weight to f32 costs more instructions than the memory needs: that, not the
-// bandwidth, bounded decode before (BENCHMARKS.md). A lane's unit is a few bytes of one weight block, so that neighbouring
-// lanes read neighbouring weights and activations.
+// bandwidth, bounded decode before (BENCHMARKS.md). A lane's unit is a few bytes of one weight
+// block, so that neighbouring lanes read neighbouring weights and activations.
 
 // The activations of `blocks` blocks of 32 (all tokens' rows, back to back): q the bytes,
 // ds[b] = (d, d · Σ q) of block b. A warp per block.

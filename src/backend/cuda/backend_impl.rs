@@ -1389,7 +1389,7 @@ mod tests {
         assert!(!decodes_groups(&shape(18, 128), f16));
         assert!(!decodes_groups(&shape(16, 256), f16));
         assert!(!decodes_groups(&shape(16, 126), f16));
-        let q8 = crate::backend::CacheType::Q8_0;
+        let q8 = CacheType::Q8_0;
         assert!(!decodes_groups(&shape(16, 128), KvTypes { k: q8, v: q8 }));
     }
 
