@@ -1072,7 +1072,9 @@ fn check_product_after(
     assert_close(what, &read(b, &acc, n), &want, ROWS, |i| scale[i], INT8_TOL);
     let launched = |name: &str| timings.iter().any(|t| t.kernel == name);
     assert!(!launched("quantize_acts"), "{what}: {timings:?}");
-    let product = format!("matmul_q8_{}", w.ty.to_string().to_lowercase());
+    // A single token's product has kernels of its own.
+    let one = if n == 1 { "_1" } else { "" };
+    let product = format!("matmul_q8_{}{one}", w.ty.to_string().to_lowercase());
     assert_eq!(launched(&product), int8_product, "{what}: {timings:?}");
 }
 
@@ -1156,6 +1158,109 @@ fn decode_products_of_model_shapes_match_the_reference() {
                 rows,
                 |i| scale[i],
                 matmul_tol(&b, ty, n),
+            );
+        }
+    }
+}
+
+/// One step's `attention_inputs` with RoPE and the cache write done by the [q | k | v]
+/// products themselves (cuda/matmul_q8.cu's matmul_q8_rope) against the same step as
+/// `norm_matmul` then `rope_store_kv`: queries and attention over the stored keys and values
+/// agree to the f32 sums' order (the two spread a row over other warps) and an f16 step of the
+/// cache, over decode-sized steps of 3, 1 and 8 rows, for parts of several types (q and k
+/// apart from v), a bias, both RoPE pairings and heads of 64, 80 and 128.
+#[test]
+fn rope_in_the_qkv_products_matches_rope_apart() {
+    let mut rng = rng(31);
+    let cases = [
+        (128, RopeKind::Neox, [GgmlType::Q4K, GgmlType::Q6K], 256),
+        (64, RopeKind::Normal, [GgmlType::Q8_0, GgmlType::Q8_0], 416),
+        (80, RopeKind::Neox, [GgmlType::Q4_0, GgmlType::Q5K], 256),
+    ];
+    for (head_dim, rope_kind, [qk_type, v_type], cols) in cases {
+        let shape = shape(head_dim, rope_kind);
+        let (qw, kvw) = (shape.q_width(), shape.kv_width());
+        let case = AttentionCase {
+            shape,
+            opts: AttentionOpts::causal(head_dim),
+            slots: 1,
+            n_ctx: 16,
+            types: KvTypes::default(),
+            qk_norm: None,
+        };
+        let mut b = cuda();
+        let qk = Weights::random(&mut rng, qk_type, qw + kvw, cols);
+        let v = Weights::random(&mut rng, v_type, kvw, cols);
+        let bias = random_values(&mut rng, qw + 2 * kvw, 1.0);
+        let parts = vec![
+            qk.rows_of(Some(&bias[..qw + kvw])),
+            v.rows_of(Some(&bias[qw + kvw..])),
+        ];
+        let m = b
+            .upload_matrix("qkv", cols, parts, MatrixUse::Plain)
+            .expect("qkv");
+        let norm_w = random_values(&mut rng, cols, 1.0);
+        let g_norm = b.upload_vector("norm", &norm_w).expect("norm weight");
+        let norm = RmsNorm {
+            weight: &g_norm,
+            eps: 1e-6,
+        };
+        let [fused, apart] = [(); 2].map(|()| AttentionRig::new(&mut b, &case));
+        let mut pos = 0;
+        for n in [3, 1, 8] {
+            let what = format!("head_dim {head_dim} {rope_kind:?} {qk_type}/{v_type}, {n} rows");
+            let batch = Batch::one(0, pos, n);
+            pos += n;
+            let x = b.load("x", n, cols, &random_values(&mut rng, n * cols, 2.0));
+            let mut outputs = Vec::new();
+            for (rig, in_products) in [(&fused, true), (&apart, false)] {
+                let rope = Rope {
+                    cos_sin: &rig.table,
+                    qk_norm: None,
+                };
+                let q = b.load("q", n, qw, &vec![f32::NAN; n * qw]);
+                b.start_profile().expect("profile");
+                if in_products {
+                    b.attention_inputs(&x, norm, &m, &rope, &q, rig.layer(&batch));
+                } else {
+                    let products =
+                        b.load("qkv", n, qw + 2 * kvw, &vec![f32::NAN; n * (qw + 2 * kvw)]);
+                    b.norm_matmul(&x, norm, &m, &products, n);
+                    b.rope_store_kv(&products, &rope, &q, rig.layer(&batch));
+                }
+                let timings = b.take_profile().expect("timings");
+                let launched = |name: &str| timings.iter().any(|t| t.kernel.starts_with(name));
+                assert_eq!(
+                    launched("matmul_q8_rope"),
+                    in_products,
+                    "{what}: {timings:?}"
+                );
+                assert_eq!(
+                    launched("rope_store_kv"),
+                    !in_products,
+                    "{what}: {timings:?}"
+                );
+                let out = b.load("out", n, qw, &vec![f32::NAN; n * qw]);
+                b.attention(&q, rig.layer(&batch), &case.opts, &out);
+                outputs.push((read(&mut b, &q, n), read(&mut b, &out, n)));
+            }
+            let [(fq, fo), (aq, ao)] = [outputs.remove(0), outputs.remove(0)];
+            let scale = fq.iter().chain(&aq).fold(0f32, |m, v| m.max(v.abs())) as f64;
+            assert_close(
+                &format!("q, {what}"),
+                &fq,
+                &to_f64(&aq),
+                qw,
+                |_| scale,
+                1e-5,
+            );
+            assert_close(
+                &format!("attention, {what}"),
+                &fo,
+                &to_f64(&ao),
+                qw,
+                |_| 1.0,
+                2e-3,
             );
         }
     }

@@ -59,8 +59,9 @@ fn kernel_bodies(ptx: &str) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// Whether an instruction touches memory that another kernel may write or read (parameters
-/// and prefetches do not).
+/// Whether an instruction touches memory that another kernel may write or read (parameters,
+/// prefetches and the read-only path's loads do not: kernels read weights, which nothing
+/// writes, through it before they wait).
 fn touches_memory(instruction: &str) -> bool {
     // A predicated instruction (`@%p1 ld.global …`) names its predicate first.
     let mut words = instruction
@@ -71,6 +72,7 @@ fn touches_memory(instruction: &str) -> bool {
         .iter()
         .any(|p| op.starts_with(p))
         && !op.starts_with("ld.param")
+        && !op.starts_with("ld.global.nc")
 }
 
 /// In a decode step's graph, each kernel may start before the one before it ends (graph.rs):
@@ -103,7 +105,8 @@ fn every_kernel_waits_for_the_kernel_before_it_before_touching_memory() {
 #[test]
 fn an_access_before_the_wait_is_caught() {
     let ptx = ".entry k(\n.param .u64 k_param_0\n)\n{\nld.param.u64 %rd1, [k_param_0];\n\
-               prefetch.global.L2 [%rd1];\n@%p1 ld.global.f32 %f1, [%rd1];\n\
+               prefetch.global.L2 [%rd1];\nld.global.nc.f32 %f2, [%rd1];\n\
+               @%p1 ld.global.f32 %f1, [%rd1];\n\
                griddepcontrol.wait;\nst.global.f32 [%rd1], %f1;\n}\n";
     let bodies = kernel_bodies(ptx);
     assert_eq!(bodies.len(), 1);

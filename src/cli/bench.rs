@@ -700,9 +700,11 @@ fn print_profile(what: &str, n_tokens: usize, timings: &[KernelTiming]) {
         timings.len(),
         total * 1e3
     );
-    let mut by_kernel: BTreeMap<&str, (usize, f64, u64, u64)> = BTreeMap::new();
+    // Launches of one kernel on matrices of one size together: a layer's q and o products
+    // apart from its gate and up.
+    let mut by_kernel: BTreeMap<(&str, u64), (usize, f64, u64, u64)> = BTreeMap::new();
     for t in timings {
-        let e = by_kernel.entry(&t.kernel).or_default();
+        let e = by_kernel.entry((&t.kernel, t.bytes)).or_default();
         e.0 += 1;
         e.1 += t.seconds;
         e.2 += t.bytes;
@@ -710,11 +712,12 @@ fn print_profile(what: &str, n_tokens: usize, timings: &[KernelTiming]) {
     }
     let mut rows: Vec<_> = by_kernel.into_iter().collect();
     rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-    println!("| kernel | dispatches | time (µs) | share | GB/s | TFLOP/s |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for (kernel, (count, seconds, bytes, flops)) in rows {
+    println!("| kernel | MB a dispatch | dispatches | time (µs) | share | GB/s | TFLOP/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for ((kernel, size), (count, seconds, bytes, flops)) in rows {
         println!(
-            "| {kernel} | {count} | {:.1} | {:.1}% | {:.0} | {:.2} |",
+            "| {kernel} | {:.2} | {count} | {:.1} | {:.1}% | {:.0} | {:.2} |",
+            size as f64 / 1e6,
             seconds * 1e6,
             100.0 * seconds / total,
             bytes as f64 / seconds / 1e9,

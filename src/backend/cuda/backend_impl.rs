@@ -364,20 +364,31 @@ impl CudaBackend {
             self.matmul(&normed, w, out, n);
             return;
         }
-        let ok = norm.weight.len == x.cols;
-        if !self.product_fits(x, w, out, n)
-            || !self.check(ok, || {
-                format!(
-                    "rms_norm before {}: a weight of {} for rows of {}",
-                    w.name, norm.weight.len, x.cols
-                )
-            })
-        {
-            return;
+        if self.product_fits(x, w, out, n) {
+            if let Some(acts) = self.normed_acts(x, norm, w, n) {
+                self.q8_products(acts, w, out, n, false);
+            }
         }
-        let Some(acts) = self.acts_buffer(n, x.cols) else {
-            return;
-        };
+    }
+
+    /// rms_norm(x) rounded to 8 bits for the products with `w` after it, in one launch.
+    fn normed_acts(
+        &mut self,
+        x: &CudaTensor,
+        norm: RmsNorm<'_, CudaVector>,
+        w: &CudaMatrix,
+        n: usize,
+    ) -> Option<QuantizedActs> {
+        let ok = norm.weight.len == x.cols;
+        if !self.check(ok, || {
+            format!(
+                "rms_norm before {}: a weight of {} for rows of {}",
+                w.name, norm.weight.len, x.cols
+            )
+        }) {
+            return None;
+        }
+        let acts = self.acts_buffer(n, x.cols)?;
         self.costs(4 * n * x.cols, 0);
         let args = [
             x.buf.ptr,
@@ -389,7 +400,145 @@ impl CudaBackend {
         ];
         let threads = norm_threads(x.cols);
         self.launch(Kernel::RmsNormQuantize, (n as u32, 1, 1), threads, &args);
-        self.q8_products(acts, w, out, n, false);
+        Some(acts)
+    }
+
+    /// Whether a step's `qkv_width` products fit the cache, q and the RoPE table (else the
+    /// failure is recorded).
+    fn rope_fits(
+        &mut self,
+        qkv_width: usize,
+        rope: &Rope<'_, CudaVector>,
+        q: &CudaTensor,
+        at: CacheLayer<'_, CudaKvCache>,
+    ) -> bool {
+        let shape = at.cache.shape;
+        let (qw, kvw, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+        let n = at.batch.rows();
+        let last_pos = at.batch.positions().map(|(_, p)| p).max().unwrap_or(0);
+        let norms_fit = rope
+            .qk_norm
+            .as_ref()
+            .is_none_or(|nm| nm.q.len == hd && nm.k.len == hd);
+        let ok = qkv_width == qw + 2 * kvw
+            && q.cols == qw
+            && n <= q.rows
+            && at.layer < at.cache.k.len()
+            && (last_pos + 1) * hd <= rope.cos_sin.len
+            && norms_fit;
+        self.check(ok, || {
+            format!(
+                "rope_store_kv layer {}: {n} rows of [q | k | v] ({qkv_width} values, want {}) \
+                 into q of {} (want {qw}), positions up to {last_pos} of a RoPE table of {} \
+                 values, per-head norms {}",
+                at.layer,
+                qw + 2 * kvw,
+                q.cols,
+                rope.cos_sin.len,
+                if norms_fit {
+                    "fit"
+                } else {
+                    "of the wrong size"
+                }
+            )
+        })
+    }
+
+    /// Whether a step's [q | k | v] products can rotate and store themselves
+    /// (cuda/matmul_q8.cu's matmul_q8_rope): 8-bit products whose parts each hold whole heads,
+    /// f16 caches and no per-head norms.
+    fn rope_in_products(
+        &self,
+        qkv: &CudaMatrix,
+        rope: &Rope<'_, CudaVector>,
+        at: CacheLayer<'_, CudaKvCache>,
+    ) -> bool {
+        let hd = at.cache.shape.head_dim;
+        let f16 = CacheType::F16;
+        self.int8_products(qkv, at.batch.rows())
+            && rope.qk_norm.is_none()
+            && at.cache.types.k == f16
+            && at.cache.types.v == f16
+            && hd.is_multiple_of(2)
+            && qkv
+                .parts
+                .iter()
+                .all(|p| p.first.is_multiple_of(hd) && p.rows.is_multiple_of(hd))
+    }
+
+    /// attention_inputs as rms_norm_quantize and a matmul_q8_rope launch per part of `qkv`.
+    fn rope_products(
+        &mut self,
+        x: &CudaTensor,
+        norm: RmsNorm<'_, CudaVector>,
+        qkv: &CudaMatrix,
+        rope: &Rope<'_, CudaVector>,
+        q: &CudaTensor,
+        at: CacheLayer<'_, CudaKvCache>,
+    ) {
+        let cache = at.cache;
+        let shape = cache.shape;
+        let n = at.batch.rows();
+        let fits = x.cols == qkv.cols && n <= x.rows;
+        if !self.check(fits, || {
+            format!(
+                "attention inputs {}: {n} rows of [{}, {}] by [{}, {}]",
+                qkv.name, x.rows, x.cols, qkv.rows, qkv.cols
+            )
+        }) || !self.rope_fits(qkv.rows, rope, q, at)
+        {
+            return;
+        }
+        let Some(rows) = self.batch_rows(at.batch, cache) else {
+            return;
+        };
+        let Some(acts) = self.normed_acts(x, norm, qkv, n) else {
+            return;
+        };
+        let neox = matches!(shape.rope, crate::backend::RopeKind::Neox) as usize;
+        let outputs = [
+            q.buf.ptr,
+            cache.k[at.layer].ptr,
+            cache.v[at.layer].ptr,
+            rope.cos_sin.buf.ptr,
+            rows.ptr,
+            int(shape.n_head),
+            int(shape.n_head_kv),
+            int(shape.head_dim),
+            int(neox),
+        ];
+        for part in &qkv.parts {
+            let bias = qkv
+                .bias
+                .as_ref()
+                .map_or(0, |b| b.ptr + 4 * part.first as u64);
+            self.costs(
+                part.rows * part.row_bytes + n * (qkv.cols + qkv.cols / 4) + 4 * n * part.rows,
+                2 * n * part.rows * qkv.cols,
+            );
+            // The pairs of rows RoPE rotates together are warp slots of one block.
+            let row_warps = q8_row_warps(part.rows).min(MV_WARPS / 2);
+            let inputs = [
+                part.buf.ptr,
+                int(part.row_bytes),
+                acts.bytes,
+                acts.scales,
+                bias,
+                int(part.rows),
+                int(qkv.cols),
+                int(n),
+                int(part.first),
+                int(row_warps),
+            ];
+            let grid = (part.rows.div_ceil(MV_WARPS / row_warps) as u32, 1, 1);
+            let args = [&inputs[..], &outputs[..]].concat();
+            let kernel = Kernel::MatmulQ8 {
+                ty: part.ggml_type,
+                rope: true,
+                one_token: n == 1,
+            };
+            self.launch(kernel, grid, 32 * MV_WARPS as u32, &args);
+        }
     }
 
     /// The products of 8-bit activations with every part of `w`, written into `out` or, with
@@ -509,7 +658,12 @@ impl CudaBackend {
             1,
         );
         let threads = 32 * MV_WARPS as u32;
-        self.launch(Kernel::MatmulQ8(part.ggml_type), grid, threads, &args);
+        let kernel = Kernel::MatmulQ8 {
+            ty: part.ggml_type,
+            rope: false,
+            one_token: n == 1,
+        };
+        self.launch(kernel, grid, threads, &args);
     }
 
     /// The products of `n` rows of `x` with a part's rows (`rows` of them, from row
@@ -854,6 +1008,9 @@ impl Backend for CudaBackend {
         q: &CudaTensor,
         at: CacheLayer<'_, CudaKvCache>,
     ) {
+        if self.rope_in_products(qkv, rope, at) {
+            return self.rope_products(x, norm, qkv, rope, q, at);
+        }
         let n = at.batch.rows();
         let products = self.scratch(Scratch::Products, n, qkv.rows);
         self.normed_products(x, norm, qkv, &products, n);
@@ -946,37 +1103,13 @@ impl Backend for CudaBackend {
     ) {
         let cache = at.cache;
         let shape = cache.shape;
-        let (qw, kvw, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
         let n = at.batch.rows();
-        let last_pos = at.batch.positions().map(|(_, p)| p).max().unwrap_or(0);
-        let norms_fit = rope
-            .qk_norm
-            .as_ref()
-            .is_none_or(|nm| nm.q.len == hd && nm.k.len == hd);
-        let ok = qkv.cols == qw + 2 * kvw
-            && q.cols == qw
-            && n <= qkv.rows.min(q.rows)
-            && at.layer < cache.k.len()
-            && (last_pos + 1) * hd <= rope.cos_sin.len
-            && norms_fit;
+        let fits = n <= qkv.rows;
         if n == 0
-            || !self.check(ok, || {
-                format!(
-                    "rope_store_kv layer {}: {n} rows of [q | k | v] ({} values, want {}) into \
-                     q of {} (want {qw}), positions up to {last_pos} of a RoPE table of {} \
-                     values, per-head norms {}",
-                    at.layer,
-                    qkv.cols,
-                    qw + 2 * kvw,
-                    q.cols,
-                    rope.cos_sin.len,
-                    if norms_fit {
-                        "fit"
-                    } else {
-                        "of the wrong size"
-                    }
-                )
+            || !self.check(fits, || {
+                format!("rope_store_kv: {n} rows of [q | k | v] in {}", qkv.rows)
             })
+            || !self.rope_fits(qkv.cols, rope, q, at)
         {
             return;
         }
@@ -1007,7 +1140,7 @@ impl Backend for CudaBackend {
                 eps.bits(),
                 int(shape.n_head),
                 int(shape.n_head_kv),
-                int(hd),
+                int(shape.head_dim),
                 neox.bits(),
             ],
         );

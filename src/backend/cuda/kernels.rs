@@ -20,8 +20,13 @@ pub(crate) enum Kernel {
     /// cuda/matmul.cu's tensor-core products of one block-quantized type (prompts).
     MatmulMma(GgmlType),
     /// cuda/matmul_q8.cu's products with 8-bit activations (decode), for the types of
-    /// `has_q8_products`, and the activations' quantization they read.
-    MatmulQ8(GgmlType),
+    /// `has_q8_products`: with `rope`, those of a step's [q | k | v] rows that rotate and store
+    /// them; with `one_token`, the kernels for a single token.
+    MatmulQ8 {
+        ty: GgmlType,
+        rope: bool,
+        one_token: bool,
+    },
     QuantizeActs,
     RmsNormQuantize,
     Embed,
@@ -83,7 +88,15 @@ impl Kernel {
                 ALL_TYPES
                     .into_iter()
                     .filter(|t| has_q8_products(*t))
-                    .map(Kernel::MatmulQ8),
+                    .flat_map(|ty| {
+                        [(false, false), (false, true), (true, false), (true, true)].map(
+                            |(rope, one_token)| Kernel::MatmulQ8 {
+                                ty,
+                                rope,
+                                one_token,
+                            },
+                        )
+                    }),
             )
     }
 
@@ -94,7 +107,14 @@ impl Kernel {
             Self::MatmulChunks(ty) => ("matmul", blocked_matmul_name(ty, false)),
             Self::MatmulMma(ty) => ("matmul", blocked_matmul_name(ty, true)),
             // Only the types of has_q8_products are launched; any other fails to load by name.
-            Self::MatmulQ8(ty) => ("matmul_q8", q8_matmul_name(ty).unwrap_or("no_q8_products")),
+            Self::MatmulQ8 {
+                ty,
+                rope,
+                one_token,
+            } => {
+                let names = q8_matmul_names(ty).unwrap_or(["none"; 4]);
+                ("matmul_q8", names[2 * rope as usize + one_token as usize])
+            }
             Self::QuantizeActs => ("matmul_q8", "quantize_acts"),
             Self::RmsNormQuantize => ("matmul_q8", "rms_norm_quantize"),
             Self::Embed => ("matmul", "embed"),
@@ -146,20 +166,32 @@ fn blocked_matmul_name(ty: GgmlType, mma: bool) -> &'static str {
 
 /// Whether cuda/matmul_q8.cu has products with 8-bit activations for a weight type.
 pub(crate) fn has_q8_products(ty: GgmlType) -> bool {
-    q8_matmul_name(ty).is_some()
+    q8_matmul_names(ty).is_some()
 }
 
-/// The function of cuda/matmul_q8.cu's MATMUL_Q8 for a weight type, where it has one.
-fn q8_matmul_name(ty: GgmlType) -> Option<&'static str> {
+/// The functions of cuda/matmul_q8.cu's Q8_PRODUCTS for a weight type, where it has them: the
+/// product for up to MM_TOKENS tokens and for one, then the same that rotate and store a
+/// step's [q | k | v].
+fn q8_matmul_names(ty: GgmlType) -> Option<[&'static str; 4]> {
+    macro_rules! names {
+        ($t:literal) => {
+            [
+                concat!("matmul_q8_", $t),
+                concat!("matmul_q8_", $t, "_1"),
+                concat!("matmul_q8_rope_", $t),
+                concat!("matmul_q8_rope_", $t, "_1"),
+            ]
+        };
+    }
     Some(match ty {
-        GgmlType::Q4_0 => "matmul_q8_q4_0",
-        GgmlType::Q4_1 => "matmul_q8_q4_1",
-        GgmlType::Q5_0 => "matmul_q8_q5_0",
-        GgmlType::Q5_1 => "matmul_q8_q5_1",
-        GgmlType::Q8_0 => "matmul_q8_q8_0",
-        GgmlType::Q4K => "matmul_q8_q4_k",
-        GgmlType::Q5K => "matmul_q8_q5_k",
-        GgmlType::Q6K => "matmul_q8_q6_k",
+        GgmlType::Q4_0 => names!("q4_0"),
+        GgmlType::Q4_1 => names!("q4_1"),
+        GgmlType::Q5_0 => names!("q5_0"),
+        GgmlType::Q5_1 => names!("q5_1"),
+        GgmlType::Q8_0 => names!("q8_0"),
+        GgmlType::Q4K => names!("q4_k"),
+        GgmlType::Q5K => names!("q5_k"),
+        GgmlType::Q6K => names!("q6_k"),
         _ => return None,
     })
 }
