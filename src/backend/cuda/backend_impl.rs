@@ -508,14 +508,8 @@ impl CudaBackend {
             int(neox),
         ];
         for part in &qkv.parts {
-            let bias = qkv
-                .bias
-                .as_ref()
-                .map_or(0, |b| b.ptr + 4 * part.first as u64);
-            self.costs(
-                part.rows * part.row_bytes + n * (qkv.cols + qkv.cols / 4) + 4 * n * part.rows,
-                2 * n * part.rows * qkv.cols,
-            );
+            let bias = qkv.part_bias(part);
+            self.q8_costs(part, n, qkv.cols);
             // The pairs of rows RoPE rotates together are warp slots of one block.
             let row_warps = q8_row_warps(part.rows).min(MV_WARPS / 2);
             let inputs = [
@@ -552,7 +546,7 @@ impl CudaBackend {
         accumulate: bool,
     ) {
         for part in &w.parts {
-            let bias = w.bias.as_ref().map_or(0, |b| b.ptr + 4 * part.first as u64);
+            let bias = w.part_bias(part);
             let shape = (n, w.cols, part.first);
             self.matmul_part_q8(part, acts, out, bias, shape, accumulate);
         }
@@ -639,10 +633,7 @@ impl CudaBackend {
         (n, cols, out_first): (usize, usize, usize),
         accumulate: bool,
     ) {
-        self.costs(
-            part.rows * part.row_bytes + n * (cols + cols / 4) + 4 * n * part.rows,
-            2 * n * part.rows * cols,
-        );
+        self.q8_costs(part, n, cols);
         let row_warps = q8_row_warps(part.rows);
         let mut args = part_args(
             part,
@@ -664,6 +655,15 @@ impl CudaBackend {
             one_token: n == 1,
         };
         self.launch(kernel, grid, threads, &args);
+    }
+
+    /// What an 8-bit product of `n` tokens with a part moves and computes, for the profile:
+    /// the weights, the activations' bytes and block scales, and the f32 outputs.
+    fn q8_costs(&mut self, part: &CudaPart, n: usize, cols: usize) {
+        self.costs(
+            part.rows * part.row_bytes + n * (cols + cols / 4) + 4 * n * part.rows,
+            2 * n * part.rows * cols,
+        );
     }
 
     /// The products of `n` rows of `x` with a part's rows (`rows` of them, from row
@@ -969,7 +969,7 @@ impl Backend for CudaBackend {
             return;
         }
         for part in &w.parts {
-            let bias = w.bias.as_ref().map_or(0, |b| b.ptr + 4 * part.first as u64);
+            let bias = w.part_bias(part);
             self.matmul_part(part, x, out, bias, (n, w.cols, part.first));
         }
     }

@@ -154,6 +154,15 @@ pub struct CudaMatrix {
     experts: usize,
 }
 
+impl CudaMatrix {
+    /// The device address of a part's share of the bias (its first row's), or null.
+    fn part_bias(&self, part: &CudaPart) -> u64 {
+        self.bias
+            .as_ref()
+            .map_or(0, |b| b.ptr + 4 * part.first as u64)
+    }
+}
+
 impl Dims for CudaMatrix {
     fn rows(&self) -> usize {
         self.rows
