@@ -147,3 +147,16 @@ impl<B: Backend> Step for Transformer<B> {
         self.forward(&[token]).unwrap();
     }
 }
+
+/// Perplexity over tests/data/perplexity.txt as llama-perplexity measures it, within 1% of its
+/// figure (as the CPU's and wgpu's are, tests/fidelity.rs): chunks read whole (the prompt path:
+/// tensor-core products and flash attention), and a token at a time (the decode path: 8-bit
+/// activations, decode attention).
+#[test]
+fn smollm2_perplexity_on_cuda_matches_llama_cpp() {
+    for n_batch in [128, 1] {
+        let ppl = perplexity_of("smollm2-135m", common::cuda::cuda(), n_batch);
+        eprintln!("CUDA, chunks read {n_batch} tokens at a time:");
+        check_against_llama_cpp("smollm2-135m", ppl);
+    }
+}

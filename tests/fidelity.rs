@@ -12,6 +12,7 @@
 #[allow(dead_code)]
 mod common;
 
+use common::models::{check_against_llama_cpp, perplexity_of, perplexity_text, LLAMA_CPP_PPL};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use vibrant::backend::cpu::CpuBackend;
@@ -75,11 +76,6 @@ impl Model {
     }
 }
 
-fn text() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/perplexity.txt");
-    std::fs::read_to_string(path).unwrap()
-}
-
 /// The exact reference's log-probabilities over the text, saved once per run and process.
 fn base(run: Run) -> PathBuf {
     // A cell per run, so that the bases of different runs are made at the same time.
@@ -100,7 +96,7 @@ fn base(run: Run) -> PathBuf {
 
 fn exact_base(run: Run) -> PathBuf {
     let model = Model::open(run.model);
-    let tokens = perplexity::tokenize(&model.tokenizer, &text()).unwrap();
+    let tokens = perplexity::tokenize(&model.tokenizer, &perplexity_text()).unwrap();
     let chunks =
         perplexity::chunk_count("perplexity.txt", tokens.len(), run.n_ctx, Some(run.chunks))
             .unwrap();
@@ -237,48 +233,15 @@ fn gpu_int8_decode_path_stays_close_to_the_exact_reference() {
     check(&kl_from_exact(run, &mut gpu), 0.00015, 0.95);
 }
 
-/// llama-perplexity's figures over tests/data/perplexity.txt in chunks of 128 tokens
-/// (`llama-perplexity -m MODEL -f tests/data/perplexity.txt -c 128 --no-repack -t 2`,
-/// llama.cpp 0c1e570 built by ../shared/anchors/build-llama-cpu.sh, 2026-12-04).
-const LLAMA_CPP_PPL: [(&str, f64); 3] = [
-    ("smollm2-135m", 30.6907),
-    ("qwen2.5-coder-0.5b", 44.3779),
-    ("qwen2.5-coder-1.5b-q4", 18.2863),
-];
-
-fn perplexity_of<B: Backend>(name: &str, backend: B) -> f64 {
-    let model = Model::open(name);
-    let tokens = perplexity::tokenize(&model.tokenizer, &text()).unwrap();
-    let chunks = perplexity::chunk_count("perplexity.txt", tokens.len(), 128, None).unwrap();
-    let mut m = model.load(backend, 128, 128);
-    let stats =
-        perplexity::score_text(&mut m, &tokens, 128, chunks, model.bos(), None, |_, _| {}).unwrap();
-    stats.estimate().unwrap().0
-}
-
-fn check_against_llama_cpp(name: &str, ppl: f64) {
-    let (_, want) = LLAMA_CPP_PPL.iter().find(|(n, _)| *n == name).unwrap();
-    let off = ppl / want - 1.0;
-    eprintln!(
-        "{name}: PPL {ppl:.4}, llama.cpp {want:.4} ({:+.2} %)",
-        100.0 * off
-    );
-    assert!(
-        off.abs() < 0.01,
-        "{name}: perplexity {ppl:.4} is {:+.2} % from llama.cpp's {want}",
-        100.0 * off
-    );
-}
-
 #[test]
 fn cpu_perplexity_matches_llama_cpp() {
     for (name, _) in LLAMA_CPP_PPL {
-        check_against_llama_cpp(name, perplexity_of(name, CpuBackend::new(0).unwrap()));
+        check_against_llama_cpp(name, perplexity_of(name, CpuBackend::new(0).unwrap(), 128));
     }
 }
 
 #[test]
 fn gpu_perplexity_matches_llama_cpp() {
     let name = "smollm2-135m";
-    check_against_llama_cpp(name, perplexity_of(name, common::gpu()));
+    check_against_llama_cpp(name, perplexity_of(name, common::gpu(), 128));
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use vibrant::backend::Backend;
 use vibrant::gguf::GgufFile;
 use vibrant::model::{LoadOptions, Transformer};
+use vibrant::perplexity;
 use vibrant::tokenizer::Tokenizer;
 
 /// The path of model `name`; a missing model fails the test, saying how to fetch it.
@@ -45,4 +46,51 @@ pub fn greedy<B: Backend>(model: &mut Transformer<B>, prompt: &[u32], steps: usi
         model.forward(&[next]).unwrap();
     }
     out
+}
+
+/// The text the perplexity tests score.
+pub fn perplexity_text() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/perplexity.txt");
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// llama-perplexity's figures over tests/data/perplexity.txt in chunks of 128 tokens
+/// (`llama-perplexity -m MODEL -f tests/data/perplexity.txt -c 128 --no-repack -t 2`,
+/// llama.cpp 0c1e570 built by ../shared/anchors/build-llama-cpu.sh, 2026-12-04).
+pub const LLAMA_CPP_PPL: [(&str, f64); 3] = [
+    ("smollm2-135m", 30.6907),
+    ("qwen2.5-coder-0.5b", 44.3779),
+    ("qwen2.5-coder-1.5b-q4", 18.2863),
+];
+
+/// Model `name`'s perplexity over the text in chunks of 128 tokens, each read `n_batch` at a
+/// time.
+pub fn perplexity_of<B: Backend>(name: &str, backend: B, n_batch: usize) -> f64 {
+    let (file, tokenizer) = open(name);
+    let tokens = perplexity::tokenize(&tokenizer, &perplexity_text()).unwrap();
+    let chunks = perplexity::chunk_count("perplexity.txt", tokens.len(), 128, None).unwrap();
+    let options = LoadOptions {
+        n_ctx: 128,
+        n_batch,
+        ..LoadOptions::default()
+    };
+    let mut m = Transformer::load(&file, backend, &options).unwrap();
+    let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos());
+    let stats = perplexity::score_text(&mut m, &tokens, 128, chunks, bos, None, |_, _| {}).unwrap();
+    stats.estimate().unwrap().0
+}
+
+/// Fails unless `ppl` is within 1% of llama-perplexity's figure for model `name`.
+pub fn check_against_llama_cpp(name: &str, ppl: f64) {
+    let (_, want) = LLAMA_CPP_PPL.iter().find(|(n, _)| *n == name).unwrap();
+    let off = ppl / want - 1.0;
+    eprintln!(
+        "{name}: PPL {ppl:.4}, llama.cpp {want:.4} ({:+.2} %)",
+        100.0 * off
+    );
+    assert!(
+        off.abs() < 0.01,
+        "{name}: perplexity {ppl:.4} is {:+.2} % from llama.cpp's {want}",
+        100.0 * off
+    );
 }
