@@ -52,7 +52,7 @@ impl Model {
     }
 
     fn bos(&self) -> Option<u32> {
-        self.tokenizer.bos_id().filter(|_| self.tokenizer.add_bos())
+        self.tokenizer.prompt_bos()
     }
 
     fn load<B: Backend>(&self, backend: B, n_ctx: usize, n_batch: usize) -> Transformer<B> {

@@ -191,7 +191,7 @@ fn run<B: Backend>(file: &Arc<GgufFile>, backend: B, check: &Check) -> Run {
     let n_ctx = check.n_ctx;
     let chunks =
         perplexity::chunk_count("perplexity.txt", tokens.len(), n_ctx, check.chunks).unwrap();
-    let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos());
+    let bos = tokenizer.prompt_bos();
     let mut model = load(file, backend);
     let n_vocab = model.config.n_vocab;
     let mut r = Run {

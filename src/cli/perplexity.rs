@@ -50,7 +50,7 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
     let path = vibrant::catalog::resolve(&args.model.model)?;
     let file = Arc::new(GgufFile::open(&path)?);
     let tokenizer = Tokenizer::from_gguf(&file)?;
-    let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos());
+    let bos = tokenizer.prompt_bos();
     let job = if args.kl_divergence {
         let base = args.kl_divergence_base.as_ref().expect("clap requires it");
         if args.file.is_some() {

@@ -104,7 +104,7 @@ impl<B: Backend> Session<B> {
                 path: "prompt".into(),
                 what: e.to_string(),
             })?;
-        if let (true, Some(bos)) = (self.tokenizer.add_bos(), self.tokenizer.bos_id()) {
+        if let Some(bos) = self.tokenizer.prompt_bos() {
             if tokens.first() != Some(&bos) {
                 tokens.insert(0, bos);
             }

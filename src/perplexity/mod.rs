@@ -46,7 +46,7 @@ pub fn tokenize(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
             path: tokenizer.path().display().to_string(),
             what: e.to_string(),
         })?;
-    if let (true, Some(bos)) = (tokenizer.add_bos(), tokenizer.bos_id()) {
+    if let Some(bos) = tokenizer.prompt_bos() {
         tokens.insert(0, bos);
     }
     Ok(tokens)

@@ -273,7 +273,7 @@ fn tokenize(s: &Shared, text: &str) -> Result<Vec<u32>, ApiError> {
     let mut tokens = tokenizer
         .encode(text, true)
         .map_err(|e| ApiError::bad_request("invalid_prompt", e.to_string()))?;
-    if let (true, Some(bos)) = (tokenizer.add_bos(), tokenizer.bos_id()) {
+    if let Some(bos) = tokenizer.prompt_bos() {
         if tokens.first() != Some(&bos) {
             tokens.insert(0, bos);
         }

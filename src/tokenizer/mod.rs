@@ -129,6 +129,11 @@ impl Tokenizer {
         self.vocab.bos
     }
 
+    /// The BOS id where the model's prompts start with one (`add_bos`), else `None`.
+    pub fn prompt_bos(&self) -> Option<u32> {
+        self.bos_id().filter(|_| self.add_bos())
+    }
+
     pub fn eos_id(&self) -> Option<u32> {
         self.vocab.eos
     }

@@ -75,7 +75,7 @@ pub fn perplexity_of<B: Backend>(name: &str, backend: B, n_batch: usize) -> f64 
         ..LoadOptions::default()
     };
     let mut m = Transformer::load(&file, backend, &options).unwrap();
-    let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos());
+    let bos = tokenizer.prompt_bos();
     let stats = perplexity::score_text(&mut m, &tokens, 128, chunks, bos, None, |_, _| {}).unwrap();
     stats.estimate().unwrap().0
 }
