@@ -5,6 +5,8 @@
 //! the trait's compositions of them. Any batch of sequences runs, each row at its own slot
 //! and position of the cache.
 
+mod spin_pool;
+
 use super::weights::{check_parts, expert_count};
 use super::{
     Activation, AttentionOpts, AttentionShape, Backend, BackendError, CacheLayer, CacheType, Dims,
@@ -14,6 +16,7 @@ use super::{
 use crate::quant::{self, ActFormat, Activations, GgmlType};
 use half::f16;
 use rayon::prelude::*;
+use spin_pool::SpinPool;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -26,6 +29,15 @@ const ROWS_PER_TASK: usize = 32;
 /// costs two thread wake-ups, tens of microseconds on a busy machine, more than splitting
 /// so little work saves (a small model decodes several times faster for it).
 const SERIAL_BYTES: usize = 1 << 20;
+
+/// Products of up to this many tokens (decode steps, and a server's batches of streams) go to
+/// the spin pool, whose threads are awake between them, from SPIN_BYTES of weights up.
+const SPIN_TOKENS: usize = 8;
+const SPIN_BYTES: usize = 16 << 10;
+/// The spin pool's tasks: about this many per thread (so that a slow thread is made up for),
+/// of at least SPIN_TASK_ROWS rows.
+const SPIN_TASKS_PER_THREAD: usize = 4;
+const SPIN_TASK_ROWS: usize = 16;
 
 /// A `[rows, cols]` tensor; scratch tensors share their storage with the backend.
 pub struct CpuTensor {
@@ -157,6 +169,7 @@ fn encode_row(ty: CacheType, x: &[f32], out: &mut [u8]) {
 
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
+    spin: SpinPool,
     bytes_held: u64,
     /// Reference mode: weights dequantized block by block, products in f64.
     exact: bool,
@@ -174,8 +187,11 @@ impl CpuBackend {
             .thread_name(|i| format!("vibrant-cpu-{i}"))
             .build()
             .map_err(|e| BackendError::Unsupported(format!("cannot start CPU threads: {e}")))?;
+        let spin = SpinPool::new(pool.current_num_threads())
+            .map_err(|e| BackendError::Unsupported(format!("cannot start CPU threads: {e}")))?;
         Ok(Self {
             pool,
+            spin,
             bytes_held: 0,
             exact: false,
             tokens: HostTokens::default(),
@@ -198,7 +214,11 @@ impl CpuBackend {
 
     /// The products of `n` rows of x with the part's rows, into their columns of `dst`.
     fn part_product(&self, part: &CpuRows, cols: usize, x: &[f32], dst: Columns, n: usize) {
-        part_product(&self.pool, self.exact, part, cols, x, dst, n);
+        let pools = Pools {
+            rayon: &self.pool,
+            spin: &self.spin,
+        };
+        part_product(pools, self.exact, part, cols, x, dst, n);
     }
 
     /// Runs `row(out, inputs…)` over the first `n` rows, on the pool where they are worth it
@@ -527,7 +547,11 @@ impl Backend for CpuBackend {
         }
         let x_ref = x.data.borrow();
         let x: &[f32] = &x_ref;
-        let (pool, exact) = (&self.pool, self.exact);
+        let exact = self.exact;
+        let pools = Pools {
+            rayon: &self.pool,
+            spin: &self.spin,
+        };
         // One expert's products for the rows that chose it, `[choices, block]`.
         let expert = |&(e, choices): &(usize, &Vec<usize>)| {
             let m = choices.len();
@@ -546,7 +570,7 @@ impl Backend for CpuBackend {
                     stride: block,
                     first: part.first,
                 };
-                part_product(pool, exact, &part, w.cols, &gathered, dst, m);
+                part_product(pools, exact, &part, w.cols, &gathered, dst, m);
             }
             products
         };
@@ -561,7 +585,9 @@ impl Backend for CpuBackend {
         let bytes: usize = jobs.iter().map(|(_, c)| c.len() * block_bytes).sum();
         let products: Vec<Vec<f32>> = match bytes < SERIAL_BYTES || jobs.len() == 1 {
             true => jobs.iter().map(expert).collect(),
-            false => pool.install(|| jobs.par_iter().map(expert).collect()),
+            false => pools
+                .rayon
+                .install(|| jobs.par_iter().map(expert).collect()),
         };
         let mut o = out.data.borrow_mut();
         for ((_, choices), products) in jobs.iter().zip(&products) {
@@ -597,7 +623,7 @@ impl Backend for CpuBackend {
 /// over dequantized weights (`exact`), or over activations quantized as the weights dot with
 /// them, on `pool` where the step is worth handing over.
 fn part_product(
-    pool: &rayon::ThreadPool,
+    pools: Pools,
     exact: bool,
     part: &CpuRows,
     cols: usize,
@@ -606,9 +632,15 @@ fn part_product(
     n: usize,
 ) {
     let format = part.ggml_type.act_format();
+    let bytes = part.data.bytes().len();
     if exact {
-        pool.install(|| exact_matmul(part, cols, x, dst, n));
-    } else if n * part.data.bytes().len() < SERIAL_BYTES {
+        pools.rayon.install(|| exact_matmul(part, cols, x, dst, n));
+    } else if n <= SPIN_TOKENS && bytes >= SPIN_BYTES && pools.spin.threads() > 1 {
+        let mut quantized = Vec::new();
+        quant::quantize_acts(format, x, &mut quantized);
+        let acts = Activations::new(part.ggml_type, quantized, cols);
+        spin_product(pools.spin, part, &acts, dst, n);
+    } else if n * bytes < SERIAL_BYTES {
         let mut bytes = Vec::new();
         quant::quantize_acts(format, x, &mut bytes);
         let acts = Activations::new(part.ggml_type, bytes, cols);
@@ -628,7 +660,7 @@ fn part_product(
             }
         }
     } else {
-        pool.install(|| {
+        pools.rayon.install(|| {
             let bytes = quantize_rows(format, x, cols);
             let acts = Activations::new(part.ggml_type, bytes, cols);
             quantized_matmul(part, &acts, dst, n)
@@ -648,6 +680,62 @@ fn quantize_rows(format: ActFormat, x: &[f32], cols: usize) -> Vec<u8> {
             out.copy_from_slice(one);
         });
     all
+}
+
+/// The backend's two pools: rayon's for large steps, the spin pool for decode-sized ones.
+#[derive(Clone, Copy)]
+struct Pools<'a> {
+    rayon: &'a rayon::ThreadPool,
+    spin: &'a SpinPool,
+}
+
+/// A decode-sized product on the spin pool: each task takes a block of rows for every token
+/// (into `dst` itself for one token; else into blocks then copied into place, as
+/// [`row_block_tasks`] does).
+fn spin_product(spin: &SpinPool, part: &CpuRows, acts: &Activations, dst: Columns, n: usize) {
+    let rows = part.rows;
+    let per_task = rows
+        .div_ceil(spin.threads() * SPIN_TASKS_PER_THREAD)
+        .max(SPIN_TASK_ROWS);
+    let mut blocks = match n {
+        1 => Vec::new(),
+        _ => vec![0f32; rows * n],
+    };
+    let out: &mut [f32] = match n {
+        1 => &mut dst.out[dst.first..][..rows],
+        _ => &mut blocks,
+    };
+    let out = SharedOut(out.as_mut_ptr());
+    spin.run(rows.div_ceil(per_task), &|i| {
+        let first = i * per_task;
+        let len = per_task.min(rows - first);
+        let weights = &part.data.bytes()[first * part.row_bytes..][..len * part.row_bytes];
+        // SAFETY: task i alone writes rows first..first + len of every token (n × len values
+        // from n × first), inside the rows × n values `out` points to, which outlive run.
+        let o = unsafe { std::slice::from_raw_parts_mut(out.at(first * n), len * n) };
+        quant::mat_mul(weights, acts, o);
+    });
+    if n > 1 {
+        for (t, o) in dst.out.chunks_mut(dst.stride).take(n).enumerate() {
+            for (c, block) in blocks.chunks(per_task * n).enumerate() {
+                let len = block.len() / n;
+                o[dst.first + c * per_task..][..len].copy_from_slice(&block[t * len..][..len]);
+            }
+        }
+    }
+}
+
+/// The output of [`spin_product`], which its tasks write in disjoint ranges.
+struct SharedOut(*mut f32);
+
+// SAFETY: see spin_product: each task writes only its own range.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The address `offset` values in (within the output, which the caller checks).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
 }
 
 /// Where a part's products go: token t's in `out[t * stride + first..][..rows]`.
@@ -774,6 +862,48 @@ mod tests {
     use super::*;
     use crate::backend::{Batch, QkNorm, Span};
     use crate::rng::SplitMix64;
+
+    /// Decode-sized products on the spin pool (several threads) are the caller's alone (one
+    /// thread), bit for bit: each row's dot is the same, only who takes it differs. Parts of
+    /// two types, so that each writes its own columns, with a bias; 1, 3 and 8 tokens.
+    #[test]
+    fn products_on_the_spin_pool_are_those_of_one_thread() {
+        let mut rng = SplitMix64::for_stream(3, "spin products");
+        let cols = 512;
+        let parts = [(GgmlType::Q4K, 300), (GgmlType::Q8_0, 70)];
+        let rows: usize = parts.iter().map(|p| p.1).sum();
+        let bias: Vec<f32> = (0..rows).map(|_| rng.next_normal()).collect();
+        let weight_rows = || {
+            let mut first = 0;
+            parts.map(|(ty, n)| {
+                let mut rng = SplitMix64::for_stream(4, ty.name());
+                let values: Vec<f32> = (0..n * cols).map(|_| rng.next_normal()).collect();
+                let mut part = WeightRows::new(
+                    ty,
+                    n,
+                    WeightBytes::owned(quant::quantize(ty, &values).unwrap()),
+                );
+                part.bias = Some(bias[first..first + n].to_vec());
+                first += n;
+                part
+            })
+        };
+        let products = |threads: usize, n: usize, x: &[f32]| {
+            let mut cpu = CpuBackend::new(threads).unwrap();
+            let w = cpu
+                .upload_matrix("w", cols, weight_rows().into(), MatrixUse::Plain)
+                .unwrap();
+            let out = cpu.tensor("out", n, rows).unwrap();
+            cpu.matmul(&tensor_of(n, x.to_vec()), &w, &out, n);
+            cpu.read(&out, n).unwrap()
+        };
+        for n in [1, 3, 8] {
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.next_normal()).collect();
+            let spun = products(3, n, &x);
+            assert!(spun.iter().all(|v| v.is_finite()), "n={n}");
+            assert_eq!(spun, products(1, n, &x), "n={n}");
+        }
+    }
 
     fn tensor_of(rows: usize, data: Vec<f32>) -> CpuTensor {
         CpuTensor {
