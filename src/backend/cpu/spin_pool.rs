@@ -185,7 +185,7 @@ fn next_generation(s: &Shared, seen: u64) -> Option<u64> {
             return Some(gen);
         }
         spins += 1;
-        if spins % 1024 != 0 {
+        if !spins.is_multiple_of(1024) {
             std::hint::spin_loop();
             continue;
         }
@@ -211,7 +211,7 @@ fn wait_until(ready: impl Fn() -> bool) {
     let mut spins = 0u32;
     while !ready() {
         spins = spins.wrapping_add(1);
-        if spins % 256 == 0 {
+        if spins.is_multiple_of(256) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
