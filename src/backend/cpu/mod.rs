@@ -34,9 +34,12 @@ const SERIAL_BYTES: usize = 1 << 20;
 /// the spin pool, whose threads are awake between them, from SPIN_BYTES of weights up.
 const SPIN_TOKENS: usize = 8;
 const SPIN_BYTES: usize = 16 << 10;
-/// The spin pool's tasks: about this many per thread (so that a slow thread is made up for),
-/// of at least SPIN_TASK_ROWS rows.
-const SPIN_TASKS_PER_THREAD: usize = 4;
+/// The spin pool's tasks: about this many per thread, of at least SPIN_TASK_ROWS rows. Small
+/// tasks balance threads that run at different speeds (a shared host's): on this 2-core
+/// machine 4, 16, 64, 128 and 256 a thread decoded Qwen2.5-Coder-1.5B at 10.5–10.9, 11.7–11.9,
+/// 12.6, 12.2–12.5 and 12.2–12.4 t/s, its 0.5B at 22.0, 23.7–24.6, 25.1–26.3, 27.1–27.7 and
+/// 27.1–27.8, SmolLM2 at 107–113, 103–115, 110–118, 127 and 113–121 (BENCHMARKS.md).
+const SPIN_TASKS_PER_THREAD: usize = 128;
 const SPIN_TASK_ROWS: usize = 16;
 
 /// A `[rows, cols]` tensor; scratch tensors share their storage with the backend.
