@@ -1,7 +1,8 @@
 //! The CPU backend: the reference every GPU kernel is tested against, and a usable engine.
 //! Matrix products read the quantized blocks in place (activations are quantized to the
-//! format each weight type dots with); work is spread over a rayon pool, except steps too
-//! small to be worth handing over. It implements only the required ops: the fused ones are
+//! format each weight type dots with); prompts' work is spread over a rayon pool, except steps
+//! too small to be worth handing over, and decode steps' products over a pool whose threads
+//! stay awake between them (`spin_pool`). It implements only the required ops: the fused ones are
 //! the trait's compositions of them. Any batch of sequences runs, each row at its own slot
 //! and position of the cache.
 
