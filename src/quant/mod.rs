@@ -501,7 +501,7 @@ mod tests {
     }
 
     /// Every type on every implementation this CPU runs, for token counts that fill whole
-    /// tiles (of 4 or 8), leave a tile of 4 and a remainder, or are a single token (decoding).
+    /// tiles (of 4 or 8), leave a remainder, or are a single token (decoding).
     #[test]
     fn mat_mul_matches_vec_dot_per_row_and_token() {
         let n = 2 * QK_K;
@@ -516,7 +516,7 @@ mod tests {
         let all = [Kernels::PerToken];
         for kernels in all.into_iter().filter(|k| *k <= Kernels::best()) {
             for ty in ALL_TYPES {
-                for n_tokens in [1, 3, 4, 7, 8, 13, 15] {
+                for n_tokens in [1, 3, 8, 13] {
                     let xs: Vec<Vec<f32>> = (0..n_tokens).map(|t| wave(n, t as f32)).collect();
                     check_mat_mul(kernels, ty, &wave(3 * n, 2.0), &xs, n);
                     let xs: Vec<Vec<f32>> = (0..n_tokens).map(|t| extremes(n, t)).collect();

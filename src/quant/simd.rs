@@ -57,23 +57,17 @@ pub(super) enum Layout {
     Legacy(LegacyActs),
 }
 
-/// Q8_0 activations for the legacy kernels: tiles of [`LEGACY_TILE`] tokens, then at most one
-/// of [`QUAD`] tokens, then single tokens, block by block (tile i, block b at `i * nb + b`).
+/// Q8_0 activations for the legacy kernels: tiles of [`LEGACY_TILE`] tokens, then single
+/// tokens, block by block (tile i, block b at `i * nb + b`).
 pub(super) struct LegacyActs {
     nb: usize,
     tiles: Vec<ActTile<LEGACY_TILE>>,
-    quads: Vec<ActTile<QUAD>>,
     singles: Vec<ActTile<1>>,
 }
 
 /// Tokens per tile of the legacy kernels, in every tier: a tile's scales then fill one
 /// AVX2 register.
 const LEGACY_TILE: usize = 8;
-
-/// Tokens of the smaller tile that tokens left over from the full tiles take, 4 or more of
-/// them: a server's few streams decode together, and one token at a time would unpack each
-/// weight block once per token.
-const QUAD: usize = 4;
 
 /// One block of each of `T` tokens' activations: the values, their scales, and the scales
 /// times the values' sums (for the minimum terms). The scales of the tile sit side by side,
@@ -411,43 +405,24 @@ unsafe fn kquant_rows<B: KBlock, const TILE: usize, const VNNI: bool>(
     // weight block costs more than `vpdpbusd` saves.
     let plain = batch.acts::<BlockQ8K>();
     let full = plain.len() / TILE * TILE;
-    // With tiles of 8, 4 or more tokens left over take a tile of QUAD.
-    let quads = match TILE > QUAD {
-        true => full + (plain.len() - full) / QUAD * QUAD,
-        false => full,
-    };
     let acts = match (VNNI, batch.layout) {
-        (false, _) => plain[..quads].to_vec(),
+        (false, _) => plain[..full].to_vec(),
         (true, Layout::Transposed(blocks)) => {
             let nb = batch.act_bytes / size_of::<BlockQ8K>();
-            blocks[..quads * nb].chunks_exact(nb).collect()
+            blocks[..full * nb].chunks_exact(nb).collect()
         }
         (true, _) => unreachable!("activations for the VNNI kernels are transposed"),
     };
-    let (out_tiles, out_rest) = out.split_at_mut(out.len() / plain.len() * full);
-    let single = |row: &[B], act: &&[BlockQ8K]| kquant_tile::<B, 1, false>(row, &[*act])[0];
-    if full > 0 {
-        for_each_tile(
-            batch.rows::<B>(),
-            acts[..full].as_chunks::<TILE>().0,
-            &[],
-            out_tiles,
-            #[inline(always)]
-            |row, acts| kquant_tile::<B, TILE, VNNI>(row, acts),
-            single,
-        );
-    }
-    if !out_rest.is_empty() {
-        for_each_tile(
-            batch.rows::<B>(),
-            acts[full..].as_chunks::<QUAD>().0,
-            &plain[quads..],
-            out_rest,
-            #[inline(always)]
-            |row, acts| kquant_tile::<B, QUAD, VNNI>(row, acts),
-            single,
-        );
-    }
+    for_each_tile(
+        batch.rows::<B>(),
+        acts.as_chunks::<TILE>().0,
+        &plain[full..],
+        out,
+        #[inline(always)]
+        |row, acts| kquant_tile::<B, TILE, VNNI>(row, acts),
+        #[inline(always)]
+        |row, act| kquant_tile::<B, 1, false>(row, &[*act])[0],
+    );
 }
 
 /// Σ over the blocks of `row` · each of `T` activation vectors; with `VNNI`, the
@@ -708,13 +683,11 @@ unsafe fn legacy_acts(acts: &[u8], act_bytes: usize) -> LegacyActs {
         .map(bytemuck::cast_slice)
         .collect();
     let full = tokens.len() / LEGACY_TILE * LEGACY_TILE;
-    let quads = full + (tokens.len() - full) / QUAD * QUAD;
     let nb = act_bytes / size_of::<BlockQ8_0>();
     LegacyActs {
         nb,
         tiles: act_tiles(&tokens[..full], nb),
-        quads: act_tiles(&tokens[full..quads], nb),
-        singles: act_tiles(&tokens[quads..], nb),
+        singles: act_tiles(&tokens[full..], nb),
     }
 }
 
@@ -749,34 +722,16 @@ unsafe fn legacy_rows<B: LegacyBlock, const VNNI: bool>(batch: &Batch, out: &mut
     let Layout::Legacy(acts) = batch.layout else {
         unreachable!("legacy activations are laid out for the legacy kernels");
     };
-    let tiles = acts.tiles.chunks_exact(acts.nb).collect::<Vec<_>>();
-    let quads = acts.quads.chunks_exact(acts.nb).collect::<Vec<_>>();
-    let singles = acts.singles.chunks_exact(acts.nb).collect::<Vec<_>>();
-    let tokens = LEGACY_TILE * tiles.len() + QUAD * quads.len() + singles.len();
-    let (out_tiles, out_rest) = out.split_at_mut(out.len() / tokens * LEGACY_TILE * tiles.len());
-    let single = |row: &[B], acts: &&[ActTile<1>]| legacy_tile::<B, 1, 4, VNNI>(row, acts)[0];
-    if !tiles.is_empty() {
-        for_each_tile(
-            batch.rows::<B>(),
-            &tiles,
-            &[],
-            out_tiles,
-            #[inline(always)]
-            |row, acts| legacy_tile::<B, LEGACY_TILE, 1, VNNI>(row, acts),
-            single,
-        );
-    }
-    if !out_rest.is_empty() {
-        for_each_tile(
-            batch.rows::<B>(),
-            &quads,
-            &singles,
-            out_rest,
-            #[inline(always)]
-            |row, acts| legacy_tile::<B, QUAD, 1, VNNI>(row, acts),
-            single,
-        );
-    }
+    for_each_tile(
+        batch.rows::<B>(),
+        &acts.tiles.chunks_exact(acts.nb).collect::<Vec<_>>(),
+        &acts.singles.chunks_exact(acts.nb).collect::<Vec<_>>(),
+        out,
+        #[inline(always)]
+        |row, acts| legacy_tile::<B, LEGACY_TILE, 1, VNNI>(row, acts),
+        #[inline(always)]
+        |row, acts| legacy_tile::<B, 1, 4, VNNI>(row, acts)[0],
+    );
 }
 
 /// Σ over the blocks of `row` · each of the `T` activation vectors of `acts`, `U` blocks at
