@@ -171,6 +171,10 @@ fn encode_row(ty: CacheType, x: &[f32], out: &mut [u8]) {
     }
 }
 
+fn threads_error(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unsupported(format!("cannot start CPU threads: {e}"))
+}
+
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     spin: SpinPool,
@@ -190,9 +194,8 @@ impl CpuBackend {
             .num_threads(threads)
             .thread_name(|i| format!("vibrant-cpu-{i}"))
             .build()
-            .map_err(|e| BackendError::Unsupported(format!("cannot start CPU threads: {e}")))?;
-        let spin = SpinPool::new(pool.current_num_threads())
-            .map_err(|e| BackendError::Unsupported(format!("cannot start CPU threads: {e}")))?;
+            .map_err(threads_error)?;
+        let spin = SpinPool::new(pool.current_num_threads()).map_err(threads_error)?;
         Ok(Self {
             pool,
             spin,
@@ -218,11 +221,14 @@ impl CpuBackend {
 
     /// The products of `n` rows of x with the part's rows, into their columns of `dst`.
     fn part_product(&self, part: &CpuRows, cols: usize, x: &[f32], dst: Columns, n: usize) {
-        let pools = Pools {
+        part_product(self.pools(), self.exact, part, cols, x, dst, n);
+    }
+
+    fn pools(&self) -> Pools<'_> {
+        Pools {
             rayon: &self.pool,
             spin: &self.spin,
-        };
-        part_product(pools, self.exact, part, cols, x, dst, n);
+        }
     }
 
     /// Runs `row(out, inputs…)` over the first `n` rows, on the pool where they are worth it
@@ -551,11 +557,7 @@ impl Backend for CpuBackend {
         }
         let x_ref = x.data.borrow();
         let x: &[f32] = &x_ref;
-        let exact = self.exact;
-        let pools = Pools {
-            rayon: &self.pool,
-            spin: &self.spin,
-        };
+        let (pools, exact) = (self.pools(), self.exact);
         // One expert's products for the rows that chose it, `[choices, block]`.
         let expert = |&(e, choices): &(usize, &Vec<usize>)| {
             let m = choices.len();
@@ -640,14 +642,9 @@ fn part_product(
     if exact {
         pools.rayon.install(|| exact_matmul(part, cols, x, dst, n));
     } else if n <= SPIN_TOKENS && bytes >= SPIN_BYTES && pools.spin.threads() > 1 {
-        let mut quantized = Vec::new();
-        quant::quantize_acts(format, x, &mut quantized);
-        let acts = Activations::new(part.ggml_type, quantized, cols);
-        spin_product(pools.spin, part, &acts, dst, n);
+        spin_product(pools.spin, part, &acts_of(part, x, cols), dst, n);
     } else if n * bytes < SERIAL_BYTES {
-        let mut bytes = Vec::new();
-        quant::quantize_acts(format, x, &mut bytes);
-        let acts = Activations::new(part.ggml_type, bytes, cols);
+        let acts = acts_of(part, x, cols);
         let rows = part.rows;
         match dst.stride == rows || n == 1 {
             true => quant::mat_mul(
@@ -670,6 +667,13 @@ fn part_product(
             quantized_matmul(part, &acts, dst, n)
         });
     }
+}
+
+/// `x`'s rows quantized on this thread as `part`'s weights dot with them.
+fn acts_of(part: &CpuRows, x: &[f32], cols: usize) -> Activations {
+    let mut bytes = Vec::new();
+    quant::quantize_acts(part.ggml_type.act_format(), x, &mut bytes);
+    Activations::new(part.ggml_type, bytes, cols)
 }
 
 fn quantize_rows(format: ActFormat, x: &[f32], cols: usize) -> Vec<u8> {
@@ -721,10 +725,7 @@ fn spin_product(spin: &SpinPool, part: &CpuRows, acts: &Activations, dst: Column
     });
     if n > 1 {
         for (t, o) in dst.out.chunks_mut(dst.stride).take(n).enumerate() {
-            for (c, block) in blocks.chunks(per_task * n).enumerate() {
-                let len = block.len() / n;
-                o[dst.first + c * per_task..][..len].copy_from_slice(&block[t * len..][..len]);
-            }
+            place_token(o, t, &blocks, per_task, n, dst.first);
         }
     }
 }
@@ -770,12 +771,17 @@ fn row_block_tasks(rows: usize, n: usize, dst: Columns, task: impl Fn(usize, &mu
         .par_chunks_mut(dst.stride)
         .take(n)
         .enumerate()
-        .for_each(|(t, o)| {
-            for (c, block) in blocks.chunks(ROWS_PER_TASK * n).enumerate() {
-                let len = block.len() / n;
-                o[dst.first + c * ROWS_PER_TASK..][..len].copy_from_slice(&block[t * len..][..len]);
-            }
-        });
+        .for_each(|(t, o)| place_token(o, t, &blocks, ROWS_PER_TASK, n, dst.first));
+}
+
+/// Token t's products, from `blocks` as row-block tasks write them (`per_block` rows of every
+/// token a block, token after token), into `o`, the token's row of the output, from column
+/// `first`.
+fn place_token(o: &mut [f32], t: usize, blocks: &[f32], per_block: usize, n: usize, first: usize) {
+    for (c, block) in blocks.chunks(per_block * n).enumerate() {
+        let len = block.len() / n;
+        o[first + c * per_block..][..len].copy_from_slice(&block[t * len..][..len]);
+    }
 }
 
 fn quantized_matmul(w: &CpuRows, acts: &Activations, dst: Columns, n: usize) {

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 const SPIN: Duration = Duration::from_millis(2);
 
 /// The function each task index of the job being run is passed to.
-struct Job {
-    task: *const (dyn Fn(usize) + Sync),
-}
+type Job = *const (dyn Fn(usize) + Sync);
 
 struct Shared {
     /// The job's generation (high 32 bits) and how many of its tasks are unclaimed (low 32
@@ -57,9 +55,7 @@ impl SpinPool {
     pub(crate) fn new(threads: usize) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             claims: AtomicU64::new(0),
-            job: UnsafeCell::new(Job {
-                task: &nothing as &(dyn Fn(usize) + Sync),
-            }),
+            job: UnsafeCell::new(&nothing as &(dyn Fn(usize) + Sync)),
             done: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
@@ -89,26 +85,23 @@ impl SpinPool {
     /// Calls `task(i)` for every i below `tasks`, spread over the pool's threads and the
     /// caller's; returns when every call has.
     pub(crate) fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
-        if tasks <= 1 || self.workers.is_empty() || self.running.swap(true, Ordering::Acquire) {
+        // A claim counts the tasks in 32 bits.
+        let alone = tasks <= 1 || tasks > u32::MAX as usize || self.workers.is_empty();
+        if alone || self.running.swap(true, Ordering::Acquire) {
             (0..tasks).for_each(task);
             return;
         }
         let s = &*self.shared;
-        let Ok(count) = u32::try_from(tasks) else {
-            (0..tasks).for_each(task);
-            self.running.store(false, Ordering::Release);
-            return;
-        };
         // SAFETY: every task of the last job ran, so no claim is held, and none reads `job`
         // before claiming a task of the generation published below. The reference outlives
         // the job: this function returns only after every claimed task has run.
         unsafe {
             let task: &'static (dyn Fn(usize) + Sync) = std::mem::transmute(task);
-            *s.job.get() = Job { task };
+            *s.job.get() = task;
         }
         s.done.store(0, Ordering::Relaxed);
         let next = (generation(s.claims.load(Ordering::Relaxed)) + 1) & u32::MAX as u64;
-        s.claims.store(next << 32 | count as u64, Ordering::SeqCst);
+        s.claims.store(next << 32 | tasks as u64, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
@@ -149,8 +142,8 @@ fn take_tasks(s: &Shared, gen: u64) {
             Ok(_) => {
                 // SAFETY: a claim of the current job: `job` was written before the job was
                 // published and stays until its caller has seen this task done.
-                let job = unsafe { &*s.job.get() };
-                unsafe { (*job.task)(unclaimed as usize - 1) };
+                let task = unsafe { &**s.job.get() };
+                task(unclaimed as usize - 1);
                 s.done.fetch_add(1, Ordering::Release);
                 claims = s.claims.load(Ordering::Acquire);
             }
